@@ -1,0 +1,34 @@
+// swift-tools-version:6.1
+// Strata: block-level, change-tracking, incremental disk imager.
+// Module graph (see docs/DESIGN.md): strata -> StrataChain -> {StrataFormat, StrataCodec, StrataIO}.
+import PackageDescription
+
+let package = Package(
+    name: "Strata",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "strata", targets: ["strata"]),
+        .library(name: "StrataChain", targets: ["StrataChain"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .target(name: "StrataFormat"),
+        .target(name: "StrataCodec", dependencies: ["CZstd", "CXXHash"]),
+        .target(name: "StrataIO", dependencies: ["CURing"]),
+        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO"]),
+        .executableTarget(
+            name: "strata",
+            dependencies: ["StrataChain", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], resources: [.copy("Golden")]),
+        .testTarget(name: "StrataCodecTests", dependencies: ["StrataCodec"]),
+        .testTarget(name: "StrataIOTests", dependencies: ["StrataIO"]),
+        .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataIO"]),
+        .testTarget(name: "StrataCLITests", dependencies: ["strata"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

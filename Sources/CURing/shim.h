@@ -1,0 +1,26 @@
+#ifndef STRATA_CURING_SHIM_H
+#define STRATA_CURING_SHIM_H
+/* liburing.h defines _GNU_SOURCE/_XOPEN_SOURCE before its includes, which changes the shape of fd_set and
+   clashes with Swift's Glibc module. Including the system headers first, as Glibc sees them, avoids that. */
+#include <sys/types.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <inttypes.h>
+#include <time.h>
+#include <errno.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
+#include <liburing.h>
+/* Function-like ioctl macros and _GNU_SOURCE-only flags do not import into Swift; these constants do. */
+static const unsigned long strata_BLKGETSIZE64 = BLKGETSIZE64;
+static const unsigned long strata_BLKSSZGET = BLKSSZGET;
+static const unsigned long strata_BLKZEROOUT = BLKZEROOUT;
+static const int strata_O_DIRECT = __O_DIRECT;
+static inline int strata_stat(const char *path, struct stat *st) { return stat(path, st); }
+#endif

@@ -1,0 +1,140 @@
+// `strata capture`: the first capture of a chain writes a full image, every later one an incremental holding
+// the blocks whose hash differs from the chain's hash map. This file decides what to capture and commits the
+// result; CapturePipeline.swift moves the bytes.
+import Foundation
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+public struct CaptureOptions: Sendable {
+    /// Block size for a new chain; nil takes the chain's (or 4 KiB for a new one).
+    public var blockSize: UInt32? = nil
+    public var level: Int32 = 1
+    public var threads: Int = Sys.onlineCores
+    public var queueDepth: Int = 32
+    public var requestSize: Int = 1 << 20
+    public var engine: IOEngineChoice = .auto
+    public var allowMounted = false
+
+    public init() {}
+}
+
+public struct CaptureResult: Sendable, Equatable {
+    public var point: UInt32
+    public var kind: ImageKind
+    public var sourceBytes: UInt64
+    public var bytesRead: UInt64
+    public var blocksChanged: UInt64
+    public var bytesStored: UInt64
+    public var seconds: Double
+    public var engine: String
+    public var image: String
+}
+
+/// Called with bytes done and bytes total, from the pipeline's coordinating thread.
+public typealias ProgressHandler = (_ done: UInt64, _ total: UInt64) -> Void
+
+public enum Capture {
+    /// Captures `sourcePath` into the chain at `chainPath`. `notice` receives one-line remarks (engine fallback).
+    public static func run(
+        source sourcePath: String, chain chainPath: String, options: CaptureOptions,
+        progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
+    ) throws -> CaptureResult {
+        let started = Sys.monotonicNanos()
+        if let bs = options.blockSize, !isValidBlockSize(bs) {
+            throw ChainError.invalidOption("block size \(bs) is not a power of two between 512 and 1048576")
+        }
+        guard options.level >= 1 && options.level <= 19 else { throw ChainError.invalidOption("level \(options.level) is not between 1 and 19") }
+        guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
+        guard options.queueDepth >= 1 && options.queueDepth <= 1024 else { throw ChainError.invalidOption("queue depth must be between 1 and 1024") }
+
+        let source: BlockSource
+        do { source = try BlockSource(path: sourcePath) } catch let e as IOError {
+            throw ChainError.sourceUnavailable(path: sourcePath, reason: e.reason)
+        }
+        if !source.direct { notice("\(sourcePath) does not support O_DIRECT; reading through the page cache") }
+        if !options.allowMounted, let mount = source.readWriteMountPoint() {
+            throw ChainError.sourceMounted(path: sourcePath, mountPoint: mount)
+        }
+        let chain = try ChainDirectory(path: chainPath, create: true)
+        let previous = chain.manifest
+        let blockSize = previous?.blockSize ?? options.blockSize ?? 4096
+        if let m = previous {
+            if let bs = options.blockSize, bs != m.blockSize {
+                throw ChainError.sourceMismatch(detail: "--block-size \(bs) differs from the chain's \(m.blockSize)")
+            }
+            guard m.sourceSize == source.size else {
+                throw ChainError.sourceMismatch(detail: "the source has \(source.size) bytes, the chain's has \(m.sourceSize)")
+            }
+        }
+        let point = previous?.nextPoint ?? 1
+        let chainID = previous?.chainID ?? .random()
+        let parent = previous?.images.last
+        let header = ImageHeader(
+            kind: previous == nil ? .full : .incremental, blockSize: blockSize, sourceSize: source.size, chainID: chainID,
+            imageID: .random(), parentID: parent?.imageID ?? .none, firstPoint: point, lastPoint: point,
+            createdAt: UInt64(Date().timeIntervalSince1970))
+        let imageName = ChainDirectory.imageName(first: point, last: point)
+        let mapName = ChainDirectory.hashMapName(point: point)
+
+        let oldMap: HashMapReader?
+        if let m = previous {
+            let reader = try HashMapReader(directory: chainPath, name: m.hashMapFile)
+            guard reader.header.imageID == m.images.last!.imageID, reader.header.chainID == m.chainID,
+                reader.header.sourceSize == m.sourceSize, reader.header.blockSize == m.blockSize
+            else { throw ChainError.damaged(file: m.hashMapFile, detail: "the hash map is not the newest point's") }
+            oldMap = reader
+        } else {
+            oldMap = nil
+        }
+
+        let (queue, engineNote): (IOQueue, String?)
+        do { (queue, engineNote) = try IOEngine.make(options.engine, depth: options.queueDepth) } catch let e as IOError {
+            throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
+        }
+        if let engineNote { notice(engineNote) }
+
+        let writer = try ImageWriter(directory: chainPath, name: imageName, header: header)
+        let mapWriter: HashMapWriter
+        do {
+            mapWriter = try HashMapWriter(
+                directory: chainPath, name: mapName,
+                header: HashMapHeader(blockSize: blockSize, sourceSize: source.size, chainID: chainID, imageID: header.imageID, point: point))
+        } catch {
+            writer.abandon()
+            throw error
+        }
+        let finished: ImageHeader
+        let stats: CapturePipeline.Stats
+        do {
+            let pipeline = try CapturePipeline(
+                source: source, queue: queue, blockSize: Int(blockSize), options: options, oldMap: oldMap,
+                image: writer, newMap: mapWriter, progress: progress)
+            stats = try pipeline.run()
+            finished = try writer.finish()
+            try mapWriter.finish()
+            try DurableFiles.fsyncDirectory(chainPath)
+        } catch {
+            writer.abandon()
+            mapWriter.abandon()
+            throw wrap(error)
+        }
+        let entry = ManifestEntry(
+            file: imageName, imageID: finished.imageID, kind: finished.kind, firstPoint: point, lastPoint: point,
+            createdAt: finished.createdAt, bytesRead: stats.bytesRead, bytesStored: finished.fileSize,
+            blocksChanged: stats.blocksChanged)
+        let next = ChainManifest(
+            chainID: chainID, blockSize: blockSize, sourceSize: source.size, nextPoint: point + 1,
+            images: (previous?.images ?? []) + [entry], hashMapFile: mapName)
+        do { try chain.commit(next) } catch { throw wrap(error) }
+        return CaptureResult(
+            point: point, kind: finished.kind, sourceBytes: source.size, bytesRead: stats.bytesRead,
+            blocksChanged: stats.blocksChanged, bytesStored: finished.fileSize,
+            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: queue.engineName, image: imageName)
+    }
+}
+
+func wrap(_ error: Error) -> Error {
+    if let e = error as? IOError { return ChainError.io(e) }
+    return error
+}

@@ -1,0 +1,372 @@
+// The capture data path. Four kinds of work overlap so a capture is bound by the device or by compression:
+//
+//   I/O thread     reads the source in `requestSize` chunks into slots of one aligned slab (io_uring or pread),
+//                  many in flight; holes of a sparse file are never read.
+//   workers (N)    hash each block of a chunk (XXH3-128, zero blocks recognised) and compress finished frames.
+//   coordinator    (the calling thread) walks chunks in order beside the old hash map: unchanged blocks are
+//                  skipped, changed ones are copied into the current frame (up to 1 MiB), frames are handed to
+//                  the workers and written to the image in order as they come back.
+//
+// Memory is fixed at start: slots + frame buffers + one hash-map chunk each way, whatever the device size.
+import Foundation
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+final class CapturePipeline {
+    struct Stats {
+        var bytesRead: UInt64 = 0
+        var blocksChanged: UInt64 = 0
+    }
+
+    private enum Job {
+        case hash(slot: Int)
+        case compress(buffer: Int)
+    }
+
+    private let source: BlockSource
+    private let queue: IOQueue
+    private let blockSize: Int
+    private let requestSize: Int
+    private let options: CaptureOptions
+    private let oldMap: HashMapReader?
+    private let image: ImageWriter
+    private let newMap: HashMapWriter
+    private let progress: ProgressHandler?
+
+    // Read slots: one chunk of the source each, plus the hashes of its blocks.
+    private let slots: AlignedSlab
+    private let slotHashes: UnsafeMutablePointer<BlockHash>
+    private let blocksPerSlot: Int
+    private var slotChunk: [Int]
+    private var slotBytes: [Int]
+
+    // Frame buffers: [blocks | hashes | compressed payload].
+    private let frames: AlignedSlab
+    private let blocksPerFrame: Int
+    private let hashAreaOffset: Int
+    private let payloadOffset: Int
+    private let payloadCapacity: Int
+    private var frameBlocks: [Int]
+    private var frameLength: [Int]
+    private var frameCodec: [FrameCodec]
+    private var frameChecksum: [UInt64]
+    private var frameSequence: [Int]
+
+    // Shared state, guarded by `condition`.
+    private let condition = NSCondition()
+    private var freeSlots: [Int]
+    private var freeFrames: [Int]
+    private var readyChunks: [Int: Int] = [:]  // chunk -> slot, or -1 for a hole
+    private var doneFrames: [Int: Int] = [:]  // frame sequence -> buffer
+    private var jobs: [Job] = []
+    private var jobHead = 0
+    private var noMoreJobs = false
+    private let failure = FirstError()
+    private var bytesRead: UInt64 = 0
+
+    private let chunkCount: Int
+    private let dataChunks: [Range<Int>]
+
+    init(
+        source: BlockSource, queue: IOQueue, blockSize: Int, options: CaptureOptions, oldMap: HashMapReader?,
+        image: ImageWriter, newMap: HashMapWriter, progress: ProgressHandler?
+    ) throws {
+        self.source = source
+        self.queue = queue
+        self.blockSize = blockSize
+        self.requestSize = max(options.requestSize / blockSize, 1) * blockSize
+        self.options = options
+        self.oldMap = oldMap
+        self.image = image
+        self.newMap = newMap
+        self.progress = progress
+        let alignment = max(4096, source.alignment)
+        let slotCount = options.queueDepth + 2 * options.threads + 2
+        slots = AlignedSlab(slotSize: requestSize, slotCount: slotCount, alignment: alignment)
+        blocksPerSlot = requestSize / blockSize
+        slotHashes = .allocate(capacity: slotCount * blocksPerSlot)
+        slotChunk = Array(repeating: 0, count: slotCount)
+        slotBytes = Array(repeating: 0, count: slotCount)
+        freeSlots = Array((0..<slotCount).reversed())
+
+        blocksPerFrame = max(1, Int(ImageHeader.maxBlockSize) / blockSize)
+        let frameRaw = blocksPerFrame * blockSize
+        hashAreaOffset = frameRaw
+        payloadOffset = frameRaw + blocksPerFrame * 16
+        payloadCapacity = max(FrameCompressor.bound(frameRaw), frameRaw)
+        let frameCount = 2 * options.threads + 2
+        frames = AlignedSlab(slotSize: payloadOffset + payloadCapacity, slotCount: frameCount, alignment: 64)
+        frameBlocks = Array(repeating: 0, count: frameCount)
+        frameLength = Array(repeating: 0, count: frameCount)
+        frameCodec = Array(repeating: .raw, count: frameCount)
+        frameChecksum = Array(repeating: 0, count: frameCount)
+        frameSequence = Array(repeating: 0, count: frameCount)
+        freeFrames = Array((0..<frameCount).reversed())
+
+        chunkCount = Int((source.size + UInt64(requestSize) - 1) / UInt64(requestSize))
+        let rs = UInt64(requestSize)
+        dataChunks = try source.dataRanges(granule: rs).map { Int($0.lowerBound / rs)..<Int(($0.upperBound + rs - 1) / rs) }
+    }
+
+    deinit { slotHashes.deallocate() }
+
+    /// Runs the capture to the end of the source; the image and map writers hold the result.
+    func run() throws -> Stats {
+        let group = ThreadGroup()
+        let detector = ZeroBlockDetector(blockSize: blockSize)
+        for i in 0..<options.threads {
+            let compressor = try FrameCompressor(level: options.level)
+            group.spawn("strata-worker-\(i)") { self.work(detector: detector, compressor: compressor) }
+        }
+        group.spawn("strata-io") { self.readSource() }
+        var stats = Stats()
+        do {
+            try coordinate(&stats)
+        } catch {
+            failure.record(error)
+        }
+        condition.lock()
+        noMoreJobs = true
+        condition.broadcast()
+        condition.unlock()
+        group.join()
+        if let e = failure.error { throw e }
+        stats.bytesRead = bytesRead
+        return stats
+    }
+
+    // MARK: I/O thread
+
+    private func readSource() {
+        let pump = IOPump(queue: queue, maxTags: slots.slotCount)
+        if let uring = queue as? URingQueue { uring.register(base: slots.base, length: slots.byteCount) }
+        let size = source.size
+        let alignment = UInt64(source.alignment)
+        var rangeIndex = 0
+        do {
+            for chunk in 0..<chunkCount {
+                while rangeIndex < dataChunks.count && dataChunks[rangeIndex].upperBound <= chunk { rangeIndex += 1 }
+                let isData = rangeIndex < dataChunks.count && dataChunks[rangeIndex].contains(chunk)
+                if !isData {
+                    condition.lock()
+                    readyChunks[chunk] = -1
+                    condition.broadcast()
+                    condition.unlock()
+                    continue
+                }
+                var slot = -1
+                while slot < 0 {
+                    condition.lock()
+                    if failure.error != nil {
+                        condition.unlock()
+                        break
+                    }
+                    if let s = freeSlots.popLast() {
+                        slot = s
+                    } else if pump.inFlight == 0 {
+                        condition.wait()
+                    }
+                    condition.unlock()
+                    if slot < 0 && pump.inFlight > 0 { try complete(pump.next()) }
+                }
+                if slot < 0 { break }
+                let offset = UInt64(chunk) * UInt64(requestSize)
+                let valid = Int(min(UInt64(requestSize), size - offset))
+                let length = Int((UInt64(valid) + alignment - 1) / alignment * alignment)
+                slotChunk[slot] = chunk
+                slotBytes[slot] = valid
+                pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: offset, tag: slot)
+                if pump.inFlight >= options.queueDepth { try complete(pump.next()) }
+            }
+            while pump.inFlight > 0 { try complete(pump.next()) }
+        } catch {
+            failure.record(wrap(error))
+            while pump.inFlight > 0 { _ = try? pump.next() }
+            condition.lock()
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    private func complete(_ done: (tag: Int, bytes: Int)) throws {
+        let slot = done.tag
+        let valid = slotBytes[slot]
+        guard done.bytes >= valid else {
+            throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(UInt64(slotChunk[slot]) * UInt64(requestSize) + UInt64(done.bytes))")
+        }
+        let tail = (valid + blockSize - 1) / blockSize * blockSize
+        if tail > valid { (slots.slot(slot) + valid).initializeMemory(as: UInt8.self, repeating: 0, count: tail - valid) }
+        condition.lock()
+        bytesRead += UInt64(valid)
+        jobs.append(.hash(slot: slot))
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    // MARK: Workers
+
+    private func work(detector: ZeroBlockDetector, compressor: FrameCompressor) {
+        while true {
+            condition.lock()
+            while jobHead == jobs.count && !noMoreJobs { condition.wait() }
+            if jobHead == jobs.count {
+                condition.unlock()
+                return
+            }
+            let job = jobs[jobHead]
+            jobHead += 1
+            if jobHead > 4096 && jobHead * 2 > jobs.count {
+                jobs.removeFirst(jobHead)
+                jobHead = 0
+            }
+            condition.unlock()
+            switch job {
+            case .hash(let slot):
+                let base = slots.slot(slot)
+                let hashes = slotHashes + slot * blocksPerSlot
+                let blocks = (slotBytes[slot] + blockSize - 1) / blockSize
+                for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
+                condition.lock()
+                readyChunks[slotChunk[slot]] = slot
+                condition.broadcast()
+                condition.unlock()
+            case .compress(let buffer):
+                compressFrame(buffer, compressor: compressor)
+            }
+        }
+    }
+
+    private func compressFrame(_ buffer: Int, compressor: FrameCompressor) {
+        let base = frames.slot(buffer)
+        let blocks = frameBlocks[buffer]
+        let raw = blocks * blockSize
+        let payload = base + payloadOffset
+        let hashesStart = payload - blocks * 16
+        if blocks < blocksPerFrame { hashesStart.copyMemory(from: base + hashAreaOffset, byteCount: blocks * 16) }
+        var codec = FrameCodec.zstd
+        var length = compressor.compress(base, count: raw, into: payload, capacity: payloadCapacity) ?? 0
+        if length == 0 {
+            codec = .raw
+            payload.copyMemory(from: base, byteCount: raw)
+            length = raw
+        }
+        frameLength[buffer] = blocks * 16 + length
+        frameCodec[buffer] = codec
+        frameChecksum[buffer] = Checksum.xxh3(hashesStart, count: blocks * 16 + length)
+        condition.lock()
+        doneFrames[frameSequence[buffer]] = buffer
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    // MARK: Coordinator
+
+
+    private var nextFrameToWrite = 0
+    private var framesDispatched = 0
+    private var currentFrame = -1
+    private var currentFill = 0
+
+    /// Waits until `ready()` holds, writing finished frames (in order) while it waits. Called with the lock held.
+    private func waitLocked(until ready: () -> Bool) throws {
+        while !ready() {
+            if let e = failure.error { throw e }
+            if let buffer = doneFrames.removeValue(forKey: nextFrameToWrite) {
+                condition.unlock()
+                defer { condition.lock() }
+                try writeFrame(buffer)
+                continue
+            }
+            condition.wait()
+        }
+    }
+
+    private func writeFrame(_ buffer: Int) throws {
+        let blocks = frameBlocks[buffer]
+        let start = frames.slot(buffer) + payloadOffset - blocks * 16
+        _ = try image.appendFrame(start, length: frameLength[buffer], blockCount: blocks, codec: frameCodec[buffer], checksum: frameChecksum[buffer])
+        condition.lock()
+        nextFrameToWrite += 1
+        freeFrames.append(buffer)
+        condition.unlock()
+    }
+
+    private func coordinate(_ stats: inout Stats) throws {
+        let blockCount = blockCountFor(sourceSize: source.size, blockSize: UInt32(blockSize))
+        let blocksPerChunk = UInt64(blocksPerSlot)
+        var changed: UInt64 = 0
+        for chunk in 0..<chunkCount {
+            condition.lock()
+            var slot = 0
+            do {
+                try waitLocked { readyChunks[chunk] != nil }
+            } catch {
+                condition.unlock()
+                throw error
+            }
+            slot = readyChunks.removeValue(forKey: chunk)!
+            condition.unlock()
+            let first = UInt64(chunk) * blocksPerChunk
+            let count = Int(min(blocksPerChunk, blockCount - first))
+            let hashes = slot >= 0 ? slotHashes + slot * blocksPerSlot : nil
+            let data = slot >= 0 ? slots.slot(slot) : nil
+            for i in 0..<count {
+                let block = first + UInt64(i)
+                let h = hashes?[i] ?? .zero
+                try newMap.append(h)
+                if let oldMap, try oldMap.hash(of: block) == h { continue }
+                changed += 1
+                if h == .zero {
+                    image.addExtent(block: block, count: 1, kind: .zero)
+                } else {
+                    try appendToFrame(block: block, hash: h, data: data! + i * blockSize)
+                }
+            }
+            if slot >= 0 {
+                condition.lock()
+                freeSlots.append(slot)
+                condition.broadcast()
+                condition.unlock()
+            }
+            progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
+        }
+        if currentFrame >= 0 { try dispatchFrame() }
+        condition.lock()
+        defer { condition.unlock() }
+        try waitLocked { nextFrameToWrite == framesDispatched }
+        stats.blocksChanged = changed
+    }
+
+    private func appendToFrame(block: UInt64, hash: BlockHash, data: UnsafeRawPointer) throws {
+        if currentFrame < 0 {
+            condition.lock()
+            do {
+                try waitLocked { !freeFrames.isEmpty }
+            } catch {
+                condition.unlock()
+                throw error
+            }
+            currentFrame = freeFrames.removeLast()
+            frameSequence[currentFrame] = framesDispatched
+            condition.unlock()
+            currentFill = 0
+        }
+        let base = frames.slot(currentFrame)
+        (base + currentFill * blockSize).copyMemory(from: data, byteCount: blockSize)
+        (base + hashAreaOffset).assumingMemoryBound(to: BlockHash.self)[currentFill] = hash
+        image.addExtent(block: block, count: 1, kind: .data, frame: UInt32(framesDispatched), frameBlock: UInt32(currentFill))
+        currentFill += 1
+        if currentFill == blocksPerFrame { try dispatchFrame() }
+    }
+
+    private func dispatchFrame() throws {
+        frameBlocks[currentFrame] = currentFill
+        condition.lock()
+        jobs.append(.compress(buffer: currentFrame))
+        framesDispatched += 1
+        condition.broadcast()
+        condition.unlock()
+        currentFrame = -1
+    }
+}

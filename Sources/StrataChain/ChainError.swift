@@ -1,0 +1,69 @@
+// Everything that can stop a chain operation, as values a person can act on. The CLI renders each as one line
+// (what failed, why, what to do) and maps it to a documented exit code; see `exitCode` and docs/CLI.md.
+import StrataFormat
+import StrataIO
+
+public enum ChainError: Error, Equatable, Sendable {
+    case sourceUnavailable(path: String, reason: String)
+    case notAChain(path: String)
+    case chainInUse(path: String)
+    case damaged(file: String, detail: String)
+    case sourceMismatch(detail: String)
+    case noSuchPoint(UInt32, available: [UInt32])
+    case targetTooSmall(path: String, size: UInt64, needed: UInt64)
+    case targetUnavailable(path: String, reason: String)
+    case sourceMounted(path: String, mountPoint: String)
+    case invalidOption(String)
+    case corruptData(file: String, detail: String)
+    case io(IOError)
+    case engineUnavailable(String)
+}
+
+extension ChainError: CustomStringConvertible {
+    /// One line: what failed, why, and what to do about it.
+    public var description: String {
+        switch self {
+        case .sourceUnavailable(let p, let r): return "cannot read source \(p): \(r); check the path and your permissions"
+        case .notAChain(let p): return "\(p) is not a Strata chain (no \(ChainManifest.fileName)); name the directory of an existing chain"
+        case .chainInUse(let p): return "chain \(p) is in use by another strata process; wait for it to finish and try again"
+        case .damaged(let f, let d): return "chain is damaged: \(f): \(d); the chain was not changed, restore from another copy of it"
+        case .sourceMismatch(let d): return "source does not match the chain: \(d); use a new chain directory for a different disk"
+        case .noSuchPoint(let p, let a):
+            return "point \(p) does not exist in this chain; available points: \(a.map(String.init).joined(separator: ", "))"
+        case .targetTooSmall(let p, let s, let n):
+            return "target \(p) is too small: \(s) bytes, the image needs \(n); use a target at least that large"
+        case .targetUnavailable(let p, let r): return "cannot write target \(p): \(r); check the path and your permissions"
+        case .sourceMounted(let p, let m):
+            return "source \(p) is mounted read-write at \(m): the image may be inconsistent; capture a snapshot, or pass --allow-mounted"
+        case .invalidOption(let d): return d
+        case .corruptData(let f, let d): return "corrupt data in \(f): \(d); the target is incomplete, restore from another copy of the chain"
+        case .io(let e): return "\(e.operation) \(e.path) failed: \(e.reason)"
+        case .engineUnavailable(let d): return "\(d); use --io-engine pread or auto"
+        }
+    }
+
+    /// Process exit codes, following sysexits(3) where one fits.
+    public var exitCode: Int32 {
+        switch self {
+        case .invalidOption, .noSuchPoint: return 64  // EX_USAGE
+        case .damaged, .corruptData, .notAChain, .sourceMismatch: return 65  // EX_DATAERR
+        case .sourceUnavailable: return 66  // EX_NOINPUT
+        case .targetTooSmall, .targetUnavailable: return 73  // EX_CANTCREAT
+        case .io: return 74  // EX_IOERR
+        case .chainInUse: return 75  // EX_TEMPFAIL
+        case .sourceMounted: return 77  // EX_NOPERM-like: refused for safety
+        case .engineUnavailable: return 69  // EX_UNAVAILABLE
+        }
+    }
+}
+
+/// Wraps lower layers' errors, naming the file they concern.
+func damaged(_ file: String, _ error: Error) -> ChainError {
+    if let c = error as? ChainError { return c }
+    if let f = error as? FormatError { return .damaged(file: file, detail: f.description) }
+    if let e = error as? IOError {
+        if e.errno == 2 { return .damaged(file: file, detail: "the file is missing") }
+        return .io(e)
+    }
+    return .damaged(file: file, detail: "\(error)")
+}

@@ -1,0 +1,37 @@
+// `strata list`: the points of a chain, read from its manifest without taking the chain's lock (listing is
+// safe beside a running capture: the manifest is only ever replaced whole).
+import StrataFormat
+import StrataIO
+
+public struct PointInfo: Sendable, Equatable {
+    public var point: UInt32
+    public var kind: ImageKind
+    public var firstPoint: UInt32
+    public var createdAt: UInt64
+    public var bytesRead: UInt64
+    public var bytesStored: UInt64
+    public var blocksChanged: UInt64
+    public var file: String
+}
+
+public struct ChainListing: Sendable, Equatable {
+    public var chainID: String
+    public var blockSize: UInt32
+    public var sourceSize: UInt64
+    public var points: [PointInfo]
+
+    public static func read(chain path: String) throws -> ChainListing {
+        guard (try? Sys.stat("\(path)/\(ChainManifest.fileName)")) != nil else { throw ChainError.notAChain(path: path) }
+        let m: ChainManifest
+        do { m = try ChainManifest.decode(DurableFiles.readAll("\(path)/\(ChainManifest.fileName)", limit: 64 << 20)) } catch {
+            throw damaged(ChainManifest.fileName, error)
+        }
+        return ChainListing(
+            chainID: m.chainID.description, blockSize: m.blockSize, sourceSize: m.sourceSize,
+            points: m.images.map {
+                PointInfo(
+                    point: $0.point, kind: $0.kind, firstPoint: $0.firstPoint, createdAt: $0.createdAt, bytesRead: $0.bytesRead,
+                    bytesStored: $0.bytesStored, blocksChanged: $0.blocksChanged, file: $0.file)
+            })
+    }
+}

@@ -1,0 +1,144 @@
+// Reading and writing one image file. The writer appends frames after a placeholder header, then writes the
+// index, rewrites the header with the index's place and checksum, fsyncs, re-reads the header to check it, and
+// only then renames the file into place. Like restic's packer it has a sticky error: after the first failure
+// it refuses more work and leaves only a temporary file for the next run to clean up.
+import StrataFormat
+import StrataIO
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class ImageWriter {
+    let directory: String
+    let name: String
+    let temporaryPath: String
+    private let fd: Int32
+    private(set) var header: ImageHeader
+    private(set) var offset = UInt64(ImageHeader.size)
+    private var index = ImageIndex()
+    private var failure: Error?
+
+    init(directory: String, name: String, header: ImageHeader) throws {
+        self.directory = directory
+        self.name = name
+        self.header = header
+        temporaryPath = "\(directory)/\(DurableFiles.temporaryName(for: name))"
+        fd = try Sys.open(temporaryPath, O_RDWR | O_CREAT | O_TRUNC)
+        let placeholder = [UInt8](repeating: 0, count: ImageHeader.size)
+        try guarded { try placeholder.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: temporaryPath) } }
+    }
+
+    deinit { Sys.close(fd) }
+
+    private func guarded<T>(_ body: () throws -> T) throws -> T {
+        if let failure { throw failure }
+        do { return try body() } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    var frameCount: Int { index.frames.count }
+
+    /// Appends one frame (block hashes then payload, contiguous in `bytes`) and returns its number.
+    func appendFrame(_ bytes: UnsafeRawPointer, length: Int, blockCount: Int, codec: FrameCodec, checksum: UInt64) throws -> UInt32 {
+        try guarded {
+            try Sys.pwriteAll(fd, bytes, length, offset, path: temporaryPath)
+            index.frames.append(
+                FrameRecord(offset: offset, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
+            offset += UInt64(length)
+            return UInt32(index.frames.count - 1)
+        }
+    }
+
+    /// Copies a frame from another image byte for byte (merge); its checksum is carried over.
+    func appendFrame(copying record: FrameRecord, from bytes: UnsafeRawPointer) throws -> UInt32 {
+        try appendFrame(bytes, length: Int(record.length), blockCount: Int(record.blockCount), codec: record.codec, checksum: record.checksum)
+    }
+
+    /// Adds `count` blocks starting at `block`, merging with the previous extent where they continue it.
+    func addExtent(block: UInt64, count: UInt32, kind: ExtentKind, frame: UInt32 = 0, frameBlock: UInt32 = 0) {
+        switch kind {
+        case .data: header.dataBlocks += UInt64(count)
+        case .zero: header.zeroBlocks += UInt64(count)
+        case .unreadable: header.unreadableBlocks += UInt64(count)
+        }
+        if var last = index.extents.last, last.kind == kind, last.endBlock == block, last.blockCount <= UInt32.max - count,
+            kind != .data || (last.frame == frame && last.frameBlock + last.blockCount == frameBlock)
+        {
+            last.blockCount += count
+            index.extents[index.extents.count - 1] = last
+            return
+        }
+        index.extents.append(ExtentRecord(firstBlock: block, blockCount: count, kind: kind, frame: frame, frameBlock: frameBlock))
+    }
+
+    /// Writes index and header, makes the file durable and renames it to its final name.
+    func finish() throws -> ImageHeader {
+        try guarded {
+            let indexBytes = index.encode()
+            header.indexOffset = offset
+            header.indexLength = UInt64(indexBytes.count)
+            header.indexChecksum = CRC32C.checksum(indexBytes)
+            header.fileSize = offset + UInt64(indexBytes.count)
+            header.frameCount = UInt64(index.frames.count)
+            header.extentCount = UInt64(index.extents.count)
+            header.storedBytes = offset - UInt64(ImageHeader.size)
+            try indexBytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, offset, path: temporaryPath) }
+            let headerBytes = header.encode()
+            try headerBytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: temporaryPath) }
+            try Sys.fsync(fd, path: temporaryPath)
+            var check = [UInt8](repeating: 0, count: ImageHeader.size)
+            _ = try check.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, $0.count, 0, path: temporaryPath) }
+            guard (try? ImageHeader.decode(check)) == header else {
+                throw ChainError.damaged(file: temporaryPath, detail: "header did not read back as written")
+            }
+            try Sys.rename(temporaryPath, "\(directory)/\(name)")
+            try DurableFiles.fsyncDirectory(directory)
+            return header
+        }
+    }
+
+    /// Removes the temporary file after a failure.
+    func abandon() { try? Sys.unlink(temporaryPath) }
+}
+
+/// An image opened for reading, header and index validated.
+final class ImageFile {
+    let path: String
+    let name: String
+    let fd: Int32
+    let header: ImageHeader
+    let index: ImageIndex
+
+    init(directory: String, name: String) throws {
+        self.name = name
+        let path = "\(directory)/\(name)"
+        self.path = path
+        let fd: Int32
+        do {
+            fd = try Sys.open(path, O_RDONLY)
+        } catch { throw damaged(name, error) }
+        self.fd = fd
+        do {
+            let size = UInt64(try Sys.fstat(fd, path: path).st_size)
+            var bytes = [UInt8](repeating: 0, count: ImageHeader.size)
+            let n = try bytes.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, $0.count, 0, path: path) }
+            guard n == ImageHeader.size else { throw FormatError.truncated("image header", at: UInt64(n)) }
+            let h = try ImageHeader.decode(bytes)
+            guard size == h.fileSize else {
+                throw FormatError.truncated("image file (\(size) bytes, header says \(h.fileSize))", at: size)
+            }
+            var indexBytes = [UInt8](repeating: 0, count: Int(h.indexLength))
+            _ = try indexBytes.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, $0.count, h.indexOffset, path: path) }
+            index = try ImageIndex.decode(indexBytes, header: h)
+            header = h
+        } catch {
+            Sys.close(fd)
+            throw damaged(name, error)
+        }
+    }
+
+    deinit { Sys.close(fd) }
+}

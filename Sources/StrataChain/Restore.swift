@@ -1,0 +1,64 @@
+// `strata restore`: writes one point of a chain to a device or a file in a single pass, in block order.
+// This file checks the request and the target before anything is written; RestorePipeline.swift moves bytes.
+import StrataFormat
+import StrataIO
+
+public struct RestoreOptions: Sendable {
+    /// The point to restore; nil for the newest.
+    public var point: UInt32? = nil
+    public var threads: Int = Sys.onlineCores
+    public var queueDepth: Int = 16
+    public var engine: IOEngineChoice = .auto
+
+    public init() {}
+}
+
+public struct RestoreResult: Sendable, Equatable {
+    public var point: UInt32
+    public var bytesWritten: UInt64
+    public var images: Int
+    public var seconds: Double
+    public var engine: String
+}
+
+public enum Restore {
+    public static func run(
+        chain chainPath: String, target targetPath: String, options: RestoreOptions,
+        progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
+    ) throws -> RestoreResult {
+        let started = Sys.monotonicNanos()
+        let chain = try ChainDirectory(path: chainPath, create: false)
+        guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
+        let point = options.point ?? manifest.points.last!
+        let images = try chain.openImages(forPoint: point)
+        let target: RestoreTarget
+        do { target = try RestoreTarget(path: targetPath) } catch let e as IOError {
+            throw ChainError.targetUnavailable(path: targetPath, reason: e.reason)
+        }
+        if target.isBlockDevice && target.deviceSize < manifest.sourceSize {
+            throw ChainError.targetTooSmall(path: targetPath, size: target.deviceSize, needed: manifest.sourceSize)
+        }
+        if !target.direct { notice("\(targetPath) does not support O_DIRECT; writing through the page cache") }
+        let resolved = ExtentResolver.resolve(images.map(\.index.extents))
+        let (readQueue, note): (IOQueue, String?)
+        let writeQueue: IOQueue
+        do {
+            (readQueue, note) = try IOEngine.make(options.engine, depth: options.queueDepth)
+            (writeQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
+        } catch let e as IOError {
+            throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
+        }
+        if let note { notice(note) }
+        let pipeline = RestorePipeline(
+            images: images, resolved: resolved, sourceSize: manifest.sourceSize, blockSize: Int(manifest.blockSize),
+            target: target, readQueue: readQueue, writeQueue: writeQueue, options: options, progress: progress)
+        do {
+            try pipeline.run()
+        } catch {
+            throw wrap(error)
+        }
+        return RestoreResult(
+            point: point, bytesWritten: manifest.sourceSize, images: images.count,
+            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: readQueue.engineName)
+    }
+}

@@ -1,0 +1,263 @@
+// The restore data path, one pass in block order:
+//
+//   I/O thread     reads the frames the resolved extents need, in order of first use, into slots (io_uring or
+//                  pread), never more than the slots allow.
+//   workers (N)    check each frame's checksum, decompress it, and check every block against its stored hash.
+//   coordinator    (the calling thread) walks the resolved extents, copies blocks into 1 MiB output windows and
+//                  writes them in order with large aligned writes (O_DIRECT where allowed); zero ranges become
+//                  holes in a file and BLKZEROOUT on a device.
+//
+// A slot is freed when the coordinator passes the last extent that uses its frame. At any block, at most one
+// frame per image is still in use, so `images + prefetch` slots always suffice.
+import Foundation
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+final class RestorePipeline {
+    private let images: [ImageFile]
+    private let resolved: [ResolvedExtent]
+    private let sourceSize: UInt64
+    private let blockSize: Int
+    private let target: RestoreTarget
+    private let readQueue: IOQueue
+    private let writeQueue: IOQueue
+    private let options: RestoreOptions
+    private let progress: ProgressHandler?
+
+    // Fetch plan: frames in order of first use, and the extent after which each is no longer needed.
+    private var fetchImage: [UInt32] = []
+    private var fetchFrame: [UInt32] = []
+    private var fetchLastUse: [Int] = []
+    private var extentFetch: [Int32]
+
+    private let slots: AlignedSlab
+    private let decodedOffset: Int
+    private var slotFetch: [Int]
+    private let condition = NSCondition()
+    private var freeSlots: [Int]
+    private var readyFetches: [Int: Int] = [:]
+    private var decodeJobs: [Int] = []
+    private var jobHead = 0
+    private var finished = false
+    private let failure = FirstError()
+
+    private static let windowSize = 1 << 20
+
+    init(
+        images: [ImageFile], resolved: [ResolvedExtent], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
+        readQueue: IOQueue, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?
+    ) {
+        self.images = images
+        self.resolved = resolved
+        self.sourceSize = sourceSize
+        self.blockSize = blockSize
+        self.target = target
+        self.readQueue = readQueue
+        self.writeQueue = writeQueue
+        self.options = options
+        self.progress = progress
+        extentFetch = Array(repeating: -1, count: resolved.count)
+        var seen: [UInt64: Int] = [:]
+        for (i, e) in resolved.enumerated() where e.kind == .data {
+            let key = UInt64(e.image) << 32 | UInt64(e.frame)
+            if let f = seen[key] {
+                fetchLastUse[f] = i
+                extentFetch[i] = Int32(f)
+            } else {
+                seen[key] = fetchImage.count
+                extentFetch[i] = Int32(fetchImage.count)
+                fetchImage.append(e.image)
+                fetchFrame.append(e.frame)
+                fetchLastUse.append(i)
+            }
+        }
+        let maxStored = images.flatMap { $0.index.frames.map { Int($0.length) } }.max() ?? 0
+        let maxBlocks = images.flatMap { $0.index.frames.map { Int($0.blockCount) } }.max() ?? 0
+        decodedOffset = (maxStored + 4095) / 4096 * 4096
+        let slotCount = images.count + 2 * options.threads + 4
+        slots = AlignedSlab(slotSize: decodedOffset + maxBlocks * blockSize, slotCount: slotCount)
+        slotFetch = Array(repeating: 0, count: slotCount)
+        freeSlots = Array((0..<slotCount).reversed())
+    }
+
+    func run() throws {
+        try target.setLength(0)
+        let group = ThreadGroup()
+        for i in 0..<options.threads {
+            let decompressor = try FrameDecompressor()
+            group.spawn("strata-worker-\(i)") { self.work(decompressor) }
+        }
+        group.spawn("strata-io") { self.readFrames() }
+        do {
+            try writeTarget()
+        } catch {
+            failure.record(error)
+        }
+        condition.lock()
+        finished = true
+        condition.broadcast()
+        condition.unlock()
+        group.join()
+        if let e = failure.error { throw e }
+    }
+
+    // MARK: I/O thread
+
+    private func readFrames() {
+        let pump = IOPump(queue: readQueue, maxTags: slots.slotCount)
+        do {
+            for f in 0..<fetchImage.count {
+                var slot = -1
+                while slot < 0 {
+                    condition.lock()
+                    if failure.error != nil || finished {
+                        condition.unlock()
+                        break
+                    }
+                    if let s = freeSlots.popLast() {
+                        slot = s
+                    } else if pump.inFlight == 0 {
+                        condition.wait()
+                    }
+                    condition.unlock()
+                    if slot < 0 && pump.inFlight > 0 { try frameRead(pump.next()) }
+                }
+                if slot < 0 { break }
+                let image = images[Int(fetchImage[f])]
+                let record = image.index.frames[Int(fetchFrame[f])]
+                slotFetch[slot] = f
+                pump.read(fd: image.fd, path: image.path, into: slots.slot(slot), length: Int(record.length), at: record.offset, tag: slot)
+                if pump.inFlight >= options.queueDepth { try frameRead(pump.next()) }
+            }
+            while pump.inFlight > 0 { try frameRead(pump.next()) }
+        } catch {
+            failure.record(wrap(error))
+            while pump.inFlight > 0 { _ = try? pump.next() }
+            condition.lock()
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    private func frameRead(_ done: (tag: Int, bytes: Int)) throws {
+        let f = slotFetch[done.tag]
+        let image = images[Int(fetchImage[f])]
+        let record = image.index.frames[Int(fetchFrame[f])]
+        guard done.bytes == Int(record.length) else {
+            throw ChainError.damaged(file: image.name, detail: "frame \(fetchFrame[f]) is cut short")
+        }
+        condition.lock()
+        decodeJobs.append(done.tag)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    // MARK: Workers
+
+    private func work(_ decompressor: FrameDecompressor) {
+        while true {
+            condition.lock()
+            while jobHead == decodeJobs.count && !finished && failure.error == nil { condition.wait() }
+            if jobHead == decodeJobs.count {
+                condition.unlock()
+                return
+            }
+            let slot = decodeJobs[jobHead]
+            jobHead += 1
+            condition.unlock()
+            do {
+                try decode(slot, decompressor)
+                condition.lock()
+                readyFetches[slotFetch[slot]] = slot
+                condition.broadcast()
+                condition.unlock()
+            } catch {
+                failure.record(error)
+                condition.lock()
+                condition.broadcast()
+                condition.unlock()
+            }
+        }
+    }
+
+    private func decode(_ slot: Int, _ decompressor: FrameDecompressor) throws {
+        let f = slotFetch[slot]
+        let image = images[Int(fetchImage[f])]
+        let frame = fetchFrame[f]
+        let record = image.index.frames[Int(frame)]
+        let base = slots.slot(slot)
+        guard Checksum.xxh3(base, count: Int(record.length)) == record.checksum else {
+            throw ChainError.corruptData(file: image.name, detail: "frame \(frame) at byte \(record.offset) fails its checksum")
+        }
+        let blocks = Int(record.blockCount)
+        let decoded = base + decodedOffset
+        let payload = base + record.hashesLength
+        switch record.codec {
+        case .raw:
+            guard record.payloadLength == blocks * blockSize else {
+                throw ChainError.corruptData(file: image.name, detail: "frame \(frame) has the wrong length")
+            }
+            decoded.copyMemory(from: payload, byteCount: record.payloadLength)
+        case .zstd:
+            do { try decompressor.decompress(payload, count: record.payloadLength, into: decoded, expected: blocks * blockSize) } catch {
+                throw ChainError.corruptData(file: image.name, detail: "frame \(frame) does not decompress (\(error))")
+            }
+        }
+        let hashes = UnsafeRawPointer(base)
+        for b in 0..<blocks {
+            let stored = BlockHash(
+                low: hashes.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self),
+                high: hashes.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self))
+            guard BlockHash.of(decoded + b * blockSize, count: blockSize) == stored else {
+                throw ChainError.corruptData(file: image.name, detail: "block \(b) of frame \(frame) does not match its hash")
+            }
+        }
+    }
+
+    // MARK: Coordinator
+
+    private func waitForFetch(_ f: Int) throws -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            if let e = failure.error { throw e }
+            if let s = readyFetches[f] { return s }
+            condition.wait()
+        }
+    }
+
+    private func release(fetch f: Int, slot: Int) {
+        condition.lock()
+        readyFetches[f] = nil
+        freeSlots.append(slot)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func writeTarget() throws {
+        let output = TargetWindows(target: target, queue: writeQueue, depth: options.queueDepth, windowSize: Self.windowSize, sourceSize: sourceSize)
+        let bs = UInt64(blockSize)
+        for (i, e) in resolved.enumerated() {
+            var block = e.firstBlock
+            let fetch = extentFetch[i]
+            let slot = fetch >= 0 ? try waitForFetch(Int(fetch)) : -1
+            while block < e.endBlock {
+                let (window, room) = try output.window(at: block * bs)
+                let n = min(e.endBlock - block, UInt64(room) / bs)
+                if slot >= 0 {
+                    let from = slots.slot(slot) + decodedOffset + Int(UInt64(e.frameBlock) + block - e.firstBlock) * blockSize
+                    window.copyMemory(from: from, byteCount: Int(n) * blockSize)
+                    output.markData(bytes: Int(n) * blockSize)
+                } else {
+                    output.markZero(bytes: Int(n) * blockSize)
+                }
+                block += n
+                if output.windowFull { try output.flush(); progress?(min(block * bs, sourceSize), sourceSize) }
+            }
+            if fetch >= 0 && fetchLastUse[Int(fetch)] == i { release(fetch: Int(fetch), slot: slot) }
+        }
+        try output.finish()
+        progress?(sourceSize, sourceSize)
+    }
+}

@@ -1,0 +1,49 @@
+// Dedicated threads for the pipelines. Blocking io_uring waits and CPU-bound compression do not belong in Swift
+// concurrency's cooperative pool (they would starve it), so capture and restore run on threads of their own,
+// joined before the buffers they share are freed.
+import Foundation
+
+final class ThreadGroup {
+    private let condition = NSCondition()
+    private var running = 0
+
+    func spawn(_ name: String, _ body: @escaping () -> Void) {
+        condition.lock()
+        running += 1
+        condition.unlock()
+        let t = Thread { [self] in
+            body()
+            condition.lock()
+            running -= 1
+            condition.broadcast()
+            condition.unlock()
+        }
+        t.name = name
+        t.stackSize = 1 << 20
+        t.start()
+    }
+
+    func join() {
+        condition.lock()
+        while running > 0 { condition.wait() }
+        condition.unlock()
+    }
+}
+
+/// The first error any stage hit; once set, every stage stops at its next check.
+final class FirstError: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Error?
+
+    var error: Error? {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
+    }
+
+    func record(_ e: Error) {
+        lock.lock()
+        if stored == nil { stored = e }
+        lock.unlock()
+    }
+}

@@ -1,0 +1,69 @@
+// Hashing: XXH3-128 identifies a block's content (change detection and restore verification), XXH3-64
+// checksums bulk bytes on disk (frames, hash-map chunks). This file and Compression.swift are the only code
+// that touches libxxhash and libzstd.
+import CXXHash
+
+/// The XXH3-128 of one block. All-zero blocks get `.zero` instead, which XXH3 never yields in practice, so a
+/// zero block in the hash map needs no separate flag.
+public struct BlockHash: Equatable, Hashable, Sendable {
+    public var low: UInt64
+    public var high: UInt64
+
+    public init(low: UInt64, high: UInt64) {
+        self.low = low
+        self.high = high
+    }
+
+    public static let zero = BlockHash(low: 0, high: 0)
+
+    @inline(__always)
+    public static func of(_ p: UnsafeRawPointer, count: Int) -> BlockHash {
+        let h = XXH3_128bits(p, count)
+        return BlockHash(low: h.low64, high: h.high64)
+    }
+}
+
+public enum Checksum {
+    /// XXH3-64 of a byte range.
+    @inline(__always)
+    public static func xxh3(_ p: UnsafeRawPointer, count: Int) -> UInt64 { XXH3_64bits(p, count) }
+
+    public static func xxh3(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { XXH3_64bits($0.baseAddress, $0.count) } }
+}
+
+/// Recognises all-zero blocks cheaply: hash first (needed anyway), and compare bytes only when the hash equals
+/// the hash of a zero block of that size.
+public struct ZeroBlockDetector: Sendable {
+    public let blockSize: Int
+    let zeroHash: BlockHash
+
+    public init(blockSize: Int) {
+        self.blockSize = blockSize
+        let zeros = UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 64)
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: blockSize)
+        zeroHash = BlockHash.of(zeros, count: blockSize)
+        zeros.deallocate()
+    }
+
+    /// The block's hash, or `.zero` when every byte is zero.
+    @inline(__always)
+    public func hash(_ p: UnsafeRawPointer) -> BlockHash {
+        let h = BlockHash.of(p, count: blockSize)
+        if h == zeroHash && isAllZero(p, count: blockSize) { return .zero }
+        return h
+    }
+}
+
+@inline(__always)
+public func isAllZero(_ p: UnsafeRawPointer, count: Int) -> Bool {
+    var i = 0
+    while i + 8 <= count {
+        if p.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
+        i += 8
+    }
+    while i < count {
+        if p.load(fromByteOffset: i, as: UInt8.self) != 0 { return false }
+        i += 1
+    }
+    return true
+}

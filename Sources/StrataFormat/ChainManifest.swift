@@ -1,0 +1,138 @@
+// The chain manifest (docs/FORMAT.md, "Manifest"): a small text file listing the images of a chain in order,
+// the point each one makes restorable, and the hash map of the newest point. Text so that a person can read
+// it with `cat`; a CRC-32C on the last line so that a torn or edited file is detected rather than trusted.
+
+public struct ManifestEntry: Equatable, Sendable {
+    public var file: String
+    public var imageID: Identifier
+    public var kind: ImageKind
+    public var firstPoint: UInt32
+    public var lastPoint: UInt32
+    public var createdAt: UInt64
+    /// Bytes of the source read to make the image (holes are not read).
+    public var bytesRead: UInt64
+    public var bytesStored: UInt64
+    public var blocksChanged: UInt64
+
+    public init(
+        file: String, imageID: Identifier, kind: ImageKind, firstPoint: UInt32, lastPoint: UInt32, createdAt: UInt64,
+        bytesRead: UInt64, bytesStored: UInt64, blocksChanged: UInt64
+    ) {
+        self.file = file
+        self.imageID = imageID
+        self.kind = kind
+        self.firstPoint = firstPoint
+        self.lastPoint = lastPoint
+        self.createdAt = createdAt
+        self.bytesRead = bytesRead
+        self.bytesStored = bytesStored
+        self.blocksChanged = blocksChanged
+    }
+
+    /// The point this image makes restorable (with its ancestors).
+    public var point: UInt32 { lastPoint }
+}
+
+public struct ChainManifest: Equatable, Sendable {
+    public static let fileName = "chain.manifest"
+    public static let header = "strata-chain 1"
+    public var chainID: Identifier
+    public var blockSize: UInt32
+    public var sourceSize: UInt64
+    /// The number the next capture gets. Points are never renumbered or reused.
+    public var nextPoint: UInt32
+    /// Oldest first; the first is always full.
+    public var images: [ManifestEntry]
+    /// File name of the hash map of the newest point.
+    public var hashMapFile: String
+
+    public init(
+        chainID: Identifier, blockSize: UInt32, sourceSize: UInt64, nextPoint: UInt32, images: [ManifestEntry],
+        hashMapFile: String
+    ) {
+        self.chainID = chainID
+        self.blockSize = blockSize
+        self.sourceSize = sourceSize
+        self.nextPoint = nextPoint
+        self.images = images
+        self.hashMapFile = hashMapFile
+    }
+
+    public var points: [UInt32] { images.map(\.point) }
+
+    /// The images needed to restore `point`, oldest first, or nil when no image makes that point.
+    public func images(forPoint point: UInt32) -> ArraySlice<ManifestEntry>? {
+        guard let i = images.firstIndex(where: { $0.point == point }) else { return nil }
+        return images[...i]
+    }
+
+    public func encode() -> [UInt8] {
+        var text = "\(Self.header)\nchain \(chainID)\nblock-size \(blockSize)\nsource-size \(sourceSize)\n"
+        text += "next-point \(nextPoint)\nhash-map \(hashMapFile)\n"
+        for e in images {
+            text += "image \(e.firstPoint) \(e.lastPoint) \(e.kind == .full ? "full" : "incremental") \(e.imageID) "
+            text += "\(e.createdAt) \(e.bytesRead) \(e.bytesStored) \(e.blocksChanged) \(e.file)\n"
+        }
+        let body = Array(text.utf8)
+        let crc = String(CRC32C.checksum(body), radix: 16)
+        return body + Array("crc32c \(String(repeating: "0", count: 8 - crc.count))\(crc)\n".utf8)
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> ChainManifest {
+        let what = "chain manifest"
+        guard bytes.starts(with: Array(header.utf8)) else { throw FormatError.badMagic(what) }
+        guard bytes.count < 64 << 20 else { throw FormatError.invalid("chain manifest is implausibly large") }
+        guard bytes.last == UInt8(ascii: "\n"), let cut = bytes.dropLast().lastIndex(of: UInt8(ascii: "\n")) else {
+            throw FormatError.truncated(what, at: UInt64(bytes.count))
+        }
+        let body = Array(bytes[...cut])
+        let last = String(decoding: bytes[(cut + 1)...].dropLast(), as: UTF8.self).split(separator: " ")
+        guard last.count == 2, last[0] == "crc32c" else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
+        guard UInt32(last[1], radix: 16) == CRC32C.checksum(body) else { throw FormatError.checksumMismatch(what) }
+
+        var fields: [String: String] = [:]
+        var images = [ManifestEntry]()
+        for line in String(decoding: body, as: UTF8.self).split(separator: "\n").dropFirst() {
+            let parts = line.split(separator: " ", maxSplits: 9).map(String.init)
+            if parts[0] == "image" {
+                guard parts.count == 10, let first = UInt32(parts[1]), let lastP = UInt32(parts[2]),
+                    let id = Identifier(hex: parts[4]), let created = UInt64(parts[5]), let read = UInt64(parts[6]),
+                    let stored = UInt64(parts[7]), let changed = UInt64(parts[8]), isPlainFileName(parts[9]),
+                    parts[3] == "full" || parts[3] == "incremental"
+                else { throw FormatError.invalid("chain manifest has a malformed image line") }
+                images.append(
+                    ManifestEntry(
+                        file: parts[9], imageID: id, kind: parts[3] == "full" ? .full : .incremental, firstPoint: first,
+                        lastPoint: lastP, createdAt: created, bytesRead: read, bytesStored: stored, blocksChanged: changed))
+            } else if parts.count == 2 {
+                fields[parts[0]] = parts[1]
+            } else {
+                throw FormatError.invalid("chain manifest has a malformed line")
+            }
+        }
+        guard let idText = fields["chain"], let chainID = Identifier(hex: idText),
+            let bsText = fields["block-size"], let blockSize = UInt32(bsText), isValidBlockSize(blockSize),
+            let sizeText = fields["source-size"], let sourceSize = UInt64(sizeText),
+            let nextText = fields["next-point"], let nextPoint = UInt32(nextText),
+            let mapFile = fields["hash-map"], isPlainFileName(mapFile)
+        else { throw FormatError.invalid("chain manifest lacks a required field") }
+        guard let firstImage = images.first, firstImage.kind == .full,
+            images.dropFirst().allSatisfy({ $0.kind == .incremental })
+        else { throw FormatError.invalid("chain manifest does not start with exactly one full image") }
+        var previous: UInt32 = 0
+        for e in images {
+            guard e.firstPoint == previous + 1 || (e.kind == .full && e.firstPoint >= 1), e.firstPoint <= e.lastPoint,
+                e.lastPoint > previous, e.lastPoint < nextPoint
+            else { throw FormatError.invalid("chain manifest lists points out of order") }
+            previous = e.lastPoint
+        }
+        return ChainManifest(
+            chainID: chainID, blockSize: blockSize, sourceSize: sourceSize, nextPoint: nextPoint, images: images,
+            hashMapFile: mapFile)
+    }
+}
+
+/// Names in the manifest are plain file names inside the chain directory, never paths.
+func isPlainFileName(_ s: String) -> Bool {
+    !s.isEmpty && s.count <= 255 && !s.contains("/") && s != "." && s != ".." && !s.hasPrefix(".")
+}

@@ -1,0 +1,168 @@
+// The index at the end of every image file (docs/FORMAT.md, "Image index"): a table of frames, where the
+// compressed bytes lie, and a table of extents, which blocks of the source each frame holds. Extents are
+// sorted and never overlap; a full image's extents cover every block, an incremental's only the changed ones.
+
+public enum FrameCodec: UInt8, Sendable {
+    case raw = 0
+    case zstd = 1
+}
+
+/// One frame on disk: `16 * blockCount` bytes of block hashes (XXH3-128, little-endian low then high),
+/// then the payload, compressed or raw. `checksum` is XXH3-64 over both.
+public struct FrameRecord: Equatable, Sendable {
+    public static let encodedSize = 32
+    public var offset: UInt64
+    public var length: UInt32
+    public var blockCount: UInt32
+    public var codec: FrameCodec
+    public var checksum: UInt64
+
+    public init(offset: UInt64, length: UInt32, blockCount: UInt32, codec: FrameCodec, checksum: UInt64) {
+        self.offset = offset
+        self.length = length
+        self.blockCount = blockCount
+        self.codec = codec
+        self.checksum = checksum
+    }
+
+    public var hashesLength: Int { Int(blockCount) * 16 }
+    public var payloadLength: Int { Int(length) - hashesLength }
+}
+
+public enum ExtentKind: UInt8, Sendable {
+    /// Every byte is zero; nothing is stored.
+    case zero = 0
+    /// The blocks are stored in a frame.
+    case data = 1
+    /// The source could not be read here; restored as zeros and reported.
+    case unreadable = 2
+}
+
+/// A run of consecutive blocks of one kind. For data, the run is `blockCount` consecutive blocks of frame
+/// `frame`, starting at the frame's block number `frameBlock`.
+public struct ExtentRecord: Equatable, Sendable {
+    public static let encodedSize = 24
+    public var firstBlock: UInt64
+    public var blockCount: UInt32
+    public var kind: ExtentKind
+    public var frame: UInt32
+    public var frameBlock: UInt32
+
+    public init(firstBlock: UInt64, blockCount: UInt32, kind: ExtentKind, frame: UInt32 = 0, frameBlock: UInt32 = 0) {
+        self.firstBlock = firstBlock
+        self.blockCount = blockCount
+        self.kind = kind
+        self.frame = frame
+        self.frameBlock = frameBlock
+    }
+
+    public var endBlock: UInt64 { firstBlock + UInt64(blockCount) }
+}
+
+public struct ImageIndex: Equatable, Sendable {
+    public static let magic: [UInt8] = Array("STRATAIX".utf8)
+    public var frames: [FrameRecord]
+    public var extents: [ExtentRecord]
+
+    public init(frames: [FrameRecord] = [], extents: [ExtentRecord] = []) {
+        self.frames = frames
+        self.extents = extents
+    }
+
+    public static func encodedLength(frames: UInt64, extents: UInt64) -> UInt64 {
+        // Overflow-checked so that absurd counts in a damaged header are rejected, not trapped on.
+        let (f, o1) = frames.multipliedReportingOverflow(by: UInt64(FrameRecord.encodedSize))
+        let (e, o2) = extents.multipliedReportingOverflow(by: UInt64(ExtentRecord.encodedSize))
+        let (s, o3) = f.addingReportingOverflow(e)
+        return o1 || o2 || o3 ? UInt64.max : s + 24
+    }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter(capacity: Int(Self.encodedLength(frames: UInt64(frames.count), extents: UInt64(extents.count))))
+        w.raw(Self.magic)
+        w.u64(UInt64(frames.count))
+        w.u64(UInt64(extents.count))
+        for f in frames {
+            w.u64(f.offset)
+            w.u32(f.length)
+            w.u32(f.blockCount)
+            w.u8(f.codec.rawValue)
+            w.zeros(7)
+            w.u64(f.checksum)
+        }
+        for e in extents {
+            w.u64(e.firstBlock)
+            w.u32(e.blockCount)
+            w.u8(e.kind.rawValue)
+            w.zeros(3)
+            w.u32(e.frame)
+            w.u32(e.frameBlock)
+        }
+        return w.bytes
+    }
+
+    /// Decodes and validates an index against its header: checksum, counts, frame bounds, extent order and
+    /// coverage. After this, every extent can be followed without further bounds checks.
+    public static func decode(_ bytes: [UInt8], header h: ImageHeader) throws -> ImageIndex {
+        let what = "image index"
+        guard UInt64(bytes.count) == h.indexLength else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
+        guard CRC32C.checksum(bytes) == h.indexChecksum else { throw FormatError.checksumMismatch(what) }
+        var r = ByteReader(bytes, what: what)
+        guard try r.raw(8) == magic else { throw FormatError.badMagic(what) }
+        guard try r.u64() == h.frameCount, try r.u64() == h.extentCount else {
+            throw FormatError.invalid("image index counts differ from the header's")
+        }
+        var frames = [FrameRecord]()
+        frames.reserveCapacity(Int(h.frameCount))
+        var nextOffset = UInt64(ImageHeader.size)
+        let maxBlocksPerFrame = ImageHeader.maxBlockSize / h.blockSize * 1
+        for i in 0..<h.frameCount {
+            let offset = try r.u64(), length = try r.u32(), blocks = try r.u32()
+            guard let codec = FrameCodec(rawValue: try r.u8()) else { throw FormatError.invalid("frame \(i) has an unknown codec") }
+            try r.skip(7)
+            let f = FrameRecord(offset: offset, length: length, blockCount: blocks, codec: codec, checksum: try r.u64())
+            guard offset == nextOffset, blocks >= 1, blocks <= max(maxBlocksPerFrame, 1), f.payloadLength > 0,
+                offset + UInt64(length) <= h.indexOffset
+            else { throw FormatError.invalid("frame \(i) lies outside the image's data area") }
+            nextOffset = offset + UInt64(length)
+            frames.append(f)
+        }
+        guard nextOffset == h.indexOffset else { throw FormatError.invalid("frames do not fill the image's data area") }
+        var extents = [ExtentRecord]()
+        extents.reserveCapacity(Int(h.extentCount))
+        var nextBlock: UInt64 = 0
+        var data: UInt64 = 0, zero: UInt64 = 0, unreadable: UInt64 = 0
+        var frameUse = [UInt32](repeating: 0, count: frames.count)
+        let blockCount = h.blockCount
+        for i in 0..<h.extentCount {
+            let first = try r.u64(), count = try r.u32()
+            guard let kind = ExtentKind(rawValue: try r.u8()) else { throw FormatError.invalid("extent \(i) has an unknown kind") }
+            try r.skip(3)
+            let e = ExtentRecord(firstBlock: first, blockCount: count, kind: kind, frame: try r.u32(), frameBlock: try r.u32())
+            guard count > 0, first >= nextBlock, first <= blockCount, UInt64(count) <= blockCount - first else {
+                throw FormatError.invalid("extent \(i) is out of order or beyond the source")
+            }
+            if h.kind == .full && first != nextBlock { throw FormatError.invalid("full image does not cover block \(nextBlock)") }
+            switch kind {
+            case .data:
+                guard Int(e.frame) < frames.count, e.frameBlock == frameUse[Int(e.frame)],
+                    UInt64(e.frameBlock) + UInt64(count) <= UInt64(frames[Int(e.frame)].blockCount)
+                else { throw FormatError.invalid("extent \(i) points outside its frame") }
+                frameUse[Int(e.frame)] += count
+                data += UInt64(count)
+            case .zero: zero += UInt64(count)
+            case .unreadable: unreadable += UInt64(count)
+            }
+            nextBlock = e.endBlock
+            extents.append(e)
+        }
+        if h.kind == .full && nextBlock != blockCount { throw FormatError.invalid("full image does not cover the whole source") }
+        guard zip(frameUse, frames).allSatisfy({ $0 == $1.blockCount }) else {
+            throw FormatError.invalid("a frame holds blocks that no extent uses")
+        }
+        guard data == h.dataBlocks, zero == h.zeroBlocks, unreadable == h.unreadableBlocks else {
+            throw FormatError.invalid("image block counts differ from the header's")
+        }
+        return ImageIndex(frames: frames, extents: extents)
+    }
+}

@@ -1,0 +1,102 @@
+// Opening what Strata images: a block device or a regular (image) file. Learns its size (BLKGETSIZE64 or
+// fstat), the alignment direct I/O needs (BLKSSZGET), whether O_DIRECT is allowed (tmpfs refuses it), the
+// file's data ranges (SEEK_DATA/SEEK_HOLE: holes are never read) and whether a device is mounted read-write.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CURing
+
+public final class BlockSource {
+    public let path: String
+    public let fd: Int32
+    public let size: UInt64
+    public let isBlockDevice: Bool
+    /// Whether reads bypass the page cache.
+    public let direct: Bool
+    /// Buffer address, length and offset multiple for reads.
+    public let alignment: Int
+    let rdev: UInt64
+
+    /// Opens `path` read-only, with O_DIRECT when `direct` and the filesystem allows it.
+    public init(path: String, direct: Bool = true) throws {
+        self.path = path
+        let st = try Sys.stat(path)
+        let kind = st.st_mode & S_IFMT
+        guard kind == S_IFBLK || kind == S_IFREG else {
+            throw IOError("open", path: path, errno: kind == S_IFDIR ? EISDIR : EINVAL)
+        }
+        isBlockDevice = kind == S_IFBLK
+        var fd: Int32
+        var isDirect = direct
+        if direct {
+            do {
+                fd = try Sys.open(path, O_RDONLY | strata_O_DIRECT)
+            } catch let e as IOError where e.errno == EINVAL {
+                fd = try Sys.open(path, O_RDONLY)
+                isDirect = false
+            }
+        } else {
+            fd = try Sys.open(path, O_RDONLY)
+        }
+        self.fd = fd
+        self.direct = isDirect
+        rdev = UInt64(st.st_rdev)
+        if isBlockDevice {
+            size = try Sys.blockDeviceSize(fd, path: path)
+            alignment = max(512, (try? Sys.logicalBlockSize(fd, path: path)) ?? 4096)
+        } else {
+            size = UInt64(try Sys.fstat(fd, path: path).st_size)
+            alignment = 4096
+        }
+    }
+
+    deinit { Sys.close(fd) }
+
+    /// The byte ranges that may hold data, in order, each aligned outward to `granule`. A block device is
+    /// one range; a sparse file skips its holes.
+    public func dataRanges(granule: UInt64) throws -> [Range<UInt64>] {
+        if isBlockDevice || size == 0 { return size == 0 ? [] : [0..<size] }
+        var ranges = [Range<UInt64>]()
+        var at: UInt64 = 0
+        while at < size, let start = try Sys.seekData(fd, from: at, path: path), start < size {
+            let end = min(size, try Sys.seekHole(fd, from: start, path: path))
+            let lo = start / granule * granule
+            let hi = min(size, (end + granule - 1) / granule * granule)
+            if let last = ranges.last, last.upperBound >= lo {
+                ranges[ranges.count - 1] = last.lowerBound..<max(last.upperBound, hi)
+            } else {
+                ranges.append(lo..<hi)
+            }
+            at = max(end, start + 1)
+        }
+        return ranges
+    }
+
+    /// Where this block device is mounted read-write, if it is.
+    public func readWriteMountPoint() -> String? {
+        guard isBlockDevice, let text = readSmallFile("/proc/self/mountinfo") else { return nil }
+        let want = "\(major(rdev)):\(minor(rdev))"
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 5, f[2] == want else { continue }
+            if f[5].split(separator: ",").contains("rw") { return String(f[4]) }
+        }
+        return nil
+    }
+
+    private func major(_ dev: UInt64) -> UInt64 { ((dev >> 32) & 0xFFFF_F000) | ((dev >> 8) & 0xFFF) }
+    private func minor(_ dev: UInt64) -> UInt64 { ((dev >> 12) & 0xFFFF_FF00) | (dev & 0xFF) }
+}
+
+func readSmallFile(_ path: String) -> String? {
+    guard let fd = try? Sys.open(path, O_RDONLY) else { return nil }
+    defer { Sys.close(fd) }
+    var out = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        out.append(contentsOf: buf[0..<n])
+    }
+    return String(decoding: out, as: UTF8.self)
+}

@@ -1,0 +1,65 @@
+// Crash-safe file publishing and the chain lock. A file becomes visible under its final name only after its
+// bytes are on stable storage (write temp, fsync, rename, fsync directory), so a power cut at any instant
+// leaves either the old file or the new one, never a torn one.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum DurableFiles {
+    /// Temporary files start with this prefix; a later run removes any it finds (left by a killed run).
+    public static let temporaryPrefix = ".strata-tmp-"
+
+    public static func temporaryName(for name: String) -> String { "\(temporaryPrefix)\(getpid())-\(name)" }
+
+    public static func fsyncDirectory(_ dir: String) throws {
+        let fd = try Sys.open(dir, O_RDONLY | O_DIRECTORY)
+        defer { Sys.close(fd) }
+        try Sys.fsync(fd, path: dir)
+    }
+
+    /// Atomically replaces `dir/name` with `bytes`.
+    public static func publish(_ bytes: [UInt8], dir: String, name: String) throws {
+        let tmp = "\(dir)/\(temporaryName(for: name))"
+        let fd = try Sys.open(tmp, O_WRONLY | O_CREAT | O_TRUNC)
+        do {
+            try bytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: tmp) }
+            try Sys.fsync(fd, path: tmp)
+            Sys.close(fd)
+        } catch {
+            Sys.close(fd)
+            try? Sys.unlink(tmp)
+            throw error
+        }
+        try Sys.rename(tmp, "\(dir)/\(name)")
+        try fsyncDirectory(dir)
+    }
+
+    /// Reads a whole small file (manifest, header); refuses files larger than `limit`.
+    public static func readAll(_ path: String, limit: Int) throws -> [UInt8] {
+        let fd = try Sys.open(path, O_RDONLY)
+        defer { Sys.close(fd) }
+        let size = Int(try Sys.fstat(fd, path: path).st_size)
+        guard size <= limit else { throw IOError("read", path: path, errno: EFBIG) }
+        var bytes = [UInt8](repeating: 0, count: size)
+        let n = try bytes.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, size, 0, path: path) }
+        return Array(bytes[0..<n])
+    }
+}
+
+/// An exclusive lock on a chain directory, held for the life of the value. A second strata on the same chain
+/// fails to take it at once instead of waiting or interleaving writes.
+public final class DirectoryLock {
+    private let fd: Int32
+
+    /// Returns nil when another process holds the lock.
+    public init?(directory: String) throws {
+        let fd = try Sys.open("\(directory)/.lock", O_RDWR | O_CREAT)
+        guard try Sys.tryLock(fd, path: directory) else {
+            Sys.close(fd)
+            return nil
+        }
+        self.fd = fd
+    }
+
+    deinit { Sys.close(fd) }  // closing releases the flock
+}

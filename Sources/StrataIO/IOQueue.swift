@@ -1,0 +1,119 @@
+// The I/O engine's contract: submit reads and writes into caller-owned buffers, then wait for completions.
+// Two engines implement it: io_uring (URingQueue.swift) and a pool of pread/pwrite threads for machines where
+// io_uring is refused. Neither finishes short transfers: IOPump does that, in one place, for both.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+public struct IORequest {
+    public enum Op { case read, write }
+    public var op: Op
+    public var fd: Int32
+    public var buffer: UnsafeMutableRawPointer
+    public var length: Int
+    public var offset: UInt64
+    public var tag: UInt64
+}
+
+/// `result` is the byte count transferred, or a negated errno.
+public struct IOCompletion {
+    public var tag: UInt64
+    public var result: Int
+}
+
+public protocol IOQueue: AnyObject {
+    /// "io_uring" or "pread", for messages and --json.
+    var engineName: String { get }
+    func submit(_ request: IORequest)
+    /// Blocks until at least one submitted request completes; appends every completion available.
+    func wait(into completions: inout [IOCompletion])
+}
+
+public enum IOEngineChoice: String, Sendable, CaseIterable {
+    case auto, uring, pread
+}
+
+public enum IOEngine {
+    /// Builds the requested engine. `auto` prefers io_uring and falls back to threads, returning a one-line
+    /// note saying so; `uring` fails if the kernel refuses it.
+    public static func make(_ choice: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?) {
+        switch choice {
+        case .pread:
+            return (PreadQueue(threads: depth), nil)
+        case .uring:
+            return (try URingQueue(depth: depth), nil)
+        case .auto:
+            do {
+                return (try URingQueue(depth: depth), nil)
+            } catch let e as IOError {
+                return (PreadQueue(threads: depth), "io_uring unavailable (\(e.reason)); using a pool of pread threads")
+            }
+        }
+    }
+}
+
+/// Blocking pread/pwrite on a pool of threads: QEMU's `aio=threads`, for kernels or sandboxes without io_uring.
+public final class PreadQueue: IOQueue {
+    public let engineName = "pread"
+    private let lock = NSCondition()
+    private var requests: [IORequest] = []
+    private var done: [IOCompletion] = []
+    private var stopping = false
+    private var threads: [Thread] = []
+
+    public init(threads count: Int) {
+        let n = max(1, min(count, 64))
+        for _ in 0..<n {
+            let t = Thread { [unowned self] in self.serve() }
+            t.stackSize = 256 << 10
+            threads.append(t)
+            t.start()
+        }
+    }
+
+    deinit {
+        lock.lock()
+        stopping = true
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    public func submit(_ request: IORequest) {
+        lock.lock()
+        requests.append(request)
+        lock.signal()
+        lock.unlock()
+    }
+
+    public func wait(into completions: inout [IOCompletion]) {
+        lock.lock()
+        while done.isEmpty { lock.wait() }
+        completions.append(contentsOf: done)
+        done.removeAll(keepingCapacity: true)
+        lock.unlock()
+    }
+
+    private func serve() {
+        while true {
+            lock.lock()
+            while requests.isEmpty && !stopping { lock.wait() }
+            if stopping {
+                lock.unlock()
+                return
+            }
+            let r = requests.removeFirst()
+            lock.unlock()
+            let n: Int
+            switch r.op {
+            case .read: n = Glibc.pread(r.fd, r.buffer, r.length, off_t(r.offset))
+            case .write: n = Glibc.pwrite(r.fd, r.buffer, r.length, off_t(r.offset))
+            }
+            let result = n >= 0 ? n : -Int(Glibc.errno)
+            lock.lock()
+            done.append(IOCompletion(tag: r.tag, result: result))
+            lock.broadcast()
+            lock.unlock()
+        }
+    }
+}

@@ -1,0 +1,60 @@
+// What a restore writes: a block device, written in place (zero ranges with BLKZEROOUT), or a regular file,
+// created anew and sparse (zero ranges are left as holes). O_DIRECT where the filesystem allows it; a file's
+// length is set by truncation at the end, so writes may round up to the alignment O_DIRECT needs.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CURing
+
+public final class RestoreTarget {
+    public let path: String
+    public let fd: Int32
+    public let isBlockDevice: Bool
+    public let direct: Bool
+    public let alignment: Int
+    /// For a block device, its size; for a file, 0 (it grows).
+    public let deviceSize: UInt64
+
+    public init(path: String) throws {
+        self.path = path
+        var isDevice = false
+        if let st = try? Sys.stat(path) {
+            let kind = st.st_mode & S_IFMT
+            if kind == S_IFDIR { throw IOError("open", path: path, errno: EISDIR) }
+            isDevice = kind == S_IFBLK
+        }
+        isBlockDevice = isDevice
+        let flags = isDevice ? O_WRONLY : O_WRONLY | O_CREAT | O_TRUNC
+        var direct = true
+        var fd: Int32
+        do {
+            fd = try Sys.open(path, flags | strata_O_DIRECT, mode: 0o644)
+        } catch let e as IOError where e.errno == EINVAL {
+            fd = try Sys.open(path, flags, mode: 0o644)
+            direct = false
+        }
+        self.fd = fd
+        self.direct = direct
+        if isDevice {
+            deviceSize = try Sys.blockDeviceSize(fd, path: path)
+            alignment = max(512, (try? Sys.logicalBlockSize(fd, path: path)) ?? 4096)
+        } else {
+            deviceSize = 0
+            alignment = 4096
+        }
+    }
+
+    deinit { Sys.close(fd) }
+
+    /// Sets a file's final length (its unwritten ranges read as zeros). No-op for a device.
+    public func setLength(_ size: UInt64) throws {
+        if !isBlockDevice { try Sys.ftruncate(fd, size, path: path) }
+    }
+
+    /// Makes a range read back as zeros: a hole in a file (nothing to do after truncation), BLKZEROOUT on a device.
+    public func zero(offset: UInt64, length: UInt64) throws {
+        if isBlockDevice { try Sys.zeroOut(fd, offset: offset, length: length, path: path) }
+    }
+
+    public func sync() throws { try Sys.fdatasync(fd, path: path) }
+}

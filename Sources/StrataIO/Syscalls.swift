@@ -1,0 +1,185 @@
+// Every raw libc call Strata makes, in one file, one small function each (as swift-system's Syscalls.swift
+// and swift-nio's System.swift do). Each retries EINTR here so no caller has to, traps on errnos that can
+// only mean a bug in Strata (EBADF, EFAULT), and throws `IOError` for everything the world can cause (EIO,
+// ENOSPC, EACCES...). Callers above this file never see errno.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CURing
+
+/// A failed system call: what was attempted, on which path, and the errno it failed with.
+public struct IOError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var operation: String
+    public var path: String
+    public var errno: Int32
+
+    public init(_ operation: String, path: String, errno: Int32) {
+        self.operation = operation
+        self.path = path
+        self.errno = errno
+    }
+
+    public var reason: String { String(cString: strerror(errno)) }
+    public var description: String { "\(operation) \(path): \(reason)" }
+}
+
+@inline(__always)
+func checkBug(_ err: Int32, _ op: String) {
+    precondition(err != EBADF && err != EFAULT, "strata bug: \(op) failed with \(String(cString: strerror(err)))")
+}
+
+/// Runs `body` until it does not fail with EINTR; returns its result or throws IOError.
+@inline(__always)
+func retrying<T: BinaryInteger>(_ op: String, _ path: String, _ body: () -> T) throws -> T {
+    while true {
+        let r = body()
+        if r >= 0 { return r }
+        let e = Glibc.errno
+        if e == EINTR { continue }
+        checkBug(e, op)
+        throw IOError(op, path: path, errno: e)
+    }
+}
+
+public enum Sys {
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
+        try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+    }
+
+    public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+
+    public static func pread(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ count: Int, _ offset: UInt64, path: String) throws -> Int {
+        try retrying("read", path) { Glibc.pread(fd, buf, count, off_t(offset)) }
+    }
+
+    public static func pwrite(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int, _ offset: UInt64, path: String) throws -> Int {
+        try retrying("write", path) { Glibc.pwrite(fd, buf, count, off_t(offset)) }
+    }
+
+    /// Writes all of `count` bytes (pwrite may write less, e.g. near a full disk before it reports ENOSPC).
+    public static func pwriteAll(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int, _ offset: UInt64, path: String) throws {
+        var done = 0
+        while done < count {
+            let n = try pwrite(fd, buf + done, count - done, offset + UInt64(done), path: path)
+            if n == 0 { throw IOError("write", path: path, errno: ENOSPC) }
+            done += n
+        }
+    }
+
+    /// Reads exactly `count` bytes unless the file ends first; returns the number read.
+    public static func preadFully(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ count: Int, _ offset: UInt64, path: String) throws -> Int {
+        var done = 0
+        while done < count {
+            let n = try pread(fd, buf + done, count - done, offset + UInt64(done), path: path)
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    public static func fstat(_ fd: Int32, path: String) throws -> Glibc.stat {
+        var st = Glibc.stat()
+        _ = try retrying("stat", path) { Glibc.fstat(fd, &st) }
+        return st
+    }
+
+    public static func stat(_ path: String) throws -> Glibc.stat {
+        var st = Glibc.stat()
+        _ = try retrying("stat", path) { strata_stat(path, &st) }
+        return st
+    }
+
+    public static func fsync(_ fd: Int32, path: String) throws { _ = try retrying("fsync", path) { Glibc.fsync(fd) } }
+    public static func fdatasync(_ fd: Int32, path: String) throws { _ = try retrying("fdatasync", path) { Glibc.fdatasync(fd) } }
+    public static func ftruncate(_ fd: Int32, _ size: UInt64, path: String) throws {
+        _ = try retrying("truncate", path) { Glibc.ftruncate(fd, off_t(size)) }
+    }
+
+    public static func rename(_ from: String, _ to: String) throws {
+        _ = try retrying("rename", from) { Glibc.rename(from, to) }
+    }
+
+    public static func unlink(_ path: String) throws { _ = try retrying("remove", path) { Glibc.unlink(path) } }
+
+    public static func mkdir(_ path: String) throws { _ = try retrying("create directory", path) { Glibc.mkdir(path, 0o755) } }
+
+    /// Device size in bytes of a block device (BLKGETSIZE64).
+    public static func blockDeviceSize(_ fd: Int32, path: String) throws -> UInt64 {
+        var size: UInt64 = 0
+        _ = try retrying("get size of", path) { ioctl(fd, strata_BLKGETSIZE64, &size) }
+        return size
+    }
+
+    /// Logical block size of a block device (BLKSSZGET): the alignment O_DIRECT needs.
+    public static func logicalBlockSize(_ fd: Int32, path: String) throws -> Int {
+        var size: Int32 = 0
+        _ = try retrying("get block size of", path) { ioctl(fd, strata_BLKSSZGET, &size) }
+        return Int(size)
+    }
+
+    /// Zeroes a byte range of a block device (BLKZEROOUT); the device may do it without transferring data.
+    public static func zeroOut(_ fd: Int32, offset: UInt64, length: UInt64, path: String) throws {
+        var range: (UInt64, UInt64) = (offset, length)
+        _ = try retrying("zero range of", path) { ioctl(fd, strata_BLKZEROOUT, &range) }
+    }
+
+    /// The next data offset at or after `offset` (SEEK_DATA), or nil at end of file / no more data.
+    public static func seekData(_ fd: Int32, from offset: UInt64, path: String) throws -> UInt64? {
+        let r = lseek(fd, off_t(offset), SEEK_DATA)
+        if r < 0 {
+            if Glibc.errno == ENXIO { return nil }
+            if Glibc.errno == EINVAL { return offset }  // filesystem without SEEK_DATA: all data
+            throw IOError("seek in", path: path, errno: Glibc.errno)
+        }
+        return UInt64(r)
+    }
+
+    public static func seekHole(_ fd: Int32, from offset: UInt64, path: String) throws -> UInt64 {
+        let r = lseek(fd, off_t(offset), SEEK_HOLE)
+        if r < 0 { throw IOError("seek in", path: path, errno: Glibc.errno) }
+        return UInt64(r)
+    }
+
+    /// Exclusive, non-blocking advisory lock; false when another process holds it.
+    public static func tryLock(_ fd: Int32, path: String) throws -> Bool {
+        while true {
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return true }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EWOULDBLOCK { return false }
+            throw IOError("lock", path: path, errno: e)
+        }
+    }
+
+    /// Free bytes available to this user on the filesystem holding `path`.
+    public static func freeSpace(_ path: String) throws -> UInt64 {
+        var s = statvfs()
+        _ = try retrying("stat filesystem of", path) { statvfs(path, &s) }
+        return UInt64(s.f_bavail) * UInt64(s.f_frsize)
+    }
+
+    public static func listDirectory(_ path: String) throws -> [String] {
+        guard let d = opendir(path) else { throw IOError("list", path: path, errno: Glibc.errno) }
+        defer { closedir(d) }
+        var names = [String]()
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    public static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) == 1 }
+
+    public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    public static func monotonicNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}

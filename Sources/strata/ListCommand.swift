@@ -1,0 +1,37 @@
+import ArgumentParser
+import Foundation
+import StrataChain
+
+struct ListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List the points of a chain: number, time, kind, bytes read and stored.")
+
+    @Argument(help: "Chain directory.") var chain: String
+    @Flag(help: "Print one JSON object on stdout.") var json = false
+
+    func run() throws {
+        let listing: ChainListing
+        do { listing = try ChainListing.read(chain: chain) } catch { throw Output.fail(error) }
+        if json {
+            let points = listing.points.map { p -> String in
+                "{\"point\":\(p.point),\"firstPoint\":\(p.firstPoint),\"kind\":\"\(p.kind == .full ? "full" : "incremental")\",\"created\":\(p.createdAt),\"bytesRead\":\(p.bytesRead),\"bytesStored\":\(p.bytesStored),\"blocksChanged\":\(p.blocksChanged),\"image\":\"\(Output.escape(p.file))\"}"
+            }
+            Output.json([("chain", listing.chainID), ("blockSize", listing.blockSize), ("sourceSize", listing.sourceSize), ("points", points)])
+            return
+        }
+        let formatter = DateFormatter()
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks")
+        print("point  created              kind         read        stored      changed blocks")
+        for p in listing.points {
+            let created = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(p.createdAt)))
+            let kind = p.kind == .full ? "full" : (p.firstPoint == p.point ? "incremental" : "merged \(p.firstPoint)-\(p.point)")
+            print("\(pad(String(p.point), 5, left: true))  \(created)  \(pad(kind, 11))  \(pad(Output.bytes(p.bytesRead), 10))  \(pad(Output.bytes(p.bytesStored), 10))  \(p.blocksChanged)")
+        }
+    }
+}
+
+private func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
+    let fill = String(repeating: " ", count: max(0, width - s.count))
+    return left ? fill + s : s + fill
+}

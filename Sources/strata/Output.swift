@@ -1,0 +1,97 @@
+// Everything the CLI prints: the progress line (stderr, terminals only), one-line notices, errors with their
+// exit codes, and the JSON objects of --json. Errors are rendered here and nowhere else.
+import ArgumentParser
+import Foundation
+import StrataChain
+import StrataIO
+
+enum Output {
+    static func notice(_ line: String) {
+        FileHandle.standardError.write(Data("strata: \(line)\n".utf8))
+    }
+
+    /// Prints a failure as one line and exits with its documented code.
+    static func fail(_ error: Error) -> ExitCode {
+        if let e = error as? ChainError {
+            notice("error: \(e.description)")
+            return ExitCode(e.exitCode)
+        }
+        if let e = error as? IOError {
+            notice("error: \(e.description)")
+            return ExitCode(74)
+        }
+        notice("error: \(error)")
+        return ExitCode(1)
+    }
+
+    static func json(_ fields: [(String, Any)]) {
+        let body = fields.map { key, value -> String in
+            let v: String
+            switch value {
+            case let s as String: v = "\"\(escape(s))\""
+            case let d as Double: v = String(format: "%.3f", d)
+            case let a as [String]: v = "[" + a.joined(separator: ",") + "]"
+            default: v = "\(value)"
+            }
+            return "\"\(key)\":\(v)"
+        }
+        print("{" + body.joined(separator: ",") + "}")
+    }
+
+    static func escape(_ s: String) -> String {
+        var out = ""
+        for c in s.unicodeScalars {
+            switch c {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            default:
+                if c.value < 0x20 { out += String(format: "\\u%04x", c.value) } else { out.unicodeScalars.append(c) }
+            }
+        }
+        return out
+    }
+
+    static func bytes(_ n: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var v = Double(n)
+        var u = 0
+        while v >= 1024 && u < units.count - 1 {
+            v /= 1024
+            u += 1
+        }
+        return u == 0 ? "\(n) B" : String(format: "%.1f ", v) + units[u]
+    }
+}
+
+/// A progress line with bytes done, rate and ETA, redrawn at most 10 times a second on a terminal's stderr.
+final class ProgressLine {
+    private let verb: String
+    private let enabled: Bool
+    private let start = Sys.monotonicNanos()
+    private var last: UInt64 = 0
+    private var drawn = false
+
+    init(verb: String, quiet: Bool) {
+        self.verb = verb
+        enabled = !quiet && Sys.isTerminal(2)
+    }
+
+    func update(_ done: UInt64, _ total: UInt64) {
+        guard enabled else { return }
+        let now = Sys.monotonicNanos()
+        guard now - last > 100_000_000 || done == total else { return }
+        last = now
+        let seconds = max(Double(now - start) / 1e9, 0.001)
+        let rate = Double(done) / seconds
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let pct = total > 0 ? Double(done) * 100 / Double(total) : 100
+        let line = "\(verb) \(String(format: "%5.1f%%", pct))  \(Output.bytes(done)) / \(Output.bytes(total))  \(Output.bytes(UInt64(rate)))/s  ETA \(Int(eta) / 60):\(String(format: "%02d", Int(eta) % 60))"
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+        drawn = true
+    }
+
+    func finish() {
+        if drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+    }
+}

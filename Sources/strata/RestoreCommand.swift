@@ -1,0 +1,43 @@
+import ArgumentParser
+import StrataChain
+import StrataIO
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Restore a point of a chain to a block device or a file.",
+        discussion: """
+            Writes the disk exactly as it was at the point, in one sequential pass. A block device must be at least \
+            as large as the captured source (checked before anything is written); a file is created (replaced if \
+            it exists) sparse, with zero ranges left as holes. Every frame's checksum and every block's hash is \
+            checked as it is restored; a mismatch stops the restore naming the image and frame.
+            """)
+
+    @Argument(help: "Chain directory.") var chain: String
+    @Argument(help: "Block device or file to write.") var target: String
+    @Option(help: "Point to restore (default: the newest).") var point: UInt32?
+    @Option(help: "Decompression threads (default: one per core).") var threads: Int = Sys.onlineCores
+    @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
+    @Flag(help: "Print one JSON object with the result on stdout.") var json = false
+    @Flag(help: "No progress line.") var quiet = false
+
+    func run() throws {
+        var options = RestoreOptions()
+        options.point = point
+        options.threads = max(1, threads)
+        options.engine = ioEngine
+        let progress = ProgressLine(verb: "restore", quiet: quiet)
+        do {
+            let r = try Restore.run(chain: chain, target: target, options: options, progress: progress.update, notice: Output.notice)
+            progress.finish()
+            if json {
+                Output.json([("point", r.point), ("bytesWritten", r.bytesWritten), ("images", r.images), ("seconds", r.seconds), ("engine", r.engine)])
+            } else if !quiet {
+                print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(Output.bytes(r.bytesWritten)) in \(String(format: "%.2f", r.seconds)) s")
+            }
+        } catch {
+            progress.finish()
+            throw Output.fail(error)
+        }
+    }
+}

@@ -1,0 +1,30 @@
+// Top-level command and the exit codes every subcommand shares.
+import ArgumentParser
+
+struct StrataCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "strata",
+        abstract: "Block-level, change-tracking, incremental disk imager.",
+        discussion: """
+            The first capture of a disk into a chain directory writes a full image; every later capture writes an \
+            incremental image holding only the blocks whose content changed. Any point of the chain restores, \
+            bit for bit, in one pass.
+
+              strata capture /dev/sdb /backup/sdb
+              strata list /backup/sdb
+              strata restore /backup/sdb /dev/sdc --point 2
+
+            EXIT STATUS
+              0   success
+              64  bad usage: an invalid option, or a point that does not exist
+              65  the chain is damaged, foreign, or does not match the source (nothing was changed)
+              66  the source cannot be opened or read
+              69  the requested I/O engine is unavailable
+              73  the target cannot be written, or is too small
+              74  an I/O error while reading or writing
+              75  the chain is in use by another strata process
+              77  refused for safety: the source is mounted read-write (see --allow-mounted)
+            """,
+        version: "0.1.0",
+        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self])
+}
