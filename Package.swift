@@ -24,7 +24,7 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: ["StrataChain", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], resources: [.copy("Golden")]),
+        .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], exclude: ["Golden"]),
         .testTarget(name: "StrataCodecTests", dependencies: ["StrataCodec"]),
         .testTarget(name: "StrataIOTests", dependencies: ["StrataIO"]),
         .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataIO"]),

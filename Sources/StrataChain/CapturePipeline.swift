@@ -64,6 +64,7 @@ final class CapturePipeline {
     private var noMoreJobs = false
     private let failure = FirstError()
     private var bytesRead: UInt64 = 0
+    private var consumedChunks = 0
 
     private let chunkCount: Int
     private let dataChunks: [Range<Int>]
@@ -149,7 +150,18 @@ final class CapturePipeline {
                 while rangeIndex < dataChunks.count && dataChunks[rangeIndex].upperBound <= chunk { rangeIndex += 1 }
                 let isData = rangeIndex < dataChunks.count && dataChunks[rangeIndex].contains(chunk)
                 if !isData {
+                    // Holes need no slot; bound how far ahead of the coordinator they are announced. Reads in
+                    // flight must be finished while waiting: the coordinator may be waiting for one of them.
                     condition.lock()
+                    while chunk >= consumedChunks + slots.slotCount && failure.error == nil {
+                        if pump.inFlight > 0 {
+                            condition.unlock()
+                            try complete(pump.next())
+                            condition.lock()
+                        } else {
+                            condition.wait()
+                        }
+                    }
                     readyChunks[chunk] = -1
                     condition.broadcast()
                     condition.unlock()
@@ -309,26 +321,38 @@ final class CapturePipeline {
             condition.unlock()
             let first = UInt64(chunk) * blocksPerChunk
             let count = Int(min(blocksPerChunk, blockCount - first))
-            let hashes = slot >= 0 ? slotHashes + slot * blocksPerSlot : nil
             let data = slot >= 0 ? slots.slot(slot) : nil
-            for i in 0..<count {
-                let block = first + UInt64(i)
-                let h = hashes?[i] ?? .zero
-                try newMap.append(h)
-                if let oldMap, try oldMap.hash(of: block) == h { continue }
-                changed += 1
-                if h == .zero {
-                    image.addExtent(block: block, count: 1, kind: .zero)
+            let hashes = newMap.reserve(count)
+            if slot >= 0 {
+                hashes.update(from: slotHashes + slot * blocksPerSlot, count: count)
+            } else {
+                hashes.update(repeating: .zero, count: count)
+            }
+            let old = try oldMap?.hashes(from: first, count: count)
+            var i = 0
+            while i < count {
+                if let old, old[i] == hashes[i] {
+                    i += 1
+                    continue
+                }
+                if hashes[i] == .zero {
+                    var j = i + 1
+                    while j < count && hashes[j] == .zero && old?[j] != .zero { j += 1 }
+                    image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: .zero)
+                    changed += UInt64(j - i)
+                    i = j
                 } else {
-                    try appendToFrame(block: block, hash: h, data: data! + i * blockSize)
+                    try appendToFrame(block: first + UInt64(i), hash: hashes[i], data: data! + i * blockSize)
+                    changed += 1
+                    i += 1
                 }
             }
-            if slot >= 0 {
-                condition.lock()
-                freeSlots.append(slot)
-                condition.broadcast()
-                condition.unlock()
-            }
+            try newMap.commit(count)
+            condition.lock()
+            if slot >= 0 { freeSlots.append(slot) }
+            consumedChunks = chunk + 1
+            condition.broadcast()
+            condition.unlock()
             progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
         }
         if currentFrame >= 0 { try dispatchFrame() }

@@ -44,10 +44,15 @@ final class HashMapWriter {
         compressed.deallocate()
     }
 
-    @inline(__always)
-    func append(_ h: BlockHash) throws {
-        hashes[filled] = h
-        filled += 1
+    /// Room for the hashes of the next `count` blocks, which the caller fills and then passes to `commit`.
+    /// A run never straddles a chunk: capture runs are a power of two no larger than a chunk.
+    func reserve(_ count: Int) -> UnsafeMutablePointer<BlockHash> {
+        precondition(filled + count <= Int(HashMapHeader.chunkBlocks), "hash run straddles a chunk")
+        return hashes + filled
+    }
+
+    func commit(_ count: Int) throws {
+        filled += count
         if filled == Int(HashMapHeader.chunkBlocks) { try flushChunk() }
     }
 
@@ -124,12 +129,14 @@ final class HashMapReader {
         stored.deallocate()
     }
 
-    /// The hash of `block`. Blocks must be asked for in non-decreasing order (the map is read once, forward).
-    @inline(__always)
-    func hash(of block: UInt64) throws -> BlockHash {
-        let c = Int(block / UInt64(HashMapHeader.chunkBlocks))
+    /// The hashes of `count` blocks from `block`, which must not straddle a chunk. Runs must be asked for in
+    /// increasing order: the map is read once, forward.
+    func hashes(from block: UInt64, count: Int) throws -> UnsafePointer<BlockHash> {
+        let per = UInt64(HashMapHeader.chunkBlocks)
+        let c = Int(block / per)
+        precondition(Int(block % per) + count <= Int(per), "hash run straddles a chunk")
         if c != chunk { try load(c) }
-        return hashes[Int(block % UInt64(HashMapHeader.chunkBlocks))]
+        return UnsafePointer(hashes + Int(block % per))
     }
 
     private func load(_ c: Int) throws {

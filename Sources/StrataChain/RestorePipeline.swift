@@ -243,6 +243,11 @@ final class RestorePipeline {
             let fetch = extentFetch[i]
             let slot = fetch >= 0 ? try waitForFetch(Int(fetch)) : -1
             while block < e.endBlock {
+                if slot < 0 {
+                    let skipped = try output.skipZeros(at: block * bs, upTo: (e.endBlock - block) * bs)
+                    block += skipped / bs
+                    if block == e.endBlock { break }
+                }
                 let (window, room) = try output.window(at: block * bs)
                 let n = min(e.endBlock - block, UInt64(room) / bs)
                 if slot >= 0 {

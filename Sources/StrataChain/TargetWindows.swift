@@ -54,6 +54,21 @@ final class TargetWindows {
 
     var windowFull: Bool { fill == windowSize }
 
+    /// Skips whole windows of zeros starting at `offset` (at a window boundary, between windows) without
+    /// touching memory: nothing for a file (a hole), one BLKZEROOUT range for a device. Returns bytes skipped.
+    func skipZeros(at offset: UInt64, upTo length: UInt64) throws -> UInt64 {
+        guard current < 0, offset % UInt64(windowSize) == 0, offset + UInt64(windowSize) <= sourceSize else { return 0 }
+        let n = min(length, sourceSize - offset) / UInt64(windowSize) * UInt64(windowSize)
+        guard n > 0 else { return 0 }
+        if target.isBlockDevice {
+            if let z = zeroRange, z.upperBound == offset { zeroRange = z.lowerBound..<(offset + n) } else {
+                try flushZeroRange()
+                zeroRange = offset..<(offset + n)
+            }
+        }
+        return n
+    }
+
     func markData(bytes: Int) {
         if let last = runs.last, last.end == fill {
             runs[runs.count - 1].end = fill + bytes

@@ -1,0 +1,42 @@
+import XCTest
+
+@testable import StrataFormat
+
+final class ChainManifestTests: XCTestCase {
+    func testRoundTripAndGolden() throws {
+        let bytes = Fixtures.manifest.encode()
+        XCTAssertEqual(try ChainManifest.decode(bytes), Fixtures.manifest)
+        try assertGolden(bytes, "chain-manifest-v1.txt")
+    }
+
+    func testPointsAndImagesForPoint() {
+        let m = Fixtures.manifest
+        XCTAssertEqual(m.points, [1, 3])
+        XCTAssertEqual(m.images(forPoint: 3)?.map(\.file), ["p000001.strata", "p000002-000003.strata"])
+        XCTAssertNil(m.images(forPoint: 2))
+    }
+
+    func testTamperingIsDetected() {
+        var text = String(decoding: Fixtures.manifest.encode(), as: UTF8.self)
+        text = text.replacingOccurrences(of: "source-size 40000", with: "source-size 40001")
+        XCTAssertThrowsError(try ChainManifest.decode(Array(text.utf8))) {
+            XCTAssertEqual($0 as? FormatError, .checksumMismatch("chain manifest"))
+        }
+    }
+
+    func testTornAndForeignFiles() {
+        let bytes = Fixtures.manifest.encode()
+        XCTAssertThrowsError(try ChainManifest.decode(Array(bytes[0..<(bytes.count - 5)])))
+        XCTAssertThrowsError(try ChainManifest.decode(Array("hello\n".utf8))) {
+            XCTAssertEqual($0 as? FormatError, .badMagic("chain manifest"))
+        }
+    }
+
+    func testFileNamesCannotEscapeTheChain() {
+        var m = Fixtures.manifest
+        m.images[0].file = "../etc/passwd"
+        XCTAssertThrowsError(try ChainManifest.decode(m.encode())) {
+            XCTAssertEqual($0 as? FormatError, .invalid("chain manifest has a malformed image line"))
+        }
+    }
+}

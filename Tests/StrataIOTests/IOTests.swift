@@ -1,0 +1,93 @@
+import Foundation
+import XCTest
+
+@testable import StrataIO
+
+/// A scratch directory on the real filesystem (O_DIRECT works on ext4, not on tmpfs).
+func scratchDirectory() throws -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-io-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+final class IOTests: XCTestCase {
+    var dir = ""
+    override func setUpWithError() throws { dir = try scratchDirectory() }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    private func engines() -> [IOQueue] {
+        var q: [IOQueue] = [PreadQueue(threads: 4)]
+        if let u = try? URingQueue(depth: 8) { q.append(u) }
+        return q
+    }
+
+    /// Reads a file whose size is not a multiple of the request size through each engine: the last read is
+    /// short (end of file) and every byte arrives.
+    func testReadsWholeFileThroughEachEngine() throws {
+        let path = "\(dir)/data"
+        let bytes = (0..<(3 * 65536 + 1000)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        for queue in engines() {
+            let source = try BlockSource(path: path)
+            XCTAssertEqual(source.size, UInt64(bytes.count))
+            let slab = AlignedSlab(slotSize: 65536, slotCount: 4)
+            let pump = IOPump(queue: queue, maxTags: 4)
+            for i in 0..<4 { pump.read(fd: source.fd, path: path, into: slab.slot(i), length: 65536, at: UInt64(i * 65536), tag: i) }
+            var got = [Int: Int]()
+            while pump.inFlight > 0 {
+                let (tag, n) = try pump.next()
+                got[tag] = n
+            }
+            XCTAssertEqual(got, [0: 65536, 1: 65536, 2: 65536, 3: 1000], queue.engineName)
+            let back = UnsafeRawBufferPointer(start: slab.base, count: bytes.count)
+            XCTAssertEqual(Array(back), bytes, queue.engineName)
+        }
+    }
+
+    func testReadErrorIsThrownWithPath() throws {
+        for queue in engines() {
+            let pump = IOPump(queue: queue, maxTags: 1)
+            let slab = AlignedSlab(slotSize: 4096, slotCount: 1)
+            let fd = try Sys.open(dir, O_RDONLY | O_DIRECTORY)
+            defer { Sys.close(fd) }
+            pump.read(fd: fd, path: dir, into: slab.slot(0), length: 4096, at: 0, tag: 0)
+            XCTAssertThrowsError(try pump.next()) {
+                XCTAssertEqual(($0 as? IOError)?.errno, EISDIR, queue.engineName)
+                XCTAssertEqual(($0 as? IOError)?.path, self.dir)
+            }
+        }
+    }
+
+    func testSparseFileDataRanges() throws {
+        let path = "\(dir)/sparse"
+        FileManager.default.createFile(atPath: path, contents: nil)
+        let fd = try Sys.open(path, O_WRONLY)
+        try Sys.ftruncate(fd, 64 << 20, path: path)
+        let one = [UInt8](repeating: 1, count: 4096)
+        try one.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, 4096, 10 << 20, path: path) }
+        try Sys.fsync(fd, path: path)
+        Sys.close(fd)
+        let ranges = try BlockSource(path: path).dataRanges(granule: 1 << 20)
+        XCTAssertEqual(ranges, [UInt64(10 << 20)..<UInt64(11 << 20)])
+    }
+
+    func testMissingSourceThrowsENOENT() {
+        XCTAssertThrowsError(try BlockSource(path: "\(dir)/nope")) { XCTAssertEqual(($0 as? IOError)?.errno, ENOENT) }
+    }
+
+    func testDirectoryLockIsExclusive() throws {
+        let first = try DirectoryLock(directory: dir)
+        XCTAssertNotNil(first)
+        // flock locks belong to the open file description: a second open in this process conflicts as another
+        // process would.
+        XCTAssertNil(try DirectoryLock(directory: dir))
+        _ = first
+    }
+
+    func testPublishReplacesAtomically() throws {
+        try DurableFiles.publish(Array("one".utf8), dir: dir, name: "f")
+        try DurableFiles.publish(Array("two".utf8), dir: dir, name: "f")
+        XCTAssertEqual(try DurableFiles.readAll("\(dir)/f", limit: 100), Array("two".utf8))
+        XCTAssertEqual(try Sys.listDirectory(dir).sorted(), ["f"])
+    }
+}
