@@ -1,0 +1,174 @@
+// Bad input gets one clear error, its exit code, and leaves the chain exactly as it was.
+import Foundation
+import StrataChain
+import StrataIO
+import XCTest
+
+final class ChainErrorTests: XCTestCase {
+    var dir = ""
+    var source = ""
+    var chain = ""
+    var rng = SeededGenerator(seed: 42)
+
+    override func setUpWithError() throws {
+        dir = try scratchDirectory("errors")
+        source = "\(dir)/source.img"
+        chain = "\(dir)/chain"
+        var disk = DiskModel(size: 2 << 20, rng: &rng)
+        try disk.writeSparse(to: source)
+        _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        disk.night(0, rng: &rng)
+        try disk.writeSparse(to: source)
+        _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    /// Every file of the chain and its bytes, to show an operation left it untouched.
+    func snapshot() throws -> [String: [UInt8]] {
+        var out: [String: [UInt8]] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: chain) where name != ".lock" {
+            out[name] = try readFile("\(chain)/\(name)")
+        }
+        return out
+    }
+
+    func assertFails(_ expected: ChainError, code: Int32, file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> Void) throws {
+        let before = try snapshot()
+        XCTAssertThrowsError(try body(), file: file, line: line) {
+            XCTAssertEqual($0 as? ChainError, expected, file: file, line: line)
+            XCTAssertEqual(($0 as? ChainError)?.exitCode, code, file: file, line: line)
+        }
+        XCTAssertEqual(try snapshot(), before, "chain changed", file: file, line: line)
+    }
+
+    func testMissingSource() throws {
+        try assertFails(.sourceUnavailable(path: "\(dir)/nope", reason: "No such file or directory"), code: 66) {
+            _ = try Capture.run(source: "\(dir)/nope", chain: chain, options: CaptureOptions())
+        }
+        XCTAssertEqual(
+            ChainError.sourceUnavailable(path: "/x", reason: "No such file or directory").description,
+            "cannot read source /x: No such file or directory; check the path and your permissions")
+    }
+
+    func testSourceOfAnotherSize() throws {
+        truncate(source, 3 << 20)
+        try assertFails(.sourceMismatch(detail: "the source has 3145728 bytes, the chain's has 2097152"), code: 65) {
+            _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        }
+    }
+
+    func testOtherBlockSize() throws {
+        var o = CaptureOptions()
+        o.blockSize = 8192
+        try assertFails(.sourceMismatch(detail: "--block-size 8192 differs from the chain's 4096"), code: 65) {
+            _ = try Capture.run(source: source, chain: chain, options: o)
+        }
+    }
+
+    func testInvalidBlockSize() throws {
+        var o = CaptureOptions()
+        o.blockSize = 3000
+        try assertFails(.invalidOption("block size 3000 is not a power of two between 512 and 1048576"), code: 64) {
+            _ = try Capture.run(source: source, chain: chain, options: o)
+        }
+    }
+
+    func testDirectoryThatIsNotAChain() throws {
+        let other = "\(dir)/photos"
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: "\(other)/holiday.jpg", contents: Data([1, 2, 3]))
+        XCTAssertThrowsError(try Capture.run(source: source, chain: other, options: CaptureOptions())) {
+            XCTAssertEqual($0 as? ChainError, .notAChain(path: other))
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: other), ["holiday.jpg"])
+        XCTAssertThrowsError(try Restore.run(chain: "\(dir)/missing", target: "\(dir)/out", options: RestoreOptions())) {
+            XCTAssertEqual($0 as? ChainError, .notAChain(path: "\(dir)/missing"))
+            XCTAssertEqual(($0 as? ChainError)?.exitCode, 65)
+        }
+    }
+
+    func testNoSuchPoint() throws {
+        var o = RestoreOptions()
+        o.point = 9
+        try assertFails(.noSuchPoint(9, available: [1, 2]), code: 64) {
+            _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/out.img"), "nothing written for a bad point")
+    }
+
+    func testDamagedManifest() throws {
+        var m = try readFile("\(chain)/chain.manifest")
+        m[20] ^= 1
+        try Data(m).write(to: URL(fileURLWithPath: "\(chain)/chain.manifest"))
+        try assertFails(.damaged(file: "chain.manifest", detail: "chain manifest fails its checksum"), code: 65) {
+            _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        }
+        XCTAssertThrowsError(try ChainListing.read(chain: chain))
+    }
+
+    func testTruncatedImage() throws {
+        let path = "\(chain)/p000002.strata"
+        let size = try readFile(path).count
+        truncate(path, off_t(size - 10))
+        try assertFails(.damaged(file: "p000002.strata", detail: "image file (\(size - 10) bytes, header says \(size)) is truncated at byte \(size - 10)"), code: 65) {
+            _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())
+        }
+    }
+
+    func testMissingImage() throws {
+        unlink("\(chain)/p000001.strata")
+        try assertFails(.damaged(file: "p000001.strata", detail: "the file is missing"), code: 65) {
+            _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())
+        }
+    }
+
+    /// A flipped byte inside a frame is found by its checksum and named; nothing is restored silently.
+    func testCorruptFrameIsNamed() throws {
+        let path = "\(chain)/p000001.strata"
+        var bytes = try readFile(path)
+        bytes[4096 + 5000] ^= 0x10
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        var o = RestoreOptions()
+        o.point = 1
+        XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)) {
+            guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
+            XCTAssertEqual(file, "p000001.strata")
+            XCTAssertEqual(detail, "frame 0 at byte 4096 fails its checksum")
+            XCTAssertEqual(($0 as? ChainError)?.exitCode, 65)
+        }
+    }
+
+    func testChainInUse() throws {
+        let holder = try DirectoryLock(directory: chain)
+        XCTAssertNotNil(holder)
+        try assertFails(.chainInUse(path: chain), code: 75) {
+            _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        }
+        _ = holder
+    }
+
+    func testTargetThatCannotBeWritten() throws {
+        try assertFails(.targetUnavailable(path: "\(dir)/no/such/dir/out.img", reason: "No such file or directory"), code: 73) {
+            _ = try Restore.run(chain: chain, target: "\(dir)/no/such/dir/out.img", options: RestoreOptions())
+        }
+    }
+
+    func testDeviceTooSmall() throws {
+        if let reason = LoopDevice.unavailableReason() { throw XCTSkip(reason) }
+        let small = try LoopDevice(size: 1 << 20, in: dir)
+        let before = try readFile(small.path, count: 1 << 20)
+        try assertFails(.targetTooSmall(path: small.path, size: 1 << 20, needed: 2 << 20), code: 73) {
+            _ = try Restore.run(chain: chain, target: small.path, options: RestoreOptions())
+        }
+        XCTAssertEqual(try readFile(small.path, count: 1 << 20), before, "nothing written to a too-small device")
+    }
+
+    func testStaleTemporaryFilesAreCleanedUp() throws {
+        FileManager.default.createFile(atPath: "\(chain)/.strata-tmp-999-p000003.strata", contents: Data([1]))
+        FileManager.default.createFile(atPath: "\(chain)/p000003.strata", contents: Data([1]))
+        _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        let names = try FileManager.default.contentsOfDirectory(atPath: chain).sorted()
+        XCTAssertEqual(names, [".lock", "chain.manifest", "map-p000003.strata", "p000001.strata", "p000002.strata", "p000003.strata"])
+    }
+}
