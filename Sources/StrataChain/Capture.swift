@@ -94,7 +94,7 @@ public enum Capture {
         }
         if let engineNote { notice(engineNote) }
 
-        let writer = try ImageWriter(directory: chainPath, name: imageName, header: header)
+        let writer = try ImageWriter(directory: chainPath, name: imageName, header: header, engine: options.engine)
         let mapWriter: HashMapWriter
         do {
             mapWriter = try HashMapWriter(

@@ -15,18 +15,28 @@ final class ImageWriter {
     let temporaryPath: String
     private let fd: Int32
     private(set) var header: ImageHeader
-    private(set) var offset = UInt64(ImageHeader.size)
+    private let appender: AppendWriter
+    var offset: UInt64 { appender.offset }
     private var index = ImageIndex()
     private var failure: Error?
 
-    init(directory: String, name: String, header: ImageHeader) throws {
+    init(directory: String, name: String, header: ImageHeader, engine: IOEngineChoice = .auto) throws {
         self.directory = directory
         self.name = name
         self.header = header
-        temporaryPath = "\(directory)/\(DurableFiles.temporaryName(for: name))"
-        fd = try Sys.open(temporaryPath, O_RDWR | O_CREAT | O_TRUNC)
+        let path = "\(directory)/\(DurableFiles.temporaryName(for: name))"
+        temporaryPath = path
+        let fd = try Sys.open(path, O_RDWR | O_CREAT | O_TRUNC)
+        self.fd = fd
         let placeholder = [UInt8](repeating: 0, count: ImageHeader.size)
-        try guarded { try placeholder.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: temporaryPath) } }
+        do {
+            try placeholder.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: path) }
+            appender = try AppendWriter(path: path, fd: fd, start: UInt64(ImageHeader.size), engine: engine)
+        } catch {
+            Sys.close(fd)
+            unlink(path)
+            throw error
+        }
     }
 
     deinit { Sys.close(fd) }
@@ -44,10 +54,10 @@ final class ImageWriter {
     /// Appends one frame (block hashes then payload, contiguous in `bytes`) and returns its number.
     func appendFrame(_ bytes: UnsafeRawPointer, length: Int, blockCount: Int, codec: FrameCodec, checksum: UInt64) throws -> UInt32 {
         try guarded {
-            try Sys.pwriteAll(fd, bytes, length, offset, path: temporaryPath)
+            let at = appender.offset
+            try appender.append(bytes, count: length)
             index.frames.append(
-                FrameRecord(offset: offset, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
-            offset += UInt64(length)
+                FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
             return UInt32(index.frames.count - 1)
         }
     }
@@ -77,6 +87,7 @@ final class ImageWriter {
     /// Writes index and header, makes the file durable and renames it to its final name.
     func finish() throws -> ImageHeader {
         try guarded {
+            try appender.finish()
             let indexBytes = index.encode()
             header.indexOffset = offset
             header.indexLength = UInt64(indexBytes.count)

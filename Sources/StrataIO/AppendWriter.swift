@@ -1,0 +1,88 @@
+// Appends a stream of variable-length records (an image's frames) to a file with large aligned O_DIRECT writes,
+// several in flight, instead of buffered pwrite: the page-cache copy of buffered writes cost a capture a third of
+// its CPU (measured with perf on the reference disk). Records are gathered into 1 MiB aligned buffers; the last,
+// partial buffer is written through the ordinary descriptor when the stream is finished. Where O_DIRECT is
+// refused (tmpfs), records go straight to pwrite.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CURing
+
+public final class AppendWriter {
+    public let path: String
+    private let fd: Int32
+    private let directFD: Int32?
+    private let pump: IOPump?
+    private let buffers: AlignedSlab?
+    private var freeBuffers: [Int]
+    private var current = -1
+    private var fill = 0
+    private var bufferStart: UInt64
+    /// The file offset the next record goes to.
+    public private(set) var offset: UInt64
+
+    /// `fd` is the file's ordinary descriptor; `start` must be a multiple of 4096.
+    public init(path: String, fd: Int32, start: UInt64, engine: IOEngineChoice, bufferSize: Int = 1 << 20, depth: Int = 4) throws {
+        precondition(start % 4096 == 0)
+        self.path = path
+        self.fd = fd
+        offset = start
+        bufferStart = start
+        let direct = try? Sys.open(path, O_WRONLY | strata_O_DIRECT)
+        if let direct, let (queue, _) = try? IOEngine.make(engine, depth: depth) {
+            directFD = direct
+            buffers = AlignedSlab(slotSize: bufferSize, slotCount: depth)
+            pump = IOPump(queue: queue, maxTags: depth)
+            freeBuffers = Array((0..<depth).reversed())
+        } else {
+            if let direct { Sys.close(direct) }
+            directFD = nil
+            buffers = nil
+            pump = nil
+            freeBuffers = []
+        }
+    }
+
+    deinit {
+        if let pump { while pump.inFlight > 0 { _ = try? pump.next() } }
+        if let directFD { Sys.close(directFD) }
+    }
+
+    public func append(_ bytes: UnsafeRawPointer, count: Int) throws {
+        guard let buffers, let pump, let directFD else {
+            try Sys.pwriteAll(fd, bytes, count, offset, path: path)
+            offset += UInt64(count)
+            return
+        }
+        var done = 0
+        while done < count {
+            if current < 0 {
+                while freeBuffers.isEmpty { freeBuffers.append(try pump.next().tag) }
+                current = freeBuffers.removeLast()
+                fill = 0
+            }
+            let n = min(count - done, buffers.slotSize - fill)
+            (buffers.slot(current) + fill).copyMemory(from: bytes + done, byteCount: n)
+            fill += n
+            done += n
+            if fill == buffers.slotSize {
+                pump.write(fd: directFD, path: path, from: buffers.slot(current), length: fill, at: bufferStart, tag: current)
+                bufferStart += UInt64(fill)
+                current = -1
+            }
+        }
+        offset += UInt64(count)
+    }
+
+    /// Waits for every write and writes the partial last buffer; afterwards the file holds every record.
+    public func finish() throws {
+        guard let buffers, let pump else { return }
+        while pump.inFlight > 0 { freeBuffers.append(try pump.next().tag) }
+        if current >= 0 {
+            try Sys.pwriteAll(fd, buffers.slot(current), fill, bufferStart, path: path)
+            bufferStart += UInt64(fill)
+            freeBuffers.append(current)
+            current = -1
+        }
+    }
+}
