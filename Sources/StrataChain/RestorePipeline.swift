@@ -82,7 +82,7 @@ final class RestorePipeline {
     }
 
     func run() throws {
-        try target.setLength(0)
+        try target.setLength(sourceSize)  // writes then never extend the file (no exclusive inode lock per write)
         let group = ThreadGroup()
         for i in 0..<options.threads {
             let decompressor = try FrameDecompressor()
