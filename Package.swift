@@ -27,7 +27,7 @@ let package = Package(
         .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], exclude: ["Golden"]),
         .testTarget(name: "StrataCodecTests", dependencies: ["StrataCodec"]),
         .testTarget(name: "StrataIOTests", dependencies: ["StrataIO"]),
-        .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataIO"]),
+        .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
         .testTarget(name: "StrataCLITests", dependencies: ["strata"]),
     ],
     swiftLanguageModes: [.v5]

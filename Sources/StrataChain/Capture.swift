@@ -53,8 +53,9 @@ public enum Capture {
             throw ChainError.sourceUnavailable(path: sourcePath, reason: e.reason)
         }
         if !source.direct { notice("\(sourcePath) does not support O_DIRECT; reading through the page cache") }
-        if !options.allowMounted, let mount = source.readWriteMountPoint() {
-            throw ChainError.sourceMounted(path: sourcePath, mountPoint: mount)
+        if let mount = source.readWriteMountPoint() {
+            guard options.allowMounted else { throw ChainError.sourceMounted(path: sourcePath, mountPoint: mount) }
+            notice("warning: \(sourcePath) is mounted read-write at \(mount); the image may be inconsistent (a snapshot is the safe way)")
         }
         let chain = try ChainDirectory(path: chainPath, create: true)
         let previous = chain.manifest

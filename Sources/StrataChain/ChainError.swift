@@ -37,6 +37,8 @@ extension ChainError: CustomStringConvertible {
             return "source \(p) is mounted read-write at \(m): the image may be inconsistent; capture a snapshot, or pass --allow-mounted"
         case .invalidOption(let d): return d
         case .corruptData(let f, let d): return "corrupt data in \(f): \(d); the target is incomplete, restore from another copy of the chain"
+        case .io(let e) where e.errno == 28:  // ENOSPC
+            return "\(e.operation) \(e.path) failed: \(e.reason); free space where it is written and run again (the chain was not changed)"
         case .io(let e): return "\(e.operation) \(e.path) failed: \(e.reason)"
         case .engineUnavailable(let d): return "\(d); use --io-engine pread or auto"
         }

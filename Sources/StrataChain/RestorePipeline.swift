@@ -210,7 +210,9 @@ final class RestorePipeline {
                 low: hashes.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self),
                 high: hashes.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self))
             guard BlockHash.of(decoded + b * blockSize, count: blockSize) == stored else {
-                throw ChainError.corruptData(file: image.name, detail: "block \(b) of frame \(frame) does not match its hash")
+                let e = image.index.extents.first { $0.kind == .data && $0.frame == frame && $0.frameBlock <= b && b < $0.frameBlock + $0.blockCount }
+                let block = e.map { $0.firstBlock + UInt64(UInt32(b) - $0.frameBlock) } ?? 0
+                throw ChainError.corruptData(file: image.name, detail: "block \(block) (in frame \(frame)) does not match its hash")
             }
         }
     }

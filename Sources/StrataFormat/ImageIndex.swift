@@ -115,13 +115,16 @@ public struct ImageIndex: Equatable, Sendable {
         var frames = [FrameRecord]()
         frames.reserveCapacity(Int(h.frameCount))
         var nextOffset = UInt64(ImageHeader.size)
-        let maxBlocksPerFrame = ImageHeader.maxBlockSize / h.blockSize * 1
+        let maxBlocksPerFrame = ImageHeader.maxBlockSize / h.blockSize
         for i in 0..<h.frameCount {
             let offset = try r.u64(), length = try r.u32(), blocks = try r.u32()
             guard let codec = FrameCodec(rawValue: try r.u8()) else { throw FormatError.invalid("frame \(i) has an unknown codec") }
             try r.skip(7)
             let f = FrameRecord(offset: offset, length: length, blockCount: blocks, codec: codec, checksum: try r.u64())
+            // A payload is at most its blocks' size plus zstd's worst-case overhead (4 KiB per MiB): a damaged or
+            // hostile index cannot make a reader allocate more than one frame's worth.
             guard offset == nextOffset, blocks >= 1, blocks <= max(maxBlocksPerFrame, 1), f.payloadLength > 0,
+                f.payloadLength <= Int(blocks) * Int(h.blockSize) + 65536,
                 offset + UInt64(length) <= h.indexOffset
             else { throw FormatError.invalid("frame \(i) lies outside the image's data area") }
             nextOffset = offset + UInt64(length)

@@ -1,6 +1,8 @@
 // Bad input gets one clear error, its exit code, and leaves the chain exactly as it was.
 import Foundation
 import StrataChain
+import StrataCodec
+import StrataFormat
 import StrataIO
 import XCTest
 
@@ -170,5 +172,51 @@ final class ChainErrorTests: XCTestCase {
         _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
         let names = try FileManager.default.contentsOfDirectory(atPath: chain).sorted()
         XCTAssertEqual(names, [".lock", "chain.manifest", "map-p000003.strata", "p000001.strata", "p000002.strata", "p000003.strata"])
+    }
+
+    func testMountedSourceIsRefusedUnlessAllowed() throws {
+        if let reason = LoopDevice.unavailableReason() { throw XCTSkip(reason) }
+        let loop = try LoopDevice(size: 8 << 20, in: dir)
+        guard shell(["mkfs.ext4", "-q", "-F", loop.path]).status == 0 else { throw XCTSkip("mkfs.ext4 is not installed") }
+        let mnt = "\(dir)/mnt"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        guard shell(["mount", loop.path, mnt]).status == 0 else { throw XCTSkip("this machine cannot mount filesystems") }
+        defer { shell(["umount", mnt]) }
+        XCTAssertThrowsError(try Capture.run(source: loop.path, chain: "\(dir)/mounted", options: CaptureOptions())) {
+            XCTAssertEqual($0 as? ChainError, .sourceMounted(path: loop.path, mountPoint: mnt))
+            XCTAssertEqual(($0 as? ChainError)?.exitCode, 77)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/mounted"), "refused before the chain is created")
+        var options = CaptureOptions()
+        options.allowMounted = true
+        var notices: [String] = []
+        let r = try Capture.run(source: loop.path, chain: "\(dir)/mounted", options: options) { notices.append($0) }
+        XCTAssertEqual(r.point, 1)
+        XCTAssertTrue(notices.contains { $0.hasPrefix("warning: \(loop.path) is mounted read-write at \(mnt)") }, "\(notices)")
+    }
+
+    /// A block whose stored hash disagrees with its content is named by its block number, even when every
+    /// checksum around it was recomputed to match (as a bug in a writer could do).
+    func testBlockHashMismatchIsNamed() throws {
+        let path = "\(chain)/p000001.strata"
+        var bytes = try readFile(path)
+        var header = try ImageHeader.decode(Array(bytes[0..<4096]))
+        var index = try ImageIndex.decode(Array(bytes[Int(header.indexOffset)...]), header: header)
+        let frame = index.frames[0]
+        bytes[Int(frame.offset) + 16 + 3] ^= 0xFF  // the second block's stored hash
+        index.frames[0].checksum = bytes.withUnsafeBytes { Checksum.xxh3($0.baseAddress! + Int(frame.offset), count: Int(frame.length)) }
+        let indexBytes = index.encode()
+        header.indexChecksum = CRC32C.checksum(indexBytes)
+        bytes.replaceSubrange(0..<4096, with: header.encode())
+        bytes.replaceSubrange(Int(header.indexOffset)..., with: indexBytes)
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let extent = index.extents.first { $0.kind == .data && $0.frame == 0 && $0.frameBlock <= 1 && 1 < $0.frameBlock + $0.blockCount }!
+        var o = RestoreOptions()
+        o.point = 1
+        XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)) {
+            XCTAssertEqual(
+                $0 as? ChainError,
+                .corruptData(file: "p000001.strata", detail: "block \(extent.firstBlock + 1 - UInt64(extent.frameBlock)) (in frame 0) does not match its hash"))
+        }
     }
 }
