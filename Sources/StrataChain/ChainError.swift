@@ -17,6 +17,7 @@ public enum ChainError: Error, Equatable, Sendable {
     case corruptData(file: String, detail: String)
     case io(IOError)
     case engineUnavailable(String)
+    case insufficientSpace(path: String, needed: UInt64, available: UInt64)
 }
 
 extension ChainError: CustomStringConvertible {
@@ -41,6 +42,8 @@ extension ChainError: CustomStringConvertible {
             return "\(e.operation) \(e.path) failed: \(e.reason); free space where it is written and run again (the chain was not changed)"
         case .io(let e): return "\(e.operation) \(e.path) failed: \(e.reason)"
         case .engineUnavailable(let d): return "\(d); use --io-engine pread or auto"
+        case .insufficientSpace(let p, let n, let a):
+            return "not enough free space in \(p): the merge needs up to \(n) bytes, \(a) are free; free some space or merge a shorter range"
         }
     }
 
@@ -50,7 +53,7 @@ extension ChainError: CustomStringConvertible {
         case .invalidOption, .noSuchPoint: return 64  // EX_USAGE
         case .damaged, .corruptData, .notAChain, .sourceMismatch: return 65  // EX_DATAERR
         case .sourceUnavailable: return 66  // EX_NOINPUT
-        case .targetTooSmall, .targetUnavailable: return 73  // EX_CANTCREAT
+        case .targetTooSmall, .targetUnavailable, .insufficientSpace: return 73  // EX_CANTCREAT
         case .io: return 74  // EX_IOERR
         case .chainInUse: return 75  // EX_TEMPFAIL
         case .sourceMounted: return 77  // EX_NOPERM-like: refused for safety

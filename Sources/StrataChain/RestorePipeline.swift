@@ -7,8 +7,8 @@
 //                  writes them in order with large aligned writes (O_DIRECT where allowed); zero ranges become
 //                  holes in a file and BLKZEROOUT on a device.
 //
-// A slot is freed when the coordinator passes the last extent that uses its frame. At any block, at most one
-// frame per image is still in use, so `images + prefetch` slots always suffice.
+// A slot is freed when the coordinator passes the last extent that uses its frame. The plan knows the most
+// frames ever in use at once, so `that + prefetch` slots always suffice and the reader never deadlocks.
 import Foundation
 import StrataCodec
 import StrataFormat
@@ -75,7 +75,18 @@ final class RestorePipeline {
         let maxStored = images.flatMap { $0.index.frames.map { Int($0.length) } }.max() ?? 0
         let maxBlocks = images.flatMap { $0.index.frames.map { Int($0.blockCount) } }.max() ?? 0
         decodedOffset = (maxStored + 4095) / 4096 * 4096
-        let slotCount = images.count + 2 * options.threads + 4
+        // Slots needed so the reader can always fetch the next frame: the most frames in use at once (for a
+        // chain of captures, at most one per image; a merged image may hold frames of several), plus prefetch.
+        var live = 0, maxLive = 0, seenFetches = 0
+        for (i, f) in extentFetch.enumerated() where f >= 0 {
+            if Int(f) == seenFetches {
+                seenFetches += 1
+                live += 1
+                maxLive = max(maxLive, live)
+            }
+            if fetchLastUse[Int(f)] == i { live -= 1 }
+        }
+        let slotCount = maxLive + 2 * options.threads + 4
         slots = AlignedSlab(slotSize: decodedOffset + maxBlocks * blockSize, slotCount: slotCount)
         slotFetch = Array(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())

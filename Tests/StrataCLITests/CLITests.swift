@@ -185,4 +185,45 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try strata("restore", "\(dir)/chain", "\(dir)/out", "--quiet").status, 0)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
     }
+
+    /// SIGKILL merges and prunes at random moments: the chain then holds the old points or the new ones, and
+    /// every point it lists restores bit for bit.
+    func testKilledMergesLeaveARestorableChain() throws {
+        let size = 16 << 20
+        let chain = "\(dir)/chain"
+        var states: [Int: Data] = [:]
+        for night in 0..<7 {
+            try makeDisk("\(dir)/disk", size: size, seed: 5, changes: 40 * night)
+            XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
+            states[night + 1] = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk"))
+        }
+        let started = Date()
+        XCTAssertEqual(try strata("merge", chain, "--from", "2", "--to", "3", "--quiet").status, 0)
+        let span = UInt32(max(Date().timeIntervalSince(started), 0.02) * 1_000_000)
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<8 {
+            let list = try strata("list", chain, "--json")
+            let points = ((try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as! [String: Any])["points"] as! [[String: Any]]).map { $0["point"] as! Int }
+            guard points.count >= 2 else { break }
+            let args = round % 3 == 2
+                ? ["prune", chain, "--keep", "\(points.count - 1)", "--quiet"]
+                : ["merge", chain, "--from", "\(points[points.count - 2])", "--to", "\(points[points.count - 1])", "--quiet"]
+            let (p, _, _) = try launch(args)
+            usleep(UInt32.random(in: 0...(2 * span), using: &generator))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            let after = try strata("list", chain, "--json")
+            XCTAssertEqual(after.status, 0, after.stderr)
+            let now = ((try JSONSerialization.jsonObject(with: Data(after.stdout.utf8)) as! [String: Any])["points"] as! [[String: Any]]).map { $0["point"] as! Int }
+            XCTAssertTrue(Set(now).isSubset(of: Set(points)), "no new points appear")
+            XCTAssertEqual(now.last, points.last, "the newest point survives any merge")
+            for point in now {
+                let r = try strata("restore", chain, "\(dir)/out", "--point", "\(point)", "--quiet")
+                XCTAssertEqual(r.status, 0, r.stderr)
+                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), states[point], "round \(round) point \(point)")
+            }
+        }
+        XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0, "the next command cleans up and works")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).filter { $0.hasPrefix(".strata-tmp-") }, [])
+    }
 }

@@ -1,0 +1,99 @@
+// `strata merge` and `strata prune`: replace the images of points A..B with one image that restores point B
+// exactly, so chains stay short and every restore stays one pass. Work is proportional to what survives:
+// a frame whose blocks all survive is copied byte for byte (checksum carried over, verified on the way);
+// only frames partly overwritten by newer images are decompressed and their surviving blocks re-packed.
+// Crash safety is the capture's: the merged image is published under its own name, then the manifest switches
+// to it in one rename, and only then are the replaced images deleted.
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+public struct MergeOptions: Sendable {
+    /// First point of the range; nil for the chain's first point (a synthetic full).
+    public var from: UInt32? = nil
+    public var to: UInt32
+    public var level: Int32 = 1
+    public var engine: IOEngineChoice = .auto
+
+    public init(to: UInt32) { self.to = to }
+}
+
+public struct MergeResult: Sendable, Equatable {
+    public var firstPoint: UInt32
+    public var lastPoint: UInt32
+    public var kind: ImageKind
+    public var imagesMerged: Int
+    public var framesCopied: Int
+    public var framesRepacked: Int
+    public var bytesBefore: UInt64
+    public var bytesStored: UInt64
+    public var seconds: Double
+    public var image: String
+    public var points: [UInt32]
+}
+
+public enum Merge {
+    public static func run(chain chainPath: String, options: MergeOptions, progress: ProgressHandler? = nil) throws -> MergeResult {
+        let started = Sys.monotonicNanos()
+        let chain = try ChainDirectory(path: chainPath, create: false)
+        guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
+        let points = manifest.points
+        let from = options.from ?? points[0]
+        for p in [from, options.to] where !points.contains(p) { throw ChainError.noSuchPoint(p, available: points) }
+        guard from < options.to else {
+            throw ChainError.invalidOption("the range \(from)..\(options.to) is \(from == options.to ? "empty" : "reversed"); give --from lower than --to")
+        }
+        let all = try chain.openImages(forPoint: options.to)
+        guard let first = all.firstIndex(where: { $0.header.lastPoint == from }) else { throw ChainError.noSuchPoint(from, available: points) }
+        let sources = Array(all[first...])
+        let newest = sources.last!.header
+        var header = ImageHeader(
+            kind: sources[0].header.kind, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,
+            imageID: newest.imageID, parentID: sources[0].header.parentID, firstPoint: sources[0].header.firstPoint,
+            lastPoint: newest.lastPoint, createdAt: newest.createdAt)
+        let name = ChainDirectory.imageName(first: header.firstPoint, last: header.lastPoint)
+
+        let plan = MergePlan(sources: sources)
+        let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
+        if let free = try? Sys.freeSpace(chainPath), free < needed {
+            throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
+        }
+        let writer = try ImageWriter(directory: chainPath, name: name, header: header, engine: options.engine)
+        let finished: ImageHeader
+        do {
+            try plan.write(to: writer, level: options.level, progress: progress)
+            finished = try writer.finish()
+        } catch {
+            writer.abandon()
+            throw wrap(error)
+        }
+        let replaced = Set(sources.map(\.name))
+        let old = manifest.images.filter { replaced.contains($0.file) }
+        let entry = ManifestEntry(
+            file: name, imageID: finished.imageID, kind: finished.kind, firstPoint: finished.firstPoint, lastPoint: finished.lastPoint,
+            createdAt: finished.createdAt, bytesRead: old.reduce(0) { $0 + $1.bytesRead }, bytesStored: finished.fileSize,
+            blocksChanged: finished.dataBlocks + finished.zeroBlocks + finished.unreadableBlocks)
+        var next = manifest
+        let at = next.images.firstIndex { replaced.contains($0.file) }!
+        next.images.removeAll { replaced.contains($0.file) }
+        next.images.insert(entry, at: at)
+        do { try chain.commit(next) } catch { throw wrap(error) }
+        return MergeResult(
+            firstPoint: finished.firstPoint, lastPoint: finished.lastPoint, kind: finished.kind, imagesMerged: sources.count,
+            framesCopied: plan.framesCopied, framesRepacked: plan.framesRepacked, bytesBefore: old.reduce(0) { $0 + $1.bytesStored },
+            bytesStored: finished.fileSize, seconds: Double(Sys.monotonicNanos() - started) / 1e9, image: name, points: next.points)
+    }
+
+    /// Keeps the newest `keep` points and folds everything older into the oldest kept one (a synthetic full).
+    /// Returns nil when the chain has no more than `keep` points.
+    public static func prune(chain chainPath: String, keep: Int, options: MergeOptions? = nil, progress: ProgressHandler? = nil) throws -> MergeResult? {
+        guard keep >= 1 else { throw ChainError.invalidOption("--keep must be at least 1") }
+        let listing = try ChainListing.read(chain: chainPath)
+        let points = listing.points.map(\.point)
+        guard points.count > keep else { return nil }
+        var o = options ?? MergeOptions(to: 0)
+        o.from = nil
+        o.to = points[points.count - keep]
+        return try run(chain: chainPath, options: o, progress: progress)
+    }
+}

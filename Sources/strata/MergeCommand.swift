@@ -1,0 +1,77 @@
+import ArgumentParser
+import StrataChain
+
+struct MergeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "merge",
+        abstract: "Merge the images of points FROM..TO into one image.",
+        discussion: """
+            Point TO keeps its number and restores exactly as before; the points from FROM to just before TO are \
+            gone. Without --from, points from the first one are merged into a new full image (a synthetic full). \
+            Frames whose blocks all survive are copied without recompression; blocks overwritten within the \
+            range are dropped. Interrupted at any moment, the chain keeps either the old points or the new ones.
+            """)
+
+    @Argument(help: "Chain directory.") var chain: String
+    @Option(help: "First point of the range (default: the chain's first point).") var from: UInt32?
+    @Option(help: "Last point of the range; it keeps its number.") var to: UInt32
+    @Flag(help: "Print one JSON object with the result on stdout.") var json = false
+    @Flag(help: "No progress line.") var quiet = false
+
+    func run() throws {
+        var options = MergeOptions(to: to)
+        options.from = from
+        let progress = ProgressLine(verb: "merge", quiet: quiet)
+        do {
+            let r = try Merge.run(chain: chain, options: options, progress: progress.update)
+            progress.finish()
+            MergeCommand.report(r, json: json, quiet: quiet)
+        } catch {
+            progress.finish()
+            throw Output.fail(error)
+        }
+    }
+
+    static func report(_ r: MergeResult, json: Bool, quiet: Bool) {
+        if json {
+            Output.json([
+                ("firstPoint", r.firstPoint), ("point", r.lastPoint), ("kind", r.kind == .full ? "full" : "incremental"),
+                ("imagesMerged", r.imagesMerged), ("framesCopied", r.framesCopied), ("framesRepacked", r.framesRepacked),
+                ("bytesBefore", r.bytesBefore), ("bytesStored", r.bytesStored), ("seconds", r.seconds), ("image", r.image),
+                ("points", r.points.map(String.init)),
+            ])
+        } else if !quiet {
+            print("merged \(r.imagesMerged) images (points \(r.firstPoint)-\(r.lastPoint)) into \(r.image): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesStored)), \(r.framesCopied) frames copied, \(r.framesRepacked) re-packed, in \(String(format: "%.2f", r.seconds)) s")
+        }
+    }
+}
+
+struct PruneCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Keep the newest N points; fold older ones into the oldest kept point.",
+        discussion: "Equivalent to `strata merge CHAIN --to P` where P is the oldest point kept. Does nothing when the chain has N points or fewer.")
+
+    @Argument(help: "Chain directory.") var chain: String
+    @Option(help: "Number of newest points to keep (at least 1).") var keep: Int
+    @Flag(help: "Print one JSON object with the result on stdout.") var json = false
+    @Flag(help: "No progress line.") var quiet = false
+
+    func run() throws {
+        let progress = ProgressLine(verb: "prune", quiet: quiet)
+        do {
+            let r = try Merge.prune(chain: chain, keep: keep, progress: progress.update)
+            progress.finish()
+            if let r {
+                MergeCommand.report(r, json: json, quiet: quiet)
+            } else if json {
+                Output.json([("imagesMerged", 0)])
+            } else if !quiet {
+                print("nothing to prune: the chain has \(keep) points or fewer")
+            }
+        } catch {
+            progress.finish()
+            throw Output.fail(error)
+        }
+    }
+}

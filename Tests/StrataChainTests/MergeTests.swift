@@ -1,0 +1,151 @@
+// Merges and prunes never change what a remaining point restores to. Random sequences of captures, merges and
+// prunes, checking every point after every step; bad ranges and damaged images leave the chain untouched.
+import Foundation
+import StrataChain
+import StrataFormat
+import XCTest
+
+final class MergeTests: XCTestCase {
+    var dir = ""
+    override func setUpWithError() throws { dir = try scratchDirectory("merge") }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func assertEveryPointRestores(_ chain: String, _ states: [UInt32: [UInt8]], _ context: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let points = try ChainListing.read(chain: chain).points.map(\.point)
+        for p in points {
+            var o = RestoreOptions()
+            o.point = p
+            let out = "\(dir)/out.img"
+            _ = try Restore.run(chain: chain, target: out, options: o)
+            XCTAssertTrue(try readFile(out) == states[p], "\(context): point \(p) differs", file: file, line: line)
+        }
+    }
+
+    func testRandomMergesAndPrunesKeepEveryPoint() throws {
+        for seed: UInt64 in [21, 22, 23] {
+            var rng = SeededGenerator(seed: seed)
+            var disk = DiskModel(size: 3 << 20 + 2048, rng: &rng)
+            let source = "\(dir)/source-\(seed).img"
+            let chain = "\(dir)/chain-\(seed)"
+            var states: [UInt32: [UInt8]] = [:]
+            func capture() throws {
+                try disk.writeSparse(to: source)
+                let r = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+                states[r.point] = disk.bytes
+            }
+            try capture()
+            for n in 0..<5 {
+                disk.night(n, rng: &rng)
+                try capture()
+            }
+            for step in 0..<14 {
+                let points = try ChainListing.read(chain: chain).points.map(\.point)
+                let action = Int.random(in: 0..<4, using: &rng)
+                var what = ""
+                if action == 0 || points.count < 2 {
+                    disk.night(Int.random(in: 0..<4, using: &rng), rng: &rng)
+                    try capture()
+                    what = "capture"
+                } else if action == 1 {
+                    let r = try XCTUnwrap(Merge.prune(chain: chain, keep: Int.random(in: 1..<points.count, using: &rng)))
+                    XCTAssertEqual(r.kind, .full)
+                    what = "prune to \(r.points)"
+                } else {
+                    let i = Int.random(in: 0..<(points.count - 1), using: &rng)
+                    let j = Int.random(in: (i + 1)..<points.count, using: &rng)
+                    var o = MergeOptions(to: points[j])
+                    o.from = points[i]
+                    let r = try Merge.run(chain: chain, options: o)
+                    XCTAssertEqual(r.kind, i == 0 ? .full : .incremental)
+                    XCTAssertLessThanOrEqual(r.bytesStored, r.bytesBefore + 4096, "a merged image is no larger than what it replaces")
+                    what = "merge \(points[i])..\(points[j])"
+                }
+                try assertEveryPointRestores(chain, states, "seed \(seed) step \(step) (\(what))")
+            }
+            // The head hash map stays valid: the next capture after merges is an ordinary incremental.
+            let quiet = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+            XCTAssertEqual(quiet.kind, .incremental)
+            XCTAssertEqual(quiet.blocksChanged, 0)
+        }
+    }
+
+    func testBadRangesAreRefusedAndChainUntouched() throws {
+        var rng = SeededGenerator(seed: 30)
+        var disk = DiskModel(size: 1 << 20, rng: &rng)
+        let source = "\(dir)/s.img", chain = "\(dir)/chain"
+        for n in 0..<3 {
+            if n > 0 { disk.night(0, rng: &rng) }
+            try disk.writeSparse(to: source)
+            _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        }
+        let before = try FileManager.default.contentsOfDirectory(atPath: chain).sorted()
+        func refuse(_ from: UInt32?, _ to: UInt32, _ expected: ChainError, code: Int32) {
+            var o = MergeOptions(to: to)
+            o.from = from
+            XCTAssertThrowsError(try Merge.run(chain: chain, options: o)) {
+                XCTAssertEqual($0 as? ChainError, expected)
+                XCTAssertEqual(($0 as? ChainError)?.exitCode, code)
+            }
+        }
+        refuse(2, 2, .invalidOption("the range 2..2 is empty; give --from lower than --to"), code: 64)
+        refuse(3, 2, .invalidOption("the range 3..2 is reversed; give --from lower than --to"), code: 64)
+        refuse(1, 9, .noSuchPoint(9, available: [1, 2, 3]), code: 64)
+        refuse(0, 3, .noSuchPoint(0, available: [1, 2, 3]), code: 64)
+        XCTAssertThrowsError(try Merge.prune(chain: chain, keep: 0))
+        XCTAssertNil(try Merge.prune(chain: chain, keep: 3))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
+
+        // A damaged image in the range: named, and nothing changes.
+        let path = "\(chain)/p000002.strata"
+        var bytes = try readFile(path)
+        bytes[4096 + 40] ^= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        var o = MergeOptions(to: 3)
+        o.from = 2
+        XCTAssertThrowsError(try Merge.run(chain: chain, options: o)) {
+            guard case .corruptData(let file, _) = $0 as? ChainError else { return XCTFail("\($0)") }
+            XCTAssertEqual(file, "p000002.strata")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
+    }
+
+    /// The chain on a small filesystem that fills up: a capture fails with ENOSPC and a merge is refused before
+    /// it starts; the chain stays whole and every point restores.
+    func testFullFilesystem() throws {
+        if let reason = LoopDevice.unavailableReason() { throw XCTSkip(reason) }
+        let loop = try LoopDevice(size: 24 << 20, in: dir)
+        guard shell(["mkfs.ext4", "-q", "-F", "-m", "0", loop.path]).status == 0 else { throw XCTSkip("mkfs.ext4 is not installed") }
+        let mnt = "\(dir)/mnt"
+        try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
+        guard shell(["mount", loop.path, mnt]).status == 0 else { throw XCTSkip("this machine cannot mount filesystems") }
+        defer { shell(["umount", mnt]) }
+        var rng = SeededGenerator(seed: 31)
+        var disk = DiskModel(size: 8 << 20, rng: &rng)
+        disk.overwrite(at: 0, count: 8 << 20, rng: &rng)  // incompressible
+        let source = "\(dir)/s.img", chain = "\(mnt)/chain"
+        var states: [UInt32: [UInt8]] = [:]
+        for n in 0..<2 {
+            if n > 0 { disk.overwrite(at: 1 << 20, count: 1 << 20, rng: &rng) }
+            try disk.writeSparse(to: source)
+            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
+        }
+        // Fill the filesystem, leaving about 1 MiB.
+        shell(["dd", "if=/dev/zero", "of=\(mnt)/filler", "bs=1M", "status=none"])
+        shell(["truncate", "-s", "-1M", "\(mnt)/filler"])
+        let before = try FileManager.default.contentsOfDirectory(atPath: chain).sorted()
+        disk.overwrite(at: 2 << 20, count: 4 << 20, rng: &rng)
+        try disk.writeSparse(to: source)
+        XCTAssertThrowsError(try Capture.run(source: source, chain: chain, options: CaptureOptions())) {
+            guard case .io(let e) = $0 as? ChainError else { return XCTFail("\($0)") }
+            XCTAssertEqual(e.errno, ENOSPC)
+            XCTAssertEqual(($0 as? ChainError)?.exitCode, 74)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
+        XCTAssertThrowsError(try Merge.run(chain: chain, options: MergeOptions(to: 2))) {
+            guard case .insufficientSpace = $0 as? ChainError else { return XCTFail("\($0)") }
+            XCTAssertEqual(($0 as? ChainError)?.exitCode, 73)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
+        try assertEveryPointRestores(chain, states, "after a full filesystem")
+    }
+}
