@@ -13,6 +13,7 @@ public struct MergeOptions: Sendable {
     public var from: UInt32? = nil
     public var to: UInt32
     public var level: Int32 = 1
+    public var threads: Int = Sys.onlineCores
     public var engine: IOEngineChoice = .auto
 
     public init(to: UInt32) { self.to = to }
@@ -61,7 +62,7 @@ public enum Merge {
         let writer = try ImageWriter(directory: chainPath, name: name, header: header, engine: options.engine)
         let finished: ImageHeader
         do {
-            try plan.write(to: writer, level: options.level, progress: progress)
+            try plan.write(to: writer, level: options.level, threads: options.threads, progress: progress)
             finished = try writer.finish()
         } catch {
             writer.abandon()

@@ -38,7 +38,7 @@ final class MergePlan {
             + UInt64(surviving.count * FrameRecord.encodedSize)
     }
 
-    func write(to writer: ImageWriter, level: Int32, progress: ProgressHandler?) throws {
+    func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
         // Frame numbers: whole frames in order of first use, then packed frames in block order.
         var wholeOrder: [UInt64] = []
         var wholeNumber: [UInt64: UInt32] = [:]
@@ -56,6 +56,7 @@ final class MergePlan {
         }
         framesCopied = wholeOrder.count
         var packedIndex = 0
+        var packed: [[MergeRepacker.Segment]] = []
         for e in resolved {
             switch e.kind {
             case .zero, .unreadable:
@@ -71,6 +72,8 @@ final class MergePlan {
                         let at = packedIndex % blocksPerFrame
                         let n = min(Int(e.blockCount) - done, blocksPerFrame - at)
                         writer.addExtent(block: e.firstBlock + UInt64(done), count: UInt32(n), kind: .data, frame: UInt32(frame), frameBlock: UInt32(at))
+                        if at == 0 { packed.append([]) }
+                        packed[packed.count - 1].append(MergeRepacker.Segment(key: key(e), frameBlock: Int(e.frameBlock) + done, count: n))
                         done += n
                         packedIndex += n
                     }
@@ -79,8 +82,14 @@ final class MergePlan {
         }
         let total = wholeOrder.reduce(UInt64(0)) { $0 + UInt64(record($1).length) } + UInt64(packedBlocks * blockSize)
         var done: UInt64 = 0
+        framesRepacked = Set(packed.flatMap { $0.map(\.key) }).count
+        // Workers re-pack while this thread copies whole frames; their frames are appended after.
+        let repacker = MergeRepacker(
+            frames: packed, sources: sources, blockSize: blockSize, blocksPerFrame: blocksPerFrame, level: level, threads: threads)
+        try repacker.start()
+        defer { repacker.stop() }
         try copyWholeFrames(wholeOrder, to: writer) { done += $0; progress?(done, total) }
-        try repack(into: writer, level: level) { done += $0; progress?(min(done, total), total) }
+        try repacker.drain(into: writer) { done += $0; progress?(min(done, total), total) }
     }
 
     private func copyWholeFrames(_ order: [UInt64], to writer: ImageWriter, progress: (UInt64) -> Void) throws {
@@ -96,99 +105,6 @@ final class MergePlan {
             }
             _ = try writer.appendFrame(copying: r, from: buffer.base)
             progress(UInt64(r.length))
-        }
-    }
-
-    /// Decompresses partly surviving frames as they are first needed (checking checksum and block hashes) and
-    /// packs their surviving blocks, in block order, into new frames.
-    private func repack(into writer: ImageWriter, level: Int32, progress: (UInt64) -> Void) throws {
-        var lastUse: [UInt64: Int] = [:]
-        for (i, e) in resolved.enumerated() where e.kind == .data && !isWhole(key(e)) { lastUse[key(e)] = i }
-        guard !lastUse.isEmpty else { return }
-        let compressor = try FrameCompressor(level: level)
-        let decompressor = try FrameDecompressor()
-        let frameBytes = blocksPerFrame * blockSize
-        let maxStored = lastUse.keys.map { Int(record($0).length) }.max()!
-        let stored = AlignedSlab(slotSize: maxStored, slotCount: 1)
-        var decoded: [UInt64: (data: UnsafeMutableRawPointer, hashes: [BlockHash])] = [:]
-        defer { for d in decoded.values { d.data.deallocate() } }
-        let pack = AlignedSlab(slotSize: frameBytes + blocksPerFrame * 16 + FrameCompressor.bound(frameBytes), slotCount: 1)
-        let hashArea = pack.base + frameBytes
-        var fill = 0
-        framesRepacked = lastUse.count
-
-        func flush() throws {
-            guard fill > 0 else { return }
-            let payload = hashArea + fill * 16
-            var codec = FrameCodec.zstd
-            var length = compressor.compress(pack.base, count: fill * blockSize, into: payload, capacity: FrameCompressor.bound(frameBytes)) ?? 0
-            if length == 0 {
-                codec = .raw
-                payload.copyMemory(from: pack.base, byteCount: fill * blockSize)
-                length = fill * blockSize
-            }
-            _ = try writer.appendFrame(hashArea, length: fill * 16 + length, blockCount: fill, codec: codec, checksum: Checksum.xxh3(hashArea, count: fill * 16 + length))
-            progress(UInt64(fill * blockSize))
-            fill = 0
-        }
-
-        for (i, e) in resolved.enumerated() where e.kind == .data {
-            let k = key(e)
-            guard lastUse[k] != nil else { continue }
-            if decoded[k] == nil { decoded[k] = try decode(k, stored: stored.base, decompressor: decompressor) }
-            let source = decoded[k]!
-            for b in 0..<Int(e.blockCount) {
-                let fb = Int(e.frameBlock) + b
-                (pack.base + fill * blockSize).copyMemory(from: source.data + fb * blockSize, byteCount: blockSize)
-                (hashArea + fill * 16).storeBytes(of: source.hashes[fb].low.littleEndian, as: UInt64.self)
-                (hashArea + fill * 16 + 8).storeBytes(of: source.hashes[fb].high.littleEndian, as: UInt64.self)
-                fill += 1
-                if fill == blocksPerFrame { try flush() }
-            }
-            if lastUse[k] == i {
-                source.data.deallocate()
-                decoded[k] = nil
-            }
-        }
-        try flush()
-    }
-
-    private func decode(_ k: UInt64, stored: UnsafeMutableRawPointer, decompressor: FrameDecompressor) throws -> (data: UnsafeMutableRawPointer, hashes: [BlockHash]) {
-        let image = sources[Int(k >> 32)]
-        let frame = k & 0xFFFF_FFFF
-        let r = record(k)
-        let n = try Sys.preadFully(image.fd, stored, Int(r.length), r.offset, path: image.path)
-        guard n == Int(r.length) else { throw ChainError.damaged(file: image.name, detail: "frame \(frame) is cut short") }
-        guard Checksum.xxh3(stored, count: n) == r.checksum else {
-            throw ChainError.corruptData(file: image.name, detail: "frame \(frame) at byte \(r.offset) fails its checksum")
-        }
-        let blocks = Int(r.blockCount)
-        let data = UnsafeMutableRawPointer.allocate(byteCount: blocks * blockSize, alignment: 64)
-        do {
-            switch r.codec {
-            case .raw:
-                guard r.payloadLength == blocks * blockSize else { throw ChainError.corruptData(file: image.name, detail: "frame \(frame) has the wrong length") }
-                data.copyMemory(from: stored + r.hashesLength, byteCount: r.payloadLength)
-            case .zstd:
-                do { try decompressor.decompress(stored + r.hashesLength, count: r.payloadLength, into: data, expected: blocks * blockSize) } catch {
-                    throw ChainError.corruptData(file: image.name, detail: "frame \(frame) does not decompress (\(error))")
-                }
-            }
-            var hashes = [BlockHash]()
-            hashes.reserveCapacity(blocks)
-            for b in 0..<blocks {
-                let h = BlockHash(
-                    low: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self)),
-                    high: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self)))
-                guard BlockHash.of(data + b * blockSize, count: blockSize) == h else {
-                    throw ChainError.corruptData(file: image.name, detail: "a block of frame \(frame) does not match its hash")
-                }
-                hashes.append(h)
-            }
-            return (data, hashes)
-        } catch {
-            data.deallocate()
-            throw error
         }
     }
 }
