@@ -48,7 +48,7 @@ public enum Merge {
         guard let first = all.firstIndex(where: { $0.header.lastPoint == from }) else { throw ChainError.noSuchPoint(from, available: points) }
         let sources = Array(all[first...])
         let newest = sources.last!.header
-        var header = ImageHeader(
+        let header = ImageHeader(
             kind: sources[0].header.kind, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,
             imageID: newest.imageID, parentID: sources[0].header.parentID, firstPoint: sources[0].header.firstPoint,
             lastPoint: newest.lastPoint, createdAt: newest.createdAt)

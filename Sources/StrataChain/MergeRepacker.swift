@@ -149,34 +149,14 @@ final class MergeRepacker {
         return (slot, fill, fill * 16 + length, codec, Checksum.xxh3(hashes, count: fill * 16 + length))
     }
 
-    /// Reads and checks one source frame: checksum, decompression, and every block against its stored hash.
+    /// Reads one source frame and checks it (checksum, decompression, every block against its stored hash).
     private func decode(_ key: UInt64, stored: UnsafeMutableRawPointer, decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor) throws {
         let image = sources[Int(key >> 32)]
-        let frame = key & 0xFFFF_FFFF
+        let frame = UInt32(key & 0xFFFF_FFFF)
         let r = image.index.frames[Int(frame)]
         let n = try Sys.preadFully(image.fd, stored, Int(r.length), r.offset, path: image.path)
         guard n == Int(r.length) else { throw ChainError.damaged(file: image.name, detail: "frame \(frame) is cut short") }
-        guard Checksum.xxh3(stored, count: n) == r.checksum else {
-            throw ChainError.corruptData(file: image.name, detail: "frame \(frame) at byte \(r.offset) fails its checksum")
-        }
-        let blocks = Int(r.blockCount)
-        switch r.codec {
-        case .raw:
-            guard r.payloadLength == blocks * blockSize else { throw ChainError.corruptData(file: image.name, detail: "frame \(frame) has the wrong length") }
-            decoded.copyMemory(from: stored + r.hashesLength, byteCount: r.payloadLength)
-        case .zstd:
-            do { try decompressor.decompress(stored + r.hashesLength, count: r.payloadLength, into: decoded, expected: blocks * blockSize) } catch {
-                throw ChainError.corruptData(file: image.name, detail: "frame \(frame) does not decompress (\(error))")
-            }
-        }
-        for b in 0..<blocks {
-            let h = BlockHash(
-                low: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self)),
-                high: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self)))
-            guard BlockHash.of(decoded + b * blockSize, count: blockSize) == h else {
-                throw ChainError.corruptData(file: image.name, detail: "a block of frame \(frame) does not match its hash")
-            }
-        }
+        try image.decode(frame: frame, stored: stored, into: decoded, decompressor: decompressor)
     }
 }
 

@@ -194,38 +194,8 @@ final class RestorePipeline {
 
     private func decode(_ slot: Int, _ decompressor: FrameDecompressor) throws {
         let f = slotFetch[slot]
-        let image = images[Int(fetchImage[f])]
-        let frame = fetchFrame[f]
-        let record = image.index.frames[Int(frame)]
         let base = slots.slot(slot)
-        guard Checksum.xxh3(base, count: Int(record.length)) == record.checksum else {
-            throw ChainError.corruptData(file: image.name, detail: "frame \(frame) at byte \(record.offset) fails its checksum")
-        }
-        let blocks = Int(record.blockCount)
-        let decoded = base + decodedOffset
-        let payload = base + record.hashesLength
-        switch record.codec {
-        case .raw:
-            guard record.payloadLength == blocks * blockSize else {
-                throw ChainError.corruptData(file: image.name, detail: "frame \(frame) has the wrong length")
-            }
-            decoded.copyMemory(from: payload, byteCount: record.payloadLength)
-        case .zstd:
-            do { try decompressor.decompress(payload, count: record.payloadLength, into: decoded, expected: blocks * blockSize) } catch {
-                throw ChainError.corruptData(file: image.name, detail: "frame \(frame) does not decompress (\(error))")
-            }
-        }
-        let hashes = UnsafeRawPointer(base)
-        for b in 0..<blocks {
-            let stored = BlockHash(
-                low: hashes.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self),
-                high: hashes.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self))
-            guard BlockHash.of(decoded + b * blockSize, count: blockSize) == stored else {
-                let e = image.index.extents.first { $0.kind == .data && $0.frame == frame && $0.frameBlock <= b && b < $0.frameBlock + $0.blockCount }
-                let block = e.map { $0.firstBlock + UInt64(UInt32(b) - $0.frameBlock) } ?? 0
-                throw ChainError.corruptData(file: image.name, detail: "block \(block) (in frame \(frame)) does not match its hash")
-            }
-        }
+        try images[Int(fetchImage[f])].decode(frame: fetchFrame[f], stored: base, into: base + decodedOffset, decompressor: decompressor)
     }
 
     // MARK: Coordinator
