@@ -127,10 +127,7 @@ final class CapturePipeline {
         } catch {
             failure.record(error)
         }
-        condition.lock()
-        noMoreJobs = true
-        condition.broadcast()
-        condition.unlock()
+        condition.publish { noMoreJobs = true }
         group.join()
         if let e = failure.error { throw e }
         stats.bytesRead = bytesRead
@@ -195,9 +192,7 @@ final class CapturePipeline {
         } catch {
             failure.record(wrap(error))
             while pump.inFlight > 0 { _ = try? pump.next() }
-            condition.lock()
-            condition.broadcast()
-            condition.unlock()
+            condition.publish {}
         }
     }
 
@@ -209,11 +204,10 @@ final class CapturePipeline {
         }
         let tail = (valid + blockSize - 1) / blockSize * blockSize
         if tail > valid { (slots.slot(slot) + valid).initializeMemory(as: UInt8.self, repeating: 0, count: tail - valid) }
-        condition.lock()
-        bytesRead += UInt64(valid)
-        jobs.append(.hash(slot: slot))
-        condition.broadcast()
-        condition.unlock()
+        condition.publish {
+            bytesRead += UInt64(valid)
+            jobs.append(.hash(slot: slot))
+        }
     }
 
     // MARK: Workers
@@ -239,10 +233,7 @@ final class CapturePipeline {
                 let hashes = slotHashes + slot * blocksPerSlot
                 let blocks = (slotBytes[slot] + blockSize - 1) / blockSize
                 for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
-                condition.lock()
-                readyChunks[slotChunk[slot]] = slot
-                condition.broadcast()
-                condition.unlock()
+                condition.publish { readyChunks[slotChunk[slot]] = slot }
             case .compress(let buffer):
                 compressFrame(buffer, compressor: compressor)
             }
@@ -266,10 +257,7 @@ final class CapturePipeline {
         frameLength[buffer] = blocks * 16 + length
         frameCodec[buffer] = codec
         frameChecksum[buffer] = Checksum.xxh3(hashesStart, count: blocks * 16 + length)
-        condition.lock()
-        doneFrames[frameSequence[buffer]] = buffer
-        condition.broadcast()
-        condition.unlock()
+        condition.publish { doneFrames[frameSequence[buffer]] = buffer }
     }
 
     // MARK: Coordinator
@@ -348,11 +336,10 @@ final class CapturePipeline {
                 }
             }
             try newMap.commit(count)
-            condition.lock()
-            if slot >= 0 { freeSlots.append(slot) }
-            consumedChunks = chunk + 1
-            condition.broadcast()
-            condition.unlock()
+            condition.publish {
+                if slot >= 0 { freeSlots.append(slot) }
+                consumedChunks = chunk + 1
+            }
             progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
         }
         if currentFrame >= 0 { try dispatchFrame() }
@@ -386,11 +373,10 @@ final class CapturePipeline {
 
     private func dispatchFrame() throws {
         frameBlocks[currentFrame] = currentFill
-        condition.lock()
-        jobs.append(.compress(buffer: currentFrame))
-        framesDispatched += 1
-        condition.broadcast()
-        condition.unlock()
+        condition.publish {
+            jobs.append(.compress(buffer: currentFrame))
+            framesDispatched += 1
+        }
         currentFrame = -1
     }
 }

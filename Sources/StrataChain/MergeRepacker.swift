@@ -77,19 +77,13 @@ final class MergeRepacker {
             let start = slots.slot(f.slot) + payloadOffset - f.blocks * 16
             _ = try writer.appendFrame(start, length: f.length, blockCount: f.blocks, codec: f.codec, checksum: f.checksum)
             progress(UInt64(f.blocks * blockSize))
-            condition.lock()
-            freeSlots.append(f.slot)
-            condition.broadcast()
-            condition.unlock()
+            condition.publish { freeSlots.append(f.slot) }
         }
     }
 
     /// Stops the workers and waits for them; safe to call more than once.
     func stop() {
-        condition.lock()
-        stopping = true
-        condition.broadcast()
-        condition.unlock()
+        condition.publish { stopping = true }
         group.join()
     }
 
@@ -111,15 +105,10 @@ final class MergeRepacker {
             condition.unlock()
             do {
                 let result = try build(k, slot: slot, cache: cache, compressor: compressor, decompressor: decompressor)
-                condition.lock()
-                finished[k] = result
-                condition.broadcast()
-                condition.unlock()
+                condition.publish { finished[k] = result }
             } catch {
                 failure.record(error)
-                condition.lock()
-                condition.broadcast()
-                condition.unlock()
+                condition.publish {}
                 return
             }
         }

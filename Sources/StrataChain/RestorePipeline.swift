@@ -105,10 +105,7 @@ final class RestorePipeline {
         } catch {
             failure.record(error)
         }
-        condition.lock()
-        finished = true
-        condition.broadcast()
-        condition.unlock()
+        condition.publish { finished = true }
         group.join()
         if let e = failure.error { throw e }
     }
@@ -145,9 +142,7 @@ final class RestorePipeline {
         } catch {
             failure.record(wrap(error))
             while pump.inFlight > 0 { _ = try? pump.next() }
-            condition.lock()
-            condition.broadcast()
-            condition.unlock()
+            condition.publish {}
         }
     }
 
@@ -158,10 +153,7 @@ final class RestorePipeline {
         guard done.bytes == Int(record.length) else {
             throw ChainError.damaged(file: image.name, detail: "frame \(fetchFrame[f]) is cut short")
         }
-        condition.lock()
-        decodeJobs.append(done.tag)
-        condition.broadcast()
-        condition.unlock()
+        condition.publish { decodeJobs.append(done.tag) }
     }
 
     // MARK: Workers
@@ -179,15 +171,10 @@ final class RestorePipeline {
             condition.unlock()
             do {
                 try decode(slot, decompressor)
-                condition.lock()
-                readyFetches[slotFetch[slot]] = slot
-                condition.broadcast()
-                condition.unlock()
+                condition.publish { readyFetches[slotFetch[slot]] = slot }
             } catch {
                 failure.record(error)
-                condition.lock()
-                condition.broadcast()
-                condition.unlock()
+                condition.publish {}
             }
         }
     }
@@ -211,11 +198,10 @@ final class RestorePipeline {
     }
 
     private func release(fetch f: Int, slot: Int) {
-        condition.lock()
-        readyFetches[f] = nil
-        freeSlots.append(slot)
-        condition.broadcast()
-        condition.unlock()
+        condition.publish {
+            readyFetches[f] = nil
+            freeSlots.append(slot)
+        }
     }
 
     private func writeTarget() throws {

@@ -13,10 +13,7 @@ final class ThreadGroup {
         condition.unlock()
         let t = Thread { [self] in
             body()
-            condition.lock()
-            running -= 1
-            condition.broadcast()
-            condition.unlock()
+            condition.publish { running -= 1 }
         }
         t.name = name
         t.stackSize = 1 << 20
@@ -45,5 +42,18 @@ final class FirstError: @unchecked Sendable {
         lock.lock()
         if stored == nil { stored = e }
         lock.unlock()
+    }
+}
+
+extension NSCondition {
+    /// Runs `body` holding the lock, then wakes every waiter: the one way pipeline stages publish state.
+    @discardableResult
+    func publish<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer {
+            broadcast()
+            unlock()
+        }
+        return try body()
     }
 }
