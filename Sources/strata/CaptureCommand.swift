@@ -11,14 +11,23 @@ struct CaptureCommand: ParsableCommand {
         discussion: """
             The first capture into CHAIN (a directory, created if missing) writes a full image; every later one an \
             incremental image of the blocks whose content changed since the previous capture. Holes of a sparse \
-            image file are not read. The new point's number is printed (and in --json, "point").
+            image file are not read. A capture that is interrupted (Ctrl-C, kill, power cut, full disk) leaves the \
+            chain as it was; the next run removes its temporary files.
+
+            --json prints one object: point, kind (full or incremental), sourceBytes, bytesRead, blocksChanged, \
+            bytesStored, seconds, engine, image.
+
+            EXAMPLES
+              strata capture /dev/sdb /backup/sdb
+              strata capture disk.img /backup/vm1 --block-size 65536 --json
+              strata capture /dev/nvme0n1 /backup/nvme --io-engine pread --threads 8
             """)
 
     @Argument(help: "Block device or image file to read.") var source: String
     @Argument(help: "Chain directory.") var chain: String
     @Option(help: "Block size for a new chain: a power of two from 512 to 1048576 (default 4096).") var blockSize: UInt32?
     @Option(help: "zstd compression level, 1-19.") var level: Int32 = 1
-    @Option(help: "Hashing and compression threads (default: one per core).") var threads: Int = Sys.onlineCores
+    @Option(help: "Hashing and compression threads (default: one per core).") var threads: Int?
     @Option(help: "Read requests in flight.") var queueDepth: Int = 32
     @Option(help: "I/O engine: auto (io_uring, else pread threads), uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Capture even if the source is mounted read-write (the image may be inconsistent).") var allowMounted = false
@@ -29,7 +38,7 @@ struct CaptureCommand: ParsableCommand {
         var options = CaptureOptions()
         options.blockSize = blockSize
         options.level = level
-        options.threads = threads
+        options.threads = threads ?? Sys.onlineCores
         options.queueDepth = queueDepth
         options.engine = ioEngine
         options.allowMounted = allowMounted

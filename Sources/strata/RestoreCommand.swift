@@ -10,13 +10,19 @@ struct RestoreCommand: ParsableCommand {
             Writes the disk exactly as it was at the point, in one sequential pass. A block device must be at least \
             as large as the captured source (checked before anything is written); a file is created (replaced if \
             it exists) sparse, with zero ranges left as holes. Every frame's checksum and every block's hash is \
-            checked as it is restored; a mismatch stops the restore naming the image and frame.
+            checked as it is restored; a mismatch stops the restore naming the image and the frame or block.
+
+            --json prints one object: point, bytesWritten, images, seconds, engine.
+
+            EXAMPLES
+              strata restore /backup/sdb /dev/sdc --point 2
+              strata restore /backup/sdb disk.img
             """)
 
     @Argument(help: "Chain directory.") var chain: String
     @Argument(help: "Block device or file to write.") var target: String
     @Option(help: "Point to restore (default: the newest).") var point: UInt32?
-    @Option(help: "Decompression threads (default: one per core).") var threads: Int = Sys.onlineCores
+    @Option(help: "Decompression threads (default: one per core).") var threads: Int?
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
@@ -24,7 +30,7 @@ struct RestoreCommand: ParsableCommand {
     func run() throws {
         var options = RestoreOptions()
         options.point = point
-        options.threads = max(1, threads)
+        options.threads = max(1, threads ?? Sys.onlineCores)
         options.engine = ioEngine
         let progress = ProgressLine(verb: "restore", quiet: quiet)
         do {
