@@ -2,7 +2,8 @@
 // several in flight, instead of buffered pwrite: the page-cache copy of buffered writes cost a capture a third of
 // its CPU (measured with perf on the reference disk). Records are gathered into 1 MiB aligned buffers; the last,
 // partial buffer is written through the ordinary descriptor when the stream is finished. Where O_DIRECT is
-// refused (tmpfs), records go straight to pwrite.
+// refused (tmpfs), the same buffers are written through the ordinary descriptor, still asynchronously, so the
+// caller's thread never does the page-cache copy.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,6 +13,7 @@ public final class AppendWriter {
     public let path: String
     private let fd: Int32
     private let directFD: Int32?
+    private let writeFD: Int32
     private let pump: IOPump?
     private let buffers: AlignedSlab?
     private var freeBuffers: [Int]
@@ -28,15 +30,13 @@ public final class AppendWriter {
         self.fd = fd
         offset = start
         bufferStart = start
-        let direct = try? Sys.open(path, O_WRONLY | strata_O_DIRECT)
-        if let direct, let (queue, _) = try? IOEngine.make(engine, depth: depth) {
-            directFD = direct
+        directFD = try? Sys.open(path, O_WRONLY | strata_O_DIRECT)
+        writeFD = directFD ?? fd
+        if let (queue, _) = try? IOEngine.make(engine, depth: depth) {
             buffers = AlignedSlab(slotSize: bufferSize, slotCount: depth)
             pump = IOPump(queue: queue, maxTags: depth)
             freeBuffers = Array((0..<depth).reversed())
         } else {
-            if let direct { Sys.close(direct) }
-            directFD = nil
             buffers = nil
             pump = nil
             freeBuffers = []
@@ -49,7 +49,7 @@ public final class AppendWriter {
     }
 
     public func append(_ bytes: UnsafeRawPointer, count: Int) throws {
-        guard let buffers, let pump, let directFD else {
+        guard let buffers, let pump else {
             try Sys.pwriteAll(fd, bytes, count, offset, path: path)
             offset += UInt64(count)
             return
@@ -66,7 +66,7 @@ public final class AppendWriter {
             fill += n
             done += n
             if fill == buffers.slotSize {
-                pump.write(fd: directFD, path: path, from: buffers.slot(current), length: fill, at: bufferStart, tag: current)
+                pump.write(fd: writeFD, path: path, from: buffers.slot(current), length: fill, at: bufferStart, tag: current)
                 bufferStart += UInt64(fill)
                 current = -1
             }
