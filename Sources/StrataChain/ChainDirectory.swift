@@ -13,9 +13,10 @@ public final class ChainDirectory {
     private let lock: DirectoryLock
     public private(set) var manifest: ChainManifest?
 
-    /// Opens (and with `create`, makes) a chain directory and takes its lock. Leftovers from interrupted runs
-    /// are removed. Without `create`, a directory with no manifest is not a chain.
-    public init(path: String, create: Bool) throws {
+    /// Opens (and with `create`, makes) a chain directory and takes its lock: shared with `readOnly` (restore),
+    /// exclusive otherwise. Leftovers from interrupted runs are removed. Without `create`, a directory with no
+    /// manifest is not a chain.
+    public init(path: String, create: Bool, readOnly: Bool = false) throws {
         self.path = path
         var isDirectory = false
         if let st = try? Sys.stat(path) {
@@ -33,7 +34,7 @@ public final class ChainDirectory {
             let foreign = try Sys.listDirectory(path).filter { !ChainDirectory.isOurs($0) && $0 != ".lock" }
             if !foreign.isEmpty { throw ChainError.notAChain(path: path) }
         }
-        guard let lock = try DirectoryLock(directory: path) else { throw ChainError.chainInUse(path: path) }
+        guard let lock = try DirectoryLock(directory: path, shared: readOnly) else { throw ChainError.chainInUse(path: path) }
         self.lock = lock
         if hasManifest {
             do {

@@ -27,7 +27,7 @@ public enum Restore {
         progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
     ) throws -> RestoreResult {
         let started = Sys.monotonicNanos()
-        let chain = try ChainDirectory(path: chainPath, create: false)
+        let chain = try ChainDirectory(path: chainPath, create: false, readOnly: true)
         guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         let point = options.point ?? manifest.points.last!
         let images = try chain.openImages(forPoint: point)

@@ -46,15 +46,16 @@ public enum DurableFiles {
     }
 }
 
-/// An exclusive lock on a chain directory, held for the life of the value. A second strata on the same chain
-/// fails to take it at once instead of waiting or interleaving writes.
+/// A lock on a chain directory, held for the life of the value: exclusive for a process that changes the chain,
+/// shared for one that only reads it (restores may run side by side; none runs beside a capture or merge).
+/// A conflicting strata fails to take it at once instead of waiting or interleaving writes.
 public final class DirectoryLock {
     private let fd: Int32
 
-    /// Returns nil when another process holds the lock.
-    public init?(directory: String) throws {
+    /// Returns nil when another process holds a conflicting lock.
+    public init?(directory: String, shared: Bool = false) throws {
         let fd = try Sys.open("\(directory)/.lock", O_RDWR | O_CREAT)
-        guard try Sys.tryLock(fd, path: directory) else {
+        guard try Sys.tryLock(fd, shared: shared, path: directory) else {
             Sys.close(fd)
             return nil
         }

@@ -142,10 +142,10 @@ public enum Sys {
         return UInt64(r)
     }
 
-    /// Exclusive, non-blocking advisory lock; false when another process holds it.
-    public static func tryLock(_ fd: Int32, path: String) throws -> Bool {
+    /// Non-blocking advisory lock, exclusive or shared; false when another process holds a conflicting one.
+    public static func tryLock(_ fd: Int32, shared: Bool = false, path: String) throws -> Bool {
         while true {
-            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return true }
+            if flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0 { return true }
             let e = Glibc.errno
             if e == EINTR { continue }
             if e == EWOULDBLOCK { return false }

@@ -79,7 +79,7 @@ final class ChainErrorTests: XCTestCase {
     func testDirectoryThatIsNotAChain() throws {
         let other = "\(dir)/photos"
         try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: "\(other)/holiday.jpg", contents: Data([1, 2, 3]))
+        _ = FileManager.default.createFile(atPath: "\(other)/holiday.jpg", contents: Data([1, 2, 3]))
         XCTAssertThrowsError(try Capture.run(source: source, chain: other, options: CaptureOptions())) {
             XCTAssertEqual($0 as? ChainError, .notAChain(path: other))
         }
@@ -150,6 +150,20 @@ final class ChainErrorTests: XCTestCase {
         _ = holder
     }
 
+    /// Restores share the chain; captures and merges need it alone.
+    func testRestoresShareTheChainWritersDoNot() throws {
+        let reader = try DirectoryLock(directory: chain, shared: true)
+        XCTAssertNotNil(reader)
+        _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())
+        try assertFails(.chainInUse(path: chain), code: 75) {
+            _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        }
+        try assertFails(.chainInUse(path: chain), code: 75) {
+            _ = try Merge.run(chain: chain, options: MergeOptions(to: 2))
+        }
+        _ = reader
+    }
+
     func testTargetThatCannotBeWritten() throws {
         try assertFails(.targetUnavailable(path: "\(dir)/no/such/dir/out.img", reason: "No such file or directory"), code: 73) {
             _ = try Restore.run(chain: chain, target: "\(dir)/no/such/dir/out.img", options: RestoreOptions())
@@ -167,8 +181,8 @@ final class ChainErrorTests: XCTestCase {
     }
 
     func testStaleTemporaryFilesAreCleanedUp() throws {
-        FileManager.default.createFile(atPath: "\(chain)/.strata-tmp-999-p000003.strata", contents: Data([1]))
-        FileManager.default.createFile(atPath: "\(chain)/p000003.strata", contents: Data([1]))
+        _ = FileManager.default.createFile(atPath: "\(chain)/.strata-tmp-999-p000003.strata", contents: Data([1]))
+        _ = FileManager.default.createFile(atPath: "\(chain)/p000003.strata", contents: Data([1]))
         _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
         let names = try FileManager.default.contentsOfDirectory(atPath: chain).sorted()
         XCTAssertEqual(names, [".lock", "chain.manifest", "map-p000003.strata", "p000001.strata", "p000002.strata", "p000003.strata"])
@@ -190,7 +204,7 @@ final class ChainErrorTests: XCTestCase {
         var options = CaptureOptions()
         options.allowMounted = true
         var notices: [String] = []
-        let r = try Capture.run(source: loop.path, chain: "\(dir)/mounted", options: options) { notices.append($0) }
+        let r = try Capture.run(source: loop.path, chain: "\(dir)/mounted", options: options, notice: { notices.append($0) })
         XCTAssertEqual(r.point, 1)
         XCTAssertTrue(notices.contains { $0.hasPrefix("warning: \(loop.path) is mounted read-write at \(mnt)") }, "\(notices)")
     }

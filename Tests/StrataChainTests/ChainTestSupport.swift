@@ -150,7 +150,7 @@ final class LoopDevice {
 
     init(size: Int, in dir: String) throws {
         backing = "\(dir)/loop-\(UUID().uuidString).img"
-        FileManager.default.createFile(atPath: backing, contents: nil)
+        _ = FileManager.default.createFile(atPath: backing, contents: nil)
         guard truncate(backing, off_t(size)) == 0 else { throw POSIXError(.EIO) }
         let r = shell(["losetup", "-f", "--show", backing])
         guard r.status == 0, r.output.hasPrefix("/dev/loop") else { throw XCTSkip("losetup failed: no free loop device here") }

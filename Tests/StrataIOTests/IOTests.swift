@@ -60,7 +60,7 @@ final class IOTests: XCTestCase {
 
     func testSparseFileDataRanges() throws {
         let path = "\(dir)/sparse"
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         let fd = try Sys.open(path, O_WRONLY)
         try Sys.ftruncate(fd, 64 << 20, path: path)
         let one = [UInt8](repeating: 1, count: 4096)
