@@ -41,16 +41,10 @@ final class CapturePipeline {
     private var slotChunk: [Int]
     private var slotBytes: [Int]
 
-    // Frame buffers: [blocks | hashes | compressed payload].
-    private let frames: AlignedSlab
-    private let blocksPerFrame: Int
-    private let hashAreaOffset: Int
-    private let payloadOffset: Int
-    private let payloadCapacity: Int
+    // Frame buffers, and for each the frame it holds once sealed and its place in the image's order.
+    private let frames: FrameBuffers
     private var frameBlocks: [Int]
-    private var frameLength: [Int]
-    private var frameCodec: [FrameCodec]
-    private var frameChecksum: [UInt64]
+    private var sealed: [SealedFrame?]
     private var frameSequence: [Int]
 
     // Shared state, guarded by `condition`.
@@ -91,17 +85,10 @@ final class CapturePipeline {
         slotBytes = Array(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
 
-        blocksPerFrame = max(1, Int(ImageHeader.maxBlockSize) / blockSize)
-        let frameRaw = blocksPerFrame * blockSize
-        hashAreaOffset = frameRaw
-        payloadOffset = frameRaw + blocksPerFrame * 16
-        payloadCapacity = max(FrameCompressor.bound(frameRaw), frameRaw)
         let frameCount = 2 * options.threads + 2
-        frames = AlignedSlab(slotSize: payloadOffset + payloadCapacity, slotCount: frameCount, alignment: 64)
+        frames = FrameBuffers(blockSize: blockSize, count: frameCount)
         frameBlocks = Array(repeating: 0, count: frameCount)
-        frameLength = Array(repeating: 0, count: frameCount)
-        frameCodec = Array(repeating: .raw, count: frameCount)
-        frameChecksum = Array(repeating: 0, count: frameCount)
+        sealed = Array(repeating: nil, count: frameCount)
         frameSequence = Array(repeating: 0, count: frameCount)
         freeFrames = Array((0..<frameCount).reversed())
 
@@ -241,22 +228,7 @@ final class CapturePipeline {
     }
 
     private func compressFrame(_ buffer: Int, compressor: FrameCompressor) {
-        let base = frames.slot(buffer)
-        let blocks = frameBlocks[buffer]
-        let raw = blocks * blockSize
-        let payload = base + payloadOffset
-        let hashesStart = payload - blocks * 16
-        if blocks < blocksPerFrame { hashesStart.copyMemory(from: base + hashAreaOffset, byteCount: blocks * 16) }
-        var codec = FrameCodec.zstd
-        var length = compressor.compress(base, count: raw, into: payload, capacity: payloadCapacity) ?? 0
-        if length == 0 {
-            codec = .raw
-            payload.copyMemory(from: base, byteCount: raw)
-            length = raw
-        }
-        frameLength[buffer] = blocks * 16 + length
-        frameCodec[buffer] = codec
-        frameChecksum[buffer] = Checksum.xxh3(hashesStart, count: blocks * 16 + length)
+        sealed[buffer] = frames.seal(buffer, blockCount: frameBlocks[buffer], compressor: compressor)
         condition.publish { doneFrames[frameSequence[buffer]] = buffer }
     }
 
@@ -283,9 +255,7 @@ final class CapturePipeline {
     }
 
     private func writeFrame(_ buffer: Int) throws {
-        let blocks = frameBlocks[buffer]
-        let start = frames.slot(buffer) + payloadOffset - blocks * 16
-        _ = try image.appendFrame(start, length: frameLength[buffer], blockCount: blocks, codec: frameCodec[buffer], checksum: frameChecksum[buffer])
+        _ = try image.appendFrame(sealed[buffer]!)
         condition.lock()
         nextFrameToWrite += 1
         freeFrames.append(buffer)
@@ -363,12 +333,11 @@ final class CapturePipeline {
             condition.unlock()
             currentFill = 0
         }
-        let base = frames.slot(currentFrame)
-        (base + currentFill * blockSize).copyMemory(from: data, byteCount: blockSize)
-        (base + hashAreaOffset).assumingMemoryBound(to: BlockHash.self)[currentFill] = hash
+        frames.block(currentFrame, currentFill).copyMemory(from: data, byteCount: blockSize)
+        frames.hash(currentFrame, currentFill).storeBytes(of: hash, as: BlockHash.self)
         image.addExtent(block: block, count: 1, kind: .data, frame: UInt32(framesDispatched), frameBlock: UInt32(currentFill))
         currentFill += 1
-        if currentFill == blocksPerFrame { try dispatchFrame() }
+        if currentFill == frames.blocksPerFrame { try dispatchFrame() }
     }
 
     private func dispatchFrame() throws {

@@ -36,12 +36,15 @@ public final class ChainDirectory {
         }
         guard let lock = try DirectoryLock(directory: path, shared: readOnly) else { throw ChainError.chainInUse(path: path) }
         self.lock = lock
-        if hasManifest {
-            do {
-                manifest = try ChainManifest.decode(DurableFiles.readAll(manifestPath, limit: 64 << 20))
-            } catch { throw damaged(ChainManifest.fileName, error) }
-        }
+        if hasManifest { manifest = try ChainDirectory.readManifest(path) }
         removeLeftovers()
+    }
+
+    /// Reads and checks the manifest of the chain at `path`, without locking (it is only ever replaced whole).
+    static func readManifest(_ path: String) throws -> ChainManifest {
+        do {
+            return try ChainManifest.decode(DurableFiles.readAll("\(path)/\(ChainManifest.fileName)", limit: 64 << 20))
+        } catch { throw damaged(ChainManifest.fileName, error) }
     }
 
     static func isOurs(_ name: String) -> Bool {

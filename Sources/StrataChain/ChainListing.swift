@@ -22,10 +22,7 @@ public struct ChainListing: Sendable, Equatable {
 
     public static func read(chain path: String) throws -> ChainListing {
         guard (try? Sys.stat("\(path)/\(ChainManifest.fileName)")) != nil else { throw ChainError.notAChain(path: path) }
-        let m: ChainManifest
-        do { m = try ChainManifest.decode(DurableFiles.readAll("\(path)/\(ChainManifest.fileName)", limit: 64 << 20)) } catch {
-            throw damaged(ChainManifest.fileName, error)
-        }
+        let m = try ChainDirectory.readManifest(path)
         return ChainListing(
             chainID: m.chainID.description, blockSize: m.blockSize, sourceSize: m.sourceSize,
             points: m.images.map {

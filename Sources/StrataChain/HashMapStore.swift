@@ -33,7 +33,7 @@ final class HashMapWriter {
         temporaryPath = "\(directory)/\(DurableFiles.temporaryName(for: name))"
         fd = try Sys.open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC)
         hashes = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
-        compressedCapacity = FrameCompressor.bound(chunkBytes) + HashMapChunkHeader.size
+        compressedCapacity = FrameCompressor.storeBound(chunkBytes) + HashMapChunkHeader.size
         compressed = .allocate(byteCount: compressedCapacity, alignment: 64)
         compressor = try FrameCompressor(level: 1)
     }
@@ -60,14 +60,8 @@ final class HashMapWriter {
         guard filled > 0 else { return }
         let raw = filled * 16
         let payload = compressed + HashMapChunkHeader.size
-        var codec = FrameCodec.zstd
-        var length = compressor.compress(hashes, count: raw, into: payload, capacity: compressedCapacity - HashMapChunkHeader.size) ?? 0
-        if length == 0 {
-            codec = .raw
-            payload.copyMemory(from: hashes, byteCount: raw)
-            length = raw
-        }
-        let chunkHeader = HashMapChunkHeader(storedLength: UInt32(length), codec: codec, checksum: Checksum.xxh3(payload, count: length))
+        let (length, isCompressed) = compressor.compressOrStore(hashes, count: raw, into: payload, capacity: compressedCapacity - HashMapChunkHeader.size)
+        let chunkHeader = HashMapChunkHeader(storedLength: UInt32(length), codec: isCompressed ? .zstd : .raw, checksum: Checksum.xxh3(payload, count: length))
         chunkHeader.encode().withUnsafeBytes { compressed.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         try Sys.pwriteAll(fd, compressed, length + HashMapChunkHeader.size, offset, path: temporaryPath)
         offset += UInt64(length + HashMapChunkHeader.size)

@@ -16,7 +16,7 @@ final class ImageWriter {
     private let fd: Int32
     private(set) var header: ImageHeader
     private let appender: AppendWriter
-    var offset: UInt64 { appender.offset }
+    private var offset: UInt64 { appender.offset }
     private var index = ImageIndex()
     private var failure: Error?
 
@@ -49,8 +49,6 @@ final class ImageWriter {
         }
     }
 
-    var frameCount: Int { index.frames.count }
-
     /// Appends one frame (block hashes then payload, contiguous in `bytes`) and returns its number.
     func appendFrame(_ bytes: UnsafeRawPointer, length: Int, blockCount: Int, codec: FrameCodec, checksum: UInt64) throws -> UInt32 {
         try guarded {
@@ -60,6 +58,10 @@ final class ImageWriter {
                 FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
             return UInt32(index.frames.count - 1)
         }
+    }
+
+    func appendFrame(_ frame: SealedFrame) throws -> UInt32 {
+        try appendFrame(frame.start, length: frame.length, blockCount: frame.blockCount, codec: frame.codec, checksum: frame.checksum)
     }
 
     /// Copies a frame from another image byte for byte (merge); its checksum is carried over.

@@ -6,10 +6,6 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 final class MergePlan {
     private let sources: [ImageFile]
     private let resolved: [ResolvedExtent]
@@ -24,7 +20,7 @@ final class MergePlan {
         self.sources = sources
         resolved = ExtentResolver.resolve(sources.map(\.index.extents))
         blockSize = Int(sources[0].header.blockSize)
-        blocksPerFrame = max(1, Int(ImageHeader.maxBlockSize) / blockSize)
+        blocksPerFrame = FrameBuffers.blocksPerFrame(blockSize: blockSize)
         for e in resolved where e.kind == .data { surviving[key(e), default: 0] += Int(e.blockCount) }
     }
 
@@ -85,7 +81,7 @@ final class MergePlan {
         framesRepacked = Set(packed.flatMap { $0.map(\.key) }).count
         // Workers re-pack while this thread copies whole frames; their frames are appended after.
         let repacker = MergeRepacker(
-            frames: packed, sources: sources, blockSize: blockSize, blocksPerFrame: blocksPerFrame, level: level, threads: threads)
+            frames: packed, sources: sources, blockSize: blockSize, level: level, threads: threads)
         try repacker.start()
         defer { repacker.stop() }
         try copyWholeFrames(wholeOrder, to: writer) { done += $0; progress?(done, total) }

@@ -17,37 +17,27 @@ final class MergeRepacker {
     private let frames: [[Segment]]
     private let sources: [ImageFile]
     private let blockSize: Int
-    private let blocksPerFrame: Int
     private let level: Int32
     private let threads: Int
-    private let slots: AlignedSlab
-    private let hashOffset: Int
-    private let payloadOffset: Int
-    private let payloadCapacity: Int
+    private let buffers: FrameBuffers
     private let maxStored: Int
 
     private let condition = NSCondition()
     private var freeSlots: [Int]
     private var nextFrame = 0
-    private var finished: [Int: (slot: Int, blocks: Int, length: Int, codec: FrameCodec, checksum: UInt64)] = [:]
+    private var finished: [Int: (buffer: Int, frame: SealedFrame)] = [:]
     private var stopping = false
     private let failure = FirstError()
     private let group = ThreadGroup()
 
-    init(frames: [[Segment]], sources: [ImageFile], blockSize: Int, blocksPerFrame: Int, level: Int32, threads: Int) {
+    init(frames: [[Segment]], sources: [ImageFile], blockSize: Int, level: Int32, threads: Int) {
         self.frames = frames
         self.sources = sources
         self.blockSize = blockSize
-        self.blocksPerFrame = blocksPerFrame
         self.level = level
         self.threads = max(1, threads)
-        let raw = blocksPerFrame * blockSize
-        hashOffset = raw
-        payloadOffset = raw + blocksPerFrame * 16
-        payloadCapacity = max(FrameCompressor.bound(raw), raw)
-        let count = 2 * self.threads + 2
-        slots = AlignedSlab(slotSize: payloadOffset + payloadCapacity, slotCount: count, alignment: 64)
-        freeSlots = Array(0..<count)
+        buffers = FrameBuffers(blockSize: blockSize, count: 2 * self.threads + 2)
+        freeSlots = Array(0..<buffers.count)
         maxStored = Set(frames.flatMap { $0.map(\.key) }).map {
             Int(sources[Int($0 >> 32)].index.frames[Int($0 & 0xFFFF_FFFF)].length)
         }.max() ?? 0
@@ -74,10 +64,9 @@ final class MergeRepacker {
             }
             let f = finished.removeValue(forKey: k)!
             condition.unlock()
-            let start = slots.slot(f.slot) + payloadOffset - f.blocks * 16
-            _ = try writer.appendFrame(start, length: f.length, blockCount: f.blocks, codec: f.codec, checksum: f.checksum)
-            progress(UInt64(f.blocks * blockSize))
-            condition.publish { freeSlots.append(f.slot) }
+            _ = try writer.appendFrame(f.frame)
+            progress(UInt64(f.frame.blockCount * blockSize))
+            condition.publish { freeSlots.append(f.buffer) }
         }
     }
 
@@ -91,7 +80,7 @@ final class MergeRepacker {
         // Surviving blocks interleave across the source images in block order, so a packed frame draws on about
         // one live frame per image: cache that many (bounded, ~2 MiB each) or frames get decoded over and over.
         let capacity = min(sources.count + 1, max(4, 48 / threads))
-        let cache = DecodedFrames(capacity: capacity, stored: maxStored, decoded: blocksPerFrame * blockSize)
+        let cache = DecodedFrames(capacity: capacity, stored: maxStored, decoded: buffers.blocksPerFrame * blockSize)
         while true {
             condition.lock()
             while freeSlots.isEmpty && !stopping && failure.error == nil && nextFrame < frames.count { condition.wait() }
@@ -116,26 +105,15 @@ final class MergeRepacker {
 
     private func build(
         _ k: Int, slot: Int, cache: DecodedFrames, compressor: FrameCompressor, decompressor: FrameDecompressor
-    ) throws -> (slot: Int, blocks: Int, length: Int, codec: FrameCodec, checksum: UInt64) {
-        let base = slots.slot(slot)
+    ) throws -> (buffer: Int, frame: SealedFrame) {
         var fill = 0
         for s in frames[k] {
             let entry = try cache.get(s.key) { stored, decoded in try self.decode(s.key, stored: stored, decoded: decoded, decompressor: decompressor) }
-            (base + fill * blockSize).copyMemory(from: entry.decoded + s.frameBlock * blockSize, byteCount: s.count * blockSize)
-            (base + hashOffset + fill * 16).copyMemory(from: entry.stored + s.frameBlock * 16, byteCount: s.count * 16)
+            buffers.block(slot, fill).copyMemory(from: entry.decoded + s.frameBlock * blockSize, byteCount: s.count * blockSize)
+            buffers.hash(slot, fill).copyMemory(from: entry.stored + s.frameBlock * 16, byteCount: s.count * 16)
             fill += s.count
         }
-        let payload = base + payloadOffset
-        let hashes = payload - fill * 16
-        if fill < blocksPerFrame { hashes.copyMemory(from: base + hashOffset, byteCount: fill * 16) }
-        var codec = FrameCodec.zstd
-        var length = compressor.compress(base, count: fill * blockSize, into: payload, capacity: payloadCapacity) ?? 0
-        if length == 0 {
-            codec = .raw
-            payload.copyMemory(from: base, byteCount: fill * blockSize)
-            length = fill * blockSize
-        }
-        return (slot, fill, fill * 16 + length, codec, Checksum.xxh3(hashes, count: fill * 16 + length))
+        return (slot, buffers.seal(slot, blockCount: fill, compressor: compressor))
     }
 
     /// Reads one source frame and checks it (checksum, decompression, every block against its stored hash).

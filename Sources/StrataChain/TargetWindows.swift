@@ -60,12 +60,7 @@ final class TargetWindows {
         guard current < 0, offset % UInt64(windowSize) == 0, offset + UInt64(windowSize) <= sourceSize else { return 0 }
         let n = min(length, sourceSize - offset) / UInt64(windowSize) * UInt64(windowSize)
         guard n > 0 else { return 0 }
-        if target.isBlockDevice {
-            if let z = zeroRange, z.upperBound == offset { zeroRange = z.lowerBound..<(offset + n) } else {
-                try flushZeroRange()
-                zeroRange = offset..<(offset + n)
-            }
-        }
+        if target.isBlockDevice { try zeroLater(offset..<(offset + n)) }
         return n
     }
 
@@ -93,13 +88,7 @@ final class TargetWindows {
         let roundedLimit = (limit + alignment - 1) / alignment * alignment
         if roundedLimit > fill { (base + fill).initializeMemory(as: UInt8.self, repeating: 0, count: roundedLimit - fill) }
         if runs.isEmpty {
-            if target.isBlockDevice {
-                let r = windowOffset..<(windowOffset + UInt64(roundedLimit))
-                if let z = zeroRange, z.upperBound == r.lowerBound { zeroRange = z.lowerBound..<r.upperBound } else {
-                    try flushZeroRange()
-                    zeroRange = r
-                }
-            }
+            if target.isBlockDevice { try zeroLater(windowOffset..<(windowOffset + UInt64(roundedLimit))) }
             freeWindows.append(window)
             return
         }
@@ -120,6 +109,16 @@ final class TargetWindows {
             tagWindow[tag] = window
             pendingWrites[window] += 1
             pump.write(fd: target.fd, path: target.path, from: base + start, length: end - start, at: windowOffset + UInt64(start), tag: tag)
+        }
+    }
+
+    /// Adds a range to the pending BLKZEROOUT, issuing the pending one first if the two do not touch.
+    private func zeroLater(_ r: Range<UInt64>) throws {
+        if let z = zeroRange, z.upperBound == r.lowerBound {
+            zeroRange = z.lowerBound..<r.upperBound
+        } else {
+            try flushZeroRange()
+            zeroRange = r
         }
     }
 

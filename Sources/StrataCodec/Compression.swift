@@ -25,6 +25,17 @@ public final class FrameCompressor {
 
     public static func bound(_ count: Int) -> Int { ZSTD_compressBound(count) }
 
+    /// Room `compressOrStore` needs for `count` bytes.
+    public static func storeBound(_ count: Int) -> Int { max(bound(count), count) }
+
+    /// Compresses `count` bytes into `destination` (capacity at least `storeBound(count)`), or copies them there
+    /// unchanged when compression would not shrink them. Returns the stored length and whether it is compressed.
+    public func compressOrStore(_ source: UnsafeRawPointer, count: Int, into destination: UnsafeMutableRawPointer, capacity: Int) -> (length: Int, compressed: Bool) {
+        if let n = compress(source, count: count, into: destination, capacity: capacity) { return (n, true) }
+        destination.copyMemory(from: source, byteCount: count)
+        return (count, false)
+    }
+
     /// Compresses `count` bytes into `destination` (capacity at least `bound(count)`). Returns the compressed
     /// length, or nil when compression would not save anything and the caller should store the bytes raw.
     public func compress(_ source: UnsafeRawPointer, count: Int, into destination: UnsafeMutableRawPointer, capacity: Int) -> Int? {
