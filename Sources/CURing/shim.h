@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <sys/ioctl.h>
 #include <linux/fs.h>
+#include <sys/vfs.h>
 #include <liburing.h>
 /* Function-like ioctl macros and _GNU_SOURCE-only flags do not import into Swift; these constants do. */
 static const unsigned long strata_BLKGETSIZE64 = BLKGETSIZE64;
@@ -23,4 +24,10 @@ static const unsigned long strata_BLKSSZGET = BLKSSZGET;
 static const unsigned long strata_BLKZEROOUT = BLKZEROOUT;
 static const int strata_O_DIRECT = __O_DIRECT;
 static inline int strata_stat(const char *path, struct stat *st) { return stat(path, st); }
+/* The filesystem type (statfs f_type) of an open file, or -1 with errno set. */
+static inline long strata_fstatfs_type(int fd) {
+    struct statfs s;
+    if (fstatfs(fd, &s) != 0) return -1;
+    return (long)s.f_type;
+}
 #endif

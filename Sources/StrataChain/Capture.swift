@@ -15,6 +15,9 @@ public struct CaptureOptions: Sendable {
     public var requestSize: Int = 1 << 20
     public var engine: IOEngineChoice = .auto
     public var allowMounted = false
+    /// How many unreadable blocks (media errors that persist when re-read) the capture records before it
+    /// gives up. 0: the first read error fails the capture, as a healthy disk should.
+    public var maxBadBlocks = 0
 
     public init() {}
 }
@@ -29,6 +32,9 @@ public struct CaptureResult: Sendable, Equatable {
     public var seconds: Double
     public var engine: String
     public var image: String
+    /// Blocks the source could not deliver (recorded as unreadable; restored as zeros), and where, in bytes.
+    public var unreadableBlocks: UInt64 = 0
+    public var unreadableRanges: [Range<UInt64>] = []
 }
 
 /// Called with bytes done and bytes total, from the pipeline's coordinating thread.
@@ -47,6 +53,7 @@ public enum Capture {
         guard options.level >= 1 && options.level <= 19 else { throw ChainError.invalidOption("level \(options.level) is not between 1 and 19") }
         guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
         guard options.queueDepth >= 1 && options.queueDepth <= 1024 else { throw ChainError.invalidOption("queue depth must be between 1 and 1024") }
+        guard options.maxBadBlocks >= 0 else { throw ChainError.invalidOption("--max-bad-blocks must not be negative") }
 
         let source: BlockSource
         do { source = try BlockSource(path: sourcePath) } catch let e as IOError {
@@ -89,8 +96,13 @@ public enum Capture {
             oldMap = nil
         }
 
+        var engine = options.engine
+        if source.onFUSE && engine == .auto {
+            engine = .pread
+            notice("\(sourcePath) is on a FUSE filesystem, where io_uring can miss a failed read; reading with pread threads")
+        }
         let (queue, engineNote): (IOQueue, String?)
-        do { (queue, engineNote) = try IOEngine.make(options.engine, depth: options.queueDepth) } catch let e as IOError {
+        do { (queue, engineNote) = try IOEngine.make(engine, depth: options.queueDepth) } catch let e as IOError {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
         if let engineNote { notice(engineNote) }
@@ -131,7 +143,9 @@ public enum Capture {
         return CaptureResult(
             point: point, kind: finished.kind, sourceBytes: source.size, bytesRead: stats.bytesRead,
             blocksChanged: stats.blocksChanged, bytesStored: finished.fileSize,
-            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: queue.engineName, image: imageName)
+            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: queue.engineName, image: imageName,
+            unreadableBlocks: stats.unreadableBlocks,
+            unreadableRanges: stats.unreadableRanges.map { $0.lowerBound * UInt64(blockSize)..<min(source.size, $0.upperBound * UInt64(blockSize)) })
     }
 }
 

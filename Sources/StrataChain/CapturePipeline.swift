@@ -7,6 +7,10 @@
 //                  skipped, changed ones are copied into the current frame (up to 1 MiB), frames are handed to
 //                  the workers and written to the image in order as they come back.
 //
+// A chunk whose read fails with a media error (a bad sector) is read again by the I/O thread, bisected down to
+// the source's logical block size; blocks still unreadable are recorded as such (`BlockHash.unreadable` in the
+// hash map, an unreadable extent in the image) unless `maxBadBlocks` is exceeded.
+//
 // Memory is fixed at start: slots + frame buffers + one hash-map chunk each way, whatever the device size.
 import Foundation
 import StrataCodec
@@ -17,6 +21,9 @@ final class CapturePipeline {
     struct Stats {
         var bytesRead: UInt64 = 0
         var blocksChanged: UInt64 = 0
+        /// Blocks the source could not deliver, and where (block ranges, merged).
+        var unreadableBlocks: UInt64 = 0
+        var unreadableRanges: [Range<UInt64>] = []
     }
 
     private enum Job {
@@ -40,6 +47,11 @@ final class CapturePipeline {
     private let blocksPerSlot: Int
     private var slotChunk: [Int]
     private var slotBytes: [Int]
+    private var slotUnreadable: [[Int]]  // blocks of the slot's chunk that could not be read
+
+    // Unreadable blocks found so far (I/O thread only until the workers are joined).
+    private var unreadableBlocks: UInt64 = 0
+    private var unreadableRanges: [Range<UInt64>] = []
 
     // Frame buffers, and for each the frame it holds once sealed and its place in the image's order.
     private let frames: FrameBuffers
@@ -83,6 +95,7 @@ final class CapturePipeline {
         slotHashes = .allocate(capacity: slotCount * blocksPerSlot)
         slotChunk = Array(repeating: 0, count: slotCount)
         slotBytes = Array(repeating: 0, count: slotCount)
+        slotUnreadable = Array(repeating: [], count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
 
         let frameCount = 2 * options.threads + 2
@@ -118,6 +131,15 @@ final class CapturePipeline {
         group.join()
         if let e = failure.error { throw e }
         stats.bytesRead = bytesRead
+        stats.unreadableBlocks = unreadableBlocks
+        // Failed reads complete in any order: sort and join their ranges.
+        for r in unreadableRanges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = stats.unreadableRanges.last, last.upperBound == r.lowerBound {
+                stats.unreadableRanges[stats.unreadableRanges.count - 1] = last.lowerBound..<r.upperBound
+            } else {
+                stats.unreadableRanges.append(r)
+            }
+        }
         return stats
     }
 
@@ -140,7 +162,7 @@ final class CapturePipeline {
                     while chunk >= consumedChunks + slots.slotCount && failure.error == nil {
                         if pump.inFlight > 0 {
                             condition.unlock()
-                            try complete(pump.next())
+                            try complete(pump.nextOutcome())
                             condition.lock()
                         } else {
                             condition.wait()
@@ -164,7 +186,7 @@ final class CapturePipeline {
                         condition.wait()
                     }
                     condition.unlock()
-                    if slot < 0 && pump.inFlight > 0 { try complete(pump.next()) }
+                    if slot < 0 && pump.inFlight > 0 { try complete(pump.nextOutcome()) }
                 }
                 if slot < 0 { break }
                 let offset = UInt64(chunk) * UInt64(requestSize)
@@ -173,9 +195,9 @@ final class CapturePipeline {
                 slotChunk[slot] = chunk
                 slotBytes[slot] = valid
                 pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: offset, tag: slot)
-                if pump.inFlight >= options.queueDepth { try complete(pump.next()) }
+                if pump.inFlight >= options.queueDepth { try complete(pump.nextOutcome()) }
             }
-            while pump.inFlight > 0 { try complete(pump.next()) }
+            while pump.inFlight > 0 { try complete(pump.nextOutcome()) }
         } catch {
             failure.record(wrap(error))
             while pump.inFlight > 0 { _ = try? pump.next() }
@@ -183,10 +205,18 @@ final class CapturePipeline {
         }
     }
 
-    private func complete(_ done: (tag: Int, bytes: Int)) throws {
+    private func complete(_ done: (tag: Int, bytes: Int, error: IOError?)) throws {
         let slot = done.tag
         let valid = slotBytes[slot]
-        guard done.bytes >= valid else {
+        slotUnreadable[slot].removeAll()
+        if let error = done.error {
+            let at = UInt64(slotChunk[slot]) * UInt64(requestSize) + UInt64(done.bytes)
+            guard error.isMediaError else { throw error }
+            guard options.maxBadBlocks > 0 else {
+                throw ChainError.sourceReadError(path: source.path, offset: at / UInt64(source.alignment) * UInt64(source.alignment), reason: error.reason)
+            }
+            try rescue(slot)
+        } else if done.bytes < valid {
             throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(UInt64(slotChunk[slot]) * UInt64(requestSize) + UInt64(done.bytes))")
         }
         let tail = (valid + blockSize - 1) / blockSize * blockSize
@@ -195,6 +225,52 @@ final class CapturePipeline {
             bytesRead += UInt64(valid)
             jobs.append(.hash(slot: slot))
         }
+    }
+
+    /// Reads a chunk whose read failed again, in halves down to the source's logical block size, and records
+    /// the blocks that stay unreadable (zeroed in the slot). Synchronous: bad sectors are rare and slow anyway.
+    private func rescue(_ slot: Int) throws {
+        let chunkOffset = UInt64(slotChunk[slot]) * UInt64(requestSize)
+        let valid = slotBytes[slot]
+        let unit = source.alignment
+        let base = slots.slot(slot)
+        var bad: [Int] = []
+        func read(_ lo: Int, _ hi: Int) throws {
+            do {
+                let n = try Sys.preadFully(source.fd, base + lo, hi - lo, chunkOffset + UInt64(lo), path: source.path)
+                if lo + n < min(hi, valid) {
+                    throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(chunkOffset + UInt64(lo + n))")
+                }
+            } catch let e as IOError where e.isMediaError {
+                if hi - lo > unit {
+                    let mid = lo + (hi - lo) / unit / 2 * unit
+                    try read(lo, mid)
+                    try read(mid, hi)
+                    return
+                }
+                (base + lo).initializeMemory(as: UInt8.self, repeating: 0, count: hi - lo)
+                for b in lo / blockSize..<min((hi + blockSize - 1) / blockSize, (valid + blockSize - 1) / blockSize)
+                where bad.last.map({ $0 < b }) ?? true { bad.append(b) }
+            }
+        }
+        let length = (valid + unit - 1) / unit * unit
+        try read(0, min(length, slots.slotSize))
+        let firstBlock = chunkOffset / UInt64(blockSize)
+        for b in bad {
+            let block = firstBlock + UInt64(b)
+            (base + b * blockSize).initializeMemory(as: UInt8.self, repeating: 0, count: blockSize)
+            if let last = unreadableRanges.last, last.upperBound == block {
+                unreadableRanges[unreadableRanges.count - 1] = last.lowerBound..<block + 1
+            } else {
+                unreadableRanges.append(block..<block + 1)
+            }
+        }
+        if unreadableBlocks + UInt64(bad.count) > UInt64(options.maxBadBlocks) {
+            let first = unreadableRanges.map(\.lowerBound).min()! * UInt64(blockSize)
+            throw ChainError.tooManyBadBlocks(path: source.path, limit: options.maxBadBlocks, firstAt: first)
+        }
+        unreadableBlocks += UInt64(bad.count)
+        slotUnreadable[slot] = bad
     }
 
     // MARK: Workers
@@ -220,6 +296,7 @@ final class CapturePipeline {
                 let hashes = slotHashes + slot * blocksPerSlot
                 let blocks = (slotBytes[slot] + blockSize - 1) / blockSize
                 for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
+                for b in slotUnreadable[slot] { hashes[b] = .unreadable }
                 condition.publish { readyChunks[slotChunk[slot]] = slot }
             case .compress(let buffer):
                 compressFrame(buffer, compressor: compressor)
@@ -293,10 +370,11 @@ final class CapturePipeline {
                     i += 1
                     continue
                 }
-                if hashes[i] == .zero {
+                if hashes[i] == .zero || hashes[i] == .unreadable {
+                    let h = hashes[i]
                     var j = i + 1
-                    while j < count && hashes[j] == .zero && old?[j] != .zero { j += 1 }
-                    image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: .zero)
+                    while j < count && hashes[j] == h && old?[j] != h { j += 1 }
+                    image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: h == .zero ? .zero : .unreadable)
                     changed += UInt64(j - i)
                     i = j
                 } else {

@@ -13,9 +13,9 @@ public final class ChainDirectory {
     private let lock: DirectoryLock
     public private(set) var manifest: ChainManifest?
 
-    /// Opens (and with `create`, makes) a chain directory and takes its lock: shared with `readOnly` (restore),
-    /// exclusive otherwise. Leftovers from interrupted runs are removed. Without `create`, a directory with no
-    /// manifest is not a chain.
+    /// Opens (and with `create`, makes) a chain directory and takes its lock: shared with `readOnly` (restore,
+    /// verify), exclusive otherwise. Leftovers from interrupted runs are removed, but only by writers: a
+    /// read-only open changes nothing. Without `create`, a directory with no manifest is not a chain.
     public init(path: String, create: Bool, readOnly: Bool = false) throws {
         self.path = path
         var isDirectory = false
@@ -37,7 +37,7 @@ public final class ChainDirectory {
         guard let lock = try DirectoryLock(directory: path, shared: readOnly) else { throw ChainError.chainInUse(path: path) }
         self.lock = lock
         if hasManifest { manifest = try ChainDirectory.readManifest(path) }
-        removeLeftovers()
+        if !readOnly { removeLeftovers() }
     }
 
     /// Reads and checks the manifest of the chain at `path`, without locking (it is only ever replaced whole).
@@ -85,18 +85,33 @@ public final class ChainDirectory {
         var images = [ImageFile]()
         for e in entries {
             let image = try ImageFile(directory: path, name: e.file)
-            let h = image.header
-            guard h.imageID == e.imageID, h.chainID == m.chainID, h.firstPoint == e.firstPoint, h.lastPoint == e.lastPoint,
-                h.kind == e.kind
-            else { throw ChainError.damaged(file: e.file, detail: "the image is not the one the manifest lists") }
-            guard h.blockSize == m.blockSize, h.sourceSize == m.sourceSize else {
-                throw ChainError.damaged(file: e.file, detail: "block size or source size differs from the chain's")
-            }
-            if let parent = images.last, h.parentID != parent.header.imageID {
-                throw ChainError.damaged(file: e.file, detail: "its parent is not \(parent.name)")
-            }
+            try ChainDirectory.check(image.header, of: e, in: m)
+            try ChainDirectory.check(image.header, of: e, follows: images.last?.header, parentName: images.last?.name)
             images.append(image)
         }
         return images
+    }
+
+    /// Checks that an image's header is the one the manifest lists, and of this chain.
+    static func check(_ h: ImageHeader, of e: ManifestEntry, in m: ChainManifest) throws {
+        guard h.imageID == e.imageID, h.chainID == m.chainID, h.firstPoint == e.firstPoint, h.lastPoint == e.lastPoint,
+            h.kind == e.kind
+        else {
+            let why = h.chainID != m.chainID ? "it belongs to another chain (\(h.chainID))" : "the image is not the one the manifest lists"
+            throw ChainError.damaged(file: e.file, detail: why)
+        }
+        guard h.blockSize == m.blockSize, h.sourceSize == m.sourceSize else {
+            throw ChainError.damaged(file: e.file, detail: "block size or source size differs from the chain's")
+        }
+    }
+
+    /// Checks that an image links to the one before it in the chain (a full image starts it, links to none).
+    static func check(_ h: ImageHeader, of e: ManifestEntry, follows parent: ImageHeader?, parentName: String?) throws {
+        if let parent, let parentName {
+            guard h.kind == .incremental else { throw ChainError.damaged(file: e.file, detail: "a full image follows \(parentName)") }
+            guard h.parentID == parent.imageID else { throw ChainError.damaged(file: e.file, detail: "its parent is not \(parentName)") }
+        } else if h.kind != .full || h.parentID != .none {
+            throw ChainError.damaged(file: e.file, detail: "the chain's first image is not a full image")
+        }
     }
 }

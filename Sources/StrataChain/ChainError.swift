@@ -18,6 +18,10 @@ public enum ChainError: Error, Equatable, Sendable {
     case io(IOError)
     case engineUnavailable(String)
     case insufficientSpace(path: String, needed: UInt64, available: UInt64)
+    case sourceReadError(path: String, offset: UInt64, reason: String)
+    case tooManyBadBlocks(path: String, limit: Int, firstAt: UInt64)
+    case verifyFailed(damaged: Int, affectedPoints: [UInt32])
+    case targetMismatch(path: String, block: UInt64, count: UInt64)
 }
 
 extension ChainError: CustomStringConvertible {
@@ -44,6 +48,15 @@ extension ChainError: CustomStringConvertible {
         case .engineUnavailable(let d): return "\(d); use --io-engine pread or auto"
         case .insufficientSpace(let p, let n, let a):
             return "not enough free space in \(p): the merge needs up to \(n) bytes, \(a) are free; free some space or merge a shorter range"
+        case .sourceReadError(let p, let o, let r):
+            return "read error on source \(p) at byte \(o): \(r); the disk may be failing: pass --max-bad-blocks N to image past unreadable blocks (the chain was not changed)"
+        case .tooManyBadBlocks(let p, let l, let f):
+            return "source \(p) has more than \(l) unreadable blocks (the first at byte \(f)); the chain was not changed: raise --max-bad-blocks, or rescue the disk with ddrescue first"
+        case .verifyFailed(let n, let points):
+            let which = points.isEmpty ? "no point is affected" : "points affected: \(points.map(String.init).joined(separator: ", "))"
+            return "verify found \(n) damaged item\(n == 1 ? "" : "s") (listed above); \(which); restore unaffected points, or use another copy of the chain"
+        case .targetMismatch(let p, let b, let n):
+            return "target \(p) does not read back as written: \(n) block\(n == 1 ? "" : "s") differ, the first is block \(b); the target device may be failing"
         }
     }
 
@@ -51,10 +64,10 @@ extension ChainError: CustomStringConvertible {
     public var exitCode: Int32 {
         switch self {
         case .invalidOption, .noSuchPoint: return 64  // EX_USAGE
-        case .damaged, .corruptData, .notAChain, .sourceMismatch: return 65  // EX_DATAERR
+        case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed: return 65  // EX_DATAERR
         case .sourceUnavailable: return 66  // EX_NOINPUT
         case .targetTooSmall, .targetUnavailable, .insufficientSpace: return 73  // EX_CANTCREAT
-        case .io: return 74  // EX_IOERR
+        case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
         case .chainInUse: return 75  // EX_TEMPFAIL
         case .sourceMounted: return 77  // EX_NOPERM-like: refused for safety
         case .engineUnavailable: return 69  // EX_UNAVAILABLE

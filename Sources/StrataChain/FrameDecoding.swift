@@ -9,9 +9,7 @@ extension ImageFile {
     func decode(frame: UInt32, stored: UnsafeRawPointer, into decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor) throws {
         let record = index.frames[Int(frame)]
         let blockSize = Int(header.blockSize)
-        guard Checksum.xxh3(stored, count: Int(record.length)) == record.checksum else {
-            throw ChainError.corruptData(file: name, detail: "frame \(frame) at byte \(record.offset) fails its checksum")
-        }
+        try checkChecksum(frame: frame, stored: stored)
         let blocks = Int(record.blockCount)
         let payload = stored + record.hashesLength
         switch record.codec {
@@ -34,6 +32,14 @@ extension ImageFile {
                 let block = e.map { $0.firstBlock + UInt64(UInt32(b) - $0.frameBlock) } ?? 0
                 throw ChainError.corruptData(file: name, detail: "block \(block) (in frame \(frame)) does not match its hash")
             }
+        }
+    }
+
+    /// Checks a stored frame's checksum (which covers its block hashes and its payload).
+    func checkChecksum(frame: UInt32, stored: UnsafeRawPointer) throws {
+        let record = index.frames[Int(frame)]
+        guard Checksum.xxh3(stored, count: Int(record.length)) == record.checksum else {
+            throw ChainError.corruptData(file: name, detail: "frame \(frame) at byte \(record.offset) fails its checksum")
         }
     }
 }

@@ -9,6 +9,8 @@ public struct RestoreOptions: Sendable {
     public var threads: Int = Sys.onlineCores
     public var queueDepth: Int = 16
     public var engine: IOEngineChoice = .auto
+    /// After writing, read the target back and check every block against the chain's hashes.
+    public var verify = false
 
     public init() {}
 }
@@ -19,6 +21,11 @@ public struct RestoreResult: Sendable, Equatable {
     public var images: Int
     public var seconds: Double
     public var engine: String
+    /// Blocks the source could not deliver when the point was captured: written as zeros. Ranges in bytes.
+    public var unreadableBlocks: UInt64 = 0
+    public var unreadableRanges: [Range<UInt64>] = []
+    /// Whether the target was read back and every block matched (`--verify`).
+    public var verified = false
 }
 
 public enum Restore {
@@ -54,11 +61,33 @@ public enum Restore {
             target: target, readQueue: readQueue, writeQueue: writeQueue, options: options, progress: progress)
         do {
             try pipeline.run()
+            if options.verify {
+                let source = try BlockSource(path: targetPath)
+                if !source.direct { notice("\(targetPath) does not support O_DIRECT; the read-back goes through the page cache") }
+                let check = RestoreReadBack(
+                    images: images, resolved: resolved, blockSize: Int(manifest.blockSize), sourceSize: manifest.sourceSize, queue: readQueue)
+                try check.run(source, depth: options.queueDepth, progress: progress)
+                if let first = check.firstMismatch {
+                    throw ChainError.targetMismatch(path: targetPath, block: first, count: check.mismatchedBlocks)
+                }
+            }
         } catch {
             throw wrap(error)
         }
+        var unreadable: [Range<UInt64>] = []
+        let bs = UInt64(manifest.blockSize)
+        for e in resolved where e.kind == .unreadable {
+            let r = e.firstBlock * bs..<min(manifest.sourceSize, e.endBlock * bs)
+            if let last = unreadable.last, last.upperBound == r.lowerBound {
+                unreadable[unreadable.count - 1] = last.lowerBound..<r.upperBound
+            } else {
+                unreadable.append(r)
+            }
+        }
         return RestoreResult(
             point: point, bytesWritten: manifest.sourceSize, images: images.count,
-            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: readQueue.engineName)
+            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: readQueue.engineName,
+            unreadableBlocks: resolved.reduce(0) { $0 + ($1.kind == .unreadable ? UInt64($1.blockCount) : 0) },
+            unreadableRanges: unreadable, verified: options.verify)
     }
 }

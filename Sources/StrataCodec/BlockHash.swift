@@ -16,6 +16,10 @@ public struct BlockHash: Equatable, Hashable, Sendable {
 
     public static let zero = BlockHash(low: 0, high: 0)
 
+    /// Marks, in a hash map, a block the source could not deliver at capture; restored as zeros. Like `.zero`
+    /// it is a value XXH3 never yields in practice, so a block that becomes readable again differs from it.
+    public static let unreadable = BlockHash(low: .max, high: .max)
+
     @inline(__always)
     public static func of(_ p: UnsafeRawPointer, count: Int) -> BlockHash {
         let h = XXH3_128bits(p, count)

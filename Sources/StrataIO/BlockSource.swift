@@ -15,6 +15,9 @@ public final class BlockSource {
     public let direct: Bool
     /// Buffer address, length and offset multiple for reads.
     public let alignment: Int
+    /// Whether the file lives on a FUSE filesystem. There, on Linux 6.18, an io_uring read that FUSE fails part
+    /// way through can complete as if whole (docs/RELIABILITY.md), so capture reads such files with pread.
+    public let onFUSE: Bool
     let rdev: UInt64
 
     /// Opens `path` read-only, with O_DIRECT when `direct` and the filesystem allows it.
@@ -48,6 +51,7 @@ public final class BlockSource {
             size = UInt64(try Sys.fstat(fd, path: path).st_size)
             alignment = 4096
         }
+        onFUSE = !isBlockDevice && (try? Sys.filesystemType(fd, path: path)) == 0x6573_5546  // FUSE_SUPER_MAGIC
     }
 
     deinit { Sys.close(fd) }

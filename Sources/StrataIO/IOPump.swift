@@ -44,6 +44,14 @@ public final class IOPump {
     /// Waits for the next finished transfer and returns its tag and byte count (less than requested only for
     /// a read that reached end of file). Throws IOError for a failed transfer; that tag is then free again.
     public func next() throws -> (tag: Int, bytes: Int) {
+        let outcome = nextOutcome()
+        if let error = outcome.error { throw error }
+        return (outcome.tag, outcome.bytes)
+    }
+
+    /// Like `next`, but a failed transfer comes back with its error (and the bytes done before it) instead of
+    /// being thrown, so the caller knows which transfer failed: capture rescues a failed read this way.
+    public func nextOutcome() -> (tag: Int, bytes: Int, error: IOError?) {
         precondition(inFlight > 0, "waiting with nothing in flight")
         while true {
             if cursor == ready.count {
@@ -63,13 +71,13 @@ public final class IOPump {
                 pending[t].active = false
                 inFlight -= 1
                 let what = p.request.op == .read ? "read" : "write"
-                throw IOError("\(what) at byte \(p.request.offset + UInt64(p.done)) of", path: p.path, errno: Int32(-c.result))
+                return (t, p.done, IOError("\(what) at byte \(p.request.offset + UInt64(p.done)) of", path: p.path, errno: Int32(-c.result)))
             }
             p.done += c.result
             if c.result == 0 && p.request.op == .write {
                 pending[t].active = false
                 inFlight -= 1
-                throw IOError("write at byte \(p.request.offset + UInt64(p.done)) of", path: p.path, errno: ENOSPC)
+                return (t, p.done, IOError("write at byte \(p.request.offset + UInt64(p.done)) of", path: p.path, errno: ENOSPC))
             }
             if c.result > 0 && p.done < p.request.length {
                 pending[t] = p
@@ -78,7 +86,7 @@ public final class IOPump {
             }
             pending[t].active = false
             inFlight -= 1
-            return (t, p.done)
+            return (t, p.done, nil)
         }
     }
 

@@ -23,6 +23,10 @@ public struct IOError: Error, Equatable, Sendable, CustomStringConvertible {
 
     public var reason: String { String(cString: strerror(errno)) }
     public var description: String { "\(operation) \(path): \(reason)" }
+
+    /// Whether the error says the medium could not deliver these bytes (a bad sector, a failed transfer), as
+    /// opposed to a mistake in the request: EIO, ENODATA, EILSEQ, EBADMSG, EREMOTEIO.
+    public var isMediaError: Bool { [EIO, ENODATA, EILSEQ, EBADMSG, EREMOTEIO].contains(errno) }
 }
 
 @inline(__always)
@@ -158,6 +162,11 @@ public enum Sys {
         var s = statvfs()
         _ = try retrying("stat filesystem of", path) { statvfs(path, &s) }
         return UInt64(s.f_bavail) * UInt64(s.f_frsize)
+    }
+
+    /// The filesystem type (statfs f_type) of an open file.
+    public static func filesystemType(_ fd: Int32, path: String) throws -> Int {
+        try retrying("stat filesystem of", path) { strata_fstatfs_type(fd) }
     }
 
     public static func listDirectory(_ path: String) throws -> [String] {

@@ -14,13 +14,21 @@ struct CaptureCommand: ParsableCommand {
             image file are not read. A capture that is interrupted (Ctrl-C, kill, power cut, full disk) leaves the \
             chain as it was; the next run removes its temporary files.
 
+            A read error on the source stops the capture (exit 74) and leaves the chain unchanged, unless \
+            --max-bad-blocks allows some: then a failed read is retried in smaller reads down to the device's \
+            logical block size, and the blocks that still fail are recorded as unreadable (restored as zeros, \
+            reported by capture, restore and verify). A block with any unreadable sector counts as unreadable. \
+            The next capture reads them again.
+
             --json prints one object: point, kind (full or incremental), sourceBytes, bytesRead, blocksChanged, \
-            bytesStored, seconds, engine, image.
+            bytesStored, seconds, engine, image, unreadableBlocks, unreadableRanges ([offset, length] in bytes, \
+            the first 1000).
 
             EXAMPLES
               strata capture /dev/sdb /backup/sdb
               strata capture disk.img /backup/vm1 --block-size 65536 --json
               strata capture /dev/nvme0n1 /backup/nvme --io-engine pread --threads 8
+              strata capture /dev/sdb /backup/sdb --max-bad-blocks 1000     # a dying disk
             """)
 
     @Argument(help: "Block device or image file to read.") var source: String
@@ -31,6 +39,8 @@ struct CaptureCommand: ParsableCommand {
     @Option(help: "Read requests in flight.") var queueDepth: Int = 32
     @Option(help: "I/O engine: auto (io_uring, else pread threads), uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Capture even if the source is mounted read-write (the image may be inconsistent).") var allowMounted = false
+    @Option(help: "Unreadable blocks to record before giving up (default 0: the first read error fails the capture).")
+    var maxBadBlocks: Int = 0
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
@@ -42,6 +52,7 @@ struct CaptureCommand: ParsableCommand {
         options.queueDepth = queueDepth
         options.engine = ioEngine
         options.allowMounted = allowMounted
+        options.maxBadBlocks = maxBadBlocks
         let progress = ProgressLine(verb: "capture", quiet: quiet)
         do {
             let r = try Capture.run(source: source, chain: chain, options: options, progress: progress.update, notice: Output.notice)
@@ -51,9 +62,11 @@ struct CaptureCommand: ParsableCommand {
                     ("point", r.point), ("kind", r.kind == .full ? "full" : "incremental"), ("sourceBytes", r.sourceBytes),
                     ("bytesRead", r.bytesRead), ("blocksChanged", r.blocksChanged), ("bytesStored", r.bytesStored),
                     ("seconds", r.seconds), ("engine", r.engine), ("image", r.image),
+                    ("unreadableBlocks", r.unreadableBlocks), ("unreadableRanges", Output.ranges(r.unreadableRanges)),
                 ])
             } else if !quiet {
                 let rate = Double(r.bytesRead) / max(r.seconds, 0.001)
+                if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "recorded as unreadable") }
                 print("point \(r.point) (\(r.kind == .full ? "full" : "incremental")): read \(Output.bytes(r.bytesRead)), \(r.blocksChanged) blocks changed, stored \(Output.bytes(r.bytesStored)) in \(String(format: "%.2f", r.seconds)) s (\(Output.bytes(UInt64(rate)))/s)")
             }
         } catch {

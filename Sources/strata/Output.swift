@@ -38,6 +38,15 @@ enum Output {
         print("{" + body.joined(separator: ",") + "}")
     }
 
+    /// Byte ranges as JSON arrays `[offset,length]`, at most the first 1000.
+    static func ranges(_ rs: [Range<UInt64>]) -> [String] { rs.prefix(1000).map { "[\($0.lowerBound),\($0.count)]" } }
+
+    /// The warning for unreadable blocks: how many, and the first few ranges.
+    static func unreadable(_ count: UInt64, _ rs: [Range<UInt64>], _ what: String) {
+        let shown = rs.prefix(8).map { "\($0.lowerBound)+\($0.count)" }.joined(separator: ", ")
+        notice("warning: \(count) block\(count == 1 ? "" : "s") \(what), at bytes \(shown)\(rs.count > 8 ? " and \(rs.count - 8) more ranges" : "")")
+    }
+
     static func escape(_ s: String) -> String {
         var out = ""
         for c in s.unicodeScalars {

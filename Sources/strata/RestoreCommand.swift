@@ -10,13 +10,18 @@ struct RestoreCommand: ParsableCommand {
             Writes the disk exactly as it was at the point, in one sequential pass. A block device must be at least \
             as large as the captured source (checked before anything is written); a file is created (replaced if \
             it exists) sparse, with zero ranges left as holes. Every frame's checksum and every block's hash is \
-            checked as it is restored; a mismatch stops the restore naming the image and the frame or block.
+            checked as it is restored; a mismatch stops the restore naming the image and the frame or block. \
+            With --verify the target is then read back (direct I/O, so the page cache cannot answer for the \
+            device) and every block compared with the chain's hash for it; a difference fails with exit 74. \
+            Blocks that were unreadable when the point was captured are written as zeros and reported.
 
-            --json prints one object: point, bytesWritten, images, seconds, engine.
+            --json prints one object: point, bytesWritten, images, seconds, engine, verified, unreadableBlocks, \
+            unreadableRanges ([offset, length] in bytes, the first 1000).
 
             EXAMPLES
               strata restore /backup/sdb /dev/sdc --point 2
               strata restore /backup/sdb disk.img
+              strata restore /backup/sdb /dev/sdc --verify
             """)
 
     @Argument(help: "Chain directory.") var chain: String
@@ -24,6 +29,7 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "Point to restore (default: the newest).") var point: UInt32?
     @Option(help: "Decompression threads (default: one per core).") var threads: Int?
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
+    @Flag(help: "Read the target back after writing and check every block against the chain.") var verify = false
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
@@ -32,14 +38,21 @@ struct RestoreCommand: ParsableCommand {
         options.point = point
         options.threads = max(1, threads ?? Sys.onlineCores)
         options.engine = ioEngine
+        options.verify = verify
         let progress = ProgressLine(verb: "restore", quiet: quiet)
         do {
             let r = try Restore.run(chain: chain, target: target, options: options, progress: progress.update, notice: Output.notice)
             progress.finish()
             if json {
-                Output.json([("point", r.point), ("bytesWritten", r.bytesWritten), ("images", r.images), ("seconds", r.seconds), ("engine", r.engine)])
-            } else if !quiet {
-                print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(Output.bytes(r.bytesWritten)) in \(String(format: "%.2f", r.seconds)) s")
+                Output.json([
+                    ("point", r.point), ("bytesWritten", r.bytesWritten), ("images", r.images), ("seconds", r.seconds), ("engine", r.engine),
+                    ("verified", r.verified), ("unreadableBlocks", r.unreadableBlocks), ("unreadableRanges", Output.ranges(r.unreadableRanges)),
+                ])
+            } else {
+                if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "written as zeros (unreadable at capture)") }
+                if !quiet {
+                    print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(Output.bytes(r.bytesWritten)) in \(String(format: "%.2f", r.seconds)) s\(r.verified ? ", read back and verified" : "")")
+                }
             }
         } catch {
             progress.finish()

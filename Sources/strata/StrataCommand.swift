@@ -13,18 +13,21 @@ struct StrataCommand: ParsableCommand {
               strata capture /dev/sdb /backup/sdb
               strata list /backup/sdb
               strata restore /backup/sdb /dev/sdc --point 2
+              strata verify /backup/sdb
 
             EXIT STATUS
               0   success
               64  bad usage: an invalid option, or a point that does not exist
-              65  the chain is damaged, foreign, or does not match the source (nothing was changed)
-              66  the source cannot be opened or read
+              65  the chain is damaged, foreign, or does not match the source (nothing was changed);
+                  verify found damage
+              66  the source cannot be opened
               69  the requested I/O engine is unavailable
               73  the target cannot be written, or is too small
-              74  an I/O error while reading or writing
+              74  an I/O error: a read error on the source (see capture --max-bad-blocks), a target that does
+                  not read back as written (restore --verify), a failed write (a full disk)
               75  the chain is in use by another strata process
               77  refused for safety: the source is mounted read-write (see --allow-mounted)
             """,
         version: "0.1.0",
-        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self])
+        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self])
 }

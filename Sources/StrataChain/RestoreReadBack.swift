@@ -1,0 +1,110 @@
+// `strata restore --verify`: after the target is written and synced, read it back (O_DIRECT where the target
+// allows it, so the page cache cannot answer for the device) and compare every block with the hash the chain
+// holds for it: the hash stored beside the block in its frame, or the zero block's for zero and unreadable
+// extents. Only the frames' hash tables are read from the chain (16 bytes a block), not their payloads.
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+final class RestoreReadBack {
+    private let images: [ImageFile]
+    private let resolved: [ResolvedExtent]
+    private let blockSize: Int
+    private let sourceSize: UInt64
+    private let queue: IOQueue
+    private var frameHashes: [UInt64: [BlockHash]] = [:]
+
+    private(set) var mismatchedBlocks: UInt64 = 0
+    private(set) var firstMismatch: UInt64?
+
+    init(images: [ImageFile], resolved: [ResolvedExtent], blockSize: Int, sourceSize: UInt64, queue: IOQueue) {
+        self.images = images
+        self.resolved = resolved
+        self.blockSize = blockSize
+        self.sourceSize = sourceSize
+        self.queue = queue
+    }
+
+    /// Reads `source` (the target, reopened for reading) from start to `sourceSize` and counts the blocks whose
+    /// content differs from the point's.
+    func run(_ source: BlockSource, depth: Int, progress: ProgressHandler?) throws {
+        let chunk = 1 << 20
+        let slots = AlignedSlab(slotSize: chunk, slotCount: depth, alignment: max(4096, source.alignment))
+        let pump = IOPump(queue: queue, maxTags: depth)
+        let detector = ZeroBlockDetector(blockSize: blockSize)
+        var free = Array((0..<depth).reversed())
+        var slotOffset = Array(repeating: UInt64(0), count: depth)
+        var next: UInt64 = 0
+        var checked: UInt64 = 0
+        let alignment = UInt64(source.alignment)
+        while next < sourceSize || pump.inFlight > 0 {
+            if next < sourceSize, let slot = free.popLast() {
+                let length = min(UInt64(chunk), (sourceSize - next + alignment - 1) / alignment * alignment)
+                slotOffset[slot] = next
+                pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: Int(length), at: next, tag: slot)
+                next += UInt64(chunk)
+                continue
+            }
+            let (slot, bytes) = try pump.next()
+            let offset = slotOffset[slot]
+            let valid = Int(min(UInt64(chunk), sourceSize - offset))
+            guard bytes >= valid else {
+                throw ChainError.targetUnavailable(path: source.path, reason: "it ended at byte \(offset + UInt64(bytes)) when read back")
+            }
+            let base = slots.slot(slot)
+            let blocks = (valid + blockSize - 1) / blockSize
+            if blocks * blockSize > valid { (base + valid).initializeMemory(as: UInt8.self, repeating: 0, count: blocks * blockSize - valid) }
+            try compare(base, firstBlock: offset / UInt64(blockSize), count: blocks, detector: detector)
+            free.append(slot)
+            checked += UInt64(valid)
+            progress?(checked, sourceSize)
+        }
+    }
+
+    private func compare(_ base: UnsafeRawPointer, firstBlock: UInt64, count: Int, detector: ZeroBlockDetector) throws {
+        // The first resolved extent that ends after `firstBlock` (extents are sorted and cover every block).
+        var lo = 0, hi = resolved.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if resolved[mid].endBlock <= firstBlock { lo = mid + 1 } else { hi = mid }
+        }
+        var i = lo
+        for b in 0..<count {
+            let block = firstBlock + UInt64(b)
+            while i < resolved.count && resolved[i].endBlock <= block { i += 1 }
+            guard i < resolved.count else { break }
+            let e = resolved[i]
+            let expected: BlockHash
+            if e.kind == .data {
+                expected = try hashes(image: e.image, frame: e.frame)[Int(e.frameBlock) + Int(block - e.firstBlock)]
+            } else {
+                expected = .zero
+            }
+            if detector.hash(base + b * blockSize) != expected {
+                mismatchedBlocks += 1
+                if firstMismatch == nil { firstMismatch = block }
+            }
+        }
+    }
+
+    /// The stored hashes of one frame (its first 16 * blockCount bytes), cached while the restore walks on.
+    private func hashes(image: UInt32, frame: UInt32) throws -> [BlockHash] {
+        let key = UInt64(image) << 32 | UInt64(frame)
+        if let h = frameHashes[key] { return h }
+        if frameHashes.count >= 4096 { frameHashes.removeAll(keepingCapacity: true) }
+        let file = images[Int(image)]
+        let record = file.index.frames[Int(frame)]
+        var bytes = [UInt8](repeating: 0, count: record.hashesLength)
+        let n = try bytes.withUnsafeMutableBytes { try Sys.preadFully(file.fd, $0.baseAddress!, $0.count, record.offset, path: file.path) }
+        guard n == bytes.count else { throw ChainError.damaged(file: file.name, detail: "frame \(frame) is cut short") }
+        let h = bytes.withUnsafeBytes { raw in
+            (0..<Int(record.blockCount)).map {
+                BlockHash(
+                    low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16, as: UInt64.self)),
+                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16 + 8, as: UInt64.self)))
+            }
+        }
+        frameHashes[key] = h
+        return h
+    }
+}
