@@ -59,11 +59,14 @@ public enum Verify {
         var problems: [VerifyProblem] = []
         var images: [ImageFile?] = []
         var previous: (header: ImageHeader, name: String)?
-        for e in entries {
+        for (i, e) in entries.enumerated() {
             do {
                 let image = try ImageFile(directory: chainPath, name: e.file)
                 try ChainDirectory.check(image.header, of: e, in: manifest)
-                try ChainDirectory.check(image.header, of: e, follows: previous?.header, parentName: previous?.name)
+                // The link to the image before can be checked only when that one could be read.
+                if i == 0 || previous != nil {
+                    try ChainDirectory.check(image.header, of: e, follows: previous?.header, parentName: previous?.name)
+                }
                 images.append(image)
                 previous = (image.header, e.file)
             } catch {

@@ -146,6 +146,7 @@ final class MergeTests: XCTestCase {
             XCTAssertEqual(($0 as? ChainError)?.exitCode, 73)
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
+        XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole, "verify passes after the failed capture")
         try assertEveryPointRestores(chain, states, "after a full filesystem")
     }
 }

@@ -94,3 +94,44 @@ func assertGolden(_ bytes: [UInt8], _ name: String, file: StaticString = #filePa
     let golden = try Data(contentsOf: path)
     XCTAssertEqual([UInt8](golden), bytes, "\(name) differs from its golden file", file: file, line: line)
 }
+
+/// Hostile values behind a valid checksum: absurd counts, sizes and offsets are refused, never trapped on and
+/// never allocated for (the fuzz target in Fuzz/ explores the rest).
+final class HostileHeaderTests: XCTestCase {
+    private func resealed(_ change: (inout [UInt8]) -> Void) -> [UInt8] {
+        var b = Fixtures.header.encode()
+        change(&b)
+        let crc = CRC32C.checksum(b[0..<4092])
+        for i in 0..<4 { b[4092 + i] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i))) }
+        return b
+    }
+
+    private func put(_ v: UInt64, _ b: inout [UInt8], at o: Int) {
+        for i in 0..<8 { b[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
+    }
+
+    func testAbsurdCountsAndOffsetsAreRefused() {
+        let cases: [(String, (inout [UInt8]) -> Void)] = [
+            ("frame count", { self.put(.max, &$0, at: 144) }),
+            ("extent count", { self.put(1 << 62, &$0, at: 152) }),
+            ("index length", { self.put(.max, &$0, at: 120) }),
+            ("index offset", { self.put(.max - 10, &$0, at: 112) }),
+            ("file size", { self.put(1, &$0, at: 136) }),
+            ("block size", { $0[36] = 3 }),
+            ("kind", { $0[32] = 7 }),
+            ("points", { $0[96] = 9 }),
+        ]
+        for (what, change) in cases {
+            XCTAssertThrowsError(try ImageHeader.decode(resealed(change)), what) { XCTAssertTrue($0 is FormatError, "\(what): \($0)") }
+        }
+    }
+
+    func testIndexCountsBeyondItsBytesAreRefused() {
+        var h = Fixtures.header
+        let index = Fixtures.index.encode()
+        h.frameCount = 3
+        XCTAssertThrowsError(try ImageIndex.decode(index, header: h))
+        h = Fixtures.header
+        XCTAssertThrowsError(try ImageIndex.decode(Array(index.dropLast(24)), header: h))
+    }
+}
