@@ -9,6 +9,10 @@ let package = Package(
     products: [
         .executable(name: "strata", targets: ["strata"]),
         .library(name: "StrataChain", targets: ["StrataChain"]),
+        // For the benchmark package (Benchmarks/), which measures each module on its own.
+        .library(name: "StrataFormat", targets: ["StrataFormat"]),
+        .library(name: "StrataCodec", targets: ["StrataCodec"]),
+        .library(name: "StrataIO", targets: ["StrataIO"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -17,6 +17,9 @@
 #include <sys/ioctl.h>
 #include <linux/fs.h>
 #include <sys/vfs.h>
+/* The kernel's own io_uring.h first (liburing's copy has the same include guard and then steps aside), so
+   that modules which also see it through swift-system's CSystem agree on one definition of io_uring_sqe. */
+#include <linux/io_uring.h>
 #include <liburing.h>
 /* Function-like ioctl macros and _GNU_SOURCE-only flags do not import into Swift; these constants do. */
 static const unsigned long strata_BLKGETSIZE64 = BLKGETSIZE64;

@@ -168,6 +168,10 @@ final class RestorePipeline {
             }
             let slot = decodeJobs[jobHead]
             jobHead += 1
+            if jobHead > 4096 && jobHead * 2 > decodeJobs.count {  // keep the queue from growing with the chain
+                decodeJobs.removeFirst(jobHead)
+                jobHead = 0
+            }
             condition.unlock()
             do {
                 try decode(slot, decompressor)

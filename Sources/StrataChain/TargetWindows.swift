@@ -20,6 +20,7 @@ final class TargetWindows {
     private var windowOffset: UInt64 = 0
     private var fill = 0
     private var runs: [(start: Int, end: Int)] = []
+    private var writes: [(Int, Int)] = []  // reused by every flush: no allocation per window
     private var zeroRange: Range<UInt64>? = nil
 
     init(target: RestoreTarget, queue: IOQueue, depth: Int, windowSize: Int, sourceSize: UInt64) {
@@ -37,6 +38,7 @@ final class TargetWindows {
         pump = IOPump(queue: queue, maxTags: tags)
         if let uring = queue as? URingQueue { uring.register(base: windows.base, length: windows.byteCount) }
         runs.reserveCapacity(windowSize / 512)
+        writes.reserveCapacity(windowSize / 512)
     }
 
     /// Where to put the bytes for `offset` (which continues the previous call's), and how much room is left.
@@ -93,7 +95,7 @@ final class TargetWindows {
             return
         }
         try flushZeroRange()
-        var writes: [(Int, Int)] = []
+        writes.removeAll(keepingCapacity: true)
         if target.isBlockDevice {
             writes.append((0, roundedLimit))
         } else {

@@ -7,7 +7,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CURing
+internal import CURing
 
 public final class AppendWriter {
     public let path: String

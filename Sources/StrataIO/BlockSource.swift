@@ -4,7 +4,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CURing
+internal import CURing
 
 public final class BlockSource {
     public let path: String

@@ -4,7 +4,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CURing
+internal import CURing
 
 public final class RestoreTarget {
     public let path: String

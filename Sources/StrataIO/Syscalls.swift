@@ -7,7 +7,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CURing
+internal import CURing
 
 /// A failed system call: what was attempted, on which path, and the errno it failed with.
 public struct IOError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -48,7 +48,7 @@ func retrying<T: BinaryInteger>(_ op: String, _ path: String, _ body: () -> T) t
 }
 
 public enum Sys {
-    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
+    public static func open(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o644) throws -> Int32 {
         try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }
 

@@ -5,7 +5,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CURing
+internal import CURing
 
 public final class URingQueue: IOQueue {
     public let engineName = "io_uring"

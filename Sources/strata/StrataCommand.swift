@@ -29,5 +29,5 @@ struct StrataCommand: ParsableCommand {
               77  refused for safety: the source is mounted read-write (see --allow-mounted)
             """,
         version: "0.1.0",
-        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self])
+        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, BenchCommand.self])
 }

@@ -1,0 +1,347 @@
+// `strata bench`: how fast this machine can image this source, and which stage bounds it. Read-only on the
+// source. Each stage is measured alone, for a bounded time, with the code the pipelines use (the same engines,
+// the same hasher and zstd contexts, the same O_DIRECT appender), then combined into predicted rates:
+//
+//   full capture    min(device read, worker CPU for hashing every block and compressing the non-zero ones,
+//                       chain writes of the compressed bytes)
+//   incremental     min(device read, hashing)          (the changed bytes are few)
+//   restore         min(decompression of the non-zero bytes, chain reads if measured); target writes are not
+//                   measured (bench never writes to a device)
+//
+// The data for the CPU stages is a sample of the source itself (1 MiB pieces spread over it), because
+// compression speed and ratio depend on the data.
+import Foundation
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+public struct BenchOptions: Sendable {
+    /// The whole run's time budget, split between the stages.
+    public var seconds: Double = 20
+    public var threads: Int = Sys.onlineCores
+    public var level: Int32 = 1
+    /// A directory on the filesystem that would hold the chain: the write rate is measured there (a temporary
+    /// file, removed afterwards).
+    public var chainDirectory: String? = nil
+    public var queueDepths: [Int] = [1, 4, 16, 32, 64]
+    public var requestSizes: [Int] = [128 << 10, 1 << 20, 4 << 20]
+    /// Bytes of the source sampled for the CPU stages.
+    public var sampleBytes: Int = 64 << 20
+
+    public init() {}
+}
+
+public struct BenchReport: Sendable {
+    public struct Read: Sendable {
+        public var engine: String
+        public var queueDepth: Int
+        public var requestSize: Int
+        public var bytesPerSecond: Double
+    }
+    public struct Scaling: Sendable {
+        public var threads: Int
+        public var bytesPerSecond: Double
+    }
+    public struct Prediction: Sendable {
+        public var bytesPerSecond: Double
+        public var bound: String
+    }
+
+    public var source: String
+    public var sourceBytes: UInt64
+    public var isBlockDevice: Bool
+    public var direct: Bool
+    public var cores: Int
+    public var level: Int32
+    public var reads: [Read]
+    public var hashBytesPerSecond: Double
+    public var compression: [Scaling]
+    public var compressionRatio: Double
+    public var decompression: [Scaling]
+    public var zeroFraction: Double
+    public var writeBytesPerSecond: Double?
+    public var fullCapture: Prediction
+    public var incrementalCapture: Prediction
+    public var restore: Prediction
+    public var queueDepth: Int
+    public var requestSize: Int
+    public var threads: Int
+    public var seconds: Double
+}
+
+public enum Bench {
+    public static func run(source path: String, options: BenchOptions, progress: ((String) -> Void)? = nil) throws -> BenchReport {
+        let started = Sys.monotonicNanos()
+        guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
+        guard options.seconds >= 1 else { throw ChainError.invalidOption("--seconds must be at least 1") }
+        let source: BlockSource
+        do { source = try BlockSource(path: path) } catch let e as IOError {
+            throw ChainError.sourceUnavailable(path: path, reason: e.reason)
+        }
+        guard source.size >= 1 << 20 else { throw ChainError.sourceUnavailable(path: path, reason: "it is smaller than 1 MiB") }
+        let budget = options.seconds
+        let sweep = options.queueDepths.count * options.requestSizes.count + 1
+        let readSlice = budget * 0.5 / Double(sweep)
+
+        // 1. Device reads: io_uring over the sweep, then the pread engine at the best setting.
+        var reads: [BenchReport.Read] = []
+        var cursor: UInt64 = 0
+        for size in options.requestSizes {
+            for depth in options.queueDepths {
+                progress?("reads: io_uring, queue depth \(depth), \(size >> 10) KiB requests")
+                let (queue, _) = try engine(.uring, depth: depth)
+                let rate = try measureReads(source, queue: queue, depth: depth, requestSize: size, seconds: readSlice, cursor: &cursor)
+                reads.append(.init(engine: queue.engineName, queueDepth: depth, requestSize: size, bytesPerSecond: rate))
+            }
+        }
+        let best = reads.max { $0.bytesPerSecond < $1.bytesPerSecond }!
+        // The least demanding setting within 5% of the best: fewer requests in flight, 1 MiB preferred.
+        let chosen = reads.filter { $0.bytesPerSecond >= best.bytesPerSecond * 0.95 }
+            .min { ($0.queueDepth, abs($0.requestSize - (1 << 20))) < ($1.queueDepth, abs($1.requestSize - (1 << 20))) }!
+        progress?("reads: pread threads, queue depth \(chosen.queueDepth), \(chosen.requestSize >> 10) KiB requests")
+        let (preadQueue, _) = try engine(.pread, depth: chosen.queueDepth)
+        let preadRate = try measureReads(source, queue: preadQueue, depth: chosen.queueDepth, requestSize: chosen.requestSize, seconds: readSlice, cursor: &cursor)
+        reads.append(.init(engine: preadQueue.engineName, queueDepth: chosen.queueDepth, requestSize: chosen.requestSize, bytesPerSecond: preadRate))
+
+        // 2. A sample of the source for the CPU stages.
+        progress?("sampling \(options.sampleBytes >> 20) MiB of the source")
+        let sample = try Sample(source, bytes: options.sampleBytes)
+        let blockSize = 4096
+        let detector = ZeroBlockDetector(blockSize: blockSize)
+        var zeroBlocks = 0, blocks = 0
+        for c in 0..<sample.count {
+            for b in 0..<Sample.chunk / blockSize {
+                blocks += 1
+                if detector.hash(sample.chunk(c) + b * blockSize) == .zero { zeroBlocks += 1 }
+            }
+        }
+        let zeroFraction = Double(zeroBlocks) / Double(max(blocks, 1))
+
+        progress?("hashing (XXH3-128)")
+        let hashRate = measureCPU(threads: 1, seconds: budget * 0.05) { _, i in
+            let p = sample.chunk(i % sample.count)
+            for b in 0..<Sample.chunk / blockSize { _ = detector.hash(p + b * blockSize) }
+            return Sample.chunk
+        }
+
+        // 3. Compression and decompression, 1..N threads, on the sample's non-zero chunks.
+        let dataChunks = (0..<sample.count).filter { !isAllZero(sample.chunk($0), count: Sample.chunk) }
+        let counts = threadCounts(options.threads)
+        var compression: [BenchReport.Scaling] = [], decompression: [BenchReport.Scaling] = []
+        var ratio = 1.0
+        let stored = try CompressedSample(sample, chunks: dataChunks, level: options.level)
+        ratio = stored.ratio
+        for t in counts {
+            progress?("zstd -\(options.level) compression, \(t) thread\(t == 1 ? "" : "s")")
+            let compressors = try (0..<t).map { _ in try FrameCompressor(level: options.level) }
+            let out = (0..<t).map { _ in UnsafeMutableRawPointer.allocate(byteCount: FrameCompressor.storeBound(Sample.chunk), alignment: 64) }
+            defer { out.forEach { $0.deallocate() } }
+            let rate = measureCPU(threads: t, seconds: budget * 0.25 / Double(counts.count)) { worker, i in
+                guard !dataChunks.isEmpty else { return Sample.chunk }
+                _ = compressors[worker].compressOrStore(
+                    sample.chunk(dataChunks[i % dataChunks.count]), count: Sample.chunk, into: out[worker], capacity: FrameCompressor.storeBound(Sample.chunk))
+                return Sample.chunk
+            }
+            compression.append(.init(threads: t, bytesPerSecond: rate))
+        }
+        for t in counts {
+            progress?("zstd decompression, \(t) thread\(t == 1 ? "" : "s")")
+            let decompressors = try (0..<t).map { _ in try FrameDecompressor() }
+            let out = (0..<t).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Sample.chunk, alignment: 64) }
+            defer { out.forEach { $0.deallocate() } }
+            let rate = measureCPU(threads: t, seconds: budget * 0.1 / Double(counts.count)) { worker, i in
+                guard stored.count > 0 else { return Sample.chunk }
+                let f = stored.frame(i % stored.count)
+                if f.compressed {
+                    try? decompressors[worker].decompress(f.bytes, count: f.length, into: out[worker], expected: Sample.chunk)
+                } else {
+                    out[worker].copyMemory(from: f.bytes, byteCount: Sample.chunk)
+                }
+                return Sample.chunk
+            }
+            decompression.append(.init(threads: t, bytesPerSecond: rate))
+        }
+
+        // 4. Writes into the chain's filesystem, as the image appender does them.
+        var writeRate: Double?
+        if let dir = options.chainDirectory {
+            progress?("writes into \(dir)")
+            writeRate = try measureWrites(directory: dir, stored: stored, seconds: budget * 0.1)
+        }
+
+        // 5. Verdict.
+        let cores = Sys.onlineCores
+        let read = chosen.bytesPerSecond
+        func cpu(_ t: Int) -> Double {
+            let c = compression.last { $0.threads <= t }?.bytesPerSecond ?? compression[0].bytesPerSecond
+            let hashing = hashRate * Double(min(t, cores))
+            return 1 / (1 / hashing + (1 - zeroFraction) / max(c, 1))
+        }
+        let full = pick([
+            ("the device's reads", read), ("hashing and compression on \(options.threads) thread\(options.threads == 1 ? "" : "s")", cpu(options.threads)),
+        ] + (writeRate.map { [("writes to the chain's filesystem", $0 / max(ratio * (1 - zeroFraction), 0.01))] } ?? []))
+        let incremental = pick([("the device's reads", read), ("hashing", hashRate * Double(min(options.threads, cores)))])
+        let decompress = decompression.last?.bytesPerSecond ?? 0
+        let restore = pick([("decompression on \(options.threads) thread\(options.threads == 1 ? "" : "s")", decompress / max(1 - zeroFraction, 0.01))]
+            + (writeRate.map { [("reads of the chain (taken as its write rate)", $0 / max(ratio * (1 - zeroFraction), 0.01))] } ?? []))
+        // Threads: the fewest whose CPU rate keeps up with the device, else all of them.
+        let threads = counts.first { cpu($0) >= read } ?? options.threads
+        return BenchReport(
+            source: path, sourceBytes: source.size, isBlockDevice: source.isBlockDevice, direct: source.direct, cores: cores,
+            level: options.level, reads: reads, hashBytesPerSecond: hashRate, compression: compression, compressionRatio: ratio,
+            decompression: decompression, zeroFraction: zeroFraction, writeBytesPerSecond: writeRate, fullCapture: full,
+            incrementalCapture: incremental, restore: restore, queueDepth: chosen.queueDepth, requestSize: chosen.requestSize,
+            threads: threads, seconds: Double(Sys.monotonicNanos() - started) / 1e9)
+    }
+
+    private static func pick(_ stages: [(String, Double)]) -> BenchReport.Prediction {
+        let m = stages.min { $0.1 < $1.1 }!
+        return .init(bytesPerSecond: m.1, bound: m.0)
+    }
+
+    private static func engine(_ choice: IOEngineChoice, depth: Int) throws -> (IOQueue, String?) {
+        do { return try IOEngine.make(choice, depth: depth) } catch let e as IOError {
+            if choice == .uring { return try IOEngine.make(.pread, depth: depth) }
+            throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
+        }
+    }
+
+    /// 1, 2, 4, ... up to `n`, and `n`.
+    static func threadCounts(_ n: Int) -> [Int] {
+        var out: [Int] = []
+        var t = 1
+        while t < n {
+            out.append(t)
+            t *= 2
+        }
+        out.append(n)
+        return out
+    }
+
+    /// Sequential reads with `depth` requests of `requestSize` in flight for `seconds`, continuing from
+    /// `cursor` (wrapping at the end of the source), in bytes per second.
+    static func measureReads(_ source: BlockSource, queue: IOQueue, depth: Int, requestSize: Int, seconds: Double, cursor: inout UInt64) throws -> Double {
+        let slab = AlignedSlab(slotSize: requestSize, slotCount: depth, alignment: max(4096, source.alignment))
+        let pump = IOPump(queue: queue, maxTags: depth)
+        let end = source.size / UInt64(requestSize) * UInt64(requestSize)
+        guard end > 0 else { return 0 }
+        let started = Sys.monotonicNanos()
+        let deadline = started + UInt64(seconds * 1e9)
+        var bytes: UInt64 = 0
+        var free = Array(0..<depth)
+        var now = started
+        while true {
+            now = Sys.monotonicNanos()
+            if now < deadline {
+                while let slot = free.popLast() {
+                    if cursor >= end { cursor = 0 }
+                    pump.read(fd: source.fd, path: source.path, into: slab.slot(slot), length: requestSize, at: cursor, tag: slot)
+                    cursor += UInt64(requestSize)
+                }
+            }
+            guard pump.inFlight > 0 else { break }
+            let (slot, n) = try pump.next()
+            bytes += UInt64(n)
+            free.append(slot)
+        }
+        return Double(bytes) / (Double(Sys.monotonicNanos() - started) / 1e9)
+    }
+
+    /// Runs `work(worker, iteration)` on `threads` threads for `seconds`; each call returns the bytes it did.
+    static func measureCPU(threads: Int, seconds: Double, _ work: @escaping (Int, Int) -> Int) -> Double {
+        let group = ThreadGroup()
+        let lock = NSLock()
+        var total = 0
+        let started = Sys.monotonicNanos()
+        let deadline = started + UInt64(seconds * 1e9)
+        for w in 0..<threads {
+            group.spawn("strata-bench-\(w)") {
+                var done = 0, i = w * 7
+                repeat {
+                    done += work(w, i)
+                    i += 1
+                } while Sys.monotonicNanos() < deadline
+                lock.lock()
+                total += done
+                lock.unlock()
+            }
+        }
+        group.join()
+        return Double(total) / (Double(Sys.monotonicNanos() - started) / 1e9)
+    }
+
+    /// Appends the compressed sample to a temporary file in `directory` with the image appender, for
+    /// `seconds`, then fsyncs and removes it; compressed bytes per second including the fsync.
+    static func measureWrites(directory: String, stored: CompressedSample, seconds: Double) throws -> Double {
+        let path = "\(directory)/\(DurableFiles.temporaryName(for: "bench.strata"))"
+        let fd: Int32
+        do { fd = try Sys.open(path, O_RDWR | O_CREAT | O_TRUNC) } catch let e as IOError {
+            throw ChainError.targetUnavailable(path: directory, reason: e.reason)
+        }
+        defer {
+            Sys.close(fd)
+            try? Sys.unlink(path)
+        }
+        let writer = try AppendWriter(path: path, fd: fd, start: 0, engine: .auto)
+        let started = Sys.monotonicNanos()
+        let deadline = started + UInt64(seconds * 1e9)
+        var i = 0
+        repeat {
+            let f = stored.frame(i % max(stored.count, 1))
+            try writer.append(f.bytes, count: max(f.length, 1))
+            i += 1
+        } while Sys.monotonicNanos() < deadline && stored.count > 0
+        try writer.finish()
+        try Sys.fsync(fd, path: path)
+        return Double(writer.offset) / (Double(Sys.monotonicNanos() - started) / 1e9)
+    }
+}
+
+/// 1 MiB pieces read from evenly spread places of the source.
+final class Sample {
+    static let chunk = 1 << 20
+    private let slab: AlignedSlab
+    let count: Int
+
+    init(_ source: BlockSource, bytes: Int) throws {
+        let total = source.size / UInt64(Self.chunk)
+        count = Int(max(1, min(total, UInt64(max(bytes, Self.chunk) / Self.chunk))))
+        slab = AlignedSlab(slotSize: Self.chunk, slotCount: count, alignment: max(4096, source.alignment))
+        let stride = total / UInt64(count)
+        for i in 0..<count {
+            let at = UInt64(i) * stride * UInt64(Self.chunk)
+            let n = try Sys.preadFully(source.fd, slab.slot(i), Self.chunk, at, path: source.path)
+            if n < Self.chunk { (slab.slot(i) + n).initializeMemory(as: UInt8.self, repeating: 0, count: Self.chunk - n) }
+        }
+    }
+
+    func chunk(_ i: Int) -> UnsafeMutableRawPointer { slab.slot(i) }
+}
+
+/// The sample's non-zero chunks compressed once, for the decompression and write stages.
+final class CompressedSample {
+    private var frames: [(offset: Int, length: Int, compressed: Bool)] = []
+    private let buffer: UnsafeMutableRawPointer
+    let ratio: Double
+    var count: Int { frames.count }
+
+    init(_ sample: Sample, chunks: [Int], level: Int32) throws {
+        let bound = FrameCompressor.storeBound(Sample.chunk)
+        buffer = .allocate(byteCount: max(1, chunks.count) * bound, alignment: 64)
+        let compressor = try FrameCompressor(level: level)
+        var stored = 0
+        for (i, c) in chunks.enumerated() {
+            let r = compressor.compressOrStore(sample.chunk(c), count: Sample.chunk, into: buffer + i * bound, capacity: bound)
+            frames.append((i * bound, r.length, r.compressed))
+            stored += r.length
+        }
+        ratio = chunks.isEmpty ? 1 : Double(stored) / Double(chunks.count * Sample.chunk)
+    }
+
+    deinit { buffer.deallocate() }
+
+    func frame(_ i: Int) -> (bytes: UnsafeMutableRawPointer, length: Int, compressed: Bool) {
+        let f = frames[i]
+        return (buffer + f.offset, f.length, f.compressed)
+    }
+}
