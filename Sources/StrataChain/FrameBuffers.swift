@@ -46,13 +46,14 @@ final class FrameBuffers {
     @inline(__always)
     func hash(_ buffer: Int, _ index: Int) -> UnsafeMutableRawPointer { slab.slot(buffer) + hashOffset + index * 16 }
 
-    /// Compresses the first `blockCount` blocks of `buffer` into a frame; the buffer holds it until reused.
-    func seal(_ buffer: Int, blockCount: Int, compressor: FrameCompressor) -> SealedFrame {
+    /// Compresses the first `blockCount` blocks of `buffer` (or, with `blocks`, that many blocks elsewhere: a
+    /// read slot holding a whole frame) into a frame; the buffer holds it until reused.
+    func seal(_ buffer: Int, blockCount: Int, compressor: FrameCompressor, blocks: UnsafeRawPointer? = nil) -> SealedFrame {
         let base = slab.slot(buffer)
         let payload = base + payloadOffset
         let hashes = payload - blockCount * 16
         if blockCount < blocksPerFrame { hashes.copyMemory(from: base + hashOffset, byteCount: blockCount * 16) }
-        let stored = compressor.compressOrStore(base, count: blockCount * blockSize, into: payload, capacity: payloadCapacity)
+        let stored = compressor.compressOrStore(blocks ?? UnsafeRawPointer(base), count: blockCount * blockSize, into: payload, capacity: payloadCapacity)
         let length = blockCount * 16 + stored.length
         return SealedFrame(
             start: UnsafeRawPointer(hashes), length: length, blockCount: blockCount, codec: stored.compressed ? .zstd : .raw,
