@@ -33,27 +33,27 @@ final class CapturePipeline {
         case compress(buffer: Int)
     }
 
-    private let source: BlockSource
+    let source: BlockSource
     private let queue: IOQueue
-    private let blockSize: Int
-    private let requestSize: Int
-    private let options: CaptureOptions
+    let blockSize: Int
+    let requestSize: Int
+    let options: CaptureOptions
     private let oldMap: HashMapReader?
     private let image: ImageWriter
     private let newMap: HashMapWriter
     private let progress: ProgressHandler?
 
     // Read slots: one chunk of the source each, plus the hashes of its blocks.
-    private let slots: AlignedSlab
+    let slots: AlignedSlab
     private let slotHashes: UnsafeMutablePointer<BlockHash>
     private let blocksPerSlot: Int
-    private var slotChunk: [Int]
-    private var slotBytes: [Int]
-    private var slotUnreadable: [[Int]]  // blocks of the slot's chunk that could not be read
+    var slotChunk: [Int]
+    var slotBytes: [Int]
+    var slotUnreadable: [[Int]]  // blocks of the slot's chunk that could not be read
 
     // Unreadable blocks found so far (I/O thread only until the workers are joined).
-    private var unreadableBlocks: UInt64 = 0
-    private var unreadableRanges: [Range<UInt64>] = []
+    var unreadableBlocks: UInt64 = 0
+    var unreadableRanges: [Range<UInt64>] = []
 
     // Frame buffers, and for each the frame it holds once sealed and its place in the image's order.
     private let frames: FrameBuffers
@@ -68,13 +68,7 @@ final class CapturePipeline {
     private var freeFrames: [Int]
     private var readyChunks: [Int: Int] = [:]  // chunk -> slot, or -1 for a hole
     private var doneFrames: [Int: Int] = [:]  // frame sequence -> buffer
-    // The workers' queue has a condition of its own: posting a job wakes one worker, and the many workers
-    // are not woken by every change of the shared state above (measured: with one condition for all, 16
-    // threads captured slower than 8 on a 16-core machine).
-    private let jobCondition = NSCondition()
-    private var jobs: [Job] = []
-    private var jobHead = 0
-    private var noMoreJobs = false
+    private let jobs = WorkQueue<Job>()
     private let failure = FirstError()
     private var bytesRead: UInt64 = 0
     private var consumedChunks = 0
@@ -135,7 +129,7 @@ final class CapturePipeline {
         } catch {
             failure.record(error)
         }
-        jobCondition.publish { noMoreJobs = true }
+        jobs.close()
         group.join()
         if let e = failure.error { throw e }
         stats.bytesRead = bytesRead
@@ -230,79 +224,13 @@ final class CapturePipeline {
         let tail = (valid + blockSize - 1) / blockSize * blockSize
         if tail > valid { (slots.slot(slot) + valid).initializeMemory(as: UInt8.self, repeating: 0, count: tail - valid) }
         bytesRead += UInt64(valid)  // the I/O thread's own; read after the threads are joined
-        post(.hash(slot: slot))
-    }
-
-    private func post(_ job: Job) {
-        jobCondition.lock()
-        jobs.append(job)
-        jobCondition.signal()
-        jobCondition.unlock()
-    }
-
-    /// Reads a chunk whose read failed again, in halves down to the source's logical block size, and records
-    /// the blocks that stay unreadable (zeroed in the slot). Synchronous: bad sectors are rare and slow anyway.
-    private func rescue(_ slot: Int) throws {
-        let chunkOffset = UInt64(slotChunk[slot]) * UInt64(requestSize)
-        let valid = slotBytes[slot]
-        let unit = source.alignment
-        let base = slots.slot(slot)
-        var bad: [Int] = []
-        func read(_ lo: Int, _ hi: Int) throws {
-            do {
-                let n = try Sys.preadFully(source.fd, base + lo, hi - lo, chunkOffset + UInt64(lo), path: source.path)
-                if lo + n < min(hi, valid) {
-                    throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(chunkOffset + UInt64(lo + n))")
-                }
-            } catch let e as IOError where e.isMediaError {
-                if hi - lo > unit {
-                    let mid = lo + (hi - lo) / unit / 2 * unit
-                    try read(lo, mid)
-                    try read(mid, hi)
-                    return
-                }
-                (base + lo).initializeMemory(as: UInt8.self, repeating: 0, count: hi - lo)
-                for b in lo / blockSize..<min((hi + blockSize - 1) / blockSize, (valid + blockSize - 1) / blockSize)
-                where bad.last.map({ $0 < b }) ?? true { bad.append(b) }
-            }
-        }
-        let length = (valid + unit - 1) / unit * unit
-        try read(0, min(length, slots.slotSize))
-        let firstBlock = chunkOffset / UInt64(blockSize)
-        for b in bad {
-            let block = firstBlock + UInt64(b)
-            (base + b * blockSize).initializeMemory(as: UInt8.self, repeating: 0, count: blockSize)
-            if let last = unreadableRanges.last, last.upperBound == block {
-                unreadableRanges[unreadableRanges.count - 1] = last.lowerBound..<block + 1
-            } else {
-                unreadableRanges.append(block..<block + 1)
-            }
-        }
-        if unreadableBlocks + UInt64(bad.count) > UInt64(options.maxBadBlocks) {
-            let first = unreadableRanges.map(\.lowerBound).min()! * UInt64(blockSize)
-            throw ChainError.tooManyBadBlocks(path: source.path, limit: options.maxBadBlocks, firstAt: first)
-        }
-        unreadableBlocks += UInt64(bad.count)
-        slotUnreadable[slot] = bad
+        jobs.post(.hash(slot: slot))
     }
 
     // MARK: Workers
 
     private func work(detector: ZeroBlockDetector, compressor: FrameCompressor) {
-        while true {
-            jobCondition.lock()
-            while jobHead == jobs.count && !noMoreJobs { jobCondition.wait() }
-            if jobHead == jobs.count {
-                jobCondition.unlock()
-                return
-            }
-            let job = jobs[jobHead]
-            jobHead += 1
-            if jobHead > 4096 && jobHead * 2 > jobs.count {
-                jobs.removeFirst(jobHead)
-                jobHead = 0
-            }
-            jobCondition.unlock()
+        while let job = jobs.next() {
             switch job {
             case .hash(let slot):
                 let base = slots.slot(slot)
@@ -467,7 +395,7 @@ final class CapturePipeline {
     private func dispatchFrame() throws {
         frameBlocks[currentFrame] = currentFill
         framesDispatched += 1  // the coordinator's own
-        post(.compress(buffer: currentFrame))
+        jobs.post(.compress(buffer: currentFrame))
         currentFrame = -1
     }
 }

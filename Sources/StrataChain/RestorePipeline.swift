@@ -37,8 +37,7 @@ final class RestorePipeline {
     private let condition = NSCondition()
     private var freeSlots: [Int]
     private var readyFetches: [Int: Int] = [:]
-    private var decodeJobs: [Int] = []
-    private var jobHead = 0
+    private let decodeJobs = WorkQueue<Int>()  // slots whose frame has been read
     private var finished = false
     private let failure = FirstError()
 
@@ -106,6 +105,7 @@ final class RestorePipeline {
             failure.record(error)
         }
         condition.publish { finished = true }
+        decodeJobs.close()
         group.join()
         if let e = failure.error { throw e }
     }
@@ -153,26 +153,14 @@ final class RestorePipeline {
         guard done.bytes == Int(record.length) else {
             throw ChainError.damaged(file: image.name, detail: "frame \(fetchFrame[f]) is cut short")
         }
-        condition.publish { decodeJobs.append(done.tag) }
+        decodeJobs.post(done.tag)
     }
 
     // MARK: Workers
 
     private func work(_ decompressor: FrameDecompressor) {
-        while true {
-            condition.lock()
-            while jobHead == decodeJobs.count && !finished && failure.error == nil { condition.wait() }
-            if jobHead == decodeJobs.count {
-                condition.unlock()
-                return
-            }
-            let slot = decodeJobs[jobHead]
-            jobHead += 1
-            if jobHead > 4096 && jobHead * 2 > decodeJobs.count {  // keep the queue from growing with the chain
-                decodeJobs.removeFirst(jobHead)
-                jobHead = 0
-            }
-            condition.unlock()
+        while let slot = decodeJobs.next() {
+            if failure.error != nil { continue }  // drain: the restore is stopping
             do {
                 try decode(slot, decompressor)
                 condition.publish { readyFetches[slotFetch[slot]] = slot }

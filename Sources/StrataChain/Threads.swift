@@ -57,3 +57,43 @@ extension NSCondition {
         return try body()
     }
 }
+
+/// The jobs of a pool of worker threads, first in first out, under a condition of its own: posting a job wakes
+/// one worker, and workers are not woken by every change of their pipeline's other shared state (measured: with
+/// one condition for everything, 16 capture workers ran slower than 8 on a 16-core machine).
+final class WorkQueue<Job>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var items: [Job] = []
+    private var head = 0
+    private var closed = false
+
+    func post(_ job: Job) {
+        condition.lock()
+        items.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// No more jobs: workers finish what is queued, then `next` returns nil.
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The next job, waiting for one; nil once the queue is closed and empty.
+    func next() -> Job? {
+        condition.lock()
+        defer { condition.unlock() }
+        while head == items.count && !closed { condition.wait() }
+        guard head < items.count else { return nil }
+        let job = items[head]
+        head += 1
+        if head > 4096 && head * 2 > items.count {  // keep the array from growing with the run
+            items.removeFirst(head)
+            head = 0
+        }
+        return job
+    }
+}

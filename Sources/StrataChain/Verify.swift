@@ -166,9 +166,7 @@ private final class FrameScan {
 
     private let condition = NSCondition()
     private var freeSlots: [Int]
-    private var jobs: [Int] = []
-    private var jobHead = 0
-    private var readDone = false
+    private let jobs = WorkQueue<Int>()  // slots whose frame has been read
     private let failure = FirstError()
     private var damaged: [UInt64: String] = [:]
     private(set) var bytesRead: UInt64 = 0
@@ -227,10 +225,8 @@ private final class FrameScan {
                     freeSlots.append(done.tag)
                 }
             } else {
-                condition.publish {
-                    bytesRead += UInt64(record.length)
-                    jobs.append(done.tag)
-                }
+                condition.publish { bytesRead += UInt64(record.length) }
+                jobs.post(done.tag)
             }
         }
         for w in 0..<work.count {
@@ -254,27 +250,14 @@ private final class FrameScan {
             if w % 64 == 0 { progress?(min(bytesRead, totalBytes), totalBytes) }
         }
         while pump.inFlight > 0 { reap() }
-        condition.publish { readDone = true }
+        jobs.close()
         progress?(totalBytes, totalBytes)
     }
 
     private func check(_ decompressor: FrameDecompressor) {
         let decoded = UnsafeMutableRawPointer.allocate(byteCount: max(1, maxBlocks * blockSize), alignment: 64)
         defer { decoded.deallocate() }
-        while true {
-            condition.lock()
-            while jobHead == jobs.count && !readDone { condition.wait() }
-            if jobHead == jobs.count {
-                condition.unlock()
-                return
-            }
-            let slot = jobs[jobHead]
-            jobHead += 1
-            if jobHead > 4096 && jobHead * 2 > jobs.count {
-                jobs.removeFirst(jobHead)
-                jobHead = 0
-            }
-            condition.unlock()
+        while let slot = jobs.next() {
             let w = slotWork[slot]
             let image = images[work[w].image]!
             var problem: String?
