@@ -69,6 +69,9 @@ final class ImageWriter {
         try appendFrame(bytes, length: Int(record.length), blockCount: Int(record.blockCount), codec: record.codec, checksum: record.checksum)
     }
 
+    /// Lets frames hold blocks no extent uses (merge keeping a mostly live frame whole).
+    func allowSparseFrames() { header.incompatibleFeatures |= ImageFeatures.sparseFrames }
+
     /// Adds `count` blocks starting at `block`, merging with the previous extent where they continue it.
     func addExtent(block: UInt64, count: UInt32, kind: ExtentKind, frame: UInt32 = 0, frameBlock: UInt32 = 0) {
         switch kind {

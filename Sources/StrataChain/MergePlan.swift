@@ -1,7 +1,10 @@
 // What a merge writes, decided before a byte is written. The images of the range are resolved newest-wins; each
-// source frame is then either copied whole (every block of it survives) or re-packed (some survive). Whole
-// frames are written first, in order of first use, then the re-packed ones, so every frame's number is known
-// when the extents are planned, and the new image obeys the index's rules (each frame's blocks used in order).
+// source frame is then either copied whole or re-packed. A frame is copied whole, byte for byte, when at least
+// `keepWholeLive` of its blocks survive (the dead ones stay in it unused: the image says so with the
+// sparseFrames feature bit), and re-packed otherwise: nightly rewrites leave a few dead pages in most frames,
+// and re-compressing all the live blocks around them made a merge cost CPU, not I/O (12x a copy, issue #3).
+// So a merged image holds at most 1/3 more than its live data. Whole frames are written first, in order of
+// first use, then the re-packed ones, so every frame's number is known when the extents are planned.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -26,7 +29,12 @@ final class MergePlan {
 
     private func key(_ e: ResolvedExtent) -> UInt64 { UInt64(e.image) << 32 | UInt64(e.frame) }
     private func record(_ k: UInt64) -> FrameRecord { sources[Int(k >> 32)].index.frames[Int(k & 0xFFFF_FFFF)] }
-    private func isWhole(_ k: UInt64) -> Bool { surviving[k] == Int(record(k).blockCount) }
+    /// The share of a frame's blocks that must survive for it to be copied whole: 3/4.
+    static let keepWholeLive = (numerator: 3, denominator: 4)
+    private func isWhole(_ k: UInt64) -> Bool {
+        surviving[k]! * Self.keepWholeLive.denominator >= Int(record(k).blockCount) * Self.keepWholeLive.numerator
+    }
+    private func isFull(_ k: UInt64) -> Bool { surviving[k] == Int(record(k).blockCount) }
 
     /// The merged image is never larger than the frames it draws from.
     var bytesUpperBound: UInt64 {
@@ -51,6 +59,7 @@ final class MergePlan {
             }
         }
         framesCopied = wholeOrder.count
+        if wholeOrder.contains(where: { !isFull($0) }) { writer.allowSparseFrames() }
         var packedIndex = 0
         var packed: [[MergeRepacker.Segment]] = []
         for e in resolved {

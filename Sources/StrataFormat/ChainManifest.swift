@@ -94,7 +94,8 @@ public struct ChainManifest: Equatable, Sendable {
         var images = [ManifestEntry]()
         for line in String(decoding: body, as: UTF8.self).split(separator: "\n").dropFirst() {
             let parts = line.split(separator: " ", maxSplits: 9).map(String.init)
-            if parts[0] == "image" {
+            guard let key = parts.first else { throw FormatError.invalid("chain manifest has a malformed line") }
+            if key == "image" {
                 guard parts.count == 10, let first = UInt32(parts[1]), let lastP = UInt32(parts[2]),
                     let id = Identifier(hex: parts[4]), let created = UInt64(parts[5]), let read = UInt64(parts[6]),
                     let stored = UInt64(parts[7]), let changed = UInt64(parts[8]), isPlainFileName(parts[9]),
@@ -105,7 +106,7 @@ public struct ChainManifest: Equatable, Sendable {
                         file: parts[9], imageID: id, kind: parts[3] == "full" ? .full : .incremental, firstPoint: first,
                         lastPoint: lastP, createdAt: created, bytesRead: read, bytesStored: stored, blocksChanged: changed))
             } else if parts.count == 2 {
-                fields[parts[0]] = parts[1]
+                fields[key] = parts[1]
             } else {
                 throw FormatError.invalid("chain manifest has a malformed line")
             }

@@ -11,7 +11,11 @@ public enum ImageKind: UInt32, Sendable {
 
 /// Feature bits. Unknown incompatible bits make a reader refuse the file; unknown compatible bits are ignored.
 public enum ImageFeatures {
-    public static let knownIncompatible: UInt64 = 0
+    /// Incompatible bit 0: a frame may hold blocks that no extent uses (a merged image keeps a frame whole while
+    /// most of its blocks are live, instead of re-compressing the live ones). Extents still use each frame's
+    /// blocks in order, without overlap; a reader that does not know the bit refuses the image.
+    public static let sparseFrames: UInt64 = 1 << 0
+    public static let knownIncompatible: UInt64 = sparseFrames
     public static let knownCompatible: UInt64 = 0
 }
 

@@ -135,7 +135,8 @@ public struct ImageIndex: Equatable, Sendable {
         extents.reserveCapacity(Int(h.extentCount))
         var nextBlock: UInt64 = 0
         var data: UInt64 = 0, zero: UInt64 = 0, unreadable: UInt64 = 0
-        var frameUse = [UInt32](repeating: 0, count: frames.count)
+        var frameUse = [UInt32](repeating: 0, count: frames.count)  // the frame's next block an extent may use
+        let sparse = h.incompatibleFeatures & ImageFeatures.sparseFrames != 0
         let blockCount = h.blockCount
         for i in 0..<h.extentCount {
             let first = try r.u64(), count = try r.u32()
@@ -148,10 +149,10 @@ public struct ImageIndex: Equatable, Sendable {
             if h.kind == .full && first != nextBlock { throw FormatError.invalid("full image does not cover block \(nextBlock)") }
             switch kind {
             case .data:
-                guard Int(e.frame) < frames.count, e.frameBlock == frameUse[Int(e.frame)],
+                guard Int(e.frame) < frames.count, sparse ? e.frameBlock >= frameUse[Int(e.frame)] : e.frameBlock == frameUse[Int(e.frame)],
                     UInt64(e.frameBlock) + UInt64(count) <= UInt64(frames[Int(e.frame)].blockCount)
                 else { throw FormatError.invalid("extent \(i) points outside its frame") }
-                frameUse[Int(e.frame)] += count
+                frameUse[Int(e.frame)] = e.frameBlock + count
                 data += UInt64(count)
             case .zero: zero += UInt64(count)
             case .unreadable: unreadable += UInt64(count)
@@ -160,7 +161,7 @@ public struct ImageIndex: Equatable, Sendable {
             extents.append(e)
         }
         if h.kind == .full && nextBlock != blockCount { throw FormatError.invalid("full image does not cover the whole source") }
-        guard zip(frameUse, frames).allSatisfy({ $0 == $1.blockCount }) else {
+        guard zip(frameUse, frames).allSatisfy({ sparse ? $0 > 0 : $0 == $1.blockCount }) else {
             throw FormatError.invalid("a frame holds blocks that no extent uses")
         }
         guard data == h.dataBlocks, zero == h.zeroBlocks, unreadable == h.unreadableBlocks else {

@@ -1,9 +1,10 @@
 // Merges and prunes never change what a remaining point restores to. Random sequences of captures, merges and
 // prunes, checking every point after every step; bad ranges and damaged images leave the chain untouched.
 import Foundation
-import StrataChain
 import StrataFormat
 import XCTest
+
+@testable import StrataChain
 
 final class MergeTests: XCTestCase {
     var dir = ""
@@ -67,6 +68,36 @@ final class MergeTests: XCTestCase {
             XCTAssertEqual(quiet.kind, .incremental)
             XCTAssertEqual(quiet.blocksChanged, 0)
         }
+    }
+
+    /// A frame most of whose blocks survive is copied whole, dead blocks and all (the sparseFrames feature bit);
+    /// one that is mostly dead is re-packed. Every point restores, verify passes, the next capture is ordinary.
+    func testMostlyLiveFramesAreKeptWhole() throws {
+        var rng = SeededGenerator(seed: 41)
+        var disk = DiskModel(size: 8 << 20, rng: &rng)
+        disk.overwrite(at: 0, count: 8 << 20, rng: &rng)
+        let source = "\(dir)/s.img", chain = "\(dir)/chain"
+        var states: [UInt32: [UInt8]] = [:]
+        func capture() throws {
+            try disk.writeSparse(to: source)
+            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
+        }
+        try capture()
+        disk.overwrite(at: 0, count: 4 << 20, rng: &rng)  // point 2: frames of 256 changed blocks
+        try capture()
+        disk.overwrite(at: 0, count: 16 << 10, rng: &rng)  // point 3: 4 blocks of point 2's first frame
+        disk.overwrite(at: 2 << 20, count: 3 << 19, rng: &rng)  // and most of its third frame
+        try capture()
+        var o = MergeOptions(to: 3)
+        o.from = 2
+        let r = try Merge.run(chain: chain, options: o)
+        XCTAssertEqual(r.framesRepacked, 1, "only the mostly dead frame is re-packed")
+        XCTAssertGreaterThanOrEqual(r.framesCopied, 4)
+        let image = try ImageFile(directory: chain, name: r.image)
+        XCTAssertNotEqual(image.header.incompatibleFeatures & ImageFeatures.sparseFrames, 0)
+        XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        try assertEveryPointRestores(chain, states, "after keeping mostly live frames whole")
+        XCTAssertEqual(try Capture.run(source: source, chain: chain, options: CaptureOptions()).blocksChanged, 0)
     }
 
     func testBadRangesAreRefusedAndChainUntouched() throws {

@@ -39,4 +39,15 @@ final class ChainManifestTests: XCTestCase {
             XCTAssertEqual($0 as? FormatError, .invalid("chain manifest has a malformed image line"))
         }
     }
+
+    /// Found by the fuzzer (Fuzz/corpus/regression-manifest-*): a line of spaces behind a valid checksum trapped
+    /// on `parts[0]`; it is a malformed line.
+    func testALineOfSpacesIsMalformedNotACrash() {
+        var body = Array("strata-chain 1\n    \nchain 00\n".utf8)
+        let crc = String(CRC32C.checksum(body), radix: 16)
+        body += Array("crc32c \(String(repeating: "0", count: 8 - crc.count))\(crc)\n".utf8)
+        XCTAssertThrowsError(try ChainManifest.decode(body)) {
+            XCTAssertEqual($0 as? FormatError, .invalid("chain manifest has a malformed line"))
+        }
+    }
 }

@@ -37,6 +37,42 @@ final class ImageIndexTests: XCTestCase {
         check({ $0.extents[1].firstBlock = 3; $0.extents[1].blockCount = 4 }, "full image does not cover block 2")
     }
 
+    /// A frame block no extent uses is refused, unless the header carries the sparseFrames feature bit (a
+    /// merged image that kept a mostly live frame whole); extents must still use each frame in order.
+    func testSparseFramesOnlyWithTheirFeatureBit() throws {
+        var index = Fixtures.index
+        // Block 8 no longer comes from frame 1 (its only block): make frame 0's last block unused instead.
+        index.extents[2] = ExtentRecord(firstBlock: 7, blockCount: 1, kind: .zero)
+        var h = Fixtures.header
+        let bytes = index.encode()
+        h.indexChecksum = CRC32C.checksum(bytes)
+        h.dataBlocks = 3
+        h.zeroBlocks = 7
+        XCTAssertThrowsError(try ImageIndex.decode(bytes, header: h)) { XCTAssertEqual($0 as? FormatError, .invalid("a frame holds blocks that no extent uses")) }
+        h.incompatibleFeatures = ImageFeatures.sparseFrames
+        XCTAssertEqual(try ImageIndex.decode(bytes, header: h).extents, index.extents)
+        XCTAssertEqual(try ImageHeader.decode(h.encode()), h, "the bit is known to this reader")
+
+        // A gap at the start of a frame, then the rest in order: accepted; going back in a frame: refused.
+        var gap = Fixtures.index
+        gap.extents[0] = ExtentRecord(firstBlock: 0, blockCount: 1, kind: .zero)
+        gap.extents.insert(ExtentRecord(firstBlock: 1, blockCount: 1, kind: .data, frame: 0, frameBlock: 1), at: 1)
+        var g = Fixtures.header
+        g.incompatibleFeatures = ImageFeatures.sparseFrames
+        g.extentCount = 6
+        g.dataBlocks = 3
+        g.zeroBlocks = 7
+        var b = gap.encode()
+        g.indexLength = UInt64(b.count)
+        g.fileSize = g.indexOffset + g.indexLength
+        g.indexChecksum = CRC32C.checksum(b)
+        XCTAssertEqual(try ImageIndex.decode(b, header: g).extents.count, 6)
+        gap.extents[3].frameBlock = 0  // block 7 from frame 0's block 0, after block 1 used frame block 1
+        b = gap.encode()
+        g.indexChecksum = CRC32C.checksum(b)
+        XCTAssertThrowsError(try ImageIndex.decode(b, header: g)) { XCTAssertEqual($0 as? FormatError, .invalid("extent 3 points outside its frame")) }
+    }
+
     func testAbsurdCountsDoNotOverflow() {
         XCTAssertEqual(ImageIndex.encodedLength(frames: UInt64.max / 2, extents: 1), UInt64.max)
     }
