@@ -128,9 +128,8 @@ public enum Bench {
         let dataChunks = (0..<sample.count).filter { !isAllZero(sample.chunk($0), count: Sample.chunk) }
         let counts = threadCounts(options.threads)
         var compression: [BenchReport.Scaling] = [], decompression: [BenchReport.Scaling] = []
-        var ratio = 1.0
         let stored = try CompressedSample(sample, chunks: dataChunks, level: options.level)
-        ratio = stored.ratio
+        let ratio = stored.ratio
         for t in counts {
             progress?("zstd -\(options.level) compression, \(t) thread\(t == 1 ? "" : "s")")
             let compressors = try (0..<t).map { _ in try FrameCompressor(level: options.level) }

@@ -167,7 +167,6 @@ private final class FrameScan {
     private let condition = NSCondition()
     private var freeSlots: [Int]
     private let jobs = WorkQueue<Int>()  // slots whose frame has been read
-    private let failure = FirstError()
     private var damaged: [UInt64: String] = [:]
     private(set) var bytesRead: UInt64 = 0
     private let totalBytes: UInt64
@@ -194,14 +193,13 @@ private final class FrameScan {
         do { (queue, _) = try IOEngine.make(options.engine, depth: options.queueDepth) } catch let e as IOError {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
+        let decompressors = try (0..<options.threads).map { _ in try FrameDecompressor() }  // before any thread starts
         let group = ThreadGroup()
-        for i in 0..<options.threads {
-            let decompressor = try FrameDecompressor()
+        for (i, decompressor) in decompressors.enumerated() {
             group.spawn("strata-verify-\(i)") { self.check(decompressor) }
         }
         readFrames(queue)
         group.join()
-        if let e = failure.error { throw e }
         return damaged
     }
 
@@ -241,7 +239,6 @@ private final class FrameScan {
                 condition.unlock()
                 if slot < 0 && pump.inFlight > 0 { reap() }
             }
-            if failure.error != nil { break }
             let image = images[work[w].image]!
             let record = image.index.frames[Int(work[w].frame)]
             slotWork[slot] = w
