@@ -27,7 +27,6 @@ extension CapturePipeline {
                     try read(mid, hi)
                     return
                 }
-                (base + lo).initializeMemory(as: UInt8.self, repeating: 0, count: hi - lo)
                 for b in lo / blockSize..<min((hi + blockSize - 1) / blockSize, (valid + blockSize - 1) / blockSize)
                 where bad.last.map({ $0 < b }) ?? true { bad.append(b) }
             }
@@ -38,11 +37,7 @@ extension CapturePipeline {
         for b in bad {
             let block = firstBlock + UInt64(b)
             (base + b * blockSize).initializeMemory(as: UInt8.self, repeating: 0, count: blockSize)
-            if let last = unreadableRanges.last, last.upperBound == block {
-                unreadableRanges[unreadableRanges.count - 1] = last.lowerBound..<block + 1
-            } else {
-                unreadableRanges.append(block..<block + 1)
-            }
+            unreadableRanges.appendJoining(block..<block + 1)
         }
         if unreadableBlocks + UInt64(bad.count) > UInt64(options.maxBadBlocks) {
             let first = unreadableRanges.map(\.lowerBound).min()! * UInt64(blockSize)

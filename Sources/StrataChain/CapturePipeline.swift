@@ -135,13 +135,7 @@ final class CapturePipeline {
         stats.bytesRead = bytesRead
         stats.unreadableBlocks = unreadableBlocks
         // Failed reads complete in any order: sort and join their ranges.
-        for r in unreadableRanges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
-            if let last = stats.unreadableRanges.last, last.upperBound == r.lowerBound {
-                stats.unreadableRanges[stats.unreadableRanges.count - 1] = last.lowerBound..<r.upperBound
-            } else {
-                stats.unreadableRanges.append(r)
-            }
-        }
+        for r in unreadableRanges.sorted(by: { $0.lowerBound < $1.lowerBound }) { stats.unreadableRanges.appendJoining(r) }
         return stats
     }
 

@@ -75,19 +75,16 @@ public enum Restore {
             throw wrap(error)
         }
         var unreadable: [Range<UInt64>] = []
+        var unreadableBlocks: UInt64 = 0
         let bs = UInt64(manifest.blockSize)
         for e in resolved where e.kind == .unreadable {
-            let r = e.firstBlock * bs..<min(manifest.sourceSize, e.endBlock * bs)
-            if let last = unreadable.last, last.upperBound == r.lowerBound {
-                unreadable[unreadable.count - 1] = last.lowerBound..<r.upperBound
-            } else {
-                unreadable.append(r)
-            }
+            unreadable.appendJoining(e.firstBlock * bs..<min(manifest.sourceSize, e.endBlock * bs))
+            unreadableBlocks += UInt64(e.blockCount)
         }
         return RestoreResult(
             point: point, bytesWritten: manifest.sourceSize, images: images.count,
             seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: readQueue.engineName,
-            unreadableBlocks: resolved.reduce(0) { $0 + ($1.kind == .unreadable ? UInt64($1.blockCount) : 0) },
+            unreadableBlocks: unreadableBlocks,
             unreadableRanges: unreadable, verified: options.verify)
     }
 }

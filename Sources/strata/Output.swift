@@ -38,7 +38,7 @@ enum Output {
         print("{" + body.joined(separator: ",") + "}")
     }
 
-    /// Byte ranges as JSON arrays `[offset,length]`, at most the first 1000.
+    /// Byte or block ranges as JSON arrays `[start,length]`, at most the first 1000.
     static func ranges(_ rs: [Range<UInt64>]) -> [String] { rs.prefix(1000).map { "[\($0.lowerBound),\($0.count)]" } }
 
     /// The warning for unreadable blocks: how many, and the first few ranges.

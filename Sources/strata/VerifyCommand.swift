@@ -51,7 +51,7 @@ struct VerifyCommand: ParsableCommand {
         if json {
             let problems = r.problems.map { p in
                 "{\"file\":\"\(Output.escape(p.file))\",\"detail\":\"\(Output.escape(p.detail))\",\"blocks\":["
-                    + p.blocks.prefix(1000).map { "[\($0.lowerBound),\($0.count)]" }.joined(separator: ",") + "]}"
+                    + Output.ranges(p.blocks).joined(separator: ",") + "]}"
             }
             Output.json([
                 ("points", r.points.map(String.init)), ("images", r.images), ("frames", r.frames), ("bytesRead", r.bytesRead),
