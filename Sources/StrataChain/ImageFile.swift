@@ -64,9 +64,23 @@ final class ImageWriter {
         try appendFrame(frame.start, length: frame.length, blockCount: frame.blockCount, codec: frame.codec, checksum: frame.checksum)
     }
 
-    /// Copies a frame from another image byte for byte (merge); its checksum is carried over.
-    func appendFrame(copying record: FrameRecord, from bytes: UnsafeRawPointer) throws -> UInt32 {
-        try appendFrame(bytes, length: Int(record.length), blockCount: Int(record.blockCount), codec: record.codec, checksum: record.checksum)
+    /// Places frames copied byte for byte from other images (merge) first in the image, before anything is
+    /// appended, and returns the offset of the first; their bytes go in with `writeReserved`, by any thread.
+    func reserveCopiedFrames(_ records: [FrameRecord]) -> UInt64 {
+        precondition(index.frames.isEmpty, "copied frames come first")
+        let start = appender.offset
+        var at = start
+        for r in records {
+            index.frames.append(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum))
+            at += UInt64(r.length)
+        }
+        appender.skip(at - start)
+        return start
+    }
+
+    /// Writes bytes into space reserved by `reserveCopiedFrames`; safe from several threads at once.
+    func writeReserved(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
+        try Sys.pwriteAll(fd, bytes, count, offset, path: temporaryPath)
     }
 
     /// Lets frames hold blocks no extent uses (merge keeping a mostly live frame whole).

@@ -61,7 +61,7 @@ final class MergePlan {
         framesCopied = wholeOrder.count
         if wholeOrder.contains(where: { !isFull($0) }) { writer.allowSparseFrames() }
         var packedIndex = 0
-        var packed: [[MergeRepacker.Segment]] = []
+        var packed: [[MergeWorkers.Segment]] = []
         for e in resolved {
             switch e.kind {
             case .zero, .unreadable:
@@ -78,7 +78,7 @@ final class MergePlan {
                         let n = min(Int(e.blockCount) - done, blocksPerFrame - at)
                         writer.addExtent(block: e.firstBlock + UInt64(done), count: UInt32(n), kind: .data, frame: UInt32(frame), frameBlock: UInt32(at))
                         if at == 0 { packed.append([]) }
-                        packed[packed.count - 1].append(MergeRepacker.Segment(key: key(e), frameBlock: Int(e.frameBlock) + done, count: n))
+                        packed[packed.count - 1].append(MergeWorkers.Segment(key: key(e), frameBlock: Int(e.frameBlock) + done, count: n))
                         done += n
                         packedIndex += n
                     }
@@ -88,28 +88,36 @@ final class MergePlan {
         let total = wholeOrder.reduce(UInt64(0)) { $0 + UInt64(record($1).length) } + UInt64(packedBlocks * blockSize)
         var done: UInt64 = 0
         framesRepacked = Set(packed.flatMap { $0.map(\.key) }).count
-        // Workers re-pack while this thread copies whole frames; their frames are appended after.
-        let repacker = MergeRepacker(
-            frames: packed, sources: sources, blockSize: blockSize, level: level, threads: threads)
-        try repacker.start()
-        defer { repacker.stop() }
-        try copyWholeFrames(wholeOrder, to: writer) { done += $0; progress?(done, total) }
-        try repacker.drain(into: writer) { done += $0; progress?(min(done, total), total) }
+        let start = writer.reserveCopiedFrames(wholeOrder.map(record))
+        let workers = MergeWorkers(
+            copies: copyRuns(wholeOrder, at: start), frames: packed, sources: sources, writer: writer, level: level, threads: threads)
+        try workers.start()
+        defer { workers.stop() }
+        try workers.drain(into: writer) { done += $0; progress?(min(done, total), total) }
     }
 
-    private func copyWholeFrames(_ order: [UInt64], to writer: ImageWriter, progress: (UInt64) -> Void) throws {
-        guard let largest = order.map({ Int(record($0).length) }).max() else { return }
-        let buffer = AlignedSlab(slotSize: largest, slotCount: 1)
+    /// Cuts the whole frames, in their order in the merged image from `start`, into runs that lie back to back
+    /// in one source image, each at most `copyRun` bytes (or one frame), so each is one read and one write.
+    private func copyRuns(_ order: [UInt64], at start: UInt64) -> [MergeWorkers.CopyRun] {
+        var runs: [MergeWorkers.CopyRun] = []
+        var target = start
         for k in order {
-            let image = sources[Int(k >> 32)]
-            let r = record(k)
-            let n = try Sys.preadFully(image.fd, buffer.base, Int(r.length), r.offset, path: image.path)
-            guard n == Int(r.length) else { throw ChainError.damaged(file: image.name, detail: "frame \(k & 0xFFFF_FFFF) is cut short") }
-            guard Checksum.xxh3(buffer.base, count: n) == r.checksum else {
-                throw ChainError.corruptData(file: image.name, detail: "frame \(k & 0xFFFF_FFFF) at byte \(r.offset) fails its checksum")
+            let image = Int(k >> 32), frame = Int(k & 0xFFFF_FFFF), r = record(k)
+            if var last = runs.last, last.image == image, last.frames.upperBound == frame, last.bytes + Int(r.length) <= Self.copyRun,
+                sources[image].index.frames[frame - 1].offset + UInt64(sources[image].index.frames[frame - 1].length) == r.offset
+            {
+                last.frames = last.frames.lowerBound..<(frame + 1)
+                last.bytes += Int(r.length)
+                runs[runs.count - 1] = last
+            } else {
+                runs.append(MergeWorkers.CopyRun(image: image, frames: frame..<(frame + 1), target: target, bytes: Int(r.length)))
             }
-            _ = try writer.appendFrame(copying: r, from: buffer.base)
-            progress(UInt64(r.length))
+            target += UInt64(r.length)
         }
+        return runs
     }
+
+    /// The most bytes one copy job reads and writes at once: small enough to stay in a core's cache between the
+    /// checksum and the write, large enough that a run costs two system calls.
+    static let copyRun = 1 << 20
 }

@@ -3,7 +3,9 @@
 // its CPU (measured with perf on the reference disk). Records are gathered into 1 MiB aligned buffers; the last,
 // partial buffer is written through the ordinary descriptor when the stream is finished. Where O_DIRECT is
 // refused (tmpfs), the same buffers are written through the ordinary descriptor, still asynchronously, so the
-// caller's thread never does the page-cache copy.
+// caller's thread never does the page-cache copy. The stream may start (or, after `skip`, go on) off a page
+// boundary: the first buffer then ends at the next boundary and goes through the ordinary descriptor, so direct
+// writes never touch a page that other writers (merge's copying workers) are filling with buffered writes.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,9 +25,8 @@ public final class AppendWriter {
     /// The file offset the next record goes to.
     public private(set) var offset: UInt64
 
-    /// `fd` is the file's ordinary descriptor; `start` must be a multiple of 4096.
+    /// `fd` is the file's ordinary descriptor.
     public init(path: String, fd: Int32, start: UInt64, engine: IOEngineChoice, bufferSize: Int = 1 << 20, depth: Int = 4) throws {
-        precondition(start % 4096 == 0)
         self.path = path
         self.fd = fd
         offset = start
@@ -61,17 +62,25 @@ public final class AppendWriter {
                 current = freeBuffers.removeLast()
                 fill = 0
             }
-            let n = min(count - done, buffers.slotSize - fill)
+            let head = Int(bufferStart % 4096)  // 0 but for a stream's first buffer off a page boundary
+            let n = min(count - done, buffers.slotSize - head - fill)
             (buffers.slot(current) + fill).copyMemory(from: bytes + done, byteCount: n)
             fill += n
             done += n
-            if fill == buffers.slotSize {
-                pump.write(fd: writeFD, path: path, from: buffers.slot(current), length: fill, at: bufferStart, tag: current)
+            if fill == buffers.slotSize - head {
+                pump.write(fd: head == 0 ? writeFD : fd, path: path, from: buffers.slot(current), length: fill, at: bufferStart, tag: current)
                 bufferStart += UInt64(fill)
                 current = -1
             }
         }
         offset += UInt64(count)
+    }
+
+    /// Leaves `count` bytes for someone else to write, before anything has been appended.
+    public func skip(_ count: UInt64) {
+        precondition(current < 0 && (pump?.inFlight ?? 0) == 0, "skip after appending")
+        offset += count
+        bufferStart = offset
     }
 
     /// Waits for every write and writes the partial last buffer; afterwards the file holds every record.

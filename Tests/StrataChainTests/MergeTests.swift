@@ -126,18 +126,22 @@ final class MergeTests: XCTestCase {
         XCTAssertNil(try Merge.prune(chain: chain, keep: 3))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
 
-        // A damaged image in the range: named, and nothing changes.
+        // A damaged image in the range, in its first frame or its last: named, and nothing changes.
         let path = "\(chain)/p000002.strata"
-        var bytes = try readFile(path)
-        bytes[4096 + 40] ^= 1
-        try Data(bytes).write(to: URL(fileURLWithPath: path))
-        var o = MergeOptions(to: 3)
-        o.from = 2
-        XCTAssertThrowsError(try Merge.run(chain: chain, options: o)) {
-            guard case .corruptData(let file, _) = $0 as? ChainError else { return XCTFail("\($0)") }
-            XCTAssertEqual(file, "p000002.strata")
+        let intact = try readFile(path)
+        let indexOffset = Int(try ImageHeader.decode(Array(intact[0..<ImageHeader.size])).indexOffset)
+        for at in [4096 + 40, indexOffset - 1] {
+            var bytes = intact
+            bytes[at] ^= 1
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            var o = MergeOptions(to: 3)
+            o.from = 2
+            XCTAssertThrowsError(try Merge.run(chain: chain, options: o)) {
+                guard case .corruptData(let file, _) = $0 as? ChainError else { return XCTFail("\($0)") }
+                XCTAssertEqual(file, "p000002.strata")
+            }
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
         }
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
     }
 
     /// The chain on a small filesystem that fills up: a capture fails with ENOSPC and a merge is refused before

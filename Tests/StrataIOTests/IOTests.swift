@@ -90,4 +90,30 @@ final class IOTests: XCTestCase {
         XCTAssertEqual(try DurableFiles.readAll("\(dir)/f", limit: 100), Array("two".utf8))
         XCTAssertEqual(try Sys.listDirectory(dir).sorted(), ["f"])
     }
+
+    /// The writer merge uses: a region left by `skip` for other threads' buffered writes (ending off a page
+    /// boundary), then records of odd sizes across several buffers, through each engine. Every byte lands where
+    /// it belongs, whichever finishes first.
+    func testAppendWriterAfterASkippedRegion() throws {
+        for engine in [IOEngineChoice.auto, .pread] {
+            let path = "\(dir)/append-\(engine)"
+            let fd = try Sys.open(path, O_RDWR | O_CREAT | O_TRUNC)
+            defer { Sys.close(fd) }
+            let start: UInt64 = 4096, skipped = 3 * 4096 + 123
+            var expected = [UInt8](repeating: 0, count: Int(start) + skipped)
+            for i in 0..<skipped { expected[Int(start) + i] = UInt8(truncatingIfNeeded: i &* 13 &+ 5) }
+            let writer = try AppendWriter(path: path, fd: fd, start: start, engine: engine, bufferSize: 64 << 10, depth: 2)
+            writer.skip(UInt64(skipped))
+            for n in [1, 4095, 70_000, 65_536, 200_001, 3] {
+                let record = (0..<n).map { UInt8(truncatingIfNeeded: ($0 &+ n) &* 31) }
+                try record.withUnsafeBytes { try writer.append($0.baseAddress!, count: n) }
+                expected += record
+            }
+            // The skipped region is filled last, as a slow worker would.
+            try expected[Int(start)...].withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, skipped, start, path: path) }
+            try writer.finish()
+            XCTAssertEqual(writer.offset, UInt64(expected.count))
+            XCTAssertEqual(try DurableFiles.readAll(path, limit: 1 << 30), expected, "\(engine)")
+        }
+    }
 }
