@@ -33,4 +33,7 @@ static inline long strata_fstatfs_type(int fd) {
     if (fstatfs(fd, &s) != 0) return -1;
     return (long)s.f_type;
 }
+/* Names the calling thread (prctl is variadic, pthread_setname_np needs _GNU_SOURCE: neither imports). */
+#include <sys/prctl.h>
+static inline void strata_name_thread(const char *name) { prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }
 #endif

@@ -10,7 +10,9 @@
 //
 // The data for the CPU stages is a sample of the source itself (1 MiB pieces spread over it), because
 // compression speed and ratio depend on the data.
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -249,7 +251,7 @@ public enum Bench {
     /// Runs `work(worker, iteration)` on `threads` threads for `seconds`; each call returns the bytes it did.
     static func measureCPU(threads: Int, seconds: Double, _ work: @escaping (Int, Int) -> Int) -> Double {
         let group = ThreadGroup()
-        let lock = NSLock()
+        let lock = Condition()
         var total = 0
         let started = Sys.monotonicNanos()
         let deadline = started + UInt64(seconds * 1e9)

@@ -1,7 +1,6 @@
 // `strata capture`: the first capture of a chain writes a full image, every later one an incremental holding
 // the blocks whose hash differs from the chain's hash map. This file decides what to capture and commits the
 // result; CapturePipeline.swift moves the bytes.
-import Foundation
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -81,7 +80,7 @@ public enum Capture {
         let header = ImageHeader(
             kind: previous == nil ? .full : .incremental, blockSize: blockSize, sourceSize: source.size, chainID: chainID,
             imageID: .random(), parentID: parent?.imageID ?? .none, firstPoint: point, lastPoint: point,
-            createdAt: UInt64(Date().timeIntervalSince1970))
+            createdAt: Sys.wallClockSeconds)
         let imageName = ChainDirectory.imageName(first: point, last: point)
         let mapName = ChainDirectory.hashMapName(point: point)
 

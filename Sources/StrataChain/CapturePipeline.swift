@@ -14,7 +14,6 @@
 // hash map, an unreadable extent in the image) unless `maxBadBlocks` is exceeded.
 //
 // Memory is fixed at start: slots + frame buffers + one hash-map chunk each way, whatever the device size.
-import Foundation
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -63,7 +62,7 @@ final class CapturePipeline {
     private var frameSequence: [Int]
 
     // Shared state, guarded by `condition`.
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var freeSlots: [Int]
     private var freeFrames: [Int]
     private var readyChunks: [Int: Int] = [:]  // chunk -> slot, or -1 for a hole

@@ -6,7 +6,6 @@
 // them in order after the whole frames. Workers take a re-pack job first when a slot is free (the coordinator
 // can then append while the copies go on), a copy otherwise. Each worker decodes the source frames it needs
 // (checksum, decompression, every block against its hash) into a cache of its own.
-import Foundation
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -37,7 +36,7 @@ final class MergeWorkers {
     private let maxStored: Int
     private let copyBuffer: Int
 
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var freeSlots: [Int]
     private var nextFrame = 0
     private var nextCopy = 0

@@ -9,7 +9,6 @@
 //
 // A slot is freed when the coordinator passes the last extent that uses its frame. The plan knows the most
 // frames ever in use at once, so `that + prefetch` slots always suffice and the reader never deadlocks.
-import Foundation
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -34,7 +33,7 @@ final class RestorePipeline {
     private let slots: AlignedSlab
     private let decodedOffset: Int
     private var slotFetch: [Int]
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var freeSlots: [Int]
     private var readyFetches: [Int: Int] = [:]
     private let decodeJobs = WorkQueue<Int>()  // slots whose frame has been read

@@ -1,23 +1,20 @@
 // Dedicated threads for the pipelines. Blocking io_uring waits and CPU-bound compression do not belong in Swift
 // concurrency's cooperative pool (they would starve it), so capture and restore run on threads of their own,
-// joined before the buffers they share are freed.
-import Foundation
+// joined before the buffers they share are freed. The primitives (Condition, Threads.spawn) are StrataIO's.
+import StrataIO
 
 final class ThreadGroup {
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var running = 0
 
     func spawn(_ name: String, _ body: @escaping () -> Void) {
         condition.lock()
         running += 1
         condition.unlock()
-        let t = Thread { [self] in
+        Threads.spawn(name) { [self] in
             body()
             condition.publish { running -= 1 }
         }
-        t.name = name
-        t.stackSize = 1 << 20
-        t.start()
     }
 
     func join() {
@@ -29,40 +26,19 @@ final class ThreadGroup {
 
 /// The first error any stage hit; once set, every stage stops at its next check.
 final class FirstError: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Condition()
     private var stored: Error?
 
-    var error: Error? {
-        lock.lock()
-        defer { lock.unlock() }
-        return stored
-    }
+    var error: Error? { lock.withLock { stored } }
 
-    func record(_ e: Error) {
-        lock.lock()
-        if stored == nil { stored = e }
-        lock.unlock()
-    }
-}
-
-extension NSCondition {
-    /// Runs `body` holding the lock, then wakes every waiter: the one way pipeline stages publish state.
-    @discardableResult
-    func publish<T>(_ body: () throws -> T) rethrows -> T {
-        lock()
-        defer {
-            broadcast()
-            unlock()
-        }
-        return try body()
-    }
+    func record(_ e: Error) { lock.withLock { if stored == nil { stored = e } } }
 }
 
 /// The jobs of a pool of worker threads, first in first out, under a condition of its own: posting a job wakes
 /// one worker, and workers are not woken by every change of their pipeline's other shared state (measured: with
 /// one condition for everything, 16 capture workers ran slower than 8 on a 16-core machine).
 final class WorkQueue<Job>: @unchecked Sendable {
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var items: [Job] = []
     private var head = 0
     private var closed = false

@@ -4,7 +4,6 @@
 // Damage does not stop the walk: every damaged image and frame is named, with the source blocks it holds, and
 // each point is judged whole or affected by what it actually needs. Read-only: no lock is taken exclusively
 // and nothing in the directory is created, changed or removed.
-import Foundation
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -164,7 +163,7 @@ private final class FrameScan {
     private let maxBlocks: Int
     private let blockSize: Int
 
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var freeSlots: [Int]
     private let jobs = WorkQueue<Int>()  // slots whose frame has been read
     private var damaged: [UInt64: String] = [:]

@@ -4,7 +4,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
 
 public struct IORequest {
     public enum Op { case read, write }
@@ -56,20 +55,13 @@ public enum IOEngine {
 /// Blocking pread/pwrite on a pool of threads: QEMU's `aio=threads`, for kernels or sandboxes without io_uring.
 public final class PreadQueue: IOQueue {
     public let engineName = "pread"
-    private let lock = NSCondition()
+    private let lock = Condition()
     private var requests: [IORequest] = []
     private var done: [IOCompletion] = []
     private var stopping = false
-    private var threads: [Thread] = []
 
     public init(threads count: Int) {
-        let n = max(1, min(count, 64))
-        for _ in 0..<n {
-            let t = Thread { [unowned self] in self.serve() }
-            t.stackSize = 256 << 10
-            threads.append(t)
-            t.start()
-        }
+        for i in 0..<max(1, min(count, 64)) { Threads.spawn("strata-pread-\(i)", stackSize: 256 << 10) { [unowned self] in self.serve() } }
     }
 
     deinit {

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import StrataChain
 import StrataIO
 
@@ -47,11 +46,11 @@ struct BenchCommand: ParsableCommand {
         let r: BenchReport
         do {
             r = try Bench.run(source: source, options: options) { stage in
-                if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[Kbench: \(stage)".utf8)) }
+                if showProgress { Output.toStderr("\r\u{1B}[Kbench: \(stage)") }
             }
-            if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if showProgress { Output.toStderr("\r\u{1B}[K") }
         } catch {
-            if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if showProgress { Output.toStderr("\r\u{1B}[K") }
             throw Output.fail(error)
         }
         if json { printJSON(r) } else { printTable(r) }
@@ -67,9 +66,9 @@ struct BenchCommand: ParsableCommand {
         let depths = Array(Set(uring.map(\.queueDepth))).sorted()
         let sizes = Array(Set(uring.map(\.requestSize))).sorted()
         let engine = uring.first?.engine ?? "pread"
-        print("sequential reads (\(engine))".padding(toLength: 28, withPad: " ", startingAt: 0) + depths.map { "qd \($0)".leftPad(13) }.joined())
+        print("sequential reads (\(engine))".rightPad(28) + depths.map { "qd \($0)".leftPad(13) }.joined())
         for s in sizes {
-            var line = "  \(s >> 10) KiB requests".padding(toLength: 28, withPad: " ", startingAt: 0)
+            var line = "  \(s >> 10) KiB requests".rightPad(28)
             for d in depths { line += (uring.first { $0.queueDepth == d && $0.requestSize == s }.map { rate($0.bytesPerSecond) } ?? "-").leftPad(13) }
             print(line)
         }
@@ -77,16 +76,16 @@ struct BenchCommand: ParsableCommand {
             print("sequential reads (pread threads), qd \(p.queueDepth), \(p.requestSize >> 10) KiB: \(rate(p.bytesPerSecond))")
         }
         print("hashing (XXH3-128, 1 thread): \(rate(r.hashBytesPerSecond))")
-        print("zstd -\(r.level) compression (ratio \(String(format: "%.3f", r.compressionRatio))): " + r.compression.map { "\($0.threads) thr \(rate($0.bytesPerSecond))" }.joined(separator: ", "))
+        print("zstd -\(r.level) compression (ratio \(Output.fixed(r.compressionRatio, 3))): " + r.compression.map { "\($0.threads) thr \(rate($0.bytesPerSecond))" }.joined(separator: ", "))
         print("zstd decompression: " + r.decompression.map { "\($0.threads) thr \(rate($0.bytesPerSecond))" }.joined(separator: ", "))
         if let w = r.writeBytesPerSecond { print("O_DIRECT appends to the chain directory: \(rate(w))") }
-        print("zero blocks in the sample: \(String(format: "%.1f", r.zeroFraction * 100))%")
+        print("zero blocks in the sample: \(Output.fixed(r.zeroFraction * 100, 1))%")
         print("")
         print("predicted full capture:   \(rate(r.fullCapture.bytesPerSecond).leftPad(12))  bound by \(r.fullCapture.bound)")
         print("predicted incremental:    \(rate(r.incrementalCapture.bytesPerSecond).leftPad(12))  bound by \(r.incrementalCapture.bound)")
         print("predicted restore:        \(rate(r.restore.bytesPerSecond).leftPad(12))  bound by \(r.restore.bound)\(r.writeBytesPerSecond == nil ? "" : "") (target writes not measured)")
         print("settings: --queue-depth \(r.queueDepth) (\(r.requestSize >> 10) KiB requests) --threads \(r.threads)")
-        print("measured in \(String(format: "%.1f", r.seconds)) s")
+        print("measured in \(Output.fixed(r.seconds, 1)) s")
     }
 
     private func printJSON(_ r: BenchReport) {
@@ -115,6 +114,3 @@ struct RawJSON: CustomStringConvertible {
     var description: String { text }
 }
 
-extension String {
-    func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
-}

@@ -67,7 +67,7 @@ struct CaptureCommand: ParsableCommand {
             } else if !quiet {
                 let rate = Double(r.bytesRead) / max(r.seconds, 0.001)
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "recorded as unreadable") }
-                print("point \(r.point) (\(r.kind == .full ? "full" : "incremental")): read \(Output.bytes(r.bytesRead)), \(r.blocksChanged) blocks changed, stored \(Output.bytes(r.bytesStored)) in \(String(format: "%.2f", r.seconds)) s (\(Output.bytes(UInt64(rate)))/s)")
+                print("point \(r.point) (\(r.kind == .full ? "full" : "incremental")): read \(Output.bytes(r.bytesRead)), \(r.blocksChanged) blocks changed, stored \(Output.bytes(r.bytesStored)) in \(Output.fixed(r.seconds, 2)) s (\(Output.bytes(UInt64(rate)))/s)")
             }
         } catch {
             progress.finish()

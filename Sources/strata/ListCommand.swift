@@ -1,5 +1,7 @@
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import StrataChain
 
 struct ListCommand: ParsableCommand {
@@ -19,12 +21,10 @@ struct ListCommand: ParsableCommand {
             Output.json([("chain", listing.chainID), ("blockSize", listing.blockSize), ("sourceSize", listing.sourceSize), ("points", points)])
             return
         }
-        let formatter = DateFormatter()
-        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
         print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks")
         print("point  created              kind         read        stored      changed blocks")
         for p in listing.points {
-            let created = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(p.createdAt)))
+            let created = localTime(p.createdAt)
             let kind = p.kind == .full ? "full" : (p.firstPoint == p.point ? "incremental" : "merged \(p.firstPoint)-\(p.point)")
             print("\(pad(String(p.point), 5, left: true))  \(created)  \(pad(kind, 11))  \(pad(Output.bytes(p.bytesRead), 10))  \(pad(Output.bytes(p.bytesStored), 10))  \(p.blocksChanged)")
         }
@@ -34,4 +34,14 @@ struct ListCommand: ParsableCommand {
 private func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
     let fill = String(repeating: " ", count: max(0, width - s.count))
     return left ? fill + s : s + fill
+}
+
+/// "yyyy-MM-dd HH:mm:ss" in the local time zone.
+private func localTime(_ seconds: UInt64) -> String {
+    var t = time_t(seconds)
+    var parts = tm()
+    localtime_r(&t, &parts)
+    var buffer = [CChar](repeating: 0, count: 32)
+    let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S", &parts)
+    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

@@ -41,7 +41,7 @@ struct MergeCommand: ParsableCommand {
                 ("points", r.points.map(String.init)),
             ])
         } else if !quiet {
-            print("merged \(r.imagesMerged) images (points \(r.firstPoint)-\(r.lastPoint)) into \(r.image): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesStored)), \(r.framesCopied) frames copied, \(r.framesRepacked) re-packed, in \(String(format: "%.2f", r.seconds)) s")
+            print("merged \(r.imagesMerged) images (points \(r.firstPoint)-\(r.lastPoint)) into \(r.image): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesStored)), \(r.framesCopied) frames copied, \(r.framesRepacked) re-packed, in \(Output.fixed(r.seconds, 2)) s")
         }
     }
 }

@@ -1,13 +1,29 @@
 // Everything the CLI prints: the progress line (stderr, terminals only), one-line notices, errors with their
 // exit codes, and the JSON objects of --json. Errors are rendered here and nowhere else.
 import ArgumentParser
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import StrataChain
 import StrataIO
 
 enum Output {
-    static func notice(_ line: String) {
-        FileHandle.standardError.write(Data("strata: \(line)\n".utf8))
+    static func notice(_ line: String) { toStderr("strata: \(line)\n") }
+
+    /// Writes to stderr, unbuffered.
+    static func toStderr(_ s: String) { fputs(s, stderr) }
+
+    /// `v` with `digits` decimals (printf's %.Nf).
+    static func fixed(_ v: Double, _ digits: Int) -> String {
+        guard v.isFinite else { return "\(v)" }
+        var scale: UInt64 = 1
+        for _ in 0..<digits { scale *= 10 }
+        let scaled = (abs(v) * Double(scale)).rounded()
+        guard scaled < 1.8e19 else { return "\(v)" }
+        let n = UInt64(scaled)
+        let fraction = String(n % scale)
+        let sign = v < 0 && n > 0 ? "-" : ""
+        return digits == 0 ? "\(sign)\(n)" : "\(sign)\(n / scale)." + String(repeating: "0", count: digits - fraction.count) + fraction
     }
 
     /// Prints a failure as one line and exits with its documented code.
@@ -29,7 +45,7 @@ enum Output {
             let v: String
             switch value {
             case let s as String: v = "\"\(escape(s))\""
-            case let d as Double: v = String(format: "%.3f", d)
+            case let d as Double: v = fixed(d, 3)
             case let a as [String]: v = "[" + a.joined(separator: ",") + "]"
             default: v = "\(value)"
             }
@@ -55,7 +71,7 @@ enum Output {
             case "\\": out += "\\\\"
             case "\n": out += "\\n"
             default:
-                if c.value < 0x20 { out += String(format: "\\u%04x", c.value) } else { out.unicodeScalars.append(c) }
+                if c.value < 0x20 { out += "\\u00" + (c.value < 0x10 ? "0" : "") + String(c.value, radix: 16) } else { out.unicodeScalars.append(c) }
             }
         }
         return out
@@ -69,7 +85,7 @@ enum Output {
             v /= 1024
             u += 1
         }
-        return u == 0 ? "\(n) B" : String(format: "%.1f ", v) + units[u]
+        return u == 0 ? "\(n) B" : fixed(v, 1) + " " + units[u]
     }
 }
 
@@ -95,12 +111,18 @@ final class ProgressLine {
         let rate = Double(done) / seconds
         let eta = rate > 0 ? Double(total - done) / rate : 0
         let pct = total > 0 ? Double(done) * 100 / Double(total) : 100
-        let line = "\(verb) \(String(format: "%5.1f%%", pct))  \(Output.bytes(done)) / \(Output.bytes(total))  \(Output.bytes(UInt64(rate)))/s  ETA \(Int(eta) / 60):\(String(format: "%02d", Int(eta) % 60))"
-        FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+        let seconds2 = Int(eta) % 60
+        let line = "\(verb) \(Output.fixed(pct, 1).leftPad(5))%  \(Output.bytes(done)) / \(Output.bytes(total))  \(Output.bytes(UInt64(rate)))/s  ETA \(Int(eta) / 60):\(seconds2 < 10 ? "0" : "")\(seconds2)"
+        Output.toStderr("\r\u{1B}[K\(line)")
         drawn = true
     }
 
     func finish() {
-        if drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        if drawn { Output.toStderr("\r\u{1B}[K") }
     }
+}
+
+extension String {
+    func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+    func rightPad(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }

@@ -51,7 +51,7 @@ struct RestoreCommand: ParsableCommand {
             } else {
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "written as zeros (unreadable at capture)") }
                 if !quiet {
-                    print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(Output.bytes(r.bytesWritten)) in \(String(format: "%.2f", r.seconds)) s\(r.verified ? ", read back and verified" : "")")
+                    print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(Output.bytes(r.bytesWritten)) in \(Output.fixed(r.seconds, 2)) s\(r.verified ? ", read back and verified" : "")")
                 }
             }
         } catch {

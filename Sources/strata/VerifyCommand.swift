@@ -65,7 +65,7 @@ struct VerifyCommand: ParsableCommand {
             }
             if !quiet || !r.isWhole {
                 let points = { (ps: [UInt32]) in ps.isEmpty ? "none" : ps.map(String.init).joined(separator: ", ") }
-                print("checked \(r.images) image\(r.images == 1 ? "" : "s"), \(r.frames) frames, \(Output.bytes(r.bytesRead)) in \(String(format: "%.2f", r.seconds)) s: "
+                print("checked \(r.images) image\(r.images == 1 ? "" : "s"), \(r.frames) frames, \(Output.bytes(r.bytesRead)) in \(Output.fixed(r.seconds, 2)) s: "
                     + (r.isWhole ? "all whole" : "\(r.problems.count) damaged; points whole: \(points(r.wholePoints)); points affected: \(points(r.affectedPoints))"))
             }
         }

@@ -1,0 +1,80 @@
+// Threads and the one lock primitive Strata's pipelines use, straight on pthreads. Foundation's Thread and
+// NSCondition would do the same, but linking Foundation for them pulls in ICU: a cold start of the binary read
+// 75 MB of libraries from disk (0.11 s, a third of a merge). Pipeline threads are dedicated (blocking io_uring
+// waits and CPU-bound compression do not belong in Swift concurrency's cooperative pool).
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CURing
+
+/// A mutex with a condition variable, used as NSCondition is: lock, check state, wait, unlock.
+public final class Condition: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    public init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(cond, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    public func lock() { pthread_mutex_lock(mutex) }
+    public func unlock() { pthread_mutex_unlock(mutex) }
+    /// Waits for a signal; the lock must be held, and is held again on return.
+    public func wait() { pthread_cond_wait(cond, mutex) }
+    public func signal() { pthread_cond_signal(cond) }
+    public func broadcast() { pthread_cond_broadcast(cond) }
+
+    /// Runs `body` holding the lock, then wakes every waiter: the one way pipeline stages publish state.
+    @discardableResult
+    public func publish<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer {
+            broadcast()
+            unlock()
+        }
+        return try body()
+    }
+
+    /// Runs `body` holding the lock.
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}
+
+public enum Threads {
+    private final class Start {
+        let name: String
+        let body: () -> Void
+        init(_ name: String, _ body: @escaping () -> Void) {
+            self.name = String(decoding: name.utf8.prefix(15), as: UTF8.self)  // the kernel keeps 15 bytes
+            self.body = body
+        }
+    }
+
+    /// Starts a detached thread named `name` (as `top -H` shows it) running `body`.
+    public static func spawn(_ name: String, stackSize: Int = 1 << 20, _ body: @escaping () -> Void) {
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setstacksize(&attributes, max(stackSize, Int(PTHREAD_STACK_MIN)))
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        let start = Unmanaged.passRetained(Start(name, body)).toOpaque()
+        var thread = pthread_t()
+        let r = pthread_create(&thread, &attributes, { raw in
+            let start = Unmanaged<Start>.fromOpaque(raw!).takeRetainedValue()
+            strata_name_thread(start.name)
+            start.body()
+            return nil
+        }, start)
+        precondition(r == 0, "cannot start a thread: \(String(cString: strerror(r)))")
+    }
+}
