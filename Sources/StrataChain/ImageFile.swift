@@ -78,10 +78,13 @@ final class ImageWriter {
         return start
     }
 
-    /// Writes bytes into space reserved by `reserveCopiedFrames`; safe from several threads at once.
+    /// Writes bytes into space reserved by `reserveCopiedFrames`; safe from several threads at once. One at a
+    /// time: buffered writes to one file take its inode lock anyway, and the kernel's waiters spin on it (perf:
+    /// 13% of a merge's CPU in rwsem_spin_on_owner with two workers writing); our waiters sleep instead.
     func writeReserved(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
-        try Sys.pwriteAll(fd, bytes, count, offset, path: temporaryPath)
+        try reservedWrites.withLock { try Sys.pwriteAll(fd, bytes, count, offset, path: temporaryPath) }
     }
+    private let reservedWrites = Condition()
 
     /// Lets frames hold blocks no extent uses (merge keeping a mostly live frame whole).
     func allowSparseFrames() { header.incompatibleFeatures |= ImageFeatures.sparseFrames }

@@ -56,10 +56,11 @@ final class MergeTests: XCTestCase {
                     let j = Int.random(in: (i + 1)..<points.count, using: &rng)
                     var o = MergeOptions(to: points[j])
                     o.from = points[i]
+                    o.threads = [1, 2, 5, 8][step % 4]  // one re-packer, or two with copiers joining at the end
                     let r = try Merge.run(chain: chain, options: o)
                     XCTAssertEqual(r.kind, i == 0 ? .full : .incremental)
                     XCTAssertLessThanOrEqual(r.bytesStored, r.bytesBefore + 4096, "a merged image is no larger than what it replaces")
-                    what = "merge \(points[i])..\(points[j])"
+                    what = "merge \(points[i])..\(points[j]) on \(o.threads) threads"
                 }
                 try assertEveryPointRestores(chain, states, "seed \(seed) step \(step) (\(what))")
             }
