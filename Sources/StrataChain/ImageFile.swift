@@ -17,7 +17,9 @@ final class ImageWriter {
     private(set) var header: ImageHeader
     private let appender: AppendWriter
     private var offset: UInt64 { appender.offset }
-    private var index = ImageIndex()
+    // Frames and extents apart: capture's writer thread appends frames while its coordinator adds extents.
+    private var frames: [FrameRecord] = []
+    private var extents: [ExtentRecord] = []
     private var failure: Error?
 
     init(directory: String, name: String, header: ImageHeader, engine: IOEngineChoice = .auto) throws {
@@ -54,9 +56,8 @@ final class ImageWriter {
         try guarded {
             let at = appender.offset
             try appender.append(bytes, count: length)
-            index.frames.append(
-                FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
-            return UInt32(index.frames.count - 1)
+            frames.append(FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
+            return UInt32(frames.count - 1)
         }
     }
 
@@ -67,11 +68,11 @@ final class ImageWriter {
     /// Places frames copied byte for byte from other images (merge) first in the image, before anything is
     /// appended, and returns the offset of the first; their bytes go in with `writeReserved`, by any thread.
     func reserveCopiedFrames(_ records: [FrameRecord]) -> UInt64 {
-        precondition(index.frames.isEmpty, "copied frames come first")
+        precondition(frames.isEmpty, "copied frames come first")
         let start = appender.offset
         var at = start
         for r in records {
-            index.frames.append(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum))
+            frames.append(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum))
             at += UInt64(r.length)
         }
         appender.skip(at - start)
@@ -96,27 +97,27 @@ final class ImageWriter {
         case .zero: header.zeroBlocks += UInt64(count)
         case .unreadable: header.unreadableBlocks += UInt64(count)
         }
-        if var last = index.extents.last, last.kind == kind, last.endBlock == block, last.blockCount <= UInt32.max - count,
+        if var last = extents.last, last.kind == kind, last.endBlock == block, last.blockCount <= UInt32.max - count,
             kind != .data || (last.frame == frame && last.frameBlock + last.blockCount == frameBlock)
         {
             last.blockCount += count
-            index.extents[index.extents.count - 1] = last
+            extents[extents.count - 1] = last
             return
         }
-        index.extents.append(ExtentRecord(firstBlock: block, blockCount: count, kind: kind, frame: frame, frameBlock: frameBlock))
+        extents.append(ExtentRecord(firstBlock: block, blockCount: count, kind: kind, frame: frame, frameBlock: frameBlock))
     }
 
     /// Writes index and header, makes the file durable and renames it to its final name.
     func finish() throws -> ImageHeader {
         try guarded {
             try appender.finish()
-            let indexBytes = index.encode()
+            let indexBytes = ImageIndex(frames: frames, extents: extents).encode()
             header.indexOffset = offset
             header.indexLength = UInt64(indexBytes.count)
             header.indexChecksum = CRC32C.checksum(indexBytes)
             header.fileSize = offset + UInt64(indexBytes.count)
-            header.frameCount = UInt64(index.frames.count)
-            header.extentCount = UInt64(index.extents.count)
+            header.frameCount = UInt64(frames.count)
+            header.extentCount = UInt64(extents.count)
             header.storedBytes = offset - UInt64(ImageHeader.size)
             try indexBytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, offset, path: temporaryPath) }
             let headerBytes = header.encode()
