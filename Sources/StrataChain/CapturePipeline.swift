@@ -64,8 +64,10 @@ final class CapturePipeline {
     private let sealed: UnsafeMutablePointer<SealedFrame?>  // written by workers, read by the writer
     private var frameSequence: [Int]
 
-    // Shared state, guarded by `condition`.
-    private let condition = Condition()
+    // Shared state, guarded by `condition`; the coordinator, the writer and the I/O thread each wait on a channel
+    // of their own (one thread each) and are signalled only when what they wait for may have changed.
+    private let condition = Condition(channels: 3)
+    private static let coordinator = 0, writer = 1, reader = 2
     private var freeSlots: [Int]
     private var freeFrames: [Int]
     private var readyChunks: [Int: Int] = [:]  // chunk -> slot, or -1 for a hole
@@ -170,11 +172,11 @@ final class CapturePipeline {
                             try complete(pump.nextOutcome())
                             condition.lock()
                         } else {
-                            condition.wait()
+                            condition.wait(on: Self.reader)
                         }
                     }
                     readyChunks[chunk] = -1
-                    condition.broadcast()
+                    condition.signal(Self.coordinator)
                     condition.unlock()
                     continue
                 }
@@ -188,7 +190,7 @@ final class CapturePipeline {
                     if let s = freeSlots.popLast() {
                         slot = s
                     } else if pump.inFlight == 0 {
-                        condition.wait()
+                        condition.wait(on: Self.reader)
                     }
                     condition.unlock()
                     if slot < 0 && pump.inFlight > 0 { try complete(pump.nextOutcome()) }
@@ -241,7 +243,7 @@ final class CapturePipeline {
                 let blocks = (slotBytes[slot] + blockSize - 1) / blockSize
                 for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
                 for b in slotUnreadable[slot] { hashes[b] = .unreadable }
-                condition.publish { readyChunks[slotChunk[slot]] = slot }
+                condition.update(waking: Self.coordinator) { readyChunks[slotChunk[slot]] = slot }
             case .compress(let buffer):
                 compressFrame(buffer, compressor: compressor)
             }
@@ -252,7 +254,7 @@ final class CapturePipeline {
         let slot = frameSlot[buffer]
         let blocks = slot >= 0 ? UnsafeRawPointer(slots.slot(slot)) : nil
         sealed[buffer] = frames.seal(buffer, blockCount: frameBlocks[buffer], compressor: compressor, blocks: blocks)
-        condition.publish {
+        condition.update(waking: Self.writer, Self.reader) {
             doneFrames[frameSequence[buffer]] = buffer
             if slot >= 0 { freeSlots.append(slot) }
         }
@@ -270,7 +272,7 @@ final class CapturePipeline {
                 while doneFrames[nextFrameToWrite] == nil && !(allDispatched && nextFrameToWrite == framesDispatched)
                     && failure.error == nil
                 {
-                    condition.wait()
+                    condition.wait(on: Self.writer)
                 }
                 guard failure.error == nil, let buffer = doneFrames.removeValue(forKey: nextFrameToWrite) else {
                     condition.unlock()
@@ -278,7 +280,7 @@ final class CapturePipeline {
                 }
                 condition.unlock()
                 _ = try image.appendFrame(sealed[buffer]!)
-                condition.publish {
+                condition.update(waking: Self.coordinator) {
                     nextFrameToWrite += 1
                     freeFrames.append(buffer)
                 }
@@ -299,7 +301,7 @@ final class CapturePipeline {
     private func waitLocked(until ready: () -> Bool) throws {
         while !ready() {
             if let e = failure.error { throw e }
-            condition.wait()
+            condition.wait(on: Self.coordinator)
         }
     }
 
@@ -331,7 +333,7 @@ final class CapturePipeline {
             if slot >= 0, try frameInPlace(slot: slot, first: first, count: count, hashes: hashes, old: old) {
                 changed += UInt64(count)
                 try newMap.commit(count)
-                condition.publish { consumedChunks = chunk + 1 }  // the slot is freed when its frame is sealed
+                condition.update(waking: Self.reader) { consumedChunks = chunk + 1 }  // the slot is freed when its frame is sealed
                 progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
                 continue
             }
@@ -355,7 +357,7 @@ final class CapturePipeline {
                 }
             }
             try newMap.commit(count)
-            condition.publish {
+            condition.update(waking: Self.reader) {
                 if slot >= 0 { freeSlots.append(slot) }
                 consumedChunks = chunk + 1
             }
@@ -365,7 +367,7 @@ final class CapturePipeline {
         condition.lock()
         defer { condition.unlock() }
         allDispatched = true
-        condition.broadcast()
+        condition.signal(Self.writer)
         try waitLocked { nextFrameToWrite == framesDispatched }
         stats.blocksChanged = changed
     }
