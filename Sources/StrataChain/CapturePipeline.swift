@@ -372,15 +372,18 @@ final class CapturePipeline {
         stats.blocksChanged = changed
     }
 
-    /// When the chunk is exactly one frame of changed, non-zero, readable blocks and no frame is being filled,
-    /// dispatches a frame whose blocks stay in the read slot (no copy) and returns true.
+    /// When the chunk is exactly one frame of changed, non-zero, readable blocks, dispatches a frame whose blocks
+    /// stay in the read slot (no copy) and returns true. A frame being filled is sent off first, short: otherwise
+    /// one chunk with a zero block puts every later frame off the chunk grid, and the coordinator copied nearly
+    /// every block of a full capture (measured on the reference disk: 2.2% of all CPU in its memmove).
     private func frameInPlace(slot: Int, first: UInt64, count: Int, hashes: UnsafeMutablePointer<BlockHash>, old: UnsafePointer<BlockHash>?) throws -> Bool {
-        guard currentFrame < 0, count == frames.blocksPerFrame, blocksPerSlot == frames.blocksPerFrame, slotUnreadable[slot].isEmpty else { return false }
+        guard count == frames.blocksPerFrame, blocksPerSlot == frames.blocksPerFrame, slotUnreadable[slot].isEmpty else { return false }
         for i in 0..<count {
             let h = hashes[i]
             if h == .zero || h == .unreadable { return false }
             if let old, old[i] == h { return false }
         }
+        if currentFrame >= 0 { try dispatchFrame() }
         try takeFrame()
         for i in 0..<count { frames.hash(currentFrame, i).storeBytes(of: hashes[i], as: BlockHash.self) }
         image.addExtent(block: first, count: UInt32(count), kind: .data, frame: UInt32(framesDispatched), frameBlock: 0)
