@@ -21,6 +21,7 @@ final class ImageWriter {
     private var frames: [FrameRecord] = []
     private var extents: [ExtentRecord] = []
     private var failure: Error?
+    private let reservedWrites = Condition()
 
     init(directory: String, name: String, header: ImageHeader, engine: IOEngineChoice = .auto) throws {
         self.directory = directory
@@ -85,7 +86,6 @@ final class ImageWriter {
     func writeReserved(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
         try reservedWrites.withLock { try Sys.pwriteAll(fd, bytes, count, offset, path: temporaryPath) }
     }
-    private let reservedWrites = Condition()
 
     /// Lets frames hold blocks no extent uses (merge keeping a mostly live frame whole).
     func allowSparseFrames() { header.incompatibleFeatures |= ImageFeatures.sparseFrames }

@@ -35,7 +35,7 @@ final class MergeWorkers {
     private let threads: Int
     private let buffers: FrameBuffers
     private let maxStored: Int
-    private let copyBuffer: Int
+    private let largestRun: Int
 
     private let condition = Condition()
     private var freeSlots: [Int]
@@ -61,7 +61,7 @@ final class MergeWorkers {
         maxStored = Set(frames.flatMap { $0.map(\.key) }).map {
             Int(sources[Int($0 >> 32)].index.frames[Int($0 & 0xFFFF_FFFF)].length)
         }.max() ?? 0
-        copyBuffer = copies.map(\.bytes).max() ?? 0
+        largestRun = copies.map(\.bytes).max() ?? 0
     }
 
     func start() throws {
@@ -146,7 +146,7 @@ final class MergeWorkers {
         // one live frame per image: cache that many (bounded, ~2 MiB each) or frames get decoded over and over.
         let capacity = frames.isEmpty ? 0 : min(sources.count + 1, max(4, 48 / threads))
         let cache = DecodedFrames(capacity: capacity, stored: maxStored, decoded: buffers.blocksPerFrame * blockSize)
-        let copyBuffer = AlignedSlab(slotSize: max(self.copyBuffer, 1), slotCount: 1, alignment: 64)
+        let copyBuffer = AlignedSlab(slotSize: max(largestRun, 1), slotCount: 1, alignment: 64)
         while let job = nextJob(worker: worker) {
             do {
                 switch job {
