@@ -13,19 +13,12 @@ let package = Package(
         .package(name: "Strata", path: ".."),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.0", traits: ["MallocInterposer"]),
     ],
-    targets: [
+    // One target per module: (benchmark target, the Strata library it measures).
+    targets: [("CodecBenchmarks", "StrataCodec"), ("FormatBenchmarks", "StrataFormat"), ("EngineBenchmarks", "StrataIO"),
+              ("ChainBenchmarks", "StrataChain")].map { name, module in
         .executableTarget(
-            name: "CodecBenchmarks", dependencies: benchmark + [.product(name: "StrataCodec", package: "Strata")],
-            path: "Benchmarks/CodecBenchmarks", plugins: plugins),
-        .executableTarget(
-            name: "FormatBenchmarks", dependencies: benchmark + [.product(name: "StrataFormat", package: "Strata")],
-            path: "Benchmarks/FormatBenchmarks", plugins: plugins),
-        .executableTarget(
-            name: "EngineBenchmarks", dependencies: benchmark + [.product(name: "StrataIO", package: "Strata")],
-            path: "Benchmarks/EngineBenchmarks", plugins: plugins),
-        .executableTarget(
-            name: "ChainBenchmarks", dependencies: benchmark + [.product(name: "StrataChain", package: "Strata")],
-            path: "Benchmarks/ChainBenchmarks", plugins: plugins),
-    ],
+            name: name, dependencies: benchmark + [.product(name: module, package: "Strata")],
+            path: "Benchmarks/\(name)", plugins: plugins)
+    },
     swiftLanguageModes: [.v5]
 )

@@ -110,24 +110,25 @@ public enum Bench {
         let sample = try Sample(source, bytes: options.sampleBytes)
         let blockSize = 4096
         let detector = ZeroBlockDetector(blockSize: blockSize)
-        var zeroBlocks = 0, blocks = 0
+        let blocksPerChunk = Sample.chunk / blockSize
+        var zeroBlocks = 0
+        var dataChunks: [Int] = []  // the chunks with a non-zero block: what compression gets
         for c in 0..<sample.count {
-            for b in 0..<Sample.chunk / blockSize {
-                blocks += 1
-                if detector.hash(sample.chunk(c) + b * blockSize) == .zero { zeroBlocks += 1 }
-            }
+            var zeros = 0
+            for b in 0..<blocksPerChunk where detector.hash(sample.chunk(c) + b * blockSize) == .zero { zeros += 1 }
+            zeroBlocks += zeros
+            if zeros < blocksPerChunk { dataChunks.append(c) }
         }
-        let zeroFraction = Double(zeroBlocks) / Double(max(blocks, 1))
+        let zeroFraction = Double(zeroBlocks) / Double(max(sample.count * blocksPerChunk, 1))
 
         progress?("hashing (XXH3-128)")
         let hashRate = measureCPU(threads: 1, seconds: budget * 0.05) { _, i in
             let p = sample.chunk(i % sample.count)
-            for b in 0..<Sample.chunk / blockSize { _ = detector.hash(p + b * blockSize) }
+            for b in 0..<blocksPerChunk { _ = detector.hash(p + b * blockSize) }
             return Sample.chunk
         }
 
         // 3. Compression and decompression, 1..N threads, on the sample's non-zero chunks.
-        let dataChunks = (0..<sample.count).filter { !isAllZero(sample.chunk($0), count: Sample.chunk) }
         let counts = threadCounts(options.threads)
         var compression: [BenchReport.Scaling] = [], decompression: [BenchReport.Scaling] = []
         let stored = try CompressedSample(sample, chunks: dataChunks, level: options.level)
@@ -262,9 +263,7 @@ public enum Bench {
                     done += work(w, i)
                     i += 1
                 } while Sys.monotonicNanos() < deadline
-                lock.lock()
-                total += done
-                lock.unlock()
+                lock.withLock { total += done }
             }
         }
         group.join()

@@ -49,9 +49,9 @@ final class CapturePipeline {
     let slots: AlignedSlab
     private let slotHashes: UnsafeMutablePointer<BlockHash>
     private let blocksPerSlot: Int
-    var slotChunk: [Int]
-    var slotBytes: [Int]
-    var slotUnreadable: [[Int]]  // blocks of the slot's chunk that could not be read
+    let slotChunk: PerSlot<Int>
+    let slotBytes: PerSlot<Int>
+    let slotUnreadable: PerSlot<[Int]>  // blocks of the slot's chunk that could not be read
 
     // Unreadable blocks found so far (I/O thread only until the workers are joined).
     var unreadableBlocks: UInt64 = 0
@@ -59,10 +59,10 @@ final class CapturePipeline {
 
     // Frame buffers, and for each the frame it holds once sealed and its place in the image's order.
     private let frames: FrameBuffers
-    private var frameBlocks: [Int]
-    private var frameSlot: [Int]  // the read slot a frame's blocks are in, or -1: in the frame buffer
-    private let sealed: UnsafeMutablePointer<SealedFrame?>  // written by workers, read by the writer
-    private var frameSequence: [Int]
+    private let frameBlocks: PerSlot<Int>
+    private let frameSlot: PerSlot<Int>  // the read slot a frame's blocks are in, or -1: in the frame buffer
+    private let sealed: PerSlot<SealedFrame?>  // written by workers, read by the writer
+    private let frameSequence: PerSlot<Int>
 
     // Shared state, guarded by `condition`; the coordinator, the writer and the I/O thread each wait on a channel
     // of their own (one thread each) and are signalled only when what they wait for may have changed.
@@ -98,18 +98,17 @@ final class CapturePipeline {
         slots = AlignedSlab(slotSize: requestSize, slotCount: slotCount, alignment: alignment)
         blocksPerSlot = requestSize / blockSize
         slotHashes = .allocate(capacity: slotCount * blocksPerSlot)
-        slotChunk = Array(repeating: 0, count: slotCount)
-        slotBytes = Array(repeating: 0, count: slotCount)
-        slotUnreadable = Array(repeating: [], count: slotCount)
+        slotChunk = PerSlot(repeating: 0, count: slotCount)
+        slotBytes = PerSlot(repeating: 0, count: slotCount)
+        slotUnreadable = PerSlot(repeating: [], count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
 
         let frameCount = 2 * options.threads + 2
         frames = FrameBuffers(blockSize: blockSize, count: frameCount)
-        frameBlocks = Array(repeating: 0, count: frameCount)
-        frameSlot = Array(repeating: -1, count: frameCount)
-        sealed = .allocate(capacity: frameCount)
-        sealed.initialize(repeating: nil, count: frameCount)
-        frameSequence = Array(repeating: 0, count: frameCount)
+        frameBlocks = PerSlot(repeating: 0, count: frameCount)
+        frameSlot = PerSlot(repeating: -1, count: frameCount)
+        sealed = PerSlot(repeating: nil, count: frameCount)
+        frameSequence = PerSlot(repeating: 0, count: frameCount)
         freeFrames = Array((0..<frameCount).reversed())
 
         chunkCount = Int((source.size + UInt64(requestSize) - 1) / UInt64(requestSize))
@@ -117,11 +116,7 @@ final class CapturePipeline {
         dataChunks = try source.dataRanges(granule: rs).map { Int($0.lowerBound / rs)..<Int(($0.upperBound + rs - 1) / rs) }
     }
 
-    deinit {
-        slotHashes.deallocate()
-        sealed.deinitialize(count: frames.count)
-        sealed.deallocate()
-    }
+    deinit { slotHashes.deallocate() }
 
     /// Runs the capture to the end of the source; the image and map writers hold the result.
     func run() throws -> Stats {

@@ -32,7 +32,7 @@ final class RestorePipeline {
 
     private let slots: AlignedSlab
     private let decodedOffset: Int
-    private var slotFetch: [Int]
+    private let slotFetch: PerSlot<Int>
     private let condition = Condition()
     private var freeSlots: [Int]
     private var readyFetches: [Int: Int] = [:]
@@ -86,7 +86,7 @@ final class RestorePipeline {
         }
         let slotCount = maxLive + 2 * options.threads + 4
         slots = AlignedSlab(slotSize: decodedOffset + maxBlocks * blockSize, slotCount: slotCount)
-        slotFetch = Array(repeating: 0, count: slotCount)
+        slotFetch = PerSlot(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
     }
 

@@ -73,3 +73,28 @@ final class WorkQueue<Job>: @unchecked Sendable {
         return job
     }
 }
+
+/// Fixed-size state indexed by a pipeline's slot or buffer number (which chunk a read slot holds, how many blocks
+/// a frame buffer has...), written by one stage and read by another after a hand-off through the pipeline's
+/// condition. A plain buffer rather than an Array: writing one element of an Array property checks and may touch
+/// the array as a whole, which races with other threads reading other elements.
+final class PerSlot<Element> {
+    private let storage: UnsafeMutablePointer<Element>
+    let count: Int
+
+    init(repeating value: Element, count: Int) {
+        self.count = count
+        storage = .allocate(capacity: max(count, 1))
+        storage.initialize(repeating: value, count: count)
+    }
+
+    deinit {
+        storage.deinitialize(count: count)
+        storage.deallocate()
+    }
+
+    subscript(i: Int) -> Element {
+        get { storage[i] }
+        set { storage[i] = newValue }
+    }
+}

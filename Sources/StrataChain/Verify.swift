@@ -159,7 +159,7 @@ private final class FrameScan {
     private let options: VerifyOptions
     private let progress: ProgressHandler?
     private let slots: AlignedSlab
-    private var slotWork: [Int]
+    private let slotWork: PerSlot<Int>
     private let maxBlocks: Int
     private let blockSize: Int
 
@@ -182,7 +182,7 @@ private final class FrameScan {
         totalBytes = frames.reduce(0) { $0 + UInt64($1.length) }
         let slotCount = options.queueDepth + 2 * options.threads
         slots = AlignedSlab(slotSize: max(maxStored, 1), slotCount: slotCount)
-        slotWork = Array(repeating: 0, count: slotCount)
+        slotWork = PerSlot(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
     }
 

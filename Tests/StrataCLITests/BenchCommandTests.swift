@@ -6,8 +6,7 @@ import XCTest
 final class BenchCommandTests: XCTestCase {
     var dir = ""
     override func setUpWithError() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-bench-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = try scratchDirectory("strata-bench")
     }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 

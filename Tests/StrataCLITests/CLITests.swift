@@ -54,11 +54,17 @@ func makeDisk(_ path: String, size: Int, seed: UInt8, changes: Int = 0) throws {
     try Data(bytes).write(to: URL(fileURLWithPath: path))
 }
 
+/// A fresh directory under the system's temporary directory, for one test.
+func scratchDirectory(_ prefix: String) throws -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
 final class CLITests: XCTestCase {
     var dir = ""
     override func setUpWithError() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-cli-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = try scratchDirectory("strata-cli")
         XCTAssertTrue(FileManager.default.isExecutableFile(atPath: strataBinary), "strata binary at \(strataBinary)")
     }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }

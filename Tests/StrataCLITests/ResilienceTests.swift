@@ -80,8 +80,7 @@ func jsonObject(_ text: String) -> [String: Any] {
 final class ResilienceTests: XCTestCase {
     var dir = ""
     override func setUpWithError() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-res-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = try scratchDirectory("strata-res")
     }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
