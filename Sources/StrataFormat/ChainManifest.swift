@@ -117,6 +117,7 @@ public struct ChainManifest: Equatable, Sendable {
             let nextText = fields["next-point"], let nextPoint = UInt32(nextText),
             let mapFile = fields["hash-map"], isPlainFileName(mapFile)
         else { throw FormatError.invalid("chain manifest lacks a required field") }
+        guard sourceSize <= ImageHeader.maxSourceSize else { throw FormatError.invalid("chain manifest source size is implausible") }
         guard let firstImage = images.first, firstImage.kind == .full,
             images.dropFirst().allSatisfy({ $0.kind == .incremental })
         else { throw FormatError.invalid("chain manifest does not start with exactly one full image") }

@@ -62,6 +62,7 @@ public struct HashMapHeader: Equatable, Sendable {
         var h = HashMapHeader(
             blockSize: blockSize, sourceSize: try r.u64(), chainID: Identifier(bytes: try r.raw(16)),
             imageID: Identifier(bytes: try r.raw(16)), point: point)
+        guard h.sourceSize <= ImageHeader.maxSourceSize else { throw FormatError.invalid("hash map source size is implausible") }
         h.chunkCount = try r.u64()
         h.fileSize = try r.u64()
         guard h.chunkCount == h.expectedChunkCount else { throw FormatError.invalid("hash map chunk count is wrong") }

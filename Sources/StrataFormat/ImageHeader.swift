@@ -26,6 +26,8 @@ public struct ImageHeader: Equatable, Sendable {
     /// Frames hold at most this many bytes of blocks, and a block is at most this large.
     public static let maxBlockSize: UInt32 = 1 << 20
     public static let minBlockSize: UInt32 = 512
+    /// A source is addressed by off_t: a size beyond it is damage, and refused before any arithmetic uses it.
+    public static let maxSourceSize = UInt64(Int64.max)
 
     public var incompatibleFeatures: UInt64 = 0
     public var compatibleFeatures: UInt64 = 0
@@ -140,6 +142,7 @@ public struct ImageHeader: Equatable, Sendable {
         h.zeroBlocks = try r.u64()
         h.unreadableBlocks = try r.u64()
         h.storedBytes = try r.u64()
+        guard h.sourceSize <= maxSourceSize else { throw FormatError.invalid("image source size \(h.sourceSize) is implausible") }
         guard h.firstPoint >= 1, h.firstPoint <= h.lastPoint else { throw FormatError.invalid("image point range is invalid") }
         guard h.indexOffset >= UInt64(size), h.indexLength <= h.fileSize, h.indexOffset == h.fileSize - h.indexLength
         else { throw FormatError.invalid("image index location is invalid") }
@@ -155,5 +158,6 @@ public func isValidBlockSize(_ size: UInt32) -> Bool {
 }
 
 public func blockCountFor(sourceSize: UInt64, blockSize: UInt32) -> UInt64 {
-    (sourceSize + UInt64(blockSize) - 1) / UInt64(blockSize)
+    // Rounded up without adding first, so no size can overflow it.
+    sourceSize / UInt64(blockSize) + (sourceSize % UInt64(blockSize) == 0 ? 0 : 1)
 }

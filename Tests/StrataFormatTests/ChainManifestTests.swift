@@ -50,4 +50,12 @@ final class ChainManifestTests: XCTestCase {
             XCTAssertEqual($0 as? FormatError, .invalid("chain manifest has a malformed line"))
         }
     }
+
+    func testAbsurdSourceSizeIsRefused() {
+        var m = Fixtures.manifest
+        m.sourceSize = ImageHeader.maxSourceSize + 1
+        XCTAssertThrowsError(try ChainManifest.decode(m.encode())) {
+            XCTAssertEqual($0 as? FormatError, .invalid("chain manifest source size is implausible"))
+        }
+    }
 }

@@ -20,6 +20,26 @@ final class HashMapFormatTests: XCTestCase {
         }
     }
 
+    /// Found by the fuzzer in CI (Fuzz/corpus/regression-hashmap-source-size): a source size near 2^64 behind a
+    /// valid checksum trapped on an overflow while its block count was worked out; it is refused.
+    func testAbsurdSourceSizeIsRefusedNotACrash() {
+        for size in [UInt64.max, UInt64.max - 4095, ImageHeader.maxSourceSize + 1] {
+            var h = HashMapHeader(blockSize: 4096, sourceSize: size, chainID: Fixtures.chainID, imageID: Fixtures.imageID, point: 7)
+            h.chunkCount = h.expectedChunkCount
+            XCTAssertThrowsError(try HashMapHeader.decode(h.encode()), "\(size)") {
+                XCTAssertEqual($0 as? FormatError, .invalid("hash map source size is implausible"))
+            }
+        }
+    }
+
+    func testBlockCountRoundsUpWithoutOverflow() {
+        XCTAssertEqual(blockCountFor(sourceSize: 0, blockSize: 4096), 0)
+        XCTAssertEqual(blockCountFor(sourceSize: 4096, blockSize: 4096), 1)
+        XCTAssertEqual(blockCountFor(sourceSize: 4097, blockSize: 4096), 2)
+        XCTAssertEqual(blockCountFor(sourceSize: .max, blockSize: 4096), 1 << 52)
+        XCTAssertEqual(blockCountFor(sourceSize: .max, blockSize: 512), 1 << 55)
+    }
+
     func testChunkHeaderRoundTrip() throws {
         let c = HashMapChunkHeader(storedLength: 5000, codec: .zstd, checksum: 42)
         XCTAssertEqual(c.encode().count, 16)

@@ -120,6 +120,7 @@ final class HostileHeaderTests: XCTestCase {
             ("block size", { $0[36] = 3 }),
             ("kind", { $0[32] = 7 }),
             ("points", { $0[96] = 9 }),
+            ("source size", { self.put(.max, &$0, at: 40) }),
         ]
         for (what, change) in cases {
             XCTAssertThrowsError(try ImageHeader.decode(resealed(change)), what) { XCTAssertTrue($0 is FormatError, "\(what): \($0)") }
