@@ -79,14 +79,19 @@ public final class ChainDirectory {
     }
 
     /// Opens the images that restore `point`, oldest first, checking that each links to the one before.
-    func openImages(forPoint point: UInt32) throws -> [ImageFile] {
+    /// Opens the images that restore `point`, oldest first; with `from`, only those holding points from `from` on
+    /// (a merge of a range reads no image below it: the first one's parent is checked against the manifest).
+    func openImages(forPoint point: UInt32, from: UInt32 = 0) throws -> [ImageFile] {
         guard let m = manifest else { throw ChainError.notAChain(path: path) }
         guard let entries = m.images(forPoint: point) else { throw ChainError.noSuchPoint(point, available: m.points) }
         var images = [ImageFile]()
+        var parent: ManifestEntry? = nil
         for e in entries {
+            defer { parent = e }
+            guard e.lastPoint >= from else { continue }
             let image = try ImageFile(directory: path, name: e.file)
             try ChainDirectory.check(image.header, of: e, in: m)
-            try ChainDirectory.check(image.header, of: e, follows: images.last?.header, parentName: images.last?.name)
+            try ChainDirectory.check(image.header, of: e, follows: parent)
             images.append(image)
         }
         return images
@@ -106,10 +111,11 @@ public final class ChainDirectory {
     }
 
     /// Checks that an image links to the one before it in the chain (a full image starts it, links to none).
-    static func check(_ h: ImageHeader, of e: ManifestEntry, follows parent: ImageHeader?, parentName: String?) throws {
-        if let parent, let parentName {
-            guard h.kind == .incremental else { throw ChainError.damaged(file: e.file, detail: "a full image follows \(parentName)") }
-            guard h.parentID == parent.imageID else { throw ChainError.damaged(file: e.file, detail: "its parent is not \(parentName)") }
+    /// `parent` is the manifest's entry for the image before; its own header was checked against it when opened.
+    static func check(_ h: ImageHeader, of e: ManifestEntry, follows parent: ManifestEntry?) throws {
+        if let parent {
+            guard h.kind == .incremental else { throw ChainError.damaged(file: e.file, detail: "a full image follows \(parent.file)") }
+            guard h.parentID == parent.imageID else { throw ChainError.damaged(file: e.file, detail: "its parent is not \(parent.file)") }
         } else if h.kind != .full || h.parentID != .none {
             throw ChainError.damaged(file: e.file, detail: "the chain's first image is not a full image")
         }

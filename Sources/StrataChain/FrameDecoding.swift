@@ -1,12 +1,17 @@
 // Checking and decoding one stored frame, shared by restore and merge: the frame's checksum, then its payload
-// (zstd or raw) into exactly `blockCount` blocks, then every block against the hash stored beside it. Errors
+// (zstd or raw) into exactly `blockCount` blocks, then every block (or every block used) against the hash stored
+// beside it. Errors
 // name the image file and, for a block, its number on the source.
 import StrataCodec
 import StrataFormat
 
 extension ImageFile {
-    /// `stored` holds the frame's `length` bytes as read from the file; `decoded` receives its blocks.
-    func decode(frame: UInt32, stored: UnsafeRawPointer, into decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor) throws {
+    /// `stored` holds the frame's `length` bytes as read from the file; `decoded` receives its blocks. Without
+    /// `checkingBlocks`, the caller checks the blocks it uses with `checkBlocks` (a merge uses few of some frames).
+    func decode(
+        frame: UInt32, stored: UnsafeRawPointer, into decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor,
+        checkingBlocks: Bool = true
+    ) throws {
         let record = index.frames[Int(frame)]
         let blockSize = Int(header.blockSize)
         try checkChecksum(frame: frame, stored: stored)
@@ -23,7 +28,13 @@ extension ImageFile {
                 throw ChainError.corruptData(file: name, detail: "frame \(frame) does not decompress (\(error))")
             }
         }
-        for b in 0..<blocks {
+        if checkingBlocks { try checkBlocks(0..<blocks, frame: frame, stored: stored, decoded: decoded) }
+    }
+
+    /// Checks blocks `range` of a decoded frame against the hashes stored beside them.
+    func checkBlocks(_ range: Range<Int>, frame: UInt32, stored: UnsafeRawPointer, decoded: UnsafeRawPointer) throws {
+        let blockSize = Int(header.blockSize)
+        for b in range {
             let expected = BlockHash(
                 low: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self)),
                 high: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self)))

@@ -44,9 +44,8 @@ public enum Merge {
         guard from < options.to else {
             throw ChainError.invalidOption("the range \(from)..\(options.to) is \(from == options.to ? "empty" : "reversed"); give --from lower than --to")
         }
-        let all = try chain.openImages(forPoint: options.to)
-        guard let first = all.firstIndex(where: { $0.header.lastPoint == from }) else { throw ChainError.noSuchPoint(from, available: points) }
-        let sources = Array(all[first...])
+        let sources = try chain.openImages(forPoint: options.to, from: from)
+        guard sources.first?.header.lastPoint == from else { throw ChainError.noSuchPoint(from, available: points) }
         let newest = sources.last!.header
         let header = ImageHeader(
             kind: sources[0].header.kind, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,

@@ -14,8 +14,10 @@ final class MergePlan {
     private let resolved: [ResolvedExtent]
     private let blockSize: Int
     private let blocksPerFrame: Int
-    /// (image << 32 | frame) -> blocks of it that survive.
-    private var surviving: [UInt64: Int] = [:]
+    /// Source frames numbered across the images: image i's frame f is `frameBase[i] + f`.
+    private let frameBase: [Int]
+    /// Blocks of each source frame that survive, by that number.
+    private var surviving: [Int]
     private(set) var framesCopied = 0
     private(set) var framesRepacked = 0
 
@@ -24,42 +26,58 @@ final class MergePlan {
         resolved = ExtentResolver.resolve(sources.map(\.index.extents))
         blockSize = Int(sources[0].header.blockSize)
         blocksPerFrame = FrameBuffers.blocksPerFrame(blockSize: blockSize)
-        for e in resolved where e.kind == .data { surviving[key(e), default: 0] += Int(e.blockCount) }
+        var base = [Int]()
+        var total = 0
+        for s in sources {
+            base.append(total)
+            total += s.index.frames.count
+        }
+        frameBase = base
+        surviving = Array(repeating: 0, count: total)
+        for e in resolved where e.kind == .data { surviving[number(e)] += Int(e.blockCount) }
     }
 
+    private func number(_ e: ResolvedExtent) -> Int { frameBase[Int(e.image)] + Int(e.frame) }
     private func key(_ e: ResolvedExtent) -> UInt64 { UInt64(e.image) << 32 | UInt64(e.frame) }
     private func record(_ k: UInt64) -> FrameRecord { sources[Int(k >> 32)].index.frames[Int(k & 0xFFFF_FFFF)] }
+    private func record(_ e: ResolvedExtent) -> FrameRecord { sources[Int(e.image)].index.frames[Int(e.frame)] }
     /// The share of a frame's blocks that must survive for it to be copied whole: 3/4.
     static let keepWholeLive = (numerator: 3, denominator: 4)
-    private func isWhole(_ k: UInt64) -> Bool {
-        surviving[k]! * Self.keepWholeLive.denominator >= Int(record(k).blockCount) * Self.keepWholeLive.numerator
+    private func isWhole(_ e: ResolvedExtent) -> Bool {
+        surviving[number(e)] * Self.keepWholeLive.denominator >= Int(record(e).blockCount) * Self.keepWholeLive.numerator
     }
-    private func isFull(_ k: UInt64) -> Bool { surviving[k] == Int(record(k).blockCount) }
 
     /// The merged image is never larger than the frames it draws from.
     var bytesUpperBound: UInt64 {
-        surviving.keys.reduce(UInt64(0)) { $0 + UInt64(record($1).length) } + UInt64(resolved.count * ExtentRecord.encodedSize)
-            + UInt64(surviving.count * FrameRecord.encodedSize)
+        var bytes = UInt64(resolved.count * ExtentRecord.encodedSize)
+        for (i, source) in sources.enumerated() {
+            for (f, r) in source.index.frames.enumerated() where surviving[frameBase[i] + f] > 0 {
+                bytes += UInt64(r.length) + UInt64(FrameRecord.encodedSize)
+            }
+        }
+        return bytes
     }
 
     func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
         // Frame numbers: whole frames in order of first use, then packed frames in block order.
         var wholeOrder: [UInt64] = []
-        var wholeNumber: [UInt64: UInt32] = [:]
+        var wholeNumber = [UInt32](repeating: .max, count: surviving.count)
         var packedBlocks = 0
+        var sparse = false
         for e in resolved where e.kind == .data {
-            let k = key(e)
-            if isWhole(k) {
-                if wholeNumber[k] == nil {
-                    wholeNumber[k] = UInt32(wholeOrder.count)
-                    wholeOrder.append(k)
+            if isWhole(e) {
+                let n = number(e)
+                if wholeNumber[n] == .max {
+                    wholeNumber[n] = UInt32(wholeOrder.count)
+                    wholeOrder.append(key(e))
+                    sparse = sparse || surviving[n] != Int(record(e).blockCount)
                 }
             } else {
                 packedBlocks += Int(e.blockCount)
             }
         }
         framesCopied = wholeOrder.count
-        if wholeOrder.contains(where: { !isFull($0) }) { writer.allowSparseFrames() }
+        if sparse { writer.allowSparseFrames() }
         var packedIndex = 0
         var packed: [[MergeWorkers.Segment]] = []
         for e in resolved {
@@ -67,8 +85,9 @@ final class MergePlan {
             case .zero, .unreadable:
                 writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: e.kind)
             case .data:
-                if let n = wholeNumber[key(e)] {
-                    writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: n, frameBlock: e.frameBlock)
+                let whole = wholeNumber[number(e)]
+                if whole != .max {
+                    writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: whole, frameBlock: e.frameBlock)
                 } else {
                     // Packed blocks may straddle two new frames.
                     var done = 0

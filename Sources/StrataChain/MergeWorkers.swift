@@ -5,8 +5,8 @@
 // that workers build and compress; finished ones wait in a small window of slots and the coordinator appends
 // them in order after the whole frames. A re-packing worker takes a re-pack job first when a slot is free (the
 // coordinator can then append while the copies go on), a copy otherwise; see `repackers` for how many re-pack.
-// Each worker decodes the source frames it needs (checksum, decompression, every block against its hash) into a
-// cache of its own. Writes of copied runs are serialised (`ImageWriter.writeReserved`).
+// Each worker decodes the source frames it needs (checksum, decompression) into a cache of its own, and checks
+// each block it takes against its hash. Writes of copied runs are serialised (`ImageWriter.writeReserved`).
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -192,6 +192,9 @@ final class MergeWorkers {
         var fill = 0
         for s in frames[k] {
             let entry = try cache.get(s.key) { stored, decoded in try self.decode(s.key, stored: stored, decoded: decoded, decompressor: decompressor) }
+            // Each surviving block is in exactly one segment: checked here, and dead blocks are never hashed.
+            try sources[Int(s.key >> 32)].checkBlocks(
+                s.frameBlock..<(s.frameBlock + s.count), frame: UInt32(s.key & 0xFFFF_FFFF), stored: entry.stored, decoded: entry.decoded)
             buffers.block(slot, fill).copyMemory(from: entry.decoded + s.frameBlock * blockSize, byteCount: s.count * blockSize)
             buffers.hash(slot, fill).copyMemory(from: entry.stored + s.frameBlock * 16, byteCount: s.count * 16)
             fill += s.count
@@ -199,14 +202,14 @@ final class MergeWorkers {
         return (slot, buffers.seal(slot, blockCount: fill, compressor: compressor))
     }
 
-    /// Reads one source frame and checks it (checksum, decompression, every block against its stored hash).
+    /// Reads one source frame and checks it (checksum, decompression; `build` checks the blocks it takes).
     private func decode(_ key: UInt64, stored: UnsafeMutableRawPointer, decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor) throws {
         let image = sources[Int(key >> 32)]
         let frame = UInt32(key & 0xFFFF_FFFF)
         let r = image.index.frames[Int(frame)]
         let n = try Sys.preadFully(image.fd, stored, Int(r.length), r.offset, path: image.path)
         guard n == Int(r.length) else { throw ChainError.damaged(file: image.name, detail: "frame \(frame) is cut short") }
-        try image.decode(frame: frame, stored: stored, into: decoded, decompressor: decompressor)
+        try image.decode(frame: frame, stored: stored, into: decoded, decompressor: decompressor, checkingBlocks: false)
     }
 }
 /// A worker's few most recently decoded source frames (stored bytes with their hashes, and decoded blocks).

@@ -57,17 +57,17 @@ public enum Verify {
         // Headers, indexes, identity and links. An image that fails here is unusable as a whole.
         var problems: [VerifyProblem] = []
         var images: [ImageFile?] = []
-        var previous: (header: ImageHeader, name: String)?
+        var previous: ManifestEntry?
         for (i, e) in entries.enumerated() {
             do {
                 let image = try ImageFile(directory: chainPath, name: e.file)
                 try ChainDirectory.check(image.header, of: e, in: manifest)
                 // The link to the image before can be checked only when that one could be read.
                 if i == 0 || previous != nil {
-                    try ChainDirectory.check(image.header, of: e, follows: previous?.header, parentName: previous?.name)
+                    try ChainDirectory.check(image.header, of: e, follows: previous)
                 }
                 images.append(image)
-                previous = (image.header, e.file)
+                previous = e
             } catch {
                 problems.append(VerifyProblem(file: e.file, detail: describe(error), blocks: []))
                 images.append(nil)

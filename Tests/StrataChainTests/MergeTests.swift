@@ -145,6 +145,35 @@ final class MergeTests: XCTestCase {
         }
     }
 
+    /// A merge reads only the images of its range: one below it that is damaged does not stop it (and is still
+    /// named by what needs it); the merged range restores exactly.
+    func testAMergeReadsNoImageBelowItsRange() throws {
+        var rng = SeededGenerator(seed: 31)
+        var disk = DiskModel(size: 1 << 20, rng: &rng)
+        let source = "\(dir)/s.img", chain = "\(dir)/chain"
+        var states: [UInt32: [UInt8]] = [:]
+        for n in 0..<3 {
+            if n > 0 { disk.night(0, rng: &rng) }
+            try disk.writeSparse(to: source)
+            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = try readFile(source)
+        }
+        let full = "\(chain)/p000001.strata"
+        let intact = try readFile(full)
+        var damaged = intact
+        damaged[damaged.count - 8] ^= 1  // in its index
+        try Data(damaged).write(to: URL(fileURLWithPath: full))
+        var o = MergeOptions(to: 3)
+        o.from = 2
+        let merged = try Merge.run(chain: chain, options: o)
+        XCTAssertEqual(merged.points, [1, 3])
+        XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())) {
+            guard case .damaged(let file, _) = $0 as? ChainError else { return XCTFail("\(String(describing: $0))") }
+            XCTAssertEqual(file, "p000001.strata")
+        }
+        try Data(intact).write(to: URL(fileURLWithPath: full))
+        try assertEveryPointRestores(chain, states, "after merging above a damaged image")
+    }
+
     /// The chain on a small filesystem that fills up: a capture fails with ENOSPC and a merge is refused before
     /// it starts; the chain stays whole and every point restores.
     func testFullFilesystem() throws {
