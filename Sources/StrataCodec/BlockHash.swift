@@ -1,7 +1,7 @@
 // Hashing: XXH3-128 identifies a block's content (change detection and restore verification), XXH3-64
 // checksums bulk bytes on disk (frames, hash-map chunks). This file and Compression.swift are the only code
-// that touches libxxhash and libzstd.
-import CXXHash
+// that touches xxHash (CXXH3: its header compiled in, AVX2 where the CPU has it) and libzstd.
+import CXXH3
 
 /// The XXH3-128 of one block. All-zero blocks get `.zero` instead, which XXH3 never yields in practice, so a
 /// zero block in the hash map needs no separate flag.
@@ -22,7 +22,7 @@ public struct BlockHash: Equatable, Hashable, Sendable {
 
     @inline(__always)
     public static func of(_ p: UnsafeRawPointer, count: Int) -> BlockHash {
-        let h = XXH3_128bits(p, count)
+        let h = strata_xxh3_128(p, count)
         return BlockHash(low: h.low64, high: h.high64)
     }
 }
@@ -30,9 +30,9 @@ public struct BlockHash: Equatable, Hashable, Sendable {
 public enum Checksum {
     /// XXH3-64 of a byte range.
     @inline(__always)
-    public static func xxh3(_ p: UnsafeRawPointer, count: Int) -> UInt64 { XXH3_64bits(p, count) }
+    public static func xxh3(_ p: UnsafeRawPointer, count: Int) -> UInt64 { strata_xxh3_64(p, count) }
 
-    public static func xxh3(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { XXH3_64bits($0.baseAddress, $0.count) } }
+    public static func xxh3(_ bytes: [UInt8]) -> UInt64 { bytes.withUnsafeBytes { strata_xxh3_64($0.baseAddress, $0.count) } }
 }
 
 /// Recognises all-zero blocks cheaply: hash first (needed anyway), and compare bytes only when the hash equals
