@@ -78,9 +78,9 @@ public final class ChainDirectory {
         removeLeftovers()
     }
 
-    /// Opens the images that restore `point`, oldest first, checking that each links to the one before.
-    /// Opens the images that restore `point`, oldest first; with `from`, only those holding points from `from` on
-    /// (a merge of a range reads no image below it: the first one's parent is checked against the manifest).
+    /// Opens the images that restore `point`, oldest first, checking that each links to the one before; with
+    /// `from`, only those holding points from `from` on (a merge of a range reads no image below it: the first
+    /// one's parent link is checked against the manifest's entry for the image before).
     func openImages(forPoint point: UInt32, from: UInt32 = 0) throws -> [ImageFile] {
         guard let m = manifest else { throw ChainError.notAChain(path: path) }
         guard let entries = m.images(forPoint: point) else { throw ChainError.noSuchPoint(point, available: m.points) }
@@ -111,7 +111,8 @@ public final class ChainDirectory {
     }
 
     /// Checks that an image links to the one before it in the chain (a full image starts it, links to none).
-    /// `parent` is the manifest's entry for the image before; its own header was checked against it when opened.
+    /// `parent` is the manifest's entry for the image before (where that image is opened too, its header is
+    /// checked against the same entry).
     static func check(_ h: ImageHeader, of e: ManifestEntry, follows parent: ManifestEntry?) throws {
         if let parent {
             guard h.kind == .incremental else { throw ChainError.damaged(file: e.file, detail: "a full image follows \(parent.file)") }
