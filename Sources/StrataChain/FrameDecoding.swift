@@ -1,7 +1,6 @@
 // Checking and decoding one stored frame, shared by restore and merge: the frame's checksum, then its payload
 // (zstd or raw) into exactly `blockCount` blocks, then every block (or every block used) against the hash stored
-// beside it. Errors
-// name the image file and, for a block, its number on the source.
+// beside it. Errors name the image file and, for a block, its number on the source.
 import StrataCodec
 import StrataFormat
 
