@@ -24,6 +24,4 @@ strata_xxh128 strata_xxh3_128(const void *data, size_t length) {
     return strata_xxh3_128_default(data, length);
 }
 
-const char *strata_xxh3_variant(void) { return use_avx2 ? "avx2" : "default"; }
-
 int strata_xxh3_has_avx2(void) { return use_avx2; }

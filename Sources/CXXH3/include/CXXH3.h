@@ -16,10 +16,9 @@ typedef struct {
 
 uint64_t strata_xxh3_64(const void *data, size_t length);
 strata_xxh128 strata_xxh3_128(const void *data, size_t length);
-/// Which loop runs: "avx2" or "default".
-const char *strata_xxh3_variant(void);
 
-// Each variant, for tests; call the avx2 ones only where strata_xxh3_has_avx2() says so.
+// Each variant, for tests. Call the avx2 ones only where strata_xxh3_has_avx2() is non-zero: on an x86-64 CPU
+// without AVX2 they trap (elsewhere they are the default loop).
 uint64_t strata_xxh3_64_default(const void *data, size_t length);
 strata_xxh128 strata_xxh3_128_default(const void *data, size_t length);
 uint64_t strata_xxh3_64_avx2(const void *data, size_t length);
