@@ -106,10 +106,10 @@ final class MergePlan {
         }
         let total = wholeOrder.reduce(UInt64(0)) { $0 + UInt64(record($1).length) } + UInt64(packedBlocks * blockSize)
         var done: UInt64 = 0
-        framesRepacked = Set(packed.flatMap { $0.map(\.key) }).count
         let start = writer.reserveCopiedFrames(wholeOrder.map(record))
         let workers = MergeWorkers(
             copies: copyRuns(wholeOrder, at: start), frames: packed, sources: sources, writer: writer, level: level, threads: threads)
+        framesRepacked = workers.sourceFramesRepacked
         try workers.start()
         defer { workers.stop() }
         try workers.drain(into: writer) { done += $0; progress?(min(done, total), total) }

@@ -35,6 +35,8 @@ final class MergeWorkers {
     private let threads: Int
     private let buffers: FrameBuffers
     private let maxStored: Int
+    /// How many source frames the re-packed frames draw on.
+    let sourceFramesRepacked: Int
     private let largestRun: Int
 
     private let condition = Condition()
@@ -58,9 +60,9 @@ final class MergeWorkers {
         blockSize = Int(sources[0].header.blockSize)
         buffers = FrameBuffers(blockSize: blockSize, count: 2 * self.threads + 2)
         freeSlots = Array(0..<buffers.count)
-        maxStored = Set(frames.flatMap { $0.map(\.key) }).map {
-            Int(sources[Int($0 >> 32)].index.frames[Int($0 & 0xFFFF_FFFF)].length)
-        }.max() ?? 0
+        let repacked = Set(frames.flatMap { $0.map(\.key) })
+        sourceFramesRepacked = repacked.count
+        maxStored = repacked.map { Int(sources[Int($0 >> 32)].index.frames[Int($0 & 0xFFFF_FFFF)].length) }.max() ?? 0
         largestRun = copies.map(\.bytes).max() ?? 0
     }
 
