@@ -74,7 +74,8 @@ public struct ImageIndex: Equatable, Sendable {
         let (f, o1) = frames.multipliedReportingOverflow(by: UInt64(FrameRecord.encodedSize))
         let (e, o2) = extents.multipliedReportingOverflow(by: UInt64(ExtentRecord.encodedSize))
         let (s, o3) = f.addingReportingOverflow(e)
-        return o1 || o2 || o3 ? UInt64.max : s + 24
+        let (total, o4) = s.addingReportingOverflow(24)
+        return o1 || o2 || o3 || o4 ? UInt64.max : total
     }
 
     public func encode() -> [UInt8] {

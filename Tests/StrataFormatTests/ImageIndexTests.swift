@@ -75,5 +75,9 @@ final class ImageIndexTests: XCTestCase {
 
     func testAbsurdCountsDoNotOverflow() {
         XCTAssertEqual(ImageIndex.encodedLength(frames: UInt64.max / 2, extents: 1), UInt64.max)
+        // Found by the fuzzer in CI (Fuzz/corpus/regression-index-length-overflow): records that fit, whose
+        // length plus the 24-byte preamble does not, trapped in a damaged header.
+        XCTAssertEqual(ImageIndex.encodedLength(frames: 0, extents: UInt64.max / 24), UInt64.max)
+        XCTAssertEqual(ImageIndex.encodedLength(frames: 1, extents: 2), 24 + 32 + 48)
     }
 }
