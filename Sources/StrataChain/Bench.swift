@@ -275,7 +275,7 @@ public enum Bench {
     static func measureWrites(directory: String, stored: CompressedSample, seconds: Double) throws -> Double {
         let path = "\(directory)/\(DurableFiles.temporaryName(for: "bench.strata"))"
         let fd: Int32
-        do { fd = try Sys.open(path, O_RDWR | O_CREAT | O_TRUNC) } catch let e as IOError {
+        do { fd = try Sys.create(path, O_RDWR | O_TRUNC) } catch let e as IOError {
             throw ChainError.targetUnavailable(path: directory, reason: e.reason)
         }
         defer {

@@ -59,6 +59,7 @@ public enum Capture {
             throw ChainError.sourceUnavailable(path: sourcePath, reason: e.reason)
         }
         if !source.direct { notice("\(sourcePath) does not support O_DIRECT; reading through the page cache") }
+        try Safety.checkCaptureSource(sourcePath, chain: chainPath)
         if let mount = source.readWriteMountPoint() {
             guard options.allowMounted else { throw ChainError.sourceMounted(path: sourcePath, mountPoint: mount) }
             notice("warning: \(sourcePath) is mounted read-write at \(mount); the image may be inconsistent (a snapshot is the safe way)")

@@ -22,6 +22,17 @@ public enum ChainError: Error, Equatable, Sendable {
     case tooManyBadBlocks(path: String, limit: Int, firstAt: UInt64)
     case verifyFailed(damaged: Int, affectedPoints: [UInt32])
     case targetMismatch(path: String, block: UInt64, count: UInt64)
+    /// A restore target that is mounted, swap, held, or open exclusively: never overridden by --force.
+    case targetInUse(path: String, use: DeviceUse)
+    /// A restore target or capture source that is the chain: one of its files, inside its directory, or a loop
+    /// device over one of them.
+    case partOfChain(role: Role, path: String, chain: String, detail: String)
+    /// A capture source that holds the filesystem the chain is on.
+    case sourceHoldsChain(path: String, device: String, chain: String, mountPoint: String)
+    /// An existing, non-empty regular file as a restore target, without --force.
+    case targetExists(path: String)
+
+    public enum Role: String, Sendable { case source, target }
 }
 
 extension ChainError: CustomStringConvertible {
@@ -57,6 +68,22 @@ extension ChainError: CustomStringConvertible {
             return "verify found \(n) damaged item\(n == 1 ? "" : "s") (listed above); \(which); restore unaffected points, or use another copy of the chain"
         case .targetMismatch(let p, let b, let n):
             return "target \(p) does not read back as written: \(n) block\(n == 1 ? "" : "s") differ, the first is block \(b); the target device may be failing"
+        case .targetInUse(let p, let use):
+            let what: String
+            switch use {
+            case .mounted, .backing(_, .mounted): what = "unmount it first (--force does not override this)"
+            case .swap(let d), .backing(_, .swap(let d)): what = "run swapoff \(d) first"
+            default: what = "stop what holds it first"
+            }
+            return "target \(p) is in use: \(use.explanation(for: p)); nothing was written: \(what)"
+        case .partOfChain(let role, let p, let c, let d):
+            let harm = role == .target ? "restoring onto it would destroy the chain" : "capturing it would image the chain into itself"
+            return "\(role.rawValue) \(p) is part of the chain \(c) (\(d)): \(harm); nothing was changed: choose a \(role.rawValue) outside the chain"
+        case .sourceHoldsChain(let p, let d, let c, let m):
+            let which = d == p ? "" : " (on its partition \(d))"
+            return "source \(p) holds the chain \(c)\(which), mounted at \(m): the capture would image its own writes; nothing was changed: keep the chain on another disk"
+        case .targetExists(let p):
+            return "target \(p) exists and is not empty; nothing was written: pass --force to replace it"
         }
     }
 
@@ -69,7 +96,7 @@ extension ChainError: CustomStringConvertible {
         case .targetTooSmall, .targetUnavailable, .insufficientSpace: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
         case .chainInUse: return 75  // EX_TEMPFAIL
-        case .sourceMounted: return 77  // EX_NOPERM-like: refused for safety
+        case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety
         case .engineUnavailable: return 69  // EX_UNAVAILABLE
         }
     }

@@ -31,7 +31,7 @@ final class HashMapWriter {
         self.name = name
         self.header = header
         temporaryPath = "\(directory)/\(DurableFiles.temporaryName(for: name))"
-        fd = try Sys.open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC)
+        fd = try Sys.create(temporaryPath, O_WRONLY | O_TRUNC)
         hashes = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
         compressedCapacity = FrameCompressor.storeBound(chunkBytes) + HashMapChunkHeader.size
         compressed = .allocate(byteCount: compressedCapacity, alignment: 64)

@@ -29,7 +29,7 @@ final class ImageWriter {
         self.header = header
         let path = "\(directory)/\(DurableFiles.temporaryName(for: name))"
         temporaryPath = path
-        let fd = try Sys.open(path, O_RDWR | O_CREAT | O_TRUNC)
+        let fd = try Sys.create(path, O_RDWR | O_TRUNC)
         self.fd = fd
         let placeholder = [UInt8](repeating: 0, count: ImageHeader.size)
         do {

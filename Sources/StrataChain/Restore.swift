@@ -11,6 +11,8 @@ public struct RestoreOptions: Sendable {
     public var engine: IOEngineChoice = .auto
     /// After writing, read the target back and check every block against the chain's hashes.
     public var verify = false
+    /// Replace an existing non-empty target file (a device in use is refused whatever this says).
+    public var force = false
 
     public init() {}
 }
@@ -38,8 +40,10 @@ public enum Restore {
         guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         let point = options.point ?? manifest.points.last!
         let images = try chain.openImages(forPoint: point)
+        try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
         let target: RestoreTarget
         do { target = try RestoreTarget(path: targetPath) } catch let e as IOError {
+            if e.isBusy { throw ChainError.targetInUse(path: targetPath, use: .exclusive(device: targetPath)) }
             throw ChainError.targetUnavailable(path: targetPath, reason: e.reason)
         }
         if target.isBlockDevice && target.deviceSize < manifest.sourceSize {

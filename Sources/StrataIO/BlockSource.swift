@@ -78,8 +78,8 @@ public final class BlockSource {
 
     /// Where this block device is mounted read-write, if it is.
     public func readWriteMountPoint() -> String? {
-        guard isBlockDevice, let text = readSmallFile("/proc/self/mountinfo") else { return nil }
-        let want = "\(major(rdev)):\(minor(rdev))"
+        guard isBlockDevice, let text = Sys.readSmallFile("/proc/self/mountinfo") else { return nil }
+        let want = BlockDevices.numbers(rdev)
         for line in text.split(separator: "\n") {
             let f = line.split(separator: " ")
             guard f.count > 5, f[2] == want else { continue }
@@ -87,20 +87,4 @@ public final class BlockSource {
         }
         return nil
     }
-
-    private func major(_ dev: UInt64) -> UInt64 { ((dev >> 32) & 0xFFFF_F000) | ((dev >> 8) & 0xFFF) }
-    private func minor(_ dev: UInt64) -> UInt64 { ((dev >> 12) & 0xFFFF_FF00) | (dev & 0xFF) }
-}
-
-func readSmallFile(_ path: String) -> String? {
-    guard let fd = try? Sys.open(path, O_RDONLY) else { return nil }
-    defer { Sys.close(fd) }
-    var out = [UInt8]()
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { break }
-        out.append(contentsOf: buf[0..<n])
-    }
-    return String(decoding: out, as: UTF8.self)
 }

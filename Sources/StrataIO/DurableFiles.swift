@@ -20,7 +20,7 @@ public enum DurableFiles {
     /// Atomically replaces `dir/name` with `bytes`.
     public static func publish(_ bytes: [UInt8], dir: String, name: String) throws {
         let tmp = "\(dir)/\(temporaryName(for: name))"
-        let fd = try Sys.open(tmp, O_WRONLY | O_CREAT | O_TRUNC)
+        let fd = try Sys.create(tmp, O_WRONLY | O_TRUNC)
         do {
             try bytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: tmp) }
             try Sys.fsync(fd, path: tmp)
@@ -54,7 +54,9 @@ public final class DirectoryLock {
 
     /// Returns nil when another process holds a conflicting lock.
     public init?(directory: String, shared: Bool = false) throws {
-        let fd = try Sys.open("\(directory)/.lock", O_RDWR | O_CREAT)
+        let path = "\(directory)/.lock"
+        let fd: Int32
+        do { fd = try Sys.open(path, O_RDWR) } catch let e as IOError where e.errno == ENOENT { fd = try Sys.create(path, O_RDWR) }
         guard try Sys.tryLock(fd, shared: shared, path: directory) else {
             Sys.close(fd)
             return nil

@@ -15,26 +15,38 @@ public final class RestoreTarget {
     /// For a block device, its size; for a file, 0 (it grows).
     public let deviceSize: UInt64
 
+    /// Opens `path` for writing: a block device exclusively (O_EXCL: the kernel refuses one that is mounted,
+    /// swap or held, and nothing can mount it while the restore runs); a file created (mode 0600 when new) or
+    /// truncated.
     public init(path: String) throws {
         self.path = path
         var isDevice = false
+        let existed = (try? Sys.stat(path)) != nil
         if let st = try? Sys.stat(path) {
             let kind = st.st_mode & S_IFMT
             if kind == S_IFDIR { throw IOError("open", path: path, errno: EISDIR) }
             isDevice = kind == S_IFBLK
         }
         isBlockDevice = isDevice
-        let flags = isDevice ? O_WRONLY : O_WRONLY | O_CREAT | O_TRUNC
+        func open(_ flags: Int32) throws -> Int32 {
+            isDevice ? try Sys.openExclusive(path, O_WRONLY | flags) : try Sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | flags)
+        }
         var direct = true
         var fd: Int32
         do {
-            fd = try Sys.open(path, flags | strata_O_DIRECT, mode: 0o644)
+            fd = try open(strata_O_DIRECT)
         } catch let e as IOError where e.errno == EINVAL {
-            fd = try Sys.open(path, flags, mode: 0o644)
+            fd = try open(0)
             direct = false
         }
         self.fd = fd
         self.direct = direct
+        if !existed {
+            do { try Sys.fchmod(fd, 0o600, path: path) } catch {
+                Sys.close(fd)
+                throw error
+            }
+        }
         if isDevice {
             deviceSize = try Sys.blockDeviceSize(fd, path: path)
             alignment = max(512, (try? Sys.logicalBlockSize(fd, path: path)) ?? 4096)

@@ -27,6 +27,9 @@ public struct IOError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Whether the error says the medium could not deliver these bytes (a bad sector, a failed transfer), as
     /// opposed to a mistake in the request: EIO, ENODATA, EILSEQ, EBADMSG, EREMOTEIO.
     public var isMediaError: Bool { [EIO, ENODATA, EILSEQ, EBADMSG, EREMOTEIO].contains(errno) }
+
+    /// Whether the kernel said the file is busy (EBUSY: a device opened exclusively elsewhere).
+    public var isBusy: Bool { errno == EBUSY }
 }
 
 @inline(__always)
@@ -48,8 +51,19 @@ func retrying<T: BinaryInteger>(_ op: String, _ path: String, _ body: () -> T) t
 }
 
 public enum Sys {
-    public static func open(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o644) throws -> Int32 {
+    public static func open(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> Int32 {
         try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+    }
+
+    /// Opens `path` with O_CREAT and sets its mode to exactly `mode`, whatever the umask: Strata's own files
+    /// (chain files, scratch files) are private, 0600, since they hold a whole disk.
+    public static func create(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> Int32 {
+        let fd = try open(path, flags | O_CREAT, mode: mode)
+        do { try fchmod(fd, mode, path: path) } catch {
+            close(fd)
+            throw error
+        }
+        return fd
     }
 
     public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
@@ -107,7 +121,50 @@ public enum Sys {
 
     public static func unlink(_ path: String) throws { _ = try retrying("remove", path) { Glibc.unlink(path) } }
 
-    public static func mkdir(_ path: String) throws { _ = try retrying("create directory", path) { Glibc.mkdir(path, 0o755) } }
+    public static func fchmod(_ fd: Int32, _ mode: Glibc.mode_t, path: String) throws {
+        _ = try retrying("set mode of", path) { Glibc.fchmod(fd, mode) }
+    }
+
+    /// Makes a directory with exactly `mode` (0700: a chain is private), whatever the umask.
+    public static func mkdir(_ path: String, mode: Glibc.mode_t = 0o700) throws {
+        _ = try retrying("create directory", path) { Glibc.mkdir(path, mode) }
+        _ = try retrying("set mode of", path) { Glibc.chmod(path, mode) }
+    }
+
+    public static func lstat(_ path: String) throws -> Glibc.stat {
+        var st = Glibc.stat()
+        _ = try retrying("stat", path) { Glibc.lstat(path, &st) }
+        return st
+    }
+
+    /// Opens a block device for writing with O_EXCL: the kernel refuses (EBUSY) while it is mounted, active
+    /// swap, a member of an array or volume, or opened exclusively by anyone else; and while this descriptor is
+    /// open, none of those can start.
+    public static func openExclusive(_ path: String, _ flags: Int32) throws -> Int32 {
+        try open(path, flags | O_EXCL)
+    }
+
+    /// A small text file read whole (/proc, /sys), or nil when it cannot be read.
+    public static func readSmallFile(_ path: String) -> String? {
+        guard let fd = try? open(path, O_RDONLY) else { return nil }
+        defer { close(fd) }
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { b in (try? retrying("read", path) { Glibc.read(fd, b.baseAddress, b.count) }) ?? -1 }
+            if n <= 0 { break }
+            out.append(contentsOf: buf[0..<n])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The path a symbolic link points to, or nil.
+    public static func readLink(_ path: String) -> String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = buf.withUnsafeMutableBufferPointer { Glibc.readlink(path, $0.baseAddress!, $0.count - 1) }
+        guard n > 0 else { return nil }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 
     /// Device size in bytes of a block device (BLKGETSIZE64).
     public static func blockDeviceSize(_ fd: Int32, path: String) throws -> UInt64 {

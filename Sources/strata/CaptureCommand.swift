@@ -12,7 +12,12 @@ struct CaptureCommand: ParsableCommand {
             The first capture into CHAIN (a directory, created if missing) writes a full image; every later one an \
             incremental image of the blocks whose content changed since the previous capture. Holes of a sparse \
             image file are not read. A capture that is interrupted (Ctrl-C, kill, power cut, full disk) leaves the \
-            chain as it was; the next run removes its temporary files.
+            chain as it was; the next run removes its temporary files. A new chain's directory is created 0700 and \
+            every chain file 0600, whatever the umask; a chain readable by other users gets a warning line.
+
+            SAFETY: a source that is part of CHAIN (one of its files, inside it, a loop device over one) or the \
+            disk holding CHAIN's filesystem is refused (exit 77): the capture would image its own writes. So is a \
+            source mounted read-write, unless --allow-mounted.
 
             A read error on the source stops the capture (exit 74) and leaves the chain unchanged, unless \
             --max-bad-blocks allows some: then a failed read is retried in smaller reads down to the device's \
@@ -45,6 +50,7 @@ struct CaptureCommand: ParsableCommand {
     @Flag(help: "No progress line.") var quiet = false
 
     func run() throws {
+        Output.warnIfExposed(chain)
         var options = CaptureOptions()
         options.blockSize = blockSize
         options.level = level

@@ -12,6 +12,7 @@ struct ListCommand: ParsableCommand {
     @Flag(help: "Print one JSON object on stdout.") var json = false
 
     func run() throws {
+        Output.warnIfExposed(chain)
         let listing: ChainListing
         do { listing = try ChainListing.read(chain: chain) } catch { throw Output.fail(error) }
         if json {

@@ -19,6 +19,7 @@ struct MergeCommand: ParsableCommand {
     @Flag(help: "No progress line.") var quiet = false
 
     func run() throws {
+        Output.warnIfExposed(chain)
         var options = MergeOptions(to: to)
         options.from = from
         let progress = ProgressLine(verb: "merge", quiet: quiet)
@@ -58,6 +59,7 @@ struct PruneCommand: ParsableCommand {
     @Flag(help: "No progress line.") var quiet = false
 
     func run() throws {
+        Output.warnIfExposed(chain)
         let progress = ProgressLine(verb: "prune", quiet: quiet)
         do {
             let r = try Merge.prune(chain: chain, keep: keep, progress: progress.update)

@@ -10,6 +10,11 @@ import StrataIO
 enum Output {
     static func notice(_ line: String) { toStderr("strata: \(line)\n") }
 
+    /// One warning line when the chain is readable by other users (a chain made before 0.2, or chmod-ed).
+    static func warnIfExposed(_ chain: String) {
+        if let line = Safety.exposureWarning(chain: chain) { notice(line) }
+    }
+
     /// Writes to stderr, unbuffered.
     static func toStderr(_ s: String) { fputs(s, stderr) }
 

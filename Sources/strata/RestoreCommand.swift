@@ -8,8 +8,16 @@ struct RestoreCommand: ParsableCommand {
         abstract: "Restore a point of a chain to a block device or a file.",
         discussion: """
             Writes the disk exactly as it was at the point, in one sequential pass. A block device must be at least \
-            as large as the captured source (checked before anything is written); a file is created (replaced if \
-            it exists) sparse, with zero ranges left as holes. Every frame's checksum and every block's hash is \
+            as large as the captured source (checked before anything is written); a file is created sparse, mode \
+            0600, with zero ranges left as holes.
+
+            SAFETY: nothing is written when the target is in use (it or one of its partitions mounted, active \
+            swap, held by an array or volume, or open exclusively: the device is opened with O_EXCL, so nothing \
+            can mount it during the restore either; --force does not override this), when it is part of the chain \
+            (one of its files, inside its directory, or a loop device over one), or when it is an existing, \
+            non-empty file (pass --force to replace it; it keeps its mode). Each refusal exits 77.
+
+            Every frame's checksum and every block's hash is \
             checked as it is restored; a mismatch stops the restore naming the image and the frame or block. \
             With --verify the target is then read back (direct I/O, so the page cache cannot answer for the \
             device) and every block compared with the chain's hash for it; a difference fails with exit 74. \
@@ -30,15 +38,18 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "Decompression threads (default: one per core).") var threads: Int?
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Read the target back after writing and check every block against the chain.") var verify = false
+    @Flag(help: "Replace an existing, non-empty target file (never overrides a device in use).") var force = false
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
     func run() throws {
+        Output.warnIfExposed(chain)
         var options = RestoreOptions()
         options.point = point
         options.threads = max(1, threads ?? Sys.onlineCores)
         options.engine = ioEngine
         options.verify = verify
+        options.force = force
         let progress = ProgressLine(verb: "restore", quiet: quiet)
         do {
             let r = try Restore.run(chain: chain, target: target, options: options, progress: progress.update, notice: Output.notice)

@@ -18,15 +18,18 @@ struct StrataCommand: ParsableCommand {
             EXIT STATUS
               0   success
               64  bad usage: an invalid option, or a point that does not exist
-              65  the chain is damaged, foreign, or does not match the source (nothing was changed);
-                  verify found damage
+              65  the chain is damaged, foreign, or does not match the source
+                  (nothing was changed); verify found damage
               66  the source cannot be opened
               69  the requested I/O engine is unavailable
               73  the target cannot be written, or is too small
-              74  an I/O error: a read error on the source (see capture --max-bad-blocks), a target that does
-                  not read back as written (restore --verify), a failed write (a full disk)
+              74  an I/O error: a read error on the source (see capture
+                  --max-bad-blocks), a target that does not read back as written
+                  (restore --verify), a failed write (a full disk)
               75  the chain is in use by another strata process
-              77  refused for safety: the source is mounted read-write (see --allow-mounted)
+              77  refused for safety: a source mounted read-write (see capture
+                  --allow-mounted), a source or target that is part of the chain,
+                  a target in use, an existing target file (see restore --force)
             """,
         version: "0.1.0",
         subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, BenchCommand.self])

@@ -34,6 +34,7 @@ struct VerifyCommand: ParsableCommand {
     @Flag(help: "No progress line.") var quiet = false
 
     func run() throws {
+        Output.warnIfExposed(chain)
         var options = VerifyOptions()
         options.point = point
         options.checksumsOnly = checksumsOnly

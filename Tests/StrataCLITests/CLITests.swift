@@ -96,7 +96,7 @@ final class CLITests: XCTestCase {
         let text = try strata("list", "\(dir)/chain")
         XCTAssertTrue(text.stdout.contains("incremental"), text.stdout)
 
-        let restore = try strata("restore", "\(dir)/chain", "\(dir)/out", "--point", "2", "--quiet")
+        let restore = try strata("restore", "\(dir)/chain", "\(dir)/out", "--force", "--point", "2", "--quiet")
         XCTAssertEqual(restore.status, 0, restore.stderr)
         XCTAssertEqual(restore.stdout, "")
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
@@ -113,7 +113,7 @@ final class CLITests: XCTestCase {
 
         try makeDisk("\(dir)/disk", size: 1 << 20, seed: 2)
         XCTAssertEqual(try strata("capture", "\(dir)/disk", "\(dir)/chain", "--quiet").status, 0)
-        let point = try strata("restore", "\(dir)/chain", "\(dir)/out", "--point", "5")
+        let point = try strata("restore", "\(dir)/chain", "\(dir)/out", "--force", "--point", "5")
         XCTAssertEqual(point.status, 64)
         XCTAssertEqual(point.stderr, "strata: error: point 5 does not exist in this chain; available points: 1\n")
 
@@ -171,7 +171,7 @@ final class CLITests: XCTestCase {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: chain).filter { $0.hasPrefix(".strata-tmp-") }
         XCTAssertEqual(leftovers, [])
         for (i, state) in states.enumerated() {
-            let r = try strata("restore", chain, "\(dir)/out", "--point", "\(i + 1)", "--quiet")
+            let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(i + 1)", "--quiet")
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), state, "point \(i + 1)")
         }
@@ -183,12 +183,12 @@ final class CLITests: XCTestCase {
         try makeDisk("\(dir)/disk", size: 16 << 20, seed: 4)
         XCTAssertEqual(try strata("capture", "\(dir)/disk", "\(dir)/chain", "--quiet").status, 0)
         for delay in [0, 20_000, 60_000] {
-            let (p, _, _) = try launch(["restore", "\(dir)/chain", "\(dir)/out", "--quiet"])
+            let (p, _, _) = try launch(["restore", "\(dir)/chain", "\(dir)/out", "--force", "--quiet"])
             usleep(UInt32(delay))
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
         }
-        XCTAssertEqual(try strata("restore", "\(dir)/chain", "\(dir)/out", "--quiet").status, 0)
+        XCTAssertEqual(try strata("restore", "\(dir)/chain", "\(dir)/out", "--force", "--quiet").status, 0)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
     }
 
@@ -224,7 +224,7 @@ final class CLITests: XCTestCase {
             XCTAssertTrue(Set(now).isSubset(of: Set(points)), "no new points appear")
             XCTAssertEqual(now.last, points.last, "the newest point survives any merge")
             for point in now {
-                let r = try strata("restore", chain, "\(dir)/out", "--point", "\(point)", "--quiet")
+                let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(point)", "--quiet")
                 XCTAssertEqual(r.status, 0, r.stderr)
                 XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), states[point], "round \(round) point \(point)")
             }

@@ -156,23 +156,23 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(j["blocksChanged"] as? Int, 6, "only the unreadable blocks differ from point 1")
 
         // Restore writes zeros there and reports them; point 1 is untouched by it.
-        let restore = try strata("restore", chain, "\(dir)/out", "--json", "--verify")
+        let restore = try strata("restore", chain, "\(dir)/out", "--force", "--json", "--verify")
         XCTAssertEqual(restore.status, 0, restore.stderr)
         let r = jsonObject(restore.stdout)
         XCTAssertEqual(r["unreadableBlocks"] as? Int, 6)
         XCTAssertEqual(r["unreadableRanges"] as? [[Int]], expectedRanges)
         XCTAssertEqual(r["verified"] as? Bool, true)
         XCTAssertEqual(try contents("\(dir)/out"), expectedRestore(disk))
-        let text = try strata("restore", chain, "\(dir)/out", "--quiet")
+        let text = try strata("restore", chain, "\(dir)/out", "--force", "--quiet")
         XCTAssertEqual(text.stderr, "strata: warning: 6 blocks written as zeros (unreadable at capture), at bytes 4096+4096, 999424+4096, 2998272+12288, 8384512+4096\n")
-        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--point", "1", "--quiet").status, 0)
+        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--force", "--point", "1", "--quiet").status, 0)
         XCTAssertEqual(try contents("\(dir)/out"), disk)
         XCTAssertEqual(try strata("verify", chain, "--quiet").status, 0, "unreadable blocks are not damage")
 
         // Once the disk reads again, the next capture picks the blocks up.
         let healed = try strata("capture", backing, chain, "--json")
         XCTAssertEqual(jsonObject(healed.stdout)["blocksChanged"] as? Int, 6)
-        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--quiet").status, 0)
+        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--force", "--quiet").status, 0)
         XCTAssertEqual(try contents("\(dir)/out"), disk)
     }
 
@@ -248,8 +248,8 @@ final class ResilienceTests: XCTestCase {
         XCTAssertTrue(text.stdout.contains("1 damaged; points whole: 1; points affected: 2, 3"), text.stdout)
         XCTAssertEqual(try strata("verify", chain, "--point", "1").status, 0, "point 1 needs nothing from image 2")
         XCTAssertEqual(try strata("verify", chain, "--point", "2").status, 65)
-        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--point", "1", "--quiet").status, 0)
-        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--point", "2", "--quiet").status, 65)
+        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--force", "--point", "1", "--quiet").status, 0)
+        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--force", "--point", "2", "--quiet").status, 65)
     }
 
     /// Damage to headers, indexes, the manifest's files and links: each named, never a crash.
@@ -297,7 +297,7 @@ final class ResilienceTests: XCTestCase {
         XCTAssertEqual(status, 65)
         XCTAssertTrue((problems.first?["detail"] as? String ?? "").hasPrefix("it belongs to another chain"), "\(problems)")
         XCTAssertEqual(affected, [2, 3])
-        let r = try strata("restore", chain, "\(dir)/out", "--point", "3")
+        let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "3")
         XCTAssertEqual(r.status, 65)
         XCTAssertTrue(r.stderr.contains("p000002.strata: it belongs to another chain"), r.stderr)
 
@@ -313,7 +313,7 @@ final class ResilienceTests: XCTestCase {
         let chain = "\(dir)/chain"
         let states = try makeChain(chain, nights: 3)
         for point in 1...3 {
-            let r = try strata("restore", chain, "\(dir)/out", "--point", "\(point)", "--verify")
+            let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(point)", "--verify")
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertTrue(r.stdout.hasSuffix(", read back and verified\n"), r.stdout)
             XCTAssertEqual(try contents("\(dir)/out"), states[point - 1])
@@ -354,7 +354,7 @@ final class ResilienceTests: XCTestCase {
             let v = try strata("verify", chain, "--quiet")
             XCTAssertEqual(v.status, 0, "\(what): \(v.stdout) \(v.stderr)")
             for point in try points(chain) {
-                let r = try strata("restore", chain, "\(dir)/out", "--point", "\(point)", "--quiet")
+                let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(point)", "--quiet")
                 XCTAssertEqual(r.status, 0, "\(what): \(r.stderr)")
                 XCTAssertEqual(try contents("\(dir)/out"), states[point], "\(what): point \(point)")
             }
@@ -392,11 +392,11 @@ final class ResilienceTests: XCTestCase {
             XCTAssertTrue(Set(now).isSubset(of: Set(ps)))
             try checkAll("merge round \(round)")
         }
-        let restoreSpan = try timed("restore", chain, "\(dir)/out", "--quiet")
+        let restoreSpan = try timed("restore", chain, "\(dir)/out", "--force", "--quiet")
         let verifySpan = try timed("verify", chain, "--quiet")
         let files = try chainFiles(chain)
         for round in 1...20 {
-            try killAfter(["restore", chain, "\(dir)/target", "--quiet"], micros: UInt32.random(in: 0...restoreSpan, using: &rng))
+            try killAfter(["restore", chain, "\(dir)/target", "--force", "--quiet"], micros: UInt32.random(in: 0...restoreSpan, using: &rng))
             try killAfter(["verify", chain, "--quiet"], micros: UInt32.random(in: 0...verifySpan, using: &rng))
             XCTAssertEqual(try chainFiles(chain), files, "round \(round): restore and verify never change the chain")
         }

@@ -37,7 +37,7 @@ final class CapturePropertyTests: XCTestCase {
             states.append(disk.bytes)
         }
         for (i, state) in states.enumerated() {
-            var ro = RestoreOptions()
+            var ro = RestoreOptions.overwriting
             ro.point = UInt32(i + 1)
             ro.engine = engine
             ro.threads = threads
@@ -88,7 +88,7 @@ final class CapturePropertyTests: XCTestCase {
             states.append(disk.bytes)
         }
         for (i, state) in states.enumerated() {
-            var ro = RestoreOptions()
+            var ro = RestoreOptions.overwriting
             ro.point = UInt32(i + 1)
             let out = "\(dir)/restored.img"
             _ = try Restore.run(chain: chain, target: out, options: ro)
@@ -123,7 +123,7 @@ final class CapturePropertyTests: XCTestCase {
                 try disk.writeInPlace(to: path)
             }
             let target = try LoopDevice(size: size + 65536, in: dir)
-            var ro = RestoreOptions()
+            var ro = RestoreOptions.overwriting
             ro.engine = engine
             _ = try Restore.run(chain: "\(dir)/chain-\(seed)", target: target.path, options: ro)
             XCTAssertEqual(try readFile(target.path, count: size), try readFile(loop.path, count: size))

@@ -84,14 +84,14 @@ final class ChainErrorTests: XCTestCase {
             XCTAssertEqual($0 as? ChainError, .notAChain(path: other))
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: other), ["holiday.jpg"])
-        XCTAssertThrowsError(try Restore.run(chain: "\(dir)/missing", target: "\(dir)/out", options: RestoreOptions())) {
+        XCTAssertThrowsError(try Restore.run(chain: "\(dir)/missing", target: "\(dir)/out", options: RestoreOptions.overwriting)) {
             XCTAssertEqual($0 as? ChainError, .notAChain(path: "\(dir)/missing"))
             XCTAssertEqual(($0 as? ChainError)?.exitCode, 65)
         }
     }
 
     func testNoSuchPoint() throws {
-        var o = RestoreOptions()
+        var o = RestoreOptions.overwriting
         o.point = 9
         try assertFails(.noSuchPoint(9, available: [1, 2]), code: 64) {
             _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)
@@ -114,14 +114,14 @@ final class ChainErrorTests: XCTestCase {
         let size = try readFile(path).count
         truncate(path, off_t(size - 10))
         try assertFails(.damaged(file: "p000002.strata", detail: "image file (\(size - 10) bytes, header says \(size)) is truncated at byte \(size - 10)"), code: 65) {
-            _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())
+            _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions.overwriting)
         }
     }
 
     func testMissingImage() throws {
         unlink("\(chain)/p000001.strata")
         try assertFails(.damaged(file: "p000001.strata", detail: "the file is missing"), code: 65) {
-            _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())
+            _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions.overwriting)
         }
     }
 
@@ -131,7 +131,7 @@ final class ChainErrorTests: XCTestCase {
         var bytes = try readFile(path)
         bytes[4096 + 5000] ^= 0x10
         try Data(bytes).write(to: URL(fileURLWithPath: path))
-        var o = RestoreOptions()
+        var o = RestoreOptions.overwriting
         o.point = 1
         XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)) {
             guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
@@ -154,7 +154,7 @@ final class ChainErrorTests: XCTestCase {
     func testRestoresShareTheChainWritersDoNot() throws {
         let reader = try DirectoryLock(directory: chain, shared: true)
         XCTAssertNotNil(reader)
-        _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())
+        _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions.overwriting)
         try assertFails(.chainInUse(path: chain), code: 75) {
             _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
         }
@@ -166,7 +166,7 @@ final class ChainErrorTests: XCTestCase {
 
     func testTargetThatCannotBeWritten() throws {
         try assertFails(.targetUnavailable(path: "\(dir)/no/such/dir/out.img", reason: "No such file or directory"), code: 73) {
-            _ = try Restore.run(chain: chain, target: "\(dir)/no/such/dir/out.img", options: RestoreOptions())
+            _ = try Restore.run(chain: chain, target: "\(dir)/no/such/dir/out.img", options: RestoreOptions.overwriting)
         }
     }
 
@@ -175,7 +175,7 @@ final class ChainErrorTests: XCTestCase {
         let small = try LoopDevice(size: 1 << 20, in: dir)
         let before = try readFile(small.path, count: 1 << 20)
         try assertFails(.targetTooSmall(path: small.path, size: 1 << 20, needed: 2 << 20), code: 73) {
-            _ = try Restore.run(chain: chain, target: small.path, options: RestoreOptions())
+            _ = try Restore.run(chain: chain, target: small.path, options: RestoreOptions.overwriting)
         }
         XCTAssertEqual(try readFile(small.path, count: 1 << 20), before, "nothing written to a too-small device")
     }
@@ -225,7 +225,7 @@ final class ChainErrorTests: XCTestCase {
         bytes.replaceSubrange(Int(header.indexOffset)..., with: indexBytes)
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         let extent = index.extents.first { $0.kind == .data && $0.frame == 0 && $0.frameBlock <= 1 && 1 < $0.frameBlock + $0.blockCount }!
-        var o = RestoreOptions()
+        var o = RestoreOptions.overwriting
         o.point = 1
         XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)) {
             XCTAssertEqual(

@@ -162,3 +162,12 @@ final class LoopDevice {
         unlink(backing)
     }
 }
+
+extension RestoreOptions {
+    /// Tests restore into the same scratch file again and again: they replace it, as `--force` does.
+    static var overwriting: RestoreOptions {
+        var o = RestoreOptions()
+        o.force = true
+        return o
+    }
+}

@@ -49,7 +49,7 @@ final class IntegrityTests: XCTestCase {
                 XCTAssertEqual(report.problems.map(\.file), [name], "a flip at byte \(offset) of \(name) must be found")
                 let needed: [UInt32] = name == "p000001.strata" ? [1, 2] : [2]
                 XCTAssertTrue(Set(report.affectedPoints).isSubset(of: Set(needed)) && !report.affectedPoints.isEmpty, "byte \(offset): \(report.affectedPoints)")
-                var o = RestoreOptions()
+                var o = RestoreOptions.overwriting
                 o.point = report.affectedPoints.first
                 XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: o), "byte \(offset): restored silently") {
                     XCTAssertEqual(($0 as? ChainError)?.exitCode, 65, "\($0)")
@@ -59,7 +59,7 @@ final class IntegrityTests: XCTestCase {
         }
         XCTAssertTrue(try verify(chain).isWhole)
         for (i, state) in states.enumerated() {
-            var o = RestoreOptions()
+            var o = RestoreOptions.overwriting
             o.point = UInt32(i + 1)
             _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)
             XCTAssertEqual(try readFile("\(dir)/out.img"), state)
@@ -85,7 +85,7 @@ final class IntegrityTests: XCTestCase {
     func testReadBackFindsATargetThatDiffers() throws {
         let (chain, states) = try makeChain()
         let target = "\(dir)/out.img"
-        var o = RestoreOptions()
+        var o = RestoreOptions.overwriting
         o.verify = true
         XCTAssertEqual(try Restore.run(chain: chain, target: target, options: o).verified, true)
         XCTAssertEqual(try readFile(target), states[1])

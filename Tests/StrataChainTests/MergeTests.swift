@@ -14,7 +14,7 @@ final class MergeTests: XCTestCase {
     func assertEveryPointRestores(_ chain: String, _ states: [UInt32: [UInt8]], _ context: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let points = try ChainListing.read(chain: chain).points.map(\.point)
         for p in points {
-            var o = RestoreOptions()
+            var o = RestoreOptions.overwriting
             o.point = p
             let out = "\(dir)/out.img"
             _ = try Restore.run(chain: chain, target: out, options: o)
@@ -166,7 +166,7 @@ final class MergeTests: XCTestCase {
         o.from = 2
         let merged = try Merge.run(chain: chain, options: o)
         XCTAssertEqual(merged.points, [1, 3])
-        XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions())) {
+        XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions.overwriting)) {
             guard case .damaged(let file, _) = $0 as? ChainError else { return XCTFail("\(String(describing: $0))") }
             XCTAssertEqual(file, "p000001.strata")
         }

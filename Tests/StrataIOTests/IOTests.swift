@@ -117,3 +117,37 @@ final class IOTests: XCTestCase {
         }
     }
 }
+
+final class DeviceUsageTests: XCTestCase {
+    func testProcTablesAreDecoded() {
+        XCTAssertEqual(BlockDevices.unescape("/mnt/my\\040disk\\011x"), "/mnt/my disk\tx")
+        XCTAssertEqual(BlockDevices.unescape("/plain\\04"), "/plain\\04", "a truncated escape stays as it is")
+        let loop0p1 = BlockDevices.parseNumbers("259:0\n")
+        XCTAssertEqual(loop0p1.map(BlockDevices.major), 259)
+        XCTAssertEqual(loop0p1.map(BlockDevices.minor), 0)
+        let big = BlockDevices.parseNumbers("4095:1048575")
+        XCTAssertEqual(big.map(BlockDevices.major), 4095)
+        XCTAssertEqual(big.map(BlockDevices.minor), 1_048_575)
+        XCTAssertNil(BlockDevices.parseNumbers(""))
+        XCTAssertNil(BlockDevices.parseNumbers("8"))
+    }
+
+    func testParentsAndInsideness() throws {
+        XCTAssertEqual(BlockDevices.parent(of: "/a/b/c"), "/a/b")
+        XCTAssertEqual(BlockDevices.parent(of: "/a/b/"), "/a")
+        XCTAssertEqual(BlockDevices.parent(of: "/a"), "/")
+        XCTAssertEqual(BlockDevices.parent(of: "a"), ".")
+        let dir = NSTemporaryDirectory() + "strata-inside-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: "\(dir)/chain/sub", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/chain/file", contents: Data([1])))
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/other", contents: Data([1])))
+        let chain = FileIdentity(path: "\(dir)/chain")!
+        for inside in ["\(dir)/chain", "\(dir)/chain/", "\(dir)/chain/file", "\(dir)/chain/sub/new/deeper", "\(dir)/chain/sub/../file"] {
+            XCTAssertTrue(BlockDevices.isInside(inside, directory: chain, directoryPath: "\(dir)/chain"), inside)
+        }
+        for outside in [dir, "\(dir)/other", "\(dir)/new", "/", "\(dir)/chain/../other"] {
+            XCTAssertFalse(BlockDevices.isInside(outside, directory: chain, directoryPath: "\(dir)/chain"), outside)
+        }
+    }
+}
