@@ -1,6 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
-// Module graph (see docs/DESIGN.md): strata -> StrataChain -> {StrataFormat, StrataCodec, StrataIO}.
+// Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let package = Package(
@@ -9,6 +10,7 @@ let package = Package(
     products: [
         .executable(name: "strata", targets: ["strata"]),
         .library(name: "StrataChain", targets: ["StrataChain"]),
+        .library(name: "StrataBench", targets: ["StrataBench"]),
         // For the benchmark package (Benchmarks/), which measures each module on its own.
         .library(name: "StrataFormat", targets: ["StrataFormat"]),
         .library(name: "StrataCodec", targets: ["StrataCodec"]),
@@ -26,9 +28,10 @@ let package = Package(
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3"]),
         .target(name: "StrataIO", dependencies: ["CURing"]),
         .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO"]),
+        .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
         .executableTarget(
             name: "strata",
-            dependencies: ["StrataChain", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["StrataChain", "StrataBench", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], exclude: ["Golden"]),
         .testTarget(name: "StrataCodecTests", dependencies: ["StrataCodec", "CXXH3"]),
         .testTarget(name: "StrataIOTests", dependencies: ["StrataIO"]),

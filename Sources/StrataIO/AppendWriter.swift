@@ -33,7 +33,9 @@ public final class AppendWriter {
         bufferStart = start
         directFD = try? Sys.open(path, O_WRONLY | strata_O_DIRECT)
         writeFD = directFD ?? fd
-        if let (queue, _) = try? IOEngine.make(engine, depth: depth) {
+        // `uring` means io_uring or nothing (the error goes to the caller); `auto` and `pread` write through a pool
+        // of threads when io_uring is refused, and only a pool that cannot start leaves plain pwrite.
+        if let (queue, _) = engine == .uring ? try IOEngine.make(engine, depth: depth) : try? IOEngine.make(engine, depth: depth) {
             buffers = AlignedSlab(slotSize: bufferSize, slotCount: depth)
             pump = IOPump(queue: queue, maxTags: depth)
             freeBuffers = Array((0..<depth).reversed())

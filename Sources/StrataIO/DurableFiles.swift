@@ -46,18 +46,18 @@ public enum DurableFiles {
     }
 }
 
-/// A lock on a chain directory, held for the life of the value: exclusive for a process that changes the chain,
-/// shared for one that only reads it (restores may run side by side; none runs beside a capture or merge).
-/// A conflicting strata fails to take it at once instead of waiting or interleaving writes.
+/// The writer's lock on a chain directory, held for the life of the value: a process that changes the chain
+/// (capture, merge, prune) takes it exclusively; a second one fails to take it at once instead of waiting or
+/// interleaving writes. Readers take no lock (see StrataChain's Chain.swift).
 public final class DirectoryLock {
     private let fd: Int32
 
-    /// Returns nil when another process holds a conflicting lock.
-    public init?(directory: String, shared: Bool = false) throws {
+    /// Returns nil when another process holds it.
+    public init?(directory: String) throws {
         let path = "\(directory)/.lock"
         let fd: Int32
         do { fd = try Sys.open(path, O_RDWR) } catch let e as IOError where e.errno == ENOENT { fd = try Sys.create(path, O_RDWR) }
-        guard try Sys.tryLock(fd, shared: shared, path: directory) else {
+        guard try Sys.tryLock(fd, path: directory) else {
             Sys.close(fd)
             return nil
         }

@@ -28,6 +28,13 @@ public struct IOError: Error, Equatable, Sendable, CustomStringConvertible {
     /// opposed to a mistake in the request: EIO, ENODATA, EILSEQ, EBADMSG, EREMOTEIO.
     public var isMediaError: Bool { [EIO, ENODATA, EILSEQ, EBADMSG, EREMOTEIO].contains(errno) }
 
+    /// Whether the file does not exist (ENOENT).
+    public var isMissing: Bool { errno == ENOENT }
+    /// Whether the filesystem is full (ENOSPC, or EDQUOT: a quota is).
+    public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }
+    /// Whether a file of that name exists already (EEXIST).
+    public var alreadyExists: Bool { errno == EEXIST }
+
     /// Whether the kernel said the file is busy (EBUSY: a device opened exclusively elsewhere).
     public var isBusy: Bool { errno == EBUSY }
 }
@@ -203,10 +210,10 @@ public enum Sys {
         return UInt64(r)
     }
 
-    /// Non-blocking advisory lock, exclusive or shared; false when another process holds a conflicting one.
-    public static func tryLock(_ fd: Int32, shared: Bool = false, path: String) throws -> Bool {
+    /// Non-blocking exclusive advisory lock; false when another process holds it.
+    public static func tryLock(_ fd: Int32, path: String) throws -> Bool {
         while true {
-            if flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0 { return true }
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return true }
             let e = Glibc.errno
             if e == EINTR { continue }
             if e == EWOULDBLOCK { return false }

@@ -97,3 +97,28 @@ public enum Threads {
         precondition(r == 0, "cannot start a thread: \(String(cString: strerror(r)))")
     }
 }
+
+/// Threads started for one run and joined before the buffers they share are freed: blocking io_uring waits and
+/// CPU-bound compression do not belong in Swift concurrency's cooperative pool (they would starve it).
+public final class ThreadGroup {
+    public init() {}
+
+    private let condition = Condition()
+    private var running = 0
+
+    public func spawn(_ name: String, _ body: @escaping () -> Void) {
+        condition.lock()
+        running += 1
+        condition.unlock()
+        Threads.spawn(name) { [self] in
+            body()
+            condition.publish { running -= 1 }
+        }
+    }
+
+    public func join() {
+        condition.lock()
+        while running > 0 { condition.wait() }
+        condition.unlock()
+    }
+}

@@ -1,6 +1,6 @@
 import ArgumentParser
+import StrataBench
 import StrataChain
-import StrataIO
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,10 +39,10 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         var options = BenchOptions()
         options.seconds = seconds
-        options.threads = threads ?? Sys.onlineCores
+        options.threads = threads ?? Machine.onlineCores
         options.level = level
         options.chainDirectory = chainDir
-        let showProgress = !quiet && Sys.isTerminal(2)
+        let showProgress = !quiet && Machine.isTerminal(2)
         let r: BenchReport
         do {
             r = try Bench.run(source: source, options: options) { stage in

@@ -1,6 +1,5 @@
 import ArgumentParser
 import StrataChain
-import StrataIO
 
 extension IOEngineChoice: ExpressibleByArgument {}
 
@@ -54,7 +53,7 @@ struct CaptureCommand: ParsableCommand {
         var options = CaptureOptions()
         options.blockSize = blockSize
         options.level = level
-        options.threads = threads ?? Sys.onlineCores
+        options.threads = threads ?? Machine.onlineCores
         options.queueDepth = queueDepth
         options.engine = ioEngine
         options.allowMounted = allowMounted

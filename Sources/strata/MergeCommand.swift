@@ -15,6 +15,9 @@ struct MergeCommand: ParsableCommand {
     @Argument(help: "Chain directory.") var chain: String
     @Option(help: "First point of the range (default: the chain's first point).") var from: UInt32?
     @Option(help: "Last point of the range; it keeps its number.") var to: UInt32
+    @Option(help: "zstd level for the blocks re-packed into new frames, 1-19 (copied frames keep theirs).") var level: Int32 = 1
+    @Option(help: "Worker threads copying and re-packing frames (default: one per core).") var threads: Int?
+    @Option(help: "I/O engine for the merged image's writes: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
@@ -22,6 +25,9 @@ struct MergeCommand: ParsableCommand {
         Output.warnIfExposed(chain)
         var options = MergeOptions(to: to)
         options.from = from
+        options.level = level
+        options.threads = threads ?? Machine.onlineCores
+        options.engine = ioEngine
         let progress = ProgressLine(verb: "merge", quiet: quiet)
         do {
             let r = try Merge.run(chain: chain, options: options, progress: progress.update)
@@ -55,6 +61,9 @@ struct PruneCommand: ParsableCommand {
 
     @Argument(help: "Chain directory.") var chain: String
     @Option(help: "Number of newest points to keep (at least 1).") var keep: Int
+    @Option(help: "zstd level for the blocks re-packed into new frames, 1-19 (copied frames keep theirs).") var level: Int32 = 1
+    @Option(help: "Worker threads copying and re-packing frames (default: one per core).") var threads: Int?
+    @Option(help: "I/O engine for the merged image's writes: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
@@ -62,7 +71,11 @@ struct PruneCommand: ParsableCommand {
         Output.warnIfExposed(chain)
         let progress = ProgressLine(verb: "prune", quiet: quiet)
         do {
-            let r = try Merge.prune(chain: chain, keep: keep, progress: progress.update)
+            var options = MergeOptions(to: 0)
+            options.level = level
+            options.threads = threads ?? Machine.onlineCores
+            options.engine = ioEngine
+            let r = try Merge.prune(chain: chain, keep: keep, options: options, progress: progress.update)
             progress.finish()
             if let r {
                 MergeCommand.report(r, json: json, quiet: quiet)

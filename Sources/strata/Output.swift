@@ -5,7 +5,6 @@ import ArgumentParser
 import Glibc
 #endif
 import StrataChain
-import StrataIO
 
 enum Output {
     static func notice(_ line: String) { toStderr("strata: \(line)\n") }
@@ -41,8 +40,8 @@ enum Output {
             notice("error: \(e.description)")
             return ExitCode(74)
         }
-        notice("error: \(error)")
-        return ExitCode(1)
+        notice("error: \(error) (this is a bug in strata: please report it with this line)")
+        return ExitCode(70)  // EX_SOFTWARE
     }
 
     static func json(_ fields: [(String, Any)]) {
@@ -98,18 +97,18 @@ enum Output {
 final class ProgressLine {
     private let verb: String
     private let enabled: Bool
-    private let start = Sys.monotonicNanos()
+    private let start = Machine.monotonicNanos()
     private var last: UInt64 = 0
     private var drawn = false
 
     init(verb: String, quiet: Bool) {
         self.verb = verb
-        enabled = !quiet && Sys.isTerminal(2)
+        enabled = !quiet && Machine.isTerminal(2)
     }
 
     func update(_ done: UInt64, _ total: UInt64) {
         guard enabled else { return }
-        let now = Sys.monotonicNanos()
+        let now = Machine.monotonicNanos()
         guard now - last > 100_000_000 || done == total else { return }
         last = now
         let seconds = max(Double(now - start) / 1e9, 0.001)

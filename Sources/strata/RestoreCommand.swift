@@ -1,6 +1,5 @@
 import ArgumentParser
 import StrataChain
-import StrataIO
 
 struct RestoreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -46,7 +45,7 @@ struct RestoreCommand: ParsableCommand {
         Output.warnIfExposed(chain)
         var options = RestoreOptions()
         options.point = point
-        options.threads = max(1, threads ?? Sys.onlineCores)
+        options.threads = max(1, threads ?? Machine.onlineCores)
         options.engine = ioEngine
         options.verify = verify
         options.force = force

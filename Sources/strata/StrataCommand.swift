@@ -22,11 +22,13 @@ struct StrataCommand: ParsableCommand {
                   (nothing was changed); verify found damage
               66  the source cannot be opened
               69  the requested I/O engine is unavailable
+              70  an internal error (a bug in strata; the message says what failed)
               73  the target cannot be written, or is too small
               74  an I/O error: a read error on the source (see capture
                   --max-bad-blocks), a target that does not read back as written
                   (restore --verify), a failed write (a full disk)
-              75  the chain is in use by another strata process
+              75  the chain is being changed by another strata process (a capture,
+                  merge or prune; restores, verifies and lists run beside them)
               77  refused for safety: a source mounted read-write (see capture
                   --allow-mounted), a source or target that is part of the chain,
                   a target in use, an existing target file (see restore --force)

@@ -1,6 +1,5 @@
 import ArgumentParser
 import StrataChain
-import StrataIO
 
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -38,7 +37,7 @@ struct VerifyCommand: ParsableCommand {
         var options = VerifyOptions()
         options.point = point
         options.checksumsOnly = checksumsOnly
-        options.threads = threads ?? Sys.onlineCores
+        options.threads = threads ?? Machine.onlineCores
         options.engine = ioEngine
         let progress = ProgressLine(verb: "verify", quiet: quiet)
         let r: VerifyReport

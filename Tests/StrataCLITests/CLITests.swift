@@ -129,7 +129,7 @@ final class CLITests: XCTestCase {
         let help = try strata("--help")
         XCTAssertEqual(help.status, 0)
         XCTAssertTrue(help.stdout.contains("EXIT STATUS"))
-        XCTAssertTrue(help.stdout.contains("75  the chain is in use"))
+        XCTAssertTrue(help.stdout.contains("75  the chain is being changed by another strata process"))
         let capture = try strata("capture", "--help")
         XCTAssertTrue(capture.stdout.contains("--io-engine"))
         XCTAssertTrue(capture.stdout.contains("--queue-depth"))

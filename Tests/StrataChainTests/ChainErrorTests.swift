@@ -150,18 +150,21 @@ final class ChainErrorTests: XCTestCase {
         _ = holder
     }
 
-    /// Restores share the chain; captures and merges need it alone.
-    func testRestoresShareTheChainWritersDoNot() throws {
-        let reader = try DirectoryLock(directory: chain, shared: true)
-        XCTAssertNotNil(reader)
+    /// Readers (restore, verify, list) run beside a writer, which holds the writer's lock; a second writer fails
+    /// at once with exit 75.
+    func testReadersRunBesideAWriterWritersExcludeEachOther() throws {
+        let writer = try DirectoryLock(directory: chain)
+        XCTAssertNotNil(writer)
         _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: RestoreOptions.overwriting)
+        XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        XCTAssertEqual(try ChainListing.read(chain: chain).points.count, 2)
         try assertFails(.chainInUse(path: chain), code: 75) {
             _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
         }
         try assertFails(.chainInUse(path: chain), code: 75) {
             _ = try Merge.run(chain: chain, options: MergeOptions(to: 2))
         }
-        _ = reader
+        _ = writer
     }
 
     func testTargetThatCannotBeWritten() throws {

@@ -97,10 +97,10 @@ final class IntegrityTests: XCTestCase {
         bytes[dataBlock + 7] ^= 1
         bytes[zeroBlock + 4000] = 9
         try Data(bytes).write(to: URL(fileURLWithPath: target))
-        let c = try ChainDirectory(path: chain, create: false, readOnly: true)
+        let c = try Chain(location: chain, access: .read)
         let images = try c.openImages(forPoint: 2)
         let check = RestoreReadBack(
-            images: images, resolved: ExtentResolver.resolve(images.map(\.index.extents)), blockSize: 4096,
+            frames: FrameReader(images), resolved: ExtentResolver.resolve(images.map { $0.index.extents }), blockSize: 4096,
             sourceSize: UInt64(bytes.count), queue: PreadQueue(threads: 4))
         try check.run(try BlockSource(path: target), depth: 4, progress: nil)
         XCTAssertEqual(check.mismatchedBlocks, 2)

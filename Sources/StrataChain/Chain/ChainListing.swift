@@ -1,5 +1,5 @@
-// `strata list`: the points of a chain, read from its manifest without taking the chain's lock (listing is
-// safe beside a running capture: the manifest is only ever replaced whole).
+// `strata list`: the points of a chain, read from its manifest (as every reader, beside a running writer: the
+// manifest is only ever replaced whole).
 import StrataFormat
 import StrataIO
 
@@ -21,8 +21,7 @@ public struct ChainListing: Sendable, Equatable {
     public var points: [PointInfo]
 
     public static func read(chain path: String) throws -> ChainListing {
-        guard (try? Sys.stat("\(path)/\(ChainManifest.fileName)")) != nil else { throw ChainError.notAChain(path: path) }
-        let m = try ChainDirectory.readManifest(path)
+        let m = try Chain(location: path, access: .read).manifest!
         return ChainListing(
             chainID: m.chainID.description, blockSize: m.blockSize, sourceSize: m.sourceSize,
             points: m.images.map {

@@ -12,6 +12,8 @@ struct ResolvedExtent: Equatable {
     var frameBlock: UInt32
 
     var endBlock: UInt64 { firstBlock + UInt64(blockCount) }
+    /// The frame holding a data extent's blocks.
+    var frameRef: FrameRef { FrameRef(image: Int(image), frame: frame) }
 }
 
 enum ExtentResolver {

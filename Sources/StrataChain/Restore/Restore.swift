@@ -36,10 +36,11 @@ public enum Restore {
         progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
     ) throws -> RestoreResult {
         let started = Sys.monotonicNanos()
-        let chain = try ChainDirectory(path: chainPath, create: false, readOnly: true)
-        guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
-        let point = options.point ?? manifest.points.last!
+        let chain = try Chain(location: chainPath, access: .read)
+        guard let first = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
+        let point = options.point ?? first.points.last!
         let images = try chain.openImages(forPoint: point)
+        let manifest = chain.manifest!  // the one the images were opened under
         try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
         let target: RestoreTarget
         do { target = try RestoreTarget(path: targetPath) } catch let e as IOError {
@@ -51,25 +52,27 @@ public enum Restore {
         }
         if !target.direct { notice("\(targetPath) does not support O_DIRECT; writing through the page cache") }
         let resolved = ExtentResolver.resolve(images.map(\.index.extents))
+        let frames = FrameReader(images)
         let (readQueue, note): (IOQueue, String?)
         let writeQueue: IOQueue
         do {
-            (readQueue, note) = try IOEngine.make(options.engine, depth: options.queueDepth)
+            (readQueue, note) = try chain.store.readQueue(engine: options.engine, depth: options.queueDepth)
             (writeQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
         } catch let e as IOError {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
         if let note { notice(note) }
         let pipeline = RestorePipeline(
-            images: images, resolved: resolved, sourceSize: manifest.sourceSize, blockSize: Int(manifest.blockSize),
+            frames: frames, resolved: resolved, sourceSize: manifest.sourceSize, blockSize: Int(manifest.blockSize),
             target: target, readQueue: readQueue, writeQueue: writeQueue, options: options, progress: progress)
         do {
             try pipeline.run()
             if options.verify {
                 let source = try BlockSource(path: targetPath)
                 if !source.direct { notice("\(targetPath) does not support O_DIRECT; the read-back goes through the page cache") }
+                let (localQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)  // the target is local
                 let check = RestoreReadBack(
-                    images: images, resolved: resolved, blockSize: Int(manifest.blockSize), sourceSize: manifest.sourceSize, queue: readQueue)
+                    frames: frames, resolved: resolved, blockSize: Int(manifest.blockSize), sourceSize: manifest.sourceSize, queue: localQueue)
                 try check.run(source, depth: options.queueDepth, progress: progress)
                 if let first = check.firstMismatch {
                     throw ChainError.targetMismatch(path: targetPath, block: first, count: check.mismatchedBlocks)

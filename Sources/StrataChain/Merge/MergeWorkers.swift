@@ -5,15 +5,16 @@
 // that workers build and compress; finished ones wait in a small window of slots and the coordinator appends
 // them in order after the whole frames. A re-packing worker takes a re-pack job first when a slot is free (the
 // coordinator can then append while the copies go on), a copy otherwise; see `repackers` for how many re-pack.
-// Each worker decodes the source frames it needs (checksum, decompression) into a cache of its own, and checks
-// each block it takes against its hash. Writes of copied runs are serialised (`ImageWriter.writeReserved`).
+// Each worker reads the source frames it needs through the frame reader into a frame cache of its own (checksum,
+// decompression), and checks each block it takes against its hash. Writes of copied runs are serialised
+// (`ImageWriter.writeReserved`).
 import StrataCodec
 import StrataFormat
 import StrataIO
 
 final class MergeWorkers {
     struct Segment {
-        var key: UInt64  // image << 32 | frame
+        var frame: FrameRef
         var frameBlock: Int
         var count: Int
     }
@@ -28,7 +29,7 @@ final class MergeWorkers {
 
     private let copies: [CopyRun]
     private let frames: [[Segment]]
-    private let sources: [ImageFile]
+    private let sources: FrameReader
     private let writer: ImageWriter
     private let blockSize: Int
     private let level: Int32
@@ -53,16 +54,16 @@ final class MergeWorkers {
     init(copies: [CopyRun], frames: [[Segment]], sources: [ImageFile], writer: ImageWriter, level: Int32, threads: Int) {
         self.copies = copies
         self.frames = frames
-        self.sources = sources
+        self.sources = FrameReader(sources)
         self.writer = writer
         self.level = level
         self.threads = max(1, threads)
         blockSize = Int(sources[0].header.blockSize)
         buffers = FrameBuffers(blockSize: blockSize, count: 2 * self.threads + 2)
         freeSlots = Array(0..<buffers.count)
-        let repacked = Set(frames.flatMap { $0.map(\.key) })
+        let repacked = Set(frames.flatMap { $0.map(\.frame) })
         sourceFramesRepacked = repacked.count
-        maxStored = repacked.map { Int(sources[Int($0 >> 32)].index.frames[Int($0 & 0xFFFF_FFFF)].length) }.max() ?? 0
+        maxStored = self.sources.largest(repacked).stored
         largestRun = copies.map(\.bytes).max() ?? 0
     }
 
@@ -146,8 +147,9 @@ final class MergeWorkers {
     private func work(_ worker: Int, _ compressor: FrameCompressor, _ decompressor: FrameDecompressor) {
         // Surviving blocks interleave across the source images in block order, so a packed frame draws on about
         // one live frame per image: cache that many (bounded, ~2 MiB each) or frames get decoded over and over.
-        let capacity = frames.isEmpty ? 0 : min(sources.count + 1, max(4, 48 / threads))
-        let cache = DecodedFrames(capacity: capacity, stored: maxStored, decoded: buffers.blocksPerFrame * blockSize)
+        let entries = frames.isEmpty ? 0 : min(sources.images.count + 1, max(4, 48 / threads))
+        let decoded = buffers.blocksPerFrame * blockSize
+        let cache = FrameCache(bytes: entries * (maxStored + decoded), maxStored: maxStored, maxDecoded: decoded)
         let copyBuffer = AlignedSlab(slotSize: max(largestRun, 1), slotCount: 1, alignment: 64)
         while let job = nextJob(worker: worker) {
             do {
@@ -172,74 +174,31 @@ final class MergeWorkers {
 
     /// Reads a run of whole frames, checks each against its checksum and writes the run into its place.
     private func copy(_ run: CopyRun, through buffer: UnsafeMutableRawPointer) throws {
-        let image = sources[run.image]
+        let image = sources.images[run.image]!
         let records = image.index.frames
         let start = records[run.frames.lowerBound].offset
-        let n = try Sys.preadFully(image.fd, buffer, run.bytes, start, path: image.path)
+        let end = start + UInt64(try image.object.read(into: buffer, count: run.bytes, at: start))
         for f in run.frames {
+            let ref = FrameRef(image: run.image, frame: UInt32(f))
             let r = records[f]
-            guard r.offset + UInt64(r.length) <= start + UInt64(n) else {
-                throw ChainError.damaged(file: image.name, detail: "frame \(f) is cut short")
-            }
-            guard Checksum.xxh3(buffer + Int(r.offset - start), count: Int(r.length)) == r.checksum else {
-                throw ChainError.corruptData(file: image.name, detail: "frame \(f) at byte \(r.offset) fails its checksum")
-            }
+            try sources.arrived(ref, bytes: end > r.offset ? Int(min(UInt64(r.length), end - r.offset)) : 0)
+            try sources.check(ref, stored: buffer + Int(r.offset - start), .checksum)
         }
         try writer.writeReserved(buffer, count: run.bytes, at: run.target)
     }
 
     private func build(
-        _ k: Int, slot: Int, cache: DecodedFrames, compressor: FrameCompressor, decompressor: FrameDecompressor
+        _ k: Int, slot: Int, cache: FrameCache, compressor: FrameCompressor, decompressor: FrameDecompressor
     ) throws -> (buffer: Int, frame: SealedFrame) {
         var fill = 0
         for s in frames[k] {
-            let entry = try cache.get(s.key) { stored, decoded in try self.decode(s.key, stored: stored, decoded: decoded, decompressor: decompressor) }
+            let entry = try cache.get(s.frame, reader: sources, decompressor: decompressor)
             // Each surviving block is in exactly one segment: checked here, and dead blocks are never hashed.
-            try sources[Int(s.key >> 32)].checkBlocks(
-                s.frameBlock..<(s.frameBlock + s.count), frame: UInt32(s.key & 0xFFFF_FFFF), stored: entry.stored, decoded: entry.decoded)
+            try sources.checkBlocks(s.frame, s.frameBlock..<(s.frameBlock + s.count), stored: entry.stored, decoded: entry.decoded)
             buffers.block(slot, fill).copyMemory(from: entry.decoded + s.frameBlock * blockSize, byteCount: s.count * blockSize)
             buffers.hash(slot, fill).copyMemory(from: entry.stored + s.frameBlock * 16, byteCount: s.count * 16)
             fill += s.count
         }
         return (slot, buffers.seal(slot, blockCount: fill, compressor: compressor))
-    }
-
-    /// Reads one source frame and checks it (checksum, decompression; `build` checks the blocks it takes).
-    private func decode(_ key: UInt64, stored: UnsafeMutableRawPointer, decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor) throws {
-        let image = sources[Int(key >> 32)]
-        let frame = UInt32(key & 0xFFFF_FFFF)
-        let r = image.index.frames[Int(frame)]
-        let n = try Sys.preadFully(image.fd, stored, Int(r.length), r.offset, path: image.path)
-        guard n == Int(r.length) else { throw ChainError.damaged(file: image.name, detail: "frame \(frame) is cut short") }
-        try image.decode(frame: frame, stored: stored, into: decoded, decompressor: decompressor, checkingBlocks: false)
-    }
-}
-/// A worker's few most recently decoded source frames (stored bytes with their hashes, and decoded blocks).
-private final class DecodedFrames {
-    private let stored: AlignedSlab
-    private let decoded: AlignedSlab
-    private var keys: [UInt64?]
-    private var age: [Int]
-    private var clock = 0
-
-    init(capacity: Int, stored: Int, decoded: Int) {
-        self.stored = AlignedSlab(slotSize: max(stored, 1), slotCount: capacity, alignment: 64)
-        self.decoded = AlignedSlab(slotSize: decoded, slotCount: capacity, alignment: 64)
-        keys = Array(repeating: nil, count: capacity)
-        age = Array(repeating: 0, count: capacity)
-    }
-
-    func get(_ key: UInt64, fill: (UnsafeMutableRawPointer, UnsafeMutableRawPointer) throws -> Void) throws -> (stored: UnsafeMutableRawPointer, decoded: UnsafeMutableRawPointer) {
-        clock += 1
-        if let i = keys.firstIndex(of: key) {
-            age[i] = clock
-            return (stored.slot(i), decoded.slot(i))
-        }
-        let i = age.indices.min { age[$0] < age[$1] }!
-        keys[i] = nil
-        try fill(stored.slot(i), decoded.slot(i))
-        keys[i] = key
-        age[i] = clock
-        return (stored.slot(i), decoded.slot(i))
     }
 }

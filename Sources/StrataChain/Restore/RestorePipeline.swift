@@ -14,7 +14,7 @@ import StrataFormat
 import StrataIO
 
 final class RestorePipeline {
-    private let images: [ImageFile]
+    private let frames: FrameReader
     private let resolved: [ResolvedExtent]
     private let sourceSize: UInt64
     private let blockSize: Int
@@ -25,8 +25,7 @@ final class RestorePipeline {
     private let progress: ProgressHandler?
 
     // Fetch plan: frames in order of first use, and the extent after which each is no longer needed.
-    private var fetchImage: [UInt32] = []
-    private var fetchFrame: [UInt32] = []
+    private var fetchFrame: [FrameRef] = []
     private var fetchLastUse: [Int] = []
     private var extentFetch: [Int32]
 
@@ -43,10 +42,10 @@ final class RestorePipeline {
     private static let windowSize = 1 << 20
 
     init(
-        images: [ImageFile], resolved: [ResolvedExtent], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
+        frames: FrameReader, resolved: [ResolvedExtent], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
         readQueue: IOQueue, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?
     ) {
-        self.images = images
+        self.frames = frames
         self.resolved = resolved
         self.sourceSize = sourceSize
         self.blockSize = blockSize
@@ -56,22 +55,20 @@ final class RestorePipeline {
         self.options = options
         self.progress = progress
         extentFetch = Array(repeating: -1, count: resolved.count)
-        var seen: [UInt64: Int] = [:]
+        var seen: [FrameRef: Int] = [:]
         for (i, e) in resolved.enumerated() where e.kind == .data {
-            let key = UInt64(e.image) << 32 | UInt64(e.frame)
-            if let f = seen[key] {
+            let ref = e.frameRef
+            if let f = seen[ref] {
                 fetchLastUse[f] = i
                 extentFetch[i] = Int32(f)
             } else {
-                seen[key] = fetchImage.count
-                extentFetch[i] = Int32(fetchImage.count)
-                fetchImage.append(e.image)
-                fetchFrame.append(e.frame)
+                seen[ref] = fetchFrame.count
+                extentFetch[i] = Int32(fetchFrame.count)
+                fetchFrame.append(ref)
                 fetchLastUse.append(i)
             }
         }
-        let maxStored = images.flatMap { $0.index.frames.map { Int($0.length) } }.max() ?? 0
-        let maxBlocks = images.flatMap { $0.index.frames.map { Int($0.blockCount) } }.max() ?? 0
+        let (maxStored, maxBlocks) = frames.largest(fetchFrame)
         decodedOffset = (maxStored + 4095) / 4096 * 4096
         // Slots needed so the reader can always fetch the next frame: the most frames in use at once (for a
         // chain of captures, at most one per image; a merged image may hold frames of several), plus prefetch.
@@ -114,7 +111,7 @@ final class RestorePipeline {
     private func readFrames() {
         let pump = IOPump(queue: readQueue, maxTags: slots.slotCount)
         do {
-            for f in 0..<fetchImage.count {
+            for f in 0..<fetchFrame.count {
                 var slot = -1
                 while slot < 0 {
                     condition.lock()
@@ -131,10 +128,8 @@ final class RestorePipeline {
                     if slot < 0 && pump.inFlight > 0 { try frameRead(pump.next()) }
                 }
                 if slot < 0 { break }
-                let image = images[Int(fetchImage[f])]
-                let record = image.index.frames[Int(fetchFrame[f])]
                 slotFetch[slot] = f
-                pump.read(fd: image.fd, path: image.path, into: slots.slot(slot), length: Int(record.length), at: record.offset, tag: slot)
+                frames.startRead(fetchFrame[f], into: slots.slot(slot), pump: pump, tag: slot)
                 if pump.inFlight >= options.queueDepth { try frameRead(pump.next()) }
             }
             while pump.inFlight > 0 { try frameRead(pump.next()) }
@@ -146,12 +141,7 @@ final class RestorePipeline {
     }
 
     private func frameRead(_ done: (tag: Int, bytes: Int)) throws {
-        let f = slotFetch[done.tag]
-        let image = images[Int(fetchImage[f])]
-        let record = image.index.frames[Int(fetchFrame[f])]
-        guard done.bytes == Int(record.length) else {
-            throw ChainError.damaged(file: image.name, detail: "frame \(fetchFrame[f]) is cut short")
-        }
+        try frames.arrived(fetchFrame[slotFetch[done.tag]], bytes: done.bytes)
         decodeJobs.post(done.tag)
     }
 
@@ -171,9 +161,8 @@ final class RestorePipeline {
     }
 
     private func decode(_ slot: Int, _ decompressor: FrameDecompressor) throws {
-        let f = slotFetch[slot]
         let base = slots.slot(slot)
-        try images[Int(fetchImage[f])].decode(frame: fetchFrame[f], stored: base, into: base + decodedOffset, decompressor: decompressor)
+        try frames.check(fetchFrame[slotFetch[slot]], stored: base, .everyBlock, decoded: base + decodedOffset, decompressor: decompressor)
     }
 
     // MARK: Coordinator

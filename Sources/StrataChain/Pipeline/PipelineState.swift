@@ -1,28 +1,7 @@
-// Dedicated threads for the pipelines. Blocking io_uring waits and CPU-bound compression do not belong in Swift
-// concurrency's cooperative pool (they would starve it), so capture and restore run on threads of their own,
-// joined before the buffers they share are freed. The primitives (Condition, Threads.spawn) are StrataIO's.
+// State the pipelines' threads share: the first error any stage hit, a work queue with a condition of its own,
+// and per-slot values handed from one stage to the next. The threads themselves (ThreadGroup) and the lock
+// (Condition) are StrataIO's Threads.swift.
 import StrataIO
-
-final class ThreadGroup {
-    private let condition = Condition()
-    private var running = 0
-
-    func spawn(_ name: String, _ body: @escaping () -> Void) {
-        condition.lock()
-        running += 1
-        condition.unlock()
-        Threads.spawn(name) { [self] in
-            body()
-            condition.publish { running -= 1 }
-        }
-    }
-
-    func join() {
-        condition.lock()
-        while running > 0 { condition.wait() }
-        condition.unlock()
-    }
-}
 
 /// The first error any stage hit; once set, every stage stops at its next check.
 final class FirstError: @unchecked Sendable {

@@ -1,21 +1,15 @@
-// Reading and writing one image file. The writer appends frames after a placeholder header, then writes the
-// index, rewrites the header with the index's place and checksum, fsyncs, re-reads the header to check it, and
-// only then renames the file into place. Like restic's packer it has a sticky error: after the first failure
-// it refuses more work and leaves only a temporary file for the next run to clean up.
+// Writing one image through the chain store. The writer appends frames after a placeholder header, then writes
+// the index, rewrites the header with the index's place and checksum, re-reads the header to check it, and only
+// then publishes the object under its name. Like restic's packer it has a sticky error: after the first failure
+// it refuses more work and leaves only an unfinished object for the next writer to clean up.
 import StrataFormat
 import StrataIO
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 final class ImageWriter {
-    let directory: String
     let name: String
-    let temporaryPath: String
-    private let fd: Int32
+    private let object: NewObject
     private(set) var header: ImageHeader
-    private let appender: AppendWriter
+    private let appender: ObjectAppender
     private var offset: UInt64 { appender.offset }
     // Frames and extents apart: capture's writer thread appends frames while its coordinator adds extents.
     private var frames: [FrameRecord] = []
@@ -23,26 +17,20 @@ final class ImageWriter {
     private var failure: Error?
     private let reservedWrites = Condition()
 
-    init(directory: String, name: String, header: ImageHeader, engine: IOEngineChoice = .auto) throws {
-        self.directory = directory
+    init(store: ChainStore, name: String, header: ImageHeader, engine: IOEngineChoice = .auto) throws {
         self.name = name
         self.header = header
-        let path = "\(directory)/\(DurableFiles.temporaryName(for: name))"
-        temporaryPath = path
-        let fd = try Sys.create(path, O_RDWR | O_TRUNC)
-        self.fd = fd
+        let object = try store.create(name)
+        self.object = object
         let placeholder = [UInt8](repeating: 0, count: ImageHeader.size)
         do {
-            try placeholder.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: path) }
-            appender = try AppendWriter(path: path, fd: fd, start: UInt64(ImageHeader.size), engine: engine)
+            try placeholder.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
+            appender = try object.appender(start: UInt64(ImageHeader.size), engine: engine)
         } catch {
-            Sys.close(fd)
-            unlink(path)
+            object.abandon()
             throw error
         }
     }
-
-    deinit { Sys.close(fd) }
 
     private func guarded<T>(_ body: () throws -> T) throws -> T {
         if let failure { throw failure }
@@ -84,7 +72,7 @@ final class ImageWriter {
     /// time: buffered writes to one file take its inode lock anyway, and the kernel's waiters spin on it (perf:
     /// 13% of a merge's CPU in rwsem_spin_on_owner with two workers writing); our waiters sleep instead.
     func writeReserved(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
-        try reservedWrites.withLock { try Sys.pwriteAll(fd, bytes, count, offset, path: temporaryPath) }
+        try reservedWrites.withLock { try object.write(bytes, count: count, at: offset) }
     }
 
     /// Lets frames hold blocks no extent uses (merge keeping a mostly live frame whole).
@@ -107,7 +95,8 @@ final class ImageWriter {
         extents.append(ExtentRecord(firstBlock: block, blockCount: count, kind: kind, frame: frame, frameBlock: frameBlock))
     }
 
-    /// Writes index and header, makes the file durable and renames it to its final name.
+    /// Writes index and header, checks the header reads back, and publishes the image under its name (the
+    /// caller syncs the store's published objects once, before committing a manifest that names them).
     func finish() throws -> ImageHeader {
         try guarded {
             try appender.finish()
@@ -119,60 +108,19 @@ final class ImageWriter {
             header.frameCount = UInt64(frames.count)
             header.extentCount = UInt64(extents.count)
             header.storedBytes = offset - UInt64(ImageHeader.size)
-            try indexBytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, offset, path: temporaryPath) }
+            try indexBytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: offset) }
             let headerBytes = header.encode()
-            try headerBytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: temporaryPath) }
-            try Sys.fsync(fd, path: temporaryPath)
+            try headerBytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
             var check = [UInt8](repeating: 0, count: ImageHeader.size)
-            _ = try check.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, $0.count, 0, path: temporaryPath) }
+            _ = try check.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: 0) }
             guard (try? ImageHeader.decode(check)) == header else {
-                throw ChainError.damaged(file: temporaryPath, detail: "header did not read back as written")
+                throw ChainError.damaged(file: name, detail: "header did not read back as written")
             }
-            try Sys.rename(temporaryPath, "\(directory)/\(name)")
-            try DurableFiles.fsyncDirectory(directory)
+            try object.publish()
             return header
         }
     }
 
-    /// Removes the temporary file after a failure.
-    func abandon() { try? Sys.unlink(temporaryPath) }
-}
-
-/// An image opened for reading, header and index validated.
-final class ImageFile {
-    let path: String
-    let name: String
-    let fd: Int32
-    let header: ImageHeader
-    let index: ImageIndex
-
-    init(directory: String, name: String) throws {
-        self.name = name
-        let path = "\(directory)/\(name)"
-        self.path = path
-        let fd: Int32
-        do {
-            fd = try Sys.open(path, O_RDONLY)
-        } catch { throw damaged(name, error) }
-        self.fd = fd
-        do {
-            let size = UInt64(try Sys.fstat(fd, path: path).st_size)
-            var bytes = [UInt8](repeating: 0, count: ImageHeader.size)
-            let n = try bytes.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, $0.count, 0, path: path) }
-            guard n == ImageHeader.size else { throw FormatError.truncated("image header", at: UInt64(n)) }
-            let h = try ImageHeader.decode(bytes)
-            guard size == h.fileSize else {
-                throw FormatError.truncated("image file (\(size) bytes, header says \(h.fileSize))", at: size)
-            }
-            var indexBytes = [UInt8](repeating: 0, count: Int(h.indexLength))
-            _ = try indexBytes.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, $0.count, h.indexOffset, path: path) }
-            index = try ImageIndex.decode(indexBytes, header: h)
-            header = h
-        } catch {
-            Sys.close(fd)
-            throw damaged(name, error)
-        }
-    }
-
-    deinit { Sys.close(fd) }
+    /// Discards the unfinished image after a failure.
+    func abandon() { object.abandon() }
 }

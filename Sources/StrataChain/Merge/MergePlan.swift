@@ -38,8 +38,7 @@ final class MergePlan {
     }
 
     private func number(_ e: ResolvedExtent) -> Int { frameBase[Int(e.image)] + Int(e.frame) }
-    private func key(_ e: ResolvedExtent) -> UInt64 { UInt64(e.image) << 32 | UInt64(e.frame) }
-    private func record(_ k: UInt64) -> FrameRecord { sources[Int(k >> 32)].index.frames[Int(k & 0xFFFF_FFFF)] }
+    private func record(_ f: FrameRef) -> FrameRecord { sources[f.image].index.frames[Int(f.frame)] }
     private func record(_ e: ResolvedExtent) -> FrameRecord { sources[Int(e.image)].index.frames[Int(e.frame)] }
     /// The share of a frame's blocks that must survive for it to be copied whole: 3/4.
     static let keepWholeLive = (numerator: 3, denominator: 4)
@@ -60,7 +59,7 @@ final class MergePlan {
 
     func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
         // Frame numbers: whole frames in order of first use, then packed frames in block order.
-        var wholeOrder: [UInt64] = []
+        var wholeOrder: [FrameRef] = []
         var wholeNumber = [UInt32](repeating: .max, count: surviving.count)
         var packedBlocks = 0
         var sparse = false
@@ -69,7 +68,7 @@ final class MergePlan {
                 let n = number(e)
                 if wholeNumber[n] == .max {
                     wholeNumber[n] = UInt32(wholeOrder.count)
-                    wholeOrder.append(key(e))
+                    wholeOrder.append(e.frameRef)
                     sparse = sparse || surviving[n] != Int(record(e).blockCount)
                 }
             } else {
@@ -97,7 +96,7 @@ final class MergePlan {
                         let n = min(Int(e.blockCount) - done, blocksPerFrame - at)
                         writer.addExtent(block: e.firstBlock + UInt64(done), count: UInt32(n), kind: .data, frame: UInt32(frame), frameBlock: UInt32(at))
                         if at == 0 { packed.append([]) }
-                        packed[packed.count - 1].append(MergeWorkers.Segment(key: key(e), frameBlock: Int(e.frameBlock) + done, count: n))
+                        packed[packed.count - 1].append(MergeWorkers.Segment(frame: e.frameRef, frameBlock: Int(e.frameBlock) + done, count: n))
                         done += n
                         packedIndex += n
                     }
@@ -117,11 +116,11 @@ final class MergePlan {
 
     /// Cuts the whole frames, in their order in the merged image from `start`, into runs that lie back to back
     /// in one source image, each at most `copyRun` bytes (or one frame), so each is one read and one write.
-    private func copyRuns(_ order: [UInt64], at start: UInt64) -> [MergeWorkers.CopyRun] {
+    private func copyRuns(_ order: [FrameRef], at start: UInt64) -> [MergeWorkers.CopyRun] {
         var runs: [MergeWorkers.CopyRun] = []
         var target = start
-        for k in order {
-            let image = Int(k >> 32), frame = Int(k & 0xFFFF_FFFF), r = record(k)
+        for f in order {
+            let image = f.image, frame = Int(f.frame), r = record(f)
             if var last = runs.last, last.image == image, last.frames.upperBound == frame, last.bytes + Int(r.length) <= Self.copyRun,
                 sources[image].index.frames[frame - 1].offset + UInt64(sources[image].index.frames[frame - 1].length) == r.offset
             {

@@ -36,7 +36,9 @@ public struct MergeResult: Sendable, Equatable {
 public enum Merge {
     public static func run(chain chainPath: String, options: MergeOptions, progress: ProgressHandler? = nil) throws -> MergeResult {
         let started = Sys.monotonicNanos()
-        let chain = try ChainDirectory(path: chainPath, create: false)
+        guard options.level >= 1 && options.level <= 19 else { throw ChainError.invalidOption("level \(options.level) is not between 1 and 19") }
+        guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
+        let chain = try Chain(location: chainPath, access: .write)
         guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         let points = manifest.points
         let from = options.from ?? points[0]
@@ -51,18 +53,19 @@ public enum Merge {
             kind: sources[0].header.kind, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,
             imageID: newest.imageID, parentID: sources[0].header.parentID, firstPoint: sources[0].header.firstPoint,
             lastPoint: newest.lastPoint, createdAt: newest.createdAt)
-        let name = ChainDirectory.imageName(first: header.firstPoint, last: header.lastPoint)
+        let name = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
 
         let plan = MergePlan(sources: sources)
         let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
-        if let free = try? Sys.freeSpace(chainPath), free < needed {
+        if let free = chain.store.freeSpace(), free < needed {
             throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
         }
-        let writer = try ImageWriter(directory: chainPath, name: name, header: header, engine: options.engine)
+        let writer = try ImageWriter(store: chain.store, name: name, header: header, engine: options.engine)
         let finished: ImageHeader
         do {
             try plan.write(to: writer, level: options.level, threads: options.threads, progress: progress)
             finished = try writer.finish()
+            try chain.store.syncPublished()
         } catch {
             writer.abandon()
             throw wrap(error)

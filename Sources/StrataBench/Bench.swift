@@ -13,6 +13,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import StrataChain
 import StrataCodec
 import StrataFormat
 import StrataIO

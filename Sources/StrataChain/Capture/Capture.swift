@@ -64,7 +64,7 @@ public enum Capture {
             guard options.allowMounted else { throw ChainError.sourceMounted(path: sourcePath, mountPoint: mount) }
             notice("warning: \(sourcePath) is mounted read-write at \(mount); the image may be inconsistent (a snapshot is the safe way)")
         }
-        let chain = try ChainDirectory(path: chainPath, create: true)
+        let chain = try Chain(location: chainPath, access: .create)
         let previous = chain.manifest
         let blockSize = previous?.blockSize ?? options.blockSize ?? 4096
         if let m = previous {
@@ -82,12 +82,12 @@ public enum Capture {
             kind: previous == nil ? .full : .incremental, blockSize: blockSize, sourceSize: source.size, chainID: chainID,
             imageID: .random(), parentID: parent?.imageID ?? .none, firstPoint: point, lastPoint: point,
             createdAt: Sys.wallClockSeconds)
-        let imageName = ChainDirectory.imageName(first: point, last: point)
-        let mapName = ChainDirectory.hashMapName(point: point)
+        let imageName = Chain.imageName(first: point, last: point)
+        let mapName = Chain.hashMapName(point: point)
 
         let oldMap: HashMapReader?
         if let m = previous {
-            let reader = try HashMapReader(directory: chainPath, name: m.hashMapFile)
+            let reader = try HashMapReader(store: chain.store, name: m.hashMapFile)
             guard reader.header.imageID == m.images.last!.imageID, reader.header.chainID == m.chainID,
                 reader.header.sourceSize == m.sourceSize, reader.header.blockSize == m.blockSize
             else { throw ChainError.damaged(file: m.hashMapFile, detail: "the hash map is not the newest point's") }
@@ -107,11 +107,11 @@ public enum Capture {
         }
         if let engineNote { notice(engineNote) }
 
-        let writer = try ImageWriter(directory: chainPath, name: imageName, header: header, engine: options.engine)
+        let writer = try ImageWriter(store: chain.store, name: imageName, header: header, engine: options.engine)
         let mapWriter: HashMapWriter
         do {
             mapWriter = try HashMapWriter(
-                directory: chainPath, name: mapName,
+                store: chain.store, name: mapName,
                 header: HashMapHeader(blockSize: blockSize, sourceSize: source.size, chainID: chainID, imageID: header.imageID, point: point))
         } catch {
             writer.abandon()
@@ -126,7 +126,7 @@ public enum Capture {
             stats = try pipeline.run()
             finished = try writer.finish()
             try mapWriter.finish()
-            try DurableFiles.fsyncDirectory(chainPath)
+            try chain.store.syncPublished()
         } catch {
             writer.abandon()
             mapWriter.abandon()

@@ -7,18 +7,18 @@ import StrataFormat
 import StrataIO
 
 final class RestoreReadBack {
-    private let images: [ImageFile]
+    private let frames: FrameReader
     private let resolved: [ResolvedExtent]
     private let blockSize: Int
     private let sourceSize: UInt64
     private let queue: IOQueue
-    private var frameHashes: [UInt64: [BlockHash]] = [:]
+    private var frameHashes: [FrameRef: [BlockHash]] = [:]
 
     private(set) var mismatchedBlocks: UInt64 = 0
     private(set) var firstMismatch: UInt64?
 
-    init(images: [ImageFile], resolved: [ResolvedExtent], blockSize: Int, sourceSize: UInt64, queue: IOQueue) {
-        self.images = images
+    init(frames: FrameReader, resolved: [ResolvedExtent], blockSize: Int, sourceSize: UInt64, queue: IOQueue) {
+        self.frames = frames
         self.resolved = resolved
         self.blockSize = blockSize
         self.sourceSize = sourceSize
@@ -76,7 +76,7 @@ final class RestoreReadBack {
             let e = resolved[i]
             let expected: BlockHash
             if e.kind == .data {
-                expected = try hashes(image: e.image, frame: e.frame)[Int(e.frameBlock) + Int(block - e.firstBlock)]
+                expected = try hashes(e.frameRef)[Int(e.frameBlock) + Int(block - e.firstBlock)]
             } else {
                 expected = .zero
             }
@@ -87,24 +87,12 @@ final class RestoreReadBack {
         }
     }
 
-    /// The stored hashes of one frame (its first 16 * blockCount bytes), cached while the restore walks on.
-    private func hashes(image: UInt32, frame: UInt32) throws -> [BlockHash] {
-        let key = UInt64(image) << 32 | UInt64(frame)
-        if let h = frameHashes[key] { return h }
+    /// The stored hashes of one frame, cached while the restore walks on.
+    private func hashes(_ f: FrameRef) throws -> [BlockHash] {
+        if let h = frameHashes[f] { return h }
         if frameHashes.count >= 4096 { frameHashes.removeAll(keepingCapacity: true) }
-        let file = images[Int(image)]
-        let record = file.index.frames[Int(frame)]
-        var bytes = [UInt8](repeating: 0, count: record.hashesLength)
-        let n = try bytes.withUnsafeMutableBytes { try Sys.preadFully(file.fd, $0.baseAddress!, $0.count, record.offset, path: file.path) }
-        guard n == bytes.count else { throw ChainError.damaged(file: file.name, detail: "frame \(frame) is cut short") }
-        let h = bytes.withUnsafeBytes { raw in
-            (0..<Int(record.blockCount)).map {
-                BlockHash(
-                    low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16, as: UInt64.self)),
-                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16 + 8, as: UInt64.self)))
-            }
-        }
-        frameHashes[key] = h
+        let h = try frames.storedHashes(f)
+        frameHashes[f] = h
         return h
     }
 }

@@ -31,6 +31,8 @@ public enum ChainError: Error, Equatable, Sendable {
     case sourceHoldsChain(path: String, device: String, chain: String, mountPoint: String)
     /// An existing, non-empty regular file as a restore target, without --force.
     case targetExists(path: String)
+    /// The manifest changed between this writer's reading it and its commit (another writer got in).
+    case chainChanged(String)
 
     public enum Role: String, Sendable { case source, target }
 }
@@ -41,7 +43,7 @@ extension ChainError: CustomStringConvertible {
         switch self {
         case .sourceUnavailable(let p, let r): return "cannot read source \(p): \(r); check the path and your permissions"
         case .notAChain(let p): return "\(p) is not a Strata chain (no \(ChainManifest.fileName)); name the directory of an existing chain"
-        case .chainInUse(let p): return "chain \(p) is in use by another strata process; wait for it to finish and try again"
+        case .chainInUse(let p): return "chain \(p) is being changed by another strata process (a capture, merge or prune); wait for it to finish and try again"
         case .damaged(let f, let d): return "chain is damaged: \(f): \(d); the chain was not changed, restore from another copy of it"
         case .sourceMismatch(let d): return "source does not match the chain: \(d); use a new chain directory for a different disk"
         case .noSuchPoint(let p, let a):
@@ -53,7 +55,7 @@ extension ChainError: CustomStringConvertible {
             return "source \(p) is mounted read-write at \(m): the image may be inconsistent; capture a snapshot, or pass --allow-mounted"
         case .invalidOption(let d): return d
         case .corruptData(let f, let d): return "corrupt data in \(f): \(d); the target is incomplete, restore from another copy of the chain"
-        case .io(let e) where e.errno == 28:  // ENOSPC
+        case .io(let e) where e.isNoSpace:
             return "\(e.operation) \(e.path) failed: \(e.reason); free space where it is written and run again (the chain was not changed)"
         case .io(let e): return "\(e.operation) \(e.path) failed: \(e.reason)"
         case .engineUnavailable(let d): return "\(d); use --io-engine pread or auto"
@@ -84,6 +86,8 @@ extension ChainError: CustomStringConvertible {
             return "source \(p) holds the chain \(c)\(which), mounted at \(m): the capture would image its own writes; nothing was changed: keep the chain on another disk"
         case .targetExists(let p):
             return "target \(p) exists and is not empty; nothing was written: pass --force to replace it"
+        case .chainChanged(let p):
+            return "chain \(p) was changed by another writer while this one worked; nothing was committed: run again"
         }
     }
 
@@ -95,11 +99,16 @@ extension ChainError: CustomStringConvertible {
         case .sourceUnavailable: return 66  // EX_NOINPUT
         case .targetTooSmall, .targetUnavailable, .insufficientSpace: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
-        case .chainInUse: return 75  // EX_TEMPFAIL
+        case .chainInUse, .chainChanged: return 75  // EX_TEMPFAIL
         case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety
         case .engineUnavailable: return 69  // EX_UNAVAILABLE
         }
     }
+}
+
+extension ChainError {
+    /// The detail of `damaged` for an object that does not exist.
+    static let missingDetail = "the file is missing"
 }
 
 /// Wraps lower layers' errors, naming the file they concern.
@@ -107,7 +116,7 @@ func damaged(_ file: String, _ error: Error) -> ChainError {
     if let c = error as? ChainError { return c }
     if let f = error as? FormatError { return .damaged(file: file, detail: f.description) }
     if let e = error as? IOError {
-        if e.errno == 2 { return .damaged(file: file, detail: "the file is missing") }
+        if e.isMissing { return .damaged(file: file, detail: ChainError.missingDetail) }
         return .io(e)
     }
     return .damaged(file: file, detail: "\(error)")

@@ -1,0 +1,169 @@
+// An open chain: its store, its manifest, the names of its files, and the clean-up of what a killed writer left
+// behind. Every change to a chain ends in `commit`, which replaces the manifest by compare-and-swap: the one
+// moment at which a new point (or a merge) becomes real. Objects the manifest does not name are leftovers and
+// are removed, by writers only.
+//
+// Readers (restore, verify, list) take no lock and run beside a writer: a capture only adds objects, and a
+// merge deletes images only after the manifest stops naming them, while a reader's open images stay readable.
+// A reader that finds an image gone re-reads the manifest and opens the images it names now.
+import StrataFormat
+import StrataIO
+
+public final class Chain {
+    public enum Access { case read, write, create }
+
+    public let store: ChainStore
+    public var location: String { store.location }
+    public private(set) var manifest: ChainManifest?
+    private var manifestBytes: [UInt8]?
+    private let access: Access
+    private let lease: WriterLease?
+
+    /// Opens the chain at `location`: `read` takes no lock and changes nothing; `write` and `create` take the
+    /// writer's lock (another writer: `chainInUse`) and remove leftovers; `create` makes the chain when there
+    /// is none (a private directory), in an empty container only.
+    public init(location: String, access: Access) throws {
+        let store = ChainStores.store(for: location)
+        self.store = store
+        self.access = access
+        if store.containerExists() {
+            // Nothing is created (not even the lock) in a directory that holds something other than a chain.
+            if access == .create, (try? store.readSmall(ChainManifest.fileName, limit: 64 << 20)) == nil,
+                try store.list().contains(where: { !Chain.isOurs($0, store) })
+            {
+                throw ChainError.notAChain(path: location)
+            }
+        } else {
+            guard access == .create else { throw ChainError.notAChain(path: location) }
+            do { try store.makeContainer() } catch let e as IOError {
+                if e.alreadyExists { throw ChainError.notAChain(path: location) }
+                throw ChainError.targetUnavailable(path: location, reason: e.reason)
+            }
+        }
+        if access == .read {
+            lease = nil
+        } else {
+            guard let lease = try store.lockWriter() else { throw ChainError.chainInUse(path: location) }
+            self.lease = lease
+        }
+        try reloadManifest()
+        if manifest == nil {
+            guard access == .create else { throw ChainError.notAChain(path: location) }
+            if try store.list().contains(where: { !Chain.isOurs($0, store) }) { throw ChainError.notAChain(path: location) }
+        }
+        if access != .read { removeLeftovers() }
+    }
+
+    /// Reads the manifest again; returns whether it changed.
+    @discardableResult
+    func reloadManifest() throws -> Bool {
+        let bytes: [UInt8]
+        do { bytes = try store.readSmall(ChainManifest.fileName, limit: 64 << 20) } catch where error.isMissing {
+            defer { (manifest, manifestBytes) = (nil, nil) }
+            return manifestBytes != nil
+        } catch { throw damaged(ChainManifest.fileName, error) }
+        guard bytes != manifestBytes else { return false }
+        do { manifest = try ChainManifest.decode(bytes) } catch { throw damaged(ChainManifest.fileName, error) }
+        manifestBytes = bytes
+        return true
+    }
+
+    static func isOurs(_ name: String, _ store: ChainStore) -> Bool {
+        store.isTemporary(name) || name.hasSuffix(".strata")
+    }
+
+    static func imageName(first: UInt32, last: UInt32) -> String {
+        first == last ? "p\(pad(last)).strata" : "p\(pad(first))-\(pad(last)).strata"
+    }
+
+    static func hashMapName(point: UInt32) -> String { "map-p\(pad(point)).strata" }
+
+    private static func pad(_ n: UInt32) -> String {
+        let s = String(n)
+        return String(repeating: "0", count: max(0, 6 - s.count)) + s
+    }
+
+    /// Removes temporary objects and Strata objects the manifest does not name (left by a killed writer).
+    func removeLeftovers() {
+        precondition(access != .read, "readers change nothing")
+        let referenced = Set((manifest?.images.map(\.file) ?? []) + (manifest.map { [$0.hashMapFile] } ?? []))
+        guard let names = try? store.list() else { return }
+        for name in names where Chain.isOurs(name, store) && !referenced.contains(name) {
+            try? store.remove(name)
+        }
+    }
+
+    /// Makes `next` the chain's manifest if nobody else changed it since it was read, then removes the objects it
+    /// no longer names. Every object `next` names must have been published and `syncPublished` called.
+    func commit(_ next: ChainManifest) throws {
+        precondition(access != .read, "readers change nothing")
+        let bytes = next.encode()
+        try store.commitManifest(bytes, expected: manifestBytes)
+        manifest = next
+        manifestBytes = bytes
+        removeLeftovers()
+    }
+
+    /// Runs `body` with the manifest as it is; when `body` fails because an object is missing and the manifest
+    /// has changed meanwhile (a merge replaced images under a reader), runs it again on the new manifest.
+    func withStableManifest<T>(_ body: (ChainManifest) throws -> T) throws -> T {
+        for _ in 0..<8 {
+            guard let m = manifest else { throw ChainError.notAChain(path: location) }
+            do { return try body(m) } catch where access == .read && isMissingObject(error) {
+                guard try reloadManifest() else { throw error }
+            }
+        }
+        guard let m = manifest else { throw ChainError.notAChain(path: location) }
+        return try body(m)
+    }
+
+    private func isMissingObject(_ error: Error) -> Bool {
+        if case ChainError.damaged(_, let detail) = error { return detail == ChainError.missingDetail }
+        return error.isMissing
+    }
+
+    /// Opens the images that restore `point`, oldest first, checking that each links to the one before; with
+    /// `from`, only those holding points from `from` on (a merge of a range reads no image below it: the first
+    /// one's parent link is checked against the manifest's entry for the image before).
+    func openImages(forPoint point: UInt32, from: UInt32 = 0) throws -> [ImageFile] {
+        try withStableManifest { m in
+            guard let entries = m.images(forPoint: point) else { throw ChainError.noSuchPoint(point, available: m.points) }
+            var images = [ImageFile]()
+            var parent: ManifestEntry? = nil
+            for e in entries {
+                defer { parent = e }
+                guard e.lastPoint >= from else { continue }
+                let image = try ImageFile(store: store, name: e.file)
+                try Chain.check(image.header, of: e, in: m)
+                try Chain.check(image.header, of: e, follows: parent)
+                images.append(image)
+            }
+            return images
+        }
+    }
+
+    /// Checks that an image's header is the one the manifest lists, and of this chain.
+    static func check(_ h: ImageHeader, of e: ManifestEntry, in m: ChainManifest) throws {
+        guard h.imageID == e.imageID, h.chainID == m.chainID, h.firstPoint == e.firstPoint, h.lastPoint == e.lastPoint,
+            h.kind == e.kind
+        else {
+            let why = h.chainID != m.chainID ? "it belongs to another chain (\(h.chainID))" : "the image is not the one the manifest lists"
+            throw ChainError.damaged(file: e.file, detail: why)
+        }
+        guard h.blockSize == m.blockSize, h.sourceSize == m.sourceSize else {
+            throw ChainError.damaged(file: e.file, detail: "block size or source size differs from the chain's")
+        }
+    }
+
+    /// Checks that an image links to the one before it in the chain (a full image starts it, links to none).
+    /// `parent` is the manifest's entry for the image before (where that image is opened too, its header is
+    /// checked against the same entry).
+    static func check(_ h: ImageHeader, of e: ManifestEntry, follows parent: ManifestEntry?) throws {
+        if let parent {
+            guard h.kind == .incremental else { throw ChainError.damaged(file: e.file, detail: "a full image follows \(parent.file)") }
+            guard h.parentID == parent.imageID else { throw ChainError.damaged(file: e.file, detail: "its parent is not \(parent.file)") }
+        } else if h.kind != .full || h.parentID != .none {
+            throw ChainError.damaged(file: e.file, detail: "the chain's first image is not a full image")
+        }
+    }
+}

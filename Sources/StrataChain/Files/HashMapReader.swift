@@ -1,0 +1,83 @@
+// Reading the hash map of the newest point, forward, one chunk at a time (each checked against its checksum):
+// a capture holds one chunk of the old map in memory, whatever the size of the device.
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+final class HashMapReader {
+    let name: String
+    let header: HashMapHeader
+    private let object: StoredObject
+    private let hashes: UnsafeMutablePointer<BlockHash>
+    private let stored: UnsafeMutableRawPointer
+    private let decompressor: FrameDecompressor
+    private var offset = UInt64(HashMapHeader.size)
+    private var chunk: Int = -1
+    private var fileSize: UInt64
+
+    init(store: ChainStore, name: String) throws {
+        self.name = name
+        do {
+            let object = try store.open(name)
+            self.object = object
+            fileSize = object.size
+            var bytes = [UInt8](repeating: 0, count: HashMapHeader.size)
+            _ = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: 0) }
+            header = try HashMapHeader.decode(bytes)
+            guard header.fileSize == fileSize else { throw FormatError.truncated("hash map", at: fileSize) }
+        } catch {
+            throw damaged(name, error)
+        }
+        hashes = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
+        stored = .allocate(byteCount: hashMapChunkBytes + 65536 + HashMapChunkHeader.size, alignment: 64)
+        decompressor = try FrameDecompressor()
+    }
+
+    deinit {
+        hashes.deallocate()
+        stored.deallocate()
+    }
+
+    /// The hashes of `count` blocks from `block`, which must not straddle a chunk. Runs must be asked for in
+    /// increasing order: the map is read once, forward.
+    func hashes(from block: UInt64, count: Int) throws -> UnsafePointer<BlockHash> {
+        let per = UInt64(HashMapHeader.chunkBlocks)
+        let c = Int(block / per)
+        precondition(Int(block % per) + count <= Int(per), "hash run straddles a chunk")
+        if c != chunk { try load(c) }
+        return UnsafePointer(hashes + Int(block % per))
+    }
+
+    private func load(_ c: Int) throws {
+        precondition(c > chunk, "hash map read backwards")
+        while chunk < c {
+            do { try readNextChunk() } catch { throw damaged(name, error) }
+        }
+    }
+
+    private func readNextChunk() throws {
+        let next = chunk + 1
+        guard UInt64(next) < header.chunkCount else { throw FormatError.invalid("hash map has too few chunks") }
+        let blocksInChunk = Int(min(UInt64(HashMapHeader.chunkBlocks), header.blockCount - UInt64(next) * UInt64(HashMapHeader.chunkBlocks)))
+        var hb = [UInt8](repeating: 0, count: HashMapChunkHeader.size)
+        let n = try hb.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: offset) }
+        guard n == HashMapChunkHeader.size else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
+        let ch = try HashMapChunkHeader.decode(hb)
+        let length = Int(ch.storedLength)
+        guard offset + UInt64(HashMapChunkHeader.size + length) <= fileSize else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
+        _ = try object.read(into: stored, count: length, at: offset + UInt64(HashMapChunkHeader.size))
+        guard Checksum.xxh3(stored, count: length) == ch.checksum else { throw FormatError.checksumMismatch("hash map chunk \(next)") }
+        let raw = blocksInChunk * 16
+        switch ch.codec {
+        case .raw:
+            guard length == raw else { throw FormatError.invalid("hash map chunk \(next) has the wrong length") }
+            UnsafeMutableRawPointer(hashes).copyMemory(from: stored, byteCount: raw)
+        case .zstd:
+            do { try decompressor.decompress(stored, count: length, into: hashes, expected: raw) } catch {
+                throw FormatError.invalid("hash map chunk \(next) does not decompress: \(error)")
+            }
+        }
+        offset += UInt64(HashMapChunkHeader.size + length)
+        chunk = next
+    }
+}

@@ -1,0 +1,35 @@
+// Reading one image through the chain store: its header and index, validated (the exact file size the header
+// names, the index's checksum), and the open object the frame reader and the pipelines read frames from.
+import StrataFormat
+import StrataIO
+
+/// An image opened for reading, header and index validated.
+final class ImageFile {
+    let name: String
+    let object: StoredObject
+    let header: ImageHeader
+    let index: ImageIndex
+
+    init(store: ChainStore, name: String) throws {
+        self.name = name
+        let object: StoredObject
+        do { object = try store.open(name) } catch { throw damaged(name, error) }
+        self.object = object
+        do {
+            let size = object.size
+            var bytes = [UInt8](repeating: 0, count: ImageHeader.size)
+            let n = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: 0) }
+            guard n == ImageHeader.size else { throw FormatError.truncated("image header", at: UInt64(n)) }
+            let h = try ImageHeader.decode(bytes)
+            guard size == h.fileSize else {
+                throw FormatError.truncated("image file (\(size) bytes, header says \(h.fileSize))", at: size)
+            }
+            var indexBytes = [UInt8](repeating: 0, count: Int(h.indexLength))
+            _ = try indexBytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: h.indexOffset) }
+            index = try ImageIndex.decode(indexBytes, header: h)
+            header = h
+        } catch {
+            throw damaged(name, error)
+        }
+    }
+}

@@ -1,0 +1,152 @@
+// The one way to read and check a frame, used by restore, merge and verify (and by random reads of a point
+// next). A frame is named by a `FrameRef` (which opened image, which frame); `FrameReader` knows where each
+// lies, reads it through the chain store (synchronously, or by starting a read on an I/O pump for the
+// pipelines that keep many in flight) and checks what arrived: that all of it arrived, its checksum (which
+// covers its block hashes and its payload), then, when asked, its payload decompressed into exactly its
+// blocks and every block (or only those the caller takes) against the hash stored beside it. Errors name the
+// image and the frame, and for a block, its number on the source.
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+/// One frame of a set of opened images: the image's position in that set, and the frame's number in it.
+struct FrameRef: Hashable, Comparable, Sendable {
+    var image: Int
+    var frame: UInt32
+
+    init(image: Int, frame: UInt32) {
+        self.image = image
+        self.frame = frame
+    }
+
+    static func < (a: FrameRef, b: FrameRef) -> Bool { (a.image, a.frame) < (b.image, b.frame) }
+}
+
+/// How much of a frame to check.
+enum FrameCheck {
+    /// The checksum only (a frame copied byte for byte, `verify --checksums-only`).
+    case checksum
+    /// Checksum, decompression, and every block against its hash.
+    case everyBlock
+    /// Checksum and decompression; the caller checks the blocks it takes with `checkBlocks`.
+    case decodeOnly
+}
+
+final class FrameReader {
+    /// The images frames are read from; nil for one that could not be opened (verify goes on without it).
+    let images: [ImageFile?]
+
+    init(_ images: [ImageFile?]) { self.images = images }
+    convenience init(_ images: [ImageFile]) { self.init(images.map { Optional($0) }) }
+
+    func image(_ f: FrameRef) -> ImageFile { images[f.image]! }
+    func record(_ f: FrameRef) -> FrameRecord { image(f).index.frames[Int(f.frame)] }
+
+    /// The largest stored frame and the most blocks in one frame among `frames` (buffer sizes).
+    func largest<S: Sequence>(_ frames: S) -> (stored: Int, blocks: Int) where S.Element == FrameRef {
+        var stored = 0, blocks = 0
+        for f in frames {
+            let r = record(f)
+            stored = max(stored, Int(r.length))
+            blocks = max(blocks, Int(r.blockCount))
+        }
+        return (stored, blocks)
+    }
+
+    /// Every frame of every opened image, in file order.
+    var allFrames: [FrameRef] {
+        images.indices.flatMap { i in (images[i]?.index.frames.indices).map { $0.map { FrameRef(image: i, frame: UInt32($0)) } } ?? [] }
+    }
+
+    // MARK: Reading
+
+    /// Reads the frame's stored bytes into `stored` through the store and checks that all arrived.
+    func read(_ f: FrameRef, into stored: UnsafeMutableRawPointer) throws {
+        let r = record(f)
+        let n = try image(f).object.read(into: stored, count: Int(r.length), at: r.offset)
+        try arrived(f, bytes: n)
+    }
+
+    /// Starts reading the frame's stored bytes on `pump` (the store's read queue) under `tag`; the pump's
+    /// completion goes to `arrived`.
+    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int) {
+        let r = record(f)
+        let image = image(f)
+        pump.read(fd: image.object.handle, path: image.name, into: stored, length: Int(r.length), at: r.offset, tag: tag)
+    }
+
+    /// Checks that a read of the frame delivered all its bytes, or names the frame that could not be read.
+    func arrived(_ f: FrameRef, bytes: Int, error: IOError? = nil) throws {
+        let r = record(f)
+        if let error {
+            throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) cannot be read (\(error.reason))")
+        }
+        guard bytes == Int(r.length) else {
+            throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short")
+        }
+    }
+
+    /// The block hashes stored at the head of a frame (16 bytes a block), read alone: `restore --verify` compares
+    /// the target with them without reading payloads. (Restore checked the whole frame as it wrote it.)
+    func storedHashes(_ f: FrameRef) throws -> [BlockHash] {
+        let r = record(f)
+        var bytes = [UInt8](repeating: 0, count: r.hashesLength)
+        let n = try bytes.withUnsafeMutableBytes { try image(f).object.read(into: $0.baseAddress!, count: $0.count, at: r.offset) }
+        guard n == bytes.count else { throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short") }
+        return bytes.withUnsafeBytes { raw in
+            (0..<Int(r.blockCount)).map {
+                BlockHash(
+                    low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16, as: UInt64.self)),
+                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16 + 8, as: UInt64.self)))
+            }
+        }
+    }
+
+    // MARK: Checking
+
+    /// Checks the stored bytes of a frame that arrived whole; with `.everyBlock` or `.decodeOnly`, decodes its
+    /// payload into `decoded` (room for its blocks).
+    func check(
+        _ f: FrameRef, stored: UnsafeRawPointer, _ depth: FrameCheck, decoded: UnsafeMutableRawPointer? = nil,
+        decompressor: FrameDecompressor? = nil
+    ) throws {
+        let image = image(f)
+        let r = record(f)
+        guard Checksum.xxh3(stored, count: Int(r.length)) == r.checksum else {
+            throw ChainError.corruptData(file: image.name, detail: "frame \(f.frame) at byte \(r.offset) fails its checksum")
+        }
+        if case .checksum = depth { return }
+        guard let decoded, let decompressor else { preconditionFailure("decoding a frame needs room and a decompressor") }
+        let blockSize = Int(image.header.blockSize)
+        let blocks = Int(r.blockCount)
+        let payload = stored + r.hashesLength
+        switch r.codec {
+        case .raw:
+            guard r.payloadLength == blocks * blockSize else {
+                throw ChainError.corruptData(file: image.name, detail: "frame \(f.frame) has the wrong length")
+            }
+            decoded.copyMemory(from: payload, byteCount: r.payloadLength)
+        case .zstd:
+            do { try decompressor.decompress(payload, count: r.payloadLength, into: decoded, expected: blocks * blockSize) } catch {
+                throw ChainError.corruptData(file: image.name, detail: "frame \(f.frame) does not decompress (\(error))")
+            }
+        }
+        if case .everyBlock = depth { try checkBlocks(f, 0..<blocks, stored: stored, decoded: decoded) }
+    }
+
+    /// Checks blocks `range` of a decoded frame against the hashes stored beside them.
+    func checkBlocks(_ f: FrameRef, _ range: Range<Int>, stored: UnsafeRawPointer, decoded: UnsafeRawPointer) throws {
+        let image = image(f)
+        let blockSize = Int(image.header.blockSize)
+        for b in range {
+            let expected = BlockHash(
+                low: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self)),
+                high: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self)))
+            guard BlockHash.of(decoded + b * blockSize, count: blockSize) == expected else {
+                let e = image.index.extents.first { $0.kind == .data && $0.frame == f.frame && $0.frameBlock <= b && b < $0.frameBlock + $0.blockCount }
+                let block = e.map { $0.firstBlock + UInt64(UInt32(b) - $0.frameBlock) } ?? 0
+                throw ChainError.corruptData(file: image.name, detail: "block \(block) (in frame \(f.frame)) does not match its hash")
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+// The chain store seam: everything a chain needs from the place it lives, and nothing about what a chain is.
+// A chain is a set of named objects (images, hash maps, the manifest); the store lists them, reads byte ranges
+// of them, writes new ones (sequentially, and at reserved offsets where merge places copied frames) and
+// publishes a new object atomically under its name, replaces the manifest only if it is still the one this
+// run read (compare-and-swap), keeps a second writer out, and deletes. Chain logic (Chain/, Capture/, Restore/,
+// Merge/, Verify/) goes through this protocol and nothing else, so a store in an object storage bucket can
+// stand beside the local directory (LocalDirectoryStore.swift) and pass the same conformance tests
+// (Tests/StrataChainTests/ChainStoreTests.swift).
+//
+// Readers take no lock: objects are immutable once published and only ever replaced whole (the manifest) or
+// deleted after the manifest stops naming them, and an object a reader opened stays readable to the end (open
+// files outlive their names; an object store must defer deletes for the same). Only writers exclude each other.
+import StrataIO
+
+/// Where a chain lives.
+public protocol ChainStore: AnyObject {
+    /// The chain's location as the user named it, for messages.
+    var location: String { get }
+
+    /// Whether the chain's container (a directory) exists.
+    func containerExists() -> Bool
+    /// Makes the container, private to its owner.
+    func makeContainer() throws
+    /// The names of every object in the container, finished or not.
+    func list() throws -> [String]
+    /// Whether `name` is an unfinished object a killed writer may have left (never one a manifest names).
+    func isTemporary(_ name: String) -> Bool
+
+    /// Opens a finished object for reading at any offset. A missing object throws an error for which
+    /// `isMissing` holds.
+    func open(_ name: String) throws -> StoredObject
+    /// The whole of a small object (the manifest), refused beyond `limit` bytes.
+    func readSmall(_ name: String, limit: Int) throws -> [UInt8]
+    /// Starts a new object; nobody sees it under `name` until `publish`.
+    func create(_ name: String) throws -> NewObject
+    /// Makes every object published since the last call durable as a set (a directory fsync). Called once
+    /// before the manifest that names them is committed.
+    func syncPublished() throws
+    /// Replaces the manifest with `bytes` if it is still `expected` (nil: there is none yet), atomically and
+    /// durably; otherwise throws `ChainError.chainChanged`.
+    func commitManifest(_ bytes: [UInt8], expected: [UInt8]?) throws
+    /// Removes an object. Readers that opened it read it to the end.
+    func remove(_ name: String) throws
+
+    /// Takes the writer's lock; nil when another writer holds it. Released when the lease is released.
+    func lockWriter() throws -> WriterLease?
+    /// Bytes that can still be written, where the store knows.
+    func freeSpace() -> UInt64?
+    /// An I/O queue that reads `StoredObject.handle`s asynchronously (io_uring or a thread pool over local
+    /// files), with a one-line note when `auto` fell back.
+    func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?)
+}
+
+/// A published object opened for reading.
+public protocol StoredObject: AnyObject {
+    var name: String { get }
+    var size: UInt64 { get }
+    /// What `IORequest.fd` carries to read this object through its store's `readQueue`.
+    var handle: Int32 { get }
+    /// Reads `count` bytes from `offset`, fewer only at the object's end; returns how many.
+    func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int
+}
+
+/// An object being written: appended in order (large aligned writes, several in flight), written at reserved
+/// offsets, read back, then published or abandoned.
+public protocol NewObject: AnyObject {
+    var name: String { get }
+    /// The sequential writer of the object's bytes from `start` (`.uring` fails where io_uring cannot be used).
+    func appender(start: UInt64, engine: IOEngineChoice) throws -> ObjectAppender
+    /// Writes `count` bytes at `offset` (headers, an index, frames placed by merge); safe from several threads
+    /// at distinct offsets.
+    func write(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws
+    /// Reads back what was written (a header checked before publishing).
+    func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int
+    /// Makes the bytes durable and the object visible under its name.
+    func publish() throws
+    /// Discards the object; nothing of it stays visible.
+    func abandon()
+}
+
+/// The sequential writer of a new object.
+public protocol ObjectAppender: AnyObject {
+    /// Where the next appended byte goes.
+    var offset: UInt64 { get }
+    func append(_ bytes: UnsafeRawPointer, count: Int) throws
+    /// Leaves `count` bytes for `NewObject.write`, before anything is appended.
+    func skip(_ count: UInt64)
+    /// Waits for every write; afterwards the object holds every appended byte.
+    func finish() throws
+}
+
+extension AppendWriter: ObjectAppender {}
+
+/// The writer's hold on a chain; released when released or deinitialised.
+public protocol WriterLease: AnyObject {}
+
+/// Picks the store for a chain location (a local directory today; `s3://` next).
+public enum ChainStores {
+    public static func store(for location: String) -> ChainStore { LocalDirectoryStore(path: location) }
+}
+
+extension Error {
+    /// Whether this error says an object does not exist.
+    var isMissing: Bool { (self as? IOError)?.isMissing ?? false }
+}

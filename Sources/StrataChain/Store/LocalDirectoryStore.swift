@@ -1,0 +1,119 @@
+// A chain in a local directory: the first ChainStore, with the guarantees and the speed Strata had before the
+// seam existed. A new object is a temporary file (`.strata-tmp-PID-NAME`, mode 0600) written with O_DIRECT
+// appends through io_uring; publishing fsyncs it and renames it into place, and `syncPublished` fsyncs the
+// directory once for all of them; the manifest is replaced the same way (temporary file, fsync, rename,
+// directory fsync). The writer's lock is a `flock` on `.lock`. Every syscall is StrataIO's.
+import StrataFormat
+import StrataIO
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class LocalDirectoryStore: ChainStore {
+    public let path: String
+    public var location: String { path }
+
+    public init(path: String) { self.path = path }
+
+    public func containerExists() -> Bool {
+        guard let st = try? Sys.stat(path) else { return false }
+        return st.st_mode & S_IFMT == S_IFDIR
+    }
+
+    public func makeContainer() throws { try Sys.mkdir(path, mode: 0o700) }
+
+    public func list() throws -> [String] { try Sys.listDirectory(path).filter { $0 != ".lock" } }
+
+    public func isTemporary(_ name: String) -> Bool { name.hasPrefix(DurableFiles.temporaryPrefix) }
+
+    public func open(_ name: String) throws -> StoredObject { try LocalObject(path: "\(path)/\(name)", name: name) }
+
+    public func readSmall(_ name: String, limit: Int) throws -> [UInt8] {
+        try DurableFiles.readAll("\(path)/\(name)", limit: limit)
+    }
+
+    public func create(_ name: String) throws -> NewObject { try LocalNewObject(directory: path, name: name) }
+
+    public func syncPublished() throws { try DurableFiles.fsyncDirectory(path) }
+
+    public func commitManifest(_ bytes: [UInt8], expected: [UInt8]?) throws {
+        // Writers hold the lock, so the check and the rename cannot interleave with another writer's.
+        let current = try? readSmall(ChainManifest.fileName, limit: 64 << 20)
+        guard current == expected else { throw ChainError.chainChanged(location) }
+        try DurableFiles.publish(bytes, dir: path, name: ChainManifest.fileName)
+    }
+
+    public func remove(_ name: String) throws { try Sys.unlink("\(path)/\(name)") }
+
+    public func lockWriter() throws -> WriterLease? { try DirectoryLock(directory: path) }
+
+    public func freeSpace() -> UInt64? { try? Sys.freeSpace(path) }
+
+    public func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?) {
+        try IOEngine.make(engine, depth: depth)
+    }
+}
+
+extension DirectoryLock: WriterLease {}
+
+/// A local file opened for reading; its handle is its descriptor.
+final class LocalObject: StoredObject {
+    let name: String
+    let path: String
+    let size: UInt64
+    let handle: Int32
+
+    init(path: String, name: String) throws {
+        self.name = name
+        self.path = path
+        handle = try Sys.open(path, O_RDONLY)
+        do { size = UInt64(try Sys.fstat(handle, path: path).st_size) } catch {
+            Sys.close(handle)
+            throw error
+        }
+    }
+
+    deinit { Sys.close(handle) }
+
+    func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
+        try Sys.preadFully(handle, buffer, count, offset, path: path)
+    }
+}
+
+/// A new local file under its temporary name until published.
+final class LocalNewObject: NewObject {
+    let name: String
+    let directory: String
+    let temporaryPath: String
+    private let fd: Int32
+    private var closed = false
+
+    init(directory: String, name: String) throws {
+        self.name = name
+        self.directory = directory
+        temporaryPath = "\(directory)/\(DurableFiles.temporaryName(for: name))"
+        fd = try Sys.create(temporaryPath, O_RDWR | O_TRUNC)
+    }
+
+    deinit { if !closed { Sys.close(fd) } }
+
+    func appender(start: UInt64, engine: IOEngineChoice) throws -> ObjectAppender {
+        try AppendWriter(path: temporaryPath, fd: fd, start: start, engine: engine)
+    }
+
+    func write(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
+        try Sys.pwriteAll(fd, bytes, count, offset, path: temporaryPath)
+    }
+
+    func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
+        try Sys.preadFully(fd, buffer, count, offset, path: temporaryPath)
+    }
+
+    func publish() throws {
+        try Sys.fsync(fd, path: temporaryPath)
+        try Sys.rename(temporaryPath, "\(directory)/\(name)")
+    }
+
+    func abandon() { try? Sys.unlink(temporaryPath) }
+}

@@ -1,0 +1,177 @@
+// `strata verify`: proves a chain restorable without restoring it. Checks the manifest, every image's header
+// and index, that each image is the one the manifest names and links to the one before, the head hash map, and
+// every frame: its checksum and (unless `checksumsOnly`) its decompressed blocks against their stored hashes.
+// Damage does not stop the walk: every damaged image and frame is named, with the source blocks it holds, and
+// each point is judged whole or affected by what it actually needs. A reader: it takes no lock, runs beside a
+// capture or merge, and creates, changes or removes nothing. FrameScan.swift reads and checks the frames.
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+public struct VerifyOptions: Sendable {
+    /// Only what this point needs (its images, the frames its blocks come from); nil: the whole chain.
+    public var point: UInt32? = nil
+    /// Check frame checksums only, without decompressing and hashing every block.
+    public var checksumsOnly = false
+    public var threads: Int = Sys.onlineCores
+    public var queueDepth: Int = 16
+    public var engine: IOEngineChoice = .auto
+
+    public init() {}
+}
+
+/// One damaged thing: the file, what is wrong, and (for a frame) the source blocks it holds.
+public struct VerifyProblem: Sendable, Equatable {
+    public var file: String
+    public var detail: String
+    /// Source block ranges whose stored copy is lost, where known (a damaged frame).
+    public var blocks: [Range<UInt64>]
+}
+
+public struct VerifyReport: Sendable, Equatable {
+    public var points: [UInt32]
+    public var images: Int
+    public var frames: Int
+    public var bytesRead: UInt64
+    public var problems: [VerifyProblem]
+    public var affectedPoints: [UInt32]
+    public var wholePoints: [UInt32]
+    public var seconds: Double
+    public var isWhole: Bool { problems.isEmpty }
+}
+
+public enum Verify {
+    public static func run(chain chainPath: String, options: VerifyOptions, progress: ProgressHandler? = nil) throws -> VerifyReport {
+        let started = Sys.monotonicNanos()
+        guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
+        let chain = try Chain(location: chainPath, access: .read)
+        var opened = try open(chain, options)
+        // A merge may have replaced images between this reader's reading the manifest and opening them: a missing
+        // image is damage only if the manifest still names it.
+        for _ in 0..<8 where opened.missing {
+            guard try chain.reloadManifest() else { break }
+            opened = try open(chain, options)
+        }
+        let manifest = opened.manifest
+        let entries = opened.entries
+        let images = opened.images
+        var problems = opened.problems
+        let frames = FrameReader(images)
+
+        // Frames: all of every image, or those the point's blocks come from.
+        var work: [FrameRef] = []
+        if options.point != nil {
+            if !images.contains(where: { $0 == nil }) {
+                var seen = Set<FrameRef>()
+                for r in ExtentResolver.resolve(images.map { $0!.index.extents }) where r.kind == .data {
+                    if seen.insert(r.frameRef).inserted { work.append(r.frameRef) }
+                }
+                work.sort()
+            }
+        } else {
+            work = frames.allFrames
+        }
+        let scan = FrameScan(frames: frames, work: work, store: chain.store, options: options, progress: progress)
+        let damagedFrames = try scan.run()
+        for (f, detail) in damagedFrames.sorted(by: { $0.key < $1.key }) {
+            let image = frames.image(f)
+            let blocks = image.index.extents.filter { $0.kind == .data && $0.frame == f.frame }.map { $0.firstBlock..<$0.endBlock }
+            problems.append(VerifyProblem(file: image.name, detail: detail, blocks: blocks))
+        }
+
+        // Which points still restore: a point is affected when it needs a broken image, or a damaged frame
+        // holds one of its blocks (a frame whose blocks a later image overwrote does not affect it).
+        var affected: [UInt32] = [], whole: [UInt32] = []
+        for (i, e) in entries.enumerated() {
+            guard options.point == nil || e.point == options.point else { continue }
+            let needed = images[...i]
+            var ok = !needed.contains { $0 == nil }
+            if ok && !damagedFrames.isEmpty {
+                ok = !ExtentResolver.resolve(needed.map { $0!.index.extents }).contains {
+                    $0.kind == .data && damagedFrames[$0.frameRef] != nil
+                }
+            }
+            if ok { whole.append(e.point) } else { affected.append(e.point) }
+        }
+        _ = manifest
+        return VerifyReport(
+            points: entries.map(\.point), images: images.count, frames: work.count, bytesRead: scan.bytesRead,
+            problems: problems, affectedPoints: affected, wholePoints: whole,
+            seconds: Double(Sys.monotonicNanos() - started) / 1e9)
+    }
+
+    /// What the walk starts from: the manifest, the entries to check, each image opened (nil where it failed:
+    /// headers, indexes, identity and links; such an image is unusable as a whole) and the problems so far.
+    private struct Opened {
+        var manifest: ChainManifest
+        var entries: ArraySlice<ManifestEntry>
+        var images: [ImageFile?] = []
+        var problems: [VerifyProblem] = []
+        /// Whether an image or the hash map was missing (a merge or capture may have replaced it meanwhile).
+        var missing = false
+    }
+
+    private static func open(_ chain: Chain, _ options: VerifyOptions) throws -> Opened {
+        guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chain.location) }
+        let entries: ArraySlice<ManifestEntry>
+        if let p = options.point {
+            guard let e = manifest.images(forPoint: p) else { throw ChainError.noSuchPoint(p, available: manifest.points) }
+            entries = e
+        } else {
+            entries = manifest.images[...]
+        }
+        var opened = Opened(manifest: manifest, entries: entries)
+        var previous: ManifestEntry?
+        for (i, e) in entries.enumerated() {
+            do {
+                let image = try ImageFile(store: chain.store, name: e.file)
+                try Chain.check(image.header, of: e, in: manifest)
+                // The link to the image before can be checked only when that one could be read.
+                if i == 0 || previous != nil {
+                    try Chain.check(image.header, of: e, follows: previous)
+                }
+                opened.images.append(image)
+                previous = e
+            } catch {
+                if case ChainError.damaged(_, ChainError.missingDetail) = error { opened.missing = true }
+                opened.problems.append(VerifyProblem(file: e.file, detail: describe(error), blocks: []))
+                opened.images.append(nil)
+                previous = nil
+            }
+        }
+        if options.point == nil, let problem = checkHashMap(chain.store, manifest) {
+            if problem.detail.hasPrefix(ChainError.missingDetail) { opened.missing = true }
+            opened.problems.append(problem)
+        }
+        return opened
+    }
+
+    /// The head hash map (what the next capture compares with): its header names the newest image, and every
+    /// chunk passes its checksum. Damage here does not affect any point, only the next capture.
+    private static func checkHashMap(_ store: ChainStore, _ m: ChainManifest) -> VerifyProblem? {
+        do {
+            let reader = try HashMapReader(store: store, name: m.hashMapFile)
+            guard reader.header.imageID == m.images.last!.imageID, reader.header.chainID == m.chainID,
+                reader.header.sourceSize == m.sourceSize, reader.header.blockSize == m.blockSize
+            else { throw ChainError.damaged(file: m.hashMapFile, detail: "the hash map is not the newest point's") }
+            let blocks = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
+            var at: UInt64 = 0
+            while at < blocks {
+                let n = Int(min(UInt64(HashMapHeader.chunkBlocks), blocks - at))
+                _ = try reader.hashes(from: at, count: n)
+                at += UInt64(n)
+            }
+            return nil
+        } catch {
+            return VerifyProblem(file: m.hashMapFile, detail: describe(error) + " (no point is affected; the next capture will fail until a new full image)", blocks: [])
+        }
+    }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case ChainError.damaged(_, let d), ChainError.corruptData(_, let d): return d
+        case let e as ChainError: return e.description
+        default: return "\(error)"
+        }
+    }
+}
