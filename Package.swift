@@ -32,11 +32,13 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: ["StrataChain", "StrataBench", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Child processes with deadlines, shared by the test targets.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], exclude: ["Golden"]),
         .testTarget(name: "StrataCodecTests", dependencies: ["StrataCodec", "CXXH3"]),
         .testTarget(name: "StrataIOTests", dependencies: ["StrataIO"]),
-        .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
-        .testTarget(name: "StrataCLITests", dependencies: ["strata"]),
+        .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO", "TestSupport"]),
+        .testTarget(name: "StrataCLITests", dependencies: ["strata", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -17,6 +17,15 @@ public enum DurableFiles {
         try Sys.fsync(fd, path: dir)
     }
 
+    /// Makes a private directory (0700) and fsyncs the directory holding it, so that the new name survives a
+    /// power cut once anything inside it is made durable.
+    public static func makeDirectory(_ path: String) throws {
+        try Sys.mkdir(path, mode: 0o700)
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        let parent = trimmed.lastIndex(of: "/").map { $0 == trimmed.startIndex ? "/" : String(trimmed[..<$0]) } ?? "."
+        try fsyncDirectory(parent)
+    }
+
     /// Atomically replaces `dir/name` with `bytes`.
     public static func publish(_ bytes: [UInt8], dir: String, name: String) throws {
         let tmp = "\(dir)/\(temporaryName(for: name))"

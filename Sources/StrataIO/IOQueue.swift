@@ -96,12 +96,11 @@ public final class PreadQueue: IOQueue {
             }
             let r = requests.removeFirst()
             lock.unlock()
-            let n: Int
+            let result: Int
             switch r.op {
-            case .read: n = Glibc.pread(r.fd, r.buffer, r.length, off_t(r.offset))
-            case .write: n = Glibc.pwrite(r.fd, r.buffer, r.length, off_t(r.offset))
+            case .read: result = Sys.preadOnce(r.fd, r.buffer, r.length, r.offset)
+            case .write: result = Sys.pwriteOnce(r.fd, r.buffer, r.length, r.offset)
             }
-            let result = n >= 0 ? n : -Int(Glibc.errno)
             lock.lock()
             done.append(IOCompletion(tag: r.tag, result: result))
             lock.broadcast()

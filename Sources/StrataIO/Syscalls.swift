@@ -83,6 +83,19 @@ public enum Sys {
         try retrying("write", path) { Glibc.pwrite(fd, buf, count, off_t(offset)) }
     }
 
+    /// One pread as an I/O engine completes it: the byte count, or the negated errno (EINTR included: IOPump
+    /// resubmits it, as it does for io_uring's completions).
+    public static func preadOnce(_ fd: Int32, _ buf: UnsafeMutableRawPointer, _ count: Int, _ offset: UInt64) -> Int {
+        let n = Glibc.pread(fd, buf, count, off_t(offset))
+        return n >= 0 ? n : -Int(Glibc.errno)
+    }
+
+    /// One pwrite as an I/O engine completes it (see `preadOnce`).
+    public static func pwriteOnce(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int, _ offset: UInt64) -> Int {
+        let n = Glibc.pwrite(fd, buf, count, off_t(offset))
+        return n >= 0 ? n : -Int(Glibc.errno)
+    }
+
     /// Writes all of `count` bytes (pwrite may write less, e.g. near a full disk before it reports ENOSPC).
     public static func pwriteAll(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int, _ offset: UInt64, path: String) throws {
         var done = 0

@@ -25,6 +25,15 @@ public final class URingQueue: IOQueue {
         cqes = .allocate(capacity: self.depth)
     }
 
+    /// Why io_uring cannot be used on this machine (the kernel or a sandbox refuses a ring: EPERM, ENOSYS,
+    /// ENOMEM), or nil when it can. Tests named for io_uring skip only for such a reason and fail otherwise.
+    public static func unavailableReason() -> String? {
+        do { _ = try URingQueue(depth: 2) } catch let e as IOError { return "io_uring is unavailable here (\(e.reason))" } catch {
+            return "io_uring is unavailable here (\(error))"
+        }
+        return nil
+    }
+
     deinit {
         if registered != nil { io_uring_unregister_buffers(&ring) }
         io_uring_queue_exit(&ring)

@@ -15,24 +15,17 @@ struct MergeCommand: ParsableCommand {
     @Argument(help: "Chain directory.") var chain: String
     @Option(help: "First point of the range (default: the chain's first point).") var from: UInt32?
     @Option(help: "Last point of the range; it keeps its number.") var to: UInt32
-    @Option(help: "zstd level for the blocks re-packed into new frames, 1-19 (copied frames keep theirs).") var level: Int32 = 1
-    @Option(help: "Worker threads copying and re-packing frames (default: one per core).") var threads: Int?
-    @Option(help: "I/O engine for the merged image's writes: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
-    @Flag(help: "Print one JSON object with the result on stdout.") var json = false
-    @Flag(help: "No progress line.") var quiet = false
+    @OptionGroup var work: MergeWork
 
     func run() throws {
         Output.warnIfExposed(chain)
-        var options = MergeOptions(to: to)
+        var options = work.options(to: to)
         options.from = from
-        options.level = level
-        options.threads = threads ?? Machine.onlineCores
-        options.engine = ioEngine
-        let progress = ProgressLine(verb: "merge", quiet: quiet)
+        let progress = ProgressLine(verb: "merge", quiet: work.quiet)
         do {
             let r = try Merge.run(chain: chain, options: options, progress: progress.update)
             progress.finish()
-            MergeCommand.report(r, json: json, quiet: quiet)
+            MergeCommand.report(r, json: work.json, quiet: work.quiet)
         } catch {
             progress.finish()
             throw Output.fail(error)
@@ -61,32 +54,41 @@ struct PruneCommand: ParsableCommand {
 
     @Argument(help: "Chain directory.") var chain: String
     @Option(help: "Number of newest points to keep (at least 1).") var keep: Int
-    @Option(help: "zstd level for the blocks re-packed into new frames, 1-19 (copied frames keep theirs).") var level: Int32 = 1
-    @Option(help: "Worker threads copying and re-packing frames (default: one per core).") var threads: Int?
-    @Option(help: "I/O engine for the merged image's writes: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
-    @Flag(help: "Print one JSON object with the result on stdout.") var json = false
-    @Flag(help: "No progress line.") var quiet = false
+    @OptionGroup var work: MergeWork
 
     func run() throws {
         Output.warnIfExposed(chain)
-        let progress = ProgressLine(verb: "prune", quiet: quiet)
+        let progress = ProgressLine(verb: "prune", quiet: work.quiet)
         do {
-            var options = MergeOptions(to: 0)
-            options.level = level
-            options.threads = threads ?? Machine.onlineCores
-            options.engine = ioEngine
-            let r = try Merge.prune(chain: chain, keep: keep, options: options, progress: progress.update)
+            let r = try Merge.prune(chain: chain, keep: keep, options: work.options(to: 0), progress: progress.update)
             progress.finish()
             if let r {
-                MergeCommand.report(r, json: json, quiet: quiet)
-            } else if json {
+                MergeCommand.report(r, json: work.json, quiet: work.quiet)
+            } else if work.json {
                 Output.json([("imagesMerged", 0)])
-            } else if !quiet {
+            } else if !work.quiet {
                 print("nothing to prune: the chain has \(keep) points or fewer")
             }
         } catch {
             progress.finish()
             throw Output.fail(error)
         }
+    }
+}
+
+/// The options merge and prune share: how the work is done and how it is reported.
+struct MergeWork: ParsableArguments {
+    @Option(help: "zstd level for the blocks re-packed into new frames, 1-19 (copied frames keep theirs).") var level: Int32 = 1
+    @Option(help: "Worker threads copying and re-packing frames (default: one per core).") var threads: Int?
+    @Option(help: "I/O engine for the merged image's writes: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
+    @Flag(help: "Print one JSON object with the result on stdout.") var json = false
+    @Flag(help: "No progress line.") var quiet = false
+
+    func options(to point: UInt32) -> MergeOptions {
+        var o = MergeOptions(to: point)
+        o.level = level
+        o.threads = threads ?? Machine.onlineCores
+        o.engine = ioEngine
+        return o
     }
 }

@@ -1,6 +1,7 @@
 // Whole command runs of the strata binary, as argument-parser's AssertExecuteCommand does: exact exit codes,
 // one-line errors, --json output, and SIGKILL at random moments leaving a chain that restores every point.
 import Foundation
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -23,23 +24,16 @@ let strataBinary: String = {
     return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[0]
 }()
 
-func launch(_ args: [String]) throws -> (Process, Pipe, Pipe) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: strataBinary)
-    p.arguments = args
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    return (p, out, err)
-}
+/// Starts strata with `args`, its output discarded (a child about to be killed must not block on a pipe).
+func launch(_ args: [String]) throws -> ChildProcess { try ChildProcess(strataBinary, args, quiet: true) }
 
-func strata(_ args: String...) throws -> Run {
-    let (p, out, err) = try launch(args)
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+/// Runs strata to its end (within the deadline every test child has) and returns what it printed.
+func strata(_ args: String...) throws -> Run { try strata(args) }
+
+func strata(_ args: [String], deadline: Double = defaultDeadline) throws -> Run {
+    let r = try ChildProcess(strataBinary, args, deadline: deadline).finish()
+    XCTAssertFalse(r.timedOut, "strata \(args.joined(separator: " ")) did not finish within \(Int(deadline)) s and was killed")
+    return Run(status: r.signalled ? 128 + r.status : r.status, stdout: r.stdout, stderr: r.stderr)
 }
 
 func makeDisk(_ path: String, size: Int, seed: UInt8, changes: Int = 0) throws {
@@ -135,101 +129,141 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(capture.stdout.contains("--queue-depth"))
     }
 
-    /// SIGKILL a capture at random moments, many times: afterwards the chain holds either the old points or the
-    /// new one, the next run cleans up, and every point restores bit for bit.
+    // MARK: SIGKILL at chosen moments
+
+    /// Kill points over a run that makes `writes` write calls and `steps` durability steps: every step, and
+    /// writes spread from the first to the last (so the frames, the hash map and the manifest are each hit).
+    private func killPoints(writes: Int, steps: Int) -> [(kind: String, n: Int)] {
+        let spread = Set([1, writes / 8, writes / 4, writes * 3 / 8, writes / 2, writes * 5 / 8, writes * 3 / 4, writes * 7 / 8, writes - 1, writes].filter { $0 >= 1 })
+        return spread.sorted().map { ("writes", $0) } + (1...max(1, steps)).map { ("steps", $0) }
+    }
+
+    /// Counts the writes and durability steps of `args` run against a copy of `chain` on the same disk.
+    private func measure(_ disk: CrashDisk, chain: String, _ args: (String) -> [String]) throws -> (writes: Int, steps: Int) {
+        let probe = "\(disk.mountPoint)/probe"
+        try? FileManager.default.removeItem(atPath: probe)
+        try FileManager.default.copyItem(atPath: chain, toPath: probe)
+        try disk.command("count")
+        XCTAssertEqual(try strata(args(probe)).status, 0)
+        let s = disk.status()
+        try FileManager.default.removeItem(atPath: probe)
+        return (s.writes, s.steps)
+    }
+
+    /// SIGKILL a capture at every durability step and at writes spread over the whole run, each kill asserted to
+    /// land mid-run, each round from the same two-point chain: afterwards the chain holds either the old points or
+    /// the new one, and every point restores bit for bit; the next run cleans up and captures normally.
     func testKilledCapturesLeaveARestorableChain() throws {
-        let size = 24 << 20
-        let chain = "\(dir)/chain"
+        if let reason = CrashDisk.unavailableReason() { throw XCTSkip(reason) }
+        let disk = try CrashDisk(in: dir)
+        let size = 8 << 20
+        let chain = "\(disk.mountPoint)/chain"
         var states: [Data] = []
-        try makeDisk("\(dir)/disk", size: size, seed: 3)
-        let started = Date()
-        XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
-        // Kill moments spread over the length of one capture on this machine.
-        let span = UInt32(max(Date().timeIntervalSince(started), 0.02) * 1_000_000)
-        states.append(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
-        var generator = SystemRandomNumberGenerator()
-        var killedMidway = 0
-        for night in 1...10 {
+        for night in 0..<2 {
             try makeDisk("\(dir)/disk", size: size, seed: 3, changes: 50 * night)
-            let (p, _, _) = try launch(["capture", "\(dir)/disk", chain, "--quiet", "--threads", "2"])
-            usleep(UInt32.random(in: 0...span, using: &generator))
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
-            let list = try strata("list", chain, "--json")
-            XCTAssertEqual(list.status, 0, "chain readable after kill in night \(night): \(list.stderr)")
-            let points = ((try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as! [String: Any])["points"] as! [[String: Any]]).count
-            if points == states.count + 1 {
-                states.append(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
-            } else {
-                XCTAssertEqual(points, states.count, "a killed capture adds its point whole or not at all")
-                killedMidway += 1
+            XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
+            states.append(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
+        }
+        let pristine = "\(dir)/pristine"
+        try FileManager.default.copyItem(atPath: chain, toPath: pristine)
+        try makeDisk("\(dir)/disk", size: size, seed: 3, changes: 100)
+        states.append(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
+        let run = try measure(disk, chain: chain) { ["capture", "\(dir)/disk", $0, "--quiet"] }
+        var hit: [String] = []
+        for point in killPoints(writes: run.writes, steps: run.steps) {
+            try FileManager.default.removeItem(atPath: chain)
+            try FileManager.default.copyItem(atPath: pristine, toPath: chain)
+            var finished: Run?
+            let at = try disk.run(["capture", "\(dir)/disk", chain, "--quiet"], stoppingAt: point.kind, point.n, crash: .kill, finished: &finished)
+            XCTAssertNotNil(at, "the kill at \(point.kind) \(point.n) of \(run) landed mid-run")
+            hit.append(at ?? "")
+            let points = try pointList(chain)
+            XCTAssertTrue(points == [1, 2] || points == [1, 2, 3], "a killed capture adds its point whole or not at all: \(points) after \(at ?? "-")")
+            for p in points {
+                let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(p)", "--quiet")
+                XCTAssertEqual(r.status, 0, r.stderr)
+                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), states[p - 1], "killed at \(at ?? "-"): point \(p)")
             }
         }
-        // The next run cleans up and captures normally.
+        XCTAssertTrue(hit.contains { $0.hasPrefix("write") && $0.contains("-p000003.strata") }, "a kill while the image was written: \(hit)")
+        XCTAssertTrue(hit.contains { $0.hasPrefix("write") && $0.contains("-map-p000003.strata") }, "a kill while the hash map was written: \(hit)")
+        XCTAssertTrue(hit.contains { $0.hasPrefix("rename") && $0.hasSuffix("/chain/chain.manifest") }, "a kill at the commit: \(hit)")
+        // The last round left whatever it left: the next run cleans up and captures normally.
         XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
-        states.append(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: chain).filter { $0.hasPrefix(".strata-tmp-") }
-        XCTAssertEqual(leftovers, [])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).filter { $0.hasPrefix(".strata-tmp-") }, [])
+        XCTAssertEqual(try strata("verify", chain, "--quiet").status, 0)
         for (i, state) in states.enumerated() {
             let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(i + 1)", "--quiet")
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), state, "point \(i + 1)")
         }
-        print("kill test: \(killedMidway) of 10 captures killed before their commit")
     }
 
-    /// A restore killed midway leaves the chain untouched: the next restore works.
+    /// A restore killed at writes spread over its run (the target on the crash disk) leaves the chain untouched:
+    /// the next restore works.
     func testKilledRestoreLeavesChainIntact() throws {
+        if let reason = CrashDisk.unavailableReason() { throw XCTSkip(reason) }
+        let disk = try CrashDisk(in: dir)
         try makeDisk("\(dir)/disk", size: 16 << 20, seed: 4)
         XCTAssertEqual(try strata("capture", "\(dir)/disk", "\(dir)/chain", "--quiet").status, 0)
-        for delay in [0, 20_000, 60_000] {
-            let (p, _, _) = try launch(["restore", "\(dir)/chain", "\(dir)/out", "--force", "--quiet"])
-            usleep(UInt32(delay))
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+        let files = try FileManager.default.contentsOfDirectory(atPath: "\(dir)/chain").sorted()
+        let target = "\(disk.mountPoint)/out"
+        try disk.command("count")
+        XCTAssertEqual(try strata("restore", "\(dir)/chain", target, "--quiet").status, 0)
+        let writes = disk.status().writes
+        for n in [1, writes / 4, writes / 2, writes * 3 / 4, writes] where n >= 1 {
+            var finished: Run?
+            let at = try disk.run(["restore", "\(dir)/chain", target, "--force", "--quiet"], stoppingAt: "writes", n, crash: .kill, finished: &finished)
+            XCTAssertNotNil(at, "the kill at write \(n) of \(writes) landed mid-run")
         }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/chain").sorted(), files)
         XCTAssertEqual(try strata("restore", "\(dir)/chain", "\(dir)/out", "--force", "--quiet").status, 0)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
     }
 
-    /// SIGKILL merges and prunes at random moments: the chain then holds the old points or the new ones, and
-    /// every point it lists restores bit for bit.
+    /// SIGKILL merges and prunes at every durability step and at writes spread over each run, each kill landing
+    /// mid-run: the chain then holds the old points or the new ones, and every point it lists restores bit for bit.
     func testKilledMergesLeaveARestorableChain() throws {
+        if let reason = CrashDisk.unavailableReason() { throw XCTSkip(reason) }
+        let disk = try CrashDisk(in: dir)
         let size = 16 << 20
-        let chain = "\(dir)/chain"
+        let chain = "\(disk.mountPoint)/chain"
         var states: [Int: Data] = [:]
         for night in 0..<7 {
             try makeDisk("\(dir)/disk", size: size, seed: 5, changes: 40 * night)
             XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
             states[night + 1] = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk"))
         }
-        let started = Date()
-        XCTAssertEqual(try strata("merge", chain, "--from", "2", "--to", "3", "--quiet").status, 0)
-        let span = UInt32(max(Date().timeIntervalSince(started), 0.02) * 1_000_000)
-        var generator = SystemRandomNumberGenerator()
-        for round in 0..<8 {
-            let list = try strata("list", chain, "--json")
-            let points = ((try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as! [String: Any])["points"] as! [[String: Any]]).map { $0["point"] as! Int }
-            guard points.count >= 2 else { break }
-            let args = round % 3 == 2
-                ? ["prune", chain, "--keep", "\(points.count - 1)", "--quiet"]
-                : ["merge", chain, "--from", "\(points[points.count - 2])", "--to", "\(points[points.count - 1])", "--quiet"]
-            let (p, _, _) = try launch(args)
-            usleep(UInt32.random(in: 0...(2 * span), using: &generator))
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
-            let after = try strata("list", chain, "--json")
-            XCTAssertEqual(after.status, 0, after.stderr)
-            let now = ((try JSONSerialization.jsonObject(with: Data(after.stdout.utf8)) as! [String: Any])["points"] as! [[String: Any]]).map { $0["point"] as! Int }
-            XCTAssertTrue(Set(now).isSubset(of: Set(points)), "no new points appear")
-            XCTAssertEqual(now.last, points.last, "the newest point survives any merge")
-            for point in now {
-                let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(point)", "--quiet")
-                XCTAssertEqual(r.status, 0, r.stderr)
-                XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), states[point], "round \(round) point \(point)")
+        let pristine = "\(dir)/pristine"
+        try FileManager.default.copyItem(atPath: chain, toPath: pristine)
+        for args in [["merge", "--from", "2", "--to", "5"], ["prune", "--keep", "3"]] {
+            let command = { (c: String) in [args[0], c] + args.dropFirst() + ["--quiet"] }
+            let run = try measure(disk, chain: chain, command)
+            for point in killPoints(writes: run.writes, steps: run.steps) {
+                try FileManager.default.removeItem(atPath: chain)
+                try FileManager.default.copyItem(atPath: pristine, toPath: chain)
+                let before = try pointList(chain)
+                var finished: Run?
+                let at = try disk.run(command(chain), stoppingAt: point.kind, point.n, crash: .kill, finished: &finished)
+                XCTAssertNotNil(at, "\(args[0]): the kill at \(point.kind) \(point.n) of \(run) landed mid-run")
+                let now = try pointList(chain)
+                XCTAssertTrue(Set(now).isSubset(of: Set(before)), "no new points appear")
+                XCTAssertEqual(now.last, before.last, "the newest point survives any merge")
+                XCTAssertEqual(try strata("verify", chain, "--quiet").status, 0, "\(args[0]) killed at \(at ?? "-")")
+                for p in now {
+                    let r = try strata("restore", chain, "\(dir)/out", "--force", "--point", "\(p)", "--quiet")
+                    XCTAssertEqual(r.status, 0, r.stderr)
+                    XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), states[p], "\(args[0]) killed at \(at ?? "-"): point \(p)")
+                }
+                XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0, "the next command cleans up and works")
+                XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).filter { $0.hasPrefix(".strata-tmp-") }, [])
             }
         }
-        XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0, "the next command cleans up and works")
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).filter { $0.hasPrefix(".strata-tmp-") }, [])
+    }
+
+    private func pointList(_ chain: String) throws -> [Int] {
+        let list = try strata("list", chain, "--json")
+        XCTAssertEqual(list.status, 0, list.stderr)
+        return (jsonObject(list.stdout)["points"] as? [[String: Any]] ?? []).map { $0["point"] as! Int }
     }
 }

@@ -2,6 +2,7 @@
 // (a FUSE file answering EIO, read directly and through a loop device), verify naming damaged images, frames
 // and the points they affect, restore --verify, and SIGKILL of capture, merge, restore and verify in loops.
 import Foundation
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -38,7 +39,7 @@ final class FaultyDisk {
         try process.run()
         path = "\(mountPoint)/disk"
         for _ in 0..<100 where access(path, R_OK) != 0 { usleep(50_000) }
-        guard access(path, R_OK) == 0 else { throw XCTSkip("the FUSE fixture did not mount") }
+        guard access(path, R_OK) == 0 else { throw TestFailure("the FUSE fixture did not mount at \(mountPoint)") }
     }
 
     deinit {
@@ -48,29 +49,19 @@ final class FaultyDisk {
     }
 }
 
+/// Runs a tool to its end (within the deadline), its output discarded; returns its exit status.
 @discardableResult
 func runTool(_ tool: String, _ args: [String]) -> Int32 {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: tool)
-    p.arguments = args
-    p.standardOutput = FileHandle.nullDevice
-    p.standardError = FileHandle.nullDevice
-    do { try p.run() } catch { return 127 }
-    p.waitUntilExit()
-    return p.terminationStatus
+    let r = runProcess(tool, args)
+    XCTAssertFalse(r.timedOut, "\(tool) \(args.joined(separator: " ")) did not finish and was killed")
+    return r.status
 }
 
+/// A tool's stdout, trimmed.
 func toolOutput(_ args: [String]) -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = FileHandle.nullDevice
-    do { try p.run() } catch { return "" }
-    let out = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    let r = runProcess("/usr/bin/env", args)
+    XCTAssertFalse(r.timedOut, "\(args.joined(separator: " ")) did not finish and was killed")
+    return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 }
 
 func jsonObject(_ text: String) -> [String: Any] {
@@ -128,7 +119,7 @@ final class ResilienceTests: XCTestCase {
         var loop: String?
         if viaLoop {
             let dev = toolOutput(["losetup", "-f", "--show", "--read-only", faulty.path])
-            guard dev.hasPrefix("/dev/loop") else { throw XCTSkip("losetup over the FUSE file failed") }
+            guard dev.hasPrefix("/dev/loop") else { throw TestFailure("losetup over the FUSE file failed") }
             loop = dev
             source = dev
         }
@@ -328,19 +319,32 @@ final class ResilienceTests: XCTestCase {
         return (jsonObject(list.stdout)["points"] as? [[String: Any]] ?? []).map { $0["point"] as! Int }
     }
 
-    private func killAfter(_ args: [String], micros: UInt32) throws {
-        let (p, _, _) = try launch(args)
+    /// Starts strata with `args`, kills it with SIGKILL after `micros`, and says whether the kill landed while it
+    /// ran (false: it had finished first).
+    private func killAfter(_ args: [String], micros: UInt32) throws -> Bool {
+        let p = try launch(args)
         usleep(micros)
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        kill(p.pid, SIGKILL)
+        let r = p.finish()
+        XCTAssertFalse(r.timedOut)
+        return r.signalled && r.status == SIGKILL
     }
 
     private func timed(_ args: String...) throws -> UInt32 {
         let started = Date()
-        let (p, _, _) = try launch(args)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertEqual(try strata(args).status, 0)
         return UInt32(max(Date().timeIntervalSince(started), 0.02) * 1_000_000)
+    }
+
+    /// Runs `round` with kill moments drawn from 0..90% of `span` (a measured run), the window halving after a
+    /// round whose command finished before the kill, until a kill lands mid-run; fails when none does.
+    private func killMidRun(_ what: String, span: UInt32, _ round: (UInt32) throws -> Bool, rng: inout SystemRandomNumberGenerator) rethrows {
+        var window = span / 10 * 9
+        for _ in 0..<8 {
+            if try round(UInt32.random(in: 0...window, using: &rng)) { return }
+            window /= 2
+        }
+        XCTFail("\(what): the command finished before every kill")
     }
 
     /// 20 rounds each of capture, merge/prune, restore and verify killed with SIGKILL at a random moment; after
@@ -365,11 +369,14 @@ final class ResilienceTests: XCTestCase {
 
         for round in 1...20 {
             try makeDisk("\(dir)/disk", size: size, seed: 12, changes: 40 * round)
-            let before = try points(chain)
-            try killAfter(["capture", "\(dir)/disk", chain, "--quiet"], micros: UInt32.random(in: 0...captureSpan, using: &rng))
-            let after = try points(chain)
-            if after.count > before.count { states[after.last!] = try contents("\(dir)/disk") } else { XCTAssertEqual(after, before) }
-            try checkAll("capture round \(round)")
+            try killMidRun("capture round \(round)", span: captureSpan, { micros in
+                let before = try points(chain)
+                let killed = try killAfter(["capture", "\(dir)/disk", chain, "--quiet"], micros: micros)
+                let after = try points(chain)
+                if after.count > before.count { states[after.last!] = try contents("\(dir)/disk") } else { XCTAssertEqual(after, before) }
+                try checkAll("capture round \(round)")
+                return killed
+            }, rng: &rng)
         }
         while try points(chain).count < 8 {
             XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
@@ -377,27 +384,29 @@ final class ResilienceTests: XCTestCase {
         }
         let mergeSpan = try timed("merge", chain, "--from", "2", "--to", "3", "--quiet")
         for round in 1...20 {
-            var ps = try points(chain)
-            if ps.count < 4 {
-                try makeDisk("\(dir)/disk", size: size, seed: 12, changes: 900 + 40 * round)
-                XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
-                ps = try points(chain)
-                states[ps.last!] = try contents("\(dir)/disk")
-            }
-            let args = round % 3 == 0
-                ? ["prune", chain, "--keep", "\(ps.count - 1)", "--quiet"]
-                : ["merge", chain, "--from", "\(ps[ps.count - 3])", "--to", "\(ps[ps.count - 2])", "--quiet"]
-            try killAfter(args, micros: UInt32.random(in: 0...(2 * mergeSpan), using: &rng))
-            let now = try points(chain)
-            XCTAssertTrue(Set(now).isSubset(of: Set(ps)))
-            try checkAll("merge round \(round)")
+            try killMidRun("merge round \(round)", span: mergeSpan, { micros in
+                var ps = try points(chain)
+                if ps.count < 4 {
+                    try makeDisk("\(dir)/disk", size: size, seed: 12, changes: 900 + 40 * round)
+                    XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
+                    ps = try points(chain)
+                    states[ps.last!] = try contents("\(dir)/disk")
+                }
+                let args = round % 3 == 0
+                    ? ["prune", chain, "--keep", "\(ps.count - 1)", "--quiet"]
+                    : ["merge", chain, "--from", "\(ps[ps.count - 3])", "--to", "\(ps[ps.count - 2])", "--quiet"]
+                let killed = try killAfter(args, micros: micros)
+                XCTAssertTrue(Set(try points(chain)).isSubset(of: Set(ps)))
+                try checkAll("merge round \(round)")
+                return killed
+            }, rng: &rng)
         }
         let restoreSpan = try timed("restore", chain, "\(dir)/out", "--force", "--quiet")
         let verifySpan = try timed("verify", chain, "--quiet")
         let files = try chainFiles(chain)
         for round in 1...20 {
-            try killAfter(["restore", chain, "\(dir)/target", "--force", "--quiet"], micros: UInt32.random(in: 0...restoreSpan, using: &rng))
-            try killAfter(["verify", chain, "--quiet"], micros: UInt32.random(in: 0...verifySpan, using: &rng))
+            try killMidRun("restore round \(round)", span: restoreSpan, { try killAfter(["restore", chain, "\(dir)/target", "--force", "--quiet"], micros: $0) }, rng: &rng)
+            try killMidRun("verify round \(round)", span: verifySpan, { try killAfter(["verify", chain, "--quiet"], micros: $0) }, rng: &rng)
             XCTAssertEqual(try chainFiles(chain), files, "round \(round): restore and verify never change the chain")
         }
         try checkAll("after killed restores and verifies")

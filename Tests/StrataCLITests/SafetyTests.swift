@@ -4,6 +4,7 @@
 // and with --force; the file modes of a new chain and a restored file under umask 022 and 077; the warning on a
 // chain readable by others. Every refusal: its exact line, exit 77, and every file and device byte-identical.
 import Foundation
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -34,18 +35,8 @@ final class TestLoop {
 
     /// Writes a DOS label with two partitions, has the kernel read it, and makes the /dev nodes (no udev here).
     func partition() throws -> [String] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["sfdisk", "-q", path]
-        let input = Pipe()
-        p.standardInput = input
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        input.fileHandleForWriting.write(Data("label: dos\n,16M\n,\n".utf8))
-        input.fileHandleForWriting.closeFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw TestFailure("sfdisk failed (Tools/setup installs fdisk)") }
+        let r = runProcess("/usr/bin/env", ["sfdisk", "-q", path], stdin: Data("label: dos\n,16M\n,\n".utf8))
+        guard r.status == 0 else { throw TestFailure("sfdisk failed (Tools/setup installs fdisk): \(r.stderr)") }
         // Without udev the kernel's own scan does not always happen: partx adds the partitions explicitly.
         runTool("/usr/bin/env", ["partx", "-a", path])
         let name = (path as NSString).lastPathComponent
@@ -122,12 +113,9 @@ final class SafetyTests: XCTestCase {
 
     /// Runs strata and checks that it was refused with exit 77 and exactly `message`.
     private func assertRefused(_ args: [String], _ message: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let (p, out, err) = try launch(args)
-        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        _ = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 77, e, file: file, line: line)
-        XCTAssertEqual(e, "strata: error: \(message)\n", file: file, line: line)
+        let r = try strata(args)
+        XCTAssertEqual(r.status, 77, r.stderr, file: file, line: line)
+        XCTAssertEqual(r.stderr, "strata: error: \(message)\n", file: file, line: line)
     }
 
     private func requireLoop() throws {
@@ -307,17 +295,9 @@ final class SafetyTests: XCTestCase {
     // MARK: Private by default
 
     private func underUmask(_ mask: String, _ args: [String]) throws -> Run {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", "umask \(mask); exec \"$0\" \"$@\"", strataBinary] + args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        let r = runProcess("/bin/sh", ["-c", "umask \(mask); exec \"$0\" \"$@\"", strataBinary] + args)
+        XCTAssertFalse(r.timedOut)
+        return Run(status: r.status, stdout: r.stdout, stderr: r.stderr)
     }
 
     private func mode(_ path: String) throws -> Int {
@@ -362,10 +342,3 @@ final class SafetyTests: XCTestCase {
     }
 }
 
-func strata(_ args: [String]) throws -> Run {
-    let (p, out, err) = try launch(args)
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
-}

@@ -54,9 +54,11 @@ final class CapturePropertyTests: XCTestCase {
         }
     }
 
+    /// Forces io_uring: fails (never falls back to pread) on a machine where io_uring can be used.
     func testRandomNightsIoUring() throws {
+        if let reason = URingQueue.unavailableReason() { throw XCTSkip(reason) }
         for seed: UInt64 in [1, 2] {
-            try runNights(seed: seed, size: 6 << 20 + 1536, nights: 6, blockSize: nil, engine: .auto)
+            try runNights(seed: seed, size: 6 << 20 + 1536, nights: 6, blockSize: nil, engine: .uring)
         }
     }
 
@@ -107,8 +109,8 @@ final class CapturePropertyTests: XCTestCase {
         try runNights(seed: 6, size: 4 << 20, nights: 3, blockSize: 1 << 20, engine: .auto, threads: 3)
     }
 
-    func testUringEngineWhenAvailable() throws {
-        guard (try? URingQueue(depth: 4)) != nil else { throw XCTSkip("io_uring is not available on this machine") }
+    func testUringEngineWithFourKiBAlignedSize() throws {
+        if let reason = URingQueue.unavailableReason() { throw XCTSkip(reason) }
         try runNights(seed: 7, size: 4 << 20 + 4096, nights: 5, blockSize: nil, engine: .uring)
     }
 
@@ -116,8 +118,8 @@ final class CapturePropertyTests: XCTestCase {
     func testLoopDevice() throws {
         if let reason = LoopDevice.unavailableReason() { throw XCTSkip(reason) }
         let size = 8 << 20
-        for (seed, engine) in [(UInt64(8), IOEngineChoice.pread), (9, .auto)] {
-            if engine == .auto, (try? URingQueue(depth: 4)) == nil { continue }
+        let uring = URingQueue.unavailableReason() == nil
+        for (seed, engine) in [(UInt64(8), IOEngineChoice.pread), (9, uring ? .uring : .pread)] {
             let loop = try LoopDevice(size: size, in: dir)
             try runNights(seed: seed, size: size, nights: 5, blockSize: nil, engine: engine, source: loop.path) { disk, path in
                 try disk.writeInPlace(to: path)

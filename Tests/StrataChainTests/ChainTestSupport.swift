@@ -2,6 +2,7 @@
 // change the way real disks do (overwrites, zeroed ranges, writes at the end, quiet nights).
 import Foundation
 import StrataChain
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -122,19 +123,18 @@ func readFile(_ path: String, count: Int? = nil) throws -> [UInt8] {
     return Array(out[0..<done])
 }
 
-/// Runs a command, returning its exit status and stdout.
+/// Runs a command (within the deadline every test child has), returning its exit status and stdout.
 @discardableResult
 func shell(_ args: [String]) -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = FileHandle.nullDevice
-    do { try p.run() } catch { return (127, "") }
-    let out = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    let r = runProcess("/usr/bin/env", args)
+    XCTAssertFalse(r.timedOut, "\(args.joined(separator: " ")) did not finish and was killed")
+    return (r.status, r.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+}
+
+/// A fixture that could not be set up on a machine that should allow it: the test fails, it does not skip.
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
 }
 
 /// A loop device over a file, detached at deinit; nil (with a reason) where loop devices are unavailable.
@@ -153,7 +153,7 @@ final class LoopDevice {
         _ = FileManager.default.createFile(atPath: backing, contents: nil)
         guard truncate(backing, off_t(size)) == 0 else { throw POSIXError(.EIO) }
         let r = shell(["losetup", "-f", "--show", backing])
-        guard r.status == 0, r.output.hasPrefix("/dev/loop") else { throw XCTSkip("losetup failed: no free loop device here") }
+        guard r.status == 0, r.output.hasPrefix("/dev/loop") else { throw TestFailure("losetup failed on a machine that has loop devices") }
         path = r.output
     }
 

@@ -1,6 +1,7 @@
 // Merges and prunes never change what a remaining point restores to. Random sequences of captures, merges and
 // prunes, checking every point after every step; bad ranges and damaged images leave the chain untouched.
 import Foundation
+import StrataCodec
 import StrataFormat
 import XCTest
 
@@ -179,10 +180,10 @@ final class MergeTests: XCTestCase {
     func testFullFilesystem() throws {
         if let reason = LoopDevice.unavailableReason() { throw XCTSkip(reason) }
         let loop = try LoopDevice(size: 24 << 20, in: dir)
-        guard shell(["mkfs.ext4", "-q", "-F", "-m", "0", loop.path]).status == 0 else { throw XCTSkip("mkfs.ext4 is not installed") }
+        guard shell(["mkfs.ext4", "-q", "-F", "-m", "0", loop.path]).status == 0 else { throw TestFailure("mkfs.ext4 failed (Tools/setup installs e2fsprogs)") }
         let mnt = "\(dir)/mnt"
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        guard shell(["mount", loop.path, mnt]).status == 0 else { throw XCTSkip("this machine cannot mount filesystems") }
+        guard shell(["mount", loop.path, mnt]).status == 0 else { throw TestFailure("mount of \(loop.path) failed as root") }
         defer { shell(["umount", mnt]) }
         var rng = SeededGenerator(seed: 31)
         var disk = DiskModel(size: 8 << 20, rng: &rng)
@@ -213,5 +214,52 @@ final class MergeTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole, "verify passes after the failed capture")
         try assertEveryPointRestores(chain, states, "after a full filesystem")
+    }
+}
+
+/// A merge replaces images under a reader that opened the chain before it: the reader's images stay readable to
+/// the end (open files outlive their names), and a reader that opens images after the merge finds the manifest
+/// changed and opens the merged image instead.
+final class MergeUnderReaderTests: XCTestCase {
+    func testAMergeReplacesImagesUnderAReader() throws {
+        let dir = try scratchDirectory("merge-reader")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var rng = SeededGenerator(seed: 77)
+        var disk = DiskModel(size: 4 << 20, rng: &rng)
+        let source = "\(dir)/source.img", chain = "\(dir)/chain"
+        var states: [[UInt8]] = []
+        for night in 0..<4 {
+            if night > 0 { disk.night(night, rng: &rng) }
+            try disk.writeSparse(to: source)
+            _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+            states.append(disk.bytes)
+        }
+        let early = try Chain(location: chain, access: .read)
+        let held = try early.openImages(forPoint: 3)
+        let late = try Chain(location: chain, access: .read)  // manifest read before the merge, images opened after
+        var o = MergeOptions(to: 3)
+        o.from = 1
+        _ = try Merge.run(chain: chain, options: o)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(chain)/p000002.strata"), "the merge removed the images it replaced")
+
+        // The held images still read and check, frame by frame.
+        let frames = FrameReader(held)
+        let decompressor = try FrameDecompressor()
+        for f in frames.allFrames {
+            let r = frames.record(f)
+            let stored = UnsafeMutableRawPointer.allocate(byteCount: Int(r.length), alignment: 64)
+            let decoded = UnsafeMutableRawPointer.allocate(byteCount: Int(r.blockCount) * 4096, alignment: 64)
+            defer { stored.deallocate(); decoded.deallocate() }
+            try frames.read(f, into: stored)
+            try frames.check(f, stored: stored, .everyBlock, decoded: decoded, decompressor: decompressor)
+        }
+        // Opening after the merge: the manifest is re-read, and point 3 is now one image.
+        let images = try late.openImages(forPoint: 3)
+        XCTAssertEqual(images.map(\.name), ["p000001-000003.strata"])
+        XCTAssertThrowsError(try late.openImages(forPoint: 2)) { XCTAssertEqual($0 as? ChainError, .noSuchPoint(2, available: [3, 4])) }
+        var ro = RestoreOptions.overwriting
+        ro.point = 3
+        _ = try Restore.run(chain: chain, target: "\(dir)/out.img", options: ro)
+        XCTAssertTrue(try readFile("\(dir)/out.img") == states[2])
     }
 }

@@ -45,6 +45,7 @@ let benchmarks: @Sendable () -> Void = {
             for _ in benchmark.scaledIterations {
                 var r = RestoreOptions()
                 r.threads = 2
+                r.force = true  // each iteration replaces the last one's file
                 blackHole(try! Restore.run(chain: restoreChain, target: "\(dir)/restored-\(mib).img", options: r))
             }
         }

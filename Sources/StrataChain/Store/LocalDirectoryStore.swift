@@ -21,7 +21,7 @@ public final class LocalDirectoryStore: ChainStore {
         return st.st_mode & S_IFMT == S_IFDIR
     }
 
-    public func makeContainer() throws { try Sys.mkdir(path, mode: 0o700) }
+    public func makeContainer() throws { try DurableFiles.makeDirectory(path) }
 
     public func list() throws -> [String] { try Sys.listDirectory(path).filter { $0 != ".lock" } }
 
