@@ -1,5 +1,5 @@
-// libFuzzer target for every decoder of untrusted bytes in StrataFormat: image header and index, chain manifest,
-// hash-map header and chunk header. Built outside SwiftPM by Tools/fuzz (swiftc -sanitize=fuzzer,address over
+// libFuzzer target for every decoder of untrusted bytes in StrataFormat: image header and index, chain manifest
+// and damage record (the same text form: selectors 2 and 3 feed both), hash-map header and chunk header. Built outside SwiftPM by Tools/fuzz (swiftc -sanitize=fuzzer,address over
 // Sources/StrataFormat and this file). The first input byte picks the decoder; odd selectors first repair the
 // checksums (header CRC, index CRC, manifest CRC line) so the fuzzer reaches the structural checks behind them.
 // A decoder may throw; it must never trap, overflow, read out of bounds or allocate beyond the input's size.
@@ -51,6 +51,7 @@ private func fuzzManifest(_ input: [UInt8], repair: Bool) {
         b = Array(b[...cut]) + Array(("crc32c " + String(repeating: "0", count: 8 - hex.count) + hex + "\n").utf8)
     }
     _ = try? ChainManifest.decode(b)
+    _ = try? DamageRecord.decode(b)
 }
 
 private func fuzzHashMap(_ input: [UInt8], repair: Bool) {

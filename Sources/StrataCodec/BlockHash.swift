@@ -20,6 +20,10 @@ public struct BlockHash: Equatable, Hashable, Sendable {
     /// it is a value XXH3 never yields in practice, so a block that becomes readable again differs from it.
     public static let unreadable = BlockHash(low: .max, high: .max)
 
+    /// Marks, in the old hash map a capture compares with (in memory only, never on disk), a block whose stored
+    /// copy lies in a damaged frame: it equals no block's hash, so the capture stores the block anew (heals it).
+    public static let damaged = BlockHash(low: .max, high: .max - 1)
+
     @inline(__always)
     public static func of(_ p: UnsafeRawPointer, count: Int) -> BlockHash {
         let h = strata_xxh3_128(p, count)

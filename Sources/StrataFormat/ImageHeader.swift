@@ -73,6 +73,15 @@ public struct ImageHeader: Equatable, Sendable {
     /// Number of blocks covering the source; the last may be partial.
     public var blockCount: UInt64 { blockCountFor(sourceSize: sourceSize, blockSize: blockSize) }
 
+    /// Whether the image's extents cover every block of the source (a full image, a synthetic full, a capture
+    /// that compared nothing): points from it on need no older image. The index checks its extents are sorted,
+    /// disjoint and add up to these counts.
+    public var coversEveryBlock: Bool {
+        let (a, o1) = dataBlocks.addingReportingOverflow(zeroBlocks)
+        let (b, o2) = a.addingReportingOverflow(unreadableBlocks)
+        return !o1 && !o2 && b == blockCount
+    }
+
     public func encode() -> [UInt8] {
         var w = ByteWriter(capacity: Self.size)
         w.raw(Self.magic)  // 0

@@ -11,7 +11,9 @@ struct CaptureCommand: ParsableCommand {
             The first capture into CHAIN (a directory, created if missing) writes a full image; every later one an \
             incremental image of the blocks whose content changed since the previous capture. Holes of a sparse \
             image file are not read. A capture that is interrupted (Ctrl-C, kill, power cut, full disk) leaves the \
-            chain as it was; the next run removes its temporary files. A new chain's directory is created 0700 and \
+            chain as it was; the next run removes its temporary files. A missing or damaged hash map of the newest point is rebuilt \
+            from its images (their hash tables, not their data), with one notice; blocks the newest point takes \
+            from frames the last `strata verify` found damaged are stored anew (healed), so the new point is whole. A new chain's directory is created 0700 and \
             every chain file 0600, whatever the umask; a chain readable by other users gets a warning line.
 
             SAFETY: a source that is part of CHAIN (one of its files, inside it, a loop device over one) or the \
@@ -25,7 +27,7 @@ struct CaptureCommand: ParsableCommand {
             The next capture reads them again.
 
             --json prints one object: point, kind (full or incremental), sourceBytes, bytesRead, blocksChanged, \
-            bytesStored, seconds, engine, image, unreadableBlocks, unreadableRanges ([offset, length] in bytes, \
+            bytesStored, seconds, engine, image, blocksHealed, unreadableBlocks, unreadableRanges ([offset, length] in bytes, \
             the first 1000).
 
             EXAMPLES
@@ -67,11 +69,12 @@ struct CaptureCommand: ParsableCommand {
                     ("point", r.point), ("kind", r.kind == .full ? "full" : "incremental"), ("sourceBytes", r.sourceBytes),
                     ("bytesRead", r.bytesRead), ("blocksChanged", r.blocksChanged), ("bytesStored", r.bytesStored),
                     ("seconds", r.seconds), ("engine", r.engine), ("image", r.image),
-                    ("unreadableBlocks", r.unreadableBlocks), ("unreadableRanges", Output.ranges(r.unreadableRanges)),
+                    ("blocksHealed", r.blocksHealed), ("unreadableBlocks", r.unreadableBlocks), ("unreadableRanges", Output.ranges(r.unreadableRanges)),
                 ])
             } else if !quiet {
                 let rate = Double(r.bytesRead) / max(r.seconds, 0.001)
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "recorded as unreadable") }
+                if r.blocksHealed > 0 { Output.notice("healed \(r.blocksHealed) block\(r.blocksHealed == 1 ? "" : "s") the last verify found damaged: stored anew, so point \(r.point) is whole") }
                 print("point \(r.point) (\(r.kind == .full ? "full" : "incremental")): read \(Output.bytes(r.bytesRead)), \(r.blocksChanged) blocks changed, stored \(Output.bytes(r.bytesStored)) in \(Output.fixed(r.seconds, 2)) s (\(Output.bytes(UInt64(rate)))/s)")
             }
         } catch {

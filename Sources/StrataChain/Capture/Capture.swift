@@ -34,6 +34,8 @@ public struct CaptureResult: Sendable, Equatable {
     /// Blocks the source could not deliver (recorded as unreadable; restored as zeros), and where, in bytes.
     public var unreadableBlocks: UInt64 = 0
     public var unreadableRanges: [Range<UInt64>] = []
+    /// Blocks whose stored copy (in a frame the last verify found damaged) this capture stored anew.
+    public var blocksHealed: UInt64 = 0
 }
 
 /// Called with bytes done and bytes total, from the pipeline's coordinating thread.
@@ -85,16 +87,9 @@ public enum Capture {
         let imageName = Chain.imageName(first: point, last: point)
         let mapName = Chain.hashMapName(point: point)
 
-        let oldMap: HashMapReader?
-        if let m = previous {
-            let reader = try HashMapReader(store: chain.store, name: m.hashMapFile)
-            guard reader.header.imageID == m.images.last!.imageID, reader.header.chainID == m.chainID,
-                reader.header.sourceSize == m.sourceSize, reader.header.blockSize == m.blockSize
-            else { throw ChainError.damaged(file: m.hashMapFile, detail: "the hash map is not the newest point's") }
-            oldMap = reader
-        } else {
-            oldMap = nil
-        }
+        var oldMap: HashMapReader?
+        var healing: UInt64 = 0
+        if let m = previous { (oldMap, healing) = try HeadMap.forCapture(chain, m, notice: notice) }
 
         var engine = options.engine
         if source.onFUSE && engine == .auto {
@@ -145,7 +140,8 @@ public enum Capture {
             blocksChanged: stats.blocksChanged, bytesStored: finished.fileSize,
             seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: queue.engineName, image: imageName,
             unreadableBlocks: stats.unreadableBlocks,
-            unreadableRanges: stats.unreadableRanges.map { $0.lowerBound * UInt64(blockSize)..<min(source.size, $0.upperBound * UInt64(blockSize)) })
+            unreadableRanges: stats.unreadableRanges.map { $0.lowerBound * UInt64(blockSize)..<min(source.size, $0.upperBound * UInt64(blockSize)) },
+            blocksHealed: healing)
     }
 }
 

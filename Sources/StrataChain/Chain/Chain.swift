@@ -22,7 +22,12 @@ public final class Chain {
     /// Opens the chain at `location`: `read` takes no lock and changes nothing; `write` and `create` take the
     /// writer's lock (another writer: `chainInUse`) and remove leftovers; `create` makes the chain when there
     /// is none (a private directory), in an empty container only.
-    public init(location: String, access: Access) throws {
+    public convenience init(location: String, access: Access) throws {
+        try self.init(location: location, access: access, cleanUp: true)
+    }
+
+    /// `cleanUp: false` leaves leftovers for the caller to list first (`repair --dry-run`).
+    init(location: String, access: Access, cleanUp: Bool) throws {
         let store = ChainStores.store(for: location)
         self.store = store
         self.access = access
@@ -51,7 +56,7 @@ public final class Chain {
             guard access == .create else { throw ChainError.notAChain(path: location) }
             if try store.list().contains(where: { !Chain.isOurs($0, store) }) { throw ChainError.notAChain(path: location) }
         }
-        if access != .read { removeLeftovers() }
+        if access != .read && cleanUp { removeLeftovers() }
     }
 
     /// Reads the manifest again; returns whether it changed.
@@ -83,14 +88,18 @@ public final class Chain {
         return String(repeating: "0", count: max(0, 6 - s.count)) + s
     }
 
-    /// Removes temporary objects and Strata objects the manifest does not name (left by a killed writer).
+    /// The objects a writer removes: temporary ones and Strata objects the manifest does not name (left by a
+    /// killed writer, or replaced by a merge).
+    func leftovers() -> [String] {
+        let referenced = Set((manifest?.images.map(\.file) ?? []) + (manifest.map { [$0.hashMapFile] } ?? []) + [DamageRecord.fileName])
+        guard let names = try? store.list() else { return [] }
+        return names.filter { Chain.isOurs($0, store) && !referenced.contains($0) }.sorted()
+    }
+
+    /// Removes the leftovers.
     func removeLeftovers() {
         precondition(access != .read, "readers change nothing")
-        let referenced = Set((manifest?.images.map(\.file) ?? []) + (manifest.map { [$0.hashMapFile] } ?? []))
-        guard let names = try? store.list() else { return }
-        for name in names where Chain.isOurs(name, store) && !referenced.contains(name) {
-            try? store.remove(name)
-        }
+        for name in leftovers() { try? store.remove(name) }
     }
 
     /// Makes `next` the chain's manifest if nobody else changed it since it was read, then removes the objects it
@@ -98,6 +107,10 @@ public final class Chain {
     func commit(_ next: ChainManifest) throws {
         precondition(access != .read, "readers change nothing")
         let bytes = next.encode()
+        // A manifest this run could not read back is a bug in this run: refuse it rather than commit it.
+        guard (try? ChainManifest.decode(bytes)) == next else {
+            throw ChainError.damaged(file: ChainManifest.fileName, detail: "the manifest this run made does not read back (a bug in strata); nothing was committed")
+        }
         try store.commitManifest(bytes, expected: manifestBytes)
         manifest = next
         manifestBytes = bytes
@@ -122,23 +135,26 @@ public final class Chain {
         return error.isMissing
     }
 
-    /// Opens the images that restore `point`, oldest first, checking that each links to the one before; with
-    /// `from`, only those holding points from `from` on (a merge of a range reads no image below it: the first
-    /// one's parent link is checked against the manifest's entry for the image before).
-    func openImages(forPoint point: UInt32, from: UInt32 = 0) throws -> [ImageFile] {
+    /// Opens the images that restore `point`, oldest first, checking that each is the one the manifest lists and
+    /// links to the one before. Without `from`, back to the newest image that covers every block (the full image,
+    /// or one that holds every block itself: older images are not needed, and may be damaged); with `from`, every
+    /// image holding points from `from` on, or with `skipCovered` only back to the newest of those that covers
+    /// every block (a merge reads no image below its range: the first one's parent link is checked against the
+    /// manifest's entry for the image before).
+    func openImages(forPoint point: UInt32, from: UInt32 = 0, skipCovered: Bool = false) throws -> [ImageFile] {
         try withStableManifest { m in
             guard let entries = m.images(forPoint: point) else { throw ChainError.noSuchPoint(point, available: m.points) }
             var images = [ImageFile]()
-            var parent: ManifestEntry? = nil
-            for e in entries {
-                defer { parent = e }
-                guard e.lastPoint >= from else { continue }
+            for k in stride(from: entries.endIndex - 1, through: entries.startIndex, by: -1) {
+                let e = entries[k]
+                guard e.lastPoint >= from else { break }
                 let image = try ImageFile(store: store, name: e.file)
                 try Chain.check(image.header, of: e, in: m)
-                try Chain.check(image.header, of: e, follows: parent)
+                try Chain.check(image.header, of: e, follows: k > entries.startIndex ? entries[k - 1] : nil)
                 images.append(image)
+                if (from == 0 || skipCovered) && image.header.coversEveryBlock { break }
             }
-            return images
+            return images.reversed()
         }
     }
 

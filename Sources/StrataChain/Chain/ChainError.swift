@@ -31,6 +31,8 @@ public enum ChainError: Error, Equatable, Sendable {
     case sourceHoldsChain(path: String, device: String, chain: String, mountPoint: String)
     /// An existing, non-empty regular file as a restore target, without --force.
     case targetExists(path: String)
+    /// No point of the chain can be restored: repair cannot keep any.
+    case nothingRestorable(path: String)
     /// The manifest changed between this writer's reading it and its commit (another writer got in).
     case chainChanged(String)
 
@@ -86,6 +88,8 @@ extension ChainError: CustomStringConvertible {
             return "source \(p) holds the chain \(c)\(which), mounted at \(m): the capture would image its own writes; nothing was changed: keep the chain on another disk"
         case .targetExists(let p):
             return "target \(p) exists and is not empty; nothing was written: pass --force to replace it"
+        case .nothingRestorable(let p):
+            return "no point of chain \(p) can be restored, so repair cannot keep any; nothing was changed: restore from another copy of the chain"
         case .chainChanged(let p):
             return "chain \(p) was changed by another writer while this one worked; nothing was committed: run again"
         }
@@ -95,7 +99,7 @@ extension ChainError: CustomStringConvertible {
     public var exitCode: Int32 {
         switch self {
         case .invalidOption, .noSuchPoint: return 64  // EX_USAGE
-        case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed: return 65  // EX_DATAERR
+        case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed, .nothingRestorable: return 65  // EX_DATAERR
         case .sourceUnavailable: return 66  // EX_NOINPUT
         case .targetTooSmall, .targetUnavailable, .insufficientSpace: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR

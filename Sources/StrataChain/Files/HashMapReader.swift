@@ -14,6 +14,8 @@ final class HashMapReader {
     private var offset = UInt64(HashMapHeader.size)
     private var chunk: Int = -1
     private var fileSize: UInt64
+    /// Block ranges, sorted, whose hashes read as `.damaged` (their stored copies are damaged: a capture heals them).
+    var damagedRuns: [Range<UInt64>] = []
 
     init(store: ChainStore, name: String) throws {
         self.name = name
@@ -79,5 +81,9 @@ final class HashMapReader {
         }
         offset += UInt64(HashMapChunkHeader.size + length)
         chunk = next
+        let first = UInt64(next) * UInt64(HashMapHeader.chunkBlocks), end = first + UInt64(blocksInChunk)
+        for r in damagedRuns where r.upperBound > first && r.lowerBound < end {
+            for b in max(r.lowerBound, first)..<min(r.upperBound, end) { hashes[Int(b - first)] = .damaged }
+        }
     }
 }

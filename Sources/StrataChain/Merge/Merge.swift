@@ -38,7 +38,12 @@ public enum Merge {
         let started = Sys.monotonicNanos()
         guard options.level >= 1 && options.level <= 19 else { throw ChainError.invalidOption("level \(options.level) is not between 1 and 19") }
         guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
-        let chain = try Chain(location: chainPath, access: .write)
+        return try merge(Chain(location: chainPath, access: .write), options: options, started: started, progress: progress)
+    }
+
+    /// Merges within a chain this writer has open (repair runs several merges under one lock).
+    static func merge(_ chain: Chain, options: MergeOptions, started: UInt64 = Sys.monotonicNanos(), progress: ProgressHandler? = nil) throws -> MergeResult {
+        let chainPath = chain.location
         guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         let points = manifest.points
         let from = options.from ?? points[0]
@@ -46,12 +51,18 @@ public enum Merge {
         guard from < options.to else {
             throw ChainError.invalidOption("the range \(from)..\(options.to) is \(from == options.to ? "empty" : "reversed"); give --from lower than --to")
         }
-        let sources = try chain.openImages(forPoint: options.to, from: from)
-        guard sources.first?.header.lastPoint == from else { throw ChainError.noSuchPoint(from, available: points) }
+        // The range: every image from the one that ends at `from` to the one that ends at `to`, all replaced. Its
+        // images are read back to the newest that covers every block (older ones are not needed: repair merges
+        // around damaged images this way).
+        guard let start = manifest.images.firstIndex(where: { $0.lastPoint == from }),
+            let end = manifest.images.firstIndex(where: { $0.lastPoint == options.to })
+        else { throw ChainError.noSuchPoint(from, available: points) }
+        let range = manifest.images[start...end]
+        let sources = try chain.openImages(forPoint: options.to, from: from, skipCovered: true)
         let newest = sources.last!.header
         let header = ImageHeader(
-            kind: sources[0].header.kind, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,
-            imageID: newest.imageID, parentID: sources[0].header.parentID, firstPoint: sources[0].header.firstPoint,
+            kind: start == 0 ? .full : .incremental, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,
+            imageID: newest.imageID, parentID: start == 0 ? .none : manifest.images[start - 1].imageID, firstPoint: range.first!.firstPoint,
             lastPoint: newest.lastPoint, createdAt: newest.createdAt)
         let name = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
 
@@ -70,7 +81,7 @@ public enum Merge {
             writer.abandon()
             throw wrap(error)
         }
-        let replaced = Set(sources.map(\.name))
+        let replaced = Set(range.map(\.file))
         let old = manifest.images.filter { replaced.contains($0.file) }
         let entry = ManifestEntry(
             file: name, imageID: finished.imageID, kind: finished.kind, firstPoint: finished.firstPoint, lastPoint: finished.lastPoint,

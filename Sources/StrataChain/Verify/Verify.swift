@@ -2,8 +2,9 @@
 // and index, that each image is the one the manifest names and links to the one before, the head hash map, and
 // every frame: its checksum and (unless `checksumsOnly`) its decompressed blocks against their stored hashes.
 // Damage does not stop the walk: every damaged image and frame is named, with the source blocks it holds, and
-// each point is judged whole or affected by what it actually needs. A reader: it takes no lock, runs beside a
-// capture or merge, and creates, changes or removes nothing. FrameScan.swift reads and checks the frames.
+// each point is judged whole or affected by what it actually needs. A reader: it takes no lock and runs beside a
+// capture or merge; the one thing it writes is the damage record (damage.strata), which tells the next capture
+// which blocks to heal. FrameScan.swift reads and checks the frames.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -16,6 +17,9 @@ public struct VerifyOptions: Sendable {
     public var threads: Int = Sys.onlineCores
     public var queueDepth: Int = 16
     public var engine: IOEngineChoice = .auto
+    /// After a whole-chain verify, write what was found damaged for the next capture to heal (repair's dry run
+    /// does not).
+    public var recordDamage = true
 
     public init() {}
 }
@@ -57,13 +61,27 @@ public enum Verify {
         let images = opened.images
         var problems = opened.problems
         let frames = FrameReader(images)
+        // The images point i needs: from the newest one at or before it that covers every block.
+        func needed(_ i: Int) -> ArraySlice<ImageFile?> {
+            let base = images[...i].lastIndex { $0?.header.coversEveryBlock ?? false } ?? 0
+            return images[base...i]
+        }
+        /// Resolves the images a point needs, with frames named by their place in `images`.
+        func resolve(_ slice: ArraySlice<ImageFile?>) -> [ResolvedExtent] {
+            ExtentResolver.resolve(slice.map { $0!.index.extents }).map {
+                var r = $0
+                r.image += UInt32(slice.startIndex)
+                return r
+            }
+        }
 
         // Frames: all of every image, or those the point's blocks come from.
         var work: [FrameRef] = []
         if options.point != nil {
-            if !images.contains(where: { $0 == nil }) {
+            let slice = needed(images.count - 1)
+            if !slice.contains(where: { $0 == nil }) {
                 var seen = Set<FrameRef>()
-                for r in ExtentResolver.resolve(images.map { $0!.index.extents }) where r.kind == .data {
+                for r in resolve(slice) where r.kind == .data {
                     if seen.insert(r.frameRef).inserted { work.append(r.frameRef) }
                 }
                 work.sort()
@@ -84,20 +102,42 @@ public enum Verify {
         var affected: [UInt32] = [], whole: [UInt32] = []
         for (i, e) in entries.enumerated() {
             guard options.point == nil || e.point == options.point else { continue }
-            let needed = images[...i]
-            var ok = !needed.contains { $0 == nil }
+            let slice = needed(i)
+            var ok = !slice.contains { $0 == nil }
             if ok && !damagedFrames.isEmpty {
-                ok = !ExtentResolver.resolve(needed.map { $0!.index.extents }).contains {
+                ok = !resolve(slice).contains {
                     $0.kind == .data && damagedFrames[$0.frameRef] != nil
                 }
             }
             if ok { whole.append(e.point) } else { affected.append(e.point) }
         }
+        if options.point == nil && options.recordDamage { record(damagedFrames, opened, chain.store, frames) }
         _ = manifest
         return VerifyReport(
             points: entries.map(\.point), images: images.count, frames: work.count, bytesRead: scan.bytesRead,
             problems: problems, affectedPoints: affected, wholePoints: whole,
             seconds: Double(Sys.monotonicNanos() - started) / 1e9)
+    }
+
+    /// Writes what a whole-chain verify found into the damage record, for the next capture to heal (or removes a
+    /// stale record when nothing is damaged). Best effort: the report is the verify's answer, the record a hint.
+    private static func record(_ damagedFrames: [FrameRef: String], _ opened: Opened, _ store: ChainStore, _ frames: FrameReader) {
+        var record = DamageRecord()
+        for (i, image) in opened.images.enumerated() where image == nil { record.images.insert(opened.entries[opened.entries.startIndex + i].imageID) }
+        for f in damagedFrames.keys { record.frames.insert(DamageRecord.Frame(imageID: frames.image(f).header.imageID, frame: f.frame)) }
+        if record.isEmpty {
+            if (try? store.readSmall(DamageRecord.fileName, limit: 64 << 20)) != nil { try? store.remove(DamageRecord.fileName) }
+            return
+        }
+        guard let object = try? store.create(DamageRecord.fileName) else { return }
+        let bytes = record.encode()
+        do {
+            try bytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
+            try object.publish()
+            try store.syncPublished()
+        } catch {
+            object.abandon()
+        }
     }
 
     /// What the walk starts from: the manifest, the entries to check, each image opened (nil where it failed:
