@@ -87,7 +87,7 @@ public enum Capture {
         let imageName = Chain.imageName(first: point, last: point)
         let mapName = Chain.hashMapName(point: point)
 
-        var oldMap: HashMapReader?
+        var oldMap: PriorHashes?
         var healing: UInt64 = 0
         if let m = previous { (oldMap, healing) = try HeadMap.forCapture(chain, m, notice: notice) }
 
@@ -127,6 +127,7 @@ public enum Capture {
             mapWriter.abandon()
             throw wrap(error)
         }
+        if let late = oldMap?.lateNotice { notice(late) }
         let entry = ManifestEntry(
             file: imageName, imageID: finished.imageID, kind: finished.kind, firstPoint: point, lastPoint: point,
             createdAt: finished.createdAt, bytesRead: stats.bytesRead, bytesStored: finished.fileSize,

@@ -40,7 +40,7 @@ final class CapturePipeline {
     let blockSize: Int
     let requestSize: Int
     let options: CaptureOptions
-    private let oldMap: HashMapReader?
+    private let oldMap: PriorHashes?
     private let image: ImageWriter
     private let newMap: HashMapWriter
     private let progress: ProgressHandler?
@@ -81,7 +81,7 @@ final class CapturePipeline {
     private let dataChunks: [Range<Int>]
 
     init(
-        source: BlockSource, queue: IOQueue, blockSize: Int, options: CaptureOptions, oldMap: HashMapReader?,
+        source: BlockSource, queue: IOQueue, blockSize: Int, options: CaptureOptions, oldMap: PriorHashes?,
         image: ImageWriter, newMap: HashMapWriter, progress: ProgressHandler?
     ) throws {
         self.source = source

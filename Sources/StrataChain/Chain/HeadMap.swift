@@ -30,33 +30,57 @@ enum HeadMap {
         }
     }
 
-    /// The map a capture compares with, and how many blocks it will heal: checked whole; rebuilt (with one
-    /// notice) where missing or damaged; with the blocks the newest point takes from recorded damaged frames
-    /// marked. nil (after a notice) when the newest point's images cannot be read: the capture then compares
+    /// What a capture compares with, and how many blocks it will heal: the head map's file, its header checked
+    /// now and each chunk's checksum as the capture reads it, and where either fails, the newest point's hashes
+    /// rebuilt from its images (one notice; a map found damaged mid-way switches there, and its notice comes
+    /// with `PriorHashes.lateNotice`). Blocks the newest point takes from recorded damaged frames read as
+    /// `.damaged`. nil (after a notice) when the newest point's images cannot be read: the capture then compares
     /// nothing and stores every non-zero block.
-    static func forCapture(_ chain: Chain, _ m: ChainManifest, notice: (String) -> Void) throws -> (map: HashMapReader?, healing: UInt64) {
-        let record = readRecord(chain.store, notice: notice)
-        let problem = problem(chain.store, m)
+    static func forCapture(_ chain: Chain, _ m: ChainManifest, notice: (String) -> Void) throws -> (map: PriorHashes?, healing: UInt64) {
+        let blockCount = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
+        let newest = m.images.last!.lastPoint
+        let storeEverything = "this capture compares nothing and stores every non-zero block"
+        var opened: (images: [ImageFile], resolved: [ResolvedExtent])?
         var runs: [Range<UInt64>] = []
-        if problem != nil || !(record?.isEmpty ?? true) {
-            let images: [ImageFile]
-            do { images = try chain.openImages(forPoint: m.images.last!.lastPoint) } catch {
-                notice("the newest point's images cannot be read (\(Verify.describe(error))): this capture compares nothing and stores every non-zero block")
+        if let record = readRecord(chain.store, notice: notice), !record.isEmpty {
+            do {
+                let images = try chain.openImages(forPoint: newest)
+                opened = (images, ExtentResolver.resolve(images.map(\.index.extents)))
+                runs = damagedRuns(opened!.resolved, images, record)
+            } catch {
+                notice("the newest point's images cannot be read (\(Verify.describe(error))): \(storeEverything)")
                 return (nil, 0)
             }
-            let resolved = ExtentResolver.resolve(images.map(\.index.extents))
-            if let record { runs = damagedRuns(resolved, images, record) }
-            if let problem {
-                notice("\(m.hashMapFile): \(problem); rebuilding it from the newest point's images (their hash tables, not their data)")
-                do { try rebuild(chain.store, m, images, resolved) } catch {
-                    notice("the hash map cannot be rebuilt (\(Verify.describe(error))): this capture compares nothing and stores every non-zero block")
-                    return (nil, 0)
-                }
+        }
+        let healing = runs.reduce(0) { $0 + UInt64($1.count) }
+        let damaged = runs
+        let rebuild = { () throws -> RebuiltHashes in
+            let (images, resolved) = try opened ?? {
+                let images = try chain.openImages(forPoint: newest)
+                return (images, ExtentResolver.resolve(images.map(\.index.extents)))
+            }()
+            let rebuilt = try RebuiltHashes(chain.store, images, resolved, blockCount: blockCount)
+            rebuilt.damagedRuns = damaged
+            return rebuilt
+        }
+        do {
+            let file = try HashMapReader(store: chain.store, name: m.hashMapFile)
+            guard file.header.imageID == m.images.last!.imageID, file.header.chainID == m.chainID,
+                file.header.sourceSize == m.sourceSize, file.header.blockSize == m.blockSize
+            else { throw ChainError.damaged(file: m.hashMapFile, detail: "it is not the newest point's") }
+            file.damagedRuns = damaged
+            return (HeadMapHashes(file: file, name: m.hashMapFile, rebuild: rebuild), healing)
+        } catch {
+            let problem = "\(m.hashMapFile): \(Verify.describe(error))"
+            do {
+                let rebuilt = try rebuild()
+                notice("\(problem); rebuilding it from the newest point's images (their hash tables, not their data)")
+                return (rebuilt, healing)
+            } catch {
+                notice("\(problem), and the newest point's images cannot be read (\(Verify.describe(error))): \(storeEverything)")
+                return (nil, 0)
             }
         }
-        let map = try HashMapReader(store: chain.store, name: m.hashMapFile)
-        map.damagedRuns = runs
-        return (map, runs.reduce(0) { $0 + UInt64($1.count) })
     }
 
     /// The damage recorded by the last whole-chain verify, if any (an unreadable record is ignored, with a notice).
@@ -90,40 +114,229 @@ enum HeadMap {
     }
 
     static func rebuild(_ store: ChainStore, name: String, header: HashMapHeader, _ images: [ImageFile], _ resolved: [ResolvedExtent]) throws {
+        let hashes = try RebuiltHashes(store, images, resolved, blockCount: header.blockCount)
         let writer = try HashMapWriter(store: store, name: name, header: header)
         do {
-            let frames = FrameReader(images)
-            var table: (frame: FrameRef, hashes: [BlockHash])?
             let perChunk = UInt64(HashMapHeader.chunkBlocks)
-            var expected: UInt64 = 0
-            for e in resolved {
-                guard e.firstBlock == expected else { throw ChainError.damaged(file: images[Int(e.image)].name, detail: "its extents leave a gap at block \(expected)") }
-                if e.kind == .data && table?.frame != e.frameRef { table = (e.frameRef, try frames.storedHashes(e.frameRef)) }
-                var b = e.firstBlock
-                while b < e.endBlock {
-                    let n = Int(min(perChunk - b % perChunk, e.endBlock - b))
-                    let out = writer.reserve(n)
-                    switch e.kind {
-                    case .zero: out.update(repeating: .zero, count: n)
-                    case .unreadable: out.update(repeating: .unreadable, count: n)
-                    case .data:
-                        let from = Int(e.frameBlock) + Int(b - e.firstBlock)
-                        guard let hashes = table?.hashes, from + n <= hashes.count else {
-                            throw ChainError.damaged(file: images[Int(e.image)].name, detail: "frame \(e.frame) holds fewer blocks than its extents say")
-                        }
-                        for k in 0..<n { out[k] = hashes[from + k] }
-                    }
-                    try writer.commit(n)
-                    b += UInt64(n)
-                }
-                expected = e.endBlock
+            var at: UInt64 = 0
+            while at < header.blockCount {
+                let n = Int(min(perChunk, header.blockCount - at))
+                writer.reserve(n).update(from: try hashes.hashes(from: at, count: n), count: n)
+                try writer.commit(n)
+                at += UInt64(n)
             }
-            guard expected == header.blockCount else { throw ChainError.damaged(file: name, detail: "the newest point's extents end at block \(expected)") }
             try writer.finish()
             try store.syncPublished()
         } catch {
             writer.abandon()
             throw error
+        }
+    }
+}
+
+/// What a capture compares the source's hashes with, a chunk at a time, forward: the head map's file, or the
+/// newest point's hashes rebuilt from its images. Blocks in `damagedRuns` read as `.damaged`.
+protocol PriorHashes: AnyObject {
+    func hashes(from block: UInt64, count: Int) throws -> UnsafePointer<BlockHash>
+    /// A remark to make when the capture is over (the map turned out damaged mid-way).
+    var lateNotice: String? { get }
+}
+
+extension HashMapReader: PriorHashes {
+    var lateNotice: String? { nil }
+}
+
+/// The head map's file, read as the capture goes; where a chunk turns out damaged, the newest point's hashes
+/// rebuilt from its images from there on (or, where even that fails, hashes that match nothing: the rest is
+/// stored whole).
+final class HeadMapHashes: PriorHashes {
+    private let file: HashMapReader
+    private let name: String
+    private let rebuild: () throws -> RebuiltHashes
+    private var rebuilt: RebuiltHashes?
+    private var nothing: UnsafeMutablePointer<BlockHash>?
+    private(set) var lateNotice: String?
+
+    init(file: HashMapReader, name: String, rebuild: @escaping () throws -> RebuiltHashes) {
+        self.file = file
+        self.name = name
+        self.rebuild = rebuild
+    }
+
+    deinit { nothing?.deallocate() }
+
+    func hashes(from block: UInt64, count: Int) throws -> UnsafePointer<BlockHash> {
+        if let rebuilt { return try rebuilt.hashes(from: block, count: count) }
+        if let nothing { return UnsafePointer(nothing) }
+        do { return try file.hashes(from: block, count: count) } catch {
+            let problem = Verify.describe(error)
+            do {
+                rebuilt = try rebuild()
+                lateNotice = "\(name): \(problem); rebuilt it from the newest point's images (their hash tables, not their data) from block \(block) on"
+                return try rebuilt!.hashes(from: block, count: count)
+            } catch {
+                let p = UnsafeMutablePointer<BlockHash>.allocate(capacity: Int(HashMapHeader.chunkBlocks))
+                p.initialize(repeating: .damaged, count: Int(HashMapHeader.chunkBlocks))
+                nothing = p
+                lateNotice = "\(name): \(problem), and it cannot be rebuilt (\(Verify.describe(error))): blocks from \(block) on were stored whole"
+                return UnsafePointer(p)
+            }
+        }
+    }
+}
+
+/// Marks the blocks of `runs` within `first..<end` as `.damaged` in a chunk of hashes starting at `first`.
+func markDamaged(_ hashes: UnsafeMutablePointer<BlockHash>, first: UInt64, end: UInt64, _ runs: [Range<UInt64>]) {
+    for r in runs where r.upperBound > first && r.lowerBound < end {
+        for b in max(r.lowerBound, first)..<min(r.upperBound, end) { hashes[Int(b - first)] = .damaged }
+    }
+}
+
+/// The newest point's block hashes produced from its images, chunk by chunk, as a map file would give them:
+/// zero and unreadable extents from the index, data extents from the hash table at the head of their frame.
+final class RebuiltHashes: PriorHashes {
+    var lateNotice: String? { nil }
+    private let resolved: [ResolvedExtent]
+    private let images: [ImageFile]
+    private let tables: HashTables
+    private let blockCount: UInt64
+    private let buffer: UnsafeMutablePointer<BlockHash>
+    private var chunk = -1
+    private var extent = 0
+    var damagedRuns: [Range<UInt64>] = []
+
+    init(_ store: ChainStore, _ images: [ImageFile], _ resolved: [ResolvedExtent], blockCount: UInt64) throws {
+        self.resolved = resolved
+        self.images = images
+        self.blockCount = blockCount
+        tables = try HashTables(FrameReader(images), resolved, store)
+        buffer = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
+    }
+
+    deinit { buffer.deallocate() }
+
+    func hashes(from block: UInt64, count: Int) throws -> UnsafePointer<BlockHash> {
+        let per = UInt64(HashMapHeader.chunkBlocks)
+        let c = Int(block / per)
+        precondition(Int(block % per) + count <= Int(per), "hash run straddles a chunk")
+        precondition(c >= chunk, "hashes asked for backwards")
+        while chunk < c { try fill(chunk + 1) }
+        return UnsafePointer(buffer + Int(block % per))
+    }
+
+    private func fill(_ c: Int) throws {
+        let per = UInt64(HashMapHeader.chunkBlocks)
+        let first = UInt64(c) * per, end = min(first + per, blockCount)
+        var b = first
+        while b < end {
+            guard extent < resolved.count, resolved[extent].firstBlock <= b, b < resolved[extent].endBlock else {
+                throw ChainError.damaged(file: images.last?.name ?? "", detail: "the newest point's extents do not cover block \(b)")
+            }
+            let e = resolved[extent]
+            let n = Int(min(e.endBlock, end) - b)
+            let out = buffer + Int(b - first)
+            switch e.kind {
+            case .zero: out.update(repeating: .zero, count: n)
+            case .unreadable: out.update(repeating: .unreadable, count: n)
+            case .data:
+                let table = try tables.hashes(forExtent: extent)
+                let from = Int(e.frameBlock) + Int(b - e.firstBlock)
+                guard from + n <= table.count else {
+                    throw ChainError.damaged(file: images[Int(e.image)].name, detail: "frame \(e.frame) holds fewer blocks than its extents say")
+                }
+                table.withUnsafeBufferPointer { out.update(from: $0.baseAddress! + from, count: n) }
+            }
+            b += UInt64(n)
+            if b == e.endBlock {
+                if e.kind == .data { tables.done(withExtent: extent) }
+                extent += 1
+            }
+        }
+        markDamaged(buffer, first: first, end: end, damagedRuns)
+        chunk = c
+    }
+}
+
+/// The hash tables at the head of the frames a point's extents use, read ahead of their use through the store's
+/// read queue (many small reads in flight: one at a time, a rebuild after a cold start waited on each) and kept
+/// until the last extent that uses each frame.
+private final class HashTables {
+    private let frames: FrameReader
+    private let order: [FrameRef]  // distinct frames by first use
+    private let extentFrame: [Int32]  // for each extent, its frame's place in `order` (-1: not data)
+    private var lastUse: [Int]
+    private let pump: IOPump
+    private let slab: AlignedSlab
+    private var freeTags: [Int]
+    private var tagFrame: [Int]
+    private var tables: [Int: [BlockHash]] = [:]
+    private var issued = 0
+    private static let depth = 32, ahead = 256
+
+    init(_ frames: FrameReader, _ resolved: [ResolvedExtent], _ store: ChainStore) throws {
+        self.frames = frames
+        var seen: [FrameRef: Int] = [:]
+        var order: [FrameRef] = [], extentFrame = [Int32](repeating: -1, count: resolved.count), lastUse: [Int] = []
+        for (i, e) in resolved.enumerated() where e.kind == .data {
+            if let k = seen[e.frameRef] {
+                extentFrame[i] = Int32(k)
+                lastUse[k] = i
+            } else {
+                seen[e.frameRef] = order.count
+                extentFrame[i] = Int32(order.count)
+                order.append(e.frameRef)
+                lastUse.append(i)
+            }
+        }
+        self.order = order
+        self.extentFrame = extentFrame
+        self.lastUse = lastUse
+        let (queue, _) = try store.readQueue(engine: .auto, depth: Self.depth)
+        pump = IOPump(queue: queue, maxTags: Self.depth)
+        slab = AlignedSlab(slotSize: max(1, order.map { frames.record($0).hashesLength }.max() ?? 1), slotCount: Self.depth, alignment: 64)
+        freeTags = Array((0..<Self.depth).reversed())
+        tagFrame = Array(repeating: -1, count: Self.depth)
+    }
+
+    deinit { while pump.inFlight > 0 { _ = pump.nextOutcome() } }
+
+    /// The hashes of the frame extent `i` uses, waiting for its read (and starting those of the frames after it).
+    func hashes(forExtent i: Int) throws -> [BlockHash] {
+        let k = Int(extentFrame[i])
+        while tables[k] == nil {
+            issue(upTo: k + Self.ahead)
+            let done = pump.nextOutcome()
+            let f = tagFrame[done.tag]
+            freeTags.append(done.tag)
+            let r = frames.record(order[f])
+            guard done.error == nil, done.bytes == r.hashesLength else {
+                throw ChainError.damaged(file: frames.image(order[f]).name, detail: "frame \(order[f].frame) at byte \(r.offset) is cut short")
+            }
+            let raw = UnsafeRawPointer(slab.slot(done.tag))
+            tables[f] = (0..<Int(r.blockCount)).map {
+                BlockHash(
+                    low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16, as: UInt64.self)),
+                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16 + 8, as: UInt64.self)))
+            }
+        }
+        issue(upTo: k + Self.ahead)
+        return tables[k]!
+    }
+
+    /// Extent `i` has taken its hashes: its frame's table goes once no later extent uses it.
+    func done(withExtent i: Int) {
+        let k = Int(extentFrame[i])
+        if lastUse[k] == i { tables[k] = nil }
+    }
+
+    private func issue(upTo limit: Int) {
+        while issued < min(order.count, limit), let tag = freeTags.popLast() {
+            let f = order[issued]
+            let r = frames.record(f)
+            let image = frames.image(f)
+            tagFrame[tag] = issued
+            pump.read(fd: image.object.handle, path: image.name, into: slab.slot(tag), length: r.hashesLength, at: r.offset, tag: tag)
+            issued += 1
         }
     }
 }

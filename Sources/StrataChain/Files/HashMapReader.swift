@@ -81,9 +81,7 @@ final class HashMapReader {
         }
         offset += UInt64(HashMapChunkHeader.size + length)
         chunk = next
-        let first = UInt64(next) * UInt64(HashMapHeader.chunkBlocks), end = first + UInt64(blocksInChunk)
-        for r in damagedRuns where r.upperBound > first && r.lowerBound < end {
-            for b in max(r.lowerBound, first)..<min(r.upperBound, end) { hashes[Int(b - first)] = .damaged }
-        }
+        let first = UInt64(next) * UInt64(HashMapHeader.chunkBlocks)
+        markDamaged(hashes, first: first, end: first + UInt64(blocksInChunk), damagedRuns)
     }
 }
