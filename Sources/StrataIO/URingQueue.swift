@@ -50,6 +50,16 @@ public final class URingQueue: IOQueue {
         return true
     }
 
+    /// Drops the registration of the region at `base` (nothing happens for any other region). Call it before that
+    /// memory is freed: while registered, a later buffer that happens to lie at the same address would be read
+    /// and written as the old region's pinned pages, not its own (found when a restore's read-back reused the
+    /// queue its target windows had registered).
+    public func unregister(base: UnsafeMutableRawPointer) {
+        guard let r = registered, r.base == base else { return }
+        io_uring_unregister_buffers(&ring)
+        registered = nil
+    }
+
     public func submit(_ request: IORequest) {
         var sqe = io_uring_get_sqe(&ring)
         if sqe == nil {

@@ -152,3 +152,41 @@ final class DeviceUsageTests: XCTestCase {
         }
     }
 }
+
+/// A queue outlives the buffers registered on it: once a region is unregistered (as its owner does before
+/// freeing it), a new buffer at the same address is read into itself, not into the old region's pinned pages.
+final class RegisteredBufferTests: XCTestCase {
+    func testAQueueReusedAfterItsRegisteredBufferIsFreedReadsIntoTheNewBuffer() throws {
+        if let reason = URingQueue.unavailableReason() { throw XCTSkip(reason) }
+        let dir = NSTemporaryDirectory() + "strata-registered-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bytes = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        try Data(bytes).write(to: URL(fileURLWithPath: "\(dir)/f"))
+        let fd = try Sys.open("\(dir)/f", O_RDONLY)
+        defer { Sys.close(fd) }
+        let queue = try URingQueue(depth: 4)
+        var reused = false
+        let pump = IOPump(queue: queue, maxTags: 1)
+        for round in 0..<8 {
+            var base: UnsafeMutableRawPointer?
+            do {
+                let slab = AlignedSlab(slotSize: 1 << 20, slotCount: 1)
+                base = slab.base
+                queue.register(base: slab.base, length: slab.byteCount)
+                pump.read(fd: fd, path: "f", into: slab.slot(0), length: 1 << 20, at: 0, tag: 0)
+                XCTAssertEqual(try pump.next().bytes, 1 << 20)
+                XCTAssertEqual(Array(UnsafeRawBufferPointer(start: slab.slot(0), count: 1 << 20)), bytes, "round \(round)")
+                queue.unregister(base: slab.base)
+            }
+            // The slab is freed; the next one may well sit where it did (glibc reuses the mapping): the case that broke.
+            let next = AlignedSlab(slotSize: 1 << 20, slotCount: 1)
+            reused = reused || next.base == base
+            next.base.initializeMemory(as: UInt8.self, repeating: 0, count: next.byteCount)
+            pump.read(fd: fd, path: "f", into: next.slot(0), length: 1 << 20, at: 0, tag: 0)
+            XCTAssertEqual(try pump.next().bytes, 1 << 20)
+            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: next.slot(0), count: 1 << 20)), bytes, "round \(round): read into the new buffer")
+        }
+        print("registered-buffer test: a new slab reused the freed one's address: \(reused)")
+    }
+}

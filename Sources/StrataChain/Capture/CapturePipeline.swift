@@ -150,6 +150,7 @@ final class CapturePipeline {
     private func readSource() {
         let pump = IOPump(queue: queue, maxTags: slots.slotCount)
         if let uring = queue as? URingQueue { uring.register(base: slots.base, length: slots.byteCount) }
+        defer { (queue as? URingQueue)?.unregister(base: slots.base) }
         let size = source.size
         let alignment = UInt64(source.alignment)
         var rangeIndex = 0

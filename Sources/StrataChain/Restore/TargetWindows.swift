@@ -41,6 +41,8 @@ final class TargetWindows {
         writes.reserveCapacity(windowSize / 512)
     }
 
+    deinit { (pump.queue as? URingQueue)?.unregister(base: windows.base) }
+
     /// Where to put the bytes for `offset` (which continues the previous call's), and how much room is left.
     func window(at offset: UInt64) throws -> (UnsafeMutableRawPointer, Int) {
         if current < 0 {
