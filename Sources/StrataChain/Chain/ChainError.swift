@@ -1,5 +1,6 @@
 // Everything that can stop a chain operation, as values a person can act on. The CLI renders each as one line
-// (what failed, why, what to do) and maps it to a documented exit code; see `exitCode`, the EXIT STATUS of `strata --help` and the README.
+// (what failed, why, what to do) and maps it to a documented exit code: see `exitCode`, the EXIT STATUS of
+// `strata --help` and the README.
 import StrataFormat
 import StrataIO
 
