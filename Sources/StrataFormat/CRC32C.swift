@@ -47,3 +47,27 @@ public enum CRC32C {
         return crc ^ 0xFFFF_FFFF
     }
 }
+
+/// The framing of Strata's small text files (the manifest, the damage record): a first line naming the format,
+/// then records, then `crc32c <8 hex digits>` of every byte before that line.
+enum SealedText {
+    static func seal(_ text: String) -> [UInt8] {
+        let body = Array(text.utf8)
+        let crc = String(CRC32C.checksum(body), radix: 16)
+        return body + Array("crc32c \(String(repeating: "0", count: 8 - crc.count))\(crc)\n".utf8)
+    }
+
+    /// The lines between the header line and the checksum line, after checking both; `what` names the file.
+    static func open(_ bytes: [UInt8], header: String, what: String) throws -> [Substring] {
+        guard bytes.starts(with: Array(header.utf8)) else { throw FormatError.badMagic(what) }
+        guard bytes.count < 64 << 20 else { throw FormatError.invalid("\(what) is implausibly large") }
+        guard bytes.last == UInt8(ascii: "\n"), let cut = bytes.dropLast().lastIndex(of: UInt8(ascii: "\n")) else {
+            throw FormatError.truncated(what, at: UInt64(bytes.count))
+        }
+        let body = Array(bytes[...cut])
+        let last = String(decoding: bytes[(cut + 1)...].dropLast(), as: UTF8.self).split(separator: " ")
+        guard last.count == 2, last[0] == "crc32c" else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
+        guard UInt32(last[1], radix: 16) == CRC32C.checksum(body) else { throw FormatError.checksumMismatch(what) }
+        return Array(String(decoding: body, as: UTF8.self).split(separator: "\n").dropFirst())
+    }
+}

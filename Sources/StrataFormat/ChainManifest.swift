@@ -73,26 +73,15 @@ public struct ChainManifest: Equatable, Sendable {
             text += "image \(e.firstPoint) \(e.lastPoint) \(e.kind == .full ? "full" : "incremental") \(e.imageID) "
             text += "\(e.createdAt) \(e.bytesRead) \(e.bytesStored) \(e.blocksChanged) \(e.file)\n"
         }
-        let body = Array(text.utf8)
-        let crc = String(CRC32C.checksum(body), radix: 16)
-        return body + Array("crc32c \(String(repeating: "0", count: 8 - crc.count))\(crc)\n".utf8)
+        return SealedText.seal(text)
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> ChainManifest {
-        let what = "chain manifest"
-        guard bytes.starts(with: Array(header.utf8)) else { throw FormatError.badMagic(what) }
-        guard bytes.count < 64 << 20 else { throw FormatError.invalid("chain manifest is implausibly large") }
-        guard bytes.last == UInt8(ascii: "\n"), let cut = bytes.dropLast().lastIndex(of: UInt8(ascii: "\n")) else {
-            throw FormatError.truncated(what, at: UInt64(bytes.count))
-        }
-        let body = Array(bytes[...cut])
-        let last = String(decoding: bytes[(cut + 1)...].dropLast(), as: UTF8.self).split(separator: " ")
-        guard last.count == 2, last[0] == "crc32c" else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
-        guard UInt32(last[1], radix: 16) == CRC32C.checksum(body) else { throw FormatError.checksumMismatch(what) }
+        let lines = try SealedText.open(bytes, header: header, what: "chain manifest")
 
         var fields: [String: String] = [:]
         var images = [ManifestEntry]()
-        for line in String(decoding: body, as: UTF8.self).split(separator: "\n").dropFirst() {
+        for line in lines {
             let parts = line.split(separator: " ", maxSplits: 9).map(String.init)
             guard let key = parts.first else { throw FormatError.invalid("chain manifest has a malformed line") }
             if key == "image" {

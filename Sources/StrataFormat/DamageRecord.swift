@@ -37,24 +37,12 @@ public struct DamageRecord: Equatable, Sendable {
         for f in frames.sorted(by: { ($0.imageID.description, $0.frame) < ($1.imageID.description, $1.frame) }) {
             text += "frame \(f.imageID) \(f.frame)\n"
         }
-        let body = Array(text.utf8)
-        let crc = String(CRC32C.checksum(body), radix: 16)
-        return body + Array("crc32c \(String(repeating: "0", count: 8 - crc.count))\(crc)\n".utf8)
+        return SealedText.seal(text)
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> DamageRecord {
-        let what = "damage record"
-        guard bytes.starts(with: Array(header.utf8)) else { throw FormatError.badMagic(what) }
-        guard bytes.count < 64 << 20 else { throw FormatError.invalid("damage record is implausibly large") }
-        guard bytes.last == UInt8(ascii: "\n"), let cut = bytes.dropLast().lastIndex(of: UInt8(ascii: "\n")) else {
-            throw FormatError.truncated(what, at: UInt64(bytes.count))
-        }
-        let body = Array(bytes[...cut])
-        let last = String(decoding: bytes[(cut + 1)...].dropLast(), as: UTF8.self).split(separator: " ")
-        guard last.count == 2, last[0] == "crc32c" else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
-        guard UInt32(last[1], radix: 16) == CRC32C.checksum(body) else { throw FormatError.checksumMismatch(what) }
         var record = DamageRecord()
-        for line in String(decoding: body, as: UTF8.self).split(separator: "\n").dropFirst() {
+        for line in try SealedText.open(bytes, header: header, what: "damage record") {
             let parts = line.split(separator: " ").map(String.init)
             if parts.count == 2, parts[0] == "image", let id = Identifier(hex: parts[1]) {
                 record.images.insert(id)

@@ -36,6 +36,15 @@ func strata(_ args: [String], deadline: Double = defaultDeadline) throws -> Run 
     return Run(status: r.signalled ? 128 + r.status : r.status, stdout: r.stdout, stderr: r.stderr)
 }
 
+/// Every file of a chain but its lock, by name: to show a command left the chain untouched.
+func chainFiles(_ chain: String) throws -> [String: Data] {
+    var out: [String: Data] = [:]
+    for name in try FileManager.default.contentsOfDirectory(atPath: chain) where name != ".lock" {
+        out[name] = try Data(contentsOf: URL(fileURLWithPath: "\(chain)/\(name)"))
+    }
+    return out
+}
+
 func makeDisk(_ path: String, size: Int, seed: UInt8, changes: Int = 0) throws {
     var bytes = [UInt8](repeating: 0, count: size)
     for i in 0..<(size / 2) { bytes[i] = UInt8(truncatingIfNeeded: i / 4096 &+ Int(seed) &* (i % 13 == 0 ? 7 : 1)) }

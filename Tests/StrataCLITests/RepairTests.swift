@@ -17,13 +17,6 @@ final class RepairTests: XCTestCase {
 
     private func contents(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
-    private func files(_ chain: String) throws -> [String: Data] {
-        var out: [String: Data] = [:]
-        for name in try FileManager.default.contentsOfDirectory(atPath: chain) where name != ".lock" {
-            out[name] = try contents("\(chain)/\(name)")
-        }
-        return out
-    }
 
     private func points(_ chain: String) throws -> [Int] {
         let list = try strata("list", chain, "--json")
@@ -56,7 +49,7 @@ final class RepairTests: XCTestCase {
         _ = try damagedMiddle(at: chain)
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: "\(chain)/.strata-tmp-999-p000009.strata"))
         try FileManager.default.removeItem(atPath: "\(chain)/map-p000004.strata")
-        let before = try files(chain)
+        let before = try chainFiles(chain)
         let r = try strata("repair", chain, "--dry-run", "--drop-damaged")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, """
@@ -65,7 +58,7 @@ final class RepairTests: XCTestCase {
             would leave points 1, 3, 4
 
             """)
-        XCTAssertEqual(try files(chain), before, "a dry run changes nothing, not even the damage record")
+        XCTAssertEqual(try chainFiles(chain), before, "a dry run changes nothing, not even the damage record")
 
         let plain = try strata("repair", chain, "--dry-run")
         XCTAssertEqual(plain.stdout, """
@@ -74,7 +67,7 @@ final class RepairTests: XCTestCase {
             would leave points 1, 2, 3, 4
 
             """)
-        XCTAssertEqual(try files(chain), before)
+        XCTAssertEqual(try chainFiles(chain), before)
     }
 
     func testDropDamagedKeepsEveryWholePoint() throws {

@@ -77,13 +77,6 @@ final class ResilienceTests: XCTestCase {
 
     private func contents(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
-    private func chainFiles(_ chain: String) throws -> [String: Data] {
-        var out: [String: Data] = [:]
-        for name in try FileManager.default.contentsOfDirectory(atPath: chain) where name != ".lock" {
-            out[name] = try contents("\(chain)/\(name)")
-        }
-        return out
-    }
 
     // MARK: Bad sectors
 

@@ -92,14 +92,6 @@ final class SafetyTests: XCTestCase {
 
     private func contents(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
-    /// Every file of a chain (the lock excepted), by name.
-    private func snapshot(_ chain: String) throws -> [String: Data] {
-        var out: [String: Data] = [:]
-        for name in try FileManager.default.contentsOfDirectory(atPath: chain) where name != ".lock" {
-            out[name] = try contents("\(chain)/\(name)")
-        }
-        return out
-    }
 
     /// A chain of two points of an 8 MiB disk at `dir/chain`.
     private func makeChain() throws -> String {
@@ -127,7 +119,7 @@ final class SafetyTests: XCTestCase {
     func testRestoreRefusesAMountedDeviceEvenWithForce() throws {
         try requireLoop()
         let chain = try makeChain()
-        let before = try snapshot(chain)
+        let before = try chainFiles(chain)
         let loop = try TestLoop(size: 32 << 20, in: dir)
         let mount = try TestMount(loop.path, at: "\(dir)/mnt")
         sync()
@@ -137,7 +129,7 @@ final class SafetyTests: XCTestCase {
         try assertRefused(["restore", chain, loop.path, "--force"], message)
         sync()
         XCTAssertEqual(try contents(loop.backing), device, "the mounted device is untouched")
-        XCTAssertEqual(try snapshot(chain), before)
+        XCTAssertEqual(try chainFiles(chain), before)
     }
 
     func testRestoreRefusesADeviceWhosePartitionIsMounted() throws {
@@ -212,7 +204,7 @@ final class SafetyTests: XCTestCase {
 
     func testRestoreRefusesTheChainItself() throws {
         let chain = try makeChain()
-        let before = try snapshot(chain)
+        let before = try chainFiles(chain)
         func refusal(_ target: String, _ detail: String) -> String {
             "target \(target) is part of the chain \(chain) (\(detail)): restoring onto it would destroy the chain; nothing was changed: choose a target outside the chain"
         }
@@ -227,14 +219,14 @@ final class SafetyTests: XCTestCase {
         try assertRefused(["restore", chain, "\(dir)/../\((dir as NSString).lastPathComponent)/chain/p000001.strata", "--force"],
             refusal("\(dir)/../\((dir as NSString).lastPathComponent)/chain/p000001.strata", "it is the chain's file p000001.strata"))
         unlink("\(dir)/hardlink")
-        XCTAssertEqual(try snapshot(chain), before)
+        XCTAssertEqual(try chainFiles(chain), before)
         XCTAssertEqual(try strata(["verify", chain, "--quiet"]).status, 0)
     }
 
     func testRestoreRefusesALoopDeviceOverAChainFile() throws {
         try requireLoop()
         let chain = try makeChain()
-        let before = try snapshot(chain)
+        let before = try chainFiles(chain)
         let dev = toolOutput(["losetup", "-f", "--show", "\(chain)/p000001.strata"])
         XCTAssertTrue(dev.hasPrefix("/dev/loop"), "losetup over a chain file")
         defer { runTool("/usr/bin/env", ["losetup", "-d", dev]) }
@@ -245,16 +237,16 @@ final class SafetyTests: XCTestCase {
         try assertRefused(
             ["capture", dev, chain],
             "source \(dev) is part of the chain \(chain) (it is a loop device over \(image)): capturing it would image the chain into itself; nothing was changed: choose a source outside the chain")
-        XCTAssertEqual(try snapshot(chain), before)
+        XCTAssertEqual(try chainFiles(chain), before)
     }
 
     func testCaptureRefusesAChainFile() throws {
         let chain = try makeChain()
-        let before = try snapshot(chain)
+        let before = try chainFiles(chain)
         try assertRefused(
             ["capture", "\(chain)/p000002.strata", chain],
             "source \(chain)/p000002.strata is part of the chain \(chain) (it is the chain's file p000002.strata): capturing it would image the chain into itself; nothing was changed: choose a source outside the chain")
-        XCTAssertEqual(try snapshot(chain), before)
+        XCTAssertEqual(try chainFiles(chain), before)
     }
 
     func testCaptureRefusesTheDeviceHoldingTheChain() throws {
@@ -264,13 +256,13 @@ final class SafetyTests: XCTestCase {
         let chain = "\(mount.point)/chain"
         try makeDisk("\(dir)/disk", size: 32 << 20, seed: 22)
         XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
-        let before = try snapshot(chain)
+        let before = try chainFiles(chain)
         let message = "source \(loop.path) holds the chain \(chain), mounted at \(mount.point): the capture would image its own writes; nothing was changed: keep the chain on another disk"
         try assertRefused(["capture", loop.path, chain, "--allow-mounted"], message)
         try assertRefused(["capture", loop.path, "\(mount.point)/new-chain", "--allow-mounted"],
             "source \(loop.path) holds the chain \(mount.point)/new-chain, mounted at \(mount.point): the capture would image its own writes; nothing was changed: keep the chain on another disk")
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(mount.point)/new-chain"), "no chain directory was made")
-        XCTAssertEqual(try snapshot(chain), before)
+        XCTAssertEqual(try chainFiles(chain), before)
     }
 
     // MARK: Existing files

@@ -187,24 +187,12 @@ public enum Verify {
     }
 
     /// The head hash map (what the next capture compares with): its header names the newest image, and every
-    /// chunk passes its checksum. Damage here does not affect any point, only the next capture.
+    /// chunk passes its checksum. Damage here affects no point, and the next capture works around it.
     private static func checkHashMap(_ store: ChainStore, _ m: ChainManifest) -> VerifyProblem? {
-        do {
-            let reader = try HashMapReader(store: store, name: m.hashMapFile)
-            guard reader.header.imageID == m.images.last!.imageID, reader.header.chainID == m.chainID,
-                reader.header.sourceSize == m.sourceSize, reader.header.blockSize == m.blockSize
-            else { throw ChainError.damaged(file: m.hashMapFile, detail: "the hash map is not the newest point's") }
-            let blocks = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
-            var at: UInt64 = 0
-            while at < blocks {
-                let n = Int(min(UInt64(HashMapHeader.chunkBlocks), blocks - at))
-                _ = try reader.hashes(from: at, count: n)
-                at += UInt64(n)
-            }
-            return nil
-        } catch {
-            return VerifyProblem(file: m.hashMapFile, detail: describe(error) + " (no point is affected; the next capture will fail until a new full image)", blocks: [])
-        }
+        guard let problem = HeadMap.problem(store, m) else { return nil }
+        return VerifyProblem(
+            file: m.hashMapFile, detail: problem + " (no point is affected; the next capture rebuilds it from the images, as does strata repair)",
+            blocks: [])
     }
 
     static func describe(_ error: Error) -> String {
