@@ -1,6 +1,8 @@
 // `strata bench`: how fast this machine can image this source, and which stage bounds it. Read-only on the
-// source. Each stage is measured alone, for a bounded time, with the code the pipelines use (the same engines,
-// the same hasher and zstd contexts, the same O_DIRECT appender), then combined into predicted rates:
+// source. Its predictions come from the real pipelines run on a sample of the source (PipelineRuns.swift): a full
+// capture at 1, 2, 4 ... N threads, an incremental and a restore, each profiled. Each stage is also measured
+// alone, for a bounded time, with the code the pipelines use (the same engines, the same hasher and zstd
+// contexts, the same O_DIRECT appender), and combined into the stage model that explains them:
 //
 //   full capture    min(device read, worker CPU for hashing every block and compressing the non-zero ones,
 //                       chain writes of the compressed bytes)
@@ -30,6 +32,9 @@ public struct BenchOptions: Sendable {
     public var requestSizes: [Int] = [128 << 10, 1 << 20, 4 << 20]
     /// Bytes of the source sampled for the CPU stages.
     public var sampleBytes: Int = 64 << 20
+    /// Bytes of the source the real pipelines run on (in `pipelinePieces` pieces spread over it).
+    public var pipelineBytes: UInt64 = 1 << 30
+    public var pipelinePieces = 32
 
     public init() {}
 }
@@ -48,6 +53,22 @@ public struct BenchReport: Sendable {
     public struct Prediction: Sendable {
         public var bytesPerSecond: Double
         public var bound: String
+        /// The whole source at that rate.
+        public var seconds: Double = 0
+    }
+    /// The real runs on the sample.
+    public struct Runs: Sendable {
+        public var sampleBytes: UInt64
+        public var pieces: Int
+        /// Where the scratch chain and restore target went, and whether that was RAM (no --chain-dir).
+        public var scratch: String
+        public var scratchInRAM: Bool
+        public var fullCapture: [RunProfile]
+        public var incrementalCapture: RunProfile
+        public var restore: RunProfile
+        /// The same three at all threads on an eighth of the sample: with the large runs, they separate what a
+        /// run costs once (fixed) from what it costs per byte.
+        public var small: (fullCapture: RunProfile, incrementalCapture: RunProfile, restore: RunProfile)
     }
 
     public var source: String
@@ -63,9 +84,13 @@ public struct BenchReport: Sendable {
     public var decompression: [Scaling]
     public var zeroFraction: Double
     public var writeBytesPerSecond: Double?
+    /// Predictions from the real runs (rate, what bounded it, the source's whole time).
     public var fullCapture: Prediction
     public var incrementalCapture: Prediction
     public var restore: Prediction
+    /// The same from the stage model (each stage alone, combined).
+    public var model: (fullCapture: Prediction, incrementalCapture: Prediction, restore: Prediction)
+    public var runs: Runs
     public var queueDepth: Int
     public var requestSize: Int
     public var threads: Int
@@ -172,7 +197,7 @@ public enum Bench {
             writeRate = try measureWrites(directory: dir, stored: stored, seconds: budget * 0.1)
         }
 
-        // 5. Verdict.
+        // 5. The stage model.
         let cores = Sys.onlineCores
         let read = chosen.bytesPerSecond
         func cpu(_ t: Int) -> Double {
@@ -180,21 +205,85 @@ public enum Bench {
             let hashing = hashRate * Double(min(t, cores))
             return 1 / (1 / hashing + (1 - zeroFraction) / max(c, 1))
         }
-        let full = pick([
+        let modelFull = pick([
             ("the device's reads", read), ("hashing and compression on \(options.threads) thread\(options.threads == 1 ? "" : "s")", cpu(options.threads)),
         ] + (writeRate.map { [("writes to the chain's filesystem", $0 / max(ratio * (1 - zeroFraction), 0.01))] } ?? []))
-        let incremental = pick([("the device's reads", read), ("hashing", hashRate * Double(min(options.threads, cores)))])
+        let modelIncremental = pick([("the device's reads", read), ("hashing", hashRate * Double(min(options.threads, cores)))])
         let decompress = decompression.last?.bytesPerSecond ?? 0
-        let restore = pick([("decompression on \(options.threads) thread\(options.threads == 1 ? "" : "s")", decompress / max(1 - zeroFraction, 0.01))]
+        let modelRestore = pick([("decompression on \(options.threads) thread\(options.threads == 1 ? "" : "s")", decompress / max(1 - zeroFraction, 0.01))]
             + (writeRate.map { [("reads of the chain (taken as its write rate)", $0 / max(ratio * (1 - zeroFraction), 0.01))] } ?? []))
-        // Threads: the fewest whose CPU rate keeps up with the device, else all of them.
-        let threads = counts.first { cpu($0) >= read } ?? options.threads
+
+        // 6. The real pipelines on a sample of the source, into a scratch chain where the chain will live.
+        let runs = try runPipelines(source, options: options, counts: counts, queueDepth: chosen.queueDepth, progress: progress)
+        // Time = fixed + bytes x slope, from the small and the large sample: the fixed part (opening the chain,
+        // starting threads, syncing, committing) is paid once by the real command, not once per sample's worth.
+        func predicted(_ r: RunProfile, small: RunProfile) -> BenchReport.Prediction {
+            var slope = (r.seconds - small.seconds) / Double(max(Int64(r.bytes) - Int64(small.bytes), 1))
+            if slope <= 0 { slope = r.seconds / Double(max(r.bytes, 1)) }
+            let fixed = max(0, small.seconds - slope * Double(small.bytes))
+            return .init(bytesPerSecond: 1 / slope, bound: r.bound(cores: cores, readRate: read), seconds: fixed + slope * Double(source.size))
+        }
+        let fullRun = runs.fullCapture.last!
+        // Threads: the fewest whose real full capture came within 5% of the fastest.
+        let fastest = runs.fullCapture.map(\.bytesPerSecond).max() ?? 0
+        let threads = runs.fullCapture.first { $0.bytesPerSecond >= 0.95 * fastest }?.threads ?? options.threads
         return BenchReport(
             source: path, sourceBytes: source.size, isBlockDevice: source.isBlockDevice, direct: source.direct, cores: cores,
             level: options.level, reads: reads, hashBytesPerSecond: hashRate, compression: compression, compressionRatio: ratio,
-            decompression: decompression, zeroFraction: zeroFraction, writeBytesPerSecond: writeRate, fullCapture: full,
-            incrementalCapture: incremental, restore: restore, queueDepth: chosen.queueDepth, requestSize: chosen.requestSize,
-            threads: threads, seconds: Double(Sys.monotonicNanos() - started) / 1e9)
+            decompression: decompression, zeroFraction: zeroFraction, writeBytesPerSecond: writeRate,
+            fullCapture: predicted(fullRun, small: runs.small.fullCapture), incrementalCapture: predicted(runs.incrementalCapture, small: runs.small.incrementalCapture),
+            restore: predicted(runs.restore, small: runs.small.restore),
+            model: (modelFull, modelIncremental, modelRestore), runs: runs,
+            queueDepth: chosen.queueDepth, requestSize: chosen.requestSize, threads: threads, seconds: Double(Sys.monotonicNanos() - started) / 1e9)
+    }
+
+    /// A full capture of the sample at each thread count, an incremental capture of it (nothing changed: reads,
+    /// hashes, comparisons), and a restore of the chain to a file beside it; then removes all it wrote.
+    private static func runPipelines(
+        _ source: BlockSource, options: BenchOptions, counts: [Int], queueDepth: Int, progress: ((String) -> Void)?
+    ) throws -> BenchReport.Runs {
+        let request: UInt64 = 1 << 20
+        let pieces = max(1, options.pipelinePieces)
+        let pieceSize = max(request, min(options.pipelineBytes, source.size) / UInt64(pieces) / request * request)
+        let sample = BlockSource(sampling: source, pieces: pieces, pieceSize: pieceSize)
+        let small = BlockSource(sampling: source, pieces: max(1, pieces / 8), pieceSize: pieceSize)
+        let inRAM = options.chainDirectory == nil
+        let scratch = try PipelineRuns.makeScratch(in: options.chainDirectory ?? "/dev/shm")
+        defer { PipelineRuns.removeScratch(scratch) }
+        var capture = CaptureOptions()
+        capture.level = options.level
+        // The settings `strata capture` runs with by default: what bench predicts is what the command will do.
+        _ = queueDepth
+        var restore = RestoreOptions()
+        restore.threads = options.threads
+        restore.force = true
+        /// A full capture at `threads`, an incremental and a restore of `source` into a fresh scratch chain.
+        func cycle(_ source: BlockSource, _ name: String, threads counts: [Int]) throws -> (full: [RunProfile], incremental: RunProfile, restore: RunProfile) {
+            let chain = "\(scratch)/\(name)"
+            var full: [RunProfile] = []
+            for t in counts {
+                progress?("real full capture of a \(source.size >> 20) MiB sample, \(t) thread\(t == 1 ? "" : "s")")
+                PipelineRuns.removeScratch(chain)
+                capture.threads = t
+                full.append(try PipelineRuns.profile(threads: t, bytes: source.size) { _ = try Capture.capture(source, chain: chain, options: capture) })
+            }
+            progress?("real incremental capture of a \(source.size >> 20) MiB sample")
+            capture.threads = options.threads
+            let incremental = try PipelineRuns.profile(threads: options.threads, bytes: source.size) { _ = try Capture.capture(source, chain: chain, options: capture) }
+            progress?("real restore of a \(source.size >> 20) MiB sample")
+            let restored = try PipelineRuns.profile(threads: options.threads, bytes: source.size) {
+                _ = try Restore.run(chain: chain, target: "\(scratch)/\(name).img", options: restore)
+            }
+            PipelineRuns.removeScratch("\(scratch)/\(name).img")
+            PipelineRuns.removeScratch(chain)
+            return (full, incremental, restored)
+        }
+        let little = try cycle(small, "small", threads: [options.threads])
+        let large = try cycle(sample, "chain", threads: counts)
+        return .init(
+            sampleBytes: sample.size, pieces: Int(sample.size / pieceSize), scratch: options.chainDirectory ?? "/dev/shm", scratchInRAM: inRAM,
+            fullCapture: large.full, incrementalCapture: large.incremental, restore: large.restore,
+            small: (little.full[0], little.incremental, little.restore))
     }
 
     private static func pick(_ stages: [(String, Double)]) -> BenchReport.Prediction {

@@ -19,6 +19,11 @@ public final class BlockSource {
     /// way through can complete as if whole (docs/RELIABILITY.md), so capture reads such files with pread.
     public let onFUSE: Bool
     let rdev: UInt64
+    /// A sample (`init(sampling:)`): where each piece starts on the source, and the pieces' size.
+    private let pieces: [UInt64]?
+    private let pieceSize: UInt64
+    /// The source a sample reads through (its descriptor is that source's).
+    private let owner: BlockSource?
 
     /// Opens `path` read-only, with O_DIRECT when `direct` and the filesystem allows it.
     public init(path: String, direct: Bool = true) throws {
@@ -52,14 +57,45 @@ public final class BlockSource {
             alignment = 4096
         }
         onFUSE = !isBlockDevice && (try? Sys.filesystemType(fd, path: path)) == 0x6573_5546  // FUSE_SUPER_MAGIC
+        pieces = nil
+        pieceSize = 0
+        owner = nil
     }
 
-    deinit { Sys.close(fd) }
+    /// `count` pieces of `source`, `pieceSize` bytes each (a multiple of the reads that will be made of it),
+    /// spread evenly over it and read as one source of `count * pieceSize` bytes: what `strata bench` runs the
+    /// real pipelines on. Holes are read like data.
+    public init(sampling source: BlockSource, pieces count: Int, pieceSize: UInt64) {
+        path = source.path
+        fd = source.fd
+        isBlockDevice = source.isBlockDevice
+        direct = source.direct
+        alignment = source.alignment
+        onFUSE = source.onFUSE
+        rdev = source.rdev
+        let available = max(1, source.size / pieceSize)
+        let n = UInt64(max(1, min(count, Int(available))))
+        let stride = available / n
+        pieces = (0..<n).map { $0 * stride * pieceSize }
+        self.pieceSize = pieceSize
+        size = min(n * pieceSize, source.size)
+        owner = source
+    }
+
+    deinit { if owner == nil { Sys.close(fd) } }
+
+    /// Where byte `offset` of this source lies on the file or device (the same offset but for a sample). A read
+    /// of a sample never crosses a piece: pieces are multiples of the reads made of them.
+    @inline(__always)
+    public func physical(_ offset: UInt64) -> UInt64 {
+        guard let pieces else { return offset }
+        return pieces[Int(offset / pieceSize)] + offset % pieceSize
+    }
 
     /// The byte ranges that may hold data, in order, each aligned outward to `granule`. A block device is
     /// one range; a sparse file skips its holes.
     public func dataRanges(granule: UInt64) throws -> [Range<UInt64>] {
-        if isBlockDevice || size == 0 { return size == 0 ? [] : [0..<size] }
+        if isBlockDevice || size == 0 || pieces != nil { return size == 0 ? [] : [0..<size] }
         var ranges = [Range<UInt64>]()
         var at: UInt64 = 0
         while at < size, let start = try Sys.seekData(fd, from: at, path: path), start < size {

@@ -151,6 +151,12 @@ public enum Sys {
         _ = try retrying("set mode of", path) { Glibc.chmod(path, mode) }
     }
 
+    /// Writes every dirty page of every filesystem back (sync(2)): bench's runs start on a quiet disk, as a
+    /// nightly command does, not behind the previous run's writes.
+    public static func syncAll() { Glibc.sync() }
+
+    public static func rmdir(_ path: String) throws { _ = try retrying("remove directory", path) { Glibc.rmdir(path) } }
+
     public static func lstat(_ path: String) throws -> Glibc.stat {
         var st = Glibc.stat()
         _ = try retrying("stat", path) { Glibc.lstat(path, &st) }

@@ -112,6 +112,7 @@ public final class ThreadGroup {
         condition.unlock()
         Threads.spawn(name) { [self] in
             body()
+            ThreadTimes.threadEnded(name)
             condition.publish { running -= 1 }
         }
     }

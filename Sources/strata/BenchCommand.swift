@@ -7,20 +7,29 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure how fast this machine can image a source, and what bounds it. Never writes to SOURCE.",
         discussion: """
-            Measures each stage of the pipelines alone, each for a bounded share of --seconds: sequential direct \
-            reads of SOURCE through io_uring over a sweep of queue depths and request sizes, and through the pread \
-            engine at the best setting; XXH3 hashing; zstd compression at --level on a sample of SOURCE's own data \
-            with 1, 2, 4 ... --threads threads, and decompression; and with --chain-dir, O_DIRECT appends into that \
-            directory's filesystem (a temporary file, removed). Then predicts the full-capture, incremental and \
-            restore rates, names the stage that bounds each, and prints the capture settings it would choose. \
-            Capture's defaults (1 MiB requests, queue depth 32, one worker per core) are used unless bench shows \
-            better ones; pass those with --queue-depth and --threads.
+            Runs the real pipelines on a sample of SOURCE (1 GiB in 32 pieces spread over it, read as a capture \
+            reads): a full capture at 1, 2, 4 ... --threads threads, an incremental capture of the same sample, and \
+            a restore, into a scratch chain in --chain-dir (the filesystem that will hold the chain; without it, \
+            /dev/shm, and bench says writes there cost less than on a disk), then removes all it wrote. The rates, \
+            extrapolated to SOURCE's size, are its predictions, and the bound it names is what it saw busy: CPU time \
+            of the I/O thread, the workers, the coordinator and the writer, and the process's kernel time.
+
+            It also measures each stage alone, for a bounded share of --seconds, as the explanation: sequential \
+            direct reads of SOURCE through io_uring over a sweep of queue depths and request sizes, and through the \
+            pread engine at the best setting; XXH3 hashing; zstd compression at --level on a sample of SOURCE's \
+            data with 1, 2, 4 ... --threads threads, and decompression; and with --chain-dir, O_DIRECT appends into \
+            that directory's filesystem. It prints the capture settings it would choose (the fewest threads within \
+            5% of the fastest real capture). --chart FILE.svg draws the real capture's rate against threads and the \
+            reads against requests in flight, with the device's read rate as a line.
 
             --json prints one object: source, sourceBytes, cores, level, reads ([{engine, queueDepth, \
             requestSize, bytesPerSecond}]), hashBytesPerSecond, compression and decompression ([{threads, \
             bytesPerSecond}], uncompressed bytes), compressionRatio, zeroFraction, writeBytesPerSecond, \
-            fullCapture, incrementalCapture, restore ({bytesPerSecond, bound}), queueDepth, requestSize, threads, \
-            seconds.
+            fullCapture, incrementalCapture, restore (predictions from the real runs: {bytesPerSecond, seconds for \
+            the whole source, bound}), runs ({sampleBytes, pieces, scratch, scratchInRAM, fullCapture: [run], \
+            incrementalCapture: run, restore: run}, each run {threads, seconds, bytes, bytesPerSecond, \
+            userSeconds, systemSeconds, stages: [{stage, threads, cpuSeconds}]}), model (the stage model's \
+            fullCapture, incrementalCapture, restore), queueDepth, requestSize, threads, seconds.
 
             EXAMPLES
               strata bench /dev/nvme0n1
@@ -33,10 +42,12 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Most worker threads to try (default: one per core).") var threads: Int?
     @Option(help: "zstd level to measure.") var level: Int32 = 1
     @Option(help: "Directory on the filesystem that will hold the chain: measure writes there.") var chainDir: String?
+    @Option(help: "Also draw the run as an SVG chart into FILE (throughput against threads and requests in flight).") var chart: String?
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
     func run() throws {
+        if let chart, !chart.hasSuffix(".svg") { throw Output.fail(ChainError.invalidOption("--chart writes SVG: name the file .svg (\(chart))")) }
         var options = BenchOptions()
         options.seconds = seconds
         options.threads = threads ?? Machine.onlineCores
@@ -53,6 +64,7 @@ struct BenchCommand: ParsableCommand {
             if showProgress { Output.toStderr("\r\u{1B}[K") }
             throw Output.fail(error)
         }
+        if let chart { do { try BenchChart.write(r, to: chart) } catch { throw Output.fail(error) } }
         if json { printJSON(r) } else { printTable(r) }
     }
 
@@ -80,10 +92,21 @@ struct BenchCommand: ParsableCommand {
         print("zstd decompression: " + r.decompression.map { "\($0.threads) thr \(rate($0.bytesPerSecond))" }.joined(separator: ", "))
         if let w = r.writeBytesPerSecond { print("O_DIRECT appends to the chain directory: \(rate(w))") }
         print("zero blocks in the sample: \(Output.fixed(r.zeroFraction * 100, 1))%")
+        print("stage model (each stage alone): full capture \(rate(r.model.fullCapture.bytesPerSecond)) (\(r.model.fullCapture.bound)), incremental \(rate(r.model.incrementalCapture.bytesPerSecond)) (\(r.model.incrementalCapture.bound)), restore \(rate(r.model.restore.bytesPerSecond)) (\(r.model.restore.bound))")
         print("")
-        print("predicted full capture:   \(rate(r.fullCapture.bytesPerSecond).leftPad(12))  bound by \(r.fullCapture.bound)")
-        print("predicted incremental:    \(rate(r.incrementalCapture.bytesPerSecond).leftPad(12))  bound by \(r.incrementalCapture.bound)")
-        print("predicted restore:        \(rate(r.restore.bytesPerSecond).leftPad(12))  bound by \(r.restore.bound)\(r.writeBytesPerSecond == nil ? "" : "") (target writes not measured)")
+        let runs = r.runs
+        print("real pipelines on a \(Output.bytes(runs.sampleBytes)) sample (\(runs.pieces) pieces spread over the source), chain and restore target in \(runs.scratch)\(runs.scratchInRAM ? " (RAM: no --chain-dir, so writes cost less than on a disk)" : ""):")
+        print("  full capture: " + runs.fullCapture.map { "\($0.threads) thr \(rate($0.bytesPerSecond))" }.joined(separator: ", "))
+        for (what, p) in [("full capture", runs.fullCapture.last!), ("incremental", runs.incrementalCapture), ("restore", runs.restore)] {
+            print("  busy, \(what) (\(p.threads) thread\(p.threads == 1 ? "" : "s")): \(p.busyLine)")
+        }
+        print("")
+        func line(_ what: String, _ p: BenchReport.Prediction) {
+            print("predicted \(what)\(rate(p.bytesPerSecond).leftPad(12)), \(Output.fixed(p.seconds, 1)) s for the whole source; bound by \(p.bound)")
+        }
+        line("full capture:  ", r.fullCapture)
+        line("incremental:   ", r.incrementalCapture)
+        line("restore:       ", r.restore)
         print("settings: --queue-depth \(r.queueDepth) (\(r.requestSize >> 10) KiB requests) --threads \(r.threads)")
         print("measured in \(Output.fixed(r.seconds, 1)) s")
     }
@@ -91,7 +114,18 @@ struct BenchCommand: ParsableCommand {
     private func printJSON(_ r: BenchReport) {
         let reads = r.reads.map { "{\"engine\":\"\($0.engine)\",\"queueDepth\":\($0.queueDepth),\"requestSize\":\($0.requestSize),\"bytesPerSecond\":\(Int($0.bytesPerSecond))}" }
         let scaling = { (s: [BenchReport.Scaling]) in s.map { "{\"threads\":\($0.threads),\"bytesPerSecond\":\(Int($0.bytesPerSecond))}" } }
-        let prediction = { (p: BenchReport.Prediction) in "{\"bytesPerSecond\":\(Int(p.bytesPerSecond)),\"bound\":\"\(Output.escape(p.bound))\"}" }
+        let prediction = { (p: BenchReport.Prediction) in
+            "{\"bytesPerSecond\":\(Int(p.bytesPerSecond)),\"seconds\":\(Output.fixed(p.seconds, 3)),\"bound\":\"\(Output.escape(p.bound))\"}"
+        }
+        let profile = { (p: RunProfile) -> String in
+            let stages = p.stages.map { "{\"stage\":\"\($0.name)\",\"threads\":\($0.threads),\"cpuSeconds\":\(Output.fixed($0.cpuSeconds, 3))}" }.joined(separator: ",")
+            return "{\"threads\":\(p.threads),\"seconds\":\(Output.fixed(p.seconds, 3)),\"bytes\":\(p.bytes),\"bytesPerSecond\":\(Int(p.bytesPerSecond)),"
+                + "\"userSeconds\":\(Output.fixed(p.user, 3)),\"systemSeconds\":\(Output.fixed(p.system, 3)),\"stages\":[\(stages)]}"
+        }
+        let runs = r.runs
+        let measured = "{\"sampleBytes\":\(runs.sampleBytes),\"pieces\":\(runs.pieces),\"scratch\":\"\(Output.escape(runs.scratch))\",\"scratchInRAM\":\(runs.scratchInRAM),"
+            + "\"fullCapture\":[\(runs.fullCapture.map(profile).joined(separator: ","))],\"incrementalCapture\":\(profile(runs.incrementalCapture)),\"restore\":\(profile(runs.restore))}"
+        let model = "{\"fullCapture\":\(prediction(r.model.fullCapture)),\"incrementalCapture\":\(prediction(r.model.incrementalCapture)),\"restore\":\(prediction(r.model.restore))}"
         var fields: [(String, Any)] = [
             ("source", r.source), ("sourceBytes", r.sourceBytes), ("cores", r.cores), ("level", Int(r.level)), ("reads", reads),
             ("hashBytesPerSecond", Int(r.hashBytesPerSecond)), ("compression", scaling(r.compression)),
@@ -100,7 +134,8 @@ struct BenchCommand: ParsableCommand {
         if let w = r.writeBytesPerSecond { fields.append(("writeBytesPerSecond", Int(w))) }
         fields += [
             ("fullCapture", RawJSON(prediction(r.fullCapture))), ("incrementalCapture", RawJSON(prediction(r.incrementalCapture))),
-            ("restore", RawJSON(prediction(r.restore))), ("queueDepth", r.queueDepth), ("requestSize", r.requestSize),
+            ("restore", RawJSON(prediction(r.restore))), ("runs", RawJSON(measured)), ("model", RawJSON(model)),
+            ("queueDepth", r.queueDepth), ("requestSize", r.requestSize),
             ("threads", r.threads), ("seconds", r.seconds),
         ]
         Output.json(fields)

@@ -66,6 +66,15 @@ public enum Capture {
             guard options.allowMounted else { throw ChainError.sourceMounted(path: sourcePath, mountPoint: mount) }
             notice("warning: \(sourcePath) is mounted read-write at \(mount); the image may be inconsistent (a snapshot is the safe way)")
         }
+        return try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice)
+    }
+
+    /// Captures an opened source (checked by `run`, or a sample that `strata bench` made) into the chain.
+    public static func capture(
+        _ source: BlockSource, chain chainPath: String, options: CaptureOptions, started: UInt64 = Sys.monotonicNanos(),
+        progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
+    ) throws -> CaptureResult {
+        let sourcePath = source.path
         let chain = try Chain(location: chainPath, access: .create)
         let previous = chain.manifest
         let blockSize = previous?.blockSize ?? options.blockSize ?? 4096

@@ -197,7 +197,7 @@ final class CapturePipeline {
                 let length = Int((UInt64(valid) + alignment - 1) / alignment * alignment)
                 slotChunk[slot] = chunk
                 slotBytes[slot] = valid
-                pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: offset, tag: slot)
+                pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: source.physical(offset), tag: slot)
                 if pump.inFlight >= options.queueDepth { try complete(pump.nextOutcome()) }
             }
             while pump.inFlight > 0 { try complete(pump.nextOutcome()) }
