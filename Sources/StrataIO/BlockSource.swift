@@ -114,13 +114,7 @@ public final class BlockSource {
 
     /// Where this block device is mounted read-write, if it is.
     public func readWriteMountPoint() -> String? {
-        guard isBlockDevice, let text = Sys.readSmallFile("/proc/self/mountinfo") else { return nil }
-        let want = BlockDevices.numbers(rdev)
-        for line in text.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            guard f.count > 5, f[2] == want else { continue }
-            if f[5].split(separator: ",").contains("rw") { return String(f[4]) }
-        }
-        return nil
+        guard isBlockDevice else { return nil }
+        return BlockDevices.mountTable().first { $0.device == rdev && $0.readWrite }?.mountPoint
     }
 }

@@ -27,7 +27,7 @@ public struct FileIdentity: Hashable, Sendable {
 }
 
 /// Why a block device cannot be written.
-public enum DeviceUse: Equatable, Sendable, CustomStringConvertible {
+public enum DeviceUse: Equatable, Sendable {
     /// `device` (the device itself or one of its partitions) is mounted at `mountPoint`.
     case mounted(device: String, mountPoint: String)
     /// `device` is active swap.
@@ -38,8 +38,6 @@ public enum DeviceUse: Equatable, Sendable, CustomStringConvertible {
     case exclusive(device: String)
     /// A regular file is the backing file of `loop`, which is in use.
     indirect case backing(loop: String, use: DeviceUse)
-
-    public var description: String { explanation(for: "") }
 
     /// The use, said of `path` (the device asked about): "it is mounted at /mnt", "its partition /dev/sdb1 is
     /// mounted at /mnt".
@@ -183,10 +181,11 @@ public enum BlockDevices {
         var device: UInt64
         var sourceDevice: UInt64?
         var mountPoint: String
+        var readWrite: Bool
     }
 
     /// /proc/self/mountinfo: each mount's device number, its source's device number where the source is a block
-    /// device, and its mount point.
+    /// device, its mount point, and whether it is mounted read-write. The one parser of that table.
     static func mountTable() -> [MountEntry] {
         guard let text = Sys.readSmallFile("/proc/self/mountinfo") else { return [] }
         var out: [MountEntry] = []
@@ -197,7 +196,7 @@ public enum BlockDevices {
             if let dash = f.firstIndex(of: "-"), dash + 2 < f.count {
                 source = deviceNumber(unescape(f[dash + 2]))
             }
-            out.append(MountEntry(device: dev, sourceDevice: source, mountPoint: unescape(f[4])))
+            out.append(MountEntry(device: dev, sourceDevice: source, mountPoint: unescape(f[4]), readWrite: f[5].split(separator: ",").contains("rw")))
         }
         return out
     }

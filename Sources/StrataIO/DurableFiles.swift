@@ -21,9 +21,7 @@ public enum DurableFiles {
     /// power cut once anything inside it is made durable.
     public static func makeDirectory(_ path: String) throws {
         try Sys.mkdir(path, mode: 0o700)
-        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
-        let parent = trimmed.lastIndex(of: "/").map { $0 == trimmed.startIndex ? "/" : String(trimmed[..<$0]) } ?? "."
-        try fsyncDirectory(parent)
+        try fsyncDirectory(BlockDevices.parent(of: path))
     }
 
     /// Atomically replaces `dir/name` with `bytes`.
@@ -65,7 +63,7 @@ public final class DirectoryLock {
     public init?(directory: String) throws {
         let path = "\(directory)/.lock"
         let fd: Int32
-        do { fd = try Sys.open(path, O_RDWR) } catch let e as IOError where e.errno == ENOENT { fd = try Sys.create(path, O_RDWR) }
+        do { fd = try Sys.open(path, O_RDWR) } catch let e as IOError where e.isMissing { fd = try Sys.create(path, O_RDWR) }
         guard try Sys.tryLock(fd, path: directory) else {
             Sys.close(fd)
             return nil

@@ -21,8 +21,9 @@ public final class RestoreTarget {
     public init(path: String) throws {
         self.path = path
         var isDevice = false
-        let existed = (try? Sys.stat(path)) != nil
-        if let st = try? Sys.stat(path) {
+        let st = try? Sys.stat(path)
+        let existed = st != nil
+        if let st {
             let kind = st.st_mode & S_IFMT
             if kind == S_IFDIR { throw IOError("open", path: path, errno: EISDIR) }
             isDevice = kind == S_IFBLK

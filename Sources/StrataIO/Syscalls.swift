@@ -184,14 +184,6 @@ public enum Sys {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// The path a symbolic link points to, or nil.
-    public static func readLink(_ path: String) -> String? {
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = buf.withUnsafeMutableBufferPointer { Glibc.readlink(path, $0.baseAddress!, $0.count - 1) }
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
     /// Device size in bytes of a block device (BLKGETSIZE64).
     public static func blockDeviceSize(_ fd: Int32, path: String) throws -> UInt64 {
         var size: UInt64 = 0
