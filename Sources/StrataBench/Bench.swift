@@ -214,7 +214,7 @@ public enum Bench {
             + (writeRate.map { [("reads of the chain (taken as its write rate)", $0 / max(ratio * (1 - zeroFraction), 0.01))] } ?? []))
 
         // 6. The real pipelines on a sample of the source, into a scratch chain where the chain will live.
-        let runs = try runPipelines(source, options: options, counts: counts, queueDepth: chosen.queueDepth, progress: progress)
+        let runs = try runPipelines(source, options: options, counts: counts, progress: progress)
         // Time = fixed + bytes x slope, from the small and the large sample: the fixed part (opening the chain,
         // starting threads, syncing, committing) is paid once by the real command, not once per sample's worth.
         func predicted(_ r: RunProfile, small: RunProfile) -> BenchReport.Prediction {
@@ -240,7 +240,7 @@ public enum Bench {
     /// A full capture of the sample at each thread count, an incremental capture of it (nothing changed: reads,
     /// hashes, comparisons), and a restore of the chain to a file beside it; then removes all it wrote.
     private static func runPipelines(
-        _ source: BlockSource, options: BenchOptions, counts: [Int], queueDepth: Int, progress: ((String) -> Void)?
+        _ source: BlockSource, options: BenchOptions, counts: [Int], progress: ((String) -> Void)?
     ) throws -> BenchReport.Runs {
         let request: UInt64 = 1 << 20
         let pieces = max(1, options.pipelinePieces)
@@ -252,8 +252,7 @@ public enum Bench {
         defer { PipelineRuns.removeScratch(scratch) }
         var capture = CaptureOptions()
         capture.level = options.level
-        // The settings `strata capture` runs with by default: what bench predicts is what the command will do.
-        _ = queueDepth
+        // `capture` keeps `strata capture`'s default settings: what bench predicts is what the command will do.
         var restore = RestoreOptions()
         restore.threads = options.threads
         restore.force = true

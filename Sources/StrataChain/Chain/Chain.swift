@@ -33,9 +33,8 @@ public final class Chain {
         self.access = access
         if store.containerExists() {
             // Nothing is created (not even the lock) in a directory that holds something other than a chain.
-            if access == .create, (try? store.readSmall(ChainManifest.fileName, limit: 64 << 20)) == nil,
-                try store.list().contains(where: { !Chain.isOurs($0, store) })
-            {
+            let names = access == .create ? try store.list() : []
+            if !names.contains(ChainManifest.fileName) && names.contains(where: { !Chain.isOurs($0, store) }) {
                 throw ChainError.notAChain(path: location)
             }
         } else {
@@ -52,10 +51,8 @@ public final class Chain {
             self.lease = lease
         }
         try reloadManifest()
-        if manifest == nil {
-            guard access == .create else { throw ChainError.notAChain(path: location) }
-            if try store.list().contains(where: { !Chain.isOurs($0, store) }) { throw ChainError.notAChain(path: location) }
-        }
+        // (A container without a manifest was checked for foreign files above, before anything was made in it.)
+        if manifest == nil && access != .create { throw ChainError.notAChain(path: location) }
         if access != .read && cleanUp { removeLeftovers() }
     }
 
@@ -64,8 +61,9 @@ public final class Chain {
     func reloadManifest() throws -> Bool {
         let bytes: [UInt8]
         do { bytes = try store.readSmall(ChainManifest.fileName, limit: 64 << 20) } catch where error.isMissing {
-            defer { (manifest, manifestBytes) = (nil, nil) }
-            return manifestBytes != nil
+            let had = manifestBytes != nil
+            (manifest, manifestBytes) = (nil, nil)
+            return had
         } catch { throw damaged(ChainManifest.fileName, error) }
         guard bytes != manifestBytes else { return false }
         do { manifest = try ChainManifest.decode(bytes) } catch { throw damaged(ChainManifest.fileName, error) }
@@ -136,12 +134,12 @@ public final class Chain {
     }
 
     /// Opens the images that restore `point`, oldest first, checking that each is the one the manifest lists and
-    /// links to the one before. Without `from`, back to the newest image that covers every block (the full image,
-    /// or one that holds every block itself: older images are not needed, and may be damaged); with `from`, every
-    /// image holding points from `from` on, or with `skipCovered` only back to the newest of those that covers
-    /// every block (a merge reads no image below its range: the first one's parent link is checked against the
-    /// manifest's entry for the image before).
-    func openImages(forPoint point: UInt32, from: UInt32 = 0, skipCovered: Bool = false) throws -> [ImageFile] {
+    /// links to the one before, back to the newest image that covers every block (the full image, or one that
+    /// holds every block itself: older images are not needed, and may be damaged); with `from`, only the
+    /// image holding points from `from` on, back to the newest of those that covers every block (a merge reads
+    /// no image below its range: the first one's parent link is checked against the manifest's entry for the
+    /// image before).
+    func openImages(forPoint point: UInt32, from: UInt32 = 0) throws -> [ImageFile] {
         try withStableManifest { m in
             guard let entries = m.images(forPoint: point) else { throw ChainError.noSuchPoint(point, available: m.points) }
             var images = [ImageFile]()
@@ -152,10 +150,16 @@ public final class Chain {
                 try Chain.check(image.header, of: e, in: m)
                 try Chain.check(image.header, of: e, follows: k > entries.startIndex ? entries[k - 1] : nil)
                 images.append(image)
-                if (from == 0 || skipCovered) && image.header.coversEveryBlock { break }
+                if image.header.coversEveryBlock { break }
             }
             return images.reversed()
         }
+    }
+
+    /// The images of `point` and their extents resolved newest-wins: what restore, a map rebuild and a heal walk.
+    func openPoint(_ point: UInt32) throws -> (images: [ImageFile], resolved: [ResolvedExtent]) {
+        let images = try openImages(forPoint: point)
+        return (images, ExtentResolver.resolve(images.map(\.index.extents)))
     }
 
     /// Checks that an image's header is the one the manifest lists, and of this chain.

@@ -13,10 +13,7 @@ enum HeadMap {
     /// chunk passes its checksum (the map is read through once).
     static func problem(_ store: ChainStore, _ m: ChainManifest) -> String? {
         do {
-            let reader = try HashMapReader(store: store, name: m.hashMapFile)
-            guard reader.header.imageID == m.images.last!.imageID, reader.header.chainID == m.chainID,
-                reader.header.sourceSize == m.sourceSize, reader.header.blockSize == m.blockSize
-            else { return "it is not the newest point's" }
+            let reader = try open(store, m)
             let blocks = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
             var at: UInt64 = 0
             while at < blocks {
@@ -28,6 +25,15 @@ enum HeadMap {
         } catch {
             return Verify.describe(error)
         }
+    }
+
+    /// The head map's file, its header checked: it must be the newest point's, of this chain and source.
+    static func open(_ store: ChainStore, _ m: ChainManifest) throws -> HashMapReader {
+        let file = try HashMapReader(store: store, name: m.hashMapFile)
+        guard file.header.imageID == m.images.last!.imageID, file.header.chainID == m.chainID,
+            file.header.sourceSize == m.sourceSize, file.header.blockSize == m.blockSize
+        else { throw ChainError.damaged(file: m.hashMapFile, detail: "it is not the newest point's") }
+        return file
     }
 
     /// What a capture compares with, and how many blocks it will heal: the head map's file, its header checked
@@ -44,9 +50,8 @@ enum HeadMap {
         var runs: [Range<UInt64>] = []
         if let record = readRecord(chain.store, notice: notice), !record.isEmpty {
             do {
-                let images = try chain.openImages(forPoint: newest)
-                opened = (images, ExtentResolver.resolve(images.map(\.index.extents)))
-                runs = damagedRuns(opened!.resolved, images, record)
+                opened = try chain.openPoint(newest)
+                runs = damagedRuns(opened!.resolved, opened!.images, record)
             } catch {
                 notice("the newest point's images cannot be read (\(Verify.describe(error))): \(storeEverything)")
                 return (nil, 0)
@@ -55,19 +60,13 @@ enum HeadMap {
         let healing = runs.reduce(0) { $0 + UInt64($1.count) }
         let damaged = runs
         let rebuild = { () throws -> RebuiltHashes in
-            let (images, resolved) = try opened ?? {
-                let images = try chain.openImages(forPoint: newest)
-                return (images, ExtentResolver.resolve(images.map(\.index.extents)))
-            }()
+            let (images, resolved) = try opened ?? chain.openPoint(newest)
             let rebuilt = try RebuiltHashes(chain.store, images, resolved, blockCount: blockCount)
             rebuilt.damagedRuns = damaged
             return rebuilt
         }
         do {
-            let file = try HashMapReader(store: chain.store, name: m.hashMapFile)
-            guard file.header.imageID == m.images.last!.imageID, file.header.chainID == m.chainID,
-                file.header.sourceSize == m.sourceSize, file.header.blockSize == m.blockSize
-            else { throw ChainError.damaged(file: m.hashMapFile, detail: "it is not the newest point's") }
+            let file = try open(chain.store, m)
             file.damagedRuns = damaged
             return (HeadMapHashes(file: file, name: m.hashMapFile, rebuild: rebuild), healing)
         } catch {
@@ -104,16 +103,13 @@ enum HeadMap {
         return runs
     }
 
-    /// Writes the head map of the newest point anew from its images and publishes it under the manifest's name
-    /// for it (replacing a damaged one in one rename).
-    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ images: [ImageFile], _ resolved: [ResolvedExtent]) throws {
+    /// Writes the head map of `m`'s newest point anew from that point's images and publishes it under the name
+    /// `m` gives it (replacing a damaged one in one rename).
+    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ point: (images: [ImageFile], resolved: [ResolvedExtent])) throws {
         let newest = m.images.last!
-        try rebuild(store, name: m.hashMapFile, header: HashMapHeader(
-            blockSize: m.blockSize, sourceSize: m.sourceSize, chainID: m.chainID, imageID: newest.imageID, point: newest.lastPoint),
-            images, resolved)
-    }
-
-    static func rebuild(_ store: ChainStore, name: String, header: HashMapHeader, _ images: [ImageFile], _ resolved: [ResolvedExtent]) throws {
+        let name = m.hashMapFile
+        let header = HashMapHeader(blockSize: m.blockSize, sourceSize: m.sourceSize, chainID: m.chainID, imageID: newest.imageID, point: newest.lastPoint)
+        let (images, resolved) = point
         let hashes = try RebuiltHashes(store, images, resolved, blockCount: header.blockCount)
         let writer = try HashMapWriter(store: store, name: name, header: header)
         do {
@@ -262,9 +258,7 @@ final class RebuiltHashes: PriorHashes {
 /// until the last extent that uses each frame.
 private final class HashTables {
     private let frames: FrameReader
-    private let order: [FrameRef]  // distinct frames by first use
-    private let extentFrame: [Int32]  // for each extent, its frame's place in `order` (-1: not data)
-    private var lastUse: [Int]
+    private let plan: FramePlan
     private let pump: IOPump
     private let slab: AlignedSlab
     private var freeTags: [Int]
@@ -275,25 +269,10 @@ private final class HashTables {
 
     init(_ frames: FrameReader, _ resolved: [ResolvedExtent], _ store: ChainStore) throws {
         self.frames = frames
-        var seen: [FrameRef: Int] = [:]
-        var order: [FrameRef] = [], extentFrame = [Int32](repeating: -1, count: resolved.count), lastUse: [Int] = []
-        for (i, e) in resolved.enumerated() where e.kind == .data {
-            if let k = seen[e.frameRef] {
-                extentFrame[i] = Int32(k)
-                lastUse[k] = i
-            } else {
-                seen[e.frameRef] = order.count
-                extentFrame[i] = Int32(order.count)
-                order.append(e.frameRef)
-                lastUse.append(i)
-            }
-        }
-        self.order = order
-        self.extentFrame = extentFrame
-        self.lastUse = lastUse
+        plan = FramePlan(resolved)
         let (queue, _) = try store.readQueue(engine: .auto, depth: Self.depth)
         pump = IOPump(queue: queue, maxTags: Self.depth)
-        slab = AlignedSlab(slotSize: max(1, order.map { frames.record($0).hashesLength }.max() ?? 1), slotCount: Self.depth, alignment: 64)
+        slab = AlignedSlab(slotSize: max(1, plan.frames.map { frames.record($0).hashesLength }.max() ?? 1), slotCount: Self.depth, alignment: 64)
         freeTags = Array((0..<Self.depth).reversed())
         tagFrame = Array(repeating: -1, count: Self.depth)
     }
@@ -302,22 +281,14 @@ private final class HashTables {
 
     /// The hashes of the frame extent `i` uses, waiting for its read (and starting those of the frames after it).
     func hashes(forExtent i: Int) throws -> [BlockHash] {
-        let k = Int(extentFrame[i])
+        let k = Int(plan.extentFrame[i])
         while tables[k] == nil {
             issue(upTo: k + Self.ahead)
             let done = pump.nextOutcome()
-            let f = tagFrame[done.tag]
+            let f = plan.frames[tagFrame[done.tag]]
             freeTags.append(done.tag)
-            let r = frames.record(order[f])
-            guard done.error == nil, done.bytes == r.hashesLength else {
-                throw ChainError.damaged(file: frames.image(order[f]).name, detail: "frame \(order[f].frame) at byte \(r.offset) is cut short")
-            }
-            let raw = UnsafeRawPointer(slab.slot(done.tag))
-            tables[f] = (0..<Int(r.blockCount)).map {
-                BlockHash(
-                    low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16, as: UInt64.self)),
-                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16 + 8, as: UInt64.self)))
-            }
+            try frames.arrived(f, bytes: done.bytes, error: done.error, hashesOnly: true)
+            tables[tagFrame[done.tag]] = FrameReader.hashes(slab.slot(done.tag), count: Int(frames.record(f).blockCount))
         }
         issue(upTo: k + Self.ahead)
         return tables[k]!
@@ -325,17 +296,14 @@ private final class HashTables {
 
     /// Extent `i` has taken its hashes: its frame's table goes once no later extent uses it.
     func done(withExtent i: Int) {
-        let k = Int(extentFrame[i])
-        if lastUse[k] == i { tables[k] = nil }
+        let k = Int(plan.extentFrame[i])
+        if plan.lastUse[k] == i { tables[k] = nil }
     }
 
     private func issue(upTo limit: Int) {
-        while issued < min(order.count, limit), let tag = freeTags.popLast() {
-            let f = order[issued]
-            let r = frames.record(f)
-            let image = frames.image(f)
+        while issued < min(plan.frames.count, limit), let tag = freeTags.popLast() {
             tagFrame[tag] = issued
-            pump.read(fd: image.object.handle, path: image.name, into: slab.slot(tag), length: r.hashesLength, at: r.offset, tag: tag)
+            frames.startRead(plan.frames[issued], into: slab.slot(tag), pump: pump, tag: tag, hashesOnly: true)
             issued += 1
         }
     }

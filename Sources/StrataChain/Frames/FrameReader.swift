@@ -60,28 +60,30 @@ final class FrameReader {
 
     // MARK: Reading
 
-    /// Reads the frame's stored bytes into `stored` through the store and checks that all arrived.
-    func read(_ f: FrameRef, into stored: UnsafeMutableRawPointer) throws {
+    /// Reads the frame's stored bytes into `stored` through the store and checks that all arrived; with
+    /// `hashesOnly`, only its block hashes (the first 16 bytes a block).
+    func read(_ f: FrameRef, into stored: UnsafeMutableRawPointer, hashesOnly: Bool = false) throws {
         let r = record(f)
-        let n = try image(f).object.read(into: stored, count: Int(r.length), at: r.offset)
-        try arrived(f, bytes: n)
+        let n = try image(f).object.read(into: stored, count: hashesOnly ? r.hashesLength : Int(r.length), at: r.offset)
+        try arrived(f, bytes: n, hashesOnly: hashesOnly)
     }
 
-    /// Starts reading the frame's stored bytes on `pump` (the store's read queue) under `tag`; the pump's
-    /// completion goes to `arrived`.
-    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int) {
+    /// Starts reading the frame's stored bytes (or, `hashesOnly`, its block hashes) on `pump` (the store's read
+    /// queue) under `tag`; the pump's completion goes to `arrived`.
+    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false) {
         let r = record(f)
         let image = image(f)
-        pump.read(fd: image.object.handle, path: image.name, into: stored, length: Int(r.length), at: r.offset, tag: tag)
+        pump.read(fd: image.object.handle, path: image.name, into: stored, length: hashesOnly ? r.hashesLength : Int(r.length), at: r.offset, tag: tag)
     }
 
-    /// Checks that a read of the frame delivered all its bytes, or names the frame that could not be read.
-    func arrived(_ f: FrameRef, bytes: Int, error: IOError? = nil) throws {
+    /// Checks that a read of the frame (or of its hashes) delivered all its bytes, or names the frame that could
+    /// not be read.
+    func arrived(_ f: FrameRef, bytes: Int, error: IOError? = nil, hashesOnly: Bool = false) throws {
         let r = record(f)
         if let error {
             throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) cannot be read (\(error.reason))")
         }
-        guard bytes == Int(r.length) else {
+        guard bytes == (hashesOnly ? r.hashesLength : Int(r.length)) else {
             throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short")
         }
     }
@@ -90,17 +92,22 @@ final class FrameReader {
     /// the target with them without reading payloads. (Restore checked the whole frame as it wrote it.)
     func storedHashes(_ f: FrameRef) throws -> [BlockHash] {
         let r = record(f)
-        var bytes = [UInt8](repeating: 0, count: r.hashesLength)
-        let n = try bytes.withUnsafeMutableBytes { try image(f).object.read(into: $0.baseAddress!, count: $0.count, at: r.offset) }
-        guard n == bytes.count else { throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short") }
-        return bytes.withUnsafeBytes { raw in
-            (0..<Int(r.blockCount)).map {
-                BlockHash(
-                    low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16, as: UInt64.self)),
-                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 16 + 8, as: UInt64.self)))
-            }
-        }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(r.hashesLength, 1), alignment: 16)
+        defer { raw.deallocate() }
+        try read(f, into: raw, hashesOnly: true)
+        return Self.hashes(raw, count: Int(r.blockCount))
     }
+
+    /// Block `b`'s hash in a frame's stored hash table (XXH3-128, low then high, little-endian).
+    @inline(__always)
+    static func hash(_ table: UnsafeRawPointer, _ b: Int) -> BlockHash {
+        BlockHash(
+            low: UInt64(littleEndian: table.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self)),
+            high: UInt64(littleEndian: table.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self)))
+    }
+
+    /// The first `count` hashes of a stored hash table.
+    static func hashes(_ table: UnsafeRawPointer, count: Int) -> [BlockHash] { (0..<count).map { hash(table, $0) } }
 
     // MARK: Checking
 
@@ -139,10 +146,7 @@ final class FrameReader {
         let image = image(f)
         let blockSize = Int(image.header.blockSize)
         for b in range {
-            let expected = BlockHash(
-                low: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16, as: UInt64.self)),
-                high: UInt64(littleEndian: stored.loadUnaligned(fromByteOffset: b * 16 + 8, as: UInt64.self)))
-            guard BlockHash.of(decoded + b * blockSize, count: blockSize) == expected else {
+            guard BlockHash.of(decoded + b * blockSize, count: blockSize) == Self.hash(stored, b) else {
                 let e = image.index.extents.first { $0.kind == .data && $0.frame == f.frame && $0.frameBlock <= b && b < $0.frameBlock + $0.blockCount }
                 let block = e.map { $0.firstBlock + UInt64(UInt32(b) - $0.frameBlock) } ?? 0
                 throw ChainError.corruptData(file: image.name, detail: "block \(block) (in frame \(f.frame)) does not match its hash")

@@ -58,7 +58,7 @@ public enum Merge {
             let end = manifest.images.firstIndex(where: { $0.lastPoint == options.to })
         else { throw ChainError.noSuchPoint(from, available: points) }
         let range = manifest.images[start...end]
-        let sources = try chain.openImages(forPoint: options.to, from: from, skipCovered: true)
+        let sources = try chain.openImages(forPoint: options.to, from: from)
         let newest = sources.last!.header
         let header = ImageHeader(
             kind: start == 0 ? .full : .incremental, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,

@@ -79,8 +79,7 @@ public enum Repair {
         }
         if !(options.dropDamaged && options.dryRun), let problem = HeadMap.problem(chain.store, manifest) {
             try act("rebuild \(manifest.hashMapFile) (\(problem)) from the newest point's images") {
-                let images = try chain.openImages(forPoint: manifest.images.last!.lastPoint)
-                try HeadMap.rebuild(chain.store, manifest, images, ExtentResolver.resolve(images.map(\.index.extents)))
+                try HeadMap.rebuild(chain.store, manifest, chain.openPoint(manifest.images.last!.lastPoint))
             }
         }
         report.points = points
@@ -93,16 +92,10 @@ public enum Repair {
         guard var next = chain.manifest, let end = next.images.firstIndex(where: { $0.lastPoint == kept }) else {
             throw ChainError.notAChain(path: chain.location)
         }
-        let images = try chain.openImages(forPoint: kept)
-        let entry = next.images[end]
-        let mapName = Chain.hashMapName(point: kept)
-        try HeadMap.rebuild(
-            chain.store, name: mapName,
-            header: HashMapHeader(blockSize: next.blockSize, sourceSize: next.sourceSize, chainID: next.chainID, imageID: entry.imageID, point: kept),
-            images, ExtentResolver.resolve(images.map(\.index.extents)))
         next.images.removeSubrange((end + 1)...)
-        next.hashMapFile = mapName
+        next.hashMapFile = Chain.hashMapName(point: kept)
         next.nextPoint = kept + 1  // points follow on without a gap (the manifest's rule): the next capture is kept + 1
+        try HeadMap.rebuild(chain.store, next, chain.openPoint(kept))
         try chain.commit(next)
     }
 }

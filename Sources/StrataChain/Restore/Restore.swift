@@ -39,7 +39,7 @@ public enum Restore {
         let chain = try Chain(location: chainPath, access: .read)
         guard let first = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         let point = options.point ?? first.points.last!
-        let images = try chain.openImages(forPoint: point)
+        let (images, resolved) = try chain.openPoint(point)
         let manifest = chain.manifest!  // the one the images were opened under
         try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
         let target: RestoreTarget
@@ -51,7 +51,6 @@ public enum Restore {
             throw ChainError.targetTooSmall(path: targetPath, size: target.deviceSize, needed: manifest.sourceSize)
         }
         if !target.direct { notice("\(targetPath) does not support O_DIRECT; writing through the page cache") }
-        let resolved = ExtentResolver.resolve(images.map(\.index.extents))
         let frames = FrameReader(images)
         let (readQueue, note): (IOQueue, String?)
         let writeQueue: IOQueue

@@ -25,9 +25,9 @@ final class RestorePipeline {
     private let progress: ProgressHandler?
 
     // Fetch plan: frames in order of first use, and the extent after which each is no longer needed.
-    private var fetchFrame: [FrameRef] = []
-    private var fetchLastUse: [Int] = []
-    private var extentFetch: [Int32]
+    private let fetchFrame: [FrameRef]
+    private let fetchLastUse: [Int]
+    private let extentFetch: [Int32]
 
     private let slots: AlignedSlab
     private let decodedOffset: Int
@@ -54,20 +54,10 @@ final class RestorePipeline {
         self.writeQueue = writeQueue
         self.options = options
         self.progress = progress
-        extentFetch = Array(repeating: -1, count: resolved.count)
-        var seen: [FrameRef: Int] = [:]
-        for (i, e) in resolved.enumerated() where e.kind == .data {
-            let ref = e.frameRef
-            if let f = seen[ref] {
-                fetchLastUse[f] = i
-                extentFetch[i] = Int32(f)
-            } else {
-                seen[ref] = fetchFrame.count
-                extentFetch[i] = Int32(fetchFrame.count)
-                fetchFrame.append(ref)
-                fetchLastUse.append(i)
-            }
-        }
+        let plan = FramePlan(resolved)
+        fetchFrame = plan.frames
+        fetchLastUse = plan.lastUse
+        extentFetch = plan.extentFrame
         let (maxStored, maxBlocks) = frames.largest(fetchFrame)
         decodedOffset = (maxStored + 4095) / 4096 * 4096
         // Slots needed so the reader can always fetch the next frame: the most frames in use at once (for a

@@ -14,21 +14,16 @@ public enum Safety {
     /// Refuses a restore target that is in use, part of the chain at `chain`, or (without `force`) an existing
     /// non-empty regular file. `force` never overrides a target in use.
     public static func checkRestoreTarget(_ target: String, chain: String, force: Bool) throws {
-        let chainID = FileIdentity(path: chain)
-        if let chainID, BlockDevices.isInside(target, directory: chainID, directoryPath: chain) {
-            throw ChainError.partOfChain(role: .target, path: target, chain: chain, detail: relation(target, chain: chain, chainID: chainID))
+        let st = try? Sys.stat(target)
+        if let part = chainPart(target, st, chain: chain) {
+            throw ChainError.partOfChain(role: .target, path: target, chain: chain, detail: part)
         }
-        guard let st = try? Sys.stat(target) else { return }  // a new file: nothing to protect
+        guard let st else { return }  // a new file: nothing to protect
         switch st.st_mode & S_IFMT {
         case S_IFBLK:
-            let rdev = UInt64(st.st_rdev)
-            if let chainID, let backing = BlockDevices.loopBackingFile(rdev), BlockDevices.isInside(backing, directory: chainID, directoryPath: chain) {
-                throw ChainError.partOfChain(role: .target, path: target, chain: chain, detail: "it is a loop device over \(backing)")
-            }
-            if let use = BlockDevices.uses(of: rdev, path: target).first { throw ChainError.targetInUse(path: target, use: use) }
+            if let use = BlockDevices.uses(of: UInt64(st.st_rdev), path: target).first { throw ChainError.targetInUse(path: target, use: use) }
         case S_IFREG:
-            guard let id = FileIdentity(path: target) else { return }
-            for loop in BlockDevices.loopDevices(backedBy: id) {
+            for loop in BlockDevices.loopDevices(backedBy: FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))) {
                 if let use = BlockDevices.uses(of: loop.rdev, path: loop.path).first {
                     throw ChainError.targetInUse(path: target, use: .backing(loop: loop.path, use: use))
                 }
@@ -42,19 +37,27 @@ public enum Safety {
     /// Refuses a capture source that is part of the chain at `chain`, or the disk that holds its filesystem.
     public static func checkCaptureSource(_ source: String, chain: String) throws {
         guard let st = try? Sys.stat(source) else { return }
-        let chainID = FileIdentity(path: chain)
-        if let chainID, BlockDevices.isInside(source, directory: chainID, directoryPath: chain) {
-            throw ChainError.partOfChain(role: .source, path: source, chain: chain, detail: relation(source, chain: chain, chainID: chainID))
+        if let part = chainPart(source, st, chain: chain) {
+            throw ChainError.partOfChain(role: .source, path: source, chain: chain, detail: part)
         }
         guard st.st_mode & S_IFMT == S_IFBLK else { return }
-        let rdev = UInt64(st.st_rdev)
-        if let chainID, let backing = BlockDevices.loopBackingFile(rdev), BlockDevices.isInside(backing, directory: chainID, directoryPath: chain) {
-            throw ChainError.partOfChain(role: .source, path: source, chain: chain, detail: "it is a loop device over \(backing)")
-        }
         let holding = BlockDevices.devicesHolding(chain)
-        if let member = BlockDevices.family(rdev, path: source).first(where: { holding.devices.contains($0.rdev) }) {
+        if let member = BlockDevices.family(UInt64(st.st_rdev), path: source).first(where: { holding.devices.contains($0.rdev) }) {
             throw ChainError.sourceHoldsChain(path: source, device: member.name, chain: chain, mountPoint: holding.mountPoint ?? "?")
         }
+    }
+
+    /// How `path` (whose stat is `st`, nil when it does not exist) is part of the chain at `chain`: its directory,
+    /// one of its files, inside it, or a loop device over one of those; nil when it is not.
+    static func chainPart(_ path: String, _ st: stat?, chain: String) -> String? {
+        guard let chainID = FileIdentity(path: chain) else { return nil }
+        if BlockDevices.isInside(path, directory: chainID, directoryPath: chain) { return relation(path, chain: chain, chainID: chainID) }
+        if let st, st.st_mode & S_IFMT == S_IFBLK, let backing = BlockDevices.loopBackingFile(UInt64(st.st_rdev)),
+            BlockDevices.isInside(backing, directory: chainID, directoryPath: chain)
+        {
+            return "it is a loop device over \(backing)"
+        }
+        return nil
     }
 
     /// How `path`, found part of the chain, relates to it: the directory, one of its files, or inside it.

@@ -56,7 +56,6 @@ public enum Verify {
             guard try chain.reloadManifest() else { break }
             opened = try open(chain, options)
         }
-        let manifest = opened.manifest
         let entries = opened.entries
         let images = opened.images
         var problems = opened.problems
@@ -112,7 +111,6 @@ public enum Verify {
             if ok { whole.append(e.point) } else { affected.append(e.point) }
         }
         if options.point == nil && options.recordDamage { record(damagedFrames, opened, chain.store, frames) }
-        _ = manifest
         return VerifyReport(
             points: entries.map(\.point), images: images.count, frames: work.count, bytesRead: scan.bytesRead,
             problems: problems, affectedPoints: affected, wholePoints: whole,
@@ -143,7 +141,6 @@ public enum Verify {
     /// What the walk starts from: the manifest, the entries to check, each image opened (nil where it failed:
     /// headers, indexes, identity and links; such an image is unusable as a whole) and the problems so far.
     private struct Opened {
-        var manifest: ChainManifest
         var entries: ArraySlice<ManifestEntry>
         var images: [ImageFile?] = []
         var problems: [VerifyProblem] = []
@@ -160,7 +157,7 @@ public enum Verify {
         } else {
             entries = manifest.images[...]
         }
-        var opened = Opened(manifest: manifest, entries: entries)
+        var opened = Opened(entries: entries)
         var previous: ManifestEntry?
         for (i, e) in entries.enumerated() {
             do {
