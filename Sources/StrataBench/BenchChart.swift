@@ -58,9 +58,14 @@ public enum BenchChart {
         return out
     }
 
+    /// Refuses a chart path that is not an SVG file's (before a bench runs, so nothing is measured for nothing).
+    public static func checkPath(_ path: String) throws {
+        guard path.hasSuffix(".svg") else { throw ChainError.invalidOption("--chart writes SVG: name the file .svg (\(path))") }
+    }
+
     /// Writes the chart of `r` to `path` (SVG; mode 0600 when new).
     public static func write(_ r: BenchReport, to path: String) throws {
-        guard path.hasSuffix(".svg") else { throw ChainError.invalidOption("--chart writes SVG: name the file .svg (\(path))") }
+        try checkPath(path)
         let bytes = Array(svg(r).utf8)
         do {
             let fd = try Sys.create(path, O_WRONLY | O_TRUNC)

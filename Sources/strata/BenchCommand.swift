@@ -47,7 +47,7 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "No progress line.") var quiet = false
 
     func run() throws {
-        if let chart, !chart.hasSuffix(".svg") { throw Output.fail(ChainError.invalidOption("--chart writes SVG: name the file .svg (\(chart))")) }
+        if let chart { do { try BenchChart.checkPath(chart) } catch { throw Output.fail(error) } }
         var options = BenchOptions()
         options.seconds = seconds
         options.threads = threads ?? Machine.onlineCores

@@ -11,10 +11,11 @@ struct CaptureCommand: ParsableCommand {
             The first capture into CHAIN (a directory, created if missing) writes a full image; every later one an \
             incremental image of the blocks whose content changed since the previous capture. Holes of a sparse \
             image file are not read. A capture that is interrupted (Ctrl-C, kill, power cut, full disk) leaves the \
-            chain as it was; the next run removes its temporary files. A missing or damaged hash map of the newest point is rebuilt \
-            from its images (their hash tables, not their data), with one notice; blocks the newest point takes \
-            from frames the last `strata verify` found damaged are stored anew (healed), so the new point is whole. A new chain's directory is created 0700 and \
-            every chain file 0600, whatever the umask; a chain readable by other users gets a warning line.
+            chain as it was; the next run removes its temporary files. A missing or damaged hash map of the newest \
+            point is rebuilt from its images (their hash tables, not their data), with one notice; blocks the \
+            newest point takes from frames the last `strata verify` found damaged are stored anew (healed), so the \
+            new point is whole. A new chain's directory is created 0700 and every chain file 0600, whatever the \
+            umask; a chain readable by other users gets a warning line.
 
             SAFETY: a source that is part of CHAIN (one of its files, inside it, a loop device over one) or the \
             disk holding CHAIN's filesystem is refused (exit 77): the capture would image its own writes. So is a \

@@ -33,7 +33,14 @@ func strata(_ args: String...) throws -> Run { try strata(args) }
 func strata(_ args: [String], deadline: Double = defaultDeadline) throws -> Run {
     let r = try ChildProcess(strataBinary, args, deadline: deadline).finish()
     XCTAssertFalse(r.timedOut, "strata \(args.joined(separator: " ")) did not finish within \(Int(deadline)) s and was killed")
-    return Run(status: r.signalled ? 128 + r.status : r.status, stdout: r.stdout, stderr: r.stderr)
+    return Run(r)
+}
+
+extension Run {
+    /// A finished child as the shell reports it: killed by signal N is 128 + N.
+    init(_ r: ProcessResult) {
+        self.init(status: r.signalled ? 128 + r.status : r.status, stdout: r.stdout, stderr: r.stderr)
+    }
 }
 
 /// Every file of a chain but its lock, by name: to show a command left the chain untouched.

@@ -75,10 +75,9 @@ final class CrashDisk {
 
     enum Crash: String { case powercut, kill }
 
-    /// Runs strata `args`, stopping it at the `n`th `kind` ("steps" or "writes") and crashing there. Returns
-    /// the operation it stopped at (`fsync /chain/...`, `rename ...`), or nil when strata finished first (then
-    /// `finished` holds its result).
-    func run(_ args: [String], stoppingAt kind: String, _ n: Int, crash: Crash, finished: inout Run?) throws -> String? {
+    /// Starts strata `args` with the disk armed at the `n`th `kind`, and waits until it stands still there (or
+    /// ends first); returns the child and the disk's state then.
+    func start(_ args: [String], stoppingAt kind: String, _ n: Int) throws -> (ChildProcess, Status) {
         try command("arm \(kind) \(n)")
         let child = try ChildProcess(strataBinary, args, deadline: 120)
         var state = status()
@@ -86,11 +85,19 @@ final class CrashDisk {
             usleep(1000)
             state = status()
         }
+        return (child, state)
+    }
+
+    /// Runs strata `args`, stopping it at the `n`th `kind` ("steps" or "writes") and crashing there. Returns
+    /// the operation it stopped at (`fsync /chain/...`, `rename ...`), or nil when strata finished first (then
+    /// `finished` holds its result).
+    func run(_ args: [String], stoppingAt kind: String, _ n: Int, crash: Crash, finished: inout Run?) throws -> String? {
+        let (child, state) = try start(args, stoppingAt: kind, n)
         if state.state != "stopped" {
             try command("resume")
             let r = child.finish()
             XCTAssertFalse(r.timedOut, "strata \(args.joined(separator: " ")) hung")
-            finished = Run(status: r.signalled ? 128 + r.status : r.status, stdout: r.stdout, stderr: r.stderr)
+            finished = Run(r)
             return nil
         }
         kill(child.pid, SIGKILL)

@@ -21,12 +21,10 @@ final class ReadersBesideWritersTests: XCTestCase {
 
     private func contents(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
 
-    /// Starts strata `args` with the disk armed at `kind` `n`, and waits until it stands still there.
+    /// Starts strata `args` stopped at the `n`th `kind` on the crash disk, asserting it got there mid-run.
     private func startStopped(_ disk: CrashDisk, _ args: [String], at kind: String, _ n: Int) throws -> ChildProcess {
-        try disk.command("arm \(kind) \(n)")
-        let child = try ChildProcess(strataBinary, args, deadline: 120)
-        while child.isRunning && disk.status().state != "stopped" { usleep(1000) }
-        XCTAssertEqual(disk.status().state, "stopped", "strata \(args[0]) stopped mid-run")
+        let (child, state) = try disk.start(args, stoppingAt: kind, n)
+        XCTAssertEqual(state.state, "stopped", "strata \(args[0]) stopped mid-run")
         return child
     }
 

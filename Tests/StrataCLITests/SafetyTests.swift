@@ -289,7 +289,7 @@ final class SafetyTests: XCTestCase {
     private func underUmask(_ mask: String, _ args: [String]) throws -> Run {
         let r = runProcess("/bin/sh", ["-c", "umask \(mask); exec \"$0\" \"$@\"", strataBinary] + args)
         XCTAssertFalse(r.timedOut)
-        return Run(status: r.status, stdout: r.stdout, stderr: r.stderr)
+        return Run(r)
     }
 
     private func mode(_ path: String) throws -> Int {
