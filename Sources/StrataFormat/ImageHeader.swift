@@ -15,7 +15,11 @@ public enum ImageFeatures {
     /// most of its blocks are live, instead of re-compressing the live ones). Extents still use each frame's
     /// blocks in order, without overlap; a reader that does not know the bit refuses the image.
     public static let sparseFrames: UInt64 = 1 << 0
-    public static let knownIncompatible: UInt64 = sparseFrames
+    /// Incompatible bit 1: the index is chunked (IndexChunks.swift): frame and extent records in checksummed
+    /// chunks among the frames, and a table of them where the index would be, so neither a writer nor a reader
+    /// holds a whole index. Set on every image this version writes.
+    public static let chunkedIndex: UInt64 = 1 << 1
+    public static let knownIncompatible: UInt64 = sparseFrames | chunkedIndex
     public static let knownCompatible: UInt64 = 0
 }
 
@@ -69,6 +73,9 @@ public struct ImageHeader: Equatable, Sendable {
         self.lastPoint = lastPoint
         self.createdAt = createdAt
     }
+
+    /// Whether the index is chunked (feature bit 1) rather than one table.
+    public var isChunked: Bool { incompatibleFeatures & ImageFeatures.chunkedIndex != 0 }
 
     /// Number of blocks covering the source; the last may be partial.
     public var blockCount: UInt64 { blockCountFor(sourceSize: sourceSize, blockSize: blockSize) }
@@ -155,7 +162,10 @@ public struct ImageHeader: Equatable, Sendable {
         guard h.firstPoint >= 1, h.firstPoint <= h.lastPoint else { throw FormatError.invalid("image point range is invalid") }
         guard h.indexOffset >= UInt64(size), h.indexLength <= h.fileSize, h.indexOffset == h.fileSize - h.indexLength
         else { throw FormatError.invalid("image index location is invalid") }
-        guard h.indexLength == ImageIndex.encodedLength(frames: h.frameCount, extents: h.extentCount) else {
+        let indexLength = h.isChunked
+            ? TopIndex.encodedLength(frames: h.frameCount, extents: h.extentCount)
+            : ImageIndex.encodedLength(frames: h.frameCount, extents: h.extentCount)
+        guard h.indexLength == indexLength else {
             throw FormatError.invalid("image index length does not match its counts")
         }
         return h

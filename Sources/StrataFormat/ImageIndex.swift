@@ -27,6 +27,22 @@ public struct FrameRecord: Equatable, Sendable {
 
     public var hashesLength: Int { Int(blockCount) * 16 }
     public var payloadLength: Int { Int(length) - hashesLength }
+
+    func encode(into w: inout ByteWriter) {
+        w.u64(offset)
+        w.u32(length)
+        w.u32(blockCount)
+        w.u8(codec.rawValue)
+        w.zeros(7)
+        w.u64(checksum)
+    }
+
+    static func decode(_ r: inout ByteReader, number i: Int) throws -> FrameRecord {
+        let offset = try r.u64(), length = try r.u32(), blocks = try r.u32()
+        guard let codec = FrameCodec(rawValue: try r.u8()) else { throw FormatError.invalid("frame \(i) has an unknown codec") }
+        try r.skip(7)
+        return FrameRecord(offset: offset, length: length, blockCount: blocks, codec: codec, checksum: try r.u64())
+    }
 }
 
 public enum ExtentKind: UInt8, Sendable {
@@ -57,6 +73,29 @@ public struct ExtentRecord: Equatable, Sendable {
     }
 
     public var endBlock: UInt64 { firstBlock + UInt64(blockCount) }
+
+    func encode(into w: inout ByteWriter) {
+        w.u64(firstBlock)
+        w.u32(blockCount)
+        w.u8(kind.rawValue)
+        w.zeros(3)
+        w.u32(frame)
+        w.u32(frameBlock)
+    }
+
+    static func decode(_ r: inout ByteReader, number i: Int) throws -> ExtentRecord {
+        let first = try r.u64(), count = try r.u32()
+        guard let kind = ExtentKind(rawValue: try r.u8()) else { throw FormatError.invalid("extent \(i) has an unknown kind") }
+        try r.skip(3)
+        return ExtentRecord(firstBlock: first, blockCount: count, kind: kind, frame: try r.u32(), frameBlock: try r.u32())
+    }
+
+    /// Checks that a data extent stays inside its frame (`frame`: its record).
+    public func check(inside frame: FrameRecord, number i: Int) throws {
+        guard UInt64(frameBlock) + UInt64(blockCount) <= UInt64(frame.blockCount) else {
+            throw FormatError.invalid("extent \(i) points outside its frame")
+        }
+    }
 }
 
 public struct ImageIndex: Equatable, Sendable {
@@ -83,22 +122,8 @@ public struct ImageIndex: Equatable, Sendable {
         w.raw(Self.magic)
         w.u64(UInt64(frames.count))
         w.u64(UInt64(extents.count))
-        for f in frames {
-            w.u64(f.offset)
-            w.u32(f.length)
-            w.u32(f.blockCount)
-            w.u8(f.codec.rawValue)
-            w.zeros(7)
-            w.u64(f.checksum)
-        }
-        for e in extents {
-            w.u64(e.firstBlock)
-            w.u32(e.blockCount)
-            w.u8(e.kind.rawValue)
-            w.zeros(3)
-            w.u32(e.frame)
-            w.u32(e.frameBlock)
-        }
+        for f in frames { f.encode(into: &w) }
+        for e in extents { e.encode(into: &w) }
         return w.bytes
     }
 
@@ -118,10 +143,8 @@ public struct ImageIndex: Equatable, Sendable {
         var nextOffset = UInt64(ImageHeader.size)
         let maxBlocksPerFrame = ImageHeader.maxBlockSize / h.blockSize
         for i in 0..<h.frameCount {
-            let offset = try r.u64(), length = try r.u32(), blocks = try r.u32()
-            guard let codec = FrameCodec(rawValue: try r.u8()) else { throw FormatError.invalid("frame \(i) has an unknown codec") }
-            try r.skip(7)
-            let f = FrameRecord(offset: offset, length: length, blockCount: blocks, codec: codec, checksum: try r.u64())
+            let f = try FrameRecord.decode(&r, number: Int(i))
+            let (offset, length, blocks) = (f.offset, f.length, f.blockCount)
             // A payload is at most its blocks' size plus zstd's worst-case overhead (4 KiB per MiB): a damaged or
             // hostile index cannot make a reader allocate more than one frame's worth.
             guard offset == nextOffset, blocks >= 1, blocks <= max(maxBlocksPerFrame, 1), f.payloadLength > 0,
@@ -140,10 +163,8 @@ public struct ImageIndex: Equatable, Sendable {
         let sparse = h.incompatibleFeatures & ImageFeatures.sparseFrames != 0
         let blockCount = h.blockCount
         for i in 0..<h.extentCount {
-            let first = try r.u64(), count = try r.u32()
-            guard let kind = ExtentKind(rawValue: try r.u8()) else { throw FormatError.invalid("extent \(i) has an unknown kind") }
-            try r.skip(3)
-            let e = ExtentRecord(firstBlock: first, blockCount: count, kind: kind, frame: try r.u32(), frameBlock: try r.u32())
+            let e = try ExtentRecord.decode(&r, number: Int(i))
+            let (first, count, kind) = (e.firstBlock, e.blockCount, e.kind)
             guard count > 0, first >= nextBlock, first <= blockCount, UInt64(count) <= blockCount - first else {
                 throw FormatError.invalid("extent \(i) is out of order or beyond the source")
             }

@@ -78,9 +78,14 @@ public final class AppendWriter {
         offset += UInt64(count)
     }
 
-    /// Leaves `count` bytes for someone else to write, before anything has been appended.
-    public func skip(_ count: UInt64) {
-        precondition(current < 0 && (pump?.inFlight ?? 0) == 0, "skip after appending")
+    /// Leaves `count` bytes for someone else to write (merge's copied frames): what was appended before goes to
+    /// the file first (a partial buffer through the ordinary descriptor), and the stream goes on after the gap.
+    public func skip(_ count: UInt64) throws {
+        if current >= 0 {
+            if let buffers { try Sys.pwriteAll(fd, buffers.slot(current), fill, bufferStart, path: path) }
+            freeBuffers.append(current)
+            current = -1
+        }
         offset += count
         bufferStart = offset
     }

@@ -218,16 +218,27 @@ final class ChainErrorTests: XCTestCase {
         let path = "\(chain)/p000001.strata"
         var bytes = try readFile(path)
         var header = try ImageHeader.decode(Array(bytes[0..<4096]))
-        var index = try ImageIndex.decode(Array(bytes[Int(header.indexOffset)...]), header: header)
-        let frame = index.frames[0]
+        XCTAssertTrue(header.isChunked)
+        var top = try TopIndex.decode(Array(bytes[Int(header.indexOffset)...]), header: header)
+        let entry = top.frameChunks[0]
+        let chunk = { Array(bytes[Int(entry.offset)..<(Int(entry.offset) + Int(entry.length))]) }
+        var frames = try IndexChunks.decodeFrames(chunk(), chunk: 0, entry: entry, header: header)
+        let frame = frames[0]
         bytes[Int(frame.offset) + 16 + 3] ^= 0xFF  // the second block's stored hash
-        index.frames[0].checksum = bytes.withUnsafeBytes { Checksum.xxh3($0.baseAddress! + Int(frame.offset), count: Int(frame.length)) }
-        let indexBytes = index.encode()
+        frames[0].checksum = bytes.withUnsafeBytes { Checksum.xxh3($0.baseAddress! + Int(frame.offset), count: Int(frame.length)) }
+        let chunkBytes = IndexChunks.encode(frames: frames[...])
+        bytes.replaceSubrange(Int(entry.offset)..<(Int(entry.offset) + chunkBytes.count), with: chunkBytes)
+        top.frameChunks[0].checksum = CRC32C.checksum(chunkBytes)
+        let indexBytes = top.encode()
         header.indexChecksum = CRC32C.checksum(indexBytes)
         bytes.replaceSubrange(0..<4096, with: header.encode())
         bytes.replaceSubrange(Int(header.indexOffset)..., with: indexBytes)
         try Data(bytes).write(to: URL(fileURLWithPath: path))
-        let extent = index.extents.first { $0.kind == .data && $0.frame == 0 && $0.frameBlock <= 1 && 1 < $0.frameBlock + $0.blockCount }!
+        var extents: [ExtentRecord] = []
+        for (c, e) in top.extentChunks.enumerated() {
+            extents += try IndexChunks.decodeExtents(Array(bytes[Int(e.offset)..<(Int(e.offset) + Int(e.length))]), chunk: c, entry: e, header: header)
+        }
+        let extent = extents.first { $0.kind == .data && $0.frame == 0 && $0.frameBlock <= 1 && 1 < $0.frameBlock + $0.blockCount }!
         var o = RestoreOptions.overwriting
         o.point = 1
         XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: o)) {

@@ -103,7 +103,7 @@ final class ChainStoreConformance: XCTestCase {
             let object = try store.create("merged.strata")
             try content.withUnsafeBytes { raw in
                 let appender = try object.appender(start: 4096, engine: .auto)
-                appender.skip(1 << 20)  // reserved for frames copied by other threads
+                try appender.skip(1 << 20)  // reserved for frames copied by other threads
                 try appender.append(raw.baseAddress! + 4096 + (1 << 20), count: raw.count - 4096 - (1 << 20))
                 DispatchQueue.concurrentPerform(iterations: 4) { i in
                     let at = 4096 + i * (1 << 18)

@@ -91,11 +91,12 @@ final class HealTests: XCTestCase {
         // A frame of the full image that the newest point still takes blocks from.
         let c = try Chain(location: chainPath, access: .read)
         let images = try c.openImages(forPoint: 3)
-        let resolved = ExtentResolver.resolve(images.map(\.index.extents))
+        var resolved: [ResolvedExtent] = []
+        try PointWalk(images).forEach { resolved.append($0) }
         let used = resolved.filter { $0.kind == .data && $0.image == 0 }
         let frame = used.first!.frame
         let taken = used.filter { $0.frame == frame }.reduce(UInt64(0)) { $0 + UInt64($1.blockCount) }
-        let record = images[0].index.frames[Int(frame)]
+        let record = try images[0].index.frame(frame)
         var bytes = try readFile("\(chainPath)/p000001.strata")
         bytes[Int(record.offset) + record.hashesLength + 100] ^= 0xFF
         try Data(bytes).write(to: URL(fileURLWithPath: "\(chainPath)/p000001.strata"))

@@ -100,7 +100,7 @@ final class IntegrityTests: XCTestCase {
         let c = try Chain(location: chain, access: .read)
         let images = try c.openImages(forPoint: 2)
         let check = RestoreReadBack(
-            frames: FrameReader(images), resolved: ExtentResolver.resolve(images.map { $0.index.extents }), blockSize: 4096,
+            frames: FrameReader(images), images: images, blockSize: 4096,
             sourceSize: UInt64(bytes.count), queue: PreadQueue(threads: 4))
         try check.run(try BlockSource(path: target), depth: 4, progress: nil)
         XCTAssertEqual(check.mismatchedBlocks, 2)

@@ -131,16 +131,24 @@ final class MergeTests: XCTestCase {
         // A damaged image in the range, in its first frame or its last: named, and nothing changes.
         let path = "\(chain)/p000002.strata"
         let intact = try readFile(path)
-        let indexOffset = Int(try ImageHeader.decode(Array(intact[0..<ImageHeader.size])).indexOffset)
-        for at in [4096 + 40, indexOffset - 1] {
+        let header = try ImageHeader.decode(Array(intact[0..<ImageHeader.size]))
+        let top = try TopIndex.decode(Array(intact[Int(header.indexOffset)...]), header: header)
+        let lastFrameEnd = Int(top.frameChunks.last!.endOffset)
+        let lastExtentChunk = top.extentChunks.last!
+        for at in [4096 + 40, lastFrameEnd - 1, Int(lastExtentChunk.offset) + Int(lastExtentChunk.length) - 1] {
             var bytes = intact
             bytes[at] ^= 1
             try Data(bytes).write(to: URL(fileURLWithPath: path))
             var o = MergeOptions(to: 3)
             o.from = 2
             XCTAssertThrowsError(try Merge.run(chain: chain, options: o)) {
-                guard case .corruptData(let file, _) = $0 as? ChainError else { return XCTFail("\($0)") }
-                XCTAssertEqual(file, "p000002.strata")
+                switch $0 as? ChainError {
+                case .corruptData(let file, _) where at < lastFrameEnd: XCTAssertEqual(file, "p000002.strata")
+                case .damaged(let file, let detail) where at >= lastFrameEnd:
+                    XCTAssertEqual(file, "p000002.strata")
+                    XCTAssertEqual(detail, "extent chunk \(top.extentChunks.count - 1) fails its checksum")
+                default: XCTFail("\($0)")
+                }
             }
             XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: chain).sorted(), before)
         }
@@ -245,8 +253,8 @@ final class MergeUnderReaderTests: XCTestCase {
         // The held images still read and check, frame by frame.
         let frames = FrameReader(held)
         let decompressor = try FrameDecompressor()
-        for f in frames.allFrames {
-            let r = frames.record(f)
+        for f in held.indices.flatMap({ i in (0..<held[i].index.frameCount).map { FrameRef(image: i, frame: UInt32($0)) } }) {
+            let r = try frames.record(f)
             let stored = UnsafeMutableRawPointer.allocate(byteCount: Int(r.length), alignment: 64)
             let decoded = UnsafeMutableRawPointer.allocate(byteCount: Int(r.blockCount) * 4096, alignment: 64)
             defer { stored.deallocate(); decoded.deallocate() }

@@ -104,7 +104,7 @@ final class IOTests: XCTestCase {
             var expected = [UInt8](repeating: 0, count: Int(start) + skipped)
             for i in 0..<skipped { expected[Int(start) + i] = UInt8(truncatingIfNeeded: i &* 13 &+ 5) }
             let writer = try AppendWriter(path: path, fd: fd, start: start, engine: engine, bufferSize: 64 << 10, depth: 2)
-            writer.skip(UInt64(skipped))
+            try writer.skip(UInt64(skipped))
             for n in [1, 4095, 70_000, 65_536, 200_001, 3] {
                 let record = (0..<n).map { UInt8(truncatingIfNeeded: ($0 &+ n) &* 31) }
                 try record.withUnsafeBytes { try writer.append($0.baseAddress!, count: n) }

@@ -343,7 +343,7 @@ final class CapturePipeline {
                     let h = hashes[i]
                     var j = i + 1
                     while j < count && hashes[j] == h && old?[j] != h { j += 1 }
-                    image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: h == .zero ? .zero : .unreadable)
+                    try image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: h == .zero ? .zero : .unreadable)
                     changed += UInt64(j - i)
                     i = j
                 } else {
@@ -382,7 +382,7 @@ final class CapturePipeline {
         if currentFrame >= 0 { try dispatchFrame() }
         try takeFrame()
         for i in 0..<count { frames.hash(currentFrame, i).storeBytes(of: hashes[i], as: BlockHash.self) }
-        image.addExtent(block: first, count: UInt32(count), kind: .data, frame: UInt32(framesDispatched), frameBlock: 0)
+        try image.addExtent(block: first, count: UInt32(count), kind: .data, frame: UInt32(framesDispatched), frameBlock: 0)
         frameSlot[currentFrame] = slot
         currentFill = count
         try dispatchFrame()
@@ -408,7 +408,7 @@ final class CapturePipeline {
         if currentFrame < 0 { try takeFrame() }
         frames.block(currentFrame, currentFill).copyMemory(from: data, byteCount: blockSize)
         frames.hash(currentFrame, currentFill).storeBytes(of: hash, as: BlockHash.self)
-        image.addExtent(block: block, count: 1, kind: .data, frame: UInt32(framesDispatched), frameBlock: UInt32(currentFill))
+        try image.addExtent(block: block, count: 1, kind: .data, frame: UInt32(framesDispatched), frameBlock: UInt32(currentFill))
         currentFill += 1
         if currentFill == frames.blocksPerFrame { try dispatchFrame() }
     }

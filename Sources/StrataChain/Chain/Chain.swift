@@ -156,11 +156,8 @@ public final class Chain {
         }
     }
 
-    /// The images of `point` and their extents resolved newest-wins: what restore, a map rebuild and a heal walk.
-    func openPoint(_ point: UInt32) throws -> (images: [ImageFile], resolved: [ResolvedExtent]) {
-        let images = try openImages(forPoint: point)
-        return (images, ExtentResolver.resolve(images.map(\.index.extents)))
-    }
+    /// The images of `point`, oldest first: what restore, a map rebuild and a heal walk (PointWalk).
+    func openPoint(_ point: UInt32) throws -> [ImageFile] { try openImages(forPoint: point) }
 
     /// Checks that an image's header is the one the manifest lists, and of this chain.
     static func check(_ h: ImageHeader, of e: ManifestEntry, in m: ChainManifest) throws {

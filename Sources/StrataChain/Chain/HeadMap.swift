@@ -46,12 +46,12 @@ enum HeadMap {
         let blockCount = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
         let newest = m.images.last!.lastPoint
         let storeEverything = "this capture compares nothing and stores every non-zero block"
-        var opened: (images: [ImageFile], resolved: [ResolvedExtent])?
+        var opened: [ImageFile]?
         var runs: [Range<UInt64>] = []
         if let record = readRecord(chain.store, notice: notice), !record.isEmpty {
             do {
                 opened = try chain.openPoint(newest)
-                runs = damagedRuns(opened!.resolved, opened!.images, record)
+                runs = try damagedRuns(opened!, record)
             } catch {
                 notice("the newest point's images cannot be read (\(Verify.describe(error))): \(storeEverything)")
                 return (nil, 0)
@@ -60,8 +60,7 @@ enum HeadMap {
         let healing = runs.reduce(0) { $0 + UInt64($1.count) }
         let damaged = runs
         let rebuild = { () throws -> RebuiltHashes in
-            let (images, resolved) = try opened ?? chain.openPoint(newest)
-            let rebuilt = try RebuiltHashes(chain.store, images, resolved, blockCount: blockCount)
+            let rebuilt = try RebuiltHashes(chain.store, opened ?? chain.openPoint(newest), blockCount: blockCount)
             rebuilt.damagedRuns = damaged
             return rebuilt
         }
@@ -93,11 +92,12 @@ enum HeadMap {
     }
 
     /// The block ranges the newest point takes from frames (or whole images) the record names, in order.
-    static func damagedRuns(_ resolved: [ResolvedExtent], _ images: [ImageFile], _ record: DamageRecord) -> [Range<UInt64>] {
+    static func damagedRuns(_ images: [ImageFile], _ record: DamageRecord) throws -> [Range<UInt64>] {
         var runs: [Range<UInt64>] = []
-        for e in resolved where e.kind == .data {
+        try PointWalk(images).forEach { e in
+            guard e.kind == .data else { return }
             let id = images[Int(e.image)].header.imageID
-            guard record.images.contains(id) || record.frames.contains(DamageRecord.Frame(imageID: id, frame: e.frame)) else { continue }
+            guard record.images.contains(id) || record.frames.contains(DamageRecord.Frame(imageID: id, frame: e.frame)) else { return }
             runs.appendJoining(e.firstBlock..<e.endBlock)
         }
         return runs
@@ -105,12 +105,11 @@ enum HeadMap {
 
     /// Writes the head map of `m`'s newest point anew from that point's images and publishes it under the name
     /// `m` gives it (replacing a damaged one in one rename).
-    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ point: (images: [ImageFile], resolved: [ResolvedExtent])) throws {
+    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ images: [ImageFile]) throws {
         let newest = m.images.last!
         let name = m.hashMapFile
         let header = HashMapHeader(blockSize: m.blockSize, sourceSize: m.sourceSize, chainID: m.chainID, imageID: newest.imageID, point: newest.lastPoint)
-        let (images, resolved) = point
-        let hashes = try RebuiltHashes(store, images, resolved, blockCount: header.blockCount)
+        let hashes = try RebuiltHashes(store, images, blockCount: header.blockCount)
         let writer = try HashMapWriter(store: store, name: name, header: header)
         do {
             let perChunk = UInt64(HashMapHeader.chunkBlocks)
@@ -189,23 +188,28 @@ func markDamaged(_ hashes: UnsafeMutablePointer<BlockHash>, first: UInt64, end: 
 }
 
 /// The newest point's block hashes produced from its images, chunk by chunk, as a map file would give them:
-/// zero and unreadable extents from the index, data extents from the hash table at the head of their frame.
+/// zero and unreadable extents from the index, data extents from the hash table at the head of their frame. The
+/// point is walked a window at a time (PointWalk), its frames' tables read ahead within the window.
 final class RebuiltHashes: PriorHashes {
     var lateNotice: String? { nil }
-    private let resolved: [ResolvedExtent]
+    private let walk: PointWalk
+    private let frames: FrameReader
+    private let store: ChainStore
     private let images: [ImageFile]
-    private let tables: HashTables
+    private var window: [ResolvedExtent] = []
+    private var tables: HashTables?
     private let blockCount: UInt64
     private let buffer: UnsafeMutablePointer<BlockHash>
     private var chunk = -1
     private var extent = 0
     var damagedRuns: [Range<UInt64>] = []
 
-    init(_ store: ChainStore, _ images: [ImageFile], _ resolved: [ResolvedExtent], blockCount: UInt64) throws {
-        self.resolved = resolved
+    init(_ store: ChainStore, _ images: [ImageFile], blockCount: UInt64) throws {
         self.images = images
+        self.store = store
         self.blockCount = blockCount
-        tables = try HashTables(FrameReader(images), resolved, store)
+        walk = PointWalk(images, windowBlocks: UInt64(HashMapHeader.chunkBlocks))
+        frames = FrameReader(images)
         buffer = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
     }
 
@@ -225,17 +229,23 @@ final class RebuiltHashes: PriorHashes {
         let first = UInt64(c) * per, end = min(first + per, blockCount)
         var b = first
         while b < end {
-            guard extent < resolved.count, resolved[extent].firstBlock <= b, b < resolved[extent].endBlock else {
+            if extent == window.count {
+                guard let next = try walk.next() else { break }
+                window = next
+                extent = 0
+                tables = try HashTables(frames, window, store)
+            }
+            guard window[extent].firstBlock <= b, b < window[extent].endBlock else {
                 throw ChainError.damaged(file: images.last?.name ?? "", detail: "the newest point's extents do not cover block \(b)")
             }
-            let e = resolved[extent]
+            let e = window[extent]
             let n = Int(min(e.endBlock, end) - b)
             let out = buffer + Int(b - first)
             switch e.kind {
             case .zero: out.update(repeating: .zero, count: n)
             case .unreadable: out.update(repeating: .unreadable, count: n)
             case .data:
-                let table = try tables.hashes(forExtent: extent)
+                let table = try tables!.hashes(forExtent: extent)
                 let from = Int(e.frameBlock) + Int(b - e.firstBlock)
                 guard from + n <= table.count else {
                     throw ChainError.damaged(file: images[Int(e.image)].name, detail: "frame \(e.frame) holds fewer blocks than its extents say")
@@ -244,18 +254,19 @@ final class RebuiltHashes: PriorHashes {
             }
             b += UInt64(n)
             if b == e.endBlock {
-                if e.kind == .data { tables.done(withExtent: extent) }
+                if e.kind == .data { tables!.done(withExtent: extent) }
                 extent += 1
             }
         }
+        guard b == end else { throw ChainError.damaged(file: images.last?.name ?? "", detail: "the newest point's extents do not cover block \(b)") }
         markDamaged(buffer, first: first, end: end, damagedRuns)
         chunk = c
     }
 }
 
-/// The hash tables at the head of the frames a point's extents use, read ahead of their use through the store's
-/// read queue (many small reads in flight: one at a time, a rebuild after a cold start waited on each) and kept
-/// until the last extent that uses each frame.
+/// The hash tables at the head of the frames a window of a point's extents uses, read ahead of their use through
+/// the store's read queue (many small reads in flight: one at a time, a rebuild after a cold start waited on
+/// each) and kept until the last extent of the window that uses each frame.
 private final class HashTables {
     private let frames: FrameReader
     private let plan: FramePlan
@@ -272,7 +283,7 @@ private final class HashTables {
         plan = FramePlan(resolved)
         let (queue, _) = try store.readQueue(engine: .auto, depth: Self.depth)
         pump = IOPump(queue: queue, maxTags: Self.depth)
-        slab = AlignedSlab(slotSize: max(1, plan.frames.map { frames.record($0).hashesLength }.max() ?? 1), slotCount: Self.depth, alignment: 64)
+        slab = AlignedSlab(slotSize: max(1, frames.largest.blocks * 16), slotCount: Self.depth, alignment: 64)
         freeTags = Array((0..<Self.depth).reversed())
         tagFrame = Array(repeating: -1, count: Self.depth)
     }
@@ -283,14 +294,14 @@ private final class HashTables {
     func hashes(forExtent i: Int) throws -> [BlockHash] {
         let k = Int(plan.extentFrame[i])
         while tables[k] == nil {
-            issue(upTo: k + Self.ahead)
+            try issue(upTo: k + Self.ahead)
             let done = pump.nextOutcome()
             let f = plan.frames[tagFrame[done.tag]]
             freeTags.append(done.tag)
             try frames.arrived(f, bytes: done.bytes, error: done.error, hashesOnly: true)
-            tables[tagFrame[done.tag]] = FrameReader.hashes(slab.slot(done.tag), count: Int(frames.record(f).blockCount))
+            tables[tagFrame[done.tag]] = FrameReader.hashes(slab.slot(done.tag), count: Int(try frames.record(f).blockCount))
         }
-        issue(upTo: k + Self.ahead)
+        try issue(upTo: k + Self.ahead)
         return tables[k]!
     }
 
@@ -300,10 +311,10 @@ private final class HashTables {
         if plan.lastUse[k] == i { tables[k] = nil }
     }
 
-    private func issue(upTo limit: Int) {
+    private func issue(upTo limit: Int) throws {
         while issued < min(plan.frames.count, limit), let tag = freeTags.popLast() {
             tagFrame[tag] = issued
-            frames.startRead(plan.frames[issued], into: slab.slot(tag), pump: pump, tag: tag, hashesOnly: true)
+            try frames.startRead(plan.frames[issued], into: slab.slot(tag), pump: pump, tag: tag, hashesOnly: true)
             issued += 1
         }
     }

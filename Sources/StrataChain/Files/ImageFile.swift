@@ -1,5 +1,6 @@
 // Reading one image through the chain store: its header and index, validated (the exact file size the header
-// names, the index's checksum), and the open object the frame reader and the pipelines read frames from.
+// names, the index's checksum; a chunked index's chunks are checked as they are read), and the open object the
+// frame reader and the pipelines read frames from.
 import StrataFormat
 import StrataIO
 
@@ -8,7 +9,7 @@ final class ImageFile {
     let name: String
     let object: StoredObject
     let header: ImageHeader
-    let index: ImageIndex
+    let index: IndexReader
 
     init(store: ChainStore, name: String) throws {
         self.name = name
@@ -24,9 +25,7 @@ final class ImageFile {
             guard size == h.fileSize else {
                 throw FormatError.truncated("image file (\(size) bytes, header says \(h.fileSize))", at: size)
             }
-            var indexBytes = [UInt8](repeating: 0, count: Int(h.indexLength))
-            _ = try indexBytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: h.indexOffset) }
-            index = try ImageIndex.decode(indexBytes, header: h)
+            index = try IndexReader(name: name, header: h, object: object)
             header = h
         } catch {
             throw damaged(name, error)

@@ -1,7 +1,9 @@
-// Writing one image through the chain store. The writer appends frames after a placeholder header, then writes
-// the index, rewrites the header with the index's place and checksum, re-reads the header to check it, and only
-// then publishes the object under its name. Like restic's packer it has a sticky error: after the first failure
-// it refuses more work and leaves only an unfinished object for the next writer to clean up.
+// Writing one image through the chain store. The writer appends frames after a placeholder header, and with them
+// the chunks of the index as they fill (frame records and extent records, IndexChunks.swift), so it holds one chunk
+// of each and the table of those written, never a whole index; it then writes the table, rewrites the header with
+// the table's place and checksum, re-reads the header to check it, and only then publishes the object under its
+// name. Like restic's packer it has a sticky error: after the first failure it refuses more work and leaves only
+// an unfinished object for the next writer to clean up.
 import StrataFormat
 import StrataIO
 
@@ -10,16 +12,22 @@ final class ImageWriter {
     private let object: NewObject
     private(set) var header: ImageHeader
     private let appender: ObjectAppender
-    private var offset: UInt64 { appender.offset }
-    // Frames and extents apart: capture's writer thread appends frames while its coordinator adds extents.
+    // Frames and extents apart: capture's writer thread appends frames while its coordinator adds extents; the
+    // appender, which both reach (a full chunk goes into the file where the stream is), is used under `appending`.
+    private let appending = Condition()
     private var frames: [FrameRecord] = []
+    private var frameCount = 0
+    private var frameBytes: UInt64 = 0
     private var extents: [ExtentRecord] = []
+    private var extentCount = 0
+    private var top = TopIndex()
     private var failure: Error?
     private let reservedWrites = Condition()
 
     init(store: ChainStore, name: String, header: ImageHeader, engine: IOEngineChoice = .auto) throws {
         self.name = name
         self.header = header
+        self.header.incompatibleFeatures |= ImageFeatures.chunkedIndex
         let object = try store.create(name)
         self.object = object
         let placeholder = [UInt8](repeating: 0, count: ImageHeader.size)
@@ -33,11 +41,53 @@ final class ImageWriter {
     }
 
     private func guarded<T>(_ body: () throws -> T) throws -> T {
-        if let failure { throw failure }
-        do { return try body() } catch {
-            failure = error
-            throw error
+        try appending.withLock {
+            if let failure { throw failure }
+            do { return try body() } catch {
+                failure = error
+                throw error
+            }
         }
+    }
+
+    /// The number the next frame appended or reserved gets.
+    var nextFrame: UInt32 { appending.withLock { UInt32(frameCount) } }
+
+    private func addFrame(_ r: FrameRecord) throws {
+        if frames.count == IndexChunks.framesPerChunk { try flushFrames() }
+        frames.append(r)
+        frameCount += 1
+        frameBytes += UInt64(r.length)
+        top.maxFrameLength = max(top.maxFrameLength, r.length)
+    }
+
+    private func flushFrames() throws {
+        guard let first = frames.first, let last = frames.last else { return }
+        let bytes = IndexChunks.encode(frames: frames[...])
+        top.frameChunks.append(
+            TopIndex.FrameChunk(
+                offset: appender.offset, length: UInt32(bytes.count), count: UInt32(frames.count), firstOffset: first.offset,
+                endOffset: last.offset + UInt64(last.length), checksum: CRC32C.checksum(bytes)))
+        try bytes.withUnsafeBytes { try appender.append($0.baseAddress!, count: $0.count) }
+        frames.removeAll(keepingCapacity: true)
+    }
+
+    private func flushExtents() throws {
+        guard let first = extents.first, let last = extents.last else { return }
+        let bytes = IndexChunks.encode(extents: extents[...])
+        var c = TopIndex.ExtentChunk(
+            offset: appender.offset, length: UInt32(bytes.count), count: UInt32(extents.count), firstBlock: first.firstBlock, endBlock: last.endBlock,
+            dataBlocks: 0, zeroBlocks: 0, unreadableBlocks: 0, checksum: CRC32C.checksum(bytes))
+        for e in extents {
+            switch e.kind {
+            case .data: c.dataBlocks += UInt64(e.blockCount)
+            case .zero: c.zeroBlocks += UInt64(e.blockCount)
+            case .unreadable: c.unreadableBlocks += UInt64(e.blockCount)
+            }
+        }
+        top.extentChunks.append(c)
+        try bytes.withUnsafeBytes { try appender.append($0.baseAddress!, count: $0.count) }
+        extents.removeAll(keepingCapacity: true)
     }
 
     /// Appends one frame (block hashes then payload, contiguous in `bytes`) and returns its number.
@@ -45,8 +95,8 @@ final class ImageWriter {
         try guarded {
             let at = appender.offset
             try appender.append(bytes, count: length)
-            frames.append(FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
-            return UInt32(frames.count - 1)
+            try addFrame(FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
+            return UInt32(frameCount - 1)
         }
     }
 
@@ -54,18 +104,22 @@ final class ImageWriter {
         try appendFrame(frame.start, length: frame.length, blockCount: frame.blockCount, codec: frame.codec, checksum: frame.checksum)
     }
 
-    /// Places frames copied byte for byte from other images (merge) first in the image, before anything is
-    /// appended, and returns the offset of the first; their bytes go in with `writeReserved`, by any thread.
-    func reserveCopiedFrames(_ records: [FrameRecord]) -> UInt64 {
-        precondition(frames.isEmpty, "copied frames come first")
-        let start = appender.offset
-        var at = start
-        for r in records {
-            frames.append(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum))
-            at += UInt64(r.length)
+    /// Places frames copied byte for byte from other images (merge) where the stream is, numbered from
+    /// `nextFrame` on, and returns where each goes; their bytes go in with `writeReserved`, by any thread.
+    func reserveCopiedFrames(_ records: [FrameRecord]) throws -> [UInt64] {
+        try guarded {
+            var offsets: [UInt64] = []
+            offsets.reserveCapacity(records.count)
+            for r in records {
+                // A frame chunk that fills goes into the file first, between reserved frames.
+                if frames.count == IndexChunks.framesPerChunk { try flushFrames() }
+                let at = appender.offset
+                try appender.skip(UInt64(r.length))
+                try addFrame(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum))
+                offsets.append(at)
+            }
+            return offsets
         }
-        appender.skip(at - start)
-        return start
     }
 
     /// Writes bytes into space reserved by `reserveCopiedFrames`; safe from several threads at once. One at a
@@ -79,7 +133,7 @@ final class ImageWriter {
     func allowSparseFrames() { header.incompatibleFeatures |= ImageFeatures.sparseFrames }
 
     /// Adds `count` blocks starting at `block`, merging with the previous extent where they continue it.
-    func addExtent(block: UInt64, count: UInt32, kind: ExtentKind, frame: UInt32 = 0, frameBlock: UInt32 = 0) {
+    func addExtent(block: UInt64, count: UInt32, kind: ExtentKind, frame: UInt32 = 0, frameBlock: UInt32 = 0) throws {
         switch kind {
         case .data: header.dataBlocks += UInt64(count)
         case .zero: header.zeroBlocks += UInt64(count)
@@ -92,22 +146,27 @@ final class ImageWriter {
             extents[extents.count - 1] = last
             return
         }
+        if extents.count == IndexChunks.extentsPerChunk { try guarded { try flushExtents() } }
         extents.append(ExtentRecord(firstBlock: block, blockCount: count, kind: kind, frame: frame, frameBlock: frameBlock))
+        extentCount += 1
     }
 
     /// Writes index and header, checks the header reads back, and publishes the image under its name (the
     /// caller syncs the store's published objects once, before committing a manifest that names them).
     func finish() throws -> ImageHeader {
         try guarded {
+            try flushFrames()
+            try flushExtents()
             try appender.finish()
-            let indexBytes = ImageIndex(frames: frames, extents: extents).encode()
+            let offset = appender.offset
+            let indexBytes = top.encode()
             header.indexOffset = offset
             header.indexLength = UInt64(indexBytes.count)
             header.indexChecksum = CRC32C.checksum(indexBytes)
             header.fileSize = offset + UInt64(indexBytes.count)
-            header.frameCount = UInt64(frames.count)
-            header.extentCount = UInt64(extents.count)
-            header.storedBytes = offset - UInt64(ImageHeader.size)
+            header.frameCount = UInt64(frameCount)
+            header.extentCount = UInt64(extentCount)
+            header.storedBytes = frameBytes
             try indexBytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: offset) }
             let headerBytes = header.encode()
             try headerBytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }

@@ -40,22 +40,13 @@ final class FrameReader {
     convenience init(_ images: [ImageFile]) { self.init(images.map { Optional($0) }) }
 
     func image(_ f: FrameRef) -> ImageFile { images[f.image]! }
-    func record(_ f: FrameRef) -> FrameRecord { image(f).index.frames[Int(f.frame)] }
+    func record(_ f: FrameRef) throws -> FrameRecord { try image(f).index.frame(f.frame) }
 
-    /// The largest stored frame and the most blocks in one frame among `frames` (buffer sizes).
-    func largest<S: Sequence>(_ frames: S) -> (stored: Int, blocks: Int) where S.Element == FrameRef {
-        var stored = 0, blocks = 0
-        for f in frames {
-            let r = record(f)
-            stored = max(stored, Int(r.length))
-            blocks = max(blocks, Int(r.blockCount))
-        }
-        return (stored, blocks)
-    }
-
-    /// Every frame of every opened image, in file order.
-    var allFrames: [FrameRef] {
-        images.indices.flatMap { i in (images[i]?.index.frames.indices).map { $0.map { FrameRef(image: i, frame: UInt32($0)) } } ?? [] }
+    /// The largest stored frame and the most blocks in one frame of the opened images (buffer sizes), from their
+    /// indexes' tables: no frame record is read.
+    var largest: (stored: Int, blocks: Int) {
+        let indexes = images.compactMap { $0?.index }
+        return (indexes.map(\.maxFrameLength).max() ?? 0, indexes.map(\.maxFrameBlocks).max() ?? 0)
     }
 
     // MARK: Reading
@@ -63,15 +54,15 @@ final class FrameReader {
     /// Reads the frame's stored bytes into `stored` through the store and checks that all arrived; with
     /// `hashesOnly`, only its block hashes (the first 16 bytes a block).
     func read(_ f: FrameRef, into stored: UnsafeMutableRawPointer, hashesOnly: Bool = false) throws {
-        let r = record(f)
+        let r = try record(f)
         let n = try image(f).object.read(into: stored, count: hashesOnly ? r.hashesLength : Int(r.length), at: r.offset)
         try arrived(f, bytes: n, hashesOnly: hashesOnly)
     }
 
     /// Starts reading the frame's stored bytes (or, `hashesOnly`, its block hashes) on `pump` (the store's read
     /// queue) under `tag`; the pump's completion goes to `arrived`.
-    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false) {
-        let r = record(f)
+    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false) throws {
+        let r = try record(f)
         let image = image(f)
         pump.read(fd: image.object.handle, path: image.name, into: stored, length: hashesOnly ? r.hashesLength : Int(r.length), at: r.offset, tag: tag)
     }
@@ -79,7 +70,7 @@ final class FrameReader {
     /// Checks that a read of the frame (or of its hashes) delivered all its bytes, or names the frame that could
     /// not be read.
     func arrived(_ f: FrameRef, bytes: Int, error: IOError? = nil, hashesOnly: Bool = false) throws {
-        let r = record(f)
+        let r = try record(f)
         if let error {
             throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) cannot be read (\(error.reason))")
         }
@@ -91,7 +82,7 @@ final class FrameReader {
     /// The block hashes stored at the head of a frame (16 bytes a block), read alone: `restore --verify` compares
     /// the target with them without reading payloads. (Restore checked the whole frame as it wrote it.)
     func storedHashes(_ f: FrameRef) throws -> [BlockHash] {
-        let r = record(f)
+        let r = try record(f)
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(r.hashesLength, 1), alignment: 16)
         defer { raw.deallocate() }
         try read(f, into: raw, hashesOnly: true)
@@ -118,7 +109,7 @@ final class FrameReader {
         decompressor: FrameDecompressor? = nil
     ) throws {
         let image = image(f)
-        let r = record(f)
+        let r = try record(f)
         guard Checksum.xxh3(stored, count: Int(r.length)) == r.checksum else {
             throw ChainError.corruptData(file: image.name, detail: "frame \(f.frame) at byte \(r.offset) fails its checksum")
         }
@@ -147,10 +138,20 @@ final class FrameReader {
         let blockSize = Int(image.header.blockSize)
         for b in range {
             guard BlockHash.of(decoded + b * blockSize, count: blockSize) == Self.hash(stored, b) else {
-                let e = image.index.extents.first { $0.kind == .data && $0.frame == f.frame && $0.frameBlock <= b && b < $0.frameBlock + $0.blockCount }
-                let block = e.map { $0.firstBlock + UInt64(UInt32(b) - $0.frameBlock) } ?? 0
-                throw ChainError.corruptData(file: image.name, detail: "block \(block) (in frame \(f.frame)) does not match its hash")
+                throw ChainError.corruptData(file: image.name, detail: "block \(sourceBlock(f, b)) (in frame \(f.frame)) does not match its hash")
             }
         }
+    }
+
+    /// The source block that block `b` of a frame holds, found by a walk of its image's extents (only to name a
+    /// damaged block; "?" when the index cannot say).
+    private func sourceBlock(_ f: FrameRef, _ b: Int) -> String {
+        var found: UInt64?
+        try? image(f).index.forEachExtent { e in
+            if found == nil && e.kind == .data && e.frame == f.frame && Int(e.frameBlock) <= b && b < Int(e.frameBlock) + Int(e.blockCount) {
+                found = e.firstBlock + UInt64(b - Int(e.frameBlock))
+            }
+        }
+        return found.map(String.init) ?? "?"
     }
 }

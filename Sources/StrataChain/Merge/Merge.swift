@@ -66,7 +66,7 @@ public enum Merge {
             lastPoint: newest.lastPoint, createdAt: newest.createdAt)
         let name = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
 
-        let plan = MergePlan(sources: sources)
+        let plan = try MergePlan(sources: sources)
         let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
         if let free = chain.store.freeSpace(), free < needed {
             throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)

@@ -1,136 +1,145 @@
-// What a merge writes, decided before a byte is written. The images of the range are resolved newest-wins; each
-// source frame is then either copied whole or re-packed. A frame is copied whole, byte for byte, when at least
+// What a merge writes. The images of the range are resolved newest-wins, a window of blocks at a time
+// (PointWalk), twice: the first walk counts the blocks of each source frame that survive, the second writes.
+// Each source frame is either copied whole or re-packed. A frame is copied whole, byte for byte, when at least
 // `keepWholeLive` of its blocks survive (the dead ones stay in it unused: the image says so with the
 // sparseFrames feature bit), and re-packed otherwise: nightly rewrites leave a few dead pages in most frames,
 // and re-compressing all the live blocks around them made a merge cost CPU, not I/O (12x a copy, issue #3).
-// So a merged image holds at most 1/3 more than its live data. Whole frames are written first, in order of
-// first use, then the re-packed ones, so every frame's number is known when the extents are planned.
+// So a merged image holds at most 1/3 more than its live data. In each window, the whole frames first used
+// there are placed first, in order of first use, then the frames re-packed from the window's other blocks, so
+// every frame's number is known when the window's extents are written. Memory: one window's extents, and four
+// bytes per source frame (a frame is up to 1 MiB of blocks) plus eight per frame copied whole.
 import StrataCodec
 import StrataFormat
 import StrataIO
 
 final class MergePlan {
     private let sources: [ImageFile]
-    private let resolved: [ResolvedExtent]
     private let blockSize: Int
     private let blocksPerFrame: Int
     /// Source frames numbered across the images: image i's frame f is `frameBase[i] + f`.
     private let frameBase: [Int]
     /// Blocks of each source frame that survive, by that number.
-    private var surviving: [Int]
+    private var surviving: [UInt32]
+    /// The merged image is never larger than the frames it draws from.
+    private(set) var bytesUpperBound: UInt64 = 0
+    /// Bytes copied whole and blocks re-packed: the work, for progress.
+    private var workBytes: UInt64 = 0
     private(set) var framesCopied = 0
     private(set) var framesRepacked = 0
+    /// Blocks per window of the writing walk: 2^18 (1 GiB of 4 KiB blocks).
+    static let windowBlocks: UInt64 = 1 << 18
 
-    init(sources: [ImageFile]) {
+    init(sources: [ImageFile]) throws {
         self.sources = sources
-        resolved = ExtentResolver.resolve(sources.map(\.index.extents))
         blockSize = Int(sources[0].header.blockSize)
         blocksPerFrame = FrameBuffers.blocksPerFrame(blockSize: blockSize)
         var base = [Int]()
         var total = 0
         for s in sources {
             base.append(total)
-            total += s.index.frames.count
+            total += s.index.frameCount
         }
         frameBase = base
         surviving = Array(repeating: 0, count: total)
-        for e in resolved where e.kind == .data { surviving[number(e)] += Int(e.blockCount) }
+        var extents: UInt64 = 0
+        try PointWalk(sources, windowBlocks: Self.windowBlocks).forEach { e in
+            extents += 1
+            if e.kind == .data { surviving[number(e)] += e.blockCount }
+        }
+        bytesUpperBound = extents * UInt64(ExtentRecord.encodedSize) + TopIndex.encodedLength(frames: 0, extents: extents)
+        for (i, source) in sources.enumerated() {
+            for f in 0..<source.index.frameCount where surviving[frameBase[i] + f] > 0 {
+                let r = try source.index.frame(UInt32(f))
+                bytesUpperBound += UInt64(r.length + 2 * UInt32(FrameRecord.encodedSize))
+                if isWhole(surviving[frameBase[i] + f], r) {
+                    workBytes += UInt64(r.length)
+                    framesCopied += 1
+                } else {
+                    workBytes += UInt64(surviving[frameBase[i] + f]) * UInt64(blockSize)
+                    framesRepacked += 1
+                }
+            }
+        }
     }
 
     private func number(_ e: ResolvedExtent) -> Int { frameBase[Int(e.image)] + Int(e.frame) }
-    private func record(_ f: FrameRef) -> FrameRecord { sources[f.image].index.frames[Int(f.frame)] }
-    private func record(_ e: ResolvedExtent) -> FrameRecord { sources[Int(e.image)].index.frames[Int(e.frame)] }
+    private func record(_ f: FrameRef) throws -> FrameRecord { try sources[f.image].index.frame(f.frame) }
     /// The share of a frame's blocks that must survive for it to be copied whole: 3/4.
     static let keepWholeLive = (numerator: 3, denominator: 4)
-    private func isWhole(_ e: ResolvedExtent) -> Bool {
-        surviving[number(e)] * Self.keepWholeLive.denominator >= Int(record(e).blockCount) * Self.keepWholeLive.numerator
-    }
-
-    /// The merged image is never larger than the frames it draws from.
-    var bytesUpperBound: UInt64 {
-        var bytes = UInt64(resolved.count * ExtentRecord.encodedSize)
-        for (i, source) in sources.enumerated() {
-            for (f, r) in source.index.frames.enumerated() where surviving[frameBase[i] + f] > 0 {
-                bytes += UInt64(r.length) + UInt64(FrameRecord.encodedSize)
-            }
-        }
-        return bytes
+    private func isWhole(_ surviving: UInt32, _ r: FrameRecord) -> Bool {
+        Int(surviving) * Self.keepWholeLive.denominator >= Int(r.blockCount) * Self.keepWholeLive.numerator
     }
 
     func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
-        // Frame numbers: whole frames in order of first use, then packed frames in block order.
-        var wholeOrder: [FrameRef] = []
-        var wholeNumber = [UInt32](repeating: .max, count: surviving.count)
-        var packedBlocks = 0
-        var sparse = false
-        for e in resolved where e.kind == .data {
-            if isWhole(e) {
+        // The merged image's number of each source frame copied whole, once placed.
+        var wholeNumber: [Int: UInt32] = [:]
+        var done: UInt64 = 0
+        let walk = PointWalk(sources, windowBlocks: Self.windowBlocks)
+        while let window = try walk.next() {
+            // Frame numbers: whole frames first used here, in order of first use, then packed frames in block order.
+            let base = writer.nextFrame
+            var wholeOrder: [FrameRef] = []
+            var whole = [Bool](repeating: false, count: window.count)
+            for (i, e) in window.enumerated() where e.kind == .data {
                 let n = number(e)
-                if wholeNumber[n] == .max {
-                    wholeNumber[n] = UInt32(wholeOrder.count)
+                if wholeNumber[n] != nil {
+                    whole[i] = true
+                } else if isWhole(surviving[n], try record(e.frameRef)) {
+                    whole[i] = true
+                    wholeNumber[n] = base + UInt32(wholeOrder.count)
                     wholeOrder.append(e.frameRef)
-                    sparse = sparse || surviving[n] != Int(record(e).blockCount)
+                    if surviving[n] != (try record(e.frameRef)).blockCount { writer.allowSparseFrames() }
                 }
-            } else {
-                packedBlocks += Int(e.blockCount)
             }
-        }
-        framesCopied = wholeOrder.count
-        if sparse { writer.allowSparseFrames() }
-        var packedIndex = 0
-        var packed: [[MergeWorkers.Segment]] = []
-        for e in resolved {
-            switch e.kind {
-            case .zero, .unreadable:
-                writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: e.kind)
-            case .data:
-                let whole = wholeNumber[number(e)]
-                if whole != .max {
-                    writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: whole, frameBlock: e.frameBlock)
-                } else {
+            var packedIndex = 0
+            var packed: [[MergeWorkers.Segment]] = []
+            for (i, e) in window.enumerated() {
+                switch e.kind {
+                case .zero, .unreadable:
+                    try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: e.kind)
+                case .data where whole[i]:
+                    try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: wholeNumber[number(e)]!, frameBlock: e.frameBlock)
+                case .data:
                     // Packed blocks may straddle two new frames.
-                    var done = 0
-                    while done < Int(e.blockCount) {
-                        let frame = wholeOrder.count + packedIndex / blocksPerFrame
+                    var taken = 0
+                    while taken < Int(e.blockCount) {
+                        let frame = Int(base) + wholeOrder.count + packedIndex / blocksPerFrame
                         let at = packedIndex % blocksPerFrame
-                        let n = min(Int(e.blockCount) - done, blocksPerFrame - at)
-                        writer.addExtent(block: e.firstBlock + UInt64(done), count: UInt32(n), kind: .data, frame: UInt32(frame), frameBlock: UInt32(at))
+                        let n = min(Int(e.blockCount) - taken, blocksPerFrame - at)
+                        try writer.addExtent(
+                            block: e.firstBlock + UInt64(taken), count: UInt32(n), kind: .data, frame: UInt32(frame), frameBlock: UInt32(at))
                         if at == 0 { packed.append([]) }
-                        packed[packed.count - 1].append(MergeWorkers.Segment(frame: e.frameRef, frameBlock: Int(e.frameBlock) + done, count: n))
-                        done += n
+                        packed[packed.count - 1].append(MergeWorkers.Segment(frame: e.frameRef, frameBlock: Int(e.frameBlock) + taken, count: n))
+                        taken += n
                         packedIndex += n
                     }
                 }
             }
+            let records = try wholeOrder.map(record)
+            let offsets = try writer.reserveCopiedFrames(records)
+            let workers = MergeWorkers(
+                copies: try copyRuns(wholeOrder, records, offsets), frames: packed, sources: sources, writer: writer, level: level, threads: threads)
+            try workers.start()
+            defer { workers.stop() }
+            try workers.drain(into: writer) { done += $0; progress?(min(done, workBytes), workBytes) }
         }
-        let total = wholeOrder.reduce(UInt64(0)) { $0 + UInt64(record($1).length) } + UInt64(packedBlocks * blockSize)
-        var done: UInt64 = 0
-        let start = writer.reserveCopiedFrames(wholeOrder.map(record))
-        let workers = MergeWorkers(
-            copies: copyRuns(wholeOrder, at: start), frames: packed, sources: sources, writer: writer, level: level, threads: threads)
-        framesRepacked = workers.sourceFramesRepacked
-        try workers.start()
-        defer { workers.stop() }
-        try workers.drain(into: writer) { done += $0; progress?(min(done, total), total) }
     }
 
-    /// Cuts the whole frames, in their order in the merged image from `start`, into runs that lie back to back
-    /// in one source image, each at most `copyRun` bytes (or one frame), so each is one read and one write.
-    private func copyRuns(_ order: [FrameRef], at start: UInt64) -> [MergeWorkers.CopyRun] {
+    /// Cuts whole frames, in their order in the merged image, into runs that lie back to back both in one source
+    /// image and in the merged image, each at most `copyRun` bytes (or one frame), so each is one read and one write.
+    private func copyRuns(_ order: [FrameRef], _ records: [FrameRecord], _ offsets: [UInt64]) throws -> [MergeWorkers.CopyRun] {
         var runs: [MergeWorkers.CopyRun] = []
-        var target = start
-        for f in order {
-            let image = f.image, frame = Int(f.frame), r = record(f)
-            if var last = runs.last, last.image == image, last.frames.upperBound == frame, last.bytes + Int(r.length) <= Self.copyRun,
-                sources[image].index.frames[frame - 1].offset + UInt64(sources[image].index.frames[frame - 1].length) == r.offset
+        for (k, f) in order.enumerated() {
+            let r = records[k]
+            if k > 0, var last = runs.last, last.image == f.image, last.frames.upperBound == Int(f.frame), last.bytes + Int(r.length) <= Self.copyRun,
+                records[k - 1].offset + UInt64(records[k - 1].length) == r.offset, offsets[k - 1] + UInt64(records[k - 1].length) == offsets[k]
             {
-                last.frames = last.frames.lowerBound..<(frame + 1)
+                last.frames = last.frames.lowerBound..<(Int(f.frame) + 1)
                 last.bytes += Int(r.length)
                 runs[runs.count - 1] = last
             } else {
-                runs.append(MergeWorkers.CopyRun(image: image, frames: frame..<(frame + 1), target: target, bytes: Int(r.length)))
+                runs.append(MergeWorkers.CopyRun(image: f.image, frames: Int(f.frame)..<(Int(f.frame) + 1), target: offsets[k], bytes: Int(r.length)))
             }
-            target += UInt64(r.length)
         }
         return runs
     }

@@ -36,8 +36,6 @@ final class MergeWorkers {
     private let threads: Int
     private let buffers: FrameBuffers
     private let maxStored: Int
-    /// How many source frames the re-packed frames draw on.
-    let sourceFramesRepacked: Int
     private let largestRun: Int
 
     private let condition = Condition()
@@ -61,9 +59,7 @@ final class MergeWorkers {
         blockSize = Int(sources[0].header.blockSize)
         buffers = FrameBuffers(blockSize: blockSize, count: 2 * self.threads + 2)
         freeSlots = Array(0..<buffers.count)
-        let repacked = Set(frames.flatMap { $0.map(\.frame) })
-        sourceFramesRepacked = repacked.count
-        maxStored = self.sources.largest(repacked).stored
+        maxStored = self.sources.largest.stored
         largestRun = copies.map(\.bytes).max() ?? 0
     }
 
@@ -175,12 +171,11 @@ final class MergeWorkers {
     /// Reads a run of whole frames, checks each against its checksum and writes the run into its place.
     private func copy(_ run: CopyRun, through buffer: UnsafeMutableRawPointer) throws {
         let image = sources.images[run.image]!
-        let records = image.index.frames
-        let start = records[run.frames.lowerBound].offset
+        let start = try image.index.frame(UInt32(run.frames.lowerBound)).offset
         let end = start + UInt64(try image.object.read(into: buffer, count: run.bytes, at: start))
         for f in run.frames {
             let ref = FrameRef(image: run.image, frame: UInt32(f))
-            let r = records[f]
+            let r = try image.index.frame(UInt32(f))
             try sources.arrived(ref, bytes: end > r.offset ? Int(min(UInt64(r.length), end - r.offset)) : 0)
             try sources.check(ref, stored: buffer + Int(r.offset - start), .checksum)
         }

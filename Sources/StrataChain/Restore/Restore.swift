@@ -39,7 +39,7 @@ public enum Restore {
         let chain = try Chain(location: chainPath, access: .read)
         guard let first = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         let point = options.point ?? first.points.last!
-        let (images, resolved) = try chain.openPoint(point)
+        let images = try chain.openPoint(point)
         let manifest = chain.manifest!  // the one the images were opened under
         try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
         let target: RestoreTarget
@@ -62,7 +62,7 @@ public enum Restore {
         }
         if let note { notice(note) }
         let pipeline = RestorePipeline(
-            frames: frames, resolved: resolved, sourceSize: manifest.sourceSize, blockSize: Int(manifest.blockSize),
+            frames: frames, images: images, sourceSize: manifest.sourceSize, blockSize: Int(manifest.blockSize),
             target: target, readQueue: readQueue, writeQueue: writeQueue, options: options, progress: progress)
         do {
             try pipeline.run()
@@ -71,7 +71,7 @@ public enum Restore {
                 if !source.direct { notice("\(targetPath) does not support O_DIRECT; the read-back goes through the page cache") }
                 let (localQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)  // the target is local
                 let check = RestoreReadBack(
-                    frames: frames, resolved: resolved, blockSize: Int(manifest.blockSize), sourceSize: manifest.sourceSize, queue: localQueue)
+                    frames: frames, images: images, blockSize: Int(manifest.blockSize), sourceSize: manifest.sourceSize, queue: localQueue)
                 try check.run(source, depth: options.queueDepth, progress: progress)
                 if let first = check.firstMismatch {
                     throw ChainError.targetMismatch(path: targetPath, block: first, count: check.mismatchedBlocks)
@@ -80,17 +80,10 @@ public enum Restore {
         } catch {
             throw wrap(error)
         }
-        var unreadable: [Range<UInt64>] = []
-        var unreadableBlocks: UInt64 = 0
-        let bs = UInt64(manifest.blockSize)
-        for e in resolved where e.kind == .unreadable {
-            unreadable.appendJoining(e.firstBlock * bs..<min(manifest.sourceSize, e.endBlock * bs))
-            unreadableBlocks += UInt64(e.blockCount)
-        }
         return RestoreResult(
             point: point, bytesWritten: manifest.sourceSize, images: images.count,
             seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: readQueue.engineName,
-            unreadableBlocks: unreadableBlocks,
-            unreadableRanges: unreadable, verified: options.verify)
+            unreadableBlocks: pipeline.unreadableBlocks,
+            unreadableRanges: pipeline.unreadableRanges, verified: options.verify)
     }
 }

@@ -1,21 +1,26 @@
 // The restore data path, one pass in block order:
 //
-//   I/O thread     reads the frames the resolved extents need, in order of first use, into slots (io_uring or
-//                  pread), never more than the slots allow.
+//   I/O thread     walks the point a window at a time (PointWalk), plans each extent (which read of which frame
+//                  it takes its blocks from) and hands the planned extents to the coordinator in batches; reads
+//                  the frames they need into slots (io_uring or pread), never more than the slots allow.
 //   workers (N)    check each frame's checksum, decompress it, and check every block against its stored hash.
-//   coordinator    (the calling thread) walks the resolved extents, copies blocks into 1 MiB output windows and
-//                  writes them in order with large aligned writes (O_DIRECT where allowed); zero ranges become
-//                  holes in a file and BLKZEROOUT on a device.
+//   coordinator    (the calling thread) takes the planned extents in order, copies blocks into 1 MiB output
+//                  windows and writes them in order with large aligned writes (O_DIRECT where allowed); zero
+//                  ranges become holes in a file and BLKZEROOUT on a device.
 //
-// A slot is freed when the coordinator passes the last extent that uses its frame. The plan knows the most
-// frames ever in use at once, so `that + prefetch` slots always suffice and the reader never deadlocks.
+// Nothing is planned for the whole point: a frame stays in its slot while extents planned so far use it, and
+// after that until its slot is wanted (least recently used first), so a frame that an image uses again further
+// on is read once while slots last. A slot is reused only once the coordinator has passed every extent planned
+// to use it, so the I/O thread never takes a slot the coordinator still needs; and the coordinator only ever
+// waits for reads that are planned, so the two never wait on each other. Memory: the slots (2 MiB each, about
+// two per image plus two per worker, at most 48), the planned batches and one window of extents.
 import StrataCodec
 import StrataFormat
 import StrataIO
 
 final class RestorePipeline {
     private let frames: FrameReader
-    private let resolved: [ResolvedExtent]
+    private let images: [ImageFile]
     private let sourceSize: UInt64
     private let blockSize: Int
     private let target: RestoreTarget
@@ -24,29 +29,41 @@ final class RestorePipeline {
     private let options: RestoreOptions
     private let progress: ProgressHandler?
 
-    // Fetch plan: frames in order of first use, and the extent after which each is no longer needed.
-    private let fetchFrame: [FrameRef]
-    private let fetchLastUse: [Int]
-    private let extentFetch: [Int32]
-
     private let slots: AlignedSlab
     private let decodedOffset: Int
+    // Written by the I/O thread before a slot's read starts; read by the worker that decodes it.
+    private let slotFrame: PerSlot<FrameRef>
     private let slotFetch: PerSlot<Int>
+    // The I/O thread's own: which frames are in which slot, and the last planned extent using each slot.
+    private var live: [FrameRef: (fetch: Int, slot: Int)] = [:]
+    private var lastPlannedUse: [Int]
+
     private let condition = Condition()
     private var freeSlots: [Int]
     private var readyFetches: [Int: Int] = [:]
+    /// Planned extents, each with its fetch (-1: none), in batches; `planned` counts what is queued.
+    private var batches: [(first: Int, extents: [(ResolvedExtent, Int)])] = []
+    private var batchHead = 0
+    private var planningDone = false
+    /// The sequence number of the last extent the coordinator has finished with (extents are numbered from 1).
+    private var consumed = 0
     private let decodeJobs = WorkQueue<Int>()  // slots whose frame has been read
     private var finished = false
     private let failure = FirstError()
+    /// Unreadable ranges of the point, in bytes, and their blocks (the coordinator's).
+    private(set) var unreadableRanges: [Range<UInt64>] = []
+    private(set) var unreadableBlocks: UInt64 = 0
 
     private static let windowSize = 1 << 20
+    private static let batchExtents = 4096
+    private static let maxQueuedBatches = 16
 
     init(
-        frames: FrameReader, resolved: [ResolvedExtent], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
+        frames: FrameReader, images: [ImageFile], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
         readQueue: IOQueue, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?
     ) {
         self.frames = frames
-        self.resolved = resolved
+        self.images = images
         self.sourceSize = sourceSize
         self.blockSize = blockSize
         self.target = target
@@ -54,26 +71,15 @@ final class RestorePipeline {
         self.writeQueue = writeQueue
         self.options = options
         self.progress = progress
-        let plan = FramePlan(resolved)
-        fetchFrame = plan.frames
-        fetchLastUse = plan.lastUse
-        extentFetch = plan.extentFrame
-        let (maxStored, maxBlocks) = frames.largest(fetchFrame)
+        let (maxStored, maxBlocks) = frames.largest
         decodedOffset = (maxStored + 4095) / 4096 * 4096
-        // Slots needed so the reader can always fetch the next frame: the most frames in use at once (for a
-        // chain of captures, at most one per image; a merged image may hold frames of several), plus prefetch.
-        var live = 0, maxLive = 0, seenFetches = 0
-        for (i, f) in extentFetch.enumerated() where f >= 0 {
-            if Int(f) == seenFetches {
-                seenFetches += 1
-                live += 1
-                maxLive = max(maxLive, live)
-            }
-            if fetchLastUse[Int(f)] == i { live -= 1 }
-        }
-        let slotCount = maxLive + 2 * options.threads + 4
-        slots = AlignedSlab(slotSize: decodedOffset + maxBlocks * blockSize, slotCount: slotCount)
+        // Slots: a point of captures uses about one frame per image at a time (a merged image, two: its copied
+        // frames and its re-packed ones), plus what the reads in flight and the workers hold.
+        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 4, 48)
+        slots = AlignedSlab(slotSize: max(decodedOffset + maxBlocks * blockSize, 1), slotCount: slotCount)
+        slotFrame = PerSlot(repeating: FrameRef(image: 0, frame: 0), count: slotCount)
         slotFetch = PerSlot(repeating: 0, count: slotCount)
+        lastPlannedUse = Array(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
     }
 
@@ -101,27 +107,47 @@ final class RestorePipeline {
     private func readFrames() {
         let pump = IOPump(queue: readQueue, maxTags: slots.slotCount)
         do {
-            for f in 0..<fetchFrame.count {
-                var slot = -1
-                while slot < 0 {
-                    condition.lock()
-                    if failure.error != nil || finished {
-                        condition.unlock()
-                        break
-                    }
-                    if let s = freeSlots.popLast() {
-                        slot = s
-                    } else if pump.inFlight == 0 {
-                        condition.wait()
-                    }
-                    condition.unlock()
-                    if slot < 0 && pump.inFlight > 0 { try frameRead(pump.next()) }
-                }
-                if slot < 0 { break }
-                slotFetch[slot] = f
-                frames.startRead(fetchFrame[f], into: slots.slot(slot), pump: pump, tag: slot)
-                if pump.inFlight >= options.queueDepth { try frameRead(pump.next()) }
+            let walk = PointWalk(images)
+            var seq = 0
+            var nextFetch = 0
+            var batch: [(ResolvedExtent, Int)] = []
+            var batchFirst = 1
+            func push() throws {
+                guard !batch.isEmpty else { return }
+                try waitLocked(pump) { batches.count - batchHead < Self.maxQueuedBatches }
+                condition.publish { batches.append((batchFirst, batch)) }
+                batch = []
+                batch.reserveCapacity(Self.batchExtents)
             }
+            windows: while let window = try walk.next() {
+                for e in window {
+                    seq += 1
+                    var fetch = -1
+                    if e.kind == .data {
+                        if let held = live[e.frameRef] {
+                            fetch = held.fetch
+                            lastPlannedUse[held.slot] = seq
+                        } else {
+                            // Planned extents go to the coordinator before waiting for a slot: it frees them.
+                            guard let slot = try takeSlot(pump, pushing: push) else { break windows }
+                            fetch = nextFetch
+                            nextFetch += 1
+                            live[e.frameRef] = (fetch, slot)
+                            lastPlannedUse[slot] = seq
+                            slotFrame[slot] = e.frameRef
+                            slotFetch[slot] = fetch
+                            try frames.startRead(e.frameRef, into: slots.slot(slot), pump: pump, tag: slot)
+                            if pump.inFlight >= options.queueDepth { try frameRead(pump.next()) }
+                        }
+                    }
+                    // (A batch may be pushed while this extent waits for a slot: it starts the next one.)
+                    if batch.isEmpty { batchFirst = seq }
+                    batch.append((e, fetch))
+                    if batch.count == Self.batchExtents { try push() }
+                }
+                try push()
+            }
+            condition.publish { planningDone = true }
             while pump.inFlight > 0 { try frameRead(pump.next()) }
         } catch {
             failure.record(wrap(error))
@@ -130,8 +156,68 @@ final class RestorePipeline {
         }
     }
 
+    /// Waits, holding nothing, until `ready` (checked under the lock) holds, handling reads that complete
+    /// meanwhile; false when the restore is stopping.
+    private func waitLocked(_ pump: IOPump, _ ready: () -> Bool) throws {
+        while true {
+            condition.lock()
+            if let e = failure.error {
+                condition.unlock()
+                throw e
+            }
+            if finished {
+                condition.unlock()
+                throw CancellationError()
+            }
+            if ready() {
+                condition.unlock()
+                return
+            }
+            if pump.inFlight == 0 { condition.wait() }
+            condition.unlock()
+            if pump.inFlight > 0 { try frameRead(pump.next()) }
+        }
+    }
+
+    /// A free slot, or the least recently planned one the coordinator is done with (its frame is forgotten and
+    /// read again if needed later). Before waiting, the planned extents go to the coordinator (`push`).
+    private func takeSlot(_ pump: IOPump, pushing push: () throws -> Void) throws -> Int? {
+        var pushed = false
+        while true {
+            condition.lock()
+            if failure.error != nil || finished {
+                condition.unlock()
+                return nil
+            }
+            if let s = freeSlots.popLast() {
+                condition.unlock()
+                return s
+            }
+            let done = consumed
+            var victim = -1
+            for (_, held) in live where lastPlannedUse[held.slot] <= done {
+                if victim < 0 || lastPlannedUse[held.slot] < lastPlannedUse[victim] { victim = held.slot }
+            }
+            if victim >= 0 {
+                readyFetches[slotFetch[victim]] = nil
+                condition.unlock()
+                live[slotFrame[victim]] = nil
+                return victim
+            }
+            if !pushed {
+                condition.unlock()
+                try push()
+                pushed = true
+                continue
+            }
+            if pump.inFlight == 0 { condition.wait() }
+            condition.unlock()
+            if pump.inFlight > 0 { try frameRead(pump.next()) }
+        }
+    }
+
     private func frameRead(_ done: (tag: Int, bytes: Int)) throws {
-        try frames.arrived(fetchFrame[slotFetch[done.tag]], bytes: done.bytes)
+        try frames.arrived(slotFrame[done.tag], bytes: done.bytes)
         decodeJobs.post(done.tag)
     }
 
@@ -152,14 +238,20 @@ final class RestorePipeline {
 
     private func decode(_ slot: Int, _ decompressor: FrameDecompressor) throws {
         let base = slots.slot(slot)
-        try frames.check(fetchFrame[slotFetch[slot]], stored: base, .everyBlock, decoded: base + decodedOffset, decompressor: decompressor)
+        try frames.check(slotFrame[slot], stored: base, .everyBlock, decoded: base + decodedOffset, decompressor: decompressor)
     }
 
     // MARK: Coordinator
 
-    private func waitForFetch(_ f: Int) throws -> Int {
+    /// The slot holding fetch `f`, decoded and checked; tells the I/O thread how far the coordinator has come
+    /// before it waits.
+    private func waitForFetch(_ f: Int, consumed done: Int) throws -> Int {
         condition.lock()
         defer { condition.unlock() }
+        if done > consumed {
+            consumed = done
+            condition.broadcast()
+        }
         while true {
             if let e = failure.error { throw e }
             if let s = readyFetches[f] { return s }
@@ -167,39 +259,66 @@ final class RestorePipeline {
         }
     }
 
-    private func release(fetch f: Int, slot: Int) {
-        condition.publish {
-            readyFetches[f] = nil
-            freeSlots.append(slot)
+    /// The next batch of planned extents, or nil when there are no more.
+    private func nextBatch(consumed done: Int) throws -> (first: Int, extents: [(ResolvedExtent, Int)])? {
+        condition.lock()
+        defer { condition.unlock() }
+        consumed = done
+        condition.broadcast()
+        while true {
+            if let e = failure.error { throw e }
+            if batchHead < batches.count {
+                let b = batches[batchHead]
+                batches[batchHead].extents = []
+                batchHead += 1
+                if batchHead > 64 && batchHead * 2 > batches.count {
+                    batches.removeFirst(batchHead)
+                    batchHead = 0
+                }
+                condition.broadcast()
+                return b
+            }
+            if planningDone { return nil }
+            condition.wait()
         }
     }
 
     private func writeTarget() throws {
         let output = TargetWindows(target: target, queue: writeQueue, depth: options.queueDepth, windowSize: Self.windowSize, sourceSize: sourceSize)
         let bs = UInt64(blockSize)
-        for (i, e) in resolved.enumerated() {
-            var block = e.firstBlock
-            let fetch = extentFetch[i]
-            let slot = fetch >= 0 ? try waitForFetch(Int(fetch)) : -1
-            while block < e.endBlock {
-                if slot < 0 {
-                    let skipped = try output.skipZeros(at: block * bs, upTo: (e.endBlock - block) * bs)
-                    block += skipped / bs
-                    if block == e.endBlock { break }
+        var done = 0
+        while let batch = try nextBatch(consumed: done) {
+            for (k, (e, fetch)) in batch.extents.enumerated() {
+                var block = e.firstBlock
+                let slot = fetch >= 0 ? try waitForFetch(fetch, consumed: done) : -1
+                if e.kind == .unreadable {
+                    unreadableRanges.appendJoining(e.firstBlock * bs..<min(sourceSize, e.endBlock * bs))
+                    unreadableBlocks += UInt64(e.blockCount)
                 }
-                let (window, room) = try output.window(at: block * bs)
-                let n = min(e.endBlock - block, UInt64(room) / bs)
-                if slot >= 0 {
-                    let from = slots.slot(slot) + decodedOffset + Int(UInt64(e.frameBlock) + block - e.firstBlock) * blockSize
-                    window.copyMemory(from: from, byteCount: Int(n) * blockSize)
-                    output.markData(bytes: Int(n) * blockSize)
-                } else {
-                    output.markZero(bytes: Int(n) * blockSize)
+                while block < e.endBlock {
+                    if slot < 0 {
+                        let skipped = try output.skipZeros(at: block * bs, upTo: (e.endBlock - block) * bs)
+                        block += skipped / bs
+                        if block == e.endBlock { break }
+                    }
+                    let (window, room) = try output.window(at: block * bs)
+                    let n = min(e.endBlock - block, UInt64(room) / bs)
+                    if slot >= 0 {
+                        let from = slots.slot(slot) + decodedOffset + Int(UInt64(e.frameBlock) + block - e.firstBlock) * blockSize
+                        window.copyMemory(from: from, byteCount: Int(n) * blockSize)
+                        output.markData(bytes: Int(n) * blockSize)
+                    } else {
+                        output.markZero(bytes: Int(n) * blockSize)
+                    }
+                    block += n
+                    if output.windowFull {
+                        try output.flush()
+                        condition.publish { consumed = max(consumed, done) }
+                        progress?(min(block * bs, sourceSize), sourceSize)
+                    }
                 }
-                block += n
-                if output.windowFull { try output.flush(); progress?(min(block * bs, sourceSize), sourceSize) }
+                done = batch.first + k
             }
-            if fetch >= 0 && fetchLastUse[Int(fetch)] == i { release(fetch: Int(fetch), slot: slot) }
         }
         try output.finish()
         progress?(sourceSize, sourceSize)

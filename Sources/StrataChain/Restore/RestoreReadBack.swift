@@ -8,7 +8,9 @@ import StrataIO
 
 final class RestoreReadBack {
     private let frames: FrameReader
-    private let resolved: [ResolvedExtent]
+    private let walk: PointWalk
+    private var window: [ResolvedExtent] = []
+    private var at = 0
     private let blockSize: Int
     private let sourceSize: UInt64
     private let queue: IOQueue
@@ -17,9 +19,9 @@ final class RestoreReadBack {
     private(set) var mismatchedBlocks: UInt64 = 0
     private(set) var firstMismatch: UInt64?
 
-    init(frames: FrameReader, resolved: [ResolvedExtent], blockSize: Int, sourceSize: UInt64, queue: IOQueue) {
+    init(frames: FrameReader, images: [ImageFile], blockSize: Int, sourceSize: UInt64, queue: IOQueue) {
         self.frames = frames
-        self.resolved = resolved
+        walk = PointWalk(images)
         self.blockSize = blockSize
         self.sourceSize = sourceSize
         self.queue = queue
@@ -34,10 +36,11 @@ final class RestoreReadBack {
         let detector = ZeroBlockDetector(blockSize: blockSize)
         var free = Array((0..<depth).reversed())
         var slotOffset = Array(repeating: UInt64(0), count: depth)
+        var arrived: [UInt64: (slot: Int, bytes: Int)] = [:]
         var next: UInt64 = 0
         var checked: UInt64 = 0
         let alignment = UInt64(source.alignment)
-        while next < sourceSize || pump.inFlight > 0 {
+        while checked < sourceSize {
             if next < sourceSize, let slot = free.popLast() {
                 let length = min(UInt64(chunk), (sourceSize - next + alignment - 1) / alignment * alignment)
                 slotOffset[slot] = next
@@ -45,8 +48,13 @@ final class RestoreReadBack {
                 next += UInt64(chunk)
                 continue
             }
-            let (slot, bytes) = try pump.next()
-            let offset = slotOffset[slot]
+            // Reads complete in any order; they are compared in order, as the point is walked.
+            while arrived[checked] == nil {
+                let (slot, bytes) = try pump.next()
+                arrived[slotOffset[slot]] = (slot, bytes)
+            }
+            let (slot, bytes) = arrived.removeValue(forKey: checked)!
+            let offset = checked
             let valid = Int(min(UInt64(chunk), sourceSize - offset))
             guard bytes >= valid else {
                 throw ChainError.targetUnavailable(path: source.path, reason: "it ended at byte \(offset + UInt64(bytes)) when read back")
@@ -59,21 +67,22 @@ final class RestoreReadBack {
             checked += UInt64(valid)
             progress?(checked, sourceSize)
         }
+        while pump.inFlight > 0 { _ = try? pump.next() }
     }
 
     private func compare(_ base: UnsafeRawPointer, firstBlock: UInt64, count: Int, detector: ZeroBlockDetector) throws {
-        // The first resolved extent that ends after `firstBlock` (extents are sorted and cover every block).
-        var lo = 0, hi = resolved.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if resolved[mid].endBlock <= firstBlock { lo = mid + 1 } else { hi = mid }
-        }
-        var i = lo
         for b in 0..<count {
             let block = firstBlock + UInt64(b)
-            while i < resolved.count && resolved[i].endBlock <= block { i += 1 }
-            guard i < resolved.count else { break }
-            let e = resolved[i]
+            while at == window.count || window[at].endBlock <= block {
+                if at < window.count {
+                    at += 1
+                    continue
+                }
+                guard let next = try walk.next() else { return }
+                window = next
+                at = 0
+            }
+            let e = window[at]
             let expected: BlockHash
             if e.kind == .data {
                 expected = try hashes(e.frameRef)[Int(e.frameBlock) + Int(block - e.firstBlock)]

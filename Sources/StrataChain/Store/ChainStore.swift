@@ -83,8 +83,8 @@ public protocol ObjectAppender: AnyObject {
     /// Where the next appended byte goes.
     var offset: UInt64 { get }
     func append(_ bytes: UnsafeRawPointer, count: Int) throws
-    /// Leaves `count` bytes for `NewObject.write`, before anything is appended.
-    func skip(_ count: UInt64)
+    /// Leaves `count` bytes for `NewObject.write` where the stream is; appending goes on after them.
+    func skip(_ count: UInt64) throws
     /// Waits for every write; afterwards the object holds every appended byte.
     func finish() throws
 }

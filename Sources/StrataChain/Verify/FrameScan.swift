@@ -31,10 +31,10 @@ final class FrameScan {
         self.store = store
         self.options = options
         self.progress = progress
-        let largest = frames.largest(work)
+        let largest = frames.largest
         maxBlocks = largest.blocks
         blockSize = Int(frames.images.compactMap { $0?.header.blockSize }.first ?? 4096)
-        totalBytes = work.reduce(0) { $0 + UInt64(frames.record($1).length) }
+        totalBytes = (try? work.reduce(0) { $0 + UInt64(try frames.record($1).length) }) ?? 0
         let slotCount = options.queueDepth + 2 * options.threads
         slots = AlignedSlab(slotSize: max(largest.stored, 1), slotCount: slotCount)
         slotWork = PerSlot(repeating: 0, count: slotCount)
@@ -87,7 +87,13 @@ final class FrameScan {
                 if slot < 0 && pump.inFlight > 0 { reap() }
             }
             slotWork[slot] = w
-            frames.startRead(work[w], into: slots.slot(slot), pump: pump, tag: slot)
+            do { try frames.startRead(work[w], into: slots.slot(slot), pump: pump, tag: slot) } catch {
+                condition.publish {
+                    damaged[work[w]] = Verify.describe(error)
+                    freeSlots.append(slot)
+                }
+                continue
+            }
             if pump.inFlight >= options.queueDepth { reap() }
             if w % 64 == 0 { progress?(min(bytesRead, totalBytes), totalBytes) }
         }

@@ -65,12 +65,12 @@ public enum Verify {
             let base = images[...i].lastIndex { $0?.header.coversEveryBlock ?? false } ?? 0
             return images[base...i]
         }
-        /// Resolves the images a point needs, with frames named by their place in `images`.
-        func resolve(_ slice: ArraySlice<ImageFile?>) -> [ResolvedExtent] {
-            ExtentResolver.resolve(slice.map { $0!.index.extents }).map {
+        /// Walks the resolved extents of the images a point needs, with frames named by their place in `images`.
+        func walk(_ slice: ArraySlice<ImageFile?>, _ body: (ResolvedExtent) throws -> Void) throws {
+            try PointWalk(slice.map { $0! }).forEach {
                 var r = $0
                 r.image += UInt32(slice.startIndex)
-                return r
+                try body(r)
             }
         }
 
@@ -80,20 +80,29 @@ public enum Verify {
             let slice = needed(images.count - 1)
             if !slice.contains(where: { $0 == nil }) {
                 var seen = Set<FrameRef>()
-                for r in resolve(slice) where r.kind == .data {
-                    if seen.insert(r.frameRef).inserted { work.append(r.frameRef) }
+                try walk(slice) { r in
+                    if r.kind == .data && seen.insert(r.frameRef).inserted { work.append(r.frameRef) }
                 }
                 work.sort()
             }
         } else {
-            work = frames.allFrames
+            for (i, image) in images.enumerated() {
+                guard let image else { continue }
+                work += (0..<image.index.frameCount).lazy.map { FrameRef(image: i, frame: UInt32($0)) }
+            }
         }
         let scan = FrameScan(frames: frames, work: work, store: chain.store, options: options, progress: progress)
         let damagedFrames = try scan.run()
+        // The source blocks each damaged frame holds: one walk of each affected image's extents.
+        var blocks: [FrameRef: [Range<UInt64>]] = [:]
+        for i in Set(damagedFrames.keys.map(\.image)).sorted() {
+            try frames.images[i]!.index.forEachExtent { e in
+                let f = FrameRef(image: i, frame: e.frame)
+                if e.kind == .data && damagedFrames[f] != nil { blocks[f, default: []].append(e.firstBlock..<e.endBlock) }
+            }
+        }
         for (f, detail) in damagedFrames.sorted(by: { $0.key < $1.key }) {
-            let image = frames.image(f)
-            let blocks = image.index.extents.filter { $0.kind == .data && $0.frame == f.frame }.map { $0.firstBlock..<$0.endBlock }
-            problems.append(VerifyProblem(file: image.name, detail: detail, blocks: blocks))
+            problems.append(VerifyProblem(file: frames.image(f).name, detail: detail, blocks: blocks[f] ?? []))
         }
 
         // Which points still restore: a point is affected when it needs a broken image, or a damaged frame
@@ -104,8 +113,8 @@ public enum Verify {
             let slice = needed(i)
             var ok = !slice.contains { $0 == nil }
             if ok && !damagedFrames.isEmpty {
-                ok = !resolve(slice).contains {
-                    $0.kind == .data && damagedFrames[$0.frameRef] != nil
+                try walk(slice) { r in
+                    if r.kind == .data && damagedFrames[r.frameRef] != nil { ok = false }
                 }
             }
             if ok { whole.append(e.point) } else { affected.append(e.point) }
@@ -163,6 +172,7 @@ public enum Verify {
             do {
                 let image = try ImageFile(store: chain.store, name: e.file)
                 try Chain.check(image.header, of: e, in: manifest)
+                try image.index.checkWhole()
                 // The link to the image before can be checked only when that one could be read.
                 if i == 0 || previous != nil {
                     try Chain.check(image.header, of: e, follows: previous)

@@ -1,0 +1,191 @@
+// An image's index as its readers see it, a piece at a time. A chunked index (every image this version writes)
+// keeps only its top-level table in memory: frame records come from frame chunks read on demand through a small
+// cache (shared by the threads of a pipeline, so behind a lock), extent records from extent chunks an
+// `ExtentCursor` reads in block order. An index of the first format (one table, read whole) answers the same
+// questions from memory: such images keep their old cost until a merge or a new full rewrites them.
+import StrataFormat
+import StrataIO
+
+final class IndexReader {
+    private enum Source {
+        case whole(ImageIndex)
+        case chunked(TopIndex)
+    }
+
+    let name: String
+    let header: ImageHeader
+    private let object: StoredObject
+    private let source: Source
+    /// The longest frame and the most blocks a frame holds: what readers size their buffers by.
+    let maxFrameLength: Int
+    let maxFrameBlocks: Int
+
+    private let lock = Condition()
+    private var cached: [(chunk: Int, records: [FrameRecord], used: Int)] = []
+    private var clock = 0
+    /// Frame chunks kept (4096 records, 128 KiB, each): frames are read in about file order, at most a few
+    /// places at once (a merged image's copied frames and its re-packed ones).
+    private static let cachedChunks = 4
+
+    init(name: String, header h: ImageHeader, object: StoredObject) throws {
+        self.name = name
+        header = h
+        self.object = object
+        var bytes = [UInt8](repeating: 0, count: Int(h.indexLength))
+        let n = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: h.indexOffset) }
+        guard n == bytes.count else { throw FormatError.truncated("image index", at: UInt64(n)) }
+        if h.isChunked {
+            let top = try TopIndex.decode(bytes, header: h)
+            source = .chunked(top)
+            maxFrameLength = Int(top.maxFrameLength)
+            maxFrameBlocks = Int(max(ImageHeader.maxBlockSize / h.blockSize, 1))
+        } else {
+            let index = try ImageIndex.decode(bytes, header: h)
+            source = .whole(index)
+            maxFrameLength = Int(index.frames.map(\.length).max() ?? 0)
+            maxFrameBlocks = Int(index.frames.map(\.blockCount).max() ?? 0)
+        }
+    }
+
+    var frameCount: Int { Int(header.frameCount) }
+
+    /// Frame `n`'s record (n < frameCount).
+    func frame(_ n: UInt32) throws -> FrameRecord {
+        switch source {
+        case .whole(let index): return index.frames[Int(n)]
+        case .chunked(let top):
+            let c = Int(n) / IndexChunks.framesPerChunk, i = Int(n) % IndexChunks.framesPerChunk
+            return try lock.withLock {
+                clock += 1
+                if let k = cached.firstIndex(where: { $0.chunk == c }) {
+                    cached[k].used = clock
+                    return cached[k].records[i]
+                }
+                let entry = top.frameChunks[c]
+                let records: [FrameRecord]
+                do { records = try IndexChunks.decodeFrames(read(entry.offset, Int(entry.length)), chunk: c, entry: entry, header: header) } catch {
+                    throw damaged(name, error)
+                }
+                if cached.count >= Self.cachedChunks { cached.remove(at: cached.indices.min { cached[$0].used < cached[$1].used }!) }
+                cached.append((c, records, clock))
+                return records[i]
+            }
+        }
+    }
+
+    /// How many extent chunks the index has (a one-table index: one).
+    var extentChunkCount: Int {
+        switch source {
+        case .whole(let index): return index.extents.isEmpty ? 0 : 1
+        case .chunked(let top): return top.extentChunks.count
+        }
+    }
+
+    /// The extent chunk holding `block`, or the first after it.
+    func extentChunk(atOrAfter block: UInt64) -> Int {
+        switch source {
+        case .whole(let index): return index.extents.last.map { $0.endBlock > block ? 0 : 1 } ?? 0
+        case .chunked(let top): return top.extentChunk(atOrAfter: block)
+        }
+    }
+
+    /// The extents of chunk `c`, read and checked.
+    func extents(chunk c: Int) throws -> [ExtentRecord] {
+        switch source {
+        case .whole(let index): return index.extents
+        case .chunked(let top):
+            let entry = top.extentChunks[c]
+            do { return try IndexChunks.decodeExtents(read(entry.offset, Int(entry.length)), chunk: c, entry: entry, header: header) } catch {
+                throw damaged(name, error)
+            }
+        }
+    }
+
+    /// Every extent, in order, a chunk at a time.
+    func forEachExtent(_ body: (ExtentRecord) throws -> Void) throws {
+        for c in 0..<extentChunkCount { for e in try extents(chunk: c) { try body(e) } }
+    }
+
+    /// Reads and checks every chunk, and what no single chunk can show: that each data extent stays inside its
+    /// frame, that extents use each frame's blocks in order without overlap, and every block of a frame (without
+    /// the sparseFrames bit; with it, some). Four bytes a frame. (A one-table index was checked whole when read.)
+    func checkWhole() throws {
+        guard case .chunked = source else { return }
+        let sparse = header.incompatibleFeatures & ImageFeatures.sparseFrames != 0
+        var use = [UInt32](repeating: 0, count: frameCount)
+        var i = 0
+        try forEachExtent { e in
+            defer { i += 1 }
+            guard e.kind == .data else { return }
+            let r = try frame(e.frame)
+            do { try e.check(inside: r, number: i) } catch { throw damaged(name, error) }
+            guard sparse ? e.frameBlock >= use[Int(e.frame)] : e.frameBlock == use[Int(e.frame)] else {
+                throw ChainError.damaged(file: name, detail: "extent \(i) points outside its frame")
+            }
+            use[Int(e.frame)] = e.frameBlock + e.blockCount
+        }
+        for f in 0..<frameCount {
+            let r = try frame(UInt32(f))
+            guard sparse ? use[f] > 0 : use[f] == r.blockCount else {
+                throw ChainError.damaged(file: name, detail: "a frame holds blocks that no extent uses")
+            }
+        }
+    }
+
+    private func read(_ offset: UInt64, _ length: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: length)
+        let n = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: offset) }
+        guard n == length else { throw FormatError.truncated("index chunk at byte \(offset)", at: UInt64(n)) }
+        return bytes
+    }
+}
+
+/// Reads an image's extents forward in block order, a chunk at a time, and hands them out clipped to the ranges
+/// asked for. Each data extent is checked against its frame's record (that it stays inside the frame) once.
+struct ExtentCursor {
+    let index: IndexReader
+    private var chunk: Int
+    private var records: [ExtentRecord] = []
+    private var i = 0
+    private var checked = -1
+    /// Blocks before this have been handed out.
+    private(set) var position: UInt64
+
+    init(_ index: IndexReader, from block: UInt64 = 0) {
+        self.index = index
+        chunk = index.extentChunk(atOrAfter: block) - 1
+        position = block
+    }
+
+    /// Appends the extents (or parts of them) between `position` and `end` to `out`, and moves to `end`.
+    mutating func take(upTo end: UInt64, into out: inout [ExtentRecord]) throws {
+        while position < end {
+            if i == records.count {
+                guard chunk + 1 < index.extentChunkCount else { break }
+                chunk += 1
+                records = try index.extents(chunk: chunk)
+                i = records.firstIndex { $0.endBlock > position } ?? records.count
+                checked = -1
+                continue
+            }
+            let e = records[i]
+            if e.firstBlock >= end { break }
+            if e.kind == .data && checked < i {
+                do { try e.check(inside: index.frame(e.frame), number: chunk * IndexChunks.extentsPerChunk + i) } catch {
+                    throw damaged(index.name, error)
+                }
+                checked = i
+            }
+            let start = max(e.firstBlock, position), stop = min(e.endBlock, end)
+            if start < stop {
+                var piece = e
+                piece.firstBlock = start
+                piece.blockCount = UInt32(stop - start)
+                if e.kind == .data { piece.frameBlock = e.frameBlock + UInt32(start - e.firstBlock) }
+                out.append(piece)
+            }
+            if e.endBlock <= end { i += 1 } else { break }
+        }
+        position = max(position, end)
+    }
+}

@@ -1,0 +1,273 @@
+// The chunked image index (docs/FORMAT.md, "Chunked index"; incompatible feature bit 1): frame records and
+// extent records in fixed-size chunks written among the frames as a capture goes, each with its CRC-32C, and a
+// small top-level table of them at the end of the file, where a version-1 index would be. A writer holds one
+// chunk of each kind and the table; a reader holds the table and the chunks it is reading. Frame chunks hold
+// `framesPerChunk` records (the last fewer), so frame n lies in chunk n / framesPerChunk; extent chunks hold
+// `extentsPerChunk` (the last fewer) and say which blocks they cover, so the chunk holding a block is found by a
+// binary search of the table.
+
+public enum IndexChunks {
+    public static let framesPerChunk = 4096
+    public static let extentsPerChunk = 8192
+    static let frameMagic: [UInt8] = Array("STRATAFC".utf8)
+    static let extentMagic: [UInt8] = Array("STRATAEC".utf8)
+    /// Magic and record count.
+    static let chunkHeaderSize = 16
+
+    public static func frameChunkLength(_ count: Int) -> Int { chunkHeaderSize + count * FrameRecord.encodedSize }
+    public static func extentChunkLength(_ count: Int) -> Int { chunkHeaderSize + count * ExtentRecord.encodedSize }
+
+    public static func encode(frames: ArraySlice<FrameRecord>) -> [UInt8] {
+        var w = ByteWriter(capacity: frameChunkLength(frames.count))
+        w.raw(frameMagic)
+        w.u64(UInt64(frames.count))
+        for f in frames { f.encode(into: &w) }
+        return w.bytes
+    }
+
+    public static func encode(extents: ArraySlice<ExtentRecord>) -> [UInt8] {
+        var w = ByteWriter(capacity: extentChunkLength(extents.count))
+        w.raw(extentMagic)
+        w.u64(UInt64(extents.count))
+        for e in extents { e.encode(into: &w) }
+        return w.bytes
+    }
+
+    /// Decodes frame chunk `c` of an image and checks it against its entry in the table: checksum, count, each
+    /// frame inside the data area, after the one before, and no larger than its blocks allow.
+    public static func decodeFrames(_ bytes: [UInt8], chunk c: Int, entry: TopIndex.FrameChunk, header h: ImageHeader) throws -> [FrameRecord] {
+        let what = "frame chunk \(c)"
+        guard bytes.count == frameChunkLength(Int(entry.count)) else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
+        guard CRC32C.checksum(bytes) == entry.checksum else { throw FormatError.checksumMismatch(what) }
+        var r = ByteReader(bytes, what: what)
+        guard try r.raw(8) == frameMagic, try r.u64() == UInt64(entry.count) else { throw FormatError.invalid("\(what) is not the chunk the index names") }
+        var frames = [FrameRecord]()
+        frames.reserveCapacity(Int(entry.count))
+        var next = entry.firstOffset
+        let maxBlocks = max(ImageHeader.maxBlockSize / h.blockSize, 1)
+        for i in 0..<Int(entry.count) {
+            let n = c * framesPerChunk + i
+            let f = try FrameRecord.decode(&r, number: n)
+            guard f.offset >= next, f.blockCount >= 1, f.blockCount <= maxBlocks, f.payloadLength > 0,
+                f.payloadLength <= Int(f.blockCount) * Int(h.blockSize) + 65536, f.offset + UInt64(f.length) <= entry.endOffset
+            else { throw FormatError.invalid("frame \(n) lies outside the image's data area") }
+            guard i > 0 || f.offset == entry.firstOffset else { throw FormatError.invalid("\(what) does not start where the index says") }
+            next = f.offset + UInt64(f.length)
+            frames.append(f)
+        }
+        guard next == entry.endOffset else { throw FormatError.invalid("\(what) does not end where the index says") }
+        return frames
+    }
+
+    /// Decodes extent chunk `c` and checks it against its entry: checksum, count, order, the blocks and block
+    /// counts the entry gives, frames that exist. (That a data extent stays inside its frame is checked where the
+    /// frame's record is read: `ImageIndex.checkFrameUse`.)
+    public static func decodeExtents(_ bytes: [UInt8], chunk c: Int, entry: TopIndex.ExtentChunk, header h: ImageHeader) throws -> [ExtentRecord] {
+        let what = "extent chunk \(c)"
+        guard bytes.count == extentChunkLength(Int(entry.count)) else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
+        guard CRC32C.checksum(bytes) == entry.checksum else { throw FormatError.checksumMismatch(what) }
+        var r = ByteReader(bytes, what: what)
+        guard try r.raw(8) == extentMagic, try r.u64() == UInt64(entry.count) else { throw FormatError.invalid("\(what) is not the chunk the index names") }
+        var extents = [ExtentRecord]()
+        extents.reserveCapacity(Int(entry.count))
+        var nextBlock = entry.firstBlock
+        var data: UInt64 = 0, zero: UInt64 = 0, unreadable: UInt64 = 0
+        for i in 0..<Int(entry.count) {
+            let n = c * extentsPerChunk + i
+            let e = try ExtentRecord.decode(&r, number: n)
+            guard e.blockCount > 0, e.firstBlock >= nextBlock, e.firstBlock < entry.endBlock, UInt64(e.blockCount) <= entry.endBlock - e.firstBlock,
+                i > 0 || e.firstBlock == entry.firstBlock
+            else { throw FormatError.invalid("extent \(n) is out of order or beyond the source") }
+            if h.kind == .full && e.firstBlock != nextBlock { throw FormatError.invalid("full image does not cover block \(nextBlock)") }
+            switch e.kind {
+            case .data:
+                guard UInt64(e.frame) < h.frameCount else { throw FormatError.invalid("extent \(n) points outside its frame") }
+                data += UInt64(e.blockCount)
+            case .zero: zero += UInt64(e.blockCount)
+            case .unreadable: unreadable += UInt64(e.blockCount)
+            }
+            nextBlock = e.endBlock
+            extents.append(e)
+        }
+        guard nextBlock == entry.endBlock, data == entry.dataBlocks, zero == entry.zeroBlocks, unreadable == entry.unreadableBlocks else {
+            throw FormatError.invalid("\(what) differs from what the index says it holds")
+        }
+        return extents
+    }
+}
+
+/// The top-level table of a chunked index: where each chunk lies, what it covers, and its checksum.
+public struct TopIndex: Equatable, Sendable {
+    public static let magic: [UInt8] = Array("STRATAIT".utf8)
+    static let headerSize = 32
+
+    public struct FrameChunk: Equatable, Sendable {
+        public static let encodedSize = 40
+        /// Where the chunk lies in the file.
+        public var offset: UInt64
+        public var length: UInt32
+        public var count: UInt32
+        /// The first byte of its first frame and the byte after its last frame.
+        public var firstOffset: UInt64
+        public var endOffset: UInt64
+        public var checksum: UInt32
+
+        public init(offset: UInt64, length: UInt32, count: UInt32, firstOffset: UInt64, endOffset: UInt64, checksum: UInt32) {
+            (self.offset, self.length, self.count) = (offset, length, count)
+            (self.firstOffset, self.endOffset, self.checksum) = (firstOffset, endOffset, checksum)
+        }
+    }
+
+    public struct ExtentChunk: Equatable, Sendable {
+        public static let encodedSize = 64
+        public var offset: UInt64
+        public var length: UInt32
+        public var count: UInt32
+        /// The first block of its first extent and the block after its last.
+        public var firstBlock: UInt64
+        public var endBlock: UInt64
+        public var dataBlocks: UInt64
+        public var zeroBlocks: UInt64
+        public var unreadableBlocks: UInt64
+        public var checksum: UInt32
+
+        public init(
+            offset: UInt64, length: UInt32, count: UInt32, firstBlock: UInt64, endBlock: UInt64, dataBlocks: UInt64, zeroBlocks: UInt64,
+            unreadableBlocks: UInt64, checksum: UInt32
+        ) {
+            (self.offset, self.length, self.count, self.firstBlock, self.endBlock) = (offset, length, count, firstBlock, endBlock)
+            (self.dataBlocks, self.zeroBlocks, self.unreadableBlocks, self.checksum) = (dataBlocks, zeroBlocks, unreadableBlocks, checksum)
+        }
+    }
+
+    public var frameChunks: [FrameChunk]
+    public var extentChunks: [ExtentChunk]
+    /// The longest frame (hashes and payload): what a reader sizes its buffers by.
+    public var maxFrameLength: UInt32
+
+    public init(frameChunks: [FrameChunk] = [], extentChunks: [ExtentChunk] = [], maxFrameLength: UInt32 = 0) {
+        self.frameChunks = frameChunks
+        self.extentChunks = extentChunks
+        self.maxFrameLength = maxFrameLength
+    }
+
+    static func chunks(_ records: UInt64, per: Int) -> UInt64 { records / UInt64(per) + (records % UInt64(per) == 0 ? 0 : 1) }
+
+    /// The table's length for an image of `frames` frames and `extents` extents.
+    public static func encodedLength(frames: UInt64, extents: UInt64) -> UInt64 {
+        let f = chunks(frames, per: IndexChunks.framesPerChunk), e = chunks(extents, per: IndexChunks.extentsPerChunk)
+        // No overflow: chunk counts are at most 2^64 / 4096.
+        return UInt64(headerSize) + f * UInt64(FrameChunk.encodedSize) + e * UInt64(ExtentChunk.encodedSize)
+    }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter(capacity: Self.headerSize + frameChunks.count * FrameChunk.encodedSize + extentChunks.count * ExtentChunk.encodedSize)
+        w.raw(Self.magic)
+        w.u64(UInt64(frameChunks.count))
+        w.u64(UInt64(extentChunks.count))
+        w.u32(maxFrameLength)
+        w.zeros(4)
+        for c in frameChunks {
+            w.u64(c.offset)
+            w.u32(c.length)
+            w.u32(c.count)
+            w.u64(c.firstOffset)
+            w.u64(c.endOffset)
+            w.u32(c.checksum)
+            w.zeros(4)
+        }
+        for c in extentChunks {
+            w.u64(c.offset)
+            w.u32(c.length)
+            w.u32(c.count)
+            w.u64(c.firstBlock)
+            w.u64(c.endBlock)
+            w.u64(c.dataBlocks)
+            w.u64(c.zeroBlocks)
+            w.u64(c.unreadableBlocks)
+            w.u32(c.checksum)
+            w.zeros(4)
+        }
+        return w.bytes
+    }
+
+    /// Decodes and checks the table against its header: checksum, counts, every chunk inside the data area,
+    /// frames in file order, extents in block order (covering every block for a full image), and block counts
+    /// that add up to the header's. After this, each chunk can be read and checked on its own.
+    public static func decode(_ bytes: [UInt8], header h: ImageHeader) throws -> TopIndex {
+        let what = "image index"
+        guard UInt64(bytes.count) == h.indexLength else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
+        guard CRC32C.checksum(bytes) == h.indexChecksum else { throw FormatError.checksumMismatch(what) }
+        var r = ByteReader(bytes, what: what)
+        guard try r.raw(8) == magic else { throw FormatError.badMagic(what) }
+        let frameChunkCount = try r.u64(), extentChunkCount = try r.u64()
+        guard frameChunkCount == chunks(h.frameCount, per: IndexChunks.framesPerChunk),
+            extentChunkCount == chunks(h.extentCount, per: IndexChunks.extentsPerChunk)
+        else { throw FormatError.invalid("image index counts differ from the header's") }
+        let maxFrameLength = try r.u32()
+        try r.skip(4)
+        let maxBlocks = UInt64(max(ImageHeader.maxBlockSize / h.blockSize, 1))
+        guard UInt64(maxFrameLength) <= maxBlocks * (16 + UInt64(h.blockSize)) + 65536 else {
+            throw FormatError.invalid("image index names a frame longer than any frame can be")
+        }
+        func expected(_ i: UInt64, of total: UInt64, per: Int) -> UInt64 { min(UInt64(per), total - i * UInt64(per)) }
+        func inDataArea(_ offset: UInt64, _ length: UInt32) -> Bool {
+            offset >= UInt64(ImageHeader.size) && offset <= h.indexOffset && UInt64(length) <= h.indexOffset - offset
+        }
+        var top = TopIndex(maxFrameLength: maxFrameLength)
+        top.frameChunks.reserveCapacity(Int(frameChunkCount))
+        var nextOffset = UInt64(ImageHeader.size)
+        for i in 0..<frameChunkCount {
+            let c = FrameChunk(
+                offset: try r.u64(), length: try r.u32(), count: try r.u32(), firstOffset: try r.u64(), endOffset: try r.u64(), checksum: try r.u32())
+            try r.skip(4)
+            guard UInt64(c.count) == expected(i, of: h.frameCount, per: IndexChunks.framesPerChunk),
+                Int(c.length) == IndexChunks.frameChunkLength(Int(c.count)), inDataArea(c.offset, c.length),
+                c.firstOffset >= nextOffset, c.firstOffset < c.endOffset, c.endOffset <= h.indexOffset
+            else { throw FormatError.invalid("frame chunk \(i) lies outside the image's data area") }
+            nextOffset = c.endOffset
+            top.frameChunks.append(c)
+        }
+        top.extentChunks.reserveCapacity(Int(extentChunkCount))
+        var nextBlock: UInt64 = 0
+        var data: UInt64 = 0, zero: UInt64 = 0, unreadable: UInt64 = 0
+        let blockCount = h.blockCount
+        for i in 0..<extentChunkCount {
+            let c = ExtentChunk(
+                offset: try r.u64(), length: try r.u32(), count: try r.u32(), firstBlock: try r.u64(), endBlock: try r.u64(),
+                dataBlocks: try r.u64(), zeroBlocks: try r.u64(), unreadableBlocks: try r.u64(), checksum: try r.u32())
+            try r.skip(4)
+            guard UInt64(c.count) == expected(i, of: h.extentCount, per: IndexChunks.extentsPerChunk),
+                Int(c.length) == IndexChunks.extentChunkLength(Int(c.count)), inDataArea(c.offset, c.length)
+            else { throw FormatError.invalid("extent chunk \(i) lies outside the image's data area") }
+            let (s1, o1) = c.dataBlocks.addingReportingOverflow(c.zeroBlocks)
+            let (held, o2) = s1.addingReportingOverflow(c.unreadableBlocks)
+            guard c.firstBlock >= nextBlock, c.firstBlock < c.endBlock, c.endBlock <= blockCount, !o1, !o2, held <= c.endBlock - c.firstBlock,
+                held >= UInt64(c.count)
+            else { throw FormatError.invalid("extent chunk \(i) is out of order or beyond the source") }
+            if h.kind == .full && (c.firstBlock != nextBlock || held != c.endBlock - c.firstBlock) {
+                throw FormatError.invalid("full image does not cover block \(nextBlock)")
+            }
+            nextBlock = c.endBlock
+            data += c.dataBlocks
+            zero += c.zeroBlocks
+            unreadable += c.unreadableBlocks
+            top.extentChunks.append(c)
+        }
+        if h.kind == .full && nextBlock != blockCount { throw FormatError.invalid("full image does not cover the whole source") }
+        guard data == h.dataBlocks, zero == h.zeroBlocks, unreadable == h.unreadableBlocks else {
+            throw FormatError.invalid("image block counts differ from the header's")
+        }
+        return top
+    }
+
+    /// The extent chunk holding `block`, or the first one after it (`extentChunks.count` when none).
+    public func extentChunk(atOrAfter block: UInt64) -> Int {
+        var lo = 0, hi = extentChunks.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if extentChunks[mid].endBlock <= block { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+}
