@@ -1,4 +1,5 @@
-// libFuzzer target for every decoder of untrusted bytes in StrataFormat: image header and index, chain manifest
+// libFuzzer target for every decoder of untrusted bytes in StrataFormat: image header and index (one table, or a
+// chunk table and its chunks), chain manifest
 // and damage record (the same text form: selectors 2 and 3 feed both), hash-map header and chunk header. Built outside SwiftPM by Tools/fuzz (swiftc -sanitize=fuzzer,address over
 // Sources/StrataFormat and this file). The first input byte picks the decoder; odd selectors first repair the
 // checksums (header CRC, index CRC, manifest CRC line) so the fuzzer reaches the structural checks behind them.
@@ -40,7 +41,26 @@ private func fuzzImage(_ input: [UInt8], repair: Bool) {
     // As ImageFile does: the file must be as long as the header says before the index is read.
     guard h.fileSize == UInt64(b.count) else { return }
     let index = Array(b[Int(h.indexOffset)..<Int(h.indexOffset + h.indexLength)])
-    _ = try? ImageIndex.decode(index, header: h)
+    guard h.isChunked else {
+        _ = try? ImageIndex.decode(index, header: h)
+        return
+    }
+    guard var top = try? TopIndex.decode(index, header: h) else { return }
+    // Each chunk the table places inside the file, as IndexReader reads them (repair: with the chunk's own CRC,
+    // so the fuzzer reaches the checks behind it).
+    func bytes(_ offset: UInt64, _ length: UInt32) -> [UInt8]? {
+        offset <= UInt64(b.count) && UInt64(length) <= UInt64(b.count) - offset ? Array(b[Int(offset)..<Int(offset + UInt64(length))]) : nil
+    }
+    for c in top.frameChunks.indices {
+        guard let chunk = bytes(top.frameChunks[c].offset, top.frameChunks[c].length) else { continue }
+        if repair { top.frameChunks[c].checksum = CRC32C.checksum(chunk) }
+        _ = try? IndexChunks.decodeFrames(chunk, chunk: c, of: top, header: h)
+    }
+    for c in top.extentChunks.indices {
+        guard let chunk = bytes(top.extentChunks[c].offset, top.extentChunks[c].length) else { continue }
+        if repair { top.extentChunks[c].checksum = CRC32C.checksum(chunk) }
+        _ = try? IndexChunks.decodeExtents(chunk, chunk: c, of: top, header: h)
+    }
 }
 
 private func fuzzManifest(_ input: [UInt8], repair: Bool) {

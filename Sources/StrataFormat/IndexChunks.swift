@@ -1,14 +1,17 @@
 // The chunked image index (docs/FORMAT.md, "Chunked index"; incompatible feature bit 1): frame records and
 // extent records in fixed-size chunks written among the frames as a capture goes, each with its CRC-32C, and a
 // small top-level table of them at the end of the file, where a version-1 index would be. A writer holds one
-// chunk of each kind and the table; a reader holds the table and the chunks it is reading. Frame chunks hold
-// `framesPerChunk` records (the last fewer), so frame n lies in chunk n / framesPerChunk; extent chunks hold
-// `extentsPerChunk` (the last fewer) and say which blocks they cover, so the chunk holding a block is found by a
-// binary search of the table.
+// chunk of each kind and the table; a reader holds the table and the chunks it is reading. Frame chunks hold the
+// table's `framesPerChunk` records (the last fewer), so frame n lies in chunk n / framesPerChunk; extent chunks
+// hold its `extentsPerChunk` (the last fewer) and say which blocks they cover, so the chunk holding a block is
+// found by a binary search of the table.
 
 public enum IndexChunks {
+    /// What writers use: 4096 frame records (128 KiB) and 8192 extent records (192 KiB) a chunk.
     public static let framesPerChunk = 4096
     public static let extentsPerChunk = 8192
+    /// The range a table may give: powers of two in it.
+    public static let perChunkRange: ClosedRange<UInt32> = 16...65536
     static let frameMagic: [UInt8] = Array("STRATAFC".utf8)
     static let extentMagic: [UInt8] = Array("STRATAEC".utf8)
     /// Magic and record count.
@@ -35,7 +38,8 @@ public enum IndexChunks {
 
     /// Decodes frame chunk `c` of an image and checks it against its entry in the table: checksum, count, each
     /// frame inside the data area, after the one before, and no larger than its blocks allow.
-    public static func decodeFrames(_ bytes: [UInt8], chunk c: Int, entry: TopIndex.FrameChunk, header h: ImageHeader) throws -> [FrameRecord] {
+    public static func decodeFrames(_ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader) throws -> [FrameRecord] {
+        let entry = top.frameChunks[c]
         let what = "frame chunk \(c)"
         guard bytes.count == frameChunkLength(Int(entry.count)) else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
         guard CRC32C.checksum(bytes) == entry.checksum else { throw FormatError.checksumMismatch(what) }
@@ -46,7 +50,7 @@ public enum IndexChunks {
         var next = entry.firstOffset
         let maxBlocks = max(ImageHeader.maxBlockSize / h.blockSize, 1)
         for i in 0..<Int(entry.count) {
-            let n = c * framesPerChunk + i
+            let n = c * Int(top.framesPerChunk) + i
             let f = try FrameRecord.decode(&r, number: n)
             guard f.offset >= next, f.blockCount >= 1, f.blockCount <= maxBlocks, f.payloadLength > 0,
                 f.payloadLength <= Int(f.blockCount) * Int(h.blockSize) + 65536, f.offset + UInt64(f.length) <= entry.endOffset
@@ -62,7 +66,8 @@ public enum IndexChunks {
     /// Decodes extent chunk `c` and checks it against its entry: checksum, count, order, the blocks and block
     /// counts the entry gives, frames that exist. (That a data extent stays inside its frame is checked where the
     /// frame's record is read: `ImageIndex.checkFrameUse`.)
-    public static func decodeExtents(_ bytes: [UInt8], chunk c: Int, entry: TopIndex.ExtentChunk, header h: ImageHeader) throws -> [ExtentRecord] {
+    public static func decodeExtents(_ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader) throws -> [ExtentRecord] {
+        let entry = top.extentChunks[c]
         let what = "extent chunk \(c)"
         guard bytes.count == extentChunkLength(Int(entry.count)) else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
         guard CRC32C.checksum(bytes) == entry.checksum else { throw FormatError.checksumMismatch(what) }
@@ -73,7 +78,7 @@ public enum IndexChunks {
         var nextBlock = entry.firstBlock
         var data: UInt64 = 0, zero: UInt64 = 0, unreadable: UInt64 = 0
         for i in 0..<Int(entry.count) {
-            let n = c * extentsPerChunk + i
+            let n = c * Int(top.extentsPerChunk) + i
             let e = try ExtentRecord.decode(&r, number: n)
             guard e.blockCount > 0, e.firstBlock >= nextBlock, e.firstBlock < entry.endBlock, UInt64(e.blockCount) <= entry.endBlock - e.firstBlock,
                 i > 0 || e.firstBlock == entry.firstBlock
@@ -99,7 +104,7 @@ public enum IndexChunks {
 /// The top-level table of a chunked index: where each chunk lies, what it covers, and its checksum.
 public struct TopIndex: Equatable, Sendable {
     public static let magic: [UInt8] = Array("STRATAIT".utf8)
-    static let headerSize = 32
+    static let headerSize = 40
 
     public struct FrameChunk: Equatable, Sendable {
         public static let encodedSize = 40
@@ -144,20 +149,36 @@ public struct TopIndex: Equatable, Sendable {
     public var extentChunks: [ExtentChunk]
     /// The longest frame (hashes and payload): what a reader sizes its buffers by.
     public var maxFrameLength: UInt32
+    /// Records a chunk (the last of each kind may hold fewer).
+    public var framesPerChunk: UInt32
+    public var extentsPerChunk: UInt32
 
-    public init(frameChunks: [FrameChunk] = [], extentChunks: [ExtentChunk] = [], maxFrameLength: UInt32 = 0) {
+    public init(
+        frameChunks: [FrameChunk] = [], extentChunks: [ExtentChunk] = [], maxFrameLength: UInt32 = 0,
+        framesPerChunk: UInt32 = UInt32(IndexChunks.framesPerChunk), extentsPerChunk: UInt32 = UInt32(IndexChunks.extentsPerChunk)
+    ) {
         self.frameChunks = frameChunks
         self.extentChunks = extentChunks
         self.maxFrameLength = maxFrameLength
+        self.framesPerChunk = framesPerChunk
+        self.extentsPerChunk = extentsPerChunk
     }
 
-    static func chunks(_ records: UInt64, per: Int) -> UInt64 { records / UInt64(per) + (records % UInt64(per) == 0 ? 0 : 1) }
+    static func chunks(_ records: UInt64, per: UInt32) -> UInt64 { records / UInt64(per) + (records % UInt64(per) == 0 ? 0 : 1) }
 
-    /// The table's length for an image of `frames` frames and `extents` extents.
-    public static func encodedLength(frames: UInt64, extents: UInt64) -> UInt64 {
-        let f = chunks(frames, per: IndexChunks.framesPerChunk), e = chunks(extents, per: IndexChunks.extentsPerChunk)
-        // No overflow: chunk counts are at most 2^64 / 4096.
-        return UInt64(headerSize) + f * UInt64(FrameChunk.encodedSize) + e * UInt64(ExtentChunk.encodedSize)
+    /// The table's length for an image of `frames` frames and `extents` extents, in chunks of the sizes given.
+    public static func encodedLength(frames: UInt64, extents: UInt64, framesPerChunk: UInt32, extentsPerChunk: UInt32) -> UInt64 {
+        let f = chunks(frames, per: framesPerChunk), e = chunks(extents, per: extentsPerChunk)
+        // No overflow: chunk counts are at most 2^64 / 16.
+        let (a, o1) = f.multipliedReportingOverflow(by: UInt64(FrameChunk.encodedSize))
+        let (b, o2) = e.multipliedReportingOverflow(by: UInt64(ExtentChunk.encodedSize))
+        let (s, o3) = a.addingReportingOverflow(b)
+        return o1 || o2 || o3 ? UInt64.max : UInt64(headerSize) + s
+    }
+
+    /// The longest a table can be for these counts (chunks of the fewest records allowed): what a header may name.
+    public static func maxEncodedLength(frames: UInt64, extents: UInt64) -> UInt64 {
+        encodedLength(frames: frames, extents: extents, framesPerChunk: IndexChunks.perChunkRange.lowerBound, extentsPerChunk: IndexChunks.perChunkRange.lowerBound)
     }
 
     public func encode() -> [UInt8] {
@@ -166,6 +187,8 @@ public struct TopIndex: Equatable, Sendable {
         w.u64(UInt64(frameChunks.count))
         w.u64(UInt64(extentChunks.count))
         w.u32(maxFrameLength)
+        w.u32(framesPerChunk)
+        w.u32(extentsPerChunk)
         w.zeros(4)
         for c in frameChunks {
             w.u64(c.offset)
@@ -201,27 +224,30 @@ public struct TopIndex: Equatable, Sendable {
         var r = ByteReader(bytes, what: what)
         guard try r.raw(8) == magic else { throw FormatError.badMagic(what) }
         let frameChunkCount = try r.u64(), extentChunkCount = try r.u64()
-        guard frameChunkCount == chunks(h.frameCount, per: IndexChunks.framesPerChunk),
-            extentChunkCount == chunks(h.extentCount, per: IndexChunks.extentsPerChunk)
-        else { throw FormatError.invalid("image index counts differ from the header's") }
-        let maxFrameLength = try r.u32()
+        let maxFrameLength = try r.u32(), framesPerChunk = try r.u32(), extentsPerChunk = try r.u32()
         try r.skip(4)
+        for n in [framesPerChunk, extentsPerChunk] where !IndexChunks.perChunkRange.contains(n) || n & (n - 1) != 0 {
+            throw FormatError.invalid("image index chunks hold \(n) records, not a power of two from 16 to 65536")
+        }
+        guard frameChunkCount == chunks(h.frameCount, per: framesPerChunk), extentChunkCount == chunks(h.extentCount, per: extentsPerChunk),
+            h.indexLength == encodedLength(frames: h.frameCount, extents: h.extentCount, framesPerChunk: framesPerChunk, extentsPerChunk: extentsPerChunk)
+        else { throw FormatError.invalid("image index counts differ from the header's") }
         let maxBlocks = UInt64(max(ImageHeader.maxBlockSize / h.blockSize, 1))
         guard UInt64(maxFrameLength) <= maxBlocks * (16 + UInt64(h.blockSize)) + 65536 else {
             throw FormatError.invalid("image index names a frame longer than any frame can be")
         }
-        func expected(_ i: UInt64, of total: UInt64, per: Int) -> UInt64 { min(UInt64(per), total - i * UInt64(per)) }
+        func expected(_ i: UInt64, of total: UInt64, per: UInt32) -> UInt64 { min(UInt64(per), total - i * UInt64(per)) }
         func inDataArea(_ offset: UInt64, _ length: UInt32) -> Bool {
             offset >= UInt64(ImageHeader.size) && offset <= h.indexOffset && UInt64(length) <= h.indexOffset - offset
         }
-        var top = TopIndex(maxFrameLength: maxFrameLength)
+        var top = TopIndex(maxFrameLength: maxFrameLength, framesPerChunk: framesPerChunk, extentsPerChunk: extentsPerChunk)
         top.frameChunks.reserveCapacity(Int(frameChunkCount))
         var nextOffset = UInt64(ImageHeader.size)
         for i in 0..<frameChunkCount {
             let c = FrameChunk(
                 offset: try r.u64(), length: try r.u32(), count: try r.u32(), firstOffset: try r.u64(), endOffset: try r.u64(), checksum: try r.u32())
             try r.skip(4)
-            guard UInt64(c.count) == expected(i, of: h.frameCount, per: IndexChunks.framesPerChunk),
+            guard UInt64(c.count) == expected(i, of: h.frameCount, per: framesPerChunk),
                 Int(c.length) == IndexChunks.frameChunkLength(Int(c.count)), inDataArea(c.offset, c.length),
                 c.firstOffset >= nextOffset, c.firstOffset < c.endOffset, c.endOffset <= h.indexOffset
             else { throw FormatError.invalid("frame chunk \(i) lies outside the image's data area") }
@@ -237,7 +263,7 @@ public struct TopIndex: Equatable, Sendable {
                 offset: try r.u64(), length: try r.u32(), count: try r.u32(), firstBlock: try r.u64(), endBlock: try r.u64(),
                 dataBlocks: try r.u64(), zeroBlocks: try r.u64(), unreadableBlocks: try r.u64(), checksum: try r.u32())
             try r.skip(4)
-            guard UInt64(c.count) == expected(i, of: h.extentCount, per: IndexChunks.extentsPerChunk),
+            guard UInt64(c.count) == expected(i, of: h.extentCount, per: extentsPerChunk),
                 Int(c.length) == IndexChunks.extentChunkLength(Int(c.count)), inDataArea(c.offset, c.length)
             else { throw FormatError.invalid("extent chunk \(i) lies outside the image's data area") }
             let (s1, o1) = c.dataBlocks.addingReportingOverflow(c.zeroBlocks)

@@ -1,14 +1,19 @@
-// A chain written by an earlier release (Tests/Fixtures/compat-v1, made by Tools/make-compat-fixture) verifies
-// and restores every point bit for bit with this one, and takes a new capture: the on-disk format is a promise.
+// Chains written by earlier releases (Tests/Fixtures/compat-v1: a one-table index; compat-v2: the chunked index;
+// made by Tools/make-compat-fixture) verify and restore every point bit for bit with this one, and take a new
+// capture: the on-disk format is a promise.
 import Foundation
 import TestSupport
 import XCTest
 
 final class CompatibilityTests: XCTestCase {
-    func testAChainFromTheEarlierReleaseVerifiesAndRestores() throws {
+    func testAChainWithAOneTableIndexVerifiesAndRestores() throws { try check("compat-v1") }
+
+    func testAChainWithAChunkedIndexVerifiesAndRestores() throws { try check("compat-v2") }
+
+    func check(_ name: String) throws {
         let dir = try scratchDirectory("strata-compat")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let fixture = "\(fixtures)/compat-v1"
+        let fixture = "\(fixtures)/\(name)"
         let chain = "\(dir)/chain"
         try FileManager.default.copyItem(atPath: "\(fixture)/chain", toPath: chain)
         XCTAssertEqual(runTool("/usr/bin/env", ["chmod", "-R", "go=", chain]), 0)

@@ -222,7 +222,7 @@ final class ChainErrorTests: XCTestCase {
         var top = try TopIndex.decode(Array(bytes[Int(header.indexOffset)...]), header: header)
         let entry = top.frameChunks[0]
         let chunk = { Array(bytes[Int(entry.offset)..<(Int(entry.offset) + Int(entry.length))]) }
-        var frames = try IndexChunks.decodeFrames(chunk(), chunk: 0, entry: entry, header: header)
+        var frames = try IndexChunks.decodeFrames(chunk(), chunk: 0, of: top, header: header)
         let frame = frames[0]
         bytes[Int(frame.offset) + 16 + 3] ^= 0xFF  // the second block's stored hash
         frames[0].checksum = bytes.withUnsafeBytes { Checksum.xxh3($0.baseAddress! + Int(frame.offset), count: Int(frame.length)) }
@@ -236,7 +236,7 @@ final class ChainErrorTests: XCTestCase {
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         var extents: [ExtentRecord] = []
         for (c, e) in top.extentChunks.enumerated() {
-            extents += try IndexChunks.decodeExtents(Array(bytes[Int(e.offset)..<(Int(e.offset) + Int(e.length))]), chunk: c, entry: e, header: header)
+            extents += try IndexChunks.decodeExtents(Array(bytes[Int(e.offset)..<(Int(e.offset) + Int(e.length))]), chunk: c, of: top, header: header)
         }
         let extent = extents.first { $0.kind == .data && $0.frame == 0 && $0.frameBlock <= 1 && 1 < $0.frameBlock + $0.blockCount }!
         var o = RestoreOptions.overwriting

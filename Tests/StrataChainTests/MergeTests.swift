@@ -24,7 +24,28 @@ final class MergeTests: XCTestCase {
     }
 
     func testRandomMergesAndPrunesKeepEveryPoint() throws {
-        for seed: UInt64 in [21, 22, 23] {
+        try randomMergesAndPrunes(seeds: [21, 22, 23])
+    }
+
+    /// The same with tiny index chunks (16 records), windows of a few blocks for restore, verify, merge and the
+    /// map rebuild, and two restore slots, so that every piece of the streamed index is crossed many times and
+    /// frames leave their slots and are read again; every point is also verified whole after each step.
+    func testRandomMergesWithSmallChunksWindowsAndSlots() throws {
+        let saved = (ImageWriter.chunking, PointWalk.defaultWindow, MergePlan.windowBlocks, RestorePipeline.maxSlots)
+        defer { (ImageWriter.chunking, PointWalk.defaultWindow, MergePlan.windowBlocks, RestorePipeline.maxSlots) = saved }
+        ImageWriter.chunking = (16, 16)
+        PointWalk.defaultWindow = 37
+        MergePlan.windowBlocks = 101
+        RestorePipeline.maxSlots = 2
+        try randomMergesAndPrunes(seeds: [31, 32], verify: true)
+        // The images written this way have many chunks of each kind.
+        let chain = "\(dir)/chain-31"
+        let full = try Chain(location: chain, access: .read).openImages(forPoint: try ChainListing.read(chain: chain).points.last!.point).first!
+        XCTAssertGreaterThan(full.index.extentChunkCount, 4)
+    }
+
+    func randomMergesAndPrunes(seeds: [UInt64], verify: Bool = false) throws {
+        for seed in seeds {
             var rng = SeededGenerator(seed: seed)
             var disk = DiskModel(size: 3 << 20 + 2048, rng: &rng)
             let source = "\(dir)/source-\(seed).img"
@@ -64,6 +85,10 @@ final class MergeTests: XCTestCase {
                     what = "merge \(points[i])..\(points[j]) on \(o.threads) threads"
                 }
                 try assertEveryPointRestores(chain, states, "seed \(seed) step \(step) (\(what))")
+                if verify {
+                    let v = try Verify.run(chain: chain, options: VerifyOptions())
+                    XCTAssertTrue(v.isWhole, "seed \(seed) step \(step) (\(what)): \(v.problems)")
+                }
             }
             // The head hash map stays valid: the next capture after merges is an ordinary incremental.
             let quiet = try Capture.run(source: source, chain: chain, options: CaptureOptions())

@@ -6,7 +6,8 @@ import StrataFormat
 
 final class PointWalk {
     /// Blocks per window: 65536 (256 MiB of 4 KiB blocks); a window holds at most that many extents an image.
-    static let defaultWindow: UInt64 = 1 << 16
+    /// (Tests make it small to cross many windows.)
+    nonisolated(unsafe) static var defaultWindow: UInt64 = 1 << 16
 
     private var cursors: [ExtentCursor]
     private let blockCount: UInt64

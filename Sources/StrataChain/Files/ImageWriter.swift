@@ -20,7 +20,9 @@ final class ImageWriter {
     private var frameBytes: UInt64 = 0
     private var extents: [ExtentRecord] = []
     private var extentCount = 0
-    private var top = TopIndex()
+    private var top = TopIndex(framesPerChunk: UInt32(ImageWriter.chunking.frames), extentsPerChunk: UInt32(ImageWriter.chunking.extents))
+    /// Records a chunk: the format's sizes; tests make them small to write many chunks.
+    nonisolated(unsafe) static var chunking = (frames: IndexChunks.framesPerChunk, extents: IndexChunks.extentsPerChunk)
     private var failure: Error?
     private let reservedWrites = Condition()
 
@@ -54,7 +56,7 @@ final class ImageWriter {
     var nextFrame: UInt32 { appending.withLock { UInt32(frameCount) } }
 
     private func addFrame(_ r: FrameRecord) throws {
-        if frames.count == IndexChunks.framesPerChunk { try flushFrames() }
+        if frames.count == Int(top.framesPerChunk) { try flushFrames() }
         frames.append(r)
         frameCount += 1
         frameBytes += UInt64(r.length)
@@ -112,7 +114,7 @@ final class ImageWriter {
             offsets.reserveCapacity(records.count)
             for r in records {
                 // A frame chunk that fills goes into the file first, between reserved frames.
-                if frames.count == IndexChunks.framesPerChunk { try flushFrames() }
+                if frames.count == Int(top.framesPerChunk) { try flushFrames() }
                 let at = appender.offset
                 try appender.skip(UInt64(r.length))
                 try addFrame(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum))
@@ -146,7 +148,7 @@ final class ImageWriter {
             extents[extents.count - 1] = last
             return
         }
-        if extents.count == IndexChunks.extentsPerChunk { try guarded { try flushExtents() } }
+        if extents.count == Int(top.extentsPerChunk) { try guarded { try flushExtents() } }
         extents.append(ExtentRecord(firstBlock: block, blockCount: count, kind: kind, frame: frame, frameBlock: frameBlock))
         extentCount += 1
     }

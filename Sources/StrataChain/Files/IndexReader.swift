@@ -54,7 +54,7 @@ final class IndexReader {
         switch source {
         case .whole(let index): return index.frames[Int(n)]
         case .chunked(let top):
-            let c = Int(n) / IndexChunks.framesPerChunk, i = Int(n) % IndexChunks.framesPerChunk
+            let c = Int(n) / Int(top.framesPerChunk), i = Int(n) % Int(top.framesPerChunk)
             return try lock.withLock {
                 clock += 1
                 if let k = cached.firstIndex(where: { $0.chunk == c }) {
@@ -63,7 +63,7 @@ final class IndexReader {
                 }
                 let entry = top.frameChunks[c]
                 let records: [FrameRecord]
-                do { records = try IndexChunks.decodeFrames(read(entry.offset, Int(entry.length)), chunk: c, entry: entry, header: header) } catch {
+                do { records = try IndexChunks.decodeFrames(read(entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
                     throw damaged(name, error)
                 }
                 if cached.count >= Self.cachedChunks { cached.remove(at: cached.indices.min { cached[$0].used < cached[$1].used }!) }
@@ -81,6 +81,14 @@ final class IndexReader {
         }
     }
 
+    /// The number of extent chunk `c`'s first extent.
+    func firstExtent(ofChunk c: Int) -> Int {
+        switch source {
+        case .whole: return 0
+        case .chunked(let top): return c * Int(top.extentsPerChunk)
+        }
+    }
+
     /// The extent chunk holding `block`, or the first after it.
     func extentChunk(atOrAfter block: UInt64) -> Int {
         switch source {
@@ -95,7 +103,7 @@ final class IndexReader {
         case .whole(let index): return index.extents
         case .chunked(let top):
             let entry = top.extentChunks[c]
-            do { return try IndexChunks.decodeExtents(read(entry.offset, Int(entry.length)), chunk: c, entry: entry, header: header) } catch {
+            do { return try IndexChunks.decodeExtents(read(entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
                 throw damaged(name, error)
             }
         }
@@ -171,7 +179,7 @@ struct ExtentCursor {
             let e = records[i]
             if e.firstBlock >= end { break }
             if e.kind == .data && checked < i {
-                do { try e.check(inside: index.frame(e.frame), number: chunk * IndexChunks.extentsPerChunk + i) } catch {
+                do { try e.check(inside: index.frame(e.frame), number: index.firstExtent(ofChunk: chunk) + i) } catch {
                     throw damaged(index.name, error)
                 }
                 checked = i

@@ -26,8 +26,8 @@ final class MergePlan {
     private var workBytes: UInt64 = 0
     private(set) var framesCopied = 0
     private(set) var framesRepacked = 0
-    /// Blocks per window of the writing walk: 2^18 (1 GiB of 4 KiB blocks).
-    static let windowBlocks: UInt64 = 1 << 18
+    /// Blocks per window of the writing walk: 2^18 (1 GiB of 4 KiB blocks). (Tests make it small.)
+    nonisolated(unsafe) static var windowBlocks: UInt64 = 1 << 18
 
     init(sources: [ImageFile]) throws {
         self.sources = sources
@@ -46,7 +46,8 @@ final class MergePlan {
             extents += 1
             if e.kind == .data { surviving[number(e)] += e.blockCount }
         }
-        bytesUpperBound = extents * UInt64(ExtentRecord.encodedSize) + TopIndex.encodedLength(frames: 0, extents: extents)
+        bytesUpperBound = extents * UInt64(ExtentRecord.encodedSize) + TopIndex.encodedLength(
+            frames: 0, extents: extents, framesPerChunk: UInt32(IndexChunks.framesPerChunk), extentsPerChunk: UInt32(IndexChunks.extentsPerChunk))
         for (i, source) in sources.enumerated() {
             for f in 0..<source.index.frameCount where surviving[frameBase[i] + f] > 0 {
                 let r = try source.index.frame(UInt32(f))

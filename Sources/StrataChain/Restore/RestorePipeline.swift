@@ -55,6 +55,8 @@ final class RestorePipeline {
     private(set) var unreadableBlocks: UInt64 = 0
 
     private static let windowSize = 1 << 20
+    /// At most this many slots (tests make it small, to make frames leave their slots and come back).
+    nonisolated(unsafe) static var maxSlots = 48
     private static let batchExtents = 4096
     private static let maxQueuedBatches = 16
 
@@ -75,7 +77,7 @@ final class RestorePipeline {
         decodedOffset = (maxStored + 4095) / 4096 * 4096
         // Slots: a point of captures uses about one frame per image at a time (a merged image, two: its copied
         // frames and its re-packed ones), plus what the reads in flight and the workers hold.
-        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 4, 48)
+        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 4, Self.maxSlots)
         slots = AlignedSlab(slotSize: max(decodedOffset + maxBlocks * blockSize, 1), slotCount: slotCount)
         slotFrame = PerSlot(repeating: FrameRef(image: 0, frame: 0), count: slotCount)
         slotFetch = PerSlot(repeating: 0, count: slotCount)
