@@ -1,6 +1,6 @@
-// The frames a walk over resolved extents needs, in the order it first needs them, and the extent after which
-// each is needed no more: what restore fetches and frees its slots by, and what a hash-map rebuild reads ahead
-// and drops its tables by.
+// The frames a walk over a window of resolved extents needs, in the order it first needs them, and the extent
+// after which each is needed no more: what a hash-map rebuild reads ahead and drops its tables by, a window at a
+// time (restore, which keeps frames across windows, plans as it goes instead: RestorePipeline.swift).
 struct FramePlan {
     /// Distinct frames, by first use.
     let frames: [FrameRef]

@@ -6,8 +6,8 @@
 // and re-compressing all the live blocks around them made a merge cost CPU, not I/O (12x a copy, issue #3).
 // So a merged image holds at most 1/3 more than its live data. In each window, the whole frames first used
 // there are placed first, in order of first use, then the frames re-packed from the window's other blocks, so
-// every frame's number is known when the window's extents are written. Memory: one window's extents, and four
-// bytes per source frame (a frame is up to 1 MiB of blocks) plus eight per frame copied whole.
+// every frame's number is known when the window's extents are written. Memory: one window's extents, and eight
+// bytes per source frame (a frame is up to 1 MiB of blocks).
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -72,8 +72,8 @@ final class MergePlan {
     }
 
     func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
-        // The merged image's number of each source frame copied whole, once placed.
-        var wholeNumber: [Int: UInt32] = [:]
+        // The merged image's number of each source frame copied whole, once placed (.max: not yet, or re-packed).
+        var wholeNumber = [UInt32](repeating: .max, count: surviving.count)
         var done: UInt64 = 0
         let walk = PointWalk(sources, windowBlocks: Self.windowBlocks)
         while let window = try walk.next() {
@@ -83,7 +83,7 @@ final class MergePlan {
             var whole = [Bool](repeating: false, count: window.count)
             for (i, e) in window.enumerated() where e.kind == .data {
                 let n = number(e)
-                if wholeNumber[n] != nil {
+                if wholeNumber[n] != .max {
                     whole[i] = true
                 } else if isWhole(surviving[n], try record(e.frameRef)) {
                     whole[i] = true
@@ -99,7 +99,7 @@ final class MergePlan {
                 case .zero, .unreadable:
                     try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: e.kind)
                 case .data where whole[i]:
-                    try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: wholeNumber[number(e)]!, frameBlock: e.frameBlock)
+                    try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: wholeNumber[number(e)], frameBlock: e.frameBlock)
                 case .data:
                     // Packed blocks may straddle two new frames.
                     var taken = 0

@@ -5,11 +5,49 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
+/// The frames a scan checks, in order: a list (a point's frames), or every frame of every opened image, named by
+/// position and never held (a whole-chain verify of a large chain would otherwise hold 16 bytes a frame).
+struct FrameWork {
+    private let list: [FrameRef]?
+    /// For every frame of every image: the position of each image's first frame.
+    private let starts: [Int]
+    let count: Int
+    var isEmpty: Bool { count == 0 }
+
+    init(_ list: [FrameRef]) {
+        self.list = list
+        starts = []
+        count = list.count
+    }
+
+    /// Every frame of the images that opened.
+    init(allOf images: [ImageFile?]) {
+        list = nil
+        var starts: [Int] = [], total = 0
+        for image in images {
+            starts.append(total)
+            total += image?.index.frameCount ?? 0
+        }
+        self.starts = starts
+        count = total
+    }
+
+    subscript(i: Int) -> FrameRef {
+        if let list { return list[i] }
+        var lo = 0, hi = starts.count - 1  // the last image starting at or before i
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2
+            if starts[mid] <= i { lo = mid } else { hi = mid - 1 }
+        }
+        return FrameRef(image: lo, frame: UInt32(i - starts[lo]))
+    }
+}
+
 /// Reads the frames to check in file order on an I/O thread (io_uring or pread, many in flight) and checks
 /// them on worker threads; a damaged frame is recorded and the scan goes on.
 final class FrameScan {
     private let frames: FrameReader
-    private let work: [FrameRef]
+    private let work: FrameWork
     private let store: ChainStore
     private let options: VerifyOptions
     private let progress: ProgressHandler?
@@ -25,7 +63,7 @@ final class FrameScan {
     private(set) var bytesRead: UInt64 = 0
     private let totalBytes: UInt64
 
-    init(frames: FrameReader, work: [FrameRef], store: ChainStore, options: VerifyOptions, progress: ProgressHandler?) {
+    init(frames: FrameReader, work: FrameWork, store: ChainStore, options: VerifyOptions, progress: ProgressHandler?) {
         self.frames = frames
         self.work = work
         self.store = store
@@ -34,7 +72,9 @@ final class FrameScan {
         let largest = frames.largest
         maxBlocks = largest.blocks
         blockSize = Int(frames.images.compactMap { $0?.header.blockSize }.first ?? 4096)
-        totalBytes = (try? work.reduce(0) { $0 + UInt64(try frames.record($1).length) }) ?? 0
+        var total: UInt64 = 0
+        for i in 0..<work.count { total += UInt64((try? frames.record(work[i]).length) ?? 0) }
+        totalBytes = total
         let slotCount = options.queueDepth + 2 * options.threads
         slots = AlignedSlab(slotSize: max(largest.stored, 1), slotCount: slotCount)
         slotWork = PerSlot(repeating: 0, count: slotCount)

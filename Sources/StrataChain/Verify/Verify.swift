@@ -75,21 +75,18 @@ public enum Verify {
         }
 
         // Frames: all of every image, or those the point's blocks come from.
-        var work: [FrameRef] = []
+        var work = FrameWork(allOf: images)
         if options.point != nil {
+            var list: [FrameRef] = []
             let slice = needed(images.count - 1)
             if !slice.contains(where: { $0 == nil }) {
                 var seen = Set<FrameRef>()
                 try walk(slice) { r in
-                    if r.kind == .data && seen.insert(r.frameRef).inserted { work.append(r.frameRef) }
+                    if r.kind == .data && seen.insert(r.frameRef).inserted { list.append(r.frameRef) }
                 }
-                work.sort()
+                list.sort()
             }
-        } else {
-            for (i, image) in images.enumerated() {
-                guard let image else { continue }
-                work += (0..<image.index.frameCount).lazy.map { FrameRef(image: i, frame: UInt32($0)) }
-            }
+            work = FrameWork(list)
         }
         let scan = FrameScan(frames: frames, work: work, store: chain.store, options: options, progress: progress)
         let damagedFrames = try scan.run()
