@@ -75,6 +75,8 @@ final class MergePlan {
         // The merged image's number of each source frame copied whole, once placed (.max: not yet, or re-packed).
         var wholeNumber = [UInt32](repeating: .max, count: surviving.count)
         var done: UInt64 = 0
+        let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads))
+        let reader = FrameReader(sources)
         let walk = PointWalk(sources, windowBlocks: Self.windowBlocks)
         while let window = try walk.next() {
             // Frame numbers: whole frames first used here, in order of first use, then packed frames in block order.
@@ -119,7 +121,7 @@ final class MergePlan {
             let records = try wholeOrder.map(record)
             let offsets = try writer.reserveCopiedFrames(records)
             let workers = MergeWorkers(
-                copies: try copyRuns(wholeOrder, records, offsets), frames: packed, sources: sources, writer: writer, level: level, threads: threads)
+                copies: try copyRuns(wholeOrder, records, offsets), frames: packed, sources: reader, writer: writer, kit: kit)
             try workers.start()
             defer { workers.stop() }
             try workers.drain(into: writer) { done += $0; progress?(min(done, workBytes), workBytes) }

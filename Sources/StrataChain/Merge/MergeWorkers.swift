@@ -27,16 +27,37 @@ final class MergeWorkers {
         var bytes: Int
     }
 
+    /// What the workers work with, made once a merge and used window after window: frame buffers, and each
+    /// worker's codecs, frame cache (frames that span windows stay decoded) and copy buffer.
+    final class Kit {
+        let buffers: FrameBuffers
+        let compressors: [FrameCompressor]
+        let decompressors: [FrameDecompressor]
+        let caches: [FrameCache]
+        let copyBuffers: [AlignedSlab]
+
+        init(sources: [ImageFile], level: Int32, threads: Int) throws {
+            let blockSize = Int(sources[0].header.blockSize)
+            buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2)
+            compressors = try (0..<threads).map { _ in try FrameCompressor(level: level) }
+            decompressors = try (0..<threads).map { _ in try FrameDecompressor() }
+            // Surviving blocks interleave across the source images in block order, so a packed frame draws on
+            // about one live frame per image: cache that many (bounded, ~2 MiB each) or frames get decoded over
+            // and over. (Mapped memory: what is never used costs nothing.)
+            let entries = min(sources.count + 1, max(4, 48 / threads))
+            let maxStored = FrameReader(sources).largest.stored, decoded = buffers.blocksPerFrame * blockSize
+            caches = (0..<threads).map { _ in FrameCache(bytes: entries * (maxStored + decoded), maxStored: maxStored, maxDecoded: decoded) }
+            copyBuffers = (0..<threads).map { _ in AlignedSlab(slotSize: MergePlan.copyRun + maxStored, slotCount: 1, alignment: 64) }
+        }
+    }
+
     private let copies: [CopyRun]
     private let frames: [[Segment]]
     private let sources: FrameReader
     private let writer: ImageWriter
     private let blockSize: Int
-    private let level: Int32
     private let threads: Int
     private let buffers: FrameBuffers
-    private let maxStored: Int
-    private let largestRun: Int
 
     private let condition = Condition()
     private var freeSlots: [Int]
@@ -49,26 +70,24 @@ final class MergeWorkers {
     private let failure = FirstError()
     private let group = ThreadGroup()
 
-    init(copies: [CopyRun], frames: [[Segment]], sources: [ImageFile], writer: ImageWriter, level: Int32, threads: Int) {
+    private let kit: Kit
+
+    init(copies: [CopyRun], frames: [[Segment]], sources: FrameReader, writer: ImageWriter, kit: Kit) {
         self.copies = copies
         self.frames = frames
-        self.sources = FrameReader(sources)
+        self.sources = sources
         self.writer = writer
-        self.level = level
-        self.threads = max(1, threads)
-        blockSize = Int(sources[0].header.blockSize)
-        buffers = FrameBuffers(blockSize: blockSize, count: 2 * self.threads + 2)
+        self.kit = kit
+        threads = kit.compressors.count
+        blockSize = kit.buffers.blockSize
+        buffers = kit.buffers
         freeSlots = Array(0..<buffers.count)
-        maxStored = self.sources.largest.stored
-        largestRun = copies.map(\.bytes).max() ?? 0
     }
 
     func start() throws {
         guard !frames.isEmpty || !copies.isEmpty else { return }
         for i in 0..<min(threads, frames.count + copies.count) {
-            let compressor = try FrameCompressor(level: level)
-            let decompressor = try FrameDecompressor()
-            group.spawn("strata-merge-\(i)") { self.work(i, compressor, decompressor) }
+            group.spawn("strata-merge-\(i)") { self.work(i) }
         }
     }
 
@@ -140,13 +159,8 @@ final class MergeWorkers {
         }
     }
 
-    private func work(_ worker: Int, _ compressor: FrameCompressor, _ decompressor: FrameDecompressor) {
-        // Surviving blocks interleave across the source images in block order, so a packed frame draws on about
-        // one live frame per image: cache that many (bounded, ~2 MiB each) or frames get decoded over and over.
-        let entries = frames.isEmpty ? 0 : min(sources.images.count + 1, max(4, 48 / threads))
-        let decoded = buffers.blocksPerFrame * blockSize
-        let cache = FrameCache(bytes: entries * (maxStored + decoded), maxStored: maxStored, maxDecoded: decoded)
-        let copyBuffer = AlignedSlab(slotSize: max(largestRun, 1), slotCount: 1, alignment: 64)
+    private func work(_ worker: Int) {
+        let (compressor, decompressor, cache, copyBuffer) = (kit.compressors[worker], kit.decompressors[worker], kit.caches[worker], kit.copyBuffers[worker])
         while let job = nextJob(worker: worker) {
             do {
                 switch job {
