@@ -27,21 +27,40 @@ final class MergeTests: XCTestCase {
         try randomMergesAndPrunes(seeds: [21, 22, 23])
     }
 
-    /// The same with tiny index chunks (16 records), windows of a few blocks for restore, verify, merge and the
-    /// map rebuild, and two restore slots, so that every piece of the streamed index is crossed many times and
+    /// The same with tiny index chunks (16 records), windows of 37 blocks for restore, verify, merge and the map
+    /// rebuild, and two restore slots, so that every piece of the streamed index is crossed many times and
     /// frames leave their slots and are read again; every point is also verified whole after each step.
     func testRandomMergesWithSmallChunksWindowsAndSlots() throws {
-        let saved = (ImageWriter.chunking, PointWalk.defaultWindow, MergePlan.windowBlocks, RestorePipeline.maxSlots)
-        defer { (ImageWriter.chunking, PointWalk.defaultWindow, MergePlan.windowBlocks, RestorePipeline.maxSlots) = saved }
+        let saved = (ImageWriter.chunking, PointWalk.maxWindowBlocks, RestorePipeline.maxSlots)
+        defer { (ImageWriter.chunking, PointWalk.maxWindowBlocks, RestorePipeline.maxSlots) = saved }
         ImageWriter.chunking = (16, 16)
-        PointWalk.defaultWindow = 37
-        MergePlan.windowBlocks = 101
+        PointWalk.maxWindowBlocks = 37
         RestorePipeline.maxSlots = 2
         try randomMergesAndPrunes(seeds: [31, 32], verify: true)
         // The images written this way have many chunks of each kind.
         let chain = "\(dir)/chain-31"
         let full = try Chain(location: chain, access: .read).openImages(forPoint: try ChainListing.read(chain: chain).points.last!.point).first!
         XCTAssertGreaterThan(full.index.extentChunkCount, 4)
+
+        // Windows ended by the chunk tables (a few extents an image) resolve every block as one window does.
+        PointWalk.maxWindowBlocks = .max
+        let images = try Chain(location: chain, access: .read).openImages(forPoint: try ChainListing.read(chain: chain).points.last!.point)
+        func blocks(_ walk: PointWalk) throws -> (map: [[UInt64]], windows: Int) {
+            var map: [[UInt64]] = [], windows = 0
+            while let window = try walk.next() {
+                windows += 1
+                for e in window {
+                    for k in 0..<UInt64(e.blockCount) {
+                        map.append([e.firstBlock + k, UInt64(e.kind.rawValue), UInt64(e.image), UInt64(e.frame), UInt64(e.frameBlock) + (e.kind == .data ? k : 0)])
+                    }
+                }
+            }
+            return (map, windows)
+        }
+        let small = try blocks(PointWalk(images, extents: 3)), one = try blocks(PointWalk(images, extents: .max))
+        XCTAssertEqual(one.windows, 1)
+        XCTAssertGreaterThan(small.windows, 4)
+        XCTAssertEqual(small.map, one.map)
     }
 
     func randomMergesAndPrunes(seeds: [UInt64], verify: Bool = false) throws {

@@ -208,7 +208,7 @@ final class RebuiltHashes: PriorHashes {
         self.images = images
         self.store = store
         self.blockCount = blockCount
-        walk = PointWalk(images, windowBlocks: UInt64(HashMapHeader.chunkBlocks))
+        walk = PointWalk(images)
         frames = FrameReader(images)
         buffer = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
     }

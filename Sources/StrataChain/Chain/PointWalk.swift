@@ -1,25 +1,32 @@
 // Newest wins, a window at a time: walks the extents of a point's images (oldest first, the first covering every
-// block) forward together and resolves each window of at most `windowBlocks` blocks with ExtentResolver. Memory is
-// one extent chunk per image and one window's extents, whatever the size of the source or the number of its
+// block) forward together and resolves each window with ExtentResolver. A window ends before any image has more
+// than `extents` extents in it (found from the images' chunk tables: at most that many and one chunk more), so a
+// sparse or little-changed disk is walked in a few large windows and a fragmented one in many small ones. Memory
+// is one extent chunk per image and one window's extents, whatever the size of the source or the number of its
 // extents: what restore, verify, merge, a map rebuild and a heal walk.
 import StrataFormat
 
 final class PointWalk {
-    /// Blocks per window: 65536 (256 MiB of 4 KiB blocks); a window holds at most that many extents an image.
-    /// (Tests make it small to cross many windows.)
-    nonisolated(unsafe) static var defaultWindow: UInt64 = 1 << 16
+    /// Extents an image may have in a window: 65536 (1.5 MiB of records).
+    static let defaultExtents = 1 << 16
+    /// The most blocks a window spans: no limit; tests make it small to cross many windows.
+    nonisolated(unsafe) static var maxWindowBlocks = UInt64.max
 
+    private let images: [ImageFile]
     private var cursors: [ExtentCursor]
     private let blockCount: UInt64
-    private let windowBlocks: UInt64
+    private let extents: Int
+    private let maxBlocks: UInt64
     private var layers: [[ExtentRecord]]
     /// The first block of the next window.
     private(set) var position: UInt64
 
-    init(_ images: [ImageFile], from block: UInt64 = 0, windowBlocks: UInt64 = PointWalk.defaultWindow) {
+    init(_ images: [ImageFile], from block: UInt64 = 0, extents: Int = PointWalk.defaultExtents, maxBlocks: UInt64 = PointWalk.maxWindowBlocks) {
+        self.images = images
         cursors = images.map { ExtentCursor($0.index, from: block) }
         blockCount = images.first?.header.blockCount ?? 0
-        self.windowBlocks = max(1, windowBlocks)
+        self.extents = max(1, extents)
+        self.maxBlocks = max(1, maxBlocks)
         layers = Array(repeating: [], count: images.count)
         position = block
     }
@@ -27,7 +34,8 @@ final class PointWalk {
     /// The next window's resolved extents (`image` is the image's place in the list given), or nil at the end.
     func next() throws -> [ResolvedExtent]? {
         guard position < blockCount else { return nil }
-        let end = min(blockCount, position + windowBlocks)
+        var end = blockCount - position > maxBlocks ? position + maxBlocks : blockCount
+        for image in images { end = min(end, image.index.block(after: extents, from: position)) }
         for k in cursors.indices {
             layers[k].removeAll(keepingCapacity: true)
             try cursors[k].take(upTo: end, into: &layers[k])

@@ -97,6 +97,27 @@ final class IndexReader {
         }
     }
 
+    /// A block at which at most `n` of the extents from `block` on (and one chunk more) lie before it, past
+    /// `block`: where a window of about `n` extents ends (UInt64.max when they all fit).
+    func block(after n: Int, from block: UInt64) -> UInt64 {
+        switch source {
+        case .whole(let index):
+            var lo = 0, hi = index.extents.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if index.extents[mid].endBlock <= block { lo = mid + 1 } else { hi = mid }
+            }
+            return n < index.extents.count - lo ? index.extents[lo + n].firstBlock : .max
+        case .chunked(let top):
+            var held = 0
+            for c in top.extentChunk(atOrAfter: block)..<top.extentChunks.count {
+                held += Int(top.extentChunks[c].count)
+                if held >= n { return top.extentChunks[c].endBlock }
+            }
+            return .max
+        }
+    }
+
     /// The extents of chunk `c`, read and checked.
     func extents(chunk c: Int) throws -> [ExtentRecord] {
         switch source {

@@ -26,8 +26,8 @@ final class MergePlan {
     private var workBytes: UInt64 = 0
     private(set) var framesCopied = 0
     private(set) var framesRepacked = 0
-    /// Blocks per window of the writing walk: 2^18 (1 GiB of 4 KiB blocks). (Tests make it small.)
-    nonisolated(unsafe) static var windowBlocks: UInt64 = 1 << 18
+    /// Extents an image may have in a window of the writing walk: 2^18.
+    static let windowExtents = 1 << 18
 
     init(sources: [ImageFile]) throws {
         self.sources = sources
@@ -42,7 +42,7 @@ final class MergePlan {
         frameBase = base
         surviving = Array(repeating: 0, count: total)
         var extents: UInt64 = 0
-        try PointWalk(sources, windowBlocks: Self.windowBlocks).forEach { e in
+        try PointWalk(sources, extents: Self.windowExtents).forEach { e in
             extents += 1
             if e.kind == .data { surviving[number(e)] += e.blockCount }
         }
@@ -77,7 +77,7 @@ final class MergePlan {
         var done: UInt64 = 0
         let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads))
         let reader = FrameReader(sources)
-        let walk = PointWalk(sources, windowBlocks: Self.windowBlocks)
+        let walk = PointWalk(sources, extents: Self.windowExtents)
         while let window = try walk.next() {
             // Frame numbers: whole frames first used here, in order of first use, then packed frames in block order.
             let base = writer.nextFrame
