@@ -22,9 +22,10 @@ final class IndexReader {
 
     private let lock = Condition()
     private var cached: [(chunk: Int, records: [FrameRecord], used: Int)] = []
+    private var cachedExtents: [(chunk: Int, records: [ExtentRecord], used: Int)] = []
     private var clock = 0
-    /// Frame chunks kept (4096 records, 128 KiB, each): frames are read in about file order, at most a few
-    /// places at once (a merged image's copied frames and its re-packed ones).
+    /// Frame chunks kept (4096 records, 128 KiB, each), and as many extent chunks (8192, 192 KiB): frames are read
+    /// in about file order, at most a few places at once (a merged image's copied frames and its re-packed ones).
     private static let cachedChunks = 4
 
     init(name: String, header h: ImageHeader, object: StoredObject) throws {
@@ -123,10 +124,25 @@ final class IndexReader {
         switch source {
         case .whole(let index): return index.extents
         case .chunked(let top):
+            // The last few chunks read stay decoded: random reads of a point land in the same chunks again.
+            if let hit = lock.withLock({ () -> [ExtentRecord]? in
+                clock += 1
+                guard let k = cachedExtents.firstIndex(where: { $0.chunk == c }) else { return nil }
+                cachedExtents[k].used = clock
+                return cachedExtents[k].records
+            }) { return hit }
             let entry = top.extentChunks[c]
-            do { return try IndexChunks.decodeExtents(read(entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
+            let records: [ExtentRecord]
+            do { records = try IndexChunks.decodeExtents(read(entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
                 throw damaged(name, error)
             }
+            lock.withLock {
+                if cachedExtents.count >= Self.cachedChunks {
+                    cachedExtents.remove(at: cachedExtents.indices.min { cachedExtents[$0].used < cachedExtents[$1].used }!)
+                }
+                cachedExtents.append((c, records, clock))
+            }
+            return records
         }
     }
 

@@ -1,0 +1,132 @@
+// Reading a point in place (the core of `mount` and `serve`): every byte of every point, read at random offsets
+// and sizes and sequentially, equals that night's disk; zero ranges are the disk's zero blocks; a damaged frame
+// fails the reads that need it and no others; a point stays readable while a merge removes its images.
+import Foundation
+import StrataCodec
+import StrataFormat
+import XCTest
+
+@testable import StrataChain
+
+final class PointReaderTests: XCTestCase {
+    var dir = ""
+    override func setUpWithError() throws { dir = try scratchDirectory("point-reader") }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    /// A chain of `nights` captures of a model disk and one merge; the states of its points.
+    func makeChain(seed: UInt64, size: Int, nights: Int) throws -> (chain: String, states: [UInt32: [UInt8]]) {
+        var rng = SeededGenerator(seed: seed)
+        var disk = DiskModel(size: size, rng: &rng)
+        let source = "\(dir)/source-\(seed).img", chain = "\(dir)/chain-\(seed)"
+        var states: [UInt32: [UInt8]] = [:]
+        for n in 0..<nights {
+            if n > 0 { disk.night(n, rng: &rng) }
+            try disk.writeSparse(to: source)
+            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
+        }
+        var o = MergeOptions(to: 3)
+        o.from = 2
+        _ = try Merge.run(chain: chain, options: o)
+        states[2] = nil
+        return (chain, states)
+    }
+
+    func read(_ r: PointReader, _ offset: UInt64, _ count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0xAA, count: count)
+        let n = try out.withUnsafeMutableBytes { try r.read(into: $0.baseAddress!, count: count, at: offset) }
+        return Array(out[0..<n])
+    }
+
+    func checkEveryPoint(_ chain: String, _ states: [UInt32: [UInt8]], seed: UInt64, cacheBytes: Int) throws {
+        var rng = SeededGenerator(seed: seed)
+        for (point, state) in states.sorted(by: { $0.key < $1.key }) {
+            let r = try PointReader(chain: chain, point: point, cacheBytes: cacheBytes)
+            XCTAssertEqual(r.size, UInt64(state.count))
+            // Sequentially, in 1 MiB reads.
+            var whole: [UInt8] = []
+            var at: UInt64 = 0
+            while at < r.size {
+                whole += try read(r, at, 1 << 20)
+                at += 1 << 20
+            }
+            XCTAssertTrue(whole == state, "seed \(seed) point \(point): sequential read differs")
+            // At random offsets and sizes, some running past the end.
+            for _ in 0..<150 {
+                let offset = Int.random(in: 0..<state.count, using: &rng)
+                let count = Int.random(in: 1...300_000, using: &rng)
+                let got = try read(r, UInt64(offset), count)
+                XCTAssertEqual(got.count, min(count, state.count - offset))
+                if got != Array(state[offset..<(offset + got.count)]) {
+                    XCTFail("seed \(seed) point \(point): \(count) bytes at \(offset) differ")
+                    return
+                }
+            }
+            XCTAssertEqual(try read(r, r.size, 10), [])
+            XCTAssertThrowsError(try read(r, r.size + 1, 10))
+            // Zero ranges: exactly the disk's all-zero blocks (the last, partial block by its bytes).
+            var expected: [Range<UInt64>] = []
+            for b in stride(from: 0, to: state.count, by: 4096) where state[b..<min(b + 4096, state.count)].allSatisfy({ $0 == 0 }) {
+                expected.appendJoining(UInt64(b)..<UInt64(min(b + 4096, state.count)))
+            }
+            XCTAssertEqual(try r.zeroRanges(in: 0..<r.size), expected, "seed \(seed) point \(point)")
+        }
+    }
+
+    func testEveryByteOfEveryPoint() throws {
+        let (chain, states) = try makeChain(seed: 41, size: 5 << 20 + 1536, nights: 5)
+        try checkEveryPoint(chain, states, seed: 41, cacheBytes: 64 << 20)
+        // A cache of one frame: every read goes back to the store, and still reads right.
+        try checkEveryPoint(chain, states, seed: 42, cacheBytes: 1)
+    }
+
+    /// Across many index chunks (16 records each) and many windows.
+    func testSmallIndexChunks() throws {
+        let saved = ImageWriter.chunking
+        defer { ImageWriter.chunking = saved }
+        ImageWriter.chunking = (16, 16)
+        let (chain, states) = try makeChain(seed: 43, size: 3 << 20, nights: 4)
+        try checkEveryPoint(chain, states, seed: 43, cacheBytes: 8 << 20)
+    }
+
+    func testADamagedFrameFailsOnlyTheReadsThatNeedIt() throws {
+        let (chain, states) = try makeChain(seed: 44, size: 4 << 20, nights: 4)
+        let newest = states.keys.max()!
+        let c = try Chain(location: chain, access: .read)
+        let images = try c.openImages(forPoint: newest)
+        // A frame of the newest image that has frames, and a source block the point takes from it.
+        let imageIndex = images.lastIndex { $0.index.frameCount > 0 }!
+        let image = images[imageIndex]
+        var extents: [ExtentRecord] = []
+        try image.index.forEachExtent { if $0.kind == .data && $0.frame == 0 { extents.append($0) } }
+        let frame = try image.index.frame(0)
+        let damagedBlock = extents[0].firstBlock
+        var bytes = try readFile("\(chain)/\(image.name)")
+        bytes[Int(frame.offset) + frame.hashesLength + 10] ^= 0xFF
+        try Data(bytes).write(to: URL(fileURLWithPath: "\(chain)/\(image.name)"))
+
+        let r = try PointReader(chain: chain, point: newest)
+        XCTAssertThrowsError(try read(r, damagedBlock * 4096 + 100, 10)) {
+            guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
+            XCTAssertEqual(file, image.name)
+            XCTAssertTrue(detail.hasPrefix("frame 0 "), detail)
+        }
+        // A range the damaged frame does not hold still reads.
+        var resolved: [ResolvedExtent] = []
+        try PointWalk(images).forEach { resolved.append($0) }
+        let elsewhere = resolved.first { $0.kind == .data && $0.frameRef != FrameRef(image: imageIndex, frame: 0) }!
+        let state = states[newest]!
+        let at = Int(elsewhere.firstBlock) * 4096
+        XCTAssertEqual(try read(r, UInt64(at), 4096), Array(state[at..<(at + 4096)]))
+    }
+
+    func testAPointStaysReadableWhileAMergeRemovesItsImages() throws {
+        let (chain, states) = try makeChain(seed: 45, size: 3 << 20, nights: 5)
+        let r = try PointReader(chain: chain, point: 5, cacheBytes: 1)
+        var o = MergeOptions(to: 5)
+        o.from = 3
+        _ = try Merge.run(chain: chain, options: o)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(chain)/p000004.strata"), "the merge removed the images the reader holds")
+        let state = states[5]!
+        XCTAssertTrue(try read(r, 0, state.count) == state)
+    }
+}
