@@ -69,6 +69,12 @@ final class PointReaderTests: XCTestCase {
                 expected.appendJoining(UInt64(b)..<UInt64(min(b + 4096, state.count)))
             }
             XCTAssertEqual(try r.zeroRanges(in: 0..<r.size), expected, "seed \(seed) point \(point)")
+            // And within any range: the same, clipped.
+            for _ in 0..<40 {
+                let lo = UInt64.random(in: 0..<r.size, using: &rng), hi = min(r.size, lo + UInt64.random(in: 1...400_000, using: &rng))
+                let clipped = expected.filter { $0.upperBound > lo && $0.lowerBound < hi }.map { max($0.lowerBound, lo)..<min($0.upperBound, hi) }
+                XCTAssertEqual(try r.zeroRanges(in: lo..<hi), clipped, "seed \(seed) point \(point) range \(lo)..<\(hi)")
+            }
         }
     }
 

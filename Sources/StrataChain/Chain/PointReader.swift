@@ -46,7 +46,7 @@ public final class PointReader {
         let bs = UInt64(blockSize)
         let first = offset / bs, end = (offset + UInt64(n) + bs - 1) / bs
         return try lock.withLock {
-            let walk = PointWalk(images, from: first, maxBlocks: end - first)
+            let walk = PointWalk(images, from: first, to: end)
             while let window = try walk.next() {
                 for e in window {
                     // The bytes of this extent that the request wants, and where they go.
@@ -81,7 +81,7 @@ public final class PointReader {
         guard lo < hi else { return [] }
         return try lock.withLock {
             var out: [Range<UInt64>] = []
-            let walk = PointWalk(images, from: lo / bs, maxBlocks: (hi + bs - 1) / bs - lo / bs)
+            let walk = PointWalk(images, from: lo / bs, to: (hi + bs - 1) / bs)
             while let window = try walk.next() {
                 for e in window where e.kind != .data {
                     let r = max(e.firstBlock * bs, lo)..<min(e.endBlock * bs, hi)

@@ -21,10 +21,15 @@ final class PointWalk {
     /// The first block of the next window.
     private(set) var position: UInt64
 
-    init(_ images: [ImageFile], from block: UInt64 = 0, extents: Int = PointWalk.defaultExtents, maxBlocks: UInt64 = PointWalk.maxWindowBlocks) {
+    /// Walks blocks `block..<end` (end nil: to the end of the source).
+    init(
+        _ images: [ImageFile], from block: UInt64 = 0, to end: UInt64? = nil, extents: Int = PointWalk.defaultExtents,
+        maxBlocks: UInt64 = PointWalk.maxWindowBlocks
+    ) {
         self.images = images
         cursors = images.map { ExtentCursor($0.index, from: block) }
-        blockCount = images.first?.header.blockCount ?? 0
+        let blocks = images.first?.header.blockCount ?? 0
+        blockCount = min(end ?? blocks, blocks)
         self.extents = max(1, extents)
         self.maxBlocks = max(1, maxBlocks)
         layers = Array(repeating: [], count: images.count)

@@ -1,0 +1,124 @@
+// Stream sockets for the servers (`strata serve`): listening on a Unix socket or a TCP address, accepting, and
+// reading and writing whole messages. Blocking descriptors, one thread a connection.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class Listener {
+    public let fd: Int32
+    public let address: String
+    /// The socket file of a Unix listener, removed when the listener is closed.
+    public let socketPath: String?
+
+    /// Listens on a Unix socket at `path`; a path where something exists already is refused (EADDRINUSE),
+    /// whatever it is (a stale socket of a killed server is the user's to remove: it may be another's).
+    public init(unixPath path: String) throws {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw IOError("listen on", path: path, errno: ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw IOError("open a socket for", path: path, errno: errno) }
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard r == 0, listen(fd, 64) == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw IOError("listen on", path: path, errno: e)
+        }
+        self.fd = fd
+        address = path
+        socketPath = path
+    }
+
+    /// Listens on TCP `host` (an IPv4 address) port `port`.
+    public init(host: String, port: UInt16) throws {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else { throw IOError("listen on", path: host, errno: EINVAL) }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw IOError("open a socket for", path: host, errno: errno) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard r == 0, listen(fd, 64) == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw IOError("listen on", path: "\(host):\(port)", errno: e)
+        }
+        self.fd = fd
+        address = "\(host):\(port)"
+        socketPath = nil
+    }
+
+    /// The next connection; nil once the listener is closed.
+    public func accept() -> Connection? {
+        while true {
+            let c = Glibc.accept(fd, nil, nil)
+            if c >= 0 {
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                var one: Int32 = 1
+                setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                return Connection(fd: c)
+            }
+            if errno == EINTR || errno == ECONNABORTED { continue }
+            return nil
+        }
+    }
+
+    /// Stops accepting and removes the socket file.
+    public func close() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        Glibc.close(fd)
+        if let socketPath { unlink(socketPath) }
+    }
+}
+
+public final class Connection {
+    public let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { Glibc.close(fd) }
+
+    /// Reads exactly `count` bytes; false when the peer closed the connection or it failed first.
+    public func read(into buffer: UnsafeMutableRawPointer, count: Int) -> Bool {
+        var done = 0
+        while done < count {
+            let n = recv(fd, buffer + done, count - done, 0)
+            if n > 0 {
+                done += n
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
+    public func read(_ count: Int) -> [UInt8]? {
+        var b = [UInt8](repeating: 0, count: count)
+        let ok = count == 0 || b.withUnsafeMutableBytes { read(into: $0.baseAddress!, count: count) }
+        return ok ? b : nil
+    }
+
+    /// Writes all of `count` bytes; false when the connection failed.
+    public func write(_ buffer: UnsafeRawPointer, count: Int) -> Bool {
+        var done = 0
+        while done < count {
+            let n = send(fd, buffer + done, count - done, Int32(MSG_NOSIGNAL))
+            if n > 0 {
+                done += n
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
+    public func write(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { write($0.baseAddress!, count: $0.count) } }
+}
