@@ -4,6 +4,9 @@
 import Glibc
 #endif
 
+/// The socket file to remove when a signal stops the process (a C string: the handler may not allocate).
+nonisolated(unsafe) private var socketToRemove: UnsafeMutablePointer<CChar>?
+
 public final class Listener {
     public let fd: Int32
     public let address: String
@@ -67,6 +70,19 @@ public final class Listener {
             if errno == EINTR || errno == ECONNABORTED { continue }
             return nil
         }
+    }
+
+    /// Makes SIGINT and SIGTERM end the process with status 0, removing the socket file first (a server runs
+    /// until one of them); SIGPIPE from a client gone mid-reply is ignored (the write fails instead).
+    public func exitOnTerminationSignals() {
+        if let socketPath { socketToRemove = strdup(socketPath) }
+        let stop: @convention(c) (Int32) -> Void = { _ in
+            if let p = socketToRemove { unlink(p) }
+            _exit(0)
+        }
+        signal(SIGINT, stop)
+        signal(SIGTERM, stop)
+        signal(SIGPIPE, SIG_IGN)
     }
 
     /// Stops accepting and removes the socket file.

@@ -2,13 +2,6 @@ import ArgumentParser
 import StrataChain
 import StrataIO
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// The socket file to remove when a signal stops the server (a C string: the handler may not allocate).
-nonisolated(unsafe) private var socketToRemove: UnsafeMutablePointer<CChar>?
-
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
@@ -60,16 +53,7 @@ struct ServeCommand: ParsableCommand {
         } catch {
             throw Output.fail(error)
         }
-        if let path = listener.socketPath {
-            socketToRemove = strdup(path)
-        }
-        let stop: @convention(c) (Int32) -> Void = { _ in
-            if let p = socketToRemove { unlink(p) }
-            _exit(0)
-        }
-        signal(SIGINT, stop)
-        signal(SIGTERM, stop)
-        signal(SIGPIPE, SIG_IGN)
+        listener.exitOnTerminationSignals()
         Output.notice("serving \(chain) over NBD on \(listener.address) (exports: point numbers; \"\" = \(point.map { "point \($0)" } ?? "the newest"))")
         server.serve(listener)
     }

@@ -188,32 +188,16 @@ public final class NBDServer {
                 log("nbd client \(id): bad request magic; closing")
                 return
             }
-            func error(_ code: UInt32) -> Bool {
-                var w = BigEndianWriter()
-                if structured {
-                    w.u32(Magic.structured)
-                    w.u16(1)  // DONE
-                    w.u16(0x8001)  // NBD_REPLY_TYPE_ERROR
-                    w.u64(cookie)
-                    w.u32(6)
-                    w.u32(code)
-                    w.u16(0)
-                } else {
-                    w.u32(Magic.simple)
-                    w.u32(code)
-                    w.u64(cookie)
-                }
-                return c.write(w.bytes)
-            }
+            func fail(_ code: UInt32) -> Bool { errorReply(c, cookie, structured, code: code) }
             let inRange = offset <= reader.size && UInt64(length) <= reader.size - offset
             switch type {
             case 0:  // READ
-                guard inRange, Int(length) <= Self.maxRequest else { if !error(22) { return }; continue }
+                guard inRange, Int(length) <= Self.maxRequest else { if !fail(22) { return }; continue }
                 do {
                     _ = try reader.read(into: buffer.base, count: Int(length), at: offset)
                 } catch {
                     log("nbd client \(id): read of \(length) bytes at \(offset) failed: \(Verify.describe(error))")
-                    if !self.errorReply(c, cookie, structured) { return }
+                    if !fail(5) { return }  // EIO
                     continue
                 }
                 var w = BigEndianWriter()
@@ -248,11 +232,11 @@ public final class NBDServer {
                 guard c.write(w.bytes) else { return }
             case 7:  // BLOCK_STATUS
                 // A status request may reach past the end (qemu asks for whole clusters): it is answered to the end.
-                guard structured, allocation, offset < reader.size, length > 0 else { if !error(22) { return }; continue }
+                guard structured, allocation, offset < reader.size, length > 0 else { if !fail(22) { return }; continue }
                 let end = min(offset + UInt64(length), reader.size)
                 let zeros: [Range<UInt64>]
                 do { zeros = try reader.zeroRanges(in: offset..<end) } catch {
-                    if !self.errorReply(c, cookie, structured) { return }
+                    if !fail(5) { return }  // EIO
                     continue
                 }
                 var descriptors: [(UInt32, UInt32)] = []
@@ -285,26 +269,27 @@ public final class NBDServer {
                         left -= n
                     }
                 }
-                if !error(1) { return }  // EPERM
+                if !fail(1) { return }  // EPERM
             default:
-                if !error(22) { return }
+                if !fail(22) { return }
             }
         }
     }
 
-    private func errorReply(_ c: Connection, _ cookie: UInt64, _ structured: Bool) -> Bool {
+    /// Answers a request with an error (an errno value NBD knows: EPERM, EIO, EINVAL).
+    private func errorReply(_ c: Connection, _ cookie: UInt64, _ structured: Bool, code: UInt32) -> Bool {
         var w = BigEndianWriter()
         if structured {
             w.u32(Magic.structured)
-            w.u16(1)
-            w.u16(0x8001)
+            w.u16(1)  // DONE
+            w.u16(0x8001)  // NBD_REPLY_TYPE_ERROR
             w.u64(cookie)
             w.u32(6)
-            w.u32(5)  // EIO
-            w.u16(0)
+            w.u32(code)
+            w.u16(0)  // no message
         } else {
             w.u32(Magic.simple)
-            w.u32(5)
+            w.u32(code)
             w.u64(cookie)
         }
         return c.write(w.bytes)
