@@ -28,6 +28,14 @@ public struct FrameRecord: Equatable, Sendable {
     public var hashesLength: Int { Int(blockCount) * 16 }
     public var payloadLength: Int { Int(length) - hashesLength }
 
+    /// Whether the frame holds 1 to 1 MiB of blocks and a payload no larger than they can take (their size plus
+    /// zstd's worst-case overhead, 4 KiB per MiB, rounded up): a damaged or hostile index cannot make a reader
+    /// allocate more than one frame's worth.
+    public func fitsItsBlocks(blockSize: UInt32) -> Bool {
+        blockCount >= 1 && blockCount <= max(ImageHeader.maxBlockSize / blockSize, 1) && payloadLength > 0
+            && payloadLength <= Int(blockCount) * Int(blockSize) + 65536
+    }
+
     func encode(into w: inout ByteWriter) {
         w.u64(offset)
         w.u32(length)
@@ -98,6 +106,19 @@ public struct ExtentRecord: Equatable, Sendable {
     }
 }
 
+extension Array {
+    /// In elements sorted by where they end (`end`), the first that ends after `block` (`count` when none does):
+    /// a binary search. Extents, extent chunks.
+    public func firstEnding(after block: UInt64, _ end: (Element) -> UInt64) -> Int {
+        var lo = 0, hi = count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if end(self[mid]) <= block { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+}
+
 public struct ImageIndex: Equatable, Sendable {
     public static let magic: [UInt8] = Array("STRATAIX".utf8)
     public var frames: [FrameRecord]
@@ -141,17 +162,11 @@ public struct ImageIndex: Equatable, Sendable {
         var frames = [FrameRecord]()
         frames.reserveCapacity(Int(h.frameCount))
         var nextOffset = UInt64(ImageHeader.size)
-        let maxBlocksPerFrame = ImageHeader.maxBlockSize / h.blockSize
         for i in 0..<h.frameCount {
             let f = try FrameRecord.decode(&r, number: Int(i))
-            let (offset, length, blocks) = (f.offset, f.length, f.blockCount)
-            // A payload is at most its blocks' size plus zstd's worst-case overhead (4 KiB per MiB): a damaged or
-            // hostile index cannot make a reader allocate more than one frame's worth.
-            guard offset == nextOffset, blocks >= 1, blocks <= max(maxBlocksPerFrame, 1), f.payloadLength > 0,
-                f.payloadLength <= Int(blocks) * Int(h.blockSize) + 65536,
-                offset + UInt64(length) <= h.indexOffset
+            guard f.offset == nextOffset, f.fitsItsBlocks(blockSize: h.blockSize), f.offset + UInt64(f.length) <= h.indexOffset
             else { throw FormatError.invalid("frame \(i) lies outside the image's data area") }
-            nextOffset = offset + UInt64(length)
+            nextOffset = f.offset + UInt64(f.length)
             frames.append(f)
         }
         guard nextOffset == h.indexOffset else { throw FormatError.invalid("frames do not fill the image's data area") }

@@ -20,20 +20,39 @@ public enum IndexChunks {
     public static func frameChunkLength(_ count: Int) -> Int { chunkHeaderSize + count * FrameRecord.encodedSize }
     public static func extentChunkLength(_ count: Int) -> Int { chunkHeaderSize + count * ExtentRecord.encodedSize }
 
+    /// All the index bytes a writer adds for `frames` frames and `extents` extents: its chunks and their table.
+    public static func indexLength(frames: UInt64, extents: UInt64) -> UInt64 {
+        let f = TopIndex.chunks(frames, per: UInt32(framesPerChunk)), e = TopIndex.chunks(extents, per: UInt32(extentsPerChunk))
+        return (f + e) * UInt64(chunkHeaderSize) + frames * UInt64(FrameRecord.encodedSize) + extents * UInt64(ExtentRecord.encodedSize)
+            + TopIndex.encodedLength(frames: frames, extents: extents, framesPerChunk: UInt32(framesPerChunk), extentsPerChunk: UInt32(extentsPerChunk))
+    }
+
     public static func encode(frames: ArraySlice<FrameRecord>) -> [UInt8] {
-        var w = ByteWriter(capacity: frameChunkLength(frames.count))
-        w.raw(frameMagic)
-        w.u64(UInt64(frames.count))
-        for f in frames { f.encode(into: &w) }
-        return w.bytes
+        encode(frameMagic, frames, length: frameChunkLength(frames.count)) { $1.encode(into: &$0) }
     }
 
     public static func encode(extents: ArraySlice<ExtentRecord>) -> [UInt8] {
-        var w = ByteWriter(capacity: extentChunkLength(extents.count))
-        w.raw(extentMagic)
-        w.u64(UInt64(extents.count))
-        for e in extents { e.encode(into: &w) }
+        encode(extentMagic, extents, length: extentChunkLength(extents.count)) { $1.encode(into: &$0) }
+    }
+
+    private static func encode<R>(_ magic: [UInt8], _ records: ArraySlice<R>, length: Int, _ record: (inout ByteWriter, R) -> Void) -> [UInt8] {
+        var w = ByteWriter(capacity: length)
+        w.raw(magic)
+        w.u64(UInt64(records.count))
+        for r in records { record(&w, r) }
         return w.bytes
+    }
+
+    /// A chunk's bytes checked against what its table entry says (length, checksum, magic, count), ready for its
+    /// records.
+    private static func records(
+        _ bytes: [UInt8], what: String, magic: [UInt8], count: UInt32, length: Int, checksum: UInt32
+    ) throws -> ByteReader {
+        guard bytes.count == length else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
+        guard CRC32C.checksum(bytes) == checksum else { throw FormatError.checksumMismatch(what) }
+        var r = ByteReader(bytes, what: what)
+        guard try r.raw(8) == magic, try r.u64() == UInt64(count) else { throw FormatError.invalid("\(what) is not the chunk the index names") }
+        return r
     }
 
     /// Decodes frame chunk `c` of an image and checks it against its entry in the table: checksum, count, each
@@ -41,19 +60,14 @@ public enum IndexChunks {
     public static func decodeFrames(_ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader) throws -> [FrameRecord] {
         let entry = top.frameChunks[c]
         let what = "frame chunk \(c)"
-        guard bytes.count == frameChunkLength(Int(entry.count)) else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
-        guard CRC32C.checksum(bytes) == entry.checksum else { throw FormatError.checksumMismatch(what) }
-        var r = ByteReader(bytes, what: what)
-        guard try r.raw(8) == frameMagic, try r.u64() == UInt64(entry.count) else { throw FormatError.invalid("\(what) is not the chunk the index names") }
+        var r = try records(bytes, what: what, magic: frameMagic, count: entry.count, length: frameChunkLength(Int(entry.count)), checksum: entry.checksum)
         var frames = [FrameRecord]()
         frames.reserveCapacity(Int(entry.count))
         var next = entry.firstOffset
-        let maxBlocks = max(ImageHeader.maxBlockSize / h.blockSize, 1)
         for i in 0..<Int(entry.count) {
             let n = c * Int(top.framesPerChunk) + i
             let f = try FrameRecord.decode(&r, number: n)
-            guard f.offset >= next, f.blockCount >= 1, f.blockCount <= maxBlocks, f.payloadLength > 0,
-                f.payloadLength <= Int(f.blockCount) * Int(h.blockSize) + 65536, f.offset + UInt64(f.length) <= entry.endOffset
+            guard f.offset >= next, f.fitsItsBlocks(blockSize: h.blockSize), f.offset + UInt64(f.length) <= entry.endOffset
             else { throw FormatError.invalid("frame \(n) lies outside the image's data area") }
             guard i > 0 || f.offset == entry.firstOffset else { throw FormatError.invalid("\(what) does not start where the index says") }
             next = f.offset + UInt64(f.length)
@@ -65,14 +79,11 @@ public enum IndexChunks {
 
     /// Decodes extent chunk `c` and checks it against its entry: checksum, count, order, the blocks and block
     /// counts the entry gives, frames that exist. (That a data extent stays inside its frame is checked where the
-    /// frame's record is read: `ImageIndex.checkFrameUse`.)
+    /// frame's record is read: `ExtentRecord.check(inside:number:)`.)
     public static func decodeExtents(_ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader) throws -> [ExtentRecord] {
         let entry = top.extentChunks[c]
         let what = "extent chunk \(c)"
-        guard bytes.count == extentChunkLength(Int(entry.count)) else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
-        guard CRC32C.checksum(bytes) == entry.checksum else { throw FormatError.checksumMismatch(what) }
-        var r = ByteReader(bytes, what: what)
-        guard try r.raw(8) == extentMagic, try r.u64() == UInt64(entry.count) else { throw FormatError.invalid("\(what) is not the chunk the index names") }
+        var r = try records(bytes, what: what, magic: extentMagic, count: entry.count, length: extentChunkLength(Int(entry.count)), checksum: entry.checksum)
         var extents = [ExtentRecord]()
         extents.reserveCapacity(Int(entry.count))
         var nextBlock = entry.firstBlock
@@ -288,12 +299,5 @@ public struct TopIndex: Equatable, Sendable {
     }
 
     /// The extent chunk holding `block`, or the first one after it (`extentChunks.count` when none).
-    public func extentChunk(atOrAfter block: UInt64) -> Int {
-        var lo = 0, hi = extentChunks.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if extentChunks[mid].endBlock <= block { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
-    }
+    public func extentChunk(atOrAfter block: UInt64) -> Int { extentChunks.firstEnding(after: block, \.endBlock) }
 }

@@ -100,18 +100,7 @@ public final class Connection {
 
     /// Reads exactly `count` bytes; false when the peer closed the connection or it failed first.
     public func read(into buffer: UnsafeMutableRawPointer, count: Int) -> Bool {
-        var done = 0
-        while done < count {
-            let n = recv(fd, buffer + done, count - done, 0)
-            if n > 0 {
-                done += n
-            } else if n < 0 && errno == EINTR {
-                continue
-            } else {
-                return false
-            }
-        }
-        return true
+        whole(count) { recv(fd, buffer + $0, count - $0, 0) }
     }
 
     public func read(_ count: Int) -> [UInt8]? {
@@ -122,9 +111,14 @@ public final class Connection {
 
     /// Writes all of `count` bytes; false when the connection failed.
     public func write(_ buffer: UnsafeRawPointer, count: Int) -> Bool {
+        whole(count) { send(fd, buffer + $0, count - $0, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Repeats `transfer` (given the bytes done so far) until `count` bytes are through, retrying EINTR.
+    private func whole(_ count: Int, _ transfer: (Int) -> Int) -> Bool {
         var done = 0
         while done < count {
-            let n = send(fd, buffer + done, count - done, Int32(MSG_NOSIGNAL))
+            let n = transfer(done)
             if n > 0 {
                 done += n
             } else if n < 0 && errno == EINTR {

@@ -20,21 +20,17 @@ final class IndexReader {
     let maxFrameLength: Int
     let maxFrameBlocks: Int
 
-    private let lock = Condition()
-    private var cached: [(chunk: Int, records: [FrameRecord], used: Int)] = []
-    private var cachedExtents: [(chunk: Int, records: [ExtentRecord], used: Int)] = []
-    private var clock = 0
-    /// Frame chunks kept (4096 records, 128 KiB, each), and as many extent chunks (8192, 192 KiB): frames are read
-    /// in about file order, at most a few places at once (a merged image's copied frames and its re-packed ones).
-    private static let cachedChunks = 4
+    /// The last four frame chunks (4096 records, 128 KiB, each) and extent chunks (8192, 192 KiB) read, decoded:
+    /// frames are read in about file order, at most a few places at once (a merged image's copied frames and its
+    /// re-packed ones), and random reads of a point land in the same chunks again. Shared by a pipeline's threads.
+    private let frameChunks = ChunkCache<FrameRecord>(capacity: 4)
+    private let extentChunks = ChunkCache<ExtentRecord>(capacity: 4)
 
     init(name: String, header h: ImageHeader, object: StoredObject) throws {
         self.name = name
         header = h
         self.object = object
-        var bytes = [UInt8](repeating: 0, count: Int(h.indexLength))
-        let n = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: h.indexOffset) }
-        guard n == bytes.count else { throw FormatError.truncated("image index", at: UInt64(n)) }
+        let bytes = try Self.read(object, h.indexOffset, Int(h.indexLength), what: "image index")
         if h.isChunked {
             let top = try TopIndex.decode(bytes, header: h)
             source = .chunked(top)
@@ -55,22 +51,14 @@ final class IndexReader {
         switch source {
         case .whole(let index): return index.frames[Int(n)]
         case .chunked(let top):
-            let c = Int(n) / Int(top.framesPerChunk), i = Int(n) % Int(top.framesPerChunk)
-            return try lock.withLock {
-                clock += 1
-                if let k = cached.firstIndex(where: { $0.chunk == c }) {
-                    cached[k].used = clock
-                    return cached[k].records[i]
-                }
+            let c = Int(n) / Int(top.framesPerChunk)
+            let records = try frameChunks.get(c) {
                 let entry = top.frameChunks[c]
-                let records: [FrameRecord]
-                do { records = try IndexChunks.decodeFrames(read(entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
+                do { return try IndexChunks.decodeFrames(Self.read(object, entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
                     throw damaged(name, error)
                 }
-                if cached.count >= Self.cachedChunks { cached.remove(at: cached.indices.min { cached[$0].used < cached[$1].used }!) }
-                cached.append((c, records, clock))
-                return records[i]
             }
+            return records[Int(n) % Int(top.framesPerChunk)]
         }
     }
 
@@ -103,11 +91,7 @@ final class IndexReader {
     func block(after n: Int, from block: UInt64) -> UInt64 {
         switch source {
         case .whole(let index):
-            var lo = 0, hi = index.extents.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if index.extents[mid].endBlock <= block { lo = mid + 1 } else { hi = mid }
-            }
+            let lo = index.extents.firstEnding(after: block, \.endBlock)
             return n < index.extents.count - lo ? index.extents[lo + n].firstBlock : .max
         case .chunked(let top):
             var held = 0
@@ -124,25 +108,12 @@ final class IndexReader {
         switch source {
         case .whole(let index): return index.extents
         case .chunked(let top):
-            // The last few chunks read stay decoded: random reads of a point land in the same chunks again.
-            if let hit = lock.withLock({ () -> [ExtentRecord]? in
-                clock += 1
-                guard let k = cachedExtents.firstIndex(where: { $0.chunk == c }) else { return nil }
-                cachedExtents[k].used = clock
-                return cachedExtents[k].records
-            }) { return hit }
-            let entry = top.extentChunks[c]
-            let records: [ExtentRecord]
-            do { records = try IndexChunks.decodeExtents(read(entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
-                throw damaged(name, error)
-            }
-            lock.withLock {
-                if cachedExtents.count >= Self.cachedChunks {
-                    cachedExtents.remove(at: cachedExtents.indices.min { cachedExtents[$0].used < cachedExtents[$1].used }!)
+            return try extentChunks.get(c) {
+                let entry = top.extentChunks[c]
+                do { return try IndexChunks.decodeExtents(Self.read(object, entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
+                    throw damaged(name, error)
                 }
-                cachedExtents.append((c, records, clock))
             }
-            return records
         }
     }
 
@@ -177,11 +148,39 @@ final class IndexReader {
         }
     }
 
-    private func read(_ offset: UInt64, _ length: Int) throws -> [UInt8] {
+    private static func read(_ object: StoredObject, _ offset: UInt64, _ length: Int, what: String = "index chunk") throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: length)
         let n = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: offset) }
-        guard n == length else { throw FormatError.truncated("index chunk at byte \(offset)", at: UInt64(n)) }
+        guard n == length else { throw FormatError.truncated("\(what) at byte \(offset)", at: UInt64(n)) }
         return bytes
+    }
+
+    /// Decoded chunks, least recently used out, behind a lock (decoding happens outside it: two threads may
+    /// decode the same chunk at once, and one copy stays).
+    private final class ChunkCache<Record> {
+        private let lock = Condition()
+        private let capacity: Int
+        private var entries: [(chunk: Int, records: [Record], used: Int)] = []
+        private var clock = 0
+
+        init(capacity: Int) { self.capacity = capacity }
+
+        func get(_ c: Int, load: () throws -> [Record]) throws -> [Record] {
+            if let hit = lock.withLock({ () -> [Record]? in
+                clock += 1
+                guard let k = entries.firstIndex(where: { $0.chunk == c }) else { return nil }
+                entries[k].used = clock
+                return entries[k].records
+            }) { return hit }
+            let records = try load()
+            lock.withLock {
+                if !entries.contains(where: { $0.chunk == c }) {
+                    if entries.count >= capacity { entries.remove(at: entries.indices.min { entries[$0].used < entries[$1].used }!) }
+                    entries.append((c, records, clock))
+                }
+            }
+            return records
+        }
     }
 }
 
@@ -209,7 +208,7 @@ struct ExtentCursor {
                 guard chunk + 1 < index.extentChunkCount else { break }
                 chunk += 1
                 records = try index.extents(chunk: chunk)
-                i = records.firstIndex { $0.endBlock > position } ?? records.count
+                i = records.firstEnding(after: position, \.endBlock)
                 checked = -1
                 continue
             }

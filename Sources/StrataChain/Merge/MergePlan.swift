@@ -7,7 +7,7 @@
 // So a merged image holds at most 1/3 more than its live data. In each window, the whole frames first used
 // there are placed first, in order of first use, then the frames re-packed from the window's other blocks, so
 // every frame's number is known when the window's extents are written. Memory: one window's extents, and eight
-// bytes per source frame (a frame is up to 1 MiB of blocks).
+// bytes per source frame (surviving blocks and placement; a frame is up to 1 MiB of blocks).
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -20,6 +20,10 @@ final class MergePlan {
     private let frameBase: [Int]
     /// Blocks of each source frame that survive, by that number.
     private var surviving: [UInt32]
+    /// Where each source frame goes, decided once all are counted: re-packed, copied whole (not placed yet), or
+    /// copied whole as frame N of the merged image.
+    private var placement: [UInt32]
+    private static let repacked = UInt32.max, unplaced = UInt32.max - 1
     /// The merged image is never larger than the frames it draws from.
     private(set) var bytesUpperBound: UInt64 = 0
     /// Bytes copied whole and blocks re-packed: the work, for progress.
@@ -41,26 +45,30 @@ final class MergePlan {
         }
         frameBase = base
         surviving = Array(repeating: 0, count: total)
+        placement = Array(repeating: Self.repacked, count: total)
         var extents: UInt64 = 0
         try PointWalk(sources, extents: Self.windowExtents).forEach { e in
             extents += 1
             if e.kind == .data { surviving[number(e)] += e.blockCount }
         }
-        bytesUpperBound = extents * UInt64(ExtentRecord.encodedSize) + TopIndex.encodedLength(
-            frames: 0, extents: extents, framesPerChunk: UInt32(IndexChunks.framesPerChunk), extentsPerChunk: UInt32(IndexChunks.extentsPerChunk))
+        var frames: UInt64 = 0
         for (i, source) in sources.enumerated() {
             for f in 0..<source.index.frameCount where surviving[frameBase[i] + f] > 0 {
+                let n = frameBase[i] + f
                 let r = try source.index.frame(UInt32(f))
-                bytesUpperBound += UInt64(r.length + 2 * UInt32(FrameRecord.encodedSize))
-                if isWhole(surviving[frameBase[i] + f], r) {
+                bytesUpperBound += UInt64(r.length)
+                frames += 1
+                if isWhole(surviving[n], r) {
+                    placement[n] = Self.unplaced
                     workBytes += UInt64(r.length)
                     framesCopied += 1
                 } else {
-                    workBytes += UInt64(surviving[frameBase[i] + f]) * UInt64(blockSize)
+                    workBytes += UInt64(surviving[n]) * UInt64(blockSize)
                     framesRepacked += 1
                 }
             }
         }
+        bytesUpperBound += IndexChunks.indexLength(frames: frames, extents: extents)
     }
 
     private func number(_ e: ResolvedExtent) -> Int { frameBase[Int(e.image)] + Int(e.frame) }
@@ -72,8 +80,6 @@ final class MergePlan {
     }
 
     func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
-        // The merged image's number of each source frame copied whole, once placed (.max: not yet, or re-packed).
-        var wholeNumber = [UInt32](repeating: .max, count: surviving.count)
         var done: UInt64 = 0
         let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads))
         let reader = FrameReader(sources)
@@ -81,27 +87,22 @@ final class MergePlan {
         while let window = try walk.next() {
             // Frame numbers: whole frames first used here, in order of first use, then packed frames in block order.
             let base = writer.nextFrame
-            var wholeOrder: [FrameRef] = []
-            var whole = [Bool](repeating: false, count: window.count)
-            for (i, e) in window.enumerated() where e.kind == .data {
-                let n = number(e)
-                if wholeNumber[n] != .max {
-                    whole[i] = true
-                } else if isWhole(surviving[n], try record(e.frameRef)) {
-                    whole[i] = true
-                    wholeNumber[n] = base + UInt32(wholeOrder.count)
-                    wholeOrder.append(e.frameRef)
-                    if surviving[n] != (try record(e.frameRef)).blockCount { writer.allowSparseFrames() }
-                }
+            var wholeOrder: [FrameRef] = [], records: [FrameRecord] = []
+            for e in window where e.kind == .data && placement[number(e)] == Self.unplaced {
+                let n = number(e), r = try record(e.frameRef)
+                placement[n] = base + UInt32(wholeOrder.count)
+                wholeOrder.append(e.frameRef)
+                records.append(r)
+                if surviving[n] != r.blockCount { writer.allowSparseFrames() }
             }
             var packedIndex = 0
             var packed: [[MergeWorkers.Segment]] = []
-            for (i, e) in window.enumerated() {
+            for e in window {
                 switch e.kind {
                 case .zero, .unreadable:
                     try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: e.kind)
-                case .data where whole[i]:
-                    try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: wholeNumber[number(e)], frameBlock: e.frameBlock)
+                case .data where placement[number(e)] != Self.repacked:
+                    try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: placement[number(e)], frameBlock: e.frameBlock)
                 case .data:
                     // Packed blocks may straddle two new frames.
                     var taken = 0
@@ -118,10 +119,9 @@ final class MergePlan {
                     }
                 }
             }
-            let records = try wholeOrder.map(record)
             let offsets = try writer.reserveCopiedFrames(records)
             let workers = MergeWorkers(
-                copies: try copyRuns(wholeOrder, records, offsets), frames: packed, sources: reader, writer: writer, kit: kit)
+                copies: copyRuns(wholeOrder, records, offsets), frames: packed, sources: reader, writer: writer, kit: kit)
             try workers.start()
             defer { workers.stop() }
             try workers.drain(into: writer) { done += $0; progress?(min(done, workBytes), workBytes) }
@@ -130,7 +130,7 @@ final class MergePlan {
 
     /// Cuts whole frames, in their order in the merged image, into runs that lie back to back both in one source
     /// image and in the merged image, each at most `copyRun` bytes (or one frame), so each is one read and one write.
-    private func copyRuns(_ order: [FrameRef], _ records: [FrameRecord], _ offsets: [UInt64]) throws -> [MergeWorkers.CopyRun] {
+    private func copyRuns(_ order: [FrameRef], _ records: [FrameRecord], _ offsets: [UInt64]) -> [MergeWorkers.CopyRun] {
         var runs: [MergeWorkers.CopyRun] = []
         for (k, f) in order.enumerated() {
             let r = records[k]

@@ -55,9 +55,6 @@ final class MergeWorkers {
     private let frames: [[Segment]]
     private let sources: FrameReader
     private let writer: ImageWriter
-    private let blockSize: Int
-    private let threads: Int
-    private let buffers: FrameBuffers
 
     private let condition = Condition()
     private var freeSlots: [Int]
@@ -71,6 +68,9 @@ final class MergeWorkers {
     private let group = ThreadGroup()
 
     private let kit: Kit
+    private var buffers: FrameBuffers { kit.buffers }
+    private var blockSize: Int { kit.buffers.blockSize }
+    private var threads: Int { kit.compressors.count }
 
     init(copies: [CopyRun], frames: [[Segment]], sources: FrameReader, writer: ImageWriter, kit: Kit) {
         self.copies = copies
@@ -78,10 +78,7 @@ final class MergeWorkers {
         self.sources = sources
         self.writer = writer
         self.kit = kit
-        threads = kit.compressors.count
-        blockSize = kit.buffers.blockSize
-        buffers = kit.buffers
-        freeSlots = Array(0..<buffers.count)
+        freeSlots = Array(0..<kit.buffers.count)
     }
 
     func start() throws {

@@ -121,7 +121,7 @@ final class RestorePipeline {
                 batch = []
                 batch.reserveCapacity(Self.batchExtents)
             }
-            windows: while let window = try walk.next() {
+            while let window = try walk.next() {
                 for e in window {
                     seq += 1
                     var fetch = -1
@@ -130,8 +130,7 @@ final class RestorePipeline {
                             fetch = held.fetch
                             lastPlannedUse[held.slot] = seq
                         } else {
-                            // Planned extents go to the coordinator before waiting for a slot: it frees them.
-                            guard let slot = try takeSlot(pump, pushing: push) else { break windows }
+                            let slot = try takeSlot(pump, pushing: push)
                             fetch = nextFetch
                             nextFetch += 1
                             live[e.frameRef] = (fetch, slot)
@@ -158,8 +157,8 @@ final class RestorePipeline {
         }
     }
 
-    /// Waits, holding nothing, until `ready` (checked under the lock) holds, handling reads that complete
-    /// meanwhile; false when the restore is stopping.
+    /// Waits, holding nothing, until `ready` (run under the lock) returns true, handling reads that complete
+    /// meanwhile; throws when the restore is stopping.
     private func waitLocked(_ pump: IOPump, _ ready: () -> Bool) throws {
         while true {
             condition.lock()
@@ -182,40 +181,30 @@ final class RestorePipeline {
     }
 
     /// A free slot, or the least recently planned one the coordinator is done with (its frame is forgotten and
-    /// read again if needed later). Before waiting, the planned extents go to the coordinator (`push`).
-    private func takeSlot(_ pump: IOPump, pushing push: () throws -> Void) throws -> Int? {
-        var pushed = false
-        while true {
-            condition.lock()
-            if failure.error != nil || finished {
-                condition.unlock()
-                return nil
-            }
-            if let s = freeSlots.popLast() {
-                condition.unlock()
-                return s
-            }
-            let done = consumed
-            var victim = -1
-            for (_, held) in live where lastPlannedUse[held.slot] <= done {
-                if victim < 0 || lastPlannedUse[held.slot] < lastPlannedUse[victim] { victim = held.slot }
-            }
-            if victim >= 0 {
-                readyFetches[slotFetch[victim]] = nil
-                condition.unlock()
-                live[slotFrame[victim]] = nil
-                return victim
-            }
-            if !pushed {
-                condition.unlock()
-                try push()
-                pushed = true
-                continue
-            }
-            if pump.inFlight == 0 { condition.wait() }
-            condition.unlock()
-            if pump.inFlight > 0 { try frameRead(pump.next()) }
+    /// read again if needed later). Before waiting, the planned extents go to the coordinator (`push`): it frees
+    /// slots only as it passes them.
+    private func takeSlot(_ pump: IOPump, pushing push: () throws -> Void) throws -> Int {
+        if let s = condition.withLock({ claimSlot() }) { return s }
+        try push()
+        var slot: Int?
+        try waitLocked(pump) {
+            slot = claimSlot()
+            return slot != nil
         }
+        return slot!
+    }
+
+    /// Under the lock: a free slot, or one whose planned uses the coordinator has all passed.
+    private func claimSlot() -> Int? {
+        if let s = freeSlots.popLast() { return s }
+        var victim = -1
+        for (_, held) in live where lastPlannedUse[held.slot] <= consumed {
+            if victim < 0 || lastPlannedUse[held.slot] < lastPlannedUse[victim] { victim = held.slot }
+        }
+        guard victim >= 0 else { return nil }
+        readyFetches[slotFetch[victim]] = nil
+        live[slotFrame[victim]] = nil
+        return victim
     }
 
     private func frameRead(_ done: (tag: Int, bytes: Int)) throws {

@@ -76,11 +76,10 @@ final class RestoreReadBack {
             while at == window.count || window[at].endBlock <= block {
                 if at < window.count {
                     at += 1
-                    continue
+                } else {
+                    guard let next = try walk.next() else { return }
+                    (window, at) = (next, 0)
                 }
-                guard let next = try walk.next() else { return }
-                window = next
-                at = 0
             }
             let e = window[at]
             let expected: BlockHash

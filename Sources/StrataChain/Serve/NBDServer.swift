@@ -201,34 +201,14 @@ public final class NBDServer {
                     continue
                 }
                 var w = BigEndianWriter()
-                if structured {
-                    w.u32(Magic.structured)
-                    w.u16(1)
-                    w.u16(1)  // NBD_REPLY_TYPE_OFFSET_DATA
-                    w.u64(cookie)
-                    w.u32(8 + length)
-                    w.u64(offset)
-                } else {
-                    w.u32(Magic.simple)
-                    w.u32(0)
-                    w.u64(cookie)
-                }
+                w.reply(structured: structured, type: 1, cookie: cookie, length: 8 + length)  // NBD_REPLY_TYPE_OFFSET_DATA
+                if structured { w.u64(offset) }
                 guard c.write(w.bytes), c.write(buffer.base, count: Int(length)) else { return }
             case 2:  // DISC
                 return
             case 3:  // FLUSH: nothing to flush
                 var w = BigEndianWriter()
-                if structured {
-                    w.u32(Magic.structured)
-                    w.u16(1)
-                    w.u16(0)
-                    w.u64(cookie)
-                    w.u32(0)
-                } else {
-                    w.u32(Magic.simple)
-                    w.u32(0)
-                    w.u64(cookie)
-                }
+                w.reply(structured: structured, type: 0, cookie: cookie, length: 0)  // NBD_REPLY_TYPE_NONE
                 guard c.write(w.bytes) else { return }
             case 7:  // BLOCK_STATUS
                 // A status request may reach past the end (qemu asks for whole clusters): it is answered to the end.
@@ -249,11 +229,7 @@ public final class NBDServer {
                 if at < end && descriptors.count < 4096 { descriptors.append((UInt32(end - at), 0)) }
                 if commandFlags & 8 != 0 { descriptors = Array(descriptors.prefix(1)) }  // NBD_CMD_FLAG_REQ_ONE
                 var w = BigEndianWriter()
-                w.u32(Magic.structured)
-                w.u16(1)
-                w.u16(5)  // NBD_REPLY_TYPE_BLOCK_STATUS
-                w.u64(cookie)
-                w.u32(4 + 8 * UInt32(descriptors.count))
+                w.reply(structured: true, type: 5, cookie: cookie, length: 4 + 8 * UInt32(descriptors.count))  // BLOCK_STATUS
                 w.u32(Self.allocationContext)
                 for d in descriptors {
                     w.u32(d.0)
@@ -279,18 +255,10 @@ public final class NBDServer {
     /// Answers a request with an error (an errno value NBD knows: EPERM, EIO, EINVAL).
     private func errorReply(_ c: Connection, _ cookie: UInt64, _ structured: Bool, code: UInt32) -> Bool {
         var w = BigEndianWriter()
+        w.reply(structured: structured, type: 0x8001, cookie: cookie, length: 6, error: code)  // NBD_REPLY_TYPE_ERROR
         if structured {
-            w.u32(Magic.structured)
-            w.u16(1)  // DONE
-            w.u16(0x8001)  // NBD_REPLY_TYPE_ERROR
-            w.u64(cookie)
-            w.u32(6)
             w.u32(code)
             w.u16(0)  // no message
-        } else {
-            w.u32(Magic.simple)
-            w.u32(code)
-            w.u64(cookie)
         }
         return c.write(w.bytes)
     }
@@ -299,6 +267,24 @@ public final class NBDServer {
 /// Big-endian fields, as NBD sends them.
 struct BigEndianWriter {
     var bytes: [UInt8] = []
+
+    /// A reply's header: once structured replies are agreed, the one (last) chunk of a reply, of `type` with
+    /// `length` bytes of payload to follow; otherwise a simple reply, with `error` in it (a structured error goes
+    /// in the payload).
+    mutating func reply(structured: Bool, type: UInt16, cookie: UInt64, length: UInt32, error: UInt32 = 0) {
+        if structured {
+            u32(NBDServer.Magic.structured)
+            u16(1)  // NBD_REPLY_FLAG_DONE
+            u16(type)
+            u64(cookie)
+            u32(length)
+        } else {
+            u32(NBDServer.Magic.simple)
+            u32(error)
+            u64(cookie)
+        }
+    }
+
     mutating func u16(_ v: UInt16) { for i in (0..<2).reversed() { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt16(i)))) } }
     mutating func u32(_ v: UInt32) { for i in (0..<4).reversed() { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
     mutating func u64(_ v: UInt64) { for i in (0..<8).reversed() { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }

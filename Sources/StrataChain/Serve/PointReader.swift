@@ -18,8 +18,6 @@ public final class PointReader {
     private let cache: FrameCache
     private let decompressor: FrameDecompressor
     private let lock = Condition()
-    /// Frames read from the store, and reads served.
-    public private(set) var framesRead = 0
 
     /// Opens `point` (nil: the newest) of the chain at `location` for reading, with a cache of about
     /// `cacheBytes` of decoded frames (at least one frame).
@@ -58,9 +56,7 @@ public final class PointReader {
                         continue
                     }
                     let f = e.frameRef
-                    let before = cache.misses
                     let entry = try cache.get(f, reader: frames, decompressor: decompressor)
-                    framesRead += cache.misses - before
                     // The frame's blocks the range takes, each checked against its stored hash before use.
                     let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
                     let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)

@@ -75,7 +75,7 @@ public enum Verify {
         }
 
         // Frames: all of every image, or those the point's blocks come from.
-        var work = FrameWork(allOf: images)
+        let work: FrameWork
         if options.point != nil {
             var list: [FrameRef] = []
             let slice = needed(images.count - 1)
@@ -87,6 +87,8 @@ public enum Verify {
                 list.sort()
             }
             work = FrameWork(list)
+        } else {
+            work = FrameWork(allOf: images)
         }
         let scan = FrameScan(frames: frames, work: work, store: chain.store, options: options, progress: progress)
         let damagedFrames = try scan.run()
