@@ -152,7 +152,7 @@ final class ServeTests: XCTestCase {
 
     func testBadInputGetsOneLineAndItsExitCode() throws {
         let (chain, _) = try makeChain()
-        FileManager.default.createFile(atPath: "\(dir)/taken", contents: Data())
+        _ = FileManager.default.createFile(atPath: "\(dir)/taken", contents: Data())
         let taken = try strata("serve", chain, "--socket", "\(dir)/taken")
         XCTAssertEqual(taken.status, 73)
         XCTAssertTrue(taken.stderr.hasPrefix("strata: error: "), taken.stderr)

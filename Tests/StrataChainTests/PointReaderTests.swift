@@ -135,4 +135,37 @@ final class PointReaderTests: XCTestCase {
         let state = states[5]!
         XCTAssertTrue(try read(r, 0, state.count) == state)
     }
+
+    /// Several threads reading every point of one served chain at once (one frame cache, read-ahead on), some
+    /// sequentially and some at random, with a cache small enough that frames are evicted under them.
+    func testParallelReadersOfEveryPointGetTheirBytes() throws {
+        let (chain, states) = try makeChain(seed: 46, size: 4 << 20, nights: 5)
+        let served = try ServedChain(chain: chain, cacheBytes: 1, readAheadBytes: 1 << 20, readAheadThreads: 2)
+        let readers = try served.openEveryPoint()
+        XCTAssertEqual(readers.map(\.point), states.keys.sorted())
+        let failures = Failures()
+        DispatchQueue.concurrentPerform(iterations: 6) { t in
+            var rng = SeededGenerator(seed: 460 + UInt64(t))
+            for k in 0..<60 {
+                let r = readers[(t + k) % readers.count]
+                let state = states[r.point]!
+                let sequential = t % 2 == 0
+                let offset = sequential ? (k * 300_000) % state.count : Int.random(in: 0..<state.count, using: &rng)
+                let count = sequential ? 300_000 : Int.random(in: 1...200_000, using: &rng)
+                do {
+                    let got = try self.read(r, UInt64(offset), count)
+                    if got != Array(state[offset..<(offset + got.count)]) { failures.add("thread \(t): point \(r.point), \(count) at \(offset)") }
+                } catch { failures.add("thread \(t): \(error)") }
+            }
+        }
+        XCTAssertEqual(failures.all, [])
+    }
+}
+
+/// Failures collected from several threads.
+final class Failures: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [String] = []
+    func add(_ s: String) { lock.withLock { list.append(s) } }
+    var all: [String] { lock.withLock { list } }
 }

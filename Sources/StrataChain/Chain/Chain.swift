@@ -139,14 +139,16 @@ public final class Chain {
     /// image holding points from `from` on, back to the newest of those that covers every block (a merge reads
     /// no image below its range: the first one's parent link is checked against the manifest's entry for the
     /// image before).
-    func openImages(forPoint point: UInt32, from: UInt32 = 0) throws -> [ImageFile] {
+    /// `reusing` may hand back an image opened before (a server opens each image once for all its points); it is
+    /// checked as a newly opened one is.
+    func openImages(forPoint point: UInt32, from: UInt32 = 0, reusing: (ManifestEntry) -> ImageFile? = { _ in nil }) throws -> [ImageFile] {
         try withStableManifest { m in
             guard let entries = m.images(forPoint: point) else { throw ChainError.noSuchPoint(point, available: m.points) }
             var images = [ImageFile]()
             for k in stride(from: entries.endIndex - 1, through: entries.startIndex, by: -1) {
                 let e = entries[k]
                 guard e.lastPoint >= from else { break }
-                let image = try ImageFile(store: store, name: e.file)
+                let image = try reusing(e) ?? ImageFile(store: store, name: e.file)
                 try Chain.check(image.header, of: e, in: m)
                 try Chain.check(image.header, of: e, follows: k > entries.startIndex ? entries[k - 1] : nil)
                 images.append(image)

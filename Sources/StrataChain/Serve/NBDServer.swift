@@ -2,7 +2,7 @@
 // handshake; options EXPORT_NAME, LIST, INFO, GO, STRUCTURED_REPLY, LIST/SET_META_CONTEXT with base:allocation,
 // ABORT; commands READ, BLOCK_STATUS, FLUSH, DISC, and every write refused with EPERM). An export is named by
 // its point number, "" for the newest. Each client has a thread; points are read through one PointReader each,
-// shared by the clients. A client that sends garbage or disconnects ends its own connection only; a request
+// shared by the clients, and one ServedChain (its images opened once, one frame cache, one read-ahead pool). A client that sends garbage or disconnects ends its own connection only; a request
 // outside the export gets EINVAL. NBD has no authentication: listen on loopback or a Unix socket.
 import StrataFormat
 import StrataIO
@@ -10,7 +10,7 @@ import StrataIO
 public final class NBDServer {
     public let chain: String
     private let defaultPoint: UInt32?
-    private let cacheBytes: Int
+    private let served: ServedChain
     private let lock = Condition()
     private var readers: [UInt32: PointReader] = [:]
     private let log: (String) -> Void
@@ -36,10 +36,10 @@ public final class NBDServer {
     public init(chain: String, point: UInt32?, cacheBytes: Int = 64 << 20, log: @escaping (String) -> Void) throws {
         self.chain = chain
         defaultPoint = point
-        self.cacheBytes = cacheBytes
         self.log = log
-        // Fail now, not at the first client, when the chain or the point cannot be opened.
-        let r = try PointReader(chain: chain, point: point, cacheBytes: cacheBytes)
+        served = try ServedChain(chain: chain, cacheBytes: cacheBytes)
+        // Fail now, not at the first client, when the point cannot be opened.
+        let r = try served.reader(point: point)
         readers[r.point] = r
     }
 
@@ -55,7 +55,7 @@ public final class NBDServer {
         return try lock.withLock {
             if let point, let r = readers[point] { return r }
             do {
-                let r = try PointReader(chain: chain, point: point, cacheBytes: cacheBytes)
+                let r = try served.reader(point: point)
                 readers[r.point] = r
                 return r
             } catch ChainError.noSuchPoint { return nil }

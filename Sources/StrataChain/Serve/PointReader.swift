@@ -1,37 +1,49 @@
-// Any byte range of a point, read in place: what `mount` and `serve` will serve (issue 11). A read resolves just
-// its blocks (PointWalk from the first block: each image's extent chunk holding it is found by a binary search of
-// its chunk table, and the last few chunks stay decoded), takes zero and unreadable blocks as zeros without I/O,
-// and data blocks from frames read through the frame reader into a bounded cache of decoded frames (checksum and
-// decompression checked on the way in); every block handed out is checked against its stored hash first. Memory:
-// the frame cache (`cacheBytes`) and a few index chunks an image, whatever the size of the source or the length
-// of the chain. One read at a time (a lock): parallel reads and read-ahead come with the servers.
+// Any byte range of a point, read in place: what `mount` and `serve` serve (issue 11). A read finds its blocks in
+// a resolved window of the point (PointWalk from the block asked for: each image's extent chunk holding it is
+// found by a binary search of its chunk table), kept in a small cache so that neighbouring reads resolve
+// nothing; takes zero and unreadable blocks as zeros without I/O, and data blocks from the chain's shared cache
+// of decoded frames (checksum and decompression checked on the way in); every block handed out is checked
+// against its stored hash first. Reads run in parallel (each thread decodes the frames it misses; a frame
+// wanted by two is decoded once), and a reader that reads on from where it stopped gets the frames ahead of it
+// read and decoded by the read-ahead threads. Memory: the frame cache, a few windows a point and a few index
+// chunks an image, whatever the size of the source or the length of the chain.
 import StrataCodec
 import StrataFormat
 import StrataIO
 
-public final class PointReader {
+public final class PointReader: @unchecked Sendable {
     public let point: UInt32
     public let size: UInt64
     public let blockSize: Int
+    private let chain: ServedChain
     private let images: [ImageFile]
     private let frames: FrameReader
-    private let cache: FrameCache
-    private let decompressor: FrameDecompressor
     private let lock = Condition()
+    /// Resolved windows, most recently used last.
+    private var windows: [(range: Range<UInt64>, extents: [ResolvedExtent])] = []
+    /// Where the last read ended, and how far read-ahead has been asked for.
+    private var lastEnd: UInt64 = .max
+    private var aheadTo: UInt64 = 0
 
-    /// Opens `point` (nil: the newest) of the chain at `location` for reading, with a cache of about
-    /// `cacheBytes` of decoded frames (at least one frame).
-    public init(chain location: String, point: UInt32? = nil, cacheBytes: Int = 64 << 20) throws {
-        let chain = try Chain(location: location, access: .read)
-        guard let m = chain.manifest else { throw ChainError.notAChain(path: location) }
-        self.point = point ?? m.points.last!
-        images = try chain.openPoint(self.point)
-        size = m.sourceSize
-        blockSize = Int(m.blockSize)
+    /// Windows kept, and the extents an image may add to one (a window is at most images x this many extents).
+    static let windowsKept = 4
+    static let windowExtents = 16384
+
+    init(chain: ServedChain, point: UInt32, images: [ImageFile]) {
+        self.chain = chain
+        self.point = point
+        self.images = images
+        size = chain.sourceSize
+        blockSize = chain.blockSize
         frames = FrameReader(images)
-        let (maxStored, maxBlocks) = frames.largest
-        cache = FrameCache(bytes: cacheBytes, maxStored: maxStored, maxDecoded: maxBlocks * blockSize)
-        decompressor = try FrameDecompressor()
+    }
+
+    /// Opens `point` (nil: the newest) of the chain at `location` on its own, with a cache of about `cacheBytes`
+    /// of decoded frames.
+    public convenience init(chain location: String, point: UInt32? = nil, cacheBytes: Int = 64 << 20) throws {
+        let chain = try ServedChain(chain: location, cacheBytes: cacheBytes)
+        let r = try chain.reader(point: point)
+        self.init(chain: chain, point: r.point, images: r.images)
     }
 
     /// Reads `count` bytes at `offset` into `buffer`; a range past the end is refused, one that ends past it is cut
@@ -42,31 +54,27 @@ public final class PointReader {
         let n = Int(min(UInt64(count), size - offset))
         guard n > 0 else { return 0 }
         let bs = UInt64(blockSize)
-        let first = offset / bs, end = (offset + UInt64(n) + bs - 1) / bs
-        return try lock.withLock {
-            let walk = PointWalk(images, from: first, to: end)
-            while let window = try walk.next() {
-                for e in window {
-                    // The bytes of this extent that the request wants, and where they go.
-                    let from = max(e.firstBlock * bs, offset), to = min(e.endBlock * bs, offset + UInt64(n))
-                    guard from < to else { continue }
-                    let out = buffer + Int(from - offset)
-                    guard e.kind == .data else {
-                        out.initializeMemory(as: UInt8.self, repeating: 0, count: Int(to - from))
-                        continue
-                    }
-                    let f = e.frameRef
-                    let entry = try cache.get(f, reader: frames, decompressor: decompressor)
-                    // The frame's blocks the range takes, each checked against its stored hash before use.
-                    let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
-                    let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
-                    try frames.checkBlocks(f, firstBlock..<(lastBlock + 1), stored: entry.stored, decoded: entry.decoded)
-                    let start = firstBlock * blockSize + Int(from % bs)
-                    out.copyMemory(from: entry.decoded + start, byteCount: Int(to - from))
-                }
+        let end = offset + UInt64(n)
+        readAhead(from: offset, to: end)
+        try forEachExtent(from: offset / bs, to: (end + bs - 1) / bs) { e in
+            // The bytes of this extent that the request wants, and where they go.
+            let from = max(e.firstBlock * bs, offset), to = min(e.endBlock * bs, end)
+            let out = buffer + Int(from - offset)
+            guard e.kind == .data else {
+                out.initializeMemory(as: UInt8.self, repeating: 0, count: Int(to - from))
+                return
             }
-            return n
+            let f = e.frameRef
+            let entry = try chain.cache.get(f, of: frames)
+            defer { chain.cache.release(entry) }
+            // The frame's blocks the range takes, each checked against its stored hash before use.
+            let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
+            let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
+            try frames.checkBlocks(f, firstBlock..<(lastBlock + 1), stored: entry.stored, decoded: entry.decoded)
+            let start = firstBlock * blockSize + Int(from % bs)
+            out.copyMemory(from: entry.decoded + start, byteCount: Int(to - from))
         }
+        return n
     }
 
     /// The zero (and unreadable) ranges of the point within `range`, in bytes, in order: what NBD's block status
@@ -75,16 +83,77 @@ public final class PointReader {
         let bs = UInt64(blockSize)
         let lo = min(range.lowerBound, size), hi = min(range.upperBound, size)
         guard lo < hi else { return [] }
-        return try lock.withLock {
-            var out: [Range<UInt64>] = []
-            let walk = PointWalk(images, from: lo / bs, to: (hi + bs - 1) / bs)
-            while let window = try walk.next() {
-                for e in window where e.kind != .data {
-                    let r = max(e.firstBlock * bs, lo)..<min(e.endBlock * bs, hi)
-                    if !r.isEmpty { out.appendJoining(r) }
-                }
-            }
-            return out
+        var out: [Range<UInt64>] = []
+        try forEachExtent(from: lo / bs, to: (hi + bs - 1) / bs) { e in
+            guard e.kind != .data else { return }
+            out.appendJoining(max(e.firstBlock * bs, lo)..<min(e.endBlock * bs, hi))
         }
+        return out
+    }
+
+    /// Calls `body` with the resolved extents of blocks `first..<end`, in order, cut to them.
+    private func forEachExtent(from first: UInt64, to end: UInt64, _ body: (ResolvedExtent) throws -> Void) throws {
+        var block = first
+        while block < end {
+            let window = try self.window(holding: block)
+            var i = window.extents.firstEnding(after: block, \.endBlock)
+            while i < window.extents.count && block < end {
+                var e = window.extents[i]
+                if e.firstBlock < block {
+                    let cut = block - e.firstBlock
+                    e.firstBlock = block
+                    e.blockCount -= UInt32(cut)
+                    if e.kind == .data { e.frameBlock += UInt32(cut) }
+                }
+                if e.endBlock > end { e.blockCount = UInt32(end - e.firstBlock) }
+                try body(e)
+                block = e.endBlock
+                i += 1
+            }
+            block = max(block, window.range.upperBound)
+        }
+    }
+
+    /// A resolved window holding `block`: a cached one, or one walked from `block`.
+    private func window(holding block: UInt64) throws -> (range: Range<UInt64>, extents: [ResolvedExtent]) {
+        if let w = lock.withLock({ () -> (range: Range<UInt64>, extents: [ResolvedExtent])? in
+            guard let i = windows.lastIndex(where: { $0.range.contains(block) }) else { return nil }
+            let w = windows.remove(at: i)
+            windows.append(w)
+            return w
+        }) {
+            return w
+        }
+        let walk = PointWalk(images, from: block, extents: Self.windowExtents)
+        let extents = try walk.next() ?? []
+        let w = (range: block..<walk.position, extents: extents)
+        lock.withLock {
+            windows.append(w)
+            if windows.count > Self.windowsKept { windows.removeFirst() }
+        }
+        return w
+    }
+
+    /// A read that starts where the last one ended (or close to it: the kernel's read-ahead reads arrive out of
+    /// order) asks the read-ahead threads for the frames of the next `readAheadBytes`.
+    private func readAhead(from offset: UInt64, to end: UInt64) {
+        let span = UInt64(chain.readAheadBytes)
+        guard span > 0 else { return }
+        let range: Range<UInt64>? = lock.withLock {
+            let sequential = lastEnd != .max && offset + span / 2 >= lastEnd && offset <= lastEnd + span / 2
+            lastEnd = sequential ? max(lastEnd, end) : end
+            if !sequential { aheadTo = end }
+            guard sequential, aheadTo < end + span / 2, end < size else { return nil }
+            let from = max(aheadTo, end), to = min(end + span, size)
+            aheadTo = to
+            return from < to ? from..<to : nil
+        }
+        guard let range else { return }
+        let bs = UInt64(blockSize)
+        var wanted: [FrameRef] = []
+        try? forEachExtent(from: range.lowerBound / bs, to: (range.upperBound + bs - 1) / bs) { e in
+            if e.kind == .data, wanted.last != e.frameRef { wanted.append(e.frameRef) }
+        }
+        chain.readAhead.want(wanted, of: frames)
     }
 }
