@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
 // Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
-// StrataChain -> {StrataFormat, StrataCodec, StrataIO}. The CLI imports StrataChain's and StrataBench's API only.
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO, CFuse (libfuse 3, for mount)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let package = Package(
@@ -22,12 +22,13 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
         .target(name: "CXXH3"),
         .target(name: "StrataFormat"),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3"]),
         .target(name: "StrataIO", dependencies: ["CURing"]),
-        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO"]),
+        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "CFuse"]),
         .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
         .executableTarget(
             name: "strata",

@@ -171,6 +171,9 @@ public enum BlockDevices {
         return false
     }
 
+    /// The directory above `path`, lexically ("/" for "/x", "." for a bare name).
+    public static func parentDirectory(of path: String) -> String { parent(of: path) }
+
     static func parent(of path: String) -> String {
         let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
         guard let slash = trimmed.lastIndex(of: "/") else { return "." }

@@ -151,6 +151,22 @@ public enum Sys {
         _ = try retrying("set mode of", path) { Glibc.chmod(path, mode) }
     }
 
+    /// Makes a directory and those above it that are missing (0700 for those it makes).
+    public static func makeDirectories(_ path: String) throws {
+        guard !exists(path) else { return }
+        let parent = BlockDevices.parentDirectory(of: path)
+        if parent != path && parent != "." { try makeDirectories(parent) }
+        do { try mkdir(path) } catch let e as IOError where e.alreadyExists {}
+    }
+
+    /// Creates a small file that must not exist yet, with `text`.
+    public static func writeNewFile(_ path: String, _ text: String) throws {
+        let fd = try create(path, O_WRONLY | O_EXCL)
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        try bytes.withUnsafeBytes { try pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: path) }
+    }
+
     /// Writes every dirty page of every filesystem back (sync(2)): bench's runs start on a quiet disk, as a
     /// nightly command does, not behind the previous run's writes.
     public static func syncAll() { Glibc.sync() }
@@ -169,6 +185,18 @@ public enum Sys {
     public static func openExclusive(_ path: String, _ flags: Int32) throws -> Int32 {
         try open(path, flags | O_EXCL)
     }
+
+    /// Writes a small text file that exists (a /sys setting).
+    public static func writeSmallFile(_ path: String, _ text: String) throws {
+        let fd = try open(path, O_WRONLY)
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        let n = bytes.withUnsafeBytes { b in Glibc.write(fd, b.baseAddress, b.count) }
+        guard n == bytes.count else { throw IOError("write", path: path, errno: n < 0 ? errno : EIO) }
+    }
+
+    /// Whether anything exists at `path` (a link is followed).
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     /// A small text file read whole (/proc, /sys), or nil when it cannot be read.
     public static func readSmallFile(_ path: String) -> String? {

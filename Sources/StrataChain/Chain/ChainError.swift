@@ -36,6 +36,16 @@ public enum ChainError: Error, Equatable, Sendable {
     case nothingRestorable(path: String)
     /// The manifest changed between this writer's reading it and its commit (another writer got in).
     case chainChanged(String)
+    /// A directory `mount` cannot use (missing, not a directory, not empty, already a mount point).
+    case mountPointUnusable(path: String, problem: String, todo: String)
+    /// `mount --files` on a point holding no filesystem the kernel can mount read-only: what it found.
+    case noFilesystem(point: UInt32, found: String)
+    /// `unmount` of a directory where strata mounted nothing.
+    case notMounted(path: String)
+    /// `unmount` of a file system still in use.
+    case mountBusy(path: String)
+    /// Something the machine lacks (FUSE, loop devices): what, and what to do.
+    case machineLacks(String)
 
     public enum Role: String, Sendable { case source, target }
 }
@@ -93,20 +103,29 @@ extension ChainError: CustomStringConvertible {
             return "no point of chain \(p) can be restored, so repair cannot keep any; nothing was changed: restore from another copy of the chain"
         case .chainChanged(let p):
             return "chain \(p) was changed by another writer while this one worked; nothing was committed: run again"
+        case .mountPointUnusable(let p, let problem, let todo):
+            return "cannot mount at \(p): \(problem); nothing was mounted: \(todo)"
+        case .noFilesystem(let point, let found):
+            return "point \(point) holds no filesystem the kernel can mount read-only (found \(found)); nothing was mounted: mount without --files and read point-\(point).img"
+        case .notMounted(let p):
+            return "\(p) is not a strata mount; nothing was changed: name the directory given to strata mount"
+        case .mountBusy(let p):
+            return "\(p) is in use (a process has a file open or its working directory there); nothing was unmounted: close what uses it and run strata unmount again"
+        case .machineLacks(let d): return d
         }
     }
 
     /// Process exit codes, following sysexits(3) where one fits.
     public var exitCode: Int32 {
         switch self {
-        case .invalidOption, .noSuchPoint: return 64  // EX_USAGE
-        case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed, .nothingRestorable: return 65  // EX_DATAERR
+        case .invalidOption, .noSuchPoint, .notMounted: return 64  // EX_USAGE
+        case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed, .nothingRestorable, .noFilesystem: return 65  // EX_DATAERR
         case .sourceUnavailable: return 66  // EX_NOINPUT
-        case .targetTooSmall, .targetUnavailable, .insufficientSpace: return 73  // EX_CANTCREAT
+        case .targetTooSmall, .targetUnavailable, .insufficientSpace, .mountPointUnusable: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
-        case .chainInUse, .chainChanged: return 75  // EX_TEMPFAIL
+        case .chainInUse, .chainChanged, .mountBusy: return 75  // EX_TEMPFAIL
         case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety
-        case .engineUnavailable: return 69  // EX_UNAVAILABLE
+        case .engineUnavailable, .machineLacks: return 69  // EX_UNAVAILABLE
         }
     }
 }

@@ -196,7 +196,7 @@ public final class NBDServer {
                 do {
                     _ = try reader.read(into: buffer.base, count: Int(length), at: offset)
                 } catch {
-                    log("nbd client \(id): read of \(length) bytes at \(offset) failed: \(Verify.describe(error))")
+                    log("nbd client \(id): read of \(length) bytes at \(offset) failed: \(PointReader.describe(error))")
                     if !fail(5) { return }  // EIO
                     continue
                 }

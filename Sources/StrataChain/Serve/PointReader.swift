@@ -156,4 +156,13 @@ public final class PointReader: @unchecked Sendable {
         }
         chain.readAhead.want(wanted, of: frames)
     }
+
+    /// A failed read in one line for a server's log: the image and frame (or what else failed).
+    public static func describe(_ error: Error) -> String {
+        switch error {
+        case ChainError.damaged(let f, let d), ChainError.corruptData(let f, let d): return "image \(f): \(d)"
+        case let e as ChainError: return e.description
+        default: return "\(error)"
+        }
+    }
 }

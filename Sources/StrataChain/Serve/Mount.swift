@@ -1,0 +1,295 @@
+// `strata mount` and `strata unmount` (issue 11). A mount is one server process: it opens the chain (every
+// point, or the one asked for), mounts the point files with FUSE, and with --files attaches a read-only loop
+// device over the point's file and mounts the filesystem inside it (each mountable partition of a partitioned
+// disk at DIR/pN) with the options that keep a read-only mount from replaying a journal. What it made is found
+// again from the kernel (the mount table, the loop device's backing file) and from a small state directory
+// (/run/strata/mount-HASH: the server's pid, and the hidden FUSE mount --files reads through), so `unmount`
+// undoes everything also after the server was killed. The filesystem mounts' loop devices clear themselves once
+// unmounted (LO_FLAGS_AUTOCLEAR).
+import StrataIO
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct MountOptions: Sendable {
+    /// The point to serve (nil: every point as files; with `files`, the newest).
+    public var point: UInt32?
+    /// Mount the filesystem inside the point instead of serving point files.
+    public var files = false
+    public var cacheBytes = 64 << 20
+    public init() {}
+}
+
+public final class MountSession: @unchecked Sendable {
+    public let chain: String
+    /// The mount directory, its path made canonical.
+    public let directory: String
+    private let options: MountOptions
+    private let served: ServedChain
+    private let readers: [PointReader]
+    private let state: String
+    private var fuse: FuseServer?
+    /// Filesystems mounted from the loop device (DIR, or DIR/pN), and the partition directories made for them.
+    private var mounted: [String] = []
+    private var madeDirectories: [String] = []
+    private let ended = Condition()
+    private var loopEnded = false
+    /// What is mounted, for the line `mount` prints.
+    public private(set) var summary = ""
+
+    /// Checks the directory and opens the chain and its points: everything that can fail before anything is
+    /// mounted.
+    public init(chain: String, directory: String, options: MountOptions) throws {
+        self.chain = chain
+        self.options = options
+        self.directory = try MountSession.usableDirectory(directory)
+        state = MountSession.stateDirectory(for: self.directory)
+        if let pid = MountSession.serverPid(state), Daemon.isRunning(pid) {
+            throw ChainError.mountPointUnusable(path: directory, problem: "strata (pid \(pid)) is already serving a mount there", todo: "run strata unmount \(directory) first")
+        }
+        served = try ServedChain(chain: chain, cacheBytes: options.cacheBytes)
+        if options.files || options.point != nil {
+            readers = [try served.reader(point: options.point)]
+        } else {
+            readers = try served.openEveryPoint()
+        }
+    }
+
+    /// Where mounts keep their state: $STRATA_RUN_DIR, or /run/strata.
+    static var runDirectory: String { getenv("STRATA_RUN_DIR").map { String(cString: $0) } ?? "/run/strata" }
+
+    static func stateDirectory(for directory: String) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        for b in directory.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let hex = String(h, radix: 16)
+        return "\(runDirectory)/mount-" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    static func serverPid(_ state: String) -> pid_t? {
+        Sys.readSmallFile("\(state)/pid").flatMap { pid_t($0.split(separator: "\n").first ?? "") }
+    }
+
+    /// The canonical path of an empty directory that is not a mount point, or why it cannot be used.
+    static func usableDirectory(_ path: String) throws -> String {
+        guard let p = realpath(path, nil) else {
+            let e = errno
+            switch e {
+            case ENOENT: throw ChainError.mountPointUnusable(path: path, problem: "it does not exist", todo: "create it (mkdir) or name another directory")
+            case ENOTCONN:
+                throw ChainError.mountPointUnusable(path: path, problem: "it is a FUSE mount whose server is gone", todo: "run strata unmount \(path)")
+            default: throw ChainError.mountPointUnusable(path: path, problem: String(cString: strerror(e)), todo: "check the path and your permissions")
+            }
+        }
+        let canonical = String(cString: p)
+        free(p)
+        guard let st = try? Sys.stat(canonical), st.st_mode & S_IFMT == S_IFDIR else {
+            throw ChainError.mountPointUnusable(path: path, problem: "it is not a directory", todo: "name an empty directory")
+        }
+        if let m = Mounts.mounted(at: canonical) {
+            throw ChainError.mountPointUnusable(
+                path: path, problem: "it is already a mount point (\(m.type) from \(m.source))", todo: "unmount it or name another directory")
+        }
+        guard ((try? Sys.listDirectory(canonical)) ?? []).isEmpty else {
+            throw ChainError.mountPointUnusable(path: path, problem: "it is not empty", todo: "name an empty directory")
+        }
+        return canonical
+    }
+
+    // MARK: Mounting
+
+    /// Mounts, and returns once the directory is usable (the server runs on threads of its own until `wait`
+    /// returns). On failure, undoes what it did.
+    public func mount(log: @escaping (String) -> Void) throws {
+        do {
+            try Sys.makeDirectories(MountSession.runDirectory)
+            try MountSession.removeStaleState(state)
+            try Sys.mkdir(state)
+            try Sys.writeNewFile("\(state)/pid", "\(getpid())\n")
+            let target = options.files ? "\(state)/fuse" : directory
+            if options.files { try Sys.mkdir(target) }
+            let files = readers.map { (name: "point-\($0.point).img", reader: $0) }
+            let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", log: log)
+            fuse = server
+            Threads.spawn("strata-fuse") { [self] in
+                server.run()
+                ended.publish { loopEnded = true }
+            }
+            server.widenReadAhead()
+            if options.files {
+                try mountFilesystem(of: readers[0].point, file: "\(target)/\(files[0].name)")
+            } else {
+                summary = files.count == 1 ? files[0].name : "\(files.count) point files (\(files[0].name) ... \(files.last!.name))"
+            }
+        } catch {
+            fuse?.stop()
+            finish(log: log)
+            throw error
+        }
+    }
+
+    /// Blocks until the file system is unmounted (`strata unmount`, `umount`) or the server is stopped by a
+    /// signal; then unmounts what is left (lazily where a process still uses it) and removes its state.
+    public func wait(log: @escaping (String) -> Void) {
+        ended.lock()
+        while !loopEnded { ended.wait() }
+        ended.unlock()
+        finish(log: log)
+    }
+
+    /// Stops the server from another thread (a signal): unmounts what it mounted (lazily where a process still
+    /// uses it), which ends the loop `wait` waits for.
+    public func stop(log: @escaping (String) -> Void) {
+        ended.withLock {
+            for dir in mounted.reversed() where Mounts.mounted(at: dir) != nil {
+                do { try Mounts.unmount(dir) } catch {
+                    log("\(dir) is still in use: detached lazily (it goes when its last user does)")
+                    try? Mounts.unmount(dir, lazy: true)
+                }
+            }
+            let target = options.files ? "\(state)/fuse" : directory
+            if Mounts.mounted(at: target) != nil { try? Mounts.unmount(target, lazy: true) }
+        }
+    }
+
+    private func mountFilesystem(of point: UInt32, file: String) throws {
+        let loop: (path: String, fd: Int32)
+        do { loop = try LoopDevices.attachReadOnly(file) } catch let e as IOError {
+            if e.path == "/dev/loop-control" && e.isMissing {
+                throw ChainError.machineLacks("this machine has no loop devices (/dev/loop-control): load the loop module (modprobe loop); nothing was mounted")
+            }
+            throw ChainError.machineLacks("cannot attach a loop device to point \(point): \(e.reason); nothing was mounted")
+        }
+        // The loop device clears itself once the last holder lets go: this descriptor, then the mounts.
+        defer { Sys.close(loop.fd) }
+        var found: [String] = []
+        func tryMount(_ device: String, at dir: String, label: String) throws -> Bool {
+            switch FilesystemSignature.of(device) {
+            case .mountable(let type, let mountOptions):
+                do { try Mounts.mountReadOnly(device, at: dir, type: type, options: mountOptions) } catch let e as IOError {
+                    found.append("\(label)\(type), which the kernel refused: \(e.reason)")
+                    return false
+                }
+                mounted.append(dir)
+                summary += (summary.isEmpty ? "" : ", ") + "\(type) of point \(point) (\(device)) at \(dir)"
+                return true
+            case .other(let what):
+                found.append(label + what)
+                return false
+            case .none:
+                found.append(label + "no filesystem signature")
+                return false
+            }
+        }
+        if try !tryMount(loop.path, at: directory, label: "") {
+            for part in LoopDevices.partitions(of: loop.path) {
+                let name = "p" + String(part.reversed().prefix { $0.isNumber }.reversed())
+                let dir = "\(directory)/\(name)"
+                try Sys.mkdir(dir, mode: 0o755)
+                madeDirectories.append(dir)
+                if try !tryMount(part, at: dir, label: "\(name): ") {
+                    try? Sys.rmdir(dir)
+                    madeDirectories.removeLast()
+                }
+            }
+        }
+        guard !mounted.isEmpty else { throw ChainError.noFilesystem(point: point, found: found.joined(separator: "; ")) }
+    }
+
+    private func finish(log: (String) -> Void) {
+        for dir in mounted.reversed() where Mounts.mounted(at: dir) != nil {
+            do { try Mounts.unmount(dir) } catch {
+                log("\(dir) is still in use: detached lazily (it goes when its last user does)")
+                try? Mounts.unmount(dir, lazy: true)
+            }
+        }
+        mounted = []
+        for dir in madeDirectories.reversed() { try? Sys.rmdir(dir) }
+        madeDirectories = []
+        fuse?.close()
+        fuse = nil
+        try? MountSession.removeStaleState(state)
+    }
+
+    /// Removes a state directory left behind (its FUSE mount unmounted first, stale or not).
+    static func removeStaleState(_ state: String) throws {
+        guard Sys.exists(state) || (try? Sys.stat("\(state)/fuse")) != nil || Mounts.mounted(at: "\(state)/fuse") != nil else { return }
+        if Mounts.mounted(at: "\(state)/fuse") != nil { try? Mounts.unmount("\(state)/fuse", lazy: true) }
+        try? Sys.rmdir("\(state)/fuse")
+        try? Sys.unlink("\(state)/pid")
+        try? Sys.rmdir(state)
+    }
+
+    // MARK: Unmounting
+
+    /// Undoes a mount at `path`: unmounts the filesystems mounted there, detaches their loop devices, unmounts
+    /// the point files, waits for the server to end; also after the server was killed. Returns one line a thing
+    /// done.
+    public static func unmount(_ path: String) throws -> [String] {
+        let canonical = canonicalEvenIfStale(path)
+        let state = stateDirectory(for: canonical)
+        let pid = serverPid(state)
+        let wasRunning = pid.map(Daemon.isRunning) ?? false
+        let ours = Mounts.table().filter { $0.mountPoint == canonical || $0.mountPoint.hasPrefix(canonical + "/") }
+        let hidden = Mounts.mounted(at: "\(state)/fuse")
+        guard !ours.isEmpty || hidden != nil || Sys.exists(state) else { throw ChainError.notMounted(path: path) }
+        var lines: [String] = []
+        var loops: [String] = []
+        for m in ours.reversed() {
+            do { try Mounts.unmount(m.mountPoint) } catch let e as IOError where e.isBusy { throw ChainError.mountBusy(path: m.mountPoint) }
+            if m.type.hasPrefix("fuse") {
+                lines.append("unmounted the point files at \(m.mountPoint)")
+            } else {
+                lines.append("unmounted \(m.mountPoint) (\(m.type) from \(m.source))")
+                if m.source.hasPrefix("/dev/loop") { loops.append(m.source) }
+            }
+        }
+        // Partition directories mount made (DIR was empty before it).
+        for name in ((try? Sys.listDirectory(canonical)) ?? []).sorted() where name.hasPrefix("p") && name.dropFirst().allSatisfy(\.isNumber) {
+            try? Sys.rmdir("\(canonical)/\(name)")
+        }
+        if hidden != nil {
+            do { try Mounts.unmount("\(state)/fuse") } catch let e as IOError where e.isBusy { throw ChainError.mountBusy(path: canonical) }
+            lines.append("unmounted the point file the filesystem was read through (\(state)/fuse)")
+        }
+        // The loop devices clear themselves once their filesystem is gone (the kernel may take a moment).
+        for device in Set(loops.map(wholeLoopDevice)).sorted() {
+            for _ in 0..<200 where LoopDevices.isAttached(device) { usleep(10_000) }
+            if LoopDevices.isAttached(device) { LoopDevices.detach(device) }
+            lines.append(LoopDevices.isAttached(device) ? "could not detach \(device): detach it with losetup -d \(device)" : "detached \(device)")
+        }
+        if let pid {
+            if wasRunning {
+                for _ in 0..<1000 where Daemon.isRunning(pid) { usleep(10_000) }
+                lines.append(Daemon.isRunning(pid) ? "the server (pid \(pid)) is still running" : "the server (pid \(pid)) stopped")
+            } else {
+                lines.append("the server (pid \(pid)) was no longer running: cleaned up after it")
+            }
+        }
+        try? removeStaleState(state)
+        return lines
+    }
+
+    /// /dev/loop3 for /dev/loop3p1.
+    static func wholeLoopDevice(_ path: String) -> String {
+        let name = path.dropFirst("/dev/".count)
+        guard let p = name.dropFirst(4).firstIndex(of: "p") else { return path }
+        return "/dev/" + name[..<p]
+    }
+
+    /// The canonical path of a directory, also when it is a stale FUSE mount (whose own stat fails).
+    static func canonicalEvenIfStale(_ path: String) -> String {
+        if let p = realpath(path, nil) {
+            defer { free(p) }
+            return String(cString: p)
+        }
+        var trimmed = path
+        while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed.removeLast() }
+        let parent = BlockDevices.parentDirectory(of: trimmed)
+        let last = trimmed.split(separator: "/").last.map(String.init) ?? trimmed
+        guard let p = realpath(parent, nil) else { return trimmed }
+        defer { free(p) }
+        let base = String(cString: p)
+        return base == "/" ? "/\(last)" : "\(base)/\(last)"
+    }
+}

@@ -1,0 +1,126 @@
+import ArgumentParser
+import StrataChain
+import StrataIO
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount the points of a chain, read-only, as files or as the filesystem inside one.",
+        discussion: """
+            Without --files, DIR holds one read-only file per point, point-N.img (only point N with --point), \
+            each the size of the captured source: copy from it, loop-mount it, hand it to a VM. With --files, \
+            the filesystem inside the point (--point, or the newest) is mounted read-only at DIR through a \
+            read-only loop device, with the options that keep the kernel from replaying its journal (ext4 \
+            noload, xfs norecovery, btrfs rescue=nologreplay); on a partitioned disk each mountable partition \
+            goes at DIR/pN. DIR must be an empty directory.
+
+            Nothing is restored first: reads are served from the chain in place, every block checked against \
+            its stored hash; a damaged frame fails the reads that need it with EIO, and one line on the log \
+            names the image and frame. Captures, merges and prunes may run on the chain meanwhile: the mounted \
+            points keep the images they opened.
+
+            mount returns once DIR is usable; the server carries on in the background (its log: --log FILE, or \
+            syslog) until `strata unmount DIR`. With --foreground it stays in front and logs to stderr; Ctrl-C \
+            unmounts. Needs root (or FUSE for the user) and, for --files, loop devices.
+
+            Exit status 0 once mounted; 64 for a point that does not exist, 65 for a damaged chain or a point \
+            with no filesystem to mount (the message says what was found), 69 when the machine has no FUSE or \
+            no loop devices, 73 when DIR does not exist, is not a directory, is not empty or is already a mount \
+            point. Nothing is left mounted or attached when mount fails.
+
+            EXAMPLES
+              strata mount /backup/sdb /mnt/sdb
+              strata mount /backup/sdb /mnt/tue --point 3 --files
+              cp /mnt/tue/etc/nginx/nginx.conf /etc/nginx/
+              strata unmount /mnt/tue
+            """)
+
+    @Argument(help: "Chain directory.") var chain: String
+    @Argument(help: "An empty directory to mount at.") var dir: String
+    @Option(help: "The point to mount (default: every point as files; with --files, the newest).") var point: UInt32?
+    @Flag(help: "Mount the filesystem inside the point instead of the point files.") var files = false
+    @Option(help: "Bytes of decoded frames to cache (default 64 MiB).") var cacheSize: Int = 64 << 20
+    @Flag(help: "Stay in the foreground and log to stderr; Ctrl-C unmounts.") var foreground = false
+    @Option(help: "Append the background server's log lines to this file (default: syslog).") var log: String?
+
+    func validate() throws {
+        guard cacheSize >= 1 else { throw ValidationError("--cache-size must be at least 1") }
+    }
+
+    func run() throws {
+        if !foreground && !Daemon.isDetachedChild { try startInBackground() }
+        // Before any thread starts: SIGINT, SIGTERM and SIGHUP are taken by one thread, which unmounts.
+        TerminationSignals.block()
+        Output.warnIfExposed(chain)
+        let detached = Daemon.isDetachedChild
+        let lines = LogLines(toSyslog: false)
+        var options = MountOptions()
+        options.point = point
+        options.files = files
+        options.cacheBytes = cacheSize
+        let session: MountSession
+        do {
+            session = try MountSession(chain: chain, directory: dir, options: options)
+            try session.mount(log: lines.write)
+        } catch {
+            throw Output.fail(error)
+        }
+        TerminationSignals.onSignal { _ in session.stop(log: lines.write) }
+        if foreground { Output.notice("mounted \(session.summary) at \(session.directory); strata unmount \(session.directory) or Ctrl-C stops") }
+        if detached {
+            Daemon.announceReady(logFile: log)
+            lines.toSyslog = log == nil
+        }
+        session.wait(log: lines.write)
+    }
+
+    /// Runs this mount again as a background server and returns its outcome once DIR is usable or it failed
+    /// (its error line went to this terminal).
+    private func startInBackground() throws -> Never {
+        var args = ["mount", chain, dir, "--cache-size", "\(cacheSize)"]
+        if let point { args += ["--point", "\(point)"] }
+        if files { args.append("--files") }
+        if let log { args += ["--log", log] }
+        let child: (pid: Int32, ready: Int32)
+        do { child = try Daemon.startDetached(args) } catch { throw Output.fail(error) }
+        if Daemon.waitReady(child.ready) { throw ExitCode.success }
+        throw ExitCode(Daemon.waitExit(child.pid))
+    }
+}
+
+/// Where a mount's log lines go: stderr, or syslog once a background server has let go of the terminal.
+final class LogLines: @unchecked Sendable {
+    var toSyslog: Bool
+    init(toSyslog: Bool) { self.toSyslog = toSyslog }
+    func write(_ line: String) { toSyslog ? Syslog.line(line) : Output.notice(line) }
+}
+
+struct UnmountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unmount",
+        abstract: "Undo a strata mount: unmount, detach, stop the server.",
+        discussion: """
+            Unmounts the filesystem strata mount --files mounted at DIR (and its partitions), detaches the loop \
+            device, unmounts the point files and waits for the server to stop; or, for a mount of point files, \
+            unmounts them. Also cleans up after a server that was killed (a stale FUSE mount). Prints one line \
+            per thing done.
+
+            Exit status 0 when everything is undone; 64 when strata mounted nothing at DIR; 75 when DIR is in use \
+            (a process has a file open there): nothing more is unmounted, close it and run unmount again.
+
+            EXAMPLES
+              strata unmount /mnt/tue
+            """)
+
+    @Argument(help: "The directory given to strata mount.") var dir: String
+    @Flag(help: "Print nothing on success.") var quiet = false
+
+    func run() throws {
+        do {
+            let lines = try MountSession.unmount(dir)
+            if !quiet { for line in lines { print(line) } }
+        } catch {
+            throw Output.fail(error)
+        }
+    }
+}
