@@ -68,6 +68,15 @@ public enum Daemon {
         return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
     }
 
+    /// In a child `startDetached` started: closes every descriptor it inherited but 0, 1, 2 and the ready pipe.
+    /// A server that keeps its caller's pipes open would keep `$(strata mount ...)`, or a test harness waiting
+    /// for the command's end, waiting for as long as it runs.
+    public static func closeInheritedDescriptors() {
+        guard isDetachedChild else { return }
+        let open = ((try? Sys.listDirectory("/proc/self/fd")) ?? []).compactMap { Int32($0) }
+        for fd in open where fd > 3 { Glibc.close(fd) }
+    }
+
     /// Whether this process was started by `startDetached`.
     public static var isDetachedChild: Bool { getenv(readyVariable) != nil }
 
@@ -84,6 +93,7 @@ public enum Daemon {
             dup2(target, 2)
             Glibc.close(target)
         }
+        _ = chdir("/")  // a server does not keep a directory busy
     }
 
     /// Whether process `pid` exists.

@@ -21,14 +21,17 @@ public final class RestoreTarget {
     public init(path: String) throws {
         self.path = path
         var isDevice = false
+        var isSink = false
         let st = try? Sys.stat(path)
         let existed = st != nil
         if let st {
             let kind = st.st_mode & S_IFMT
             if kind == S_IFDIR { throw IOError("open", path: path, errno: EISDIR) }
             isDevice = kind == S_IFBLK
+            isSink = kind == S_IFCHR
         }
         isBlockDevice = isDevice
+        isCharacterDevice = isSink
         func open(_ flags: Int32) throws -> Int32 {
             isDevice ? try Sys.openExclusive(path, O_WRONLY | flags) : try Sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | flags)
         }
@@ -59,9 +62,13 @@ public final class RestoreTarget {
 
     deinit { Sys.close(fd) }
 
+    /// A character device (/dev/null: a restore that measures everything but the writes' cost): written as a
+    /// file is, without its length set or synced.
+    public let isCharacterDevice: Bool
+
     /// Sets a file's final length (its unwritten ranges read as zeros). No-op for a device.
     public func setLength(_ size: UInt64) throws {
-        if !isBlockDevice { try Sys.ftruncate(fd, size, path: path) }
+        if !isBlockDevice && !isCharacterDevice { try Sys.ftruncate(fd, size, path: path) }
     }
 
     /// Makes a range read back as zeros: a hole in a file (nothing to do after truncation), BLKZEROOUT on a device.
@@ -69,5 +76,5 @@ public final class RestoreTarget {
         if isBlockDevice { try Sys.zeroOut(fd, offset: offset, length: length, path: path) }
     }
 
-    public func sync() throws { try Sys.fdatasync(fd, path: path) }
+    public func sync() throws { if !isCharacterDevice { try Sys.fdatasync(fd, path: path) } }
 }

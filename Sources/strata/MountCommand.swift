@@ -17,7 +17,8 @@ struct MountCommand: ParsableCommand {
             Nothing is restored first: reads are served from the chain in place, every block checked against \
             its stored hash; a damaged frame fails the reads that need it with EIO, and one line on the log \
             names the image and frame. Captures, merges and prunes may run on the chain meanwhile: the mounted \
-            points keep the images they opened.
+            points keep the images they opened. Reads bypass the page cache (sequential readers are read ahead \
+            by the server, in parallel); a program that maps a point file with MAP_SHARED needs --page-cache.
 
             mount returns once DIR is usable; the server carries on in the background (its log: --log FILE, or \
             syslog) until `strata unmount DIR`. With --foreground it stays in front and logs to stderr; Ctrl-C \
@@ -40,6 +41,7 @@ struct MountCommand: ParsableCommand {
     @Option(help: "The point to mount (default: every point as files; with --files, the newest).") var point: UInt32?
     @Flag(help: "Mount the filesystem inside the point instead of the point files.") var files = false
     @Option(help: "Bytes of decoded frames to cache (default 64 MiB).") var cacheSize: Int = 64 << 20
+    @Flag(help: "Serve the point files through the page cache (to map them with MAP_SHARED; costs CPU).") var pageCache = false
     @Flag(help: "Stay in the foreground and log to stderr; Ctrl-C unmounts.") var foreground = false
     @Option(help: "Append the background server's log lines to this file (default: syslog).") var log: String?
 
@@ -49,6 +51,7 @@ struct MountCommand: ParsableCommand {
 
     func run() throws {
         if !foreground && !Daemon.isDetachedChild { try startInBackground() }
+        Daemon.closeInheritedDescriptors()
         // Before any thread starts: SIGINT, SIGTERM and SIGHUP are taken by one thread, which unmounts.
         TerminationSignals.block()
         Output.warnIfExposed(chain)
@@ -58,6 +61,7 @@ struct MountCommand: ParsableCommand {
         options.point = point
         options.files = files
         options.cacheBytes = cacheSize
+        options.pageCache = pageCache
         let session: MountSession
         do {
             session = try MountSession(chain: chain, directory: dir, options: options)
@@ -80,6 +84,7 @@ struct MountCommand: ParsableCommand {
         var args = ["mount", chain, dir, "--cache-size", "\(cacheSize)"]
         if let point { args += ["--point", "\(point)"] }
         if files { args.append("--files") }
+        if pageCache { args.append("--page-cache") }
         if let log { args += ["--log", log] }
         let child: (pid: Int32, ready: Int32)
         do { child = try Daemon.startDetached(args) } catch { throw Output.fail(error) }

@@ -2,8 +2,12 @@
 // recently used out, but shared by every point served, every thread serving reads and read-ahead (frames are
 // known by their image, opened once for all points, and their number). A frame is read and decoded
 // once however many threads want it (the others wait for it), outside the lock, so reads of different frames
-// decode in parallel; an entry in use (pinned) is never evicted under its reader. Entries hold a frame's stored
-// bytes (its block hashes: the reader checks each block it hands out) and its decoded blocks.
+// decode in parallel; an entry in use (pinned) is never evicted under its reader. Entries hold a frame's block
+// hashes (the reader checks each block it hands out against them) and its decoded blocks; the stored bytes are
+// read into a scratch buffer of the loading thread, so an entry costs its decoded size and 16 bytes a block.
+// A frame whose every block has been handed out since it was loaded goes first (a sequential reader is done
+// with it), then the least recently used: least recently used alone would evict frames read ahead before the
+// ones a sequential reader has finished with (they were loaded earlier), and it would find them gone.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -17,41 +21,57 @@ final class SharedFrameCache: @unchecked Sendable {
         let frame: UInt32
     }
 
-    private let stored: AlignedSlab
+    /// What a thread loading a frame needs: room for its stored bytes, and a decompressor.
+    private struct Loader {
+        let stored: UnsafeMutableRawPointer
+        let decompressor: FrameDecompressor
+    }
+
+    private let hashes: AlignedSlab
     private let decoded: AlignedSlab
+    private let maxStored: Int
     private var keys: [Key?]
     private var state: [State]
     private var pins: [Int]
     private var age: [Int]
+    /// Blocks handed out from the entry since it was loaded, and the frame's block count.
+    private var taken: [Int]
+    private var blocks: [Int]
     private var slotOf: [Key: Int] = [:]
     private var clock = 0
-    private var decompressors: [FrameDecompressor] = []
+    private var loaders: [Loader] = []
     private let lock = Condition()
     /// Entries.
     let capacity: Int
     private(set) var hits = 0
     private(set) var misses = 0
 
-    /// A pinned entry: its bytes stay valid until `release`. A frame larger than the cache's entries (of an image
-    /// opened after the cache was sized) is read into buffers of its own (slot -1), freed on release.
+    /// A pinned entry: its bytes stay valid until `release`. `hashes` is the frame's block-hash table (what
+    /// `FrameReader.checkBlocks` takes as its stored bytes). A frame larger than the cache's entries is read into
+    /// buffers of its own (slot -1), freed on release.
     struct Entry {
         let slot: Int
-        let stored: UnsafeRawPointer
+        let hashes: UnsafeRawPointer
         let decoded: UnsafeRawPointer
     }
 
-    /// Room for about `bytes` of frames of at most `maxStored` stored and `maxDecoded` decoded bytes, and at
+    /// Room for about `bytes` of frames of at most `maxStored` stored and `maxBlocks` blocks of `blockSize`, and at
     /// least `minEntries` entries (the threads that may pin one each, plus read-ahead).
-    init(bytes: Int, maxStored: Int, maxDecoded: Int, minEntries: Int) {
-        let entry = max(maxStored, 1) + max(maxDecoded, 1)
+    init(bytes: Int, maxStored: Int, maxBlocks: Int, blockSize: Int, minEntries: Int) {
+        let entry = max(maxBlocks * 16, 16) + max(maxBlocks * blockSize, 1)
         capacity = max(minEntries, bytes / entry)
-        stored = AlignedSlab(slotSize: max(maxStored, 1), slotCount: capacity, alignment: 64)
-        decoded = AlignedSlab(slotSize: max(maxDecoded, 1), slotCount: capacity, alignment: 64)
+        self.maxStored = max(maxStored, 1)
+        hashes = AlignedSlab(slotSize: max(maxBlocks * 16, 16), slotCount: capacity, alignment: 64)
+        decoded = AlignedSlab(slotSize: max(maxBlocks * blockSize, 1), slotCount: capacity, alignment: 64)
         keys = Array(repeating: nil, count: capacity)
         state = Array(repeating: .empty, count: capacity)
         pins = Array(repeating: 0, count: capacity)
         age = Array(repeating: 0, count: capacity)
+        taken = Array(repeating: 0, count: capacity)
+        blocks = Array(repeating: 0, count: capacity)
     }
+
+    deinit { for l in loaders { l.stored.deallocate() } }
 
     /// Whether the frame is cached or being read (read-ahead skips it).
     func holds(_ f: FrameRef, of reader: FrameReader) -> Bool {
@@ -65,14 +85,13 @@ final class SharedFrameCache: @unchecked Sendable {
     func get(_ f: FrameRef, of reader: FrameReader) throws -> Entry {
         let r = try reader.record(f)
         let blockSize = Int(reader.image(f).header.blockSize)
-        guard Int(r.length) <= stored.slotSize, Int(r.blockCount) * blockSize <= decoded.slotSize else {
+        guard Int(r.length) <= maxStored, Int(r.blockCount) * blockSize <= decoded.slotSize, r.hashesLength <= hashes.slotSize else {
             return try loadAlone(f, of: reader, stored: Int(r.length), decoded: Int(r.blockCount) * blockSize)
         }
-        let f0 = f
-        let f = Key(image: ObjectIdentifier(reader.image(f0)), frame: f0.frame)
+        let key = Key(image: ObjectIdentifier(reader.image(f)), frame: f.frame)
         lock.lock()
         while true {
-            if let i = slotOf[f] {
+            if let i = slotOf[key] {
                 if state[i] == .loading {
                     lock.wait()
                     continue
@@ -84,39 +103,47 @@ final class SharedFrameCache: @unchecked Sendable {
                 lock.unlock()
                 return entry(i)
             }
-            // A slot no one uses, the least recently used first; all pinned or loading: wait for one.
-            var victim = -1
-            for i in 0..<capacity where pins[i] == 0 && state[i] != .loading {
-                if victim < 0 || state[i] == .empty && state[victim] != .empty || state[i] == state[victim] && age[i] < age[victim] {
-                    victim = i
-                }
-            }
-            guard victim >= 0 else {
+            guard let victim = victim() else {
                 lock.wait()
                 continue
             }
             misses += 1
             if let old = keys[victim] { slotOf[old] = nil }
-            keys[victim] = f
-            slotOf[f] = victim
+            keys[victim] = key
+            slotOf[key] = victim
             state[victim] = .loading
             pins[victim] = 1
-            let decompressor = decompressors.popLast()
+            taken[victim] = 0
+            blocks[victim] = Int(r.blockCount)
+            let loader = loaders.popLast()
             lock.unlock()
-            return try load(f0, of: reader, key: f, into: victim, decompressor: decompressor)
+            return try load(f, of: reader, key: key, into: victim, loader: loader)
         }
     }
 
-    private func load(_ f: FrameRef, of reader: FrameReader, key: Key, into i: Int, decompressor: FrameDecompressor?) throws -> Entry {
-        var decompressor = decompressor
+    /// The entry to replace: an empty one, else one whose blocks have all been handed out, else the least
+    /// recently used; none while every entry is pinned or loading. Holding the lock.
+    private func victim() -> Int? {
+        var best: Int?
+        func rank(_ i: Int) -> (Int, Int) { (state[i] == .empty ? 0 : taken[i] >= blocks[i] ? 1 : 2, age[i]) }
+        for i in 0..<capacity where pins[i] == 0 && state[i] != .loading {
+            if best == nil || rank(i) < rank(best!) { best = i }
+        }
+        return best
+    }
+
+    private func load(_ f: FrameRef, of reader: FrameReader, key: Key, into i: Int, loader: Loader?) throws -> Entry {
+        var loader = loader
         do {
-            let d = try decompressor ?? FrameDecompressor()
-            decompressor = d
-            try reader.read(f, into: stored.slot(i))
-            try reader.check(f, stored: stored.slot(i), .decodeOnly, decoded: decoded.slot(i), decompressor: d)
+            let l = try loader ?? Loader(
+                stored: UnsafeMutableRawPointer.allocate(byteCount: maxStored, alignment: 64), decompressor: FrameDecompressor())
+            loader = l
+            try reader.read(f, into: l.stored)
+            try reader.check(f, stored: l.stored, .decodeOnly, decoded: decoded.slot(i), decompressor: l.decompressor)
+            hashes.slot(i).copyMemory(from: l.stored, byteCount: try reader.record(f).hashesLength)
         } catch {
             lock.publish {
-                if let decompressor { decompressors.append(decompressor) }
+                if let loader { loaders.append(loader) }
                 slotOf[key] = nil
                 keys[i] = nil
                 state[i] = .empty
@@ -125,7 +152,7 @@ final class SharedFrameCache: @unchecked Sendable {
             throw error
         }
         lock.publish {
-            decompressors.append(decompressor!)
+            loaders.append(loader!)
             clock += 1
             age[i] = clock
             state[i] = .ready
@@ -144,20 +171,23 @@ final class SharedFrameCache: @unchecked Sendable {
             d.deallocate()
             throw error
         }
-        return Entry(slot: -1, stored: UnsafeRawPointer(s), decoded: UnsafeRawPointer(d))
+        return Entry(slot: -1, hashes: UnsafeRawPointer(s), decoded: UnsafeRawPointer(d))
     }
 
-    /// Unpins an entry `get` returned.
-    func release(_ e: Entry) {
+    /// Unpins an entry `get` returned, counting the blocks the caller handed out from it (read-ahead: none).
+    func release(_ e: Entry, blocksTaken: Int = 0) {
         guard e.slot >= 0 else {
-            e.stored.deallocate()
+            e.hashes.deallocate()
             e.decoded.deallocate()
             return
         }
-        lock.publish { pins[e.slot] -= 1 }
+        lock.publish {
+            pins[e.slot] -= 1
+            taken[e.slot] += blocksTaken
+        }
     }
 
     private func entry(_ i: Int) -> Entry {
-        Entry(slot: i, stored: UnsafeRawPointer(stored.slot(i)), decoded: UnsafeRawPointer(decoded.slot(i)))
+        Entry(slot: i, hashes: UnsafeRawPointer(hashes.slot(i)), decoded: UnsafeRawPointer(decoded.slot(i)))
     }
 }

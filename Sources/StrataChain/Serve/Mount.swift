@@ -18,6 +18,8 @@ public struct MountOptions: Sendable {
     /// Mount the filesystem inside the point instead of serving point files.
     public var files = false
     public var cacheBytes = 64 << 20
+    /// Serve the point files through the kernel's page cache (for programs that map them shared).
+    public var pageCache = false
     public init() {}
 }
 
@@ -56,8 +58,10 @@ public final class MountSession: @unchecked Sendable {
         }
     }
 
-    /// Where mounts keep their state: $STRATA_RUN_DIR, or /run/strata.
-    static var runDirectory: String { getenv("STRATA_RUN_DIR").map { String(cString: $0) } ?? "/run/strata" }
+    /// Where mounts keep their state: $STRATA_RUN_DIR, or /run/strata (/tmp/strata-run on a machine without /run).
+    static var runDirectory: String {
+        getenv("STRATA_RUN_DIR").map { String(cString: $0) } ?? (Sys.exists("/run") ? "/run/strata" : "/tmp/strata-run")
+    }
 
     static func stateDirectory(for directory: String) -> String {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
@@ -109,7 +113,7 @@ public final class MountSession: @unchecked Sendable {
             let target = options.files ? "\(state)/fuse" : directory
             if options.files { try Sys.mkdir(target) }
             let files = readers.map { (name: "point-\($0.point).img", reader: $0) }
-            let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", log: log)
+            let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", pageCache: options.pageCache, log: log)
             fuse = server
             Threads.spawn("strata-fuse") { [self] in
                 server.run()

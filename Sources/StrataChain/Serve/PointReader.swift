@@ -66,11 +66,13 @@ public final class PointReader: @unchecked Sendable {
             }
             let f = e.frameRef
             let entry = try chain.cache.get(f, of: frames)
-            defer { chain.cache.release(entry) }
             // The frame's blocks the range takes, each checked against its stored hash before use.
             let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
             let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
-            try frames.checkBlocks(f, firstBlock..<(lastBlock + 1), stored: entry.stored, decoded: entry.decoded)
+            // A block counts as taken once its last byte is (a sequential reader is then done with it).
+            let taken = (lastBlock - firstBlock + 1) - (from % bs != 0 ? 1 : 0) - (to % bs != 0 && to != size ? 1 : 0)
+            defer { chain.cache.release(entry, blocksTaken: max(0, taken)) }
+            try frames.checkBlocks(f, firstBlock..<(lastBlock + 1), stored: entry.hashes, decoded: entry.decoded)
             let start = firstBlock * blockSize + Int(from % bs)
             out.copyMemory(from: entry.decoded + start, byteCount: Int(to - from))
         }

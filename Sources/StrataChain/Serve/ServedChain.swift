@@ -34,7 +34,8 @@ public final class ServedChain: @unchecked Sendable {
         let newest = try chain.openPoint(m.points.last!)
         let maxStored = max(FrameReader(newest).largest.stored, maxDecoded + maxDecoded / Int(m.blockSize) * 16 + 4096)
         let threads = readAheadThreads ?? min(4, Sys.onlineCores)
-        cache = SharedFrameCache(bytes: cacheBytes, maxStored: maxStored, maxDecoded: maxDecoded, minEntries: 2 * threads + 16)
+        cache = SharedFrameCache(
+            bytes: cacheBytes, maxStored: maxStored, maxBlocks: maxDecoded / Int(m.blockSize), blockSize: Int(m.blockSize), minEntries: 2 * threads + 16)
         self.readAheadBytes = threads == 0 ? 0 : min(readAheadBytes ?? 16 << 20, cache.capacity / 2 * maxDecoded)
         readAhead = ReadAhead(cache: cache, threads: threads)
         for image in newest { images[image.name] = image }
@@ -80,12 +81,16 @@ private struct Weak<T: AnyObject> {
     init(_ value: T) { self.value = value }
 }
 
-/// Threads that read and decode frames into the cache ahead of sequential readers.
+/// Threads that read and decode frames into the cache ahead of sequential readers. The queue is bounded: when
+/// readers ask for more than the threads keep up with, the oldest wishes go (their readers have passed them).
 final class ReadAhead: @unchecked Sendable {
     private let cache: SharedFrameCache
     private let condition = Condition()
     private var queue: [(FrameRef, FrameReader)] = []
+    private var head = 0
     private var stopped = false
+    /// Frames waiting at most.
+    static let maxQueued = 64
 
     init(cache: SharedFrameCache, threads: Int) {
         self.cache = cache
@@ -96,7 +101,14 @@ final class ReadAhead: @unchecked Sendable {
     func want(_ frames: [FrameRef], of reader: FrameReader) {
         let todo = frames.filter { !cache.holds($0, of: reader) }
         guard !todo.isEmpty else { return }
-        condition.publish { queue.append(contentsOf: todo.map { ($0, reader) }) }
+        condition.publish {
+            queue.append(contentsOf: todo.map { ($0, reader) })
+            if queue.count - head > Self.maxQueued { head = queue.count - Self.maxQueued }
+            if head > 1024 {
+                queue.removeFirst(head)
+                head = 0
+            }
+        }
     }
 
     func stop() { condition.publish { stopped = true } }
@@ -104,12 +116,13 @@ final class ReadAhead: @unchecked Sendable {
     private func work() {
         while true {
             condition.lock()
-            while queue.isEmpty && !stopped { condition.wait() }
+            while head == queue.count && !stopped { condition.wait() }
             if stopped {
                 condition.unlock()
                 return
             }
-            let (f, reader) = queue.removeFirst()
+            let (f, reader) = queue[head]
+            head += 1
             condition.unlock()
             // A frame that fails here fails again, with its message, for the read that wants it.
             if let e = try? cache.get(f, of: reader) { cache.release(e) }
