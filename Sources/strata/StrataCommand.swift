@@ -14,21 +14,28 @@ struct StrataCommand: ParsableCommand {
               strata list /backup/sdb
               strata restore /backup/sdb /dev/sdc --point 2
               strata verify /backup/sdb
+              strata mount /backup/sdb /mnt/sdb --point 2 --files
 
             EXIT STATUS
               0   success
-              64  bad usage: an invalid option, or a point that does not exist
+              64  bad usage: an invalid option, or a point that does not exist;
+                  unmount of a directory strata did not mount
               65  the chain is damaged, foreign, or does not match the source
-                  (nothing was changed); verify found damage
+                  (nothing was changed); verify found damage; mount --files on a
+                  point holding no filesystem it can mount
               66  the source cannot be opened
-              69  the requested I/O engine is unavailable
+              69  the requested I/O engine is unavailable; no FUSE or no loop
+                  devices for mount
               70  an internal error (a bug in strata; the message says what failed)
-              73  the target cannot be written, or is too small
+              73  the target cannot be written, or is too small; a mount directory
+                  that is missing, not an empty directory, or already a mount
+                  point; a serve socket in use
               74  an I/O error: a read error on the source (see capture
                   --max-bad-blocks), a target that does not read back as written
                   (restore --verify), a failed write (a full disk)
               75  the chain is being changed by another strata process (a capture,
-                  merge or prune; restores, verifies and lists run beside them)
+                  merge or prune; restores, verifies, lists, mounts and serves run
+                  beside them); unmount of a directory still in use
               77  refused for safety: a source mounted read-write (see capture
                   --allow-mounted), a source or target that is part of the chain,
                   a target in use, an existing target file (see restore --force)
