@@ -107,7 +107,7 @@ public final class MountSession: @unchecked Sendable {
     public func mount(log: @escaping (String) -> Void) throws {
         do {
             try Sys.makeDirectories(MountSession.runDirectory)
-            try MountSession.removeStaleState(state)
+            MountSession.removeState(state)
             try Sys.mkdir(state)
             try Sys.writeNewFile("\(state)/pid", "\(getpid())\n")
             let target = options.files ? "\(state)/fuse" : directory
@@ -212,12 +212,11 @@ public final class MountSession: @unchecked Sendable {
         madeDirectories = []
         fuse?.close()
         fuse = nil
-        try? MountSession.removeStaleState(state)
+        MountSession.removeState(state)
     }
 
-    /// Removes a state directory left behind (its FUSE mount unmounted first, stale or not).
-    static func removeStaleState(_ state: String) throws {
-        guard Sys.exists(state) || (try? Sys.stat("\(state)/fuse")) != nil || Mounts.mounted(at: "\(state)/fuse") != nil else { return }
+    /// Removes a mount's state directory (its hidden FUSE mount unmounted first, stale or not), if there is one.
+    static func removeState(_ state: String) {
         if Mounts.mounted(at: "\(state)/fuse") != nil { try? Mounts.unmount("\(state)/fuse", lazy: true) }
         try? Sys.rmdir("\(state)/fuse")
         try? Sys.unlink("\(state)/pid")
@@ -270,7 +269,7 @@ public final class MountSession: @unchecked Sendable {
                 lines.append("the server (pid \(pid)) was no longer running: cleaned up after it")
             }
         }
-        try? removeStaleState(state)
+        removeState(state)
         return lines
     }
 
