@@ -181,10 +181,10 @@ final class MountTests: XCTestCase {
         let m = try mountDir("killed")
         XCTAssertEqual(try strata("mount", chain, m, "--files").status, 0)
         XCTAssertEqual(try tree(m), trees[3])
-        // The server's pid, from the state directory mount keeps.
-        let pidFile = try FileManager.default.contentsOfDirectory(atPath: "/run/strata").map { "/run/strata/\($0)/pid" }
-            .first { (try? String(contentsOfFile: $0, encoding: .utf8)).map { kill(pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines))!, 0) == 0 } ?? false }
-        let pid = pid_t(try String(contentsOfFile: XCTUnwrap(pidFile), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        // The background server: the one process serving this chain at this directory.
+        let pids = toolOutput(["pgrep", "-f", "mount \(chain) \(m) "]).split(separator: "\n").compactMap { pid_t($0) }
+        XCTAssertEqual(pids.count, 1, "one server for \(m)")
+        let pid = try XCTUnwrap(pids.first)
         XCTAssertEqual(kill(pid, SIGKILL), 0)
         for _ in 0..<200 where kill(pid, 0) == 0 { usleep(10_000) }
         let u = try strata("unmount", m)

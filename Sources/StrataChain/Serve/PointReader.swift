@@ -1,12 +1,11 @@
 // Any byte range of a point, read in place: what `mount` and `serve` serve (issue 11). A read finds its blocks in
 // a resolved window of the point (PointWalk from the block asked for: each image's extent chunk holding it is
-// found by a binary search of its chunk table), kept in a small cache so that neighbouring reads resolve
-// nothing; takes zero and unreadable blocks as zeros without I/O, and data blocks from the chain's shared cache
+// found by a binary search of its chunk table), the last two kept so that neighbouring reads resolve nothing; takes zero and unreadable blocks as zeros without I/O, and data blocks from the chain's shared cache
 // of decoded frames (checksum and decompression checked on the way in); every block handed out is checked
 // against its stored hash first. Reads run in parallel (each thread decodes the frames it misses; a frame
 // wanted by two is decoded once), and a reader that reads on from where it stopped gets the frames ahead of it
-// read and decoded by the read-ahead threads. Memory: the frame cache, a few windows a point and a few index
-// chunks an image, whatever the size of the source or the length of the chain.
+// read and decoded by the read-ahead threads. Memory: the frame cache, two windows a point being read and a few
+// index chunks an image, whatever the size of the source.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -25,9 +24,11 @@ public final class PointReader: @unchecked Sendable {
     private var lastEnd: UInt64 = .max
     private var aheadTo: UInt64 = 0
 
-    /// Windows kept, and the extents an image may add to one (a window is at most images x this many extents).
-    static let windowsKept = 4
-    static let windowExtents = 16384
+    /// Windows kept, and the extents an image may add to one: a window holds at most images x 4096 resolved
+    /// extents of 32 bytes (128 KiB an image; a chain's windows are far smaller where newer images overlay older
+    /// ones), so a point being read keeps at most 256 KiB an image, whatever the size of the disk.
+    static let windowsKept = 2
+    static let windowExtents = 4096
 
     init(chain: ServedChain, point: UInt32, images: [ImageFile]) {
         self.chain = chain
