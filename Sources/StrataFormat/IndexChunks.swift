@@ -67,7 +67,9 @@ public enum IndexChunks {
         for i in 0..<Int(entry.count) {
             let n = c * Int(top.framesPerChunk) + i
             let f = try FrameRecord.decode(&r, number: n)
-            guard f.offset >= next, f.fitsItsBlocks(blockSize: h.blockSize), f.offset + UInt64(f.length) <= entry.endOffset
+            // (Compared without adding: a damaged offset near 2^64 must not overflow.)
+            guard f.offset >= next, f.fitsItsBlocks(blockSize: h.blockSize), f.offset <= entry.endOffset,
+                UInt64(f.length) <= entry.endOffset - f.offset
             else { throw FormatError.invalid("frame \(n) lies outside the image's data area") }
             guard i > 0 || f.offset == entry.firstOffset else { throw FormatError.invalid("\(what) does not start where the index says") }
             next = f.offset + UInt64(f.length)
