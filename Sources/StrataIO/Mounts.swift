@@ -118,8 +118,7 @@ public enum FilesystemSignature: Equatable, Sendable {
         defer { Sys.close(fd) }
         var b = [UInt8](repeating: 0, count: 70 << 10)
         let n = b.withUnsafeMutableBytes { Sys.preadOnce(fd, $0.baseAddress!, $0.count, 0) }
-        guard n > 0 else { return .none }
-        if n < b.count { for i in max(n, 0)..<b.count { b[i] = 0 } }
+        guard n > 0 else { return .none }  // (past a short read the buffer stays zero)
         func at(_ offset: Int, _ s: String) -> Bool { Array(s.utf8) == Array(b[offset..<(offset + s.utf8.count)]) }
         if b[1080] == 0x53 && b[1081] == 0xEF { return .mountable(type: "ext4", options: "noload") }
         if at(0, "XFSB") { return .mountable(type: "xfs", options: "norecovery,nouuid") }

@@ -40,7 +40,7 @@ final class PointReaderTests: XCTestCase {
     func checkEveryPoint(_ chain: String, _ states: [UInt32: [UInt8]], seed: UInt64, cacheBytes: Int) throws {
         var rng = SeededGenerator(seed: seed)
         for (point, state) in states.sorted(by: { $0.key < $1.key }) {
-            let r = try PointReader(chain: chain, point: point, cacheBytes: cacheBytes)
+            let r = try ServedChain(chain: chain, cacheBytes: cacheBytes).reader(point: point)
             XCTAssertEqual(r.size, UInt64(state.count))
             // Sequentially, in 1 MiB reads.
             var whole: [UInt8] = []
@@ -110,7 +110,7 @@ final class PointReaderTests: XCTestCase {
         bytes[Int(frame.offset) + frame.hashesLength + 10] ^= 0xFF
         try Data(bytes).write(to: URL(fileURLWithPath: "\(chain)/\(image.name)"))
 
-        let r = try PointReader(chain: chain, point: newest)
+        let r = try ServedChain(chain: chain).reader(point: newest)
         XCTAssertThrowsError(try read(r, damagedBlock * 4096 + 100, 10)) {
             guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
             XCTAssertEqual(file, image.name)
@@ -127,7 +127,7 @@ final class PointReaderTests: XCTestCase {
 
     func testAPointStaysReadableWhileAMergeRemovesItsImages() throws {
         let (chain, states) = try makeChain(seed: 45, size: 3 << 20, nights: 5)
-        let r = try PointReader(chain: chain, point: 5, cacheBytes: 1)
+        let r = try ServedChain(chain: chain, cacheBytes: 1).reader(point: 5)
         var o = MergeOptions(to: 5)
         o.from = 3
         _ = try Merge.run(chain: chain, options: o)

@@ -117,7 +117,7 @@ final class SharedFrameCache: @unchecked Sendable {
             blocks[victim] = Int(r.blockCount)
             let loader = loaders.popLast()
             lock.unlock()
-            return try load(f, of: reader, key: key, into: victim, loader: loader)
+            return try load(f, record: r, of: reader, key: key, into: victim, loader: loader)
         }
     }
 
@@ -132,7 +132,7 @@ final class SharedFrameCache: @unchecked Sendable {
         return best
     }
 
-    private func load(_ f: FrameRef, of reader: FrameReader, key: Key, into i: Int, loader: Loader?) throws -> Entry {
+    private func load(_ f: FrameRef, record r: FrameRecord, of reader: FrameReader, key: Key, into i: Int, loader: Loader?) throws -> Entry {
         var loader = loader
         do {
             let l = try loader ?? Loader(
@@ -140,7 +140,7 @@ final class SharedFrameCache: @unchecked Sendable {
             loader = l
             try reader.read(f, into: l.stored)
             try reader.check(f, stored: l.stored, .decodeOnly, decoded: decoded.slot(i), decompressor: l.decompressor)
-            hashes.slot(i).copyMemory(from: l.stored, byteCount: try reader.record(f).hashesLength)
+            hashes.slot(i).copyMemory(from: l.stored, byteCount: r.hashesLength)
         } catch {
             lock.publish {
                 if let loader { loaders.append(loader) }

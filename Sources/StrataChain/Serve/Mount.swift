@@ -110,7 +110,7 @@ public final class MountSession: @unchecked Sendable {
             MountSession.removeState(state)
             try Sys.mkdir(state)
             try Sys.writeNewFile("\(state)/pid", "\(getpid())\n")
-            let target = options.files ? "\(state)/fuse" : directory
+            let target = fuseTarget
             if options.files { try Sys.mkdir(target) }
             let files = readers.map { (name: "point-\($0.point).img", reader: $0) }
             let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", pageCache: options.pageCache, log: log)
@@ -145,14 +145,22 @@ public final class MountSession: @unchecked Sendable {
     /// uses it), which ends the loop `wait` waits for.
     public func stop(log: @escaping (String) -> Void) {
         ended.withLock {
-            for dir in mounted.reversed() where Mounts.mounted(at: dir) != nil {
-                do { try Mounts.unmount(dir) } catch {
-                    log("\(dir) is still in use: detached lazily (it goes when its last user does)")
-                    try? Mounts.unmount(dir, lazy: true)
-                }
+            unmountFilesystems(log: log)
+            if Mounts.mounted(at: fuseTarget) != nil { try? Mounts.unmount(fuseTarget, lazy: true) }
+        }
+    }
+
+    /// Where the FUSE file system is mounted: DIR, or with --files the hidden directory the loop device reads.
+    private var fuseTarget: String { options.files ? "\(state)/fuse" : directory }
+
+    /// Unmounts the filesystems mounted from the loop device that are still mounted, lazily where one is in use.
+    private func unmountFilesystems(log: (String) -> Void) {
+        let still = Set(Mounts.table().map(\.mountPoint))
+        for dir in mounted.reversed() where still.contains(dir) {
+            do { try Mounts.unmount(dir) } catch {
+                log("\(dir) is still in use: detached lazily (it goes when its last user does)")
+                try? Mounts.unmount(dir, lazy: true)
             }
-            let target = options.files ? "\(state)/fuse" : directory
-            if Mounts.mounted(at: target) != nil { try? Mounts.unmount(target, lazy: true) }
         }
     }
 
@@ -167,11 +175,11 @@ public final class MountSession: @unchecked Sendable {
         // The loop device clears itself once the last holder lets go: this descriptor, then the mounts.
         defer { Sys.close(loop.fd) }
         var found: [String] = []
-        func tryMount(_ device: String, at dir: String, label: String) throws -> Bool {
+        func tryMount(_ device: String, at dir: String, label: String) -> Bool {
             switch FilesystemSignature.of(device) {
             case .mountable(let type, let mountOptions):
-                do { try Mounts.mountReadOnly(device, at: dir, type: type, options: mountOptions) } catch let e as IOError {
-                    found.append("\(label)\(type), which the kernel refused: \(e.reason)")
+                do { try Mounts.mountReadOnly(device, at: dir, type: type, options: mountOptions) } catch {
+                    found.append("\(label)\(type), which the kernel refused: \((error as? IOError)?.reason ?? "\(error)")")
                     return false
                 }
                 mounted.append(dir)
@@ -185,13 +193,13 @@ public final class MountSession: @unchecked Sendable {
                 return false
             }
         }
-        if try !tryMount(loop.path, at: directory, label: "") {
+        if !tryMount(loop.path, at: directory, label: "") {
             for part in LoopDevices.partitions(of: loop.path) {
                 let name = "p" + String(part.reversed().prefix { $0.isNumber }.reversed())
                 let dir = "\(directory)/\(name)"
                 try Sys.mkdir(dir, mode: 0o755)
                 madeDirectories.append(dir)
-                if try !tryMount(part, at: dir, label: "\(name): ") {
+                if !tryMount(part, at: dir, label: "\(name): ") {
                     try? Sys.rmdir(dir)
                     madeDirectories.removeLast()
                 }
@@ -201,12 +209,7 @@ public final class MountSession: @unchecked Sendable {
     }
 
     private func finish(log: (String) -> Void) {
-        for dir in mounted.reversed() where Mounts.mounted(at: dir) != nil {
-            do { try Mounts.unmount(dir) } catch {
-                log("\(dir) is still in use: detached lazily (it goes when its last user does)")
-                try? Mounts.unmount(dir, lazy: true)
-            }
-        }
+        unmountFilesystems(log: log)
         mounted = []
         for dir in madeDirectories.reversed() { try? Sys.rmdir(dir) }
         madeDirectories = []

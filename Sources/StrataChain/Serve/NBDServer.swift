@@ -12,7 +12,8 @@ public final class NBDServer {
     private let defaultPoint: UInt32?
     private let served: ServedChain
     private let lock = Condition()
-    private var readers: [UInt32: PointReader] = [:]
+    /// Points served, kept open for the server's life (the served chain holds its readers only while used).
+    private var opened: [UInt32: PointReader] = [:]
     private let log: (String) -> Void
 
     enum Magic {
@@ -40,7 +41,7 @@ public final class NBDServer {
         served = try ServedChain(chain: chain, cacheBytes: cacheBytes)
         // Fail now, not at the first client, when the point cannot be opened.
         let r = try served.reader(point: point)
-        readers[r.point] = r
+        opened[r.point] = r
     }
 
     /// The reader of the point an export name names, or nil when it names none.
@@ -52,14 +53,11 @@ public final class NBDServer {
             guard let p = UInt32(name) else { return nil }
             point = p
         }
-        return try lock.withLock {
-            if let point, let r = readers[point] { return r }
-            do {
-                let r = try served.reader(point: point)
-                readers[r.point] = r
-                return r
-            } catch ChainError.noSuchPoint { return nil }
-        }
+        do {
+            let r = try served.reader(point: point)
+            lock.withLock { opened[r.point] = r }
+            return r
+        } catch ChainError.noSuchPoint { return nil }
     }
 
     /// Accepts clients until the listener is closed, each on a thread of its own.

@@ -18,8 +18,10 @@ public final class PointReader: @unchecked Sendable {
     private let images: [ImageFile]
     private let frames: FrameReader
     private let lock = Condition()
+    /// The resolved extents of a range of blocks.
+    private typealias Window = (range: Range<UInt64>, extents: [ResolvedExtent])
     /// Resolved windows, most recently used last.
-    private var windows: [(range: Range<UInt64>, extents: [ResolvedExtent])] = []
+    private var windows: [Window] = []
     /// Where the last read ended, and how far read-ahead has been asked for.
     private var lastEnd: UInt64 = .max
     private var aheadTo: UInt64 = 0
@@ -37,14 +39,6 @@ public final class PointReader: @unchecked Sendable {
         size = chain.sourceSize
         blockSize = chain.blockSize
         frames = FrameReader(images)
-    }
-
-    /// Opens `point` (nil: the newest) of the chain at `location` on its own, with a cache of about `cacheBytes`
-    /// of decoded frames.
-    public convenience init(chain location: String, point: UInt32? = nil, cacheBytes: Int = 64 << 20) throws {
-        let chain = try ServedChain(chain: location, cacheBytes: cacheBytes)
-        let r = try chain.reader(point: point)
-        self.init(chain: chain, point: r.point, images: r.images)
     }
 
     /// Reads `count` bytes at `offset` into `buffer`; a range past the end is refused, one that ends past it is cut
@@ -70,9 +64,9 @@ public final class PointReader: @unchecked Sendable {
             // The frame's blocks the range takes, each checked against its stored hash before use.
             let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
             let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
-            // A block counts as taken once its last byte is (a sequential reader is then done with it).
-            let taken = (lastBlock - firstBlock + 1) - (from % bs != 0 ? 1 : 0) - (to % bs != 0 && to != size ? 1 : 0)
-            defer { chain.cache.release(entry, blocksTaken: max(0, taken)) }
+            // A block counts as taken by the read that takes its last byte (a sequential reader is then done with it).
+            let taken = (lastBlock - firstBlock + 1) - (to % bs != 0 && to != size ? 1 : 0)
+            defer { chain.cache.release(entry, blocksTaken: taken) }
             try frames.checkBlocks(f, firstBlock..<(lastBlock + 1), stored: entry.hashes, decoded: entry.decoded)
             let start = firstBlock * blockSize + Int(from % bs)
             out.copyMemory(from: entry.decoded + start, byteCount: Int(to - from))
@@ -118,18 +112,16 @@ public final class PointReader: @unchecked Sendable {
     }
 
     /// A resolved window holding `block`: a cached one, or one walked from `block`.
-    private func window(holding block: UInt64) throws -> (range: Range<UInt64>, extents: [ResolvedExtent]) {
-        if let w = lock.withLock({ () -> (range: Range<UInt64>, extents: [ResolvedExtent])? in
+    private func window(holding block: UInt64) throws -> Window {
+        let cached: Window? = lock.withLock {
             guard let i = windows.lastIndex(where: { $0.range.contains(block) }) else { return nil }
-            let w = windows.remove(at: i)
-            windows.append(w)
-            return w
-        }) {
-            return w
+            windows.append(windows.remove(at: i))
+            return windows.last
         }
+        if let cached { return cached }
         let walk = PointWalk(images, from: block, extents: Self.windowExtents)
         let extents = try walk.next() ?? []
-        let w = (range: block..<walk.position, extents: extents)
+        let w: Window = (range: block..<walk.position, extents: extents)
         lock.withLock {
             windows.append(w)
             if windows.count > Self.windowsKept { windows.removeFirst() }

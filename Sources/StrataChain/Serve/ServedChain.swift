@@ -25,8 +25,7 @@ public final class ServedChain: @unchecked Sendable {
     /// them may be read ahead of a sequential reader, by `readAheadThreads` threads; 0 turns read-ahead off).
     public init(chain location: String, cacheBytes: Int = 64 << 20, readAheadBytes: Int? = nil, readAheadThreads: Int? = nil) throws {
         self.location = location
-        let chain = try Chain(location: location, access: .read)
-        guard let m = chain.manifest else { throw ChainError.notAChain(path: location) }
+        let (chain, m) = try ServedChain.current(location)
         sourceSize = m.sourceSize
         blockSize = Int(m.blockSize)
         // Entries sized for the largest frame the format allows: images opened later fit too.
@@ -48,8 +47,7 @@ public final class ServedChain: @unchecked Sendable {
     public func reader(point: UInt32?) throws -> PointReader {
         try lock.withLock {
             if let point, let r = readers[point]?.value { return r }
-            let chain = try Chain(location: location, access: .read)
-            guard let m = chain.manifest else { throw ChainError.notAChain(path: location) }
+            let (chain, m) = try ServedChain.current(location)
             guard let p = point ?? m.points.last else { throw ChainError.notAChain(path: location) }
             if let r = readers[p]?.value { return r }
             return try open(p, in: chain)
@@ -59,10 +57,16 @@ public final class ServedChain: @unchecked Sendable {
     /// Opens every point the chain holds now, oldest first.
     public func openEveryPoint() throws -> [PointReader] {
         try lock.withLock {
-            let chain = try Chain(location: location, access: .read)
-            guard let m = chain.manifest else { throw ChainError.notAChain(path: location) }
+            let (chain, m) = try ServedChain.current(location)
             return try m.points.map { p in try readers[p]?.value ?? open(p, in: chain) }
         }
+    }
+
+    /// The chain at `location` as its manifest is now.
+    private static func current(_ location: String) throws -> (Chain, ChainManifest) {
+        let chain = try Chain(location: location, access: .read)
+        guard let m = chain.manifest else { throw ChainError.notAChain(path: location) }
+        return (chain, m)
     }
 
     private func open(_ point: UInt32, in chain: Chain) throws -> PointReader {
