@@ -142,10 +142,4 @@ struct BenchCommand: ParsableCommand {
     }
 }
 
-/// A value already rendered as JSON.
-struct RawJSON: CustomStringConvertible {
-    let text: String
-    init(_ text: String) { self.text = text }
-    var description: String { text }
-}
 

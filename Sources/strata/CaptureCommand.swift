@@ -48,6 +48,7 @@ struct CaptureCommand: ParsableCommand {
     @Flag(help: "Capture even if the source is mounted read-write (the image may be inconsistent).") var allowMounted = false
     @Option(help: "Unreadable blocks to record before giving up (default 0: the first read error fails the capture).")
     var maxBadBlocks: Int = 0
+    @Option(help: .hidden) var createdAt: UInt64?
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
@@ -61,6 +62,7 @@ struct CaptureCommand: ParsableCommand {
         options.engine = ioEngine
         options.allowMounted = allowMounted
         options.maxBadBlocks = maxBadBlocks
+        options.createdAt = createdAt
         let progress = ProgressLine(verb: "capture", quiet: quiet)
         do {
             let r = try Capture.run(source: source, chain: chain, options: options, progress: progress.update, notice: Output.notice)

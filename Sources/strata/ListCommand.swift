@@ -25,24 +25,14 @@ struct ListCommand: ParsableCommand {
         print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks")
         print("point  created              kind         read        stored      changed blocks")
         for p in listing.points {
-            let created = localTime(p.createdAt)
+            let created = Output.localTime(p.createdAt)
             let kind = p.kind == .full ? "full" : (p.firstPoint == p.point ? "incremental" : "merged \(p.firstPoint)-\(p.point)")
             print("\(pad(String(p.point), 5, left: true))  \(created)  \(pad(kind, 11))  \(pad(Output.bytes(p.bytesRead), 10))  \(pad(Output.bytes(p.bytesStored), 10))  \(p.blocksChanged)")
         }
     }
 }
 
-private func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
+func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
     let fill = String(repeating: " ", count: max(0, width - s.count))
     return left ? fill + s : s + fill
-}
-
-/// "yyyy-MM-dd HH:mm:ss" in the local time zone.
-private func localTime(_ seconds: UInt64) -> String {
-    var t = time_t(seconds)
-    var parts = tm()
-    localtime_r(&t, &parts)
-    var buffer = [CChar](repeating: 0, count: 32)
-    let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S", &parts)
-    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

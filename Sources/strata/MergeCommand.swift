@@ -46,36 +46,6 @@ struct MergeCommand: ParsableCommand {
     }
 }
 
-struct PruneCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "prune",
-        abstract: "Keep the newest N points; fold older ones into the oldest kept point.",
-        discussion: "Equivalent to `strata merge CHAIN --to P` where P is the oldest point kept. Does nothing when the chain has N points or fewer.")
-
-    @Argument(help: "Chain directory.") var chain: String
-    @Option(help: "Number of newest points to keep (at least 1).") var keep: Int
-    @OptionGroup var work: MergeWork
-
-    func run() throws {
-        Output.warnIfExposed(chain)
-        let progress = ProgressLine(verb: "prune", quiet: work.quiet)
-        do {
-            let r = try Merge.prune(chain: chain, keep: keep, options: work.options(to: 0), progress: progress.update)
-            progress.finish()
-            if let r {
-                MergeCommand.report(r, json: work.json, quiet: work.quiet)
-            } else if work.json {
-                Output.json([("imagesMerged", 0)])
-            } else if !work.quiet {
-                print("nothing to prune: the chain has \(keep) points or fewer")
-            }
-        } catch {
-            progress.finish()
-            throw Output.fail(error)
-        }
-    }
-}
-
 /// The options merge and prune share: how the work is done and how it is reported.
 struct MergeWork: ParsableArguments {
     @Option(help: "zstd level for the blocks re-packed into new frames, 1-19 (copied frames keep theirs).") var level: Int32 = 1

@@ -6,6 +6,14 @@ import Glibc
 #endif
 import StrataChain
 
+/// A value already in JSON (null, an object made by `Output.object`), put into `Output.json` as it is.
+struct RawJSON: CustomStringConvertible {
+    let text: String
+    init(_ text: String) { self.text = text }
+    var description: String { text }
+    static let null = RawJSON("null")
+}
+
 enum Output {
     static func notice(_ line: String) { toStderr("strata: \(line)\n") }
 
@@ -44,7 +52,7 @@ enum Output {
         return ExitCode(70)  // EX_SOFTWARE
     }
 
-    static func json(_ fields: [(String, Any)]) {
+    static func json(_ fields: [(String, Any)], to emit: (String) -> Void = { print($0) }) {
         let body = fields.map { key, value -> String in
             let v: String
             switch value {
@@ -55,7 +63,7 @@ enum Output {
             }
             return "\"\(key)\":\(v)"
         }
-        print("{" + body.joined(separator: ",") + "}")
+        emit("{" + body.joined(separator: ",") + "}")
     }
 
     /// Byte or block ranges as JSON arrays `[start,length]`, at most the first 1000.
@@ -65,6 +73,23 @@ enum Output {
     static func unreadable(_ count: UInt64, _ rs: [Range<UInt64>], _ what: String) {
         let shown = rs.prefix(8).map { "\($0.lowerBound)+\($0.count)" }.joined(separator: ", ")
         notice("warning: \(count) block\(count == 1 ? "" : "s") \(what), at bytes \(shown)\(rs.count > 8 ? " and \(rs.count - 8) more ranges" : "")")
+    }
+
+    /// "yyyy-MM-dd HH:mm:ss" in the local time zone.
+    static func localTime(_ seconds: UInt64) -> String {
+        var t = time_t(clamping: seconds)
+        var parts = tm()
+        localtime_r(&t, &parts)
+        var buffer = [CChar](repeating: 0, count: 32)
+        let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S", &parts)
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// A JSON object as text, for arrays of objects inside `json`.
+    static func object(_ fields: [(String, Any)]) -> String {
+        var line = ""
+        json(fields) { line = $0 }
+        return line
     }
 
     static func escape(_ s: String) -> String {

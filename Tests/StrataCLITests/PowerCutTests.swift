@@ -36,11 +36,13 @@ final class PowerCutTests: XCTestCase {
 
     /// A chain of `nights` points made on the ordinary disk, the source's states recorded; the source is left
     /// at the next night's content.
-    private func reference(nights: Int) throws -> String {
+    /// `times`: each point's time (capture's --created-at), where the test needs chosen ones.
+    private func reference(nights: Int, times: [UInt64]? = nil) throws -> String {
         let ref = "\(dir)/reference"
         for night in 0..<nights {
             try makeDisk("\(dir)/disk", size: size, seed: 31, changes: 30 * night)
-            XCTAssertEqual(try strata("capture", "\(dir)/disk", ref, "--quiet").status, 0)
+            let at = times.map { ["--created-at", "\($0[night])"] } ?? []
+            XCTAssertEqual(try strata(["capture", "\(dir)/disk", ref, "--quiet"] + at).status, 0)
             states[night + 1] = try contents("\(dir)/disk")
         }
         try makeDisk("\(dir)/disk", size: size, seed: 31, changes: 30 * nights)
@@ -137,5 +139,16 @@ final class PowerCutTests: XCTestCase {
         let ref = try reference(nights: 4)
         let steps = try cutAtEveryStep(["prune", chain, "--keep", "2", "--quiet"], reference: ref, before: [1, 2, 3, 4], after: [3, 4])
         XCTAssertTrue(steps.contains { $0.hasPrefix("fsync") && $0.contains("p000001-000003.strata") }, "the synthetic full's fsync: \(steps)")
+    }
+
+    /// A calendar prune making two merges (a synthetic full and an incremental) commits both at once: cut at any
+    /// step, the chain has every old point or exactly the kept ones.
+    func testPowerCutAtEveryStepOfACalendarPrune() throws {
+        setenv("TZ", "UTC", 1)
+        defer { unsetenv("TZ") }
+        let day: UInt64 = 86_400, start: UInt64 = 1_772_323_200
+        let ref = try reference(nights: 5, times: [start, start + 3600, start + day, start + day + 3600, start + 2 * day])
+        let steps = try cutAtEveryStep(["prune", chain, "--keep-daily", "3", "--quiet"], reference: ref, before: [1, 2, 3, 4, 5], after: [2, 4, 5])
+        XCTAssertEqual(steps.filter { $0.hasPrefix("rename") && $0.hasSuffix("/chain.manifest") }.count, 1, "one manifest replacement: \(steps)")
     }
 }

@@ -17,6 +17,9 @@ public struct CaptureOptions: Sendable {
     /// How many unreadable blocks (media errors that persist when re-read) the capture records before it
     /// gives up. 0: the first read error fails the capture, as a healthy disk should.
     public var maxBadBlocks = 0
+    /// The point's time, seconds since the epoch; nil: now. For tests of calendar retention, which need chains
+    /// whose points were made at chosen times.
+    public var createdAt: UInt64? = nil
 
     public init() {}
 }
@@ -92,7 +95,7 @@ public enum Capture {
         let header = ImageHeader(
             kind: previous == nil ? .full : .incremental, blockSize: blockSize, sourceSize: source.size, chainID: chainID,
             imageID: .random(), parentID: parent?.imageID ?? .none, firstPoint: point, lastPoint: point,
-            createdAt: Sys.wallClockSeconds)
+            createdAt: options.createdAt ?? Sys.wallClockSeconds)
         let imageName = Chain.imageName(first: point, last: point)
         let mapName = Chain.hashMapName(point: point)
 

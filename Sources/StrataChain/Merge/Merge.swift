@@ -43,22 +43,45 @@ public enum Merge {
 
     /// Merges within a chain this writer has open (repair runs several merges under one lock).
     static func merge(_ chain: Chain, options: MergeOptions, started: UInt64 = Sys.monotonicNanos(), progress: ProgressHandler? = nil) throws -> MergeResult {
+        guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chain.location) }
+        let merged = try write(chain, manifest, from: options.from, to: options.to, options: options, progress: progress)
+        let points = try commit(chain, manifest, [merged])
+        var r = merged.result
+        r.seconds = Double(Sys.monotonicNanos() - started) / 1e9
+        r.points = points
+        return r
+    }
+
+    /// A merged image written and published under its own name, not yet named by the manifest.
+    struct MergedImage {
+        var entry: ManifestEntry
+        /// The files of the images it replaces.
+        var replaced: Set<String>
+        var result: MergeResult
+    }
+
+    /// Writes the image replacing those of points `from`...`to` (nil: from the chain's first point, a synthetic
+    /// full) and publishes it; `reserved` bytes of free space are already promised to other images of this run.
+    static func write(
+        _ chain: Chain, _ manifest: ChainManifest, from: UInt32?, to: UInt32, options: MergeOptions, reserved: UInt64 = 0,
+        progress: ProgressHandler? = nil
+    ) throws -> MergedImage {
+        let started = Sys.monotonicNanos()
         let chainPath = chain.location
-        guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         let points = manifest.points
-        let from = options.from ?? points[0]
-        for p in [from, options.to] where !points.contains(p) { throw ChainError.noSuchPoint(p, available: points) }
-        guard from < options.to else {
-            throw ChainError.invalidOption("the range \(from)..\(options.to) is \(from == options.to ? "empty" : "reversed"); give --from lower than --to")
+        let from = from ?? points[0]
+        for p in [from, to] where !points.contains(p) { throw ChainError.noSuchPoint(p, available: points) }
+        guard from < to else {
+            throw ChainError.invalidOption("the range \(from)..\(to) is \(from == to ? "empty" : "reversed"); give --from lower than --to")
         }
         // The range: every image from the one that ends at `from` to the one that ends at `to`, all replaced. Its
         // images are read back to the newest that covers every block (older ones are not needed: repair merges
         // around damaged images this way).
         guard let start = manifest.images.firstIndex(where: { $0.lastPoint == from }),
-            let end = manifest.images.firstIndex(where: { $0.lastPoint == options.to })
+            let end = manifest.images.firstIndex(where: { $0.lastPoint == to })
         else { throw ChainError.noSuchPoint(from, available: points) }
         let range = manifest.images[start...end]
-        let sources = try chain.openImages(forPoint: options.to, from: from)
+        let sources = try chain.openImages(forPoint: to, from: from)
         let newest = sources.last!.header
         let header = ImageHeader(
             kind: start == 0 ? .full : .incremental, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,
@@ -68,8 +91,8 @@ public enum Merge {
 
         let plan = try MergePlan(sources: sources)
         let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
-        if let free = chain.store.freeSpace(), free < needed {
-            throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
+        if let free = chain.store.freeSpace(), free < needed + reserved {
+            throw ChainError.insufficientSpace(path: chainPath, needed: needed + reserved, available: free)
         }
         let writer = try ImageWriter(store: chain.store, name: name, header: header, engine: options.engine)
         let finished: ImageHeader
@@ -81,33 +104,28 @@ public enum Merge {
             writer.abandon()
             throw wrap(error)
         }
-        let replaced = Set(range.map(\.file))
-        let old = manifest.images.filter { replaced.contains($0.file) }
+        let old = Array(range)
         let entry = ManifestEntry(
             file: name, imageID: finished.imageID, kind: finished.kind, firstPoint: finished.firstPoint, lastPoint: finished.lastPoint,
             createdAt: finished.createdAt, bytesRead: old.reduce(0) { $0 + $1.bytesRead }, bytesStored: finished.fileSize,
             blocksChanged: finished.dataBlocks + finished.zeroBlocks + finished.unreadableBlocks)
-        var next = manifest
-        let at = next.images.firstIndex { replaced.contains($0.file) }!
-        next.images.removeAll { replaced.contains($0.file) }
-        next.images.insert(entry, at: at)
-        do { try chain.commit(next) } catch { throw wrap(error) }
-        return MergeResult(
+        let result = MergeResult(
             firstPoint: finished.firstPoint, lastPoint: finished.lastPoint, kind: finished.kind, imagesMerged: sources.count,
             framesCopied: plan.framesCopied, framesRepacked: plan.framesRepacked, bytesBefore: old.reduce(0) { $0 + $1.bytesStored },
-            bytesStored: finished.fileSize, seconds: Double(Sys.monotonicNanos() - started) / 1e9, image: name, points: next.points)
+            bytesStored: finished.fileSize, seconds: Double(Sys.monotonicNanos() - started) / 1e9, image: name, points: [])
+        return MergedImage(entry: entry, replaced: Set(old.map(\.file)), result: result)
     }
 
-    /// Keeps the newest `keep` points and folds everything older into the oldest kept one (a synthetic full).
-    /// Returns nil when the chain has no more than `keep` points.
-    public static func prune(chain chainPath: String, keep: Int, options: MergeOptions? = nil, progress: ProgressHandler? = nil) throws -> MergeResult? {
-        guard keep >= 1 else { throw ChainError.invalidOption("--keep must be at least 1") }
-        let listing = try ChainListing.read(chain: chainPath)
-        let points = listing.points.map(\.point)
-        guard points.count > keep else { return nil }
-        var o = options ?? MergeOptions(to: 0)
-        o.from = nil
-        o.to = points[points.count - keep]
-        return try run(chain: chainPath, options: o, progress: progress)
+    /// Makes the chain name the merged images instead of those they replace, in one manifest replacement (so an
+    /// interruption leaves every replaced image or none), then removes the replaced ones. Returns the points.
+    static func commit(_ chain: Chain, _ manifest: ChainManifest, _ merged: [MergedImage]) throws -> [UInt32] {
+        var next = manifest
+        for m in merged {
+            let at = next.images.firstIndex { m.replaced.contains($0.file) }!
+            next.images.removeAll { m.replaced.contains($0.file) }
+            next.images.insert(m.entry, at: at)
+        }
+        do { try chain.commit(next) } catch { throw wrap(error) }
+        return next.points
     }
 }

@@ -1,0 +1,79 @@
+import ArgumentParser
+import StrataChain
+
+struct PruneCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Keep the points retention rules name; fold the others away.",
+        discussion: """
+            The rules are Proxmox Backup Server's. They apply in the order last, hourly, daily, weekly, monthly, \
+            yearly, over the points newest first: each keeps the newest point of each of its periods until it has \
+            kept N periods. A period that holds a point an earlier rule kept is already covered and does not \
+            count, so --keep-daily 7 --keep-weekly 4 keeps the last 7 days and then 4 weeks before them. Periods \
+            are in local time (TZ applies); weeks are ISO weeks, Monday to Sunday. The newest point is always \
+            kept. Points are ordered as they were captured, whatever their clocks say.
+
+            Every kept point restores exactly as before. Each run of removed points is merged into the kept point \
+            after it (into a synthetic full when the run starts at the chain's first point); frames whose blocks \
+            survive are copied without recompression. All merged images are written first and the chain switches \
+            to them at once: interrupted at any moment, it keeps either every old point or exactly the kept ones.
+
+            --dry-run prints every point with "keep (RULE)" or "remove" and changes nothing. --json prints one \
+            object: dryRun, points ([{point, created, keep, rule}], rule null when removed), merges ([{removed, \
+            into, bytesStored}]), remaining, bytesBefore, bytesWritten, seconds.
+
+            EXAMPLES
+              strata prune /backup/sdb --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-yearly 2
+              strata prune /backup/sdb --keep-daily 7 --keep-weekly 4 --dry-run
+              strata prune /backup/sdb --keep 7          # the same as --keep-last 7
+            """)
+
+    @Argument(help: "Chain directory.") var chain: String
+    @Option(name: [.customLong("keep"), .customLong("keep-last")], help: "Keep the newest N points.") var keepLast: Int = 0
+    @Option(help: "Keep the newest point of each of the last N hours that have one.") var keepHourly: Int = 0
+    @Option(help: "Keep the newest point of each of the last N days that have one.") var keepDaily: Int = 0
+    @Option(help: "Keep the newest point of each of the last N ISO weeks that have one.") var keepWeekly: Int = 0
+    @Option(help: "Keep the newest point of each of the last N months that have one.") var keepMonthly: Int = 0
+    @Option(help: "Keep the newest point of each of the last N years that have one.") var keepYearly: Int = 0
+    @Flag(help: "Print what would be kept and removed; change nothing.") var dryRun = false
+    @OptionGroup var work: MergeWork
+
+    func run() throws {
+        Output.warnIfExposed(chain)
+        let rules = RetentionRules(last: keepLast, hourly: keepHourly, daily: keepDaily, weekly: keepWeekly, monthly: keepMonthly, yearly: keepYearly)
+        let progress = ProgressLine(verb: "prune", quiet: work.quiet || dryRun)
+        let r: PruneResult
+        do {
+            r = try Merge.prune(chain: chain, rules: rules, options: work.options(to: 0), dryRun: dryRun, progress: progress.update)
+            progress.finish()
+        } catch {
+            progress.finish()
+            throw Output.fail(error)
+        }
+        if work.json {
+            Output.json([
+                ("dryRun", r.dryRun),
+                ("points", r.decisions.map { d in
+                    Output.object([("point", d.point), ("created", d.createdAt), ("keep", d.keptBy != nil), ("rule", d.keptBy.map { $0.rawValue as Any } ?? RawJSON.null)])
+                }),
+                ("merges", r.merges.map { m in
+                    Output.object([("removed", m.removed.map(String.init)), ("into", m.into), ("bytesStored", m.result?.bytesStored ?? 0)])
+                }),
+                ("remaining", r.points.map(String.init)), ("bytesBefore", r.bytesBefore), ("bytesWritten", r.bytesWritten), ("seconds", r.seconds),
+            ])
+            return
+        }
+        if work.quiet && !dryRun { return }
+        for d in r.decisions {
+            print("point \(pad(String(d.point), 5, left: true))  \(Output.localTime(d.createdAt))  \(d.keptBy.map { "keep (\($0.rawValue))" } ?? "remove")")
+        }
+        let removed = r.decisions.filter { $0.keptBy == nil }.count
+        if removed == 0 {
+            print("nothing to prune: the rules keep all \(r.decisions.count) points")
+        } else if dryRun {
+            print("would remove \(removed) of \(r.decisions.count) points in \(r.merges.count) merge\(r.merges.count == 1 ? "" : "s") (dry run: nothing changed)")
+        } else {
+            print("removed \(removed) of \(r.decisions.count) points in \(r.merges.count) merge\(r.merges.count == 1 ? "" : "s"): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesBefore - r.merges.reduce(0) { $0 + ($1.result?.bytesBefore ?? 0) } + r.bytesWritten)), \(Output.bytes(r.bytesWritten)) written, in \(Output.fixed(r.seconds, 2)) s")
+        }
+    }
+}
