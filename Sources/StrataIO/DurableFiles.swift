@@ -24,10 +24,10 @@ public enum DurableFiles {
         try fsyncDirectory(BlockDevices.parent(of: path))
     }
 
-    /// Atomically replaces `dir/name` with `bytes`.
-    public static func publish(_ bytes: [UInt8], dir: String, name: String) throws {
+    /// Atomically replaces `dir/name` with `bytes` (the file made with `mode`).
+    public static func publish(_ bytes: [UInt8], dir: String, name: String, mode: mode_t = 0o600) throws {
         let tmp = "\(dir)/\(temporaryName(for: name))"
-        let fd = try Sys.create(tmp, O_WRONLY | O_TRUNC)
+        let fd = try Sys.create(tmp, O_WRONLY | O_TRUNC, mode: mode)
         do {
             try bytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: tmp) }
             try Sys.fsync(fd, path: tmp)

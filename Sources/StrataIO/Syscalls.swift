@@ -290,6 +290,12 @@ public enum Sys {
     public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
     /// Seconds since 1970 (UTC), from the real-time clock.
+    /// Whether `path` is a directory this process may create files in.
+    public static func isWritableDirectory(_ path: String) -> Bool {
+        guard let st = try? stat(path) else { return false }
+        return (st.st_mode & S_IFMT) == S_IFDIR && access(path, W_OK | X_OK) == 0
+    }
+
     public static var wallClockSeconds: UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)

@@ -51,9 +51,12 @@ struct CaptureCommand: ParsableCommand {
     @Option(help: .hidden) var createdAt: UInt64?
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
+    @OptionGroup var metrics: MetricsFile
 
     func run() throws {
         Output.warnIfExposed(chain)
+        try metrics.check()
+        let clock = RunMetrics.Stopwatch()
         var options = CaptureOptions()
         options.blockSize = blockSize
         options.level = level
@@ -67,6 +70,7 @@ struct CaptureCommand: ParsableCommand {
         do {
             let r = try Capture.run(source: source, chain: chain, options: options, progress: progress.update, notice: Output.notice)
             progress.finish()
+            metrics.record("capture", chain: chain, clock: clock, seconds: r.seconds, read: r.bytesRead, stored: r.bytesStored)
             if json {
                 Output.json([
                     ("point", r.point), ("kind", r.kind == .full ? "full" : "incremental"), ("sourceBytes", r.sourceBytes),
@@ -82,6 +86,7 @@ struct CaptureCommand: ParsableCommand {
             }
         } catch {
             progress.finish()
+            metrics.record("capture", chain: chain, clock: clock, failure: error)
             throw Output.fail(error)
         }
     }

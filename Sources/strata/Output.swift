@@ -42,14 +42,20 @@ enum Output {
     static func fail(_ error: Error) -> ExitCode {
         if let e = error as? ChainError {
             notice("error: \(e.description)")
-            return ExitCode(e.exitCode)
-        }
-        if let e = error as? IOError {
+        } else if let e = error as? IOError {
             notice("error: \(e.description)")
-            return ExitCode(74)
+        } else if !(error is ExitCode) {
+            notice("error: \(error) (this is a bug in strata: please report it with this line)")
         }
-        notice("error: \(error) (this is a bug in strata: please report it with this line)")
-        return ExitCode(70)  // EX_SOFTWARE
+        return ExitCode(exitCode(of: error))
+    }
+
+    /// The documented exit code of a failure.
+    static func exitCode(of error: Error) -> Int32 {
+        if let e = error as? ChainError { return e.exitCode }
+        if error is IOError { return 74 }
+        if let e = error as? ExitCode { return e.rawValue }
+        return 70  // EX_SOFTWARE
     }
 
     static func json(_ fields: [(String, Any)], to emit: (String) -> Void = { print($0) }) {

@@ -37,17 +37,22 @@ struct PruneCommand: ParsableCommand {
     @Option(help: "Keep the newest point of each of the last N years that have one.") var keepYearly: Int = 0
     @Flag(help: "Print what would be kept and removed; change nothing.") var dryRun = false
     @OptionGroup var work: MergeWork
+    @OptionGroup var metrics: MetricsFile
 
     func run() throws {
         Output.warnIfExposed(chain)
+        try metrics.check()
+        let clock = RunMetrics.Stopwatch()
         let rules = RetentionRules(last: keepLast, hourly: keepHourly, daily: keepDaily, weekly: keepWeekly, monthly: keepMonthly, yearly: keepYearly)
         let progress = ProgressLine(verb: "prune", quiet: work.quiet || dryRun)
         let r: PruneResult
         do {
             r = try Merge.prune(chain: chain, rules: rules, options: work.options(to: 0), dryRun: dryRun, progress: progress.update)
             progress.finish()
+            if !dryRun { metrics.record("prune", chain: chain, clock: clock, seconds: r.seconds, stored: r.bytesWritten) }
         } catch {
             progress.finish()
+            if !dryRun { metrics.record("prune", chain: chain, clock: clock, failure: error) }
             throw Output.fail(error)
         }
         if work.json {

@@ -31,9 +31,12 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
+    @OptionGroup var metrics: MetricsFile
 
     func run() throws {
         Output.warnIfExposed(chain)
+        try metrics.check()
+        let clock = RunMetrics.Stopwatch()
         var options = VerifyOptions()
         options.point = point
         options.checksumsOnly = checksumsOnly
@@ -46,6 +49,7 @@ struct VerifyCommand: ParsableCommand {
             progress.finish()
         } catch {
             progress.finish()
+            metrics.record("verify", chain: chain, clock: clock, failure: error)
             throw Output.fail(error)
         }
         if json {
@@ -69,6 +73,8 @@ struct VerifyCommand: ParsableCommand {
                     + (r.isWhole ? "all whole" : "\(r.problems.count) damaged; points whole: \(points(r.wholePoints)); points affected: \(points(r.affectedPoints))"))
             }
         }
-        if !r.isWhole { throw Output.fail(ChainError.verifyFailed(damaged: r.problems.count, affectedPoints: r.affectedPoints)) }
+        let damage = r.isWhole ? nil : ChainError.verifyFailed(damaged: r.problems.count, affectedPoints: r.affectedPoints)
+        metrics.record("verify", chain: chain, clock: clock, failure: damage, seconds: r.seconds, read: r.bytesRead)
+        if let damage { throw Output.fail(damage) }
     }
 }

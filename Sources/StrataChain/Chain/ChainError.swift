@@ -46,6 +46,8 @@ public enum ChainError: Error, Equatable, Sendable {
     case mountBusy(path: String)
     /// Something the machine lacks (FUSE, loop devices): what, and what to do.
     case machineLacks(String)
+    /// A file strata was asked to write beside its work (--metrics-file) cannot be written.
+    case outputUnwritable(path: String, reason: String)
 
     public enum Role: String, Sendable { case source, target }
 }
@@ -112,6 +114,8 @@ extension ChainError: CustomStringConvertible {
         case .mountBusy(let p):
             return "\(p) is in use (a process has a file open or its working directory there); nothing was unmounted: close what uses it and run strata unmount again"
         case .machineLacks(let d): return d
+        case .outputUnwritable(let p, let r):
+            return "cannot write \(p): \(r); nothing was done: name a file in a writable directory"
         }
     }
 
@@ -121,7 +125,7 @@ extension ChainError: CustomStringConvertible {
         case .invalidOption, .noSuchPoint, .notMounted: return 64  // EX_USAGE
         case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed, .nothingRestorable, .noFilesystem: return 65  // EX_DATAERR
         case .sourceUnavailable: return 66  // EX_NOINPUT
-        case .targetTooSmall, .targetUnavailable, .insufficientSpace, .mountPointUnusable: return 73  // EX_CANTCREAT
+        case .targetTooSmall, .targetUnavailable, .insufficientSpace, .mountPointUnusable, .outputUnwritable: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
         case .chainInUse, .chainChanged, .mountBusy: return 75  // EX_TEMPFAIL
         case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety

@@ -1,0 +1,29 @@
+import ArgumentParser
+import StrataChain
+
+/// `--metrics-file`, shared by capture, prune and verify: checked before the run, written after it whatever
+/// its outcome (a failed run is recorded as failed, with its exit code).
+struct MetricsFile: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "Write the run's outcome to this Prometheus text-format file (atomically; for node_exporter's textfile collector).",
+        valueName: "path"))
+    var metricsFile: String?
+
+    /// Refuses at once, before any work, a path whose directory cannot take the file.
+    func check() throws {
+        guard let metricsFile else { return }
+        do { try RunMetrics.checkWritable(metricsFile) } catch { throw Output.fail(error) }
+    }
+
+    /// Records the run; a file that cannot be written costs a warning line, not the run's outcome.
+    func record(_ command: String, chain: String, clock: RunMetrics.Stopwatch, failure: Error? = nil, seconds: Double? = nil, read: UInt64 = 0, stored: UInt64 = 0) {
+        guard let metricsFile else { return }
+        let m = RunMetrics(
+            command: command, chain: chain, success: failure == nil, exitCode: failure.map(Output.exitCode(of:)) ?? 0,
+            seconds: seconds ?? clock.seconds, bytesRead: read, bytesStored: stored)
+        do { try m.write(to: metricsFile) } catch {
+            let why = { if case .outputUnwritable(_, let reason)? = error as? ChainError { return reason }; return "\(error)" }()
+            Output.notice("warning: cannot write the metrics file \(metricsFile): \(why)")
+        }
+    }
+}
