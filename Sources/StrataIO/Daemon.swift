@@ -26,6 +26,21 @@ public enum Daemon {
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
         posix_spawnattr_setflags(&attributes, 0x80)  // POSIX_SPAWN_SETSID (glibc; needs _GNU_SOURCE in C)
+        let spawned = spawnSelf(arguments, &actions, &attributes, environment: ["\(readyVariable)=3"])
+        Glibc.close(fds[1])
+        switch spawned {
+        case .success(let pid): return (pid, fds[0])
+        case .failure(let e):
+            Glibc.close(fds[0])
+            throw e
+        }
+    }
+
+    /// Starts this program (/proc/self/exe) again with `arguments`, the environment less STRATA_READY_FD plus
+    /// `environment`.
+    static func spawnSelf(
+        _ arguments: [String], _ actions: inout posix_spawn_file_actions_t, _ attributes: inout posix_spawnattr_t, environment: [String] = []
+    ) -> Result<pid_t, IOError> {
         let exe = "/proc/self/exe"
         var env = [String]()
         var e = environ
@@ -34,18 +49,13 @@ public enum Daemon {
             if !s.hasPrefix(readyVariable + "=") { env.append(s) }
             e += 1
         }
-        env.append("\(readyVariable)=3")
+        env += environment
         let argv: [UnsafeMutablePointer<CChar>?] = (["strata"] + arguments).map { w in w.withCString { strdup($0) } } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?] = env.map { w in w.withCString { strdup($0) } } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var pid = pid_t()
         let r = posix_spawn(&pid, exe, &actions, &attributes, argv, envp)
-        Glibc.close(fds[1])
-        guard r == 0 else {
-            Glibc.close(fds[0])
-            throw IOError("start", path: exe, errno: r)
-        }
-        return (pid, fds[0])
+        return r == 0 ? .success(pid) : .failure(IOError("start", path: exe, errno: r))
     }
 
     /// Whether the child said it is ready before it exited (or closed the pipe).

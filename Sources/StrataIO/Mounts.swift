@@ -12,6 +12,8 @@ public struct MountedFilesystem: Sendable, Equatable {
     public var source: String
     /// The device number of the mount (st_dev of files in it).
     public var device: UInt64
+    /// Mounted read-write (the mount's own options and the superblock's both say rw).
+    public var readWrite: Bool = true
 }
 
 public enum Mounts {
@@ -23,8 +25,10 @@ public enum Mounts {
             let f = line.split(separator: " ", omittingEmptySubsequences: false)
             guard f.count > 5, let dev = BlockDevices.parseNumbers(String(f[2])), let dash = f.firstIndex(of: "-"), dash + 2 < f.count
             else { continue }
+            let superOptions = dash + 3 < f.count ? f[dash + 3].split(separator: ",") : []
             out.append(MountedFilesystem(
-                mountPoint: BlockDevices.unescape(f[4]), type: String(f[dash + 1]), source: BlockDevices.unescape(f[dash + 2]), device: dev))
+                mountPoint: BlockDevices.unescape(f[4]), type: String(f[dash + 1]), source: BlockDevices.unescape(f[dash + 2]), device: dev,
+                readWrite: f[5].split(separator: ",").contains("rw") && !superOptions.contains("ro")))
         }
         return out
     }

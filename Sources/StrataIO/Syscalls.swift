@@ -290,6 +290,13 @@ public enum Sys {
     public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
     /// Seconds since 1970 (UTC), from the real-time clock.
+    /// `path` with every symbolic link, "." and ".." resolved; nil when it does not exist.
+    public static func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
     /// Whether `path` is a directory this process may create files in.
     public static func isWritableDirectory(_ path: String) -> Bool {
         guard let st = try? stat(path) else { return false }

@@ -2,6 +2,14 @@ import ArgumentParser
 import StrataChain
 
 extension IOEngineChoice: ExpressibleByArgument {}
+extension SnapshotMethod: ExpressibleByArgument {}
+
+/// The guardian of a frozen filesystem (`--freeze`): started by capture itself, never by a person.
+struct FreezeGuardianCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: FreezeGuardian.command, shouldDisplay: false)
+    @Argument var mountPoint: String
+    func run() throws { FreezeGuardian.run(mountPoint: mountPoint) }
+}
 
 struct CaptureCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,6 +29,16 @@ struct CaptureCommand: ParsableCommand {
             disk holding CHAIN's filesystem is refused (exit 77): the capture would image its own writes. So is a \
             source mounted read-write, unless --allow-mounted.
 
+            CONSISTENCY: --freeze MOUNTPOINT freezes the filesystem mounted there (FIFREEZE) so that the image is \
+            consistent, and thaws it on every exit path: a guardian process thaws it if strata dies, even by \
+            SIGKILL. Without a snapshot the filesystem stays frozen while the source is read (writers wait); a \
+            source mounted read-write at MOUNTPOINT is then allowed. --snapshot reflink captures an instant clone \
+            of an image file (XFS with reflink, btrfs) instead of the file, and removes the clone afterwards (a \
+            clone a killed run left is removed by the next run); with --freeze (naming the filesystem inside the \
+            image, mounted from a loop device) it is frozen only while the clone is made: milliseconds. What \
+            cannot be done (no freeze on that filesystem, no reflinks, the chain on the frozen filesystem) is \
+            refused before anything is read (exit 69).
+
             A read error on the source stops the capture (exit 74) and leaves the chain unchanged, unless \
             --max-bad-blocks allows some: then a failed read is retried in smaller reads down to the device's \
             logical block size, and the blocks that still fail are recorded as unreadable (restored as zeros, \
@@ -29,13 +47,15 @@ struct CaptureCommand: ParsableCommand {
 
             --json prints one object: point, kind (full or incremental), sourceBytes, bytesRead, blocksChanged, \
             bytesStored, seconds, engine, image, blocksHealed, unreadableBlocks, unreadableRanges ([offset, length] in bytes, \
-            the first 1000).
+            the first 1000), frozenSeconds (with --freeze), snapshot (with --snapshot).
 
             EXAMPLES
               strata capture /dev/sdb /backup/sdb
               strata capture disk.img /backup/vm1 --block-size 65536 --json
               strata capture /dev/nvme0n1 /backup/nvme --io-engine pread --threads 8
               strata capture /dev/sdb /backup/sdb --max-bad-blocks 1000     # a dying disk
+              strata capture /dev/vdb /backup/data --freeze /srv/data         # /dev/vdb mounted at /srv/data
+              strata capture /var/lib/vm/web.img /backup/web --snapshot reflink
             """)
 
     @Argument(help: "Block device or image file to read.") var source: String
@@ -48,6 +68,10 @@ struct CaptureCommand: ParsableCommand {
     @Flag(help: "Capture even if the source is mounted read-write (the image may be inconsistent).") var allowMounted = false
     @Option(help: "Unreadable blocks to record before giving up (default 0: the first read error fails the capture).")
     var maxBadBlocks: Int = 0
+    @Option(help: ArgumentHelp("Freeze the filesystem mounted here while the source (or, with --snapshot, the clone) is taken.", valueName: "mountpoint"))
+    var freeze: String?
+    @Option(help: ArgumentHelp("Capture a snapshot of the source instead: reflink (an image file on XFS or btrfs).", valueName: "method"))
+    var snapshot: SnapshotMethod?
     @Option(help: .hidden) var createdAt: UInt64?
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
@@ -66,6 +90,8 @@ struct CaptureCommand: ParsableCommand {
         options.allowMounted = allowMounted
         options.maxBadBlocks = maxBadBlocks
         options.createdAt = createdAt
+        options.freeze = freeze
+        options.snapshot = snapshot
         let progress = ProgressLine(verb: "capture", quiet: quiet)
         do {
             let r = try Capture.run(source: source, chain: chain, options: options, progress: progress.update, notice: Output.notice)
@@ -77,11 +103,12 @@ struct CaptureCommand: ParsableCommand {
                     ("bytesRead", r.bytesRead), ("blocksChanged", r.blocksChanged), ("bytesStored", r.bytesStored),
                     ("seconds", r.seconds), ("engine", r.engine), ("image", r.image),
                     ("blocksHealed", r.blocksHealed), ("unreadableBlocks", r.unreadableBlocks), ("unreadableRanges", Output.ranges(r.unreadableRanges)),
-                ])
+                ] + (r.frozenSeconds.map { [("frozenSeconds", $0 as Any)] } ?? []) + (r.snapshot.map { [("snapshot", $0.rawValue as Any)] } ?? []))
             } else if !quiet {
                 let rate = Double(r.bytesRead) / max(r.seconds, 0.001)
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "recorded as unreadable") }
                 if r.blocksHealed > 0 { Output.notice("healed \(r.blocksHealed) block\(r.blocksHealed == 1 ? "" : "s") the last verify found damaged: stored anew, so point \(r.point) is whole") }
+                if let f = r.frozenSeconds { Output.notice("\(freeze ?? "the filesystem") was frozen for \(Output.fixed(f, 3)) s") }
                 print("point \(r.point) (\(r.kind == .full ? "full" : "incremental")): read \(Output.bytes(r.bytesRead)), \(r.blocksChanged) blocks changed, stored \(Output.bytes(r.bytesStored)) in \(Output.fixed(r.seconds, 2)) s (\(Output.bytes(UInt64(rate)))/s)")
             }
         } catch {

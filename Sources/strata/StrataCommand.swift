@@ -41,5 +41,5 @@ struct StrataCommand: ParsableCommand {
                   a target in use, an existing target file (see restore --force)
             """,
         version: "0.1.0",
-        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, BenchCommand.self])
+        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, BenchCommand.self, FreezeGuardianCommand.self])
 }

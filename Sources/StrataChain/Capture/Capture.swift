@@ -20,6 +20,11 @@ public struct CaptureOptions: Sendable {
     /// The point's time, seconds since the epoch; nil: now. For tests of calendar retention, which need chains
     /// whose points were made at chosen times.
     public var createdAt: UInt64? = nil
+    /// A mount point to freeze (FIFREEZE) for a consistent image: while the source is read, or with `snapshot`
+    /// only while the snapshot is made.
+    public var freeze: String? = nil
+    /// Capture a snapshot of the source instead of the source itself.
+    public var snapshot: SnapshotMethod? = nil
 
     public init() {}
 }
@@ -39,6 +44,10 @@ public struct CaptureResult: Sendable, Equatable {
     public var unreadableRanges: [Range<UInt64>] = []
     /// Blocks whose stored copy (in a frame the last verify found damaged) this capture stored anew.
     public var blocksHealed: UInt64 = 0
+    /// How long --freeze kept the filesystem frozen, measured in this process; nil without --freeze.
+    public var frozenSeconds: Double? = nil
+    /// The snapshot the capture read instead of the source, if any.
+    public var snapshot: SnapshotMethod? = nil
 }
 
 /// Called with bytes done and bytes total, from the pipeline's coordinating thread.
@@ -65,17 +74,35 @@ public enum Capture {
         }
         if !source.direct { notice("\(sourcePath) does not support O_DIRECT; reading through the page cache") }
         try Safety.checkCaptureSource(sourcePath, chain: chainPath)
-        if let mount = source.readWriteMountPoint() {
+        let freezePoint = try checkConsistency(source: sourcePath, chain: chainPath, options: options)
+        if let mount = source.readWriteMountPoint(), mount != freezePoint {
             guard options.allowMounted else { throw ChainError.sourceMounted(path: sourcePath, mountPoint: mount) }
             notice("warning: \(sourcePath) is mounted read-write at \(mount); the image may be inconsistent (a snapshot is the safe way)")
         }
-        return try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice)
+        if !source.isBlockDevice {
+            for stale in ReflinkClone.removeStale(besides: sourcePath) { notice("removed \(stale), a snapshot a killed run left") }
+        }
+        let freeze = freezePoint.map(FreezeWindow.init)
+        if options.snapshot == .reflink {
+            return try captureSnapshot(of: sourcePath, chain: chainPath, options: options, freeze: freeze, started: started, progress: progress, notice: notice)
+        }
+        var r = try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice, reading: freeze)
+        r.frozenSeconds = freeze?.seconds
+        return r
     }
 
     /// Captures an opened source (checked by `run`, or a sample that `strata bench` made) into the chain.
     public static func capture(
         _ source: BlockSource, chain chainPath: String, options: CaptureOptions, started: UInt64 = Sys.monotonicNanos(),
         progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
+    ) throws -> CaptureResult {
+        try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice, reading: nil)
+    }
+
+    /// `capture`, with `window` frozen while the source is read.
+    static func capture(
+        _ source: BlockSource, chain chainPath: String, options: CaptureOptions, started: UInt64,
+        progress: ProgressHandler?, notice: (String) -> Void, reading window: FreezeWindow?
     ) throws -> CaptureResult {
         let sourcePath = source.path
         let chain = try Chain(location: chainPath, access: .create)
@@ -130,7 +157,10 @@ public enum Capture {
             let pipeline = try CapturePipeline(
                 source: source, queue: queue, blockSize: Int(blockSize), options: options, oldMap: oldMap,
                 image: writer, newMap: mapWriter, progress: progress)
+            try window?.begin()
+            defer { window?.end() }
             stats = try pipeline.run()
+            window?.end()
             finished = try writer.finish()
             try mapWriter.finish()
             try chain.store.syncPublished()

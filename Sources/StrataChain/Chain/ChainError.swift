@@ -48,6 +48,10 @@ public enum ChainError: Error, Equatable, Sendable {
     case machineLacks(String)
     /// A file strata was asked to write beside its work (--metrics-file) cannot be written.
     case outputUnwritable(path: String, reason: String)
+    /// --freeze cannot freeze that filesystem (nothing was read).
+    case cannotFreeze(mountPoint: String, reason: String, todo: String)
+    /// --snapshot cannot snapshot that source (nothing was read).
+    case cannotSnapshot(path: String, reason: String, todo: String)
 
     public enum Role: String, Sendable { case source, target }
 }
@@ -114,6 +118,10 @@ extension ChainError: CustomStringConvertible {
         case .mountBusy(let p):
             return "\(p) is in use (a process has a file open or its working directory there); nothing was unmounted: close what uses it and run strata unmount again"
         case .machineLacks(let d): return d
+        case .cannotFreeze(let m, let r, let t):
+            return "cannot freeze the filesystem at \(m): \(r); nothing was read: \(t)"
+        case .cannotSnapshot(let p, let r, let t):
+            return "cannot snapshot \(p): \(r); nothing was read: \(t)"
         case .outputUnwritable(let p, let r):
             return "cannot write \(p): \(r); nothing was done: name a file in a writable directory"
         }
@@ -129,7 +137,7 @@ extension ChainError: CustomStringConvertible {
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
         case .chainInUse, .chainChanged, .mountBusy: return 75  // EX_TEMPFAIL
         case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety
-        case .engineUnavailable, .machineLacks: return 69  // EX_UNAVAILABLE
+        case .engineUnavailable, .machineLacks, .cannotFreeze, .cannotSnapshot: return 69  // EX_UNAVAILABLE
         }
     }
 }
