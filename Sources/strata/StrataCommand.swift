@@ -15,6 +15,7 @@ struct StrataCommand: ParsableCommand {
               strata restore /backup/sdb /dev/sdc --point 2
               strata verify /backup/sdb
               strata mount /backup/sdb /mnt/sdb --point 2 --files
+              strata prune /backup/sdb --keep-daily 7 --keep-weekly 4 --keep-monthly 12
 
             EXIT STATUS
               0   success
@@ -25,11 +26,13 @@ struct StrataCommand: ParsableCommand {
                   point holding no filesystem it can mount
               66  the source cannot be opened
               69  the requested I/O engine is unavailable; no FUSE or no loop
-                  devices for mount
+                  devices for mount; capture --freeze or --snapshot cannot be
+                  done on that filesystem (nothing was read)
               70  an internal error (a bug in strata; the message says what failed)
               73  the target cannot be written, or is too small; a mount directory
                   that is missing, not an empty directory, or already a mount
-                  point; a serve socket in use
+                  point; a serve socket in use; a --metrics-file that cannot be
+                  written
               74  an I/O error: a read error on the source (see capture
                   --max-bad-blocks), a target that does not read back as written
                   (restore --verify), a failed write (a full disk)
