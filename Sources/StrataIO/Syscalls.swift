@@ -290,6 +290,10 @@ public enum Sys {
     public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
     /// Seconds since 1970 (UTC), from the real-time clock.
+    /// A second descriptor on `path` for O_DIRECT reads (page cache bypassed), or nil where the filesystem
+    /// refuses O_DIRECT (tmpfs).
+    public static func openDirectForReading(_ path: String) -> Int32? { try? open(path, O_RDONLY | strata_O_DIRECT) }
+
     /// `path` with every symbolic link, "." and ".." resolved; nil when it does not exist.
     public static func realPath(_ path: String) -> String? {
         guard let p = realpath(path, nil) else { return nil }

@@ -8,8 +8,9 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure how fast this machine can image a source, and what bounds it. Never writes to SOURCE.",
         discussion: """
             Runs the real pipelines on a sample of SOURCE (1 GiB in 32 pieces spread over it, read as a capture \
-            reads): a full capture at 1, 2, 4 ... --threads threads, an incremental capture of the same sample, and \
-            a restore, into a scratch chain in --chain-dir (the filesystem that will hold the chain; without it, \
+            reads): a full capture at 1, 2, 4 ... --threads threads, an incremental capture of the same sample in \
+            which --changed percent of the blocks are stored anew (a night's changes: compressed and written as a \
+            real night's are; default 3, about what a night of a busy server's disk changes), and a restore, into a scratch chain in --chain-dir (the filesystem that will hold the chain; without it, \
             /dev/shm, and bench says writes there cost less than on a disk), then removes all it wrote. The rates, \
             extrapolated to SOURCE's size, are its predictions, and the bound it names is what it saw busy: CPU time \
             of the I/O thread, the workers, the coordinator and the writer, and the process's kernel time.
@@ -26,7 +27,7 @@ struct BenchCommand: ParsableCommand {
             requestSize, bytesPerSecond}]), hashBytesPerSecond, compression and decompression ([{threads, \
             bytesPerSecond}], uncompressed bytes), compressionRatio, zeroFraction, writeBytesPerSecond, \
             fullCapture, incrementalCapture, restore (predictions from the real runs: {bytesPerSecond, seconds for \
-            the whole source, bound}), runs ({sampleBytes, pieces, scratch, scratchInRAM, fullCapture: [run], \
+            the whole source, bound}), changedPercent, runs ({sampleBytes, pieces, scratch, scratchInRAM, fullCapture: [run], \
             incrementalCapture: run, restore: run}, each run {threads, seconds, bytes, bytesPerSecond, \
             userSeconds, systemSeconds, stages: [{stage, threads, cpuSeconds}]}), model (the stage model's \
             fullCapture, incrementalCapture, restore), queueDepth, requestSize, threads, seconds.
@@ -42,6 +43,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Most worker threads to try (default: one per core).") var threads: Int?
     @Option(help: "zstd level to measure.") var level: Int32 = 1
     @Option(help: "Directory on the filesystem that will hold the chain: measure writes there.") var chainDir: String?
+    @Option(help: "Percentage of blocks the incremental run treats as changed (a night's changes).") var changed: Double = 3
     @Option(help: "Also draw the run as an SVG chart into FILE (throughput against threads and requests in flight).") var chart: String?
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
@@ -53,6 +55,7 @@ struct BenchCommand: ParsableCommand {
         options.threads = threads ?? Machine.onlineCores
         options.level = level
         options.chainDirectory = chainDir
+        options.changedFraction = changed / 100
         let showProgress = !quiet && Machine.isTerminal(2)
         let r: BenchReport
         do {
@@ -104,9 +107,9 @@ struct BenchCommand: ParsableCommand {
         func line(_ what: String, _ p: BenchReport.Prediction) {
             print("predicted \(what)\(rate(p.bytesPerSecond).leftPad(12)), \(Output.fixed(p.seconds, 1)) s for the whole source; bound by \(p.bound)")
         }
-        line("full capture:  ", r.fullCapture)
-        line("incremental:   ", r.incrementalCapture)
-        line("restore:       ", r.restore)
+        line("full capture:", r.fullCapture)
+        line("incremental (\(Output.fixed(changed, changed == changed.rounded() ? 0 : 1))% changed):", r.incrementalCapture)
+        line("restore:", r.restore)
         print("settings: --queue-depth \(r.queueDepth) (\(r.requestSize >> 10) KiB requests) --threads \(r.threads)")
         print("measured in \(Output.fixed(r.seconds, 1)) s")
     }
@@ -134,7 +137,7 @@ struct BenchCommand: ParsableCommand {
         if let w = r.writeBytesPerSecond { fields.append(("writeBytesPerSecond", Int(w))) }
         fields += [
             ("fullCapture", RawJSON(prediction(r.fullCapture))), ("incrementalCapture", RawJSON(prediction(r.incrementalCapture))),
-            ("restore", RawJSON(prediction(r.restore))), ("runs", RawJSON(measured)), ("model", RawJSON(model)),
+            ("restore", RawJSON(prediction(r.restore))), ("changedPercent", changed), ("runs", RawJSON(measured)), ("model", RawJSON(model)),
             ("queueDepth", r.queueDepth), ("requestSize", r.requestSize),
             ("threads", r.threads), ("seconds", r.seconds),
         ]

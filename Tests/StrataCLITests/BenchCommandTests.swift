@@ -33,6 +33,7 @@ final class BenchCommandTests: XCTestCase {
         let ratio = j["compressionRatio"] as? Double ?? 0
         XCTAssertTrue(ratio > 0 && ratio <= 1.01, "\(ratio)")
         XCTAssertGreaterThan(j["writeBytesPerSecond"] as? Int ?? 0, 0)
+        XCTAssertEqual(j["changedPercent"] as? Double, 3, "the incremental run stores 3% of the blocks anew by default")
         for key in ["fullCapture", "incrementalCapture", "restore"] {
             let p = j[key] as? [String: Any] ?? [:]
             XCTAssertGreaterThan(p["bytesPerSecond"] as? Int ?? 0, 0, key)
@@ -73,6 +74,7 @@ final class BenchCommandTests: XCTestCase {
         let text = try strata("bench", "\(dir)/disk", "--seconds", "1", "--threads", "1")
         XCTAssertEqual(text.status, 0, text.stderr)
         XCTAssertTrue(text.stdout.contains("predicted full capture:"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("predicted incremental (3% changed):"), text.stdout)
         XCTAssertTrue(text.stdout.contains("settings: --queue-depth "), text.stdout)
         XCTAssertTrue(text.stdout.contains("(RAM: no --chain-dir, so writes cost less than on a disk)"), text.stdout)
         XCTAssertTrue(text.stdout.contains("busy, full capture (1 thread): I/O thread "), text.stdout)
@@ -90,6 +92,9 @@ final class BenchCommandTests: XCTestCase {
         let seconds = try strata("bench", "\(dir)/disk", "--seconds", "0.5")
         XCTAssertEqual(seconds.status, 64)
         XCTAssertEqual(seconds.stderr, "strata: error: --seconds must be at least 1\n")
+        let changed = try strata("bench", "\(dir)/disk", "--seconds", "1", "--changed", "150")
+        XCTAssertEqual(changed.status, 64)
+        XCTAssertEqual(changed.stderr, "strata: error: --changed must be a percentage from 0 to 100\n")
         let png = try strata("bench", "\(dir)/disk", "--seconds", "1", "--chart", "\(dir)/chart.png")
         XCTAssertEqual(png.status, 64)
         XCTAssertEqual(png.stderr, "strata: error: --chart writes SVG: name the file .svg (\(dir)/chart.png)\n")

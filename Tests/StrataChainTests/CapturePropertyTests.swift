@@ -99,6 +99,26 @@ final class CapturePropertyTests: XCTestCase {
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
     }
 
+    /// `treatAsChanged` (bench's simulated night) stores exactly the blocks it names anew, data or zero, and
+    /// the point restores as before.
+    func testBlocksTreatedAsChangedAreStoredAnew() throws {
+        var rng = SeededGenerator(seed: 12)
+        var disk = DiskModel(size: 4 << 20, rng: &rng)
+        disk.zero(at: 1 << 20, count: 256 << 10)
+        let source = "\(dir)/source.img", chain = "\(dir)/chain"
+        try disk.writeSparse(to: source)
+        _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        var options = CaptureOptions()
+        options.treatAsChanged = { $0 % 10 == 3 }
+        let r = try Capture.run(source: source, chain: chain, options: options)
+        XCTAssertEqual(r.blocksChanged, UInt64((0..<1024).filter { $0 % 10 == 3 }.count))
+        XCTAssertEqual(try Capture.run(source: source, chain: chain, options: CaptureOptions()).blocksChanged, 0)
+        var ro = RestoreOptions.overwriting
+        ro.point = 2
+        _ = try Restore.run(chain: chain, target: "\(dir)/restored.img", options: ro)
+        XCTAssertTrue(try readFile("\(dir)/restored.img") == disk.bytes)
+    }
+
     func testRandomNightsPread() throws {
         try runNights(seed: 3, size: 5 << 20 + 512, nights: 6, blockSize: nil, engine: .pread, threads: 1)
     }

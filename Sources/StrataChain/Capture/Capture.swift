@@ -25,6 +25,9 @@ public struct CaptureOptions: Sendable {
     public var freeze: String? = nil
     /// Capture a snapshot of the source instead of the source itself.
     public var snapshot: SnapshotMethod? = nil
+    /// Blocks stored anew even where their hash matches the chain's (`strata bench`: an incremental capture
+    /// with a night's share of changed blocks, compressed and written as a real night's are). Nil: none.
+    public var treatAsChanged: (@Sendable (UInt64) -> Bool)? = nil
 
     public init() {}
 }

@@ -41,6 +41,7 @@ final class CapturePipeline {
     let requestSize: Int
     let options: CaptureOptions
     private let oldMap: PriorHashes?
+    private let forcedChange: (@Sendable (UInt64) -> Bool)?
     private let image: ImageWriter
     private let newMap: HashMapWriter
     private let progress: ProgressHandler?
@@ -90,6 +91,7 @@ final class CapturePipeline {
         self.requestSize = max(options.requestSize / blockSize, 1) * blockSize
         self.options = options
         self.oldMap = oldMap
+        forcedChange = options.treatAsChanged
         self.image = image
         self.newMap = newMap
         self.progress = progress
@@ -335,7 +337,7 @@ final class CapturePipeline {
             }
             var i = 0
             while i < count {
-                if let old, old[i] == hashes[i] {
+                if let old, old[i] == hashes[i], forcedChange.map({ !$0(first + UInt64(i)) }) ?? true {
                     i += 1
                     continue
                 }

@@ -60,21 +60,40 @@ final class FrameReader {
     }
 
     /// Starts reading the frame's stored bytes (or, `hashesOnly`, its block hashes) on `pump` (the store's read
-    /// queue) under `tag`; the pump's completion goes to `arrived`.
-    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false) throws {
+    /// queue) under `tag`; the pump's completion goes to `arrived`. With `direct` (the buffer aligned to
+    /// `StoredObjects.directAlignment`, with `directSlack` bytes of room beyond the frame) the read goes past
+    /// the cache where the store can: it then covers the aligned pages around the frame, and the frame starts
+    /// the returned number of bytes into `stored`.
+    @discardableResult
+    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false, direct: Bool = false) throws -> Int {
         let r = try record(f)
         let image = image(f)
-        pump.read(fd: image.object.handle, path: image.name, into: stored, length: hashesOnly ? r.hashesLength : Int(r.length), at: r.offset, tag: tag)
+        let length = hashesOnly ? r.hashesLength : Int(r.length)
+        if direct, let fd = image.object.directHandle {
+            let a = UInt64(StoredObjects.directAlignment)
+            let start = r.offset / a * a
+            let lead = Int(r.offset - start)
+            let span = (lead + length + Int(a) - 1) / Int(a) * Int(a)
+            pump.read(fd: fd, path: image.name, into: stored, length: span, at: start, tag: tag)
+            return lead
+        }
+        pump.read(fd: image.object.handle, path: image.name, into: stored, length: length, at: r.offset, tag: tag)
+        return 0
     }
 
+    /// Room a buffer for `startRead(direct: true)` needs beyond the frame: the aligned pages around it.
+    static let directSlack = 2 * StoredObjects.directAlignment
+
     /// Checks that a read of the frame (or of its hashes) delivered all its bytes, or names the frame that could
-    /// not be read.
-    func arrived(_ f: FrameRef, bytes: Int, error: IOError? = nil, hashesOnly: Bool = false) throws {
+    /// not be read. `direct`: the read was `startRead(direct: true)`'s, whose returned lead it is (such a read
+    /// covers aligned pages: it delivers the frame after `lead` bytes, and may deliver more after it).
+    func arrived(_ f: FrameRef, bytes: Int, error: IOError? = nil, hashesOnly: Bool = false, direct lead: Int? = nil) throws {
         let r = try record(f)
         if let error {
             throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) cannot be read (\(error.reason))")
         }
-        guard bytes == (hashesOnly ? r.hashesLength : Int(r.length)) else {
+        let needed = hashesOnly ? r.hashesLength : Int(r.length)
+        if !(lead.map { bytes >= $0 + needed } ?? (bytes == needed)) {
             throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short")
         }
     }

@@ -33,6 +33,8 @@ final class RestorePipeline {
     private let decodedOffset: Int
     // Written by the I/O thread before a slot's read starts; read by the worker that decodes it.
     private let slotFrame: PerSlot<FrameRef>
+    /// Where the frame begins in its slot (a direct read starts at the page before it).
+    private let slotLead: PerSlot<Int>
     private let slotFetch: PerSlot<Int>
     // The I/O thread's own: which frames are in which slot, and the last planned extent using each slot.
     private var live: [FrameRef: (fetch: Int, slot: Int)] = [:]
@@ -74,13 +76,16 @@ final class RestorePipeline {
         self.options = options
         self.progress = progress
         let (maxStored, maxBlocks) = frames.largest
-        decodedOffset = (maxStored + 4095) / 4096 * 4096
+        // A slot: the frame as read (with room for the aligned pages around it: reads go past the page cache),
+        // then its decoded blocks.
+        decodedOffset = (maxStored + FrameReader.directSlack + 4095) / 4096 * 4096
         // Slots: a point of captures uses about one frame per image at a time (a merged image, two: its copied
         // frames and its re-packed ones), plus what the reads in flight and the workers hold.
-        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 4, Self.maxSlots)
+        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 20, Self.maxSlots)
         slots = AlignedSlab(slotSize: max(decodedOffset + maxBlocks * blockSize, 1), slotCount: slotCount)
         slotFrame = PerSlot(repeating: FrameRef(image: 0, frame: 0), count: slotCount)
         slotFetch = PerSlot(repeating: 0, count: slotCount)
+        slotLead = PerSlot(repeating: 0, count: slotCount)
         lastPlannedUse = Array(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
     }
@@ -137,7 +142,7 @@ final class RestorePipeline {
                             lastPlannedUse[slot] = seq
                             slotFrame[slot] = e.frameRef
                             slotFetch[slot] = fetch
-                            try frames.startRead(e.frameRef, into: slots.slot(slot), pump: pump, tag: slot)
+                            slotLead[slot] = try frames.startRead(e.frameRef, into: slots.slot(slot), pump: pump, tag: slot, direct: true)
                             if pump.inFlight >= options.queueDepth { try frameRead(pump.next()) }
                         }
                     }
@@ -208,7 +213,7 @@ final class RestorePipeline {
     }
 
     private func frameRead(_ done: (tag: Int, bytes: Int)) throws {
-        try frames.arrived(slotFrame[done.tag], bytes: done.bytes)
+        try frames.arrived(slotFrame[done.tag], bytes: done.bytes, direct: slotLead[done.tag])
         decodeJobs.post(done.tag)
     }
 
@@ -229,7 +234,7 @@ final class RestorePipeline {
 
     private func decode(_ slot: Int, _ decompressor: FrameDecompressor) throws {
         let base = slots.slot(slot)
-        try frames.check(slotFrame[slot], stored: base, .everyBlock, decoded: base + decodedOffset, decompressor: decompressor)
+        try frames.check(slotFrame[slot], stored: base + slotLead[slot], .everyBlock, decoded: base + decodedOffset, decompressor: decompressor)
     }
 
     // MARK: Coordinator

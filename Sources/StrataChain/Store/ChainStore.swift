@@ -59,6 +59,18 @@ public protocol StoredObject: AnyObject {
     var handle: Int32 { get }
     /// Reads `count` bytes from `offset`, fewer only at the object's end; returns how many.
     func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int
+    /// Where the store can read the object past any cache: what `IORequest.fd` carries for reads aligned to
+    /// `StoredObjects.directAlignment` (offset, length and buffer). Nil where it cannot.
+    var directHandle: Int32? { get }
+}
+
+extension StoredObject {
+    public var directHandle: Int32? { nil }
+}
+
+public enum StoredObjects {
+    /// The alignment of reads through `directHandle`: the largest logical block size O_DIRECT asks for.
+    public static let directAlignment = 4096
 }
 
 /// An object being written: appended in order (large aligned writes, several in flight), written at reserved

@@ -63,6 +63,9 @@ final class LocalObject: StoredObject {
     let path: String
     let size: UInt64
     let handle: Int32
+    /// O_DIRECT: a restore reads each image once, so the page cache would only cost a copy and the reclaim of
+    /// what it holds (and would make a restore's speed depend on how full the cache happens to be).
+    let directHandle: Int32?
 
     init(path: String, name: String) throws {
         self.name = name
@@ -72,9 +75,13 @@ final class LocalObject: StoredObject {
             Sys.close(handle)
             throw error
         }
+        directHandle = Sys.openDirectForReading(path)
     }
 
-    deinit { Sys.close(handle) }
+    deinit {
+        Sys.close(handle)
+        if let directHandle { Sys.close(directHandle) }
+    }
 
     func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
         try Sys.preadFully(handle, buffer, count, offset, path: path)
