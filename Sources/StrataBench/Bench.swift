@@ -272,16 +272,27 @@ public enum Bench {
                 capture.threads = t
                 full.append(try PipelineRuns.profile(threads: t, bytes: source.size) { _ = try Capture.capture(source, chain: chain, options: capture) })
             }
-            progress?("real incremental capture of a \(source.size >> 20) MiB sample, \(Int(options.changedFraction * 100))% changed")
-            capture.threads = options.threads
-            capture.treatAsChanged = Self.changes(options.changedFraction)
-            let incremental = try PipelineRuns.profile(threads: options.threads, bytes: source.size) { _ = try Capture.capture(source, chain: chain, options: capture) }
-            capture.treatAsChanged = nil
-            progress?("real restore of a \(source.size >> 20) MiB sample")
-            let restored = try PipelineRuns.profile(threads: options.threads, bytes: source.size) {
-                _ = try Restore.run(chain: chain, target: "\(scratch)/\(name).img", options: restore)
+            // The incremental and the restore are short next to the full capture and vary more from run to run:
+            // each is run more than once (restores of full + one incremental, as a night's restore is; then the
+            // further incrementals) and the median run kept.
+            func incrementalRun() throws -> RunProfile {
+                progress?("real incremental capture of a \(source.size >> 20) MiB sample, \(Int(options.changedFraction * 100))% changed")
+                capture.threads = options.threads
+                capture.treatAsChanged = Self.changes(options.changedFraction)
+                defer { capture.treatAsChanged = nil }
+                return try PipelineRuns.profile(threads: options.threads, bytes: source.size) { _ = try Capture.capture(source, chain: chain, options: capture) }
             }
-            PipelineRuns.removeScratch("\(scratch)/\(name).img")
+            var incrementals = [try incrementalRun()]
+            var restores: [RunProfile] = []
+            for _ in 0..<Self.restoreRuns {
+                progress?("real restore of a \(source.size >> 20) MiB sample")
+                restores.append(try PipelineRuns.profile(threads: options.threads, bytes: source.size) {
+                    _ = try Restore.run(chain: chain, target: "\(scratch)/\(name).img", options: restore)
+                })
+                PipelineRuns.removeScratch("\(scratch)/\(name).img")
+            }
+            while incrementals.count < Self.incrementalRuns { incrementals.append(try incrementalRun()) }
+            let incremental = Self.median(incrementals), restored = Self.median(restores)
             PipelineRuns.removeScratch(chain)
             return (full, incremental, restored)
         }
@@ -300,6 +311,12 @@ public enum Bench {
         let period = UInt64(max(1, (1 / min(fraction, 1)).rounded()))
         return { block in (block / 16) % period == 0 }
     }
+
+    /// How many times the incremental and the restore run on each sample (the median run is kept).
+    static let incrementalRuns = 3, restoreRuns = 3
+
+    /// The run of median time (of an even count, the faster of the middle two).
+    static func median(_ runs: [RunProfile]) -> RunProfile { runs.sorted { $0.seconds < $1.seconds }[(runs.count - 1) / 2] }
 
     private static func pick(_ stages: [(String, Double)]) -> BenchReport.Prediction {
         let m = stages.min { $0.1 < $1.1 }!

@@ -63,9 +63,11 @@ final class LocalObject: StoredObject {
     let path: String
     let size: UInt64
     let handle: Int32
-    /// O_DIRECT: a restore reads each image once, so the page cache would only cost a copy and the reclaim of
-    /// what it holds (and would make a restore's speed depend on how full the cache happens to be).
-    let directHandle: Int32?
+    /// O_DIRECT, opened at the first use (only restores read this way, and a served chain of hundreds of images
+    /// should not hold two descriptors each): a restore reads each image once, so the page cache would only cost
+    /// a copy and the reclaim of what it holds, and make a restore's speed depend on how full the cache is.
+    private var direct: Int32??
+    private let directLock = Condition()
 
     init(path: String, name: String) throws {
         self.name = name
@@ -75,12 +77,21 @@ final class LocalObject: StoredObject {
             Sys.close(handle)
             throw error
         }
-        directHandle = Sys.openDirectForReading(path)
+    }
+
+    var directHandle: Int32? {
+        directLock.withLock {
+            if let opened = direct { return opened }
+            // Through the open descriptor, not the name: the same file even after a merge removed or replaced it.
+            let fd = Sys.openDirectForReading("/proc/self/fd/\(handle)")
+            direct = .some(fd)
+            return fd
+        }
     }
 
     deinit {
         Sys.close(handle)
-        if let directHandle { Sys.close(directHandle) }
+        if let fd = direct ?? nil { Sys.close(fd) }
     }
 
     func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
