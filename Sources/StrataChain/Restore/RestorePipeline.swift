@@ -81,7 +81,7 @@ final class RestorePipeline {
         decodedOffset = (maxStored + FrameReader.directSlack + 4095) / 4096 * 4096
         // Slots: a point of captures uses about one frame per image at a time (a merged image, two: its copied
         // frames and its re-packed ones), plus what the reads in flight and the workers hold.
-        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 20, Self.maxSlots)
+        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 4, Self.maxSlots)
         slots = AlignedSlab(slotSize: max(decodedOffset + maxBlocks * blockSize, 1), slotCount: slotCount)
         slotFrame = PerSlot(repeating: FrameRef(image: 0, frame: 0), count: slotCount)
         slotFetch = PerSlot(repeating: 0, count: slotCount)
