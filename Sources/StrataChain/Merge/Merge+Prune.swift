@@ -59,7 +59,7 @@ extension Merge {
                 merged.append(
                     try write(
                         chain, manifest, from: run.removed[0] == manifest.points[0] ? nil : run.removed[0], to: run.into, options: o,
-                        reserved: merged.reduce(0) { $0 + $1.entry.bytesStored }, progress: share))
+                        progress: share))
             }
         } catch {
             for m in merged { try? chain.store.remove(m.entry.file) }

@@ -61,10 +61,10 @@ public enum Merge {
     }
 
     /// Writes the image replacing those of points `from`...`to` (nil: from the chain's first point, a synthetic
-    /// full) and publishes it; `reserved` bytes of free space are already promised to other images of this run.
+    /// full) and publishes it. Free space is checked against its bound first (images this run wrote before it
+    /// already take theirs).
     static func write(
-        _ chain: Chain, _ manifest: ChainManifest, from: UInt32?, to: UInt32, options: MergeOptions, reserved: UInt64 = 0,
-        progress: ProgressHandler? = nil
+        _ chain: Chain, _ manifest: ChainManifest, from: UInt32?, to: UInt32, options: MergeOptions, progress: ProgressHandler? = nil
     ) throws -> MergedImage {
         let started = Sys.monotonicNanos()
         let chainPath = chain.location
@@ -91,8 +91,8 @@ public enum Merge {
 
         let plan = try MergePlan(sources: sources)
         let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
-        if let free = chain.store.freeSpace(), free < needed + reserved {
-            throw ChainError.insufficientSpace(path: chainPath, needed: needed + reserved, available: free)
+        if let free = chain.store.freeSpace(), free < needed {
+            throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
         }
         let writer = try ImageWriter(store: chain.store, name: name, header: header, engine: options.engine)
         let finished: ImageHeader
