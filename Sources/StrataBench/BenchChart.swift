@@ -2,6 +2,7 @@
 // threads; right, the device's read rate against the requests in flight, one line per request size; on both, the
 // device's best read rate as a dashed line, so the curve shows where adding cores or requests stops paying.
 import StrataChain
+import StrataFormat
 import StrataIO
 
 public enum BenchChart {
@@ -78,19 +79,7 @@ public enum BenchChart {
 
     private static func gib(_ v: Double) -> Double { v / Double(1 << 30) }
     private static func fixed1(_ v: Double) -> String { String(Double(Int((v * 10).rounded())) / 10) }
-    private static func escape(_ s: String) -> String {
-        var out = ""
-        for c in s {
-            switch c {
-            case "&": out += "&amp;"
-            case "<": out += "&lt;"
-            case ">": out += "&gt;"
-            case "\"": out += "&quot;"
-            default: out.append(c)
-            }
-        }
-        return out
-    }
+    private static func escape(_ s: String) -> String { s.escaping(["&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;"]) }
 }
 
 #if canImport(Glibc)

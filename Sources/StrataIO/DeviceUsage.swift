@@ -124,14 +124,7 @@ public enum BlockDevices {
     /// The block devices that hold the filesystem `path` lives on (the nearest existing directory above it
     /// when `path` does not exist yet), with the mount point: its device number, and the mount source's too.
     public static func devicesHolding(_ path: String) -> (devices: Set<UInt64>, mountPoint: String?) {
-        var at = path
-        var st = try? Sys.stat(at)
-        for _ in 0..<256 where st == nil {
-            at = parent(of: at)
-            st = try? Sys.stat(at)
-        }
-        guard let st else { return ([], nil) }
-        let dev = UInt64(st.st_dev)
+        guard let dev = filesystemDevice(of: path) else { return ([], nil) }
         var devices: Set<UInt64> = [dev]
         var mountPoint: String?
         for entry in mountTable() where entry.device == dev {
@@ -171,6 +164,24 @@ public enum BlockDevices {
         return false
     }
 
+    /// The device number of the filesystem `path` lives on, or would live on when made (its nearest existing
+    /// directory's); nil when not even "/" answers.
+    public static func filesystemDevice(of path: String) -> UInt64? {
+        var at = path
+        var st = try? Sys.stat(at)
+        for _ in 0..<256 where st == nil {
+            at = parent(of: at)
+            st = try? Sys.stat(at)
+        }
+        return st.map { UInt64($0.st_dev) }
+    }
+
+    /// The last component of `path` (what follows its last slash).
+    public static func lastComponent(of path: String) -> String {
+        let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
+        return trimmed.lastIndex(of: "/").map { String(trimmed[trimmed.index(after: $0)...]) } ?? trimmed
+    }
+
     /// The directory above `path`, lexically ("/" for "/x", "." for a bare name).
     public static func parentDirectory(of path: String) -> String { parent(of: path) }
 
@@ -187,21 +198,12 @@ public enum BlockDevices {
         var readWrite: Bool
     }
 
-    /// /proc/self/mountinfo: each mount's device number, its source's device number where the source is a block
-    /// device, its mount point, and whether it is mounted read-write. The one parser of that table.
+    /// /proc/self/mountinfo (parsed by `Mounts.table`) as these checks need it: each mount's device number, its
+    /// source's device number where the source is a block device, its mount point, and whether its options say rw.
     static func mountTable() -> [MountEntry] {
-        guard let text = Sys.readSmallFile("/proc/self/mountinfo") else { return [] }
-        var out: [MountEntry] = []
-        for line in text.split(separator: "\n") {
-            let f = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard f.count > 5, let dev = parseNumbers(String(f[2])) else { continue }
-            var source: UInt64?
-            if let dash = f.firstIndex(of: "-"), dash + 2 < f.count {
-                source = deviceNumber(unescape(f[dash + 2]))
-            }
-            out.append(MountEntry(device: dev, sourceDevice: source, mountPoint: unescape(f[4]), readWrite: f[5].split(separator: ",").contains("rw")))
+        Mounts.table().map {
+            MountEntry(device: $0.device, sourceDevice: deviceNumber($0.source), mountPoint: $0.mountPoint, readWrite: $0.optionsReadWrite)
         }
-        return out
     }
 
     /// Device numbers of the block devices in /proc/swaps (swap files are covered by the mount check).

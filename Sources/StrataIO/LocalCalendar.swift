@@ -19,9 +19,6 @@ public enum LocalCalendar {
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// Re-reads the time zone from TZ (after a change of the environment, as tests make).
-    public static func reloadTimeZone() { tzset() }
-
     /// Sets the TZ environment variable (nil removes it) and re-reads the time zone.
     public static func setTimeZone(_ zone: String?) {
         if let zone { setenv("TZ", zone, 1) } else { unsetenv("TZ") }

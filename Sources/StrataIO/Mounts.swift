@@ -12,12 +12,17 @@ public struct MountedFilesystem: Sendable, Equatable {
     public var source: String
     /// The device number of the mount (st_dev of files in it).
     public var device: UInt64
-    /// Mounted read-write (the mount's own options and the superblock's both say rw).
-    public var readWrite: Bool = true
+    /// The mount's own options say rw (what the block-device checks ask).
+    public var optionsReadWrite: Bool
+    /// The filesystem itself is read-only (its superblock options say ro), whatever the mount's options say.
+    public var superblockReadOnly: Bool
+    /// Writable through this mount: its options say rw and the filesystem is not read-only.
+    public var readWrite: Bool { optionsReadWrite && !superblockReadOnly }
 }
 
 public enum Mounts {
-    /// The mounts of this process's namespace, in the order they were made.
+    /// The mounts of this process's namespace, in the order they were made: the one parser of
+    /// /proc/self/mountinfo (the block-device checks read it through `BlockDevices.mountTable`).
     public static func table() -> [MountedFilesystem] {
         guard let text = Sys.readSmallFile("/proc/self/mountinfo") else { return [] }
         var out: [MountedFilesystem] = []
@@ -28,7 +33,7 @@ public enum Mounts {
             let superOptions = dash + 3 < f.count ? f[dash + 3].split(separator: ",") : []
             out.append(MountedFilesystem(
                 mountPoint: BlockDevices.unescape(f[4]), type: String(f[dash + 1]), source: BlockDevices.unescape(f[dash + 2]), device: dev,
-                readWrite: f[5].split(separator: ",").contains("rw") && !superOptions.contains("ro")))
+                optionsReadWrite: f[5].split(separator: ",").contains("rw"), superblockReadOnly: superOptions.contains("ro")))
         }
         return out
     }

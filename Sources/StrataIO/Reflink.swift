@@ -43,7 +43,6 @@ public enum ReflinkClone {
     }
 
     static func split(_ path: String) -> (dir: String, name: String) {
-        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
-        return (slash == path.startIndex ? "/" : String(path[..<slash]), String(path[path.index(after: slash)...]))
+        (BlockDevices.parentDirectory(of: path), BlockDevices.lastComponent(of: path))
     }
 }

@@ -1,7 +1,4 @@
 import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
 import StrataChain
 
 struct ListCommand: ParsableCommand {
@@ -25,7 +22,7 @@ struct ListCommand: ParsableCommand {
         print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks")
         print("point  created              kind         read        stored      changed blocks")
         for p in listing.points {
-            let created = Output.localTime(p.createdAt)
+            let created = ChainListing.localTime(p.createdAt)
             let kind = p.kind == .full ? "full" : (p.firstPoint == p.point ? "incremental" : "merged \(p.firstPoint)-\(p.point)")
             print("\(pad(String(p.point), 5, left: true))  \(created)  \(pad(kind, 11))  \(pad(Output.bytes(p.bytesRead), 10))  \(pad(Output.bytes(p.bytesStored), 10))  \(p.blocksChanged)")
         }

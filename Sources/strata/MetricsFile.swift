@@ -21,9 +21,10 @@ struct MetricsFile: ParsableArguments {
         let m = RunMetrics(
             command: command, chain: chain, success: failure == nil, exitCode: failure.map(Output.exitCode(of:)) ?? 0,
             seconds: seconds ?? clock.seconds, bytesRead: read, bytesStored: stored)
-        do { try m.write(to: metricsFile) } catch {
-            let why = { if case .outputUnwritable(_, let reason)? = error as? ChainError { return reason }; return "\(error)" }()
-            Output.notice("warning: cannot write the metrics file \(metricsFile): \(why)")
+        do { try m.write(to: metricsFile) } catch ChainError.outputUnwritable(_, let reason) {
+            Output.notice("warning: cannot write the metrics file \(metricsFile): \(reason)")
+        } catch {
+            Output.notice("warning: cannot write the metrics file \(metricsFile): \(error)")
         }
     }
 }

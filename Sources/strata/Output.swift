@@ -81,16 +81,6 @@ enum Output {
         notice("warning: \(count) block\(count == 1 ? "" : "s") \(what), at bytes \(shown)\(rs.count > 8 ? " and \(rs.count - 8) more ranges" : "")")
     }
 
-    /// "yyyy-MM-dd HH:mm:ss" in the local time zone.
-    static func localTime(_ seconds: UInt64) -> String {
-        var t = time_t(clamping: seconds)
-        var parts = tm()
-        localtime_r(&t, &parts)
-        var buffer = [CChar](repeating: 0, count: 32)
-        let n = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S", &parts)
-        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
     /// A JSON object as text, for arrays of objects inside `json`.
     static func object(_ fields: [(String, Any)]) -> String {
         var line = ""

@@ -70,7 +70,7 @@ struct PruneCommand: ParsableCommand {
         }
         if work.quiet && !dryRun { return }
         for d in r.decisions {
-            print("point \(pad(String(d.point), 5, left: true))  \(Output.localTime(d.createdAt))  \(d.keptBy.map { "keep (\($0.rawValue))" } ?? "remove")")
+            print("point \(pad(String(d.point), 5, left: true))  \(ChainListing.localTime(d.createdAt))  \(d.keptBy.map { "keep (\($0.rawValue))" } ?? "remove")")
         }
         let removed = r.decisions.filter { $0.keptBy == nil }.count
         if removed == 0 {
@@ -78,7 +78,7 @@ struct PruneCommand: ParsableCommand {
         } else if dryRun {
             print("would remove \(removed) of \(r.decisions.count) points in \(r.merges.count) merge\(r.merges.count == 1 ? "" : "s") (dry run: nothing changed)")
         } else {
-            print("removed \(removed) of \(r.decisions.count) points in \(r.merges.count) merge\(r.merges.count == 1 ? "" : "s"): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesBefore - r.merges.reduce(0) { $0 + ($1.result?.bytesBefore ?? 0) } + r.bytesWritten)), \(Output.bytes(r.bytesWritten)) written, in \(Output.fixed(r.seconds, 2)) s")
+            print("removed \(removed) of \(r.decisions.count) points in \(r.merges.count) merge\(r.merges.count == 1 ? "" : "s"): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesAfter)), \(Output.bytes(r.bytesWritten)) written, in \(Output.fixed(r.seconds, 2)) s")
         }
     }
 }

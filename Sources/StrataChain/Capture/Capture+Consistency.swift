@@ -63,7 +63,7 @@ extension Capture {
             throw ChainError.cannotFreeze(mountPoint: asked, reason: "it is mounted read-only, so it is consistent already", todo: "capture without --freeze")
         }
         let frozenDevice = try? Sys.stat(mountPoint).st_dev
-        if let dev = frozenDevice, let chainDevice = deviceOf(chain), chainDevice == dev {
+        if let dev = frozenDevice, BlockDevices.filesystemDevice(of: chain) == UInt64(dev) {
             throw ChainError.cannotFreeze(
                 mountPoint: asked, reason: "the chain \(chain) is on that filesystem, and its writes would wait for the thaw",
                 todo: "keep the chain on another filesystem")
@@ -74,16 +74,6 @@ extension Capture {
                 todo: "name the filesystem inside the image (where it is mounted from a loop device), which the freeze makes consistent")
         }
         return mountPoint
-    }
-
-    /// The device of the filesystem that holds `path`, or would hold it (its nearest existing ancestor).
-    private static func deviceOf(_ path: String) -> UInt64? {
-        var p = path
-        while true {
-            if let st = try? Sys.stat(p) { return UInt64(st.st_dev) }
-            guard let slash = p.lastIndex(of: "/"), slash != p.startIndex else { return (try? Sys.stat(p.hasPrefix("/") ? "/" : ".")).map { UInt64($0.st_dev) } }
-            p = String(p[..<slash])
-        }
     }
 
     /// Captures a reflink clone of the image file `sourcePath` (frozen, if `freeze`, only while it is cloned),
@@ -108,7 +98,6 @@ extension Capture {
             throw ChainError.sourceUnavailable(path: clone, reason: e.reason)
         }
         var r = try capture(source, chain: chain, options: options, started: started, progress: progress, notice: notice)
-        r.frozenSeconds = freeze?.seconds
         r.snapshot = .reflink
         return r
     }

@@ -86,10 +86,9 @@ public enum Capture {
             for stale in ReflinkClone.removeStale(besides: sourcePath) { notice("removed \(stale), a snapshot a killed run left") }
         }
         let freeze = freezePoint.map(FreezeWindow.init)
-        if options.snapshot == .reflink {
-            return try captureSnapshot(of: sourcePath, chain: chainPath, options: options, freeze: freeze, started: started, progress: progress, notice: notice)
-        }
-        var r = try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice, reading: freeze)
+        var r = options.snapshot == .reflink
+            ? try captureSnapshot(of: sourcePath, chain: chainPath, options: options, freeze: freeze, started: started, progress: progress, notice: notice)
+            : try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice, reading: freeze)
         r.frozenSeconds = freeze?.seconds
         return r
     }

@@ -31,3 +31,8 @@ public struct ChainListing: Sendable, Equatable {
             })
     }
 }
+
+extension ChainListing {
+    /// A point's time as people read it: "yyyy-MM-dd HH:mm:ss" in the local time zone.
+    public static func localTime(_ seconds: UInt64) -> String { LocalCalendar.format(seconds, "%Y-%m-%d %H:%M:%S") }
+}

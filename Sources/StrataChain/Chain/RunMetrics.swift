@@ -48,15 +48,10 @@ public struct RunMetrics: Sendable {
     /// Checks, before a run starts, that a metrics file can be written at `path` (its directory exists and is
     /// writable), so that a typo fails at once rather than after a night's capture.
     public static func checkWritable(_ path: String) throws {
-        let dir = directory(of: path)
+        let dir = BlockDevices.parentDirectory(of: path)
         guard Sys.isWritableDirectory(dir) else {
             throw ChainError.outputUnwritable(path: path, reason: "\(dir) is not a writable directory")
         }
-    }
-
-    static func directory(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
     /// Writes the file at `path`, keeping the series of other commands that an earlier run left there.
@@ -64,8 +59,8 @@ public struct RunMetrics: Sendable {
         let previous = (try? DurableFiles.readAll(path, limit: 1 << 20)).map { String(decoding: $0, as: UTF8.self) } ?? ""
         let listing = try? ChainListing.read(chain: chain)
         let text = render(previous: previous, listing: listing)
-        let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
-        do { try DurableFiles.publish(Array(text.utf8), dir: Self.directory(of: path), name: name, mode: 0o644) } catch let e as IOError {
+        let (dir, name) = (BlockDevices.parentDirectory(of: path), BlockDevices.lastComponent(of: path))
+        do { try DurableFiles.publish(Array(text.utf8), dir: dir, name: name, mode: 0o644) } catch let e as IOError {
             throw ChainError.outputUnwritable(path: path, reason: e.reason)
         }
     }
@@ -109,18 +104,7 @@ public struct RunMetrics: Sendable {
     }
 
     /// A label value as the text format escapes it (backslash, double quote, line feed).
-    static func escape(_ s: String) -> String {
-        var out = ""
-        for c in s {
-            switch c {
-            case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            default: out.append(c)
-            }
-        }
-        return out
-    }
+    static func escape(_ s: String) -> String { s.escaping(["\\": "\\\\", "\"": "\\\"", "\n": "\\n"]) }
 
     /// Seconds with millisecond precision, without a locale or an exponent.
     static func decimal(_ v: Double) -> String {

@@ -62,10 +62,10 @@ final class FrameReader {
     /// Starts reading the frame's stored bytes (or, `hashesOnly`, its block hashes) on `pump` (the store's read
     /// queue) under `tag`; the pump's completion goes to `arrived`. With `direct` (the buffer aligned to
     /// `StoredObjects.directAlignment`, with `directSlack` bytes of room beyond the frame) the read goes past
-    /// the cache where the store can: it then covers the aligned pages around the frame, and the frame starts
-    /// the returned number of bytes into `stored`.
+    /// the cache where the store can: it then covers the aligned pages around the frame, the frame starts the
+    /// returned number of bytes into `stored`, and that number goes to `arrived`. Nil: the read was not direct.
     @discardableResult
-    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false, direct: Bool = false) throws -> Int {
+    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false, direct: Bool = false) throws -> Int? {
         let r = try record(f)
         let image = image(f)
         let length = hashesOnly ? r.hashesLength : Int(r.length)
@@ -78,7 +78,7 @@ final class FrameReader {
             return lead
         }
         pump.read(fd: image.object.handle, path: image.name, into: stored, length: length, at: r.offset, tag: tag)
-        return 0
+        return nil
     }
 
     /// Room a buffer for `startRead(direct: true)` needs beyond the frame: the aligned pages around it.

@@ -18,6 +18,9 @@ public struct PruneResult: Sendable, Equatable {
     public var bytesWritten: UInt64
     public var seconds: Double
     public var dryRun: Bool
+
+    /// The chain's image bytes after the prune: what it had, less the images merged away, plus the merged ones.
+    public var bytesAfter: UInt64 { bytesBefore - merges.reduce(0) { $0 + ($1.result?.bytesBefore ?? 0) } + bytesWritten }
 }
 
 /// One run of removed points folded into the kept point after it.
@@ -36,8 +39,7 @@ extension Merge {
     ) throws -> PruneResult {
         let started = Sys.monotonicNanos()
         let o = options ?? MergeOptions(to: 0)
-        guard o.level >= 1 && o.level <= 19 else { throw ChainError.invalidOption("level \(o.level) is not between 1 and 19") }
-        guard o.threads >= 1 && o.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
+        try o.check()
         if dryRun {
             let chain = try Chain(location: chainPath, access: .read)
             guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }

@@ -17,6 +17,12 @@ public struct MergeOptions: Sendable {
     public var engine: IOEngineChoice = .auto
 
     public init(to: UInt32) { self.to = to }
+
+    /// Refuses a level or a thread count out of range.
+    func check() throws {
+        guard level >= 1 && level <= 19 else { throw ChainError.invalidOption("level \(level) is not between 1 and 19") }
+        guard threads >= 1 && threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
+    }
 }
 
 public struct MergeResult: Sendable, Equatable {
@@ -36,8 +42,7 @@ public struct MergeResult: Sendable, Equatable {
 public enum Merge {
     public static func run(chain chainPath: String, options: MergeOptions, progress: ProgressHandler? = nil) throws -> MergeResult {
         let started = Sys.monotonicNanos()
-        guard options.level >= 1 && options.level <= 19 else { throw ChainError.invalidOption("level \(options.level) is not between 1 and 19") }
-        guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
+        try options.check()
         return try merge(Chain(location: chainPath, access: .write), options: options, started: started, progress: progress)
     }
 

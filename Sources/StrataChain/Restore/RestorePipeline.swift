@@ -33,8 +33,8 @@ final class RestorePipeline {
     private let decodedOffset: Int
     // Written by the I/O thread before a slot's read starts; read by the worker that decodes it.
     private let slotFrame: PerSlot<FrameRef>
-    /// Where the frame begins in its slot (a direct read starts at the page before it).
-    private let slotLead: PerSlot<Int>
+    /// Where the frame begins in its slot when it was read directly (from the page before it); nil otherwise.
+    private let slotLead: PerSlot<Int?>
     private let slotFetch: PerSlot<Int>
     // The I/O thread's own: which frames are in which slot, and the last planned extent using each slot.
     private var live: [FrameRef: (fetch: Int, slot: Int)] = [:]
@@ -85,7 +85,7 @@ final class RestorePipeline {
         slots = AlignedSlab(slotSize: max(decodedOffset + maxBlocks * blockSize, 1), slotCount: slotCount)
         slotFrame = PerSlot(repeating: FrameRef(image: 0, frame: 0), count: slotCount)
         slotFetch = PerSlot(repeating: 0, count: slotCount)
-        slotLead = PerSlot(repeating: 0, count: slotCount)
+        slotLead = PerSlot(repeating: nil, count: slotCount)
         lastPlannedUse = Array(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
     }
@@ -234,7 +234,7 @@ final class RestorePipeline {
 
     private func decode(_ slot: Int, _ decompressor: FrameDecompressor) throws {
         let base = slots.slot(slot)
-        try frames.check(slotFrame[slot], stored: base + slotLead[slot], .everyBlock, decoded: base + decodedOffset, decompressor: decompressor)
+        try frames.check(slotFrame[slot], stored: base + (slotLead[slot] ?? 0), .everyBlock, decoded: base + decodedOffset, decompressor: decompressor)
     }
 
     // MARK: Coordinator
