@@ -143,6 +143,16 @@ extension ChainError: CustomStringConvertible {
 }
 
 extension ChainError {
+    /// What went wrong, for a report that names the file itself: for damage, the file and what is wrong with it;
+    /// otherwise no file and the whole message.
+    static func damage(of error: Error) -> (file: String?, detail: String) {
+        switch error {
+        case ChainError.damaged(let f, let d), ChainError.corruptData(let f, let d): return (f, d)
+        case let e as ChainError: return (nil, e.description)
+        default: return (nil, "\(error)")
+        }
+    }
+
     /// The detail of `damaged` for an object that does not exist.
     static let missingDetail = "the file is missing"
 }

@@ -154,10 +154,7 @@ public final class PointReader: @unchecked Sendable {
 
     /// A failed read in one line for a server's log: the image and frame (or what else failed).
     public static func describe(_ error: Error) -> String {
-        switch error {
-        case ChainError.damaged(let f, let d), ChainError.corruptData(let f, let d): return "image \(f): \(d)"
-        case let e as ChainError: return e.description
-        default: return "\(error)"
-        }
+        let (file, detail) = ChainError.damage(of: error)
+        return file.map { "image \($0): \(detail)" } ?? detail
     }
 }

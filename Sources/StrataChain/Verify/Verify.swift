@@ -201,11 +201,5 @@ public enum Verify {
             blocks: [])
     }
 
-    static func describe(_ error: Error) -> String {
-        switch error {
-        case ChainError.damaged(_, let d), ChainError.corruptData(_, let d): return d
-        case let e as ChainError: return e.description
-        default: return "\(error)"
-        }
-    }
+    static func describe(_ error: Error) -> String { ChainError.damage(of: error).detail }
 }
