@@ -25,8 +25,10 @@ let package = Package(
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
         .target(name: "CXXH3"),
+        // AES-256-GCM from OpenSSL's libcrypto, keys from libsodium (encrypted chains; Sources/CSeal/include/CSeal.h).
+        .target(name: "CSeal", linkerSettings: [.linkedLibrary("crypto"), .linkedLibrary("sodium")]),
         .target(name: "StrataFormat"),
-        .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3"]),
+        .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"]),
         .target(name: "StrataIO", dependencies: ["CURing"]),
         .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "CFuse"]),
         .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),

@@ -14,9 +14,16 @@ strata_xxh128 strata_xxh3_128_avx2(const void *data, size_t length) {
     XXH128_hash_t h = XXH3_128bits(data, length);
     return (strata_xxh128){h.low64, h.high64};
 }
+strata_xxh128 strata_xxh3_128_secret_avx2(const void *data, size_t length, const void *secret, size_t secretLength) {
+    XXH128_hash_t h = XXH3_128bits_withSecret(data, length, secret, secretLength);
+    return (strata_xxh128){h.low64, h.high64};
+}
 #pragma clang attribute pop
 #else
 // No AVX2 off x86-64: the names exist (tests refer to them) and are never chosen.
 uint64_t strata_xxh3_64_avx2(const void *data, size_t length) { return strata_xxh3_64_default(data, length); }
 strata_xxh128 strata_xxh3_128_avx2(const void *data, size_t length) { return strata_xxh3_128_default(data, length); }
+strata_xxh128 strata_xxh3_128_secret_avx2(const void *data, size_t length, const void *secret, size_t secretLength) {
+    return strata_xxh3_128_secret_default(data, length, secret, secretLength);
+}
 #endif

@@ -9,3 +9,8 @@ strata_xxh128 strata_xxh3_128_default(const void *data, size_t length) {
     XXH128_hash_t h = XXH3_128bits(data, length);
     return (strata_xxh128){h.low64, h.high64};
 }
+
+strata_xxh128 strata_xxh3_128_secret_default(const void *data, size_t length, const void *secret, size_t secretLength) {
+    XXH128_hash_t h = XXH3_128bits_withSecret(data, length, secret, secretLength);
+    return (strata_xxh128){h.low64, h.high64};
+}

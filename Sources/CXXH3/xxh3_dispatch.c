@@ -24,4 +24,11 @@ strata_xxh128 strata_xxh3_128(const void *data, size_t length) {
     return strata_xxh3_128_default(data, length);
 }
 
+strata_xxh128 strata_xxh3_128_secret(const void *data, size_t length, const void *secret, size_t secretLength) {
+#if defined(__x86_64__)
+    if (use_avx2) return strata_xxh3_128_secret_avx2(data, length, secret, secretLength);
+#endif
+    return strata_xxh3_128_secret_default(data, length, secret, secretLength);
+}
+
 int strata_xxh3_has_avx2(void) { return use_avx2; }

@@ -44,19 +44,22 @@ public enum Checksum {
 public struct ZeroBlockDetector: Sendable {
     public let blockSize: Int
     let zeroHash: BlockHash
+    let hasher: BlockHasher
 
-    public init(blockSize: Int) {
+    /// `hasher`: keyed for an encrypted chain.
+    public init(blockSize: Int, hasher: BlockHasher = .plain) {
         self.blockSize = blockSize
+        self.hasher = hasher
         let zeros = UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 64)
         zeros.initializeMemory(as: UInt8.self, repeating: 0, count: blockSize)
-        zeroHash = BlockHash.of(zeros, count: blockSize)
+        zeroHash = hasher.hash(zeros, count: blockSize)
         zeros.deallocate()
     }
 
     /// The block's hash, or `.zero` when every byte is zero.
     @inline(__always)
     public func hash(_ p: UnsafeRawPointer) -> BlockHash {
-        let h = BlockHash.of(p, count: blockSize)
+        let h = hasher.hash(p, count: blockSize)
         if h == zeroHash && isAllZero(p, count: blockSize) { return .zero }
         return h
     }

@@ -45,6 +45,8 @@ public struct ChainManifest: Equatable, Sendable {
     public var images: [ManifestEntry]
     /// File name of the hash map of the newest point.
     public var hashMapFile: String
+    /// An encrypted chain's key file (`chain.key`): its master key, wrapped by the user's secret. Nil: not encrypted.
+    public var keyFile: String? = nil
 
     public init(
         chainID: Identifier, blockSize: UInt32, sourceSize: UInt64, nextPoint: UInt32, images: [ManifestEntry],
@@ -69,6 +71,7 @@ public struct ChainManifest: Equatable, Sendable {
     public func encode() -> [UInt8] {
         var text = "\(Self.header)\nchain \(chainID)\nblock-size \(blockSize)\nsource-size \(sourceSize)\n"
         text += "next-point \(nextPoint)\nhash-map \(hashMapFile)\n"
+        if let keyFile { text += "key \(keyFile)\n" }
         for e in images {
             text += "image \(e.firstPoint) \(e.lastPoint) \(e.kind == .full ? "full" : "incremental") \(e.imageID) "
             text += "\(e.createdAt) \(e.bytesRead) \(e.bytesStored) \(e.blocksChanged) \(e.file)\n"
@@ -117,9 +120,14 @@ public struct ChainManifest: Equatable, Sendable {
             else { throw FormatError.invalid("chain manifest lists points out of order") }
             previous = e.lastPoint
         }
-        return ChainManifest(
+        var m = ChainManifest(
             chainID: chainID, blockSize: blockSize, sourceSize: sourceSize, nextPoint: nextPoint, images: images,
             hashMapFile: mapFile)
+        if let key = fields["key"] {
+            guard isPlainFileName(key) else { throw FormatError.invalid("chain manifest names a malformed key file") }
+            m.keyFile = key
+        }
+        return m
     }
 }
 

@@ -70,23 +70,26 @@ public struct HashMapHeader: Equatable, Sendable {
     }
 }
 
-/// Precedes each hash-map chunk: 16 bytes.
+/// Precedes each hash-map chunk: 16 bytes. A sealed chunk (encrypted chains; bit 7 of the codec byte) stores a salt,
+/// the chunk's bytes encrypted and a tag (`Sealing`), and its checksum covers them as stored.
 public struct HashMapChunkHeader: Equatable, Sendable {
     public static let size = 16
     public var storedLength: UInt32
     public var codec: FrameCodec
     public var checksum: UInt64
+    public var sealed: Bool
 
-    public init(storedLength: UInt32, codec: FrameCodec, checksum: UInt64) {
+    public init(storedLength: UInt32, codec: FrameCodec, checksum: UInt64, sealed: Bool = false) {
         self.storedLength = storedLength
         self.codec = codec
         self.checksum = checksum
+        self.sealed = sealed
     }
 
     public func encode() -> [UInt8] {
         var w = ByteWriter(capacity: Self.size)
         w.u32(storedLength)
-        w.u8(codec.rawValue)
+        w.u8(codec.rawValue | (sealed ? Sealing.sealedCodecBit : 0))
         w.zeros(3)
         w.u64(checksum)
         return w.bytes
@@ -95,11 +98,12 @@ public struct HashMapChunkHeader: Equatable, Sendable {
     public static func decode(_ bytes: [UInt8]) throws -> HashMapChunkHeader {
         var r = ByteReader(bytes, what: "hash map chunk header")
         let length = try r.u32()
-        guard let codec = FrameCodec(rawValue: try r.u8()) else { throw FormatError.invalid("hash map chunk codec is unknown") }
+        let codecByte = try r.u8()
+        guard let codec = FrameCodec(rawValue: codecByte & ~Sealing.sealedCodecBit) else { throw FormatError.invalid("hash map chunk codec is unknown") }
         try r.skip(3)
-        guard length > 0, length <= HashMapHeader.chunkBlocks * 16 + 65536 else {
+        guard length > 0, length <= HashMapHeader.chunkBlocks * 16 + 65536 + UInt32(Sealing.overhead) else {
             throw FormatError.invalid("hash map chunk length is implausible")
         }
-        return HashMapChunkHeader(storedLength: length, codec: codec, checksum: try r.u64())
+        return HashMapChunkHeader(storedLength: length, codec: codec, checksum: try r.u64(), sealed: codecByte & Sealing.sealedCodecBit != 0)
     }
 }

@@ -19,7 +19,10 @@ public enum ImageFeatures {
     /// chunks among the frames, and a table of them where the index would be, so neither a writer nor a reader
     /// holds a whole index. Set on every image this version writes.
     public static let chunkedIndex: UInt64 = 1 << 1
-    public static let knownIncompatible: UInt64 = sparseFrames | chunkedIndex
+    /// Incompatible bit 2: the image is encrypted (docs/ENCRYPTION.md): frames sealed, frame chunks authenticated,
+    /// extent chunks sealed, the header and chunk table authenticated by `authenticator`.
+    public static let encrypted: UInt64 = 1 << 2
+    public static let knownIncompatible: UInt64 = sparseFrames | chunkedIndex | encrypted
     public static let knownCompatible: UInt64 = 0
 }
 
@@ -58,6 +61,10 @@ public struct ImageHeader: Equatable, Sendable {
     public var unreadableBlocks: UInt64 = 0
     /// Bytes of frames (hashes and payloads) in the file.
     public var storedBytes: UInt64 = 0
+    /// Encrypted images: keyed BLAKE2b-256 of bytes 0..191 and the chunk table (bytes 192..223). Zeros otherwise.
+    public var authenticator = [UInt8](repeating: 0, count: 32)
+    /// The bytes the authenticator covers, before the chunk table.
+    public static let authenticatedPrefix = 192
 
     public init(
         kind: ImageKind, blockSize: UInt32, sourceSize: UInt64, chainID: Identifier, imageID: Identifier,
@@ -76,6 +83,9 @@ public struct ImageHeader: Equatable, Sendable {
 
     /// Whether the index is chunked (feature bit 1) rather than one table.
     public var isChunked: Bool { incompatibleFeatures & ImageFeatures.chunkedIndex != 0 }
+
+    /// Whether the image is encrypted (feature bit 2).
+    public var isEncrypted: Bool { incompatibleFeatures & ImageFeatures.encrypted != 0 }
 
     /// Number of blocks covering the source; the last may be partial.
     public var blockCount: UInt64 { blockCountFor(sourceSize: sourceSize, blockSize: blockSize) }
@@ -116,6 +126,7 @@ public struct ImageHeader: Equatable, Sendable {
         w.u64(zeroBlocks)  // 168
         w.u64(unreadableBlocks)  // 176
         w.u64(storedBytes)  // 184
+        w.raw(authenticator)  // 192
         w.pad(to: Self.size - 4)
         w.u32(CRC32C.checksum(w.bytes))  // 4092
         return w.bytes
@@ -158,6 +169,10 @@ public struct ImageHeader: Equatable, Sendable {
         h.zeroBlocks = try r.u64()
         h.unreadableBlocks = try r.u64()
         h.storedBytes = try r.u64()
+        h.authenticator = try r.raw(32)
+        guard h.isEncrypted ? h.isChunked : h.authenticator.allSatisfy({ $0 == 0 }) else {
+            throw FormatError.invalid("image header's encryption fields are inconsistent")
+        }
         guard h.sourceSize <= maxSourceSize else { throw FormatError.invalid("image source size \(h.sourceSize) is implausible") }
         guard h.firstPoint >= 1, h.firstPoint <= h.lastPoint else { throw FormatError.invalid("image point range is invalid") }
         guard h.indexOffset >= UInt64(size), h.indexLength <= h.fileSize, h.indexOffset == h.fileSize - h.indexLength

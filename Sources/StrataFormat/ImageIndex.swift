@@ -8,7 +8,9 @@ public enum FrameCodec: UInt8, Sendable {
 }
 
 /// One frame on disk: `16 * blockCount` bytes of block hashes (XXH3-128, little-endian low then high),
-/// then the payload, compressed or raw. `checksum` is XXH3-64 over both.
+/// then the payload, compressed or raw. `checksum` is XXH3-64 over both. A sealed frame (encrypted images; bit 7
+/// of the codec byte) is a 24-byte salt, hashes and payload encrypted, a 16-byte tag (`Sealing`), and its
+/// checksum covers all of that as stored.
 public struct FrameRecord: Equatable, Sendable {
     public static let encodedSize = 32
     public var offset: UInt64
@@ -16,17 +18,20 @@ public struct FrameRecord: Equatable, Sendable {
     public var blockCount: UInt32
     public var codec: FrameCodec
     public var checksum: UInt64
+    /// Encrypted: salt, ciphertext of hashes and payload, tag.
+    public var sealed: Bool
 
-    public init(offset: UInt64, length: UInt32, blockCount: UInt32, codec: FrameCodec, checksum: UInt64) {
+    public init(offset: UInt64, length: UInt32, blockCount: UInt32, codec: FrameCodec, checksum: UInt64, sealed: Bool = false) {
         self.offset = offset
         self.length = length
         self.blockCount = blockCount
         self.codec = codec
         self.checksum = checksum
+        self.sealed = sealed
     }
 
     public var hashesLength: Int { Int(blockCount) * 16 }
-    public var payloadLength: Int { Int(length) - hashesLength }
+    public var payloadLength: Int { Int(length) - hashesLength - (sealed ? Sealing.overhead : 0) }
 
     /// Whether the frame holds 1 to 1 MiB of blocks and a payload no larger than they can take (their size plus
     /// zstd's worst-case overhead, 4 KiB per MiB, rounded up): a damaged or hostile index cannot make a reader
@@ -40,16 +45,18 @@ public struct FrameRecord: Equatable, Sendable {
         w.u64(offset)
         w.u32(length)
         w.u32(blockCount)
-        w.u8(codec.rawValue)
+        w.u8(codec.rawValue | (sealed ? Sealing.sealedCodecBit : 0))
         w.zeros(7)
         w.u64(checksum)
     }
 
     static func decode(_ r: inout ByteReader, number i: Int) throws -> FrameRecord {
         let offset = try r.u64(), length = try r.u32(), blocks = try r.u32()
-        guard let codec = FrameCodec(rawValue: try r.u8()) else { throw FormatError.invalid("frame \(i) has an unknown codec") }
+        let codecByte = try r.u8()
+        guard let codec = FrameCodec(rawValue: codecByte & ~Sealing.sealedCodecBit) else { throw FormatError.invalid("frame \(i) has an unknown codec") }
         try r.skip(7)
-        return FrameRecord(offset: offset, length: length, blockCount: blocks, codec: codec, checksum: try r.u64())
+        return FrameRecord(
+            offset: offset, length: length, blockCount: blocks, codec: codec, checksum: try r.u64(), sealed: codecByte & Sealing.sealedCodecBit != 0)
     }
 }
 

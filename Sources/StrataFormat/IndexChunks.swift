@@ -21,9 +21,10 @@ public enum IndexChunks {
     public static func extentChunkLength(_ count: Int) -> Int { chunkHeaderSize + count * ExtentRecord.encodedSize }
 
     /// All the index bytes a writer adds for `frames` frames and `extents` extents: its chunks and their table.
-    public static func indexLength(frames: UInt64, extents: UInt64) -> UInt64 {
+    public static func indexLength(frames: UInt64, extents: UInt64, encrypted: Bool = false) -> UInt64 {
         let f = TopIndex.chunks(frames, per: UInt32(framesPerChunk)), e = TopIndex.chunks(extents, per: UInt32(extentsPerChunk))
-        return (f + e) * UInt64(chunkHeaderSize) + frames * UInt64(FrameRecord.encodedSize) + extents * UInt64(ExtentRecord.encodedSize)
+        let added = Sealing.chunkOverhead(encrypted: encrypted)
+        return (f + e) * UInt64(chunkHeaderSize) + f * UInt64(added.frames) + e * UInt64(added.extents) + frames * UInt64(FrameRecord.encodedSize) + extents * UInt64(ExtentRecord.encodedSize)
             + TopIndex.encodedLength(frames: frames, extents: extents, framesPerChunk: UInt32(framesPerChunk), extentsPerChunk: UInt32(extentsPerChunk))
     }
 
@@ -44,29 +45,34 @@ public enum IndexChunks {
     }
 
     /// A chunk's bytes checked against what its table entry says (length, checksum, magic, count), ready for its
-    /// records.
+    /// records. `open` turns the stored bytes (checked by the CRC) into the plain chunk: identity unless the
+    /// image is encrypted (then it checks the frame chunk's tag, or opens the sealed extent chunk).
     private static func records(
-        _ bytes: [UInt8], what: String, magic: [UInt8], count: UInt32, length: Int, checksum: UInt32
+        _ bytes: [UInt8], what: String, magic: [UInt8], count: UInt32, length: Int, checksum: UInt32, open: ([UInt8]) throws -> [UInt8]
     ) throws -> ByteReader {
         guard bytes.count == length else { throw FormatError.truncated(what, at: UInt64(bytes.count)) }
         guard CRC32C.checksum(bytes) == checksum else { throw FormatError.checksumMismatch(what) }
-        var r = ByteReader(bytes, what: what)
+        var r = ByteReader(try open(bytes), what: what)
         guard try r.raw(8) == magic, try r.u64() == UInt64(count) else { throw FormatError.invalid("\(what) is not the chunk the index names") }
         return r
     }
 
     /// Decodes frame chunk `c` of an image and checks it against its entry in the table: checksum, count, each
     /// frame inside the data area, after the one before, and no larger than its blocks allow.
-    public static func decodeFrames(_ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader) throws -> [FrameRecord] {
+    public static func decodeFrames(
+        _ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader, open: ([UInt8]) throws -> [UInt8] = { $0 }
+    ) throws -> [FrameRecord] {
         let entry = top.frameChunks[c]
         let what = "frame chunk \(c)"
-        var r = try records(bytes, what: what, magic: frameMagic, count: entry.count, length: frameChunkLength(Int(entry.count)), checksum: entry.checksum)
+        let length = frameChunkLength(Int(entry.count)) + Sealing.chunkOverhead(encrypted: h.isEncrypted).frames
+        var r = try records(bytes, what: what, magic: frameMagic, count: entry.count, length: length, checksum: entry.checksum, open: open)
         var frames = [FrameRecord]()
         frames.reserveCapacity(Int(entry.count))
         var next = entry.firstOffset
         for i in 0..<Int(entry.count) {
             let n = c * Int(top.framesPerChunk) + i
             let f = try FrameRecord.decode(&r, number: n)
+            guard f.sealed == h.isEncrypted else { throw FormatError.invalid("frame \(n) is \(f.sealed ? "" : "not ")sealed in an image that is \(h.isEncrypted ? "" : "not ")encrypted") }
             // (Compared without adding: a damaged offset near 2^64 must not overflow.)
             guard f.offset >= next, f.fitsItsBlocks(blockSize: h.blockSize), f.offset <= entry.endOffset,
                 UInt64(f.length) <= entry.endOffset - f.offset
@@ -82,10 +88,13 @@ public enum IndexChunks {
     /// Decodes extent chunk `c` and checks it against its entry: checksum, count, order, the blocks and block
     /// counts the entry gives, frames that exist. (That a data extent stays inside its frame is checked where the
     /// frame's record is read: `ExtentRecord.check(inside:number:)`.)
-    public static func decodeExtents(_ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader) throws -> [ExtentRecord] {
+    public static func decodeExtents(
+        _ bytes: [UInt8], chunk c: Int, of top: TopIndex, header h: ImageHeader, open: ([UInt8]) throws -> [UInt8] = { $0 }
+    ) throws -> [ExtentRecord] {
         let entry = top.extentChunks[c]
         let what = "extent chunk \(c)"
-        var r = try records(bytes, what: what, magic: extentMagic, count: entry.count, length: extentChunkLength(Int(entry.count)), checksum: entry.checksum)
+        let length = extentChunkLength(Int(entry.count)) + Sealing.chunkOverhead(encrypted: h.isEncrypted).extents
+        var r = try records(bytes, what: what, magic: extentMagic, count: entry.count, length: length, checksum: entry.checksum, open: open)
         var extents = [ExtentRecord]()
         extents.reserveCapacity(Int(entry.count))
         var nextBlock = entry.firstBlock
@@ -246,7 +255,7 @@ public struct TopIndex: Equatable, Sendable {
             h.indexLength == encodedLength(frames: h.frameCount, extents: h.extentCount, framesPerChunk: framesPerChunk, extentsPerChunk: extentsPerChunk)
         else { throw FormatError.invalid("image index counts differ from the header's") }
         let maxBlocks = UInt64(max(ImageHeader.maxBlockSize / h.blockSize, 1))
-        guard UInt64(maxFrameLength) <= maxBlocks * (16 + UInt64(h.blockSize)) + 65536 else {
+        guard UInt64(maxFrameLength) <= maxBlocks * (16 + UInt64(h.blockSize)) + 65536 + UInt64(Sealing.overhead) else {
             throw FormatError.invalid("image index names a frame longer than any frame can be")
         }
         func expected(_ i: UInt64, of total: UInt64, per: UInt32) -> UInt64 { min(UInt64(per), total - i * UInt64(per)) }
@@ -254,6 +263,7 @@ public struct TopIndex: Equatable, Sendable {
             offset >= UInt64(ImageHeader.size) && offset <= h.indexOffset && UInt64(length) <= h.indexOffset - offset
         }
         var top = TopIndex(maxFrameLength: maxFrameLength, framesPerChunk: framesPerChunk, extentsPerChunk: extentsPerChunk)
+        let added = Sealing.chunkOverhead(encrypted: h.isEncrypted)
         top.frameChunks.reserveCapacity(Int(frameChunkCount))
         var nextOffset = UInt64(ImageHeader.size)
         for i in 0..<frameChunkCount {
@@ -261,7 +271,7 @@ public struct TopIndex: Equatable, Sendable {
                 offset: try r.u64(), length: try r.u32(), count: try r.u32(), firstOffset: try r.u64(), endOffset: try r.u64(), checksum: try r.u32())
             try r.skip(4)
             guard UInt64(c.count) == expected(i, of: h.frameCount, per: framesPerChunk),
-                Int(c.length) == IndexChunks.frameChunkLength(Int(c.count)), inDataArea(c.offset, c.length),
+                Int(c.length) == IndexChunks.frameChunkLength(Int(c.count)) + added.frames, inDataArea(c.offset, c.length),
                 c.firstOffset >= nextOffset, c.firstOffset < c.endOffset, c.endOffset <= h.indexOffset
             else { throw FormatError.invalid("frame chunk \(i) lies outside the image's data area") }
             nextOffset = c.endOffset
@@ -277,7 +287,7 @@ public struct TopIndex: Equatable, Sendable {
                 dataBlocks: try r.u64(), zeroBlocks: try r.u64(), unreadableBlocks: try r.u64(), checksum: try r.u32())
             try r.skip(4)
             guard UInt64(c.count) == expected(i, of: h.extentCount, per: extentsPerChunk),
-                Int(c.length) == IndexChunks.extentChunkLength(Int(c.count)), inDataArea(c.offset, c.length)
+                Int(c.length) == IndexChunks.extentChunkLength(Int(c.count)) + added.extents, inDataArea(c.offset, c.length)
             else { throw FormatError.invalid("extent chunk \(i) lies outside the image's data area") }
             let (s1, o1) = c.dataBlocks.addingReportingOverflow(c.zeroBlocks)
             let (held, o2) = s1.addingReportingOverflow(c.unreadableBlocks)

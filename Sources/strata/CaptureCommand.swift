@@ -76,6 +76,8 @@ struct CaptureCommand: ParsableCommand {
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
     @OptionGroup var metrics: MetricsFile
+    @Flag(help: "Make the new chain encrypted with --key-file or STRATA_PASSPHRASE (chosen when a chain is made).") var encrypt = false
+    @OptionGroup var key: KeyOptions
 
     func run() throws {
         Output.warnIfExposed(chain)
@@ -92,6 +94,8 @@ struct CaptureCommand: ParsableCommand {
         options.createdAt = createdAt
         options.freeze = freeze
         options.snapshot = snapshot
+        options.encrypt = encrypt
+        options.secret = try key.secret()
         let progress = ProgressLine(verb: "capture", quiet: quiet)
         do {
             let r = try Capture.run(source: source, chain: chain, options: options, progress: progress.update, notice: Output.notice)

@@ -19,7 +19,7 @@ struct MergeCommand: ParsableCommand {
 
     func run() throws {
         Output.warnIfExposed(chain)
-        var options = work.options(to: to)
+        var options = try work.options(to: to)
         options.from = from
         let progress = ProgressLine(verb: "merge", quiet: work.quiet)
         do {
@@ -53,9 +53,11 @@ struct MergeWork: ParsableArguments {
     @Option(help: "I/O engine for the merged image's writes: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
+    @OptionGroup var key: KeyOptions
 
-    func options(to point: UInt32) -> MergeOptions {
+    func options(to point: UInt32) throws -> MergeOptions {
         var o = MergeOptions(to: point)
+        o.secret = try key.secret()
         o.level = level
         o.threads = threads ?? Machine.onlineCores
         o.engine = ioEngine

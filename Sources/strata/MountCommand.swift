@@ -44,6 +44,7 @@ struct MountCommand: ParsableCommand {
     @Flag(help: "Serve the point files through the page cache (to map them with MAP_SHARED; costs CPU).") var pageCache = false
     @Flag(help: "Stay in the foreground and log to stderr; Ctrl-C unmounts.") var foreground = false
     @Option(help: "Append the background server's log lines to this file (default: syslog).") var log: String?
+    @OptionGroup var key: KeyOptions
 
     func validate() throws {
         guard cacheSize >= 1 else { throw ValidationError("--cache-size must be at least 1") }
@@ -62,6 +63,7 @@ struct MountCommand: ParsableCommand {
         options.files = files
         options.cacheBytes = cacheSize
         options.pageCache = pageCache
+        options.secret = try key.secret()
         let session: MountSession
         do {
             session = try MountSession(chain: chain, directory: dir, options: options)

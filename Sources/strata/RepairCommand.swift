@@ -29,6 +29,7 @@ struct RepairCommand: ParsableCommand {
     @Option(help: "Threads for the verify and the merges (default: one per core).") var threads: Int?
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No lines for the changes (errors still print).") var quiet = false
+    @OptionGroup var key: KeyOptions
 
     func run() throws {
         Output.warnIfExposed(chain)
@@ -36,6 +37,7 @@ struct RepairCommand: ParsableCommand {
         options.dryRun = dryRun
         options.dropDamaged = dropDamaged
         options.threads = threads ?? Machine.onlineCores
+        options.secret = try key.secret()
         let verb = dryRun ? "would " : ""
         do {
             let r = try Repair.run(chain: chain, options: options) { action in

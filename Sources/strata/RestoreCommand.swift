@@ -41,12 +41,15 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
+    @OptionGroup var key: KeyOptions
+
     func run() throws {
         Output.warnIfExposed(chain)
         var options = RestoreOptions()
         options.point = point
         options.threads = max(1, threads ?? Machine.onlineCores)
         options.engine = ioEngine
+        options.secret = try key.secret()
         options.verify = verify
         options.force = force
         let progress = ProgressLine(verb: "restore", quiet: quiet)

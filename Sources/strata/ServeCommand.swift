@@ -33,6 +33,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Listen on this TCP port.") var port: UInt16?
     @Option(help: "The address --port listens on (default 127.0.0.1).") var bind: String = "127.0.0.1"
     @Option(help: "Bytes of decoded frames to cache (default 64 MiB).") var cacheSize: Int = 64 << 20
+    @OptionGroup var key: KeyOptions
 
     func validate() throws {
         guard (socket == nil) != (port == nil) else { throw ValidationError("give one of --socket PATH or --port P") }
@@ -44,7 +45,7 @@ struct ServeCommand: ParsableCommand {
         let server: NBDServer
         let listener: Listener
         do {
-            server = try NBDServer(chain: chain, point: point, cacheBytes: cacheSize) { Output.notice($0) }
+            server = try NBDServer(chain: chain, point: point, cacheBytes: cacheSize, secret: key.secret()) { Output.notice($0) }
             do {
                 listener = try socket.map { try Listener(unixPath: $0) } ?? Listener(host: bind, port: port!)
             } catch let e as IOError {

@@ -25,6 +25,9 @@ struct StrataCommand: ParsableCommand {
                   (nothing was changed); verify found damage; mount --files on a
                   point holding no filesystem it can mount
               66  the source cannot be opened
+              67  an encrypted chain and no key given, a key or passphrase that
+                  does not open it (or is another chain's), a key file that
+                  cannot be read or that keygen would overwrite (nothing was done)
               69  the requested I/O engine is unavailable; no FUSE or no loop
                   devices for mount; capture --freeze or --snapshot cannot be
                   done on that filesystem (nothing was read)
@@ -44,5 +47,5 @@ struct StrataCommand: ParsableCommand {
                   a target in use, an existing target file (see restore --force)
             """,
         version: "0.1.0",
-        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, BenchCommand.self, FreezeGuardianCommand.self])
+        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, KeygenCommand.self, KeyCommand.self, BenchCommand.self, FreezeGuardianCommand.self])
 }

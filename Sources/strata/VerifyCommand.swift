@@ -32,6 +32,7 @@ struct VerifyCommand: ParsableCommand {
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
     @OptionGroup var metrics: MetricsFile
+    @OptionGroup var key: KeyOptions
 
     func run() throws {
         Output.warnIfExposed(chain)
@@ -42,6 +43,7 @@ struct VerifyCommand: ParsableCommand {
         options.checksumsOnly = checksumsOnly
         options.threads = threads ?? Machine.onlineCores
         options.engine = ioEngine
+        options.secret = try key.secret()
         let progress = ProgressLine(verb: "verify", quiet: quiet)
         let r: VerifyReport
         do {

@@ -139,7 +139,7 @@ final class MergeTests: XCTestCase {
         let r = try Merge.run(chain: chain, options: o)
         XCTAssertEqual(r.framesRepacked, 1, "only the mostly dead frame is re-packed")
         XCTAssertGreaterThanOrEqual(r.framesCopied, 4)
-        let image = try ImageFile(store: LocalDirectoryStore(path: chain), name: r.image)
+        let image = try ImageFile(store: LocalDirectoryStore(path: chain), name: r.image, keys: nil)
         XCTAssertNotEqual(image.header.incompatibleFeatures & ImageFeatures.sparseFrames, 0)
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
         try assertEveryPointRestores(chain, states, "after keeping mostly live frames whole")

@@ -16,13 +16,17 @@ typedef struct {
 
 uint64_t strata_xxh3_64(const void *data, size_t length);
 strata_xxh128 strata_xxh3_128(const void *data, size_t length);
+/// XXH3-128 with a secret (at least 136 bytes): the keyed block hashes of encrypted chains.
+strata_xxh128 strata_xxh3_128_secret(const void *data, size_t length, const void *secret, size_t secretLength);
 
 // Each variant, for tests. Call the avx2 ones only where strata_xxh3_has_avx2() is non-zero: on an x86-64 CPU
 // without AVX2 they trap (elsewhere they are the default loop).
 uint64_t strata_xxh3_64_default(const void *data, size_t length);
 strata_xxh128 strata_xxh3_128_default(const void *data, size_t length);
+strata_xxh128 strata_xxh3_128_secret_default(const void *data, size_t length, const void *secret, size_t secretLength);
 uint64_t strata_xxh3_64_avx2(const void *data, size_t length);
 strata_xxh128 strata_xxh3_128_avx2(const void *data, size_t length);
+strata_xxh128 strata_xxh3_128_secret_avx2(const void *data, size_t length, const void *secret, size_t secretLength);
 int strata_xxh3_has_avx2(void);
 
 #endif

@@ -28,6 +28,10 @@ public struct CaptureOptions: Sendable {
     /// Blocks stored anew even where their hash matches the chain's (`strata bench`: an incremental capture
     /// with a night's share of changed blocks, compressed and written as a real night's are). Nil: none.
     public var treatAsChanged: (@Sendable (UInt64) -> Bool)? = nil
+    /// Make the new chain encrypted (with `secret`); a chain's encryption is chosen when it is made.
+    public var encrypt = false
+    /// The key file's bytes or the passphrase of an encrypted chain (or of the one `encrypt` makes).
+    public var secret: UserSecret? = nil
 
     public init() {}
 }
@@ -70,6 +74,7 @@ public enum Capture {
         guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
         guard options.queueDepth >= 1 && options.queueDepth <= 1024 else { throw ChainError.invalidOption("queue depth must be between 1 and 1024") }
         guard options.maxBadBlocks >= 0 else { throw ChainError.invalidOption("--max-bad-blocks must not be negative") }
+        if options.encrypt && options.secret == nil { throw Chain.encryptWithoutKey }
 
         let source: BlockSource
         do { source = try BlockSource(path: sourcePath) } catch let e as IOError {
@@ -107,8 +112,15 @@ public enum Capture {
         progress: ProgressHandler?, notice: (String) -> Void, reading window: FreezeWindow?
     ) throws -> CaptureResult {
         let sourcePath = source.path
-        let chain = try Chain(location: chainPath, access: .create)
+        let chain = try Chain(location: chainPath, access: .create, secret: options.secret)
         let previous = chain.manifest
+        if previous != nil && options.encrypt && !chain.isEncrypted {
+            throw ChainError.invalidOption("chain \(chainPath) is not encrypted, and --encrypt applies only when a chain is made: capture into a new directory to start an encrypted chain")
+        }
+        if previous == nil && options.secret != nil && !options.encrypt {
+            throw ChainError.invalidOption("a key was given for a new chain without --encrypt: add --encrypt to make an encrypted chain (or drop the key)")
+        }
+        var keys = try chain.dataKeys()
         let blockSize = previous?.blockSize ?? options.blockSize ?? 4096
         if let m = previous {
             if let bs = options.blockSize, bs != m.blockSize {
@@ -120,6 +132,7 @@ public enum Capture {
         }
         let point = previous?.nextPoint ?? 1
         let chainID = previous?.chainID ?? .random()
+        if previous == nil && options.encrypt { keys = try chain.startEncryption(chainID: chainID) }
         let parent = previous?.images.last
         let header = ImageHeader(
             kind: previous == nil ? .full : .incremental, blockSize: blockSize, sourceSize: source.size, chainID: chainID,
@@ -143,12 +156,13 @@ public enum Capture {
         }
         if let engineNote { notice(engineNote) }
 
-        let writer = try ImageWriter(store: chain.store, name: imageName, header: header, engine: options.engine)
+        let writer = try ImageWriter(store: chain.store, name: imageName, header: header, keys: keys, engine: options.engine)
         let mapWriter: HashMapWriter
         do {
             mapWriter = try HashMapWriter(
                 store: chain.store, name: mapName,
-                header: HashMapHeader(blockSize: blockSize, sourceSize: source.size, chainID: chainID, imageID: header.imageID, point: point))
+                header: HashMapHeader(blockSize: blockSize, sourceSize: source.size, chainID: chainID, imageID: header.imageID, point: point),
+                keys: keys)
         } catch {
             writer.abandon()
             throw error
@@ -176,9 +190,10 @@ public enum Capture {
             file: imageName, imageID: finished.imageID, kind: finished.kind, firstPoint: point, lastPoint: point,
             createdAt: finished.createdAt, bytesRead: stats.bytesRead, bytesStored: finished.fileSize,
             blocksChanged: stats.blocksChanged)
-        let next = ChainManifest(
+        var next = ChainManifest(
             chainID: chainID, blockSize: blockSize, sourceSize: source.size, nextPoint: point + 1,
             images: (previous?.images ?? []) + [entry], hashMapFile: mapName)
+        next.keyFile = keys == nil ? nil : ChainKeyFile.fileName
         do { try chain.commit(next) } catch { throw wrap(error) }
         return CaptureResult(
             point: point, kind: finished.kind, sourceBytes: source.size, bytesRead: stats.bytesRead,

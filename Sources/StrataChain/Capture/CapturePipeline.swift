@@ -106,7 +106,7 @@ final class CapturePipeline {
         freeSlots = Array((0..<slotCount).reversed())
 
         let frameCount = 2 * options.threads + 2
-        frames = FrameBuffers(blockSize: blockSize, count: frameCount)
+        frames = FrameBuffers(blockSize: blockSize, count: frameCount, keys: image.keys)
         frameBlocks = PerSlot(repeating: 0, count: frameCount)
         frameSlot = PerSlot(repeating: -1, count: frameCount)
         sealed = PerSlot(repeating: nil, count: frameCount)
@@ -123,7 +123,7 @@ final class CapturePipeline {
     /// Runs the capture to the end of the source; the image and map writers hold the result.
     func run() throws -> Stats {
         let group = ThreadGroup()
-        let detector = ZeroBlockDetector(blockSize: blockSize)
+        let detector = ZeroBlockDetector(blockSize: blockSize, hasher: BlockHasher(image.keys))
         for i in 0..<options.threads {
             let compressor = try FrameCompressor(level: options.level)
             group.spawn("strata-worker-\(i)") { self.work(detector: detector, compressor: compressor) }

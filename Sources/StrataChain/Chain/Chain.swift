@@ -6,6 +6,7 @@
 // Readers (restore, verify, list) take no lock and run beside a writer: a capture only adds objects, and a
 // merge deletes images only after the manifest stops naming them, while a reader's open images stay readable.
 // A reader that finds an image gone re-reads the manifest and opens the images it names now.
+import StrataCodec
 import StrataFormat
 import StrataIO
 
@@ -18,19 +19,25 @@ public final class Chain {
     private var manifestBytes: [UInt8]?
     private let access: Access
     private let lease: WriterLease?
+    /// The secret the caller gave (an encrypted chain's key opens with it: `unlock`).
+    private let secret: UserSecret?
+    /// An encrypted chain's keys, once unlocked.
+    public private(set) var keys: ChainKeys?
 
     /// Opens the chain at `location`: `read` takes no lock and changes nothing; `write` and `create` take the
     /// writer's lock (another writer: `chainInUse`) and remove leftovers; `create` makes the chain when there
     /// is none (a private directory), in an empty container only.
-    public convenience init(location: String, access: Access) throws {
-        try self.init(location: location, access: access, cleanUp: true)
+    /// `secret` opens an encrypted chain's key (checked here: a wrong one fails before anything is done).
+    public convenience init(location: String, access: Access, secret: UserSecret? = nil) throws {
+        try self.init(location: location, access: access, cleanUp: true, secret: secret)
     }
 
     /// `cleanUp: false` leaves leftovers for the caller to list first (`repair --dry-run`).
-    init(location: String, access: Access, cleanUp: Bool) throws {
+    init(location: String, access: Access, cleanUp: Bool, secret: UserSecret? = nil) throws {
         let store = ChainStores.store(for: location)
         self.store = store
         self.access = access
+        self.secret = secret
         if store.containerExists() {
             // Nothing is created (not even the lock) in a directory that holds something other than a chain.
             let names = access == .create ? try store.list() : []
@@ -53,7 +60,89 @@ public final class Chain {
         try reloadManifest()
         // (A container without a manifest was checked for foreign files above, before anything was made in it.)
         if manifest == nil && access != .create { throw ChainError.notAChain(path: location) }
+        if secret != nil && manifest?.keyFile != nil { try unlock() }
         if access != .read && cleanUp { removeLeftovers() }
+    }
+
+    /// Whether the chain is encrypted.
+    public var isEncrypted: Bool { manifest?.keyFile != nil }
+
+    /// The keys every reader and writer of the chain's data needs: nil for a chain that is not encrypted; an
+    /// encrypted one without its secret: `keyNeeded`.
+    func dataKeys() throws -> ChainKeys? {
+        guard isEncrypted else { return nil }
+        guard let keys else { throw ChainError.keyNeeded(path: location) }
+        return keys
+    }
+
+    /// Opens the chain's key file with the secret given.
+    private func unlock() throws {
+        guard let m = manifest, let name = m.keyFile, let secret else { return }
+        let file: ChainKeyFile
+        do { file = try ChainKeyFile.decode(store.readSmall(name, limit: 1 << 16)) } catch { throw damaged(name, error) }
+        guard file.chainID == m.chainID else { throw ChainError.damaged(file: name, detail: "it belongs to another chain (\(file.chainID))") }
+        keys = try Self.masterKey(file, secret: secret, location: location).map { ChainKeys(master: $0, chainID: m.chainID.bytes) }
+    }
+
+    /// The master key a key file holds, opened with `secret`.
+    static func masterKey(_ file: ChainKeyFile, secret: UserSecret, location: String) throws -> [UInt8]? {
+        switch (file.wrapping, secret) {
+        case (.keyFile, .passphrase):
+            throw ChainError.wrongKey(path: location, detail: "the chain was encrypted with a key file, and a passphrase was given")
+        case (.passphrase, .keyFile):
+            throw ChainError.wrongKey(path: location, detail: "the chain was encrypted with a passphrase, and a key file was given")
+        default: break
+        }
+        let cost = KeyWrapping.Cost(operations: file.operations, memory: file.memory)
+        guard let wrapping = KeyWrapping.wrappingKey(secret, salt: file.salt, cost: cost) else {
+            throw ChainError.machineLacks("not enough memory for the passphrase's key derivation (Argon2id, \(file.memory >> 20) MiB)")
+        }
+        guard let master = KeyWrapping.unwrap(file.wrapped, under: wrapping, nonce: file.nonce, associated: file.associatedData) else {
+            throw ChainError.wrongKey(path: location, detail: "a wrong key file or passphrase, or another chain's")
+        }
+        return master
+    }
+
+    static let encryptWithoutKey = ChainError.invalidOption("--encrypt needs a key: --key-file FILE, or a passphrase in STRATA_PASSPHRASE")
+
+    /// A new key file wrapping `master` under `secret`.
+    static func keyFile(master: [UInt8], chainID: Identifier, secret: UserSecret) throws -> ChainKeyFile {
+        let salt = KeyWrapping.random(KeyWrapping.saltSize), nonce = KeyWrapping.random(KeyWrapping.nonceSize)
+        let cost: KeyWrapping.Cost
+        if case .passphrase = secret { cost = .standard } else { cost = KeyWrapping.Cost(operations: 0, memory: 0) }
+        var file = ChainKeyFile(
+            chainID: chainID, wrapping: { if case .passphrase = secret { return .passphrase } else { return .keyFile } }(),
+            operations: cost.operations, memory: cost.memory, salt: salt, nonce: nonce, wrapped: [])
+        guard let wrapping = KeyWrapping.wrappingKey(secret, salt: salt, cost: cost) else {
+            throw ChainError.machineLacks("not enough memory for the passphrase's key derivation (Argon2id)")
+        }
+        file.wrapped = KeyWrapping.wrap(master: master, under: wrapping, nonce: nonce, associated: file.associatedData)
+        return file
+    }
+
+    /// Makes a new chain encrypted: a master key, its key file published (not yet named by a manifest), and the
+    /// keys. Called by the first capture before it writes anything else.
+    func startEncryption(chainID: Identifier) throws -> ChainKeys {
+        guard let secret else { throw Self.encryptWithoutKey }
+        let master = KeyWrapping.random(ChainKeys.keySize)
+        let file = try Self.keyFile(master: master, chainID: chainID, secret: secret)
+        try publishSmall(ChainKeyFile.fileName, file.encode())
+        let keys = ChainKeys(master: master, chainID: chainID.bytes)
+        self.keys = keys
+        return keys
+    }
+
+    /// Writes a small object whole and publishes it under `name` (replacing one there).
+    func publishSmall(_ name: String, _ bytes: [UInt8]) throws {
+        let object = try store.create(name)
+        do {
+            try bytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
+            try object.publish()
+            try store.syncPublished()
+        } catch {
+            object.abandon()
+            throw error
+        }
     }
 
     /// Reads the manifest again; returns whether it changed.
@@ -72,7 +161,7 @@ public final class Chain {
     }
 
     static func isOurs(_ name: String, _ store: ChainStore) -> Bool {
-        store.isTemporary(name) || name.hasSuffix(".strata")
+        store.isTemporary(name) || name.hasSuffix(".strata") || name == ChainKeyFile.fileName
     }
 
     static func imageName(first: UInt32, last: UInt32) -> String {
@@ -89,7 +178,9 @@ public final class Chain {
     /// The objects a writer removes: temporary ones and Strata objects the manifest does not name (left by a
     /// killed writer, or replaced by a merge).
     func leftovers() -> [String] {
-        let referenced = Set((manifest?.images.map(\.file) ?? []) + (manifest.map { [$0.hashMapFile] } ?? []) + [DamageRecord.fileName])
+        let referenced = Set(
+            (manifest?.images.map(\.file) ?? []) + (manifest.map { [$0.hashMapFile] } ?? []) + (manifest?.keyFile.map { [$0] } ?? [])
+                + [DamageRecord.fileName])
         guard let names = try? store.list() else { return [] }
         return names.filter { Chain.isOurs($0, store) && !referenced.contains($0) }.sorted()
     }
@@ -148,7 +239,7 @@ public final class Chain {
             for k in stride(from: entries.endIndex - 1, through: entries.startIndex, by: -1) {
                 let e = entries[k]
                 guard e.lastPoint >= from else { break }
-                let image = try reusing(e) ?? ImageFile(store: store, name: e.file)
+                let image = try reusing(e) ?? ImageFile(store: store, name: e.file, keys: keys)
                 try Chain.check(image.header, of: e, in: m)
                 try Chain.check(image.header, of: e, follows: k > entries.startIndex ? entries[k - 1] : nil)
                 images.append(image)

@@ -53,6 +53,12 @@ public enum ChainError: Error, Equatable, Sendable {
     /// --snapshot cannot snapshot that source (nothing was read).
     case cannotSnapshot(path: String, reason: String, todo: String)
 
+    /// An encrypted chain and no secret given.
+    case keyNeeded(path: String)
+    /// The secret given does not open the chain's key (wrong, or another chain's), or is of the other kind.
+    case wrongKey(path: String, detail: String)
+    /// A key file that cannot be used (missing, wrong size, or `keygen` would overwrite one).
+    case keyFileUnusable(path: String, reason: String)
     public enum Role: String, Sendable { case source, target }
 }
 
@@ -124,6 +130,11 @@ extension ChainError: CustomStringConvertible {
             return "cannot snapshot \(p): \(r); nothing was read: \(t)"
         case .outputUnwritable(let p, let r):
             return "cannot write \(p): \(r); nothing was done: name a file in a writable directory"
+        case .keyNeeded(let p):
+            return "chain \(p) is encrypted: give its key with --key-file FILE, or its passphrase in STRATA_PASSPHRASE; nothing was done"
+        case .wrongKey(let p, let d):
+            return "the key does not open chain \(p): \(d); nothing was done: give the key file or passphrase this chain was made with"
+        case .keyFileUnusable(let p, let r): return "key file \(p): \(r)"
         }
     }
 
@@ -138,6 +149,7 @@ extension ChainError: CustomStringConvertible {
         case .chainInUse, .chainChanged, .mountBusy: return 75  // EX_TEMPFAIL
         case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety
         case .engineUnavailable, .machineLacks, .cannotFreeze, .cannotSnapshot: return 69  // EX_UNAVAILABLE
+        case .keyNeeded, .wrongKey, .keyFileUnusable: return 67  // EX_NOUSER: "no such key"; not damage
         }
     }
 }

@@ -2,8 +2,10 @@
 // imports StrataChain alone: the I/O engine choice its options take, the system error its failures may carry,
 // and the few facts about the machine a front end asks (cores for the default thread count, whether stderr is
 // a terminal, a monotonic clock for progress rates).
+import StrataCodec
 import StrataIO
 
+public typealias UserSecret = StrataCodec.UserSecret
 public typealias IOEngineChoice = StrataIO.IOEngineChoice
 public typealias IOError = StrataIO.IOError
 

@@ -11,9 +11,9 @@ import StrataIO
 enum HeadMap {
     /// What is wrong with the chain's head map, or nil when it is whole: it names the newest image and every
     /// chunk passes its checksum (the map is read through once).
-    static func problem(_ store: ChainStore, _ m: ChainManifest) -> String? {
+    static func problem(_ store: ChainStore, _ m: ChainManifest, keys: ChainKeys?) -> String? {
         do {
-            let reader = try open(store, m)
+            let reader = try open(store, m, keys: keys)
             let blocks = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
             var at: UInt64 = 0
             while at < blocks {
@@ -28,8 +28,8 @@ enum HeadMap {
     }
 
     /// The head map's file, its header checked: it must be the newest point's, of this chain and source.
-    static func open(_ store: ChainStore, _ m: ChainManifest) throws -> HashMapReader {
-        let file = try HashMapReader(store: store, name: m.hashMapFile)
+    static func open(_ store: ChainStore, _ m: ChainManifest, keys: ChainKeys?) throws -> HashMapReader {
+        let file = try HashMapReader(store: store, name: m.hashMapFile, keys: keys)
         guard file.header.imageID == m.images.last!.imageID, file.header.chainID == m.chainID,
             file.header.sourceSize == m.sourceSize, file.header.blockSize == m.blockSize
         else { throw ChainError.damaged(file: m.hashMapFile, detail: "it is not the newest point's") }
@@ -65,7 +65,7 @@ enum HeadMap {
             return rebuilt
         }
         do {
-            let file = try open(chain.store, m)
+            let file = try open(chain.store, m, keys: chain.keys)
             file.damagedRuns = damaged
             return (HeadMapHashes(file: file, name: m.hashMapFile, rebuild: rebuild), healing)
         } catch {
@@ -105,12 +105,12 @@ enum HeadMap {
 
     /// Writes the head map of `m`'s newest point anew from that point's images and publishes it under the name
     /// `m` gives it (replacing a damaged one in one rename).
-    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ images: [ImageFile]) throws {
+    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ images: [ImageFile], keys: ChainKeys?) throws {
         let newest = m.images.last!
         let name = m.hashMapFile
         let header = HashMapHeader(blockSize: m.blockSize, sourceSize: m.sourceSize, chainID: m.chainID, imageID: newest.imageID, point: newest.lastPoint)
         let hashes = try RebuiltHashes(store, images, blockCount: header.blockCount)
-        let writer = try HashMapWriter(store: store, name: name, header: header)
+        let writer = try HashMapWriter(store: store, name: name, header: header, keys: keys)
         do {
             let perChunk = UInt64(HashMapHeader.chunkBlocks)
             var at: UInt64 = 0
@@ -283,7 +283,7 @@ private final class HashTables {
         plan = FramePlan(resolved)
         let (queue, _) = try store.readQueue(engine: .auto, depth: Self.depth)
         pump = IOPump(queue: queue, maxTags: Self.depth)
-        slab = AlignedSlab(slotSize: max(1, frames.largest.blocks * 16), slotCount: Self.depth, alignment: 64)
+        slab = AlignedSlab(slotSize: frames.hashesReadRoom, slotCount: Self.depth, alignment: 64)
         freeTags = Array((0..<Self.depth).reversed())
         tagFrame = Array(repeating: -1, count: Self.depth)
     }
@@ -299,6 +299,7 @@ private final class HashTables {
             let f = plan.frames[tagFrame[done.tag]]
             freeTags.append(done.tag)
             try frames.arrived(f, bytes: done.bytes, error: done.error, hashesOnly: true)
+            try frames.openHashes(f, stored: slab.slot(done.tag))
             tables[tagFrame[done.tag]] = FrameReader.hashes(slab.slot(done.tag), count: Int(try frames.record(f).blockCount))
         }
         try issue(upTo: k + Self.ahead)

@@ -16,9 +16,11 @@ final class HashMapReader {
     private var fileSize: UInt64
     /// Block ranges, sorted, whose hashes read as `.damaged` (their stored copies are damaged: a capture heals them).
     var damagedRuns: [Range<UInt64>] = []
+    private let keys: ChainKeys?
 
-    init(store: ChainStore, name: String) throws {
+    init(store: ChainStore, name: String, keys: ChainKeys?) throws {
         self.name = name
+        self.keys = keys
         do {
             let object = try store.open(name)
             self.object = object
@@ -31,7 +33,7 @@ final class HashMapReader {
             throw damaged(name, error)
         }
         hashes = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
-        stored = .allocate(byteCount: hashMapChunkBytes + 65536 + HashMapChunkHeader.size, alignment: 64)
+        stored = .allocate(byteCount: hashMapChunkBytes + 65536 + HashMapChunkHeader.size + Sealing.overhead, alignment: 64)
         decompressor = try FrameDecompressor()
     }
 
@@ -65,10 +67,19 @@ final class HashMapReader {
         let n = try hb.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: offset) }
         guard n == HashMapChunkHeader.size else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
         let ch = try HashMapChunkHeader.decode(hb)
-        let length = Int(ch.storedLength)
+        let storedLength = Int(ch.storedLength)
+        var length = storedLength
         guard offset + UInt64(HashMapChunkHeader.size + length) <= fileSize else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
         _ = try object.read(into: stored, count: length, at: offset + UInt64(HashMapChunkHeader.size))
         guard Checksum.xxh3(stored, count: length) == ch.checksum else { throw FormatError.checksumMismatch("hash map chunk \(next)") }
+        guard ch.sealed == (keys != nil) else { throw FormatError.invalid("hash map chunk \(next) is \(ch.sealed ? "" : "not ")sealed in a chain that is \(keys != nil ? "" : "not ")encrypted") }
+        if let keys {
+            guard let plain = keys.open(Array(UnsafeRawBufferPointer(start: stored, count: length)), .hashMapChunk, context: hashMapContext(header, chunk: next)) else {
+                throw FormatError.invalid("hash map chunk \(next) does not open with this chain's key")
+            }
+            length = plain.count
+            stored.copyMemory(from: plain, byteCount: length)
+        }
         let raw = blocksInChunk * 16
         switch ch.codec {
         case .raw:
@@ -79,7 +90,7 @@ final class HashMapReader {
                 throw FormatError.invalid("hash map chunk \(next) does not decompress: \(error)")
             }
         }
-        offset += UInt64(HashMapChunkHeader.size + length)
+        offset += UInt64(HashMapChunkHeader.size + storedLength)
         chunk = next
         let first = UInt64(next) * UInt64(HashMapHeader.chunkBlocks)
         markDamaged(hashes, first: first, end: first + UInt64(blocksInChunk), damagedRuns)

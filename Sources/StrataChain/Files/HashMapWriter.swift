@@ -19,14 +19,17 @@ final class HashMapWriter {
     private let compressed: UnsafeMutableRawPointer
     private let compressedCapacity: Int
     private let compressor: FrameCompressor
+    /// An encrypted chain's keys: each chunk is sealed, bound to the map's point and its number.
+    private let keys: ChainKeys?
 
-    init(store: ChainStore, name: String, header: HashMapHeader) throws {
+    init(store: ChainStore, name: String, header: HashMapHeader, keys: ChainKeys?) throws {
         precondition(MemoryLayout<BlockHash>.stride == 16 && UInt64(1).littleEndian == 1)
         self.name = name
         self.header = header
+        self.keys = keys
         object = try store.create(name)
         hashes = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
-        compressedCapacity = FrameCompressor.storeBound(hashMapChunkBytes) + HashMapChunkHeader.size
+        compressedCapacity = FrameCompressor.storeBound(hashMapChunkBytes) + HashMapChunkHeader.size + Sealing.overhead
         compressed = .allocate(byteCount: compressedCapacity, alignment: 64)
         compressor = try FrameCompressor(level: 1)
     }
@@ -52,9 +55,19 @@ final class HashMapWriter {
         guard filled > 0 else { return }
         let raw = filled * 16
         let payload = compressed + HashMapChunkHeader.size
-        let (length, isCompressed) = compressor.compressOrStore(hashes, count: raw, into: payload, capacity: compressedCapacity - HashMapChunkHeader.size)
-        let chunkHeader = HashMapChunkHeader(storedLength: UInt32(length), codec: isCompressed ? .zstd : .raw, checksum: Checksum.xxh3(payload, count: length))
-        chunkHeader.encode().withUnsafeBytes { compressed.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        var (length, isCompressed) = compressor.compressOrStore(hashes, count: raw, into: payload, capacity: compressedCapacity - HashMapChunkHeader.size)
+        var sealed: [UInt8] = []
+        if let keys {
+            sealed = keys.seal(Array(UnsafeRawBufferPointer(start: payload, count: length)), .hashMapChunk, context: hashMapContext(header, chunk: Int(header.chunkCount)))
+            length = sealed.count
+        }
+        try sealed.withUnsafeBytes { s in
+            let stored = keys == nil ? UnsafeRawPointer(payload) : s.baseAddress!
+            let chunkHeader = HashMapChunkHeader(
+                storedLength: UInt32(length), codec: isCompressed ? .zstd : .raw, checksum: Checksum.xxh3(stored, count: length), sealed: keys != nil)
+            chunkHeader.encode().withUnsafeBytes { compressed.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            if keys != nil { payload.copyMemory(from: stored, byteCount: length) }
+        }
         try object.write(compressed, count: length + HashMapChunkHeader.size, at: offset)
         offset += UInt64(length + HashMapChunkHeader.size)
         header.chunkCount += 1
@@ -72,4 +85,12 @@ final class HashMapWriter {
     }
 
     func abandon() { object.abandon() }
+}
+
+/// What binds a sealed hash-map chunk to its place: the map's point (its image id) and the chunk's number.
+func hashMapContext(_ h: HashMapHeader, chunk: Int) -> [UInt8] {
+    var w = ByteWriter(capacity: 24)
+    w.raw(h.imageID.bytes)
+    w.u64(UInt64(chunk))
+    return w.bytes
 }

@@ -1,6 +1,7 @@
 // Reading one image through the chain store: its header and index, validated (the exact file size the header
 // names, the index's checksum; a chunked index's chunks are checked as they are read), and the open object the
 // frame reader and the pipelines read frames from.
+import StrataCodec
 import StrataFormat
 import StrataIO
 
@@ -10,9 +11,14 @@ final class ImageFile {
     let object: StoredObject
     let header: ImageHeader
     let index: IndexReader
+    /// An encrypted image's keys (nil without them: only checksums can be checked, `verify --checksums-only`).
+    let keys: ChainKeys?
+    /// How its blocks are hashed: keyed when encrypted.
+    var hasher: BlockHasher { BlockHasher(keys) }
 
-    init(store: ChainStore, name: String) throws {
+    init(store: ChainStore, name: String, keys: ChainKeys?) throws {
         self.name = name
+        self.keys = keys
         let object: StoredObject
         do { object = try store.open(name) } catch { throw damaged(name, error) }
         self.object = object
@@ -25,7 +31,7 @@ final class ImageFile {
             guard size == h.fileSize else {
                 throw FormatError.truncated("image file (\(size) bytes, header says \(h.fileSize))", at: size)
             }
-            index = try IndexReader(name: name, header: h, object: object)
+            index = try IndexReader(name: name, header: h, object: object, keys: h.isEncrypted ? keys : nil)
             header = h
         } catch {
             throw damaged(name, error)

@@ -4,6 +4,7 @@
 // the table's place and checksum, re-reads the header to check it, and only then publishes the object under its
 // name. Like restic's packer it has a sticky error: after the first failure it refuses more work and leaves only
 // an unfinished object for the next writer to clean up.
+import StrataCodec
 import StrataFormat
 import StrataIO
 
@@ -26,10 +27,15 @@ final class ImageWriter {
     private var failure: Error?
     private let reservedWrites = Condition()
 
-    init(store: ChainStore, name: String, header: ImageHeader, engine: IOEngineChoice = .auto) throws {
+    /// An encrypted chain's keys: frames come sealed (FrameBuffers), the index is sealed here (IndexSealing).
+    let keys: ChainKeys?
+
+    init(store: ChainStore, name: String, header: ImageHeader, keys: ChainKeys?, engine: IOEngineChoice = .auto) throws {
         self.name = name
         self.header = header
+        self.keys = keys
         self.header.incompatibleFeatures |= ImageFeatures.chunkedIndex
+        if keys != nil { self.header.incompatibleFeatures |= ImageFeatures.encrypted }
         let object = try store.create(name)
         self.object = object
         let placeholder = [UInt8](repeating: 0, count: ImageHeader.size)
@@ -65,7 +71,8 @@ final class ImageWriter {
 
     private func flushFrames() throws {
         guard let first = frames.first, let last = frames.last else { return }
-        let bytes = IndexChunks.encode(frames: frames[...])
+        var bytes = IndexChunks.encode(frames: frames[...])
+        if let keys { bytes = IndexSealing.sealFrameChunk(bytes, chunk: top.frameChunks.count, header: header, keys: keys) }
         top.frameChunks.append(
             TopIndex.FrameChunk(
                 offset: appender.offset, length: UInt32(bytes.count), count: UInt32(frames.count), firstOffset: first.offset,
@@ -76,7 +83,8 @@ final class ImageWriter {
 
     private func flushExtents() throws {
         guard let first = extents.first, let last = extents.last else { return }
-        let bytes = IndexChunks.encode(extents: extents[...])
+        var bytes = IndexChunks.encode(extents: extents[...])
+        if let keys { bytes = IndexSealing.sealExtentChunk(bytes, chunk: top.extentChunks.count, header: header, keys: keys) }
         var c = TopIndex.ExtentChunk(
             offset: appender.offset, length: UInt32(bytes.count), count: UInt32(extents.count), firstBlock: first.firstBlock, endBlock: last.endBlock,
             dataBlocks: 0, zeroBlocks: 0, unreadableBlocks: 0, checksum: CRC32C.checksum(bytes))
@@ -93,17 +101,18 @@ final class ImageWriter {
     }
 
     /// Appends one frame (block hashes then payload, contiguous in `bytes`) and returns its number.
-    func appendFrame(_ bytes: UnsafeRawPointer, length: Int, blockCount: Int, codec: FrameCodec, checksum: UInt64) throws -> UInt32 {
-        try guarded {
+    func appendFrame(_ bytes: UnsafeRawPointer, length: Int, blockCount: Int, codec: FrameCodec, checksum: UInt64, sealed: Bool) throws -> UInt32 {
+        precondition(sealed == (keys != nil), "an encrypted image holds sealed frames only")
+        return try guarded {
             let at = appender.offset
             try appender.append(bytes, count: length)
-            try addFrame(FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum))
+            try addFrame(FrameRecord(offset: at, length: UInt32(length), blockCount: UInt32(blockCount), codec: codec, checksum: checksum, sealed: sealed))
             return UInt32(frameCount - 1)
         }
     }
 
     func appendFrame(_ frame: SealedFrame) throws -> UInt32 {
-        try appendFrame(frame.start, length: frame.length, blockCount: frame.blockCount, codec: frame.codec, checksum: frame.checksum)
+        try appendFrame(frame.start, length: frame.length, blockCount: frame.blockCount, codec: frame.codec, checksum: frame.checksum, sealed: frame.sealed)
     }
 
     /// Places frames copied byte for byte from other images (merge) where the stream is, numbered from
@@ -117,7 +126,10 @@ final class ImageWriter {
                 if frames.count == Int(top.framesPerChunk) { try flushFrames() }
                 let at = appender.offset
                 try appender.skip(UInt64(r.length))
-                try addFrame(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum))
+                guard r.sealed == (keys != nil) else {
+                    throw ChainError.damaged(file: name, detail: "a frame to copy is \(r.sealed ? "" : "not ")sealed, and this image is \(keys != nil ? "" : "not ")encrypted")
+                }
+                try addFrame(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum, sealed: r.sealed))
                 offsets.append(at)
             }
             return offsets
@@ -169,6 +181,7 @@ final class ImageWriter {
             header.frameCount = UInt64(frameCount)
             header.extentCount = UInt64(extentCount)
             header.storedBytes = frameBytes
+            if let keys { header.authenticator = keys.authenticator(IndexSealing.headerParts(header, table: indexBytes), length: 32) }
             try indexBytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: offset) }
             let headerBytes = header.encode()
             try headerBytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }

@@ -3,6 +3,7 @@
 // cache (shared by the threads of a pipeline, so behind a lock), extent records from extent chunks an
 // `ExtentCursor` reads in block order. An index of the first format (one table, read whole) answers the same
 // questions from memory: such images keep their old cost until a merge or a new full rewrites them.
+import StrataCodec
 import StrataFormat
 import StrataIO
 
@@ -26,13 +27,23 @@ final class IndexReader {
     private let frameChunks = ChunkCache<FrameRecord>(capacity: 4)
     private let extentChunks = ChunkCache<ExtentRecord>(capacity: 4)
 
-    init(name: String, header h: ImageHeader, object: StoredObject) throws {
+    /// An encrypted image's keys; nil without them (frame records are read unchecked by their tags, extents not at all).
+    private let keys: ChainKeys?
+
+    init(name: String, header h: ImageHeader, object: StoredObject, keys: ChainKeys?) throws {
         self.name = name
         header = h
         self.object = object
+        self.keys = keys
         let bytes = try Self.read(object, h.indexOffset, Int(h.indexLength), what: "image index")
         if h.isChunked {
             let top = try TopIndex.decode(bytes, header: h)
+            if h.isEncrypted, let keys, h.chainID.bytes != keys.chainID {
+                throw ChainError.damaged(file: name, detail: "it belongs to another chain (\(h.chainID))")
+            }
+            if h.isEncrypted, let keys, keys.authenticator(IndexSealing.headerParts(h, table: bytes), length: 32) != h.authenticator {
+                throw FormatError.invalid("the image's header and index fail authentication with this chain's key")
+            }
             source = .chunked(top)
             maxFrameLength = Int(top.maxFrameLength)
             maxFrameBlocks = Int(max(ImageHeader.maxBlockSize / h.blockSize, 1))
@@ -54,7 +65,11 @@ final class IndexReader {
             let c = Int(n) / Int(top.framesPerChunk)
             let records = try frameChunks.get(c) {
                 let entry = top.frameChunks[c]
-                do { return try IndexChunks.decodeFrames(Self.read(object, entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
+                do {
+                    return try IndexChunks.decodeFrames(Self.read(object, entry.offset, Int(entry.length)), chunk: c, of: top, header: header) {
+                        try IndexSealing.openFrameChunk($0, chunk: c, header: self.header, keys: self.keys)
+                    }
+                } catch {
                     throw damaged(name, error)
                 }
             }
@@ -110,7 +125,11 @@ final class IndexReader {
         case .chunked(let top):
             return try extentChunks.get(c) {
                 let entry = top.extentChunks[c]
-                do { return try IndexChunks.decodeExtents(Self.read(object, entry.offset, Int(entry.length)), chunk: c, of: top, header: header) } catch {
+                do {
+                    return try IndexChunks.decodeExtents(Self.read(object, entry.offset, Int(entry.length)), chunk: c, of: top, header: header) {
+                        try IndexSealing.openExtentChunk($0, chunk: c, header: self.header, keys: self.keys, name: self.name)
+                    }
+                } catch {
                     throw damaged(name, error)
                 }
             }

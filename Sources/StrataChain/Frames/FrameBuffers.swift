@@ -1,7 +1,8 @@
 // Buffers in which frames are assembled before they are appended to an image, shared by capture and merge.
-// Each buffer is laid out [blocks | block hashes | payload]: the caller copies up to `blocksPerFrame` blocks
-// and their hashes in, then `seal` compresses the blocks (or stores them raw), moves the hashes to sit right
-// before the payload, and checksums both, so the sealed frame is one contiguous run of bytes, as on disk.
+// Each buffer is laid out [blocks | salt room | block hashes | payload | tag room]: the caller copies up to
+// `blocksPerFrame` blocks and their hashes in, then `seal` compresses the blocks (or stores them raw), moves the
+// hashes to sit right before the payload, encrypts both in place for an encrypted chain (salt before, tag after),
+// and checksums what is stored, so the finished frame is one contiguous run of bytes, as on disk.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -13,6 +14,7 @@ struct SealedFrame {
     var blockCount: Int
     var codec: FrameCodec
     var checksum: UInt64
+    var sealed: Bool
 }
 
 final class FrameBuffers {
@@ -24,18 +26,21 @@ final class FrameBuffers {
     private let hashOffset: Int
     private let payloadOffset: Int
     private let payloadCapacity: Int
+    /// An encrypted chain's keys: frames are sealed.
+    let keys: ChainKeys?
 
     /// How many blocks of `blockSize` a frame holds: 1 MiB of them (capture and merge plan with this).
     static func blocksPerFrame(blockSize: Int) -> Int { max(1, Int(ImageHeader.maxBlockSize) / blockSize) }
 
-    init(blockSize: Int, count: Int) {
+    init(blockSize: Int, count: Int, keys: ChainKeys?) {
         self.blockSize = blockSize
+        self.keys = keys
         blocksPerFrame = Self.blocksPerFrame(blockSize: blockSize)
         let raw = blocksPerFrame * blockSize
-        hashOffset = raw
-        payloadOffset = raw + blocksPerFrame * 16
+        hashOffset = raw + 64
+        payloadOffset = hashOffset + blocksPerFrame * 16
         payloadCapacity = FrameCompressor.storeBound(raw)
-        slab = AlignedSlab(slotSize: payloadOffset + payloadCapacity, slotCount: count, alignment: 64)
+        slab = AlignedSlab(slotSize: payloadOffset + payloadCapacity + Sealing.tagSize, slotCount: count, alignment: 64)
     }
 
     /// Where block `index` of buffer `buffer` goes.
@@ -54,9 +59,13 @@ final class FrameBuffers {
         let hashes = payload - blockCount * 16
         if blockCount < blocksPerFrame { hashes.copyMemory(from: base + hashOffset, byteCount: blockCount * 16) }
         let stored = compressor.compressOrStore(blocks ?? UnsafeRawPointer(base), count: blockCount * blockSize, into: payload, capacity: payloadCapacity)
-        let length = blockCount * 16 + stored.length
+        var start = hashes, length = blockCount * 16 + stored.length
+        if let keys {
+            start = hashes - Sealing.saltSize
+            length = keys.sealFrame(start, plainLength: length)
+        }
         return SealedFrame(
-            start: UnsafeRawPointer(hashes), length: length, blockCount: blockCount, codec: stored.compressed ? .zstd : .raw,
-            checksum: Checksum.xxh3(hashes, count: length))
+            start: UnsafeRawPointer(start), length: length, blockCount: blockCount, codec: stored.compressed ? .zstd : .raw,
+            checksum: Checksum.xxh3(start, count: length), sealed: keys != nil)
     }
 }

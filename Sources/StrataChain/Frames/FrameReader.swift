@@ -55,8 +55,34 @@ final class FrameReader {
     /// `hashesOnly`, only its block hashes (the first 16 bytes a block).
     func read(_ f: FrameRef, into stored: UnsafeMutableRawPointer, hashesOnly: Bool = false) throws {
         let r = try record(f)
-        let n = try image(f).object.read(into: stored, count: hashesOnly ? r.hashesLength : Int(r.length), at: r.offset)
+        let n = try image(f).object.read(into: stored, count: Self.readLength(r, hashesOnly: hashesOnly), at: r.offset)
         try arrived(f, bytes: n, hashesOnly: hashesOnly)
+    }
+
+    /// The bytes a read of the frame (or of its hashes) covers: a sealed frame's hashes are read with it whole.
+    static func readLength(_ r: FrameRecord, hashesOnly: Bool) -> Int { hashesOnly && !r.sealed ? r.hashesLength : Int(r.length) }
+
+    /// Room a buffer for a hashes-only read of these images' frames needs.
+    var hashesReadRoom: Int {
+        images.contains { $0?.header.isEncrypted == true } ? max(largest.stored, 1) : max(largest.blocks * 16, 1)
+    }
+
+    /// After a hashes-only read: a sealed frame is checked and opened, so its hashes lie at `stored` as an
+    /// unsealed frame's do. (An unsealed frame's hashes are checked against its blocks where they are used.)
+    func openHashes(_ f: FrameRef, stored: UnsafeMutableRawPointer) throws {
+        guard try record(f).sealed else { return }
+        try check(f, stored: stored, .checksum)
+        try open(f, stored: stored)
+    }
+
+    /// Opens a sealed frame in place (its checksum checked), leaving hashes and payload at `stored`.
+    private func open(_ f: FrameRef, stored: UnsafeRawPointer) throws {
+        let image = image(f)
+        let r = try record(f)
+        guard let keys = image.keys else { throw ChainError.keyNeeded(path: image.name) }
+        guard keys.openFrame(UnsafeMutableRawPointer(mutating: stored), storedLength: Int(r.length)) else {
+            throw ChainError.corruptData(file: image.name, detail: "frame \(f.frame) at byte \(r.offset) does not open with this chain's key (moved from another image or chain, or altered)")
+        }
     }
 
     /// Starts reading the frame's stored bytes (or, `hashesOnly`, its block hashes) on `pump` (the store's read
@@ -68,7 +94,7 @@ final class FrameReader {
     func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false, direct: Bool = false) throws -> Int? {
         let r = try record(f)
         let image = image(f)
-        let length = hashesOnly ? r.hashesLength : Int(r.length)
+        let length = Self.readLength(r, hashesOnly: hashesOnly)
         if direct, let fd = image.object.directHandle {
             let a = UInt64(StoredObjects.directAlignment)
             let start = r.offset / a * a
@@ -92,7 +118,7 @@ final class FrameReader {
         if let error {
             throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) cannot be read (\(error.reason))")
         }
-        let needed = hashesOnly ? r.hashesLength : Int(r.length)
+        let needed = Self.readLength(r, hashesOnly: hashesOnly)
         if !(lead.map { bytes >= $0 + needed } ?? (bytes == needed)) {
             throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short")
         }
@@ -102,9 +128,10 @@ final class FrameReader {
     /// the target with them without reading payloads. (Restore checked the whole frame as it wrote it.)
     func storedHashes(_ f: FrameRef) throws -> [BlockHash] {
         let r = try record(f)
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(r.hashesLength, 1), alignment: 16)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(Self.readLength(r, hashesOnly: true), 1), alignment: 16)
         defer { raw.deallocate() }
         try read(f, into: raw, hashesOnly: true)
+        try openHashes(f, stored: raw)
         return Self.hashes(raw, count: Int(r.blockCount))
     }
 
@@ -122,7 +149,8 @@ final class FrameReader {
     // MARK: Checking
 
     /// Checks the stored bytes of a frame that arrived whole; with `.everyBlock` or `.decodeOnly`, decodes its
-    /// payload into `decoded` (room for its blocks).
+    /// payload into `decoded` (room for its blocks). A sealed frame is opened in place first: after this, `stored`
+    /// holds its hashes and payload as an unsealed frame's (what `checkBlocks` takes).
     func check(
         _ f: FrameRef, stored: UnsafeRawPointer, _ depth: FrameCheck, decoded: UnsafeMutableRawPointer? = nil,
         decompressor: FrameDecompressor? = nil
@@ -134,6 +162,7 @@ final class FrameReader {
         }
         if case .checksum = depth { return }
         guard let decoded, let decompressor else { preconditionFailure("decoding a frame needs room and a decompressor") }
+        if r.sealed { try open(f, stored: stored) }
         let blockSize = Int(image.header.blockSize)
         let blocks = Int(r.blockCount)
         let payload = stored + r.hashesLength
@@ -155,8 +184,9 @@ final class FrameReader {
     func checkBlocks(_ f: FrameRef, _ range: Range<Int>, stored: UnsafeRawPointer, decoded: UnsafeRawPointer) throws {
         let image = image(f)
         let blockSize = Int(image.header.blockSize)
+        let hasher = image.hasher
         for b in range {
-            guard BlockHash.of(decoded + b * blockSize, count: blockSize) == Self.hash(stored, b) else {
+            guard hasher.hash(decoded + b * blockSize, count: blockSize) == Self.hash(stored, b) else {
                 throw ChainError.corruptData(file: image.name, detail: "block \(sourceBlock(f, b)) (in frame \(f.frame)) does not match its hash")
             }
         }

@@ -15,6 +15,8 @@ public struct MergeOptions: Sendable {
     public var level: Int32 = 1
     public var threads: Int = Sys.onlineCores
     public var engine: IOEngineChoice = .auto
+    /// An encrypted chain's secret (its index is read and written; whole frames are copied without opening them).
+    public var secret: UserSecret? = nil
 
     public init(to: UInt32) { self.to = to }
 
@@ -43,7 +45,7 @@ public enum Merge {
     public static func run(chain chainPath: String, options: MergeOptions, progress: ProgressHandler? = nil) throws -> MergeResult {
         let started = Sys.monotonicNanos()
         try options.check()
-        return try merge(Chain(location: chainPath, access: .write), options: options, started: started, progress: progress)
+        return try merge(Chain(location: chainPath, access: .write, secret: options.secret), options: options, started: started, progress: progress)
     }
 
     /// Merges within a chain this writer has open (repair runs several merges under one lock).
@@ -86,6 +88,7 @@ public enum Merge {
             let end = manifest.images.firstIndex(where: { $0.lastPoint == to })
         else { throw ChainError.noSuchPoint(from, available: points) }
         let range = manifest.images[start...end]
+        let keys = try chain.dataKeys()
         let sources = try chain.openImages(forPoint: to, from: from)
         let newest = sources.last!.header
         let header = ImageHeader(
@@ -99,7 +102,7 @@ public enum Merge {
         if let free = chain.store.freeSpace(), free < needed {
             throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
         }
-        let writer = try ImageWriter(store: chain.store, name: name, header: header, engine: options.engine)
+        let writer = try ImageWriter(store: chain.store, name: name, header: header, keys: keys, engine: options.engine)
         let finished: ImageHeader
         do {
             try plan.write(to: writer, level: options.level, threads: options.threads, progress: progress)

@@ -68,7 +68,7 @@ final class MergePlan {
                 }
             }
         }
-        bytesUpperBound += IndexChunks.indexLength(frames: frames, extents: extents)
+        bytesUpperBound += IndexChunks.indexLength(frames: frames, extents: extents, encrypted: sources.contains { $0.header.isEncrypted })
     }
 
     private func number(_ e: ResolvedExtent) -> Int { frameBase[Int(e.image)] + Int(e.frame) }
@@ -81,7 +81,7 @@ final class MergePlan {
 
     func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
         var done: UInt64 = 0
-        let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads))
+        let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads), keys: writer.keys)
         let reader = FrameReader(sources)
         let walk = PointWalk(sources, extents: Self.windowExtents)
         while let window = try walk.next() {

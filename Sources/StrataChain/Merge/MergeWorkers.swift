@@ -36,9 +36,9 @@ final class MergeWorkers {
         let caches: [FrameCache]
         let copyBuffers: [AlignedSlab]
 
-        init(sources: [ImageFile], level: Int32, threads: Int) throws {
+        init(sources: [ImageFile], level: Int32, threads: Int, keys: ChainKeys?) throws {
             let blockSize = Int(sources[0].header.blockSize)
-            buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2)
+            buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2, keys: keys)
             compressors = try (0..<threads).map { _ in try FrameCompressor(level: level) }
             decompressors = try (0..<threads).map { _ in try FrameDecompressor() }
             // Surviving blocks interleave across the source images in block order, so a packed frame draws on

@@ -11,6 +11,8 @@ import StrataIO
 public struct RepairOptions: Sendable {
     public var dryRun = false
     public var dropDamaged = false
+    /// An encrypted chain's secret.
+    public var secret: UserSecret? = nil
     public var threads: Int = Sys.onlineCores
 
     public init() {}
@@ -28,7 +30,8 @@ public struct RepairReport: Sendable, Equatable {
 public enum Repair {
     /// `announce` receives each change before it is made.
     public static func run(chain location: String, options: RepairOptions, announce: (String) -> Void = { _ in }) throws -> RepairReport {
-        let chain = try Chain(location: location, access: .write, cleanUp: false)
+        let chain = try Chain(location: location, access: .write, cleanUp: false, secret: options.secret)
+        _ = try chain.dataKeys()
         guard var manifest = chain.manifest else { throw ChainError.notAChain(path: location) }
         var report = RepairReport()
         func act(_ what: String, _ body: () throws -> Void) rethrows {
@@ -42,6 +45,7 @@ public enum Repair {
         var points = manifest.points
         if options.dropDamaged {
             var verify = VerifyOptions()
+            verify.secret = options.secret
             verify.threads = options.threads
             verify.recordDamage = !options.dryRun
             let found = try Verify.run(chain: location, options: verify)
@@ -77,9 +81,9 @@ public enum Repair {
             points.removeAll { report.removedPoints.contains($0) }
             if !options.dryRun { manifest = chain.manifest! }
         }
-        if !(options.dropDamaged && options.dryRun), let problem = HeadMap.problem(chain.store, manifest) {
+        if !(options.dropDamaged && options.dryRun), let problem = HeadMap.problem(chain.store, manifest, keys: chain.keys) {
             try act("rebuild \(manifest.hashMapFile) (\(problem)) from the newest point's images") {
-                try HeadMap.rebuild(chain.store, manifest, chain.openPoint(manifest.images.last!.lastPoint))
+                try HeadMap.rebuild(chain.store, manifest, chain.openPoint(manifest.images.last!.lastPoint), keys: chain.keys)
             }
         }
         report.points = points
@@ -95,7 +99,7 @@ public enum Repair {
         next.images.removeSubrange((end + 1)...)
         next.hashMapFile = Chain.hashMapName(point: kept)
         next.nextPoint = kept + 1  // points follow on without a gap (the manifest's rule): the next capture is kept + 1
-        try HeadMap.rebuild(chain.store, next, chain.openPoint(kept))
+        try HeadMap.rebuild(chain.store, next, chain.openPoint(kept), keys: chain.keys)
         try chain.commit(next)
     }
 }

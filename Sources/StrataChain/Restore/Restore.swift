@@ -13,6 +13,8 @@ public struct RestoreOptions: Sendable {
     public var verify = false
     /// Replace an existing non-empty target file (a device in use is refused whatever this says).
     public var force = false
+    /// An encrypted chain's secret.
+    public var secret: UserSecret? = nil
 
     public init() {}
 }
@@ -36,8 +38,9 @@ public enum Restore {
         progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
     ) throws -> RestoreResult {
         let started = Sys.monotonicNanos()
-        let chain = try Chain(location: chainPath, access: .read)
+        let chain = try Chain(location: chainPath, access: .read, secret: options.secret)
         guard let first = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
+        _ = try chain.dataKeys()
         let point = options.point ?? first.points.last!
         let images = try chain.openPoint(point)
         let manifest = chain.manifest!  // the one the images were opened under

@@ -33,7 +33,7 @@ final class RestoreReadBack {
         let chunk = 1 << 20
         let slots = AlignedSlab(slotSize: chunk, slotCount: depth, alignment: max(4096, source.alignment))
         let pump = IOPump(queue: queue, maxTags: depth)
-        let detector = ZeroBlockDetector(blockSize: blockSize)
+        let detector = ZeroBlockDetector(blockSize: blockSize, hasher: frames.images.last??.hasher ?? .plain)
         var free = Array((0..<depth).reversed())
         var slotOffset = Array(repeating: UInt64(0), count: depth)
         var arrived: [UInt64: (slot: Int, bytes: Int)] = [:]

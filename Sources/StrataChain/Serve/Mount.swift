@@ -20,6 +20,8 @@ public struct MountOptions: Sendable {
     public var cacheBytes = 64 << 20
     /// Serve the point files through the kernel's page cache (for programs that map them shared).
     public var pageCache = false
+    /// An encrypted chain's secret.
+    public var secret: UserSecret? = nil
     public init() {}
 }
 
@@ -50,7 +52,7 @@ public final class MountSession: @unchecked Sendable {
         if let pid = MountSession.serverPid(state), Daemon.isRunning(pid) {
             throw ChainError.mountPointUnusable(path: directory, problem: "strata (pid \(pid)) is already serving a mount there", todo: "run strata unmount \(directory) first")
         }
-        served = try ServedChain(chain: chain, cacheBytes: options.cacheBytes)
+        served = try ServedChain(chain: chain, cacheBytes: options.cacheBytes, secret: options.secret)
         if options.files || options.point != nil {
             readers = [try served.reader(point: options.point)]
         } else {

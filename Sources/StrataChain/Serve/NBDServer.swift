@@ -34,11 +34,11 @@ public final class NBDServer {
     static let allocationContext: UInt32 = 1
 
     /// Serves `chain`; `point` is the export "" names (nil: the newest point when the client connects).
-    public init(chain: String, point: UInt32?, cacheBytes: Int = 64 << 20, log: @escaping (String) -> Void) throws {
+    public init(chain: String, point: UInt32?, cacheBytes: Int = 64 << 20, secret: UserSecret? = nil, log: @escaping (String) -> Void) throws {
         self.chain = chain
         defaultPoint = point
         self.log = log
-        served = try ServedChain(chain: chain, cacheBytes: cacheBytes)
+        served = try ServedChain(chain: chain, cacheBytes: cacheBytes, secret: secret)
         // Fail now, not at the first client, when the point cannot be opened.
         let r = try served.reader(point: point)
         opened[r.point] = r

@@ -18,14 +18,19 @@ public final class ServedChain: @unchecked Sendable {
     let readAheadBytes: Int
     private let lock = Condition()
     private var images: [String: ImageFile] = [:]
+    /// An encrypted chain's secret (each reopening of the manifest unlocks the key again).
+    private let secret: UserSecret?
     /// Points opened, while someone reads them (a reader holds its chain; the chain does not hold its readers).
     private var readers: [UInt32: Weak<PointReader>] = [:]
 
     /// Opens the chain at `location` for serving, with about `cacheBytes` of decoded frames (`readAheadBytes` of
     /// them may be read ahead of a sequential reader, by `readAheadThreads` threads; 0 turns read-ahead off).
-    public init(chain location: String, cacheBytes: Int = 64 << 20, readAheadBytes: Int? = nil, readAheadThreads: Int? = nil) throws {
+    public init(
+        chain location: String, cacheBytes: Int = 64 << 20, readAheadBytes: Int? = nil, readAheadThreads: Int? = nil, secret: UserSecret? = nil
+    ) throws {
         self.location = location
-        let (chain, m) = try ServedChain.current(location)
+        self.secret = secret
+        let (chain, m) = try ServedChain.current(location, secret: secret)
         sourceSize = m.sourceSize
         blockSize = Int(m.blockSize)
         // Entries sized for the largest frame the format allows: images opened later fit too.
@@ -47,7 +52,7 @@ public final class ServedChain: @unchecked Sendable {
     public func reader(point: UInt32?) throws -> PointReader {
         try lock.withLock {
             if let point, let r = readers[point]?.value { return r }
-            let (chain, m) = try ServedChain.current(location)
+            let (chain, m) = try ServedChain.current(location, secret: secret)
             guard let p = point ?? m.points.last else { throw ChainError.notAChain(path: location) }
             if let r = readers[p]?.value { return r }
             return try open(p, in: chain)
@@ -57,15 +62,16 @@ public final class ServedChain: @unchecked Sendable {
     /// Opens every point the chain holds now, oldest first.
     public func openEveryPoint() throws -> [PointReader] {
         try lock.withLock {
-            let (chain, m) = try ServedChain.current(location)
+            let (chain, m) = try ServedChain.current(location, secret: secret)
             return try m.points.map { p in try readers[p]?.value ?? open(p, in: chain) }
         }
     }
 
     /// The chain at `location` as its manifest is now.
-    private static func current(_ location: String) throws -> (Chain, ChainManifest) {
-        let chain = try Chain(location: location, access: .read)
+    private static func current(_ location: String, secret: UserSecret?) throws -> (Chain, ChainManifest) {
+        let chain = try Chain(location: location, access: .read, secret: secret)
         guard let m = chain.manifest else { throw ChainError.notAChain(path: location) }
+        _ = try chain.dataKeys()
         return (chain, m)
     }
 

@@ -20,6 +20,8 @@ public struct VerifyOptions: Sendable {
     /// After a whole-chain verify, write what was found damaged for the next capture to heal (repair's dry run
     /// does not).
     public var recordDamage = true
+    /// An encrypted chain's secret; without it only `checksumsOnly` runs (frames checked as stored, extents unread).
+    public var secret: UserSecret? = nil
 
     public init() {}
 }
@@ -48,13 +50,17 @@ public enum Verify {
     public static func run(chain chainPath: String, options: VerifyOptions, progress: ProgressHandler? = nil) throws -> VerifyReport {
         let started = Sys.monotonicNanos()
         guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
-        let chain = try Chain(location: chainPath, access: .read)
-        var opened = try open(chain, options)
+        let chain = try Chain(location: chainPath, access: .read, secret: options.secret)
+        // Without the key of an encrypted chain, only what is stored can be checked: frames against their checksums
+        // and the index's structure; not extents (sealed), so damage is placed by image, not by block.
+        let blind = chain.isEncrypted && chain.keys == nil
+        if blind && !options.checksumsOnly { throw ChainError.keyNeeded(path: chainPath) }
+        var opened = try open(chain, options, blind: blind)
         // A merge may have replaced images between this reader's reading the manifest and opening them: a missing
         // image is damage only if the manifest still names it.
         for _ in 0..<8 where opened.missing {
             guard try chain.reloadManifest() else { break }
-            opened = try open(chain, options)
+            opened = try open(chain, options, blind: blind)
         }
         let entries = opened.entries
         let images = opened.images
@@ -76,7 +82,7 @@ public enum Verify {
 
         // Frames: all of every image, or those the point's blocks come from.
         let work: FrameWork
-        if options.point != nil {
+        if options.point != nil && !blind {
             var list: [FrameRef] = []
             let slice = needed(images.count - 1)
             if !slice.contains(where: { $0 == nil }) {
@@ -94,7 +100,7 @@ public enum Verify {
         let damagedFrames = try scan.run()
         // The source blocks each damaged frame holds: one walk of each affected image's extents.
         var blocks: [FrameRef: [Range<UInt64>]] = [:]
-        for i in Set(damagedFrames.keys.map(\.image)).sorted() {
+        for i in Set(damagedFrames.keys.map(\.image)).sorted() where !blind {
             try frames.images[i]!.index.forEachExtent { e in
                 let f = FrameRef(image: i, frame: e.frame)
                 if e.kind == .data && damagedFrames[f] != nil { blocks[f, default: []].append(e.firstBlock..<e.endBlock) }
@@ -111,7 +117,9 @@ public enum Verify {
             guard options.point == nil || e.point == options.point else { continue }
             let slice = needed(i)
             var ok = !slice.contains { $0 == nil }
-            if ok && !damagedFrames.isEmpty {
+            if ok && blind {
+                ok = !damagedFrames.keys.contains { slice.indices.contains($0.image) }
+            } else if ok && !damagedFrames.isEmpty {
                 try walk(slice) { r in
                     if r.kind == .data && damagedFrames[r.frameRef] != nil { ok = false }
                 }
@@ -156,7 +164,7 @@ public enum Verify {
         var missing = false
     }
 
-    private static func open(_ chain: Chain, _ options: VerifyOptions) throws -> Opened {
+    private static func open(_ chain: Chain, _ options: VerifyOptions, blind: Bool) throws -> Opened {
         guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chain.location) }
         let entries: ArraySlice<ManifestEntry>
         if let p = options.point {
@@ -169,9 +177,9 @@ public enum Verify {
         var previous: ManifestEntry?
         for (i, e) in entries.enumerated() {
             do {
-                let image = try ImageFile(store: chain.store, name: e.file)
+                let image = try ImageFile(store: chain.store, name: e.file, keys: chain.keys)
                 try Chain.check(image.header, of: e, in: manifest)
-                try image.index.checkWhole()
+                if !blind { try image.index.checkWhole() }
                 // The link to the image before can be checked only when that one could be read.
                 if i == 0 || previous != nil {
                     try Chain.check(image.header, of: e, follows: previous)
@@ -185,7 +193,7 @@ public enum Verify {
                 previous = nil
             }
         }
-        if options.point == nil, let problem = checkHashMap(chain.store, manifest) {
+        if options.point == nil && !blind, let problem = checkHashMap(chain.store, manifest, keys: chain.keys) {
             if problem.detail.hasPrefix(ChainError.missingDetail) { opened.missing = true }
             opened.problems.append(problem)
         }
@@ -194,8 +202,8 @@ public enum Verify {
 
     /// The head hash map (what the next capture compares with): its header names the newest image, and every
     /// chunk passes its checksum. Damage here affects no point, and the next capture works around it.
-    private static func checkHashMap(_ store: ChainStore, _ m: ChainManifest) -> VerifyProblem? {
-        guard let problem = HeadMap.problem(store, m) else { return nil }
+    private static func checkHashMap(_ store: ChainStore, _ m: ChainManifest, keys: ChainKeys?) -> VerifyProblem? {
+        guard let problem = HeadMap.problem(store, m, keys: keys) else { return nil }
         return VerifyProblem(
             file: m.hashMapFile, detail: problem + " (no point is affected; the next capture rebuilds it from the images, as does strata repair)",
             blocks: [])

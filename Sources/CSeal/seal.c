@@ -1,0 +1,83 @@
+#include "CSeal.h"
+#include <openssl/evp.h>
+#include <sodium.h>
+#include <string.h>
+
+int strata_seal_init(void) { return sodium_init() < 0 ? -1 : 0; }
+
+void strata_random(void *out, size_t length) { randombytes_buf(out, length); }
+
+// One cipher context a thread, made once: only the key changes from one frame to the next.
+static __thread EVP_CIPHER_CTX *encrypting, *decrypting;
+static const uint8_t zeroNonce[12];
+
+static void frame_key(uint8_t key[32], const uint8_t *master, const uint8_t *salt) {
+    crypto_generichash(key, 32, salt, 24, master, 32);
+}
+
+int strata_seal(const uint8_t *master, const uint8_t *salt, const uint8_t *ad, size_t adLength, uint8_t *text, size_t length, uint8_t *tag) {
+    if (!encrypting) {
+        encrypting = EVP_CIPHER_CTX_new();
+        if (!encrypting || EVP_EncryptInit_ex(encrypting, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) return -1;
+    }
+    uint8_t key[32];
+    frame_key(key, master, salt);
+    int n = 0, ok = EVP_EncryptInit_ex(encrypting, NULL, NULL, key, zeroNonce) == 1;
+    sodium_memzero(key, sizeof key);
+    ok = ok && (adLength == 0 || EVP_EncryptUpdate(encrypting, NULL, &n, ad, (int)adLength) == 1);
+    while (ok && length > 0) {
+        int chunk = length > (1u << 30) ? (1 << 30) : (int)length;
+        ok = EVP_EncryptUpdate(encrypting, text, &n, text, chunk) == 1;
+        text += chunk;
+        length -= (size_t)chunk;
+    }
+    ok = ok && EVP_EncryptFinal_ex(encrypting, text, &n) == 1;
+    ok = ok && EVP_CIPHER_CTX_ctrl(encrypting, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
+    return ok ? 0 : -1;
+}
+
+int strata_open(const uint8_t *master, const uint8_t *salt, const uint8_t *ad, size_t adLength, uint8_t *text, size_t length, const uint8_t *tag) {
+    if (!decrypting) {
+        decrypting = EVP_CIPHER_CTX_new();
+        if (!decrypting || EVP_DecryptInit_ex(decrypting, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) return -1;
+    }
+    uint8_t key[32];
+    frame_key(key, master, salt);
+    int n = 0, ok = EVP_DecryptInit_ex(decrypting, NULL, NULL, key, zeroNonce) == 1;
+    sodium_memzero(key, sizeof key);
+    ok = ok && (adLength == 0 || EVP_DecryptUpdate(decrypting, NULL, &n, ad, (int)adLength) == 1);
+    while (ok && length > 0) {
+        int chunk = length > (1u << 30) ? (1 << 30) : (int)length;
+        ok = EVP_DecryptUpdate(decrypting, text, &n, text, chunk) == 1;
+        text += chunk;
+        length -= (size_t)chunk;
+    }
+    ok = ok && EVP_CIPHER_CTX_ctrl(decrypting, EVP_CTRL_GCM_SET_TAG, 16, (void *)tag) == 1;
+    ok = ok && EVP_DecryptFinal_ex(decrypting, text, &n) == 1;
+    return ok ? 0 : -1;
+}
+
+void strata_mac(uint8_t *out, size_t outLength, const uint8_t *key, const void *data, size_t length) {
+    crypto_generichash(out, outLength, data, length, key, 32);
+}
+
+void strata_subkey(uint8_t *out, size_t length, uint64_t id, const uint8_t *master) {
+    crypto_kdf_derive_from_key(out, length, id, "strata__", master);
+}
+
+int strata_passphrase_key(uint8_t *key, const char *passphrase, size_t length, const uint8_t *salt16, uint64_t opsLimit, size_t memLimit) {
+    return crypto_pwhash(key, 32, passphrase, length, salt16, opsLimit, memLimit, crypto_pwhash_ALG_ARGON2ID13);
+}
+
+uint64_t strata_passphrase_ops_default(void) { return crypto_pwhash_OPSLIMIT_MODERATE; }
+size_t strata_passphrase_mem_default(void) { return crypto_pwhash_MEMLIMIT_MODERATE; }
+
+void strata_wrap(uint8_t *out, const uint8_t *plain, size_t length, const uint8_t *ad, size_t adLength, const uint8_t *nonce24, const uint8_t *key) {
+    crypto_aead_xchacha20poly1305_ietf_encrypt(out, NULL, plain, length, ad, adLength, NULL, nonce24, key);
+}
+
+int strata_unwrap(uint8_t *out, const uint8_t *sealed, size_t sealedLength, const uint8_t *ad, size_t adLength, const uint8_t *nonce24, const uint8_t *key) {
+    return crypto_aead_xchacha20poly1305_ietf_decrypt(out, NULL, NULL, sealed, sealedLength, ad, adLength, nonce24, key);
+}
+
+void strata_wipe(void *p, size_t length) { sodium_memzero(p, length); }

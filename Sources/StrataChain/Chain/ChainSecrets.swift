@@ -1,0 +1,58 @@
+// The user's side of an encrypted chain (docs/ENCRYPTION.md): making a key file (`strata keygen`), reading one
+// (`--key-file`), and re-wrapping a chain's master key under a new secret (`strata key change`). The chain side,
+// opening `chain.key` with the secret, is Chain's `unlock`.
+import Glibc
+import StrataCodec
+import StrataFormat
+import StrataIO
+
+public enum ChainSecrets {
+    /// Writes 32 random bytes to a new file at `path`, mode 0600, synced; refuses to replace anything.
+    public static func generate(keyFile path: String) throws {
+        let fd: Int32
+        do { fd = try Sys.create(path, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600) } catch let e as IOError {
+            throw ChainError.keyFileUnusable(path: path, reason: e.alreadyExists ? "it exists; strata keygen never replaces a key (remove it yourself, or name another file)" : e.reason)
+        }
+        defer { Sys.close(fd) }
+        let key = KeyWrapping.random(ChainKeys.keySize)
+        do {
+            try key.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: path) }
+            try Sys.fsync(fd, path: path)
+            try? DurableFiles.fsyncDirectory(BlockDevices.parentDirectory(of: path))
+        } catch let e as IOError {
+            try? Sys.unlink(path)
+            throw ChainError.keyFileUnusable(path: path, reason: e.reason)
+        }
+    }
+
+    /// The secret a key file holds; `warn` gets a line when others may read it.
+    public static func readKeyFile(_ path: String, warn: (String) -> Void) throws -> UserSecret {
+        let bytes: [UInt8]
+        do {
+            let st = try Sys.stat(path)
+            if st.st_mode & 0o077 != 0 {
+                warn("warning: key file \(path) can be read by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
+            }
+            bytes = try DurableFiles.readAll(path, limit: 4096)
+        } catch let e as IOError {
+            throw ChainError.keyFileUnusable(path: path, reason: e.reason)
+        }
+        guard bytes.count == ChainKeys.keySize else {
+            throw ChainError.keyFileUnusable(path: path, reason: "it holds \(bytes.count) bytes, not the \(ChainKeys.keySize) of a key strata keygen makes")
+        }
+        return .keyFile(bytes)
+    }
+
+    /// Re-wraps the chain's master key under `new`, after checking `old` opens it: a new `chain.key` replaces the
+    /// old one in one rename, under the writer's lock. No image is rewritten.
+    public static func change(chain location: String, old: UserSecret, new: UserSecret) throws {
+        let chain = try Chain(location: location, access: .write, secret: old)
+        guard let m = chain.manifest, let name = m.keyFile else {
+            throw ChainError.invalidOption("chain \(location) is not encrypted: there is no key to change")
+        }
+        let file: ChainKeyFile
+        do { file = try ChainKeyFile.decode(chain.store.readSmall(name, limit: 1 << 16)) } catch { throw damaged(name, error) }
+        guard let master = try Chain.masterKey(file, secret: old, location: location) else { throw ChainError.keyNeeded(path: location) }
+        try chain.publishSmall(name, Chain.keyFile(master: master, chainID: m.chainID, secret: new).encode())
+    }
+}
