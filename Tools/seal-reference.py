@@ -20,7 +20,8 @@ def subkey(n):
 
 def seal(use, plain, associated):
     key = hashlib.blake2b(salt, digest_size=32, key=subkey(use)).digest()  # a key used once
-    return salt + AESGCM(key).encrypt(bytes(12), plain, associated)       # ciphertext, then the 16-byte tag
+    sealed = AESGCM(key).encrypt(bytes(12), plain, associated)            # ciphertext, then the 16-byte tag
+    return sealed[:-16] + salt + sealed[-16:]                              # stored: ciphertext, salt, tag
 
 
 print(seal(1, b"strata golden frame", chain).hex())

@@ -2,7 +2,8 @@
 // (32 random bytes, kept in `chain.key` wrapped by the user's secret: KeyWrapping) never encrypts anything itself;
 // each use has its own subkey from libsodium's KDF. Sealing is AES-256-GCM under a key used once (keyed BLAKE2b of
 // a random 24-byte salt under the use's subkey), so no nonce can repeat however long a chain lives; what a sealed
-// thing must not be moved from goes in as associated data. This file and KeyWrapping.swift are the only code that
+// thing must not be moved from goes in as associated data. Sealed bytes are ciphertext, salt, tag: the ciphertext
+// starts where the plain bytes did, so sealing and opening work in place with no move. This file and KeyWrapping.swift are the only code that
 // touches the cryptographic libraries (CSeal: OpenSSL's AES-GCM, libsodium's keys).
 import CSeal
 import CXXH3
@@ -59,33 +60,28 @@ public final class ChainKeys: @unchecked Sendable {
 
     // MARK: Frames
 
-    /// Seals, in place, a frame laid out [salt (24) | hashes and payload (`plainLength`) | room for the tag (16)]
-    /// starting at `start`; returns the stored length.
-    /// `salt`: for golden files only (nil: 24 random bytes, as every real seal).
+    /// Seals, in place, the `plainLength` bytes of a frame (hashes and payload) at `start`, with room for 40 more
+    /// after them: the stored frame is ciphertext, salt (24), tag (16). Returns the stored length. `salt`: for
+    /// golden files only (nil: 24 random bytes, as every real seal).
     public func sealFrame(_ start: UnsafeMutableRawPointer, plainLength: Int, salt: [UInt8]? = nil) -> Int {
         seal(key: frames, start, plainLength, ad: chainID, salt: salt)
         return plainLength + 40  // salt and tag: StrataFormat's Sealing.overhead
     }
 
-    /// Opens a sealed frame of `storedLength` bytes at `start`, leaving its hashes and payload at `start` (moved
-    /// back over the salt) as an unsealed frame would be; false when it does not open (damaged, or moved).
+    /// Opens, in place, a sealed frame of `storedLength` bytes at `start`: its hashes and payload are then where an
+    /// unsealed frame's are (from `start`). False when it does not open (damaged, or moved from another chain).
     public func openFrame(_ start: UnsafeMutableRawPointer, storedLength: Int) -> Bool {
-        guard storedLength >= 40, open(key: frames, start, storedLength - 40, ad: chainID) else { return false }
-        start.copyMemory(from: start + 24, byteCount: storedLength - 40)
-        return true
+        storedLength >= 40 && open(key: frames, start, storedLength - 40, ad: chainID)
     }
 
     // MARK: Index and hash map
 
     public enum Sealed { case extentChunk, hashMapChunk }
 
-    /// `plain` sealed (salt, ciphertext, tag) with the subkey of `what`, bound to `context` (which image and chunk).
+    /// `plain` sealed (ciphertext, salt, tag) with the subkey of `what`, bound to `context` (which image and chunk).
     public func seal(_ plain: [UInt8], _ what: Sealed, context: [UInt8], salt: [UInt8]? = nil) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: plain.count + 40)
-        out.withUnsafeMutableBytes { b in
-            (b.baseAddress! + 24).copyMemory(from: plain, byteCount: plain.count)
-            seal(key: key(what), b.baseAddress!, plain.count, ad: chainID + context, salt: salt)
-        }
+        var out = plain + [UInt8](repeating: 0, count: 40)
+        out.withUnsafeMutableBytes { seal(key: key(what), $0.baseAddress!, plain.count, ad: chainID + context, salt: salt) }
         return out
     }
 
@@ -94,7 +90,7 @@ public final class ChainKeys: @unchecked Sendable {
         guard sealed.count >= 40 else { return nil }
         var copy = sealed
         let ok = copy.withUnsafeMutableBytes { open(key: key(what), $0.baseAddress!, sealed.count - 40, ad: chainID + context) }
-        return ok ? Array(copy[24..<(sealed.count - 16)]) : nil
+        return ok ? Array(copy[0..<(sealed.count - 40)]) : nil
     }
 
     private func key(_ what: Sealed) -> [UInt8] { what == .extentChunk ? extentChunks : hashMap }
@@ -112,21 +108,21 @@ public final class ChainKeys: @unchecked Sendable {
         return out
     }
 
-    private func seal(key: [UInt8], _ start: UnsafeMutableRawPointer, _ length: Int, ad: [UInt8], salt given: [UInt8]? = nil) {
-        let salt = start.assumingMemoryBound(to: UInt8.self)
+    /// Seals `length` bytes at `text` in place; the salt and tag go after them.
+    private func seal(key: [UInt8], _ text: UnsafeMutableRawPointer, _ length: Int, ad: [UInt8], salt given: [UInt8]? = nil) {
+        let plain = text.assumingMemoryBound(to: UInt8.self), salt = plain + length
         if let given {
             precondition(given.count == 24)
-            start.copyMemory(from: given, byteCount: 24)
+            salt.update(from: given, count: 24)
         } else {
             strata_random(salt, 24)
         }
-        let ok = strata_seal(key, salt, ad, ad.count, salt + 24, length, salt + 24 + length)
-        precondition(ok == 0, "AES-256-GCM failed to seal")
+        precondition(strata_seal(key, salt, ad, ad.count, plain, length, salt + 24) == 0, "AES-256-GCM failed to seal")
     }
 
-    private func open(key: [UInt8], _ start: UnsafeMutableRawPointer, _ length: Int, ad: [UInt8]) -> Bool {
-        let salt = start.assumingMemoryBound(to: UInt8.self)
-        return strata_open(key, salt, ad, ad.count, salt + 24, length, salt + 24 + length) == 0
+    private func open(key: [UInt8], _ text: UnsafeMutableRawPointer, _ length: Int, ad: [UInt8]) -> Bool {
+        let sealed = text.assumingMemoryBound(to: UInt8.self), salt = sealed + length
+        return strata_open(key, salt, ad, ad.count, sealed, length, salt + 24) == 0
     }
 
     // MARK: Block hashes

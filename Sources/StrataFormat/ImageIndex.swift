@@ -9,7 +9,7 @@ public enum FrameCodec: UInt8, Sendable {
 
 /// One frame on disk: `16 * blockCount` bytes of block hashes (XXH3-128, little-endian low then high),
 /// then the payload, compressed or raw. `checksum` is XXH3-64 over both. A sealed frame (encrypted images; bit 7
-/// of the codec byte) is a 24-byte salt, hashes and payload encrypted, a 16-byte tag (`Sealing`), and its
+/// of the codec byte) is hashes and payload encrypted, then a 24-byte salt and a 16-byte tag (`Sealing`), and its
 /// checksum covers all of that as stored.
 public struct FrameRecord: Equatable, Sendable {
     public static let encodedSize = 32

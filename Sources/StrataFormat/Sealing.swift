@@ -1,6 +1,7 @@
 // The sizes of what encryption adds to the format (docs/FORMAT.md, "Encrypted chains"; the cryptography itself is
-// StrataCodec's ChainKeys). Every sealed structure is a 24-byte random salt, the ciphertext, and a 16-byte tag:
-// AES-256-GCM under a key used once, derived from the salt and a subkey of the chain's key.
+// StrataCodec's ChainKeys). Every sealed structure is the ciphertext (as long as the plain bytes, where they were),
+// a 24-byte random salt and a 16-byte tag: AES-256-GCM under a key used once, derived from the salt and a subkey of
+// the chain's key.
 
 public enum Sealing {
     public static let saltSize = 24

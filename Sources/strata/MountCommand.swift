@@ -88,6 +88,7 @@ struct MountCommand: ParsableCommand {
         if files { args.append("--files") }
         if pageCache { args.append("--page-cache") }
         if let log { args += ["--log", log] }
+        if let keyFile = key.keyFile { args += ["--key-file", keyFile] }  // (STRATA_PASSPHRASE goes with the environment)
         let child: (pid: Int32, ready: Int32)
         do { child = try Daemon.startDetached(args) } catch { throw Output.fail(error) }
         if Daemon.waitReady(child.ready) { throw ExitCode.success }

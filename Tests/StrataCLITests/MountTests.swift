@@ -173,6 +173,24 @@ final class MountTests: XCTestCase {
         }
     }
 
+    /// An encrypted chain mounted in the background with its key file (the server started again with it); without
+    /// the key, one line, exit 67, nothing mounted.
+    func testAnEncryptedChainMountsWithItsKey() throws {
+        let chain = "\(dir)/secret", key = "\(dir)/k"
+        XCTAssertEqual(try strata("keygen", key).status, 0)
+        try makeDisk("\(dir)/disk", size: 4 << 20, seed: 48)
+        XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--encrypt", "--key-file", key, "--quiet").status, 0)
+        let m = try mountDir("secret-point")
+        let refused = try strata("mount", chain, m)
+        XCTAssertEqual(refused.status, 67)
+        XCTAssertEqual(traces(of: m), [], "nothing mounted without the key")
+        let r = try strata("mount", chain, m, "--key-file", key)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        defer { _ = try? strata("unmount", m) }
+        XCTAssertEqual(try contents("\(m)/point-1.img"), try contents("\(dir)/disk"))
+        XCTAssertEqual(try strata("unmount", m).status, 0)
+    }
+
     func testFilesOfExt4PointsAreEachNightsTree() throws { try checkFiles("ext4", size: 64 << 20) }
     func testFilesOfXfsPointsAreEachNightsTree() throws { try checkFiles("xfs", size: 64 << 20) }
 

@@ -12,10 +12,9 @@ final class SealingTests: XCTestCase {
 
     func keys(_ master: [UInt8] = SealingTests.master, chain: [UInt8] = SealingTests.chainID) -> ChainKeys { ChainKeys(master: master, chainID: chain) }
 
-    /// A frame laid out as FrameBuffers leaves it: 24 bytes of room, the plain bytes, 16 of room.
+    /// A frame laid out as FrameBuffers leaves it: the plain bytes, then 40 bytes of room.
     func sealedFrame(_ plain: [UInt8], _ k: ChainKeys, salt: [UInt8]? = nil) -> [UInt8] {
-        var buffer = [UInt8](repeating: 0, count: plain.count + 40)
-        buffer.replaceSubrange(24..<(24 + plain.count), with: plain)
+        var buffer = plain + [UInt8](repeating: 0, count: 40)
         let n = buffer.withUnsafeMutableBytes { k.sealFrame($0.baseAddress!, plainLength: plain.count, salt: salt) }
         XCTAssertEqual(n, plain.count + 40)
         return buffer
@@ -124,9 +123,9 @@ final class SealingTests: XCTestCase {
 
     func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
 
-    static let goldenFrame = "404142434445464748494a4b4c4d4e4f505152535455565712601080f7d263a149ba9d169c490bfdfd0cf40d1c85e9fb4a5b1081c659bc54858f24"
-    static let goldenExtentChunk = "404142434445464748494a4b4c4d4e4f50515253545556572df2f1def4999a04abe143f290aeee8a38b6a542bb"
-    static let goldenMapChunk = "404142434445464748494a4b4c4d4e4f5051525354555657352140930ba6e8b7adfe4ef15ed4b7cda4785f78d5"
+    static let goldenFrame = "12601080f7d263a149ba9d169c490bfdfd0cf4404142434445464748494a4b4c4d4e4f50515253545556570d1c85e9fb4a5b1081c659bc54858f24"
+    static let goldenExtentChunk = "2df2f1def4404142434445464748494a4b4c4d4e4f5051525354555657999a04abe143f290aeee8a38b6a542bb"
+    static let goldenMapChunk = "352140930b404142434445464748494a4b4c4d4e4f5051525354555657a6e8b7adfe4ef15ed4b7cda4785f78d5"
     static let goldenAuthenticator = "8358e3b209fc80382d0806cf94935b21f9609b87d5b06d33c1fb0bc220a4a5b2"
     static let goldenBlockHash = "7a497e68214fb50a-6d6025b2da1141c0"
     static let goldenPassphraseKey: String? = "ba0435e7caf83ffe2a4551cd39a185a224593fb681f49c66fe767feb9f978a8d"

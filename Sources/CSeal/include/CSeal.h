@@ -14,7 +14,8 @@ int strata_seal_init(void);
 void strata_random(void *out, size_t length);
 
 /// Seals `length` bytes at `text` in place with AES-256-GCM under a key used once: keyed BLAKE2b-256 of `salt`
-/// (24 bytes) under `key` (32 bytes); the nonce is 12 zero bytes. Writes the 16-byte tag. 0 on success.
+/// (24 bytes) under `key` (32 bytes); the nonce is 12 zero bytes. Writes the 16-byte tag. 0 on success. (`salt`
+/// and `tag` must not overlap `text`.)
 int strata_seal(const uint8_t *key, const uint8_t *salt, const uint8_t *ad, size_t adLength, uint8_t *text, size_t length, uint8_t *tag);
 
 /// Opens what `strata_seal` sealed, in place; 0 when the tag verifies (else `text` holds garbage).

@@ -81,11 +81,11 @@ public final class Chain {
         let file: ChainKeyFile
         do { file = try ChainKeyFile.decode(store.readSmall(name, limit: 1 << 16)) } catch { throw damaged(name, error) }
         guard file.chainID == m.chainID else { throw ChainError.damaged(file: name, detail: "it belongs to another chain (\(file.chainID))") }
-        keys = try Self.masterKey(file, secret: secret, location: location).map { ChainKeys(master: $0, chainID: m.chainID.bytes) }
+        keys = ChainKeys(master: try Self.masterKey(file, secret: secret, location: location), chainID: m.chainID.bytes)
     }
 
     /// The master key a key file holds, opened with `secret`.
-    static func masterKey(_ file: ChainKeyFile, secret: UserSecret, location: String) throws -> [UInt8]? {
+    static func masterKey(_ file: ChainKeyFile, secret: UserSecret, location: String) throws -> [UInt8] {
         switch (file.wrapping, secret) {
         case (.keyFile, .passphrase):
             throw ChainError.wrongKey(path: location, detail: "the chain was encrypted with a key file, and a passphrase was given")
@@ -108,15 +108,13 @@ public final class Chain {
     /// A new key file wrapping `master` under `secret`.
     static func keyFile(master: [UInt8], chainID: Identifier, secret: UserSecret) throws -> ChainKeyFile {
         let salt = KeyWrapping.random(KeyWrapping.saltSize), nonce = KeyWrapping.random(KeyWrapping.nonceSize)
-        let cost: KeyWrapping.Cost
-        if case .passphrase = secret { cost = .standard } else { cost = KeyWrapping.Cost(operations: 0, memory: 0) }
-        var file = ChainKeyFile(
-            chainID: chainID, wrapping: { if case .passphrase = secret { return .passphrase } else { return .keyFile } }(),
-            operations: cost.operations, memory: cost.memory, salt: salt, nonce: nonce, wrapped: [])
-        guard let wrapping = KeyWrapping.wrappingKey(secret, salt: salt, cost: cost) else {
+        let (wrapping, cost): (ChainKeyFile.Wrapping, KeyWrapping.Cost)
+        if case .passphrase = secret { (wrapping, cost) = (.passphrase, .standard) } else { (wrapping, cost) = (.keyFile, KeyWrapping.Cost(operations: 0, memory: 0)) }
+        var file = ChainKeyFile(chainID: chainID, wrapping: wrapping, operations: cost.operations, memory: cost.memory, salt: salt, nonce: nonce, wrapped: [])
+        guard let wrappingKey = KeyWrapping.wrappingKey(secret, salt: salt, cost: cost) else {
             throw ChainError.machineLacks("not enough memory for the passphrase's key derivation (Argon2id)")
         }
-        file.wrapped = KeyWrapping.wrap(master: master, under: wrapping, nonce: nonce, associated: file.associatedData)
+        file.wrapped = KeyWrapping.wrap(master: master, under: wrappingKey, nonce: nonce, associated: file.associatedData)
         return file
     }
 

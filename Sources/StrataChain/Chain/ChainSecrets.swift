@@ -52,7 +52,7 @@ public enum ChainSecrets {
         }
         let file: ChainKeyFile
         do { file = try ChainKeyFile.decode(chain.store.readSmall(name, limit: 1 << 16)) } catch { throw damaged(name, error) }
-        guard let master = try Chain.masterKey(file, secret: old, location: location) else { throw ChainError.keyNeeded(path: location) }
+        let master = try Chain.masterKey(file, secret: old, location: location)
         try chain.publishSmall(name, Chain.keyFile(master: master, chainID: m.chainID, secret: new).encode())
     }
 }

@@ -56,18 +56,15 @@ final class HashMapWriter {
         let raw = filled * 16
         let payload = compressed + HashMapChunkHeader.size
         var (length, isCompressed) = compressor.compressOrStore(hashes, count: raw, into: payload, capacity: compressedCapacity - HashMapChunkHeader.size)
-        var sealed: [UInt8] = []
         if let keys {
-            sealed = keys.seal(Array(UnsafeRawBufferPointer(start: payload, count: length)), .hashMapChunk, context: hashMapContext(header, chunk: Int(header.chunkCount)))
+            let context = hashMapContext(header, chunk: Int(header.chunkCount))
+            let sealed = keys.seal(Array(UnsafeRawBufferPointer(start: payload, count: length)), .hashMapChunk, context: context)
+            sealed.withUnsafeBytes { payload.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             length = sealed.count
         }
-        try sealed.withUnsafeBytes { s in
-            let stored = keys == nil ? UnsafeRawPointer(payload) : s.baseAddress!
-            let chunkHeader = HashMapChunkHeader(
-                storedLength: UInt32(length), codec: isCompressed ? .zstd : .raw, checksum: Checksum.xxh3(stored, count: length), sealed: keys != nil)
-            chunkHeader.encode().withUnsafeBytes { compressed.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            if keys != nil { payload.copyMemory(from: stored, byteCount: length) }
-        }
+        let chunkHeader = HashMapChunkHeader(
+            storedLength: UInt32(length), codec: isCompressed ? .zstd : .raw, checksum: Checksum.xxh3(payload, count: length), sealed: keys != nil)
+        chunkHeader.encode().withUnsafeBytes { compressed.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         try object.write(compressed, count: length + HashMapChunkHeader.size, at: offset)
         offset += UInt64(length + HashMapChunkHeader.size)
         header.chunkCount += 1

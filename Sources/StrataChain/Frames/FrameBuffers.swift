@@ -1,7 +1,7 @@
 // Buffers in which frames are assembled before they are appended to an image, shared by capture and merge.
-// Each buffer is laid out [blocks | salt room | block hashes | payload | tag room]: the caller copies up to
+// Each buffer is laid out [blocks | block hashes | payload | room for salt and tag]: the caller copies up to
 // `blocksPerFrame` blocks and their hashes in, then `seal` compresses the blocks (or stores them raw), moves the
-// hashes to sit right before the payload, encrypts both in place for an encrypted chain (salt before, tag after),
+// hashes to sit right before the payload, encrypts both in place for an encrypted chain (salt and tag after),
 // and checksums what is stored, so the finished frame is one contiguous run of bytes, as on disk.
 import StrataCodec
 import StrataFormat
@@ -37,10 +37,10 @@ final class FrameBuffers {
         self.keys = keys
         blocksPerFrame = Self.blocksPerFrame(blockSize: blockSize)
         let raw = blocksPerFrame * blockSize
-        hashOffset = raw + 64
-        payloadOffset = hashOffset + blocksPerFrame * 16
+        hashOffset = raw
+        payloadOffset = raw + blocksPerFrame * 16
         payloadCapacity = FrameCompressor.storeBound(raw)
-        slab = AlignedSlab(slotSize: payloadOffset + payloadCapacity + Sealing.tagSize, slotCount: count, alignment: 64)
+        slab = AlignedSlab(slotSize: payloadOffset + payloadCapacity + Sealing.overhead, slotCount: count, alignment: 64)
     }
 
     /// Where block `index` of buffer `buffer` goes.
@@ -59,13 +59,10 @@ final class FrameBuffers {
         let hashes = payload - blockCount * 16
         if blockCount < blocksPerFrame { hashes.copyMemory(from: base + hashOffset, byteCount: blockCount * 16) }
         let stored = compressor.compressOrStore(blocks ?? UnsafeRawPointer(base), count: blockCount * blockSize, into: payload, capacity: payloadCapacity)
-        var start = hashes, length = blockCount * 16 + stored.length
-        if let keys {
-            start = hashes - Sealing.saltSize
-            length = keys.sealFrame(start, plainLength: length)
-        }
+        var length = blockCount * 16 + stored.length
+        if let keys { length = keys.sealFrame(hashes, plainLength: length) }
         return SealedFrame(
-            start: UnsafeRawPointer(start), length: length, blockCount: blockCount, codec: stored.compressed ? .zstd : .raw,
-            checksum: Checksum.xxh3(start, count: length), sealed: keys != nil)
+            start: UnsafeRawPointer(hashes), length: length, blockCount: blockCount, codec: stored.compressed ? .zstd : .raw,
+            checksum: Checksum.xxh3(hashes, count: length), sealed: keys != nil)
     }
 }

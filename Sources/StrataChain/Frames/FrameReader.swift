@@ -75,7 +75,7 @@ final class FrameReader {
         try open(f, stored: stored)
     }
 
-    /// Opens a sealed frame in place (its checksum checked), leaving hashes and payload at `stored`.
+    /// Opens a sealed frame in place (its checksum checked): its hashes and payload are then at `stored`.
     private func open(_ f: FrameRef, stored: UnsafeRawPointer) throws {
         let image = image(f)
         let r = try record(f)
