@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
 // Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
-// StrataChain -> {StrataFormat, StrataCodec, StrataIO, CFuse (libfuse 3, for mount)}. The CLI imports StrataChain's and StrataBench's API only.
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests), CFuse (libfuse 3, for mount)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let package = Package(
@@ -18,6 +18,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // The S3 store's HTTP client (SwiftNIO): it links statically, where Debian's libcurl cannot (docs/S3.md).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
@@ -30,18 +32,21 @@ let package = Package(
         .target(name: "StrataFormat"),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"]),
         .target(name: "StrataIO", dependencies: ["CURing"]),
-        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "CFuse"]),
+        // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
+        .target(name: "StrataS3", dependencies: ["CSeal", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
+        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", "CFuse"]),
         .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
         .executableTarget(
             name: "strata",
             dependencies: ["StrataChain", "StrataBench", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        // Child processes with deadlines, shared by the test targets.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        // Child processes with deadlines and a RADOS Gateway, shared by the test targets.
+        .target(name: "TestSupport", dependencies: ["StrataS3"], path: "Tests/TestSupport"),
         .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], exclude: ["Golden"]),
         .testTarget(name: "StrataCodecTests", dependencies: ["StrataCodec", "CXXH3"]),
         .testTarget(name: "StrataIOTests", dependencies: ["StrataIO"]),
+        .testTarget(name: "StrataS3Tests", dependencies: ["StrataS3", "TestSupport"]),
         .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO", "TestSupport"]),
-        .testTarget(name: "StrataCLITests", dependencies: ["strata", "TestSupport"]),
+        .testTarget(name: "StrataCLITests", dependencies: ["strata", "TestSupport", "StrataS3"]),
     ],
     swiftLanguageModes: [.v5]
 )

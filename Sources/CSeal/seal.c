@@ -1,5 +1,7 @@
 #include "CSeal.h"
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
 #include <sodium.h>
 #include <string.h>
 
@@ -81,3 +83,10 @@ int strata_unwrap(uint8_t *out, const uint8_t *sealed, size_t sealedLength, cons
 }
 
 void strata_wipe(void *p, size_t length) { sodium_memzero(p, length); }
+
+void strata_sha256(uint8_t *out, const void *data, size_t length) { SHA256(data, length, out); }
+
+void strata_hmac_sha256(uint8_t *out, const void *key, size_t keyLength, const void *data, size_t length) {
+    unsigned int n = 32;
+    HMAC(EVP_sha256(), key, (int)keyLength, data, length, out, &n);
+}

@@ -89,18 +89,34 @@ public struct Identifier: Hashable, Sendable, CustomStringConvertible {
         return Identifier(bytes: (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) })
     }
 
-    public init?(hex: String) {
-        let chars = Array(hex.utf8)
-        guard chars.count == 32 else { return nil }
-        var out = [UInt8]()
-        for i in stride(from: 0, to: 32, by: 2) {
-            guard let hi = hexValue(chars[i]), let lo = hexValue(chars[i + 1]) else { return nil }
-            out.append(hi << 4 | lo)
-        }
-        bytes = out
+    public init?(hex text: String) {
+        guard let b = unhex(text), b.count == 16 else { return nil }
+        bytes = b
     }
 
-    public var description: String { bytes.map { hex2($0) }.joined() }
+    public var description: String { hex(bytes) }
+}
+
+/// Bytes as lower-case hex digits, two a byte.
+func hex(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out = [UInt8]()
+    out.reserveCapacity(bytes.count * 2)
+    for b in bytes { out += [digits[Int(b >> 4)], digits[Int(b & 15)]] }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// The bytes lower-case hex digits spell, or nil for anything else.
+func unhex(_ text: String) -> [UInt8]? {
+    let chars = Array(text.utf8)
+    guard chars.count % 2 == 0 else { return nil }
+    var out = [UInt8]()
+    out.reserveCapacity(chars.count / 2)
+    for i in stride(from: 0, to: chars.count, by: 2) {
+        guard let hi = hexValue(chars[i]), let lo = hexValue(chars[i + 1]) else { return nil }
+        out.append(hi << 4 | lo)
+    }
+    return out
 }
 
 func hexValue(_ c: UInt8) -> UInt8? {
@@ -111,7 +127,3 @@ func hexValue(_ c: UInt8) -> UInt8? {
     }
 }
 
-func hex2(_ b: UInt8) -> String {
-    let digits = Array("0123456789abcdef")
-    return String([digits[Int(b >> 4)], digits[Int(b & 15)]])
-}

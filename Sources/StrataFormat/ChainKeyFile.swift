@@ -54,22 +54,3 @@ public struct ChainKeyFile: Equatable, Sendable {
         return ChainKeyFile(chainID: id, wrapping: wrapping, operations: ops, memory: memory, salt: salt, nonce: nonce, wrapped: wrapped)
     }
 }
-
-func hex(_ bytes: [UInt8]) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out = [UInt8]()
-    out.reserveCapacity(bytes.count * 2)
-    for b in bytes { out += [digits[Int(b >> 4)], digits[Int(b & 15)]] }
-    return String(decoding: out, as: UTF8.self)
-}
-
-func unhex(_ text: String) -> [UInt8]? {
-    let chars = Array(text.utf8)
-    guard chars.count % 2 == 0 else { return nil }
-    var out = [UInt8]()
-    for i in stride(from: 0, to: chars.count, by: 2) {
-        guard let hi = hexValue(chars[i]), let lo = hexValue(chars[i + 1]) else { return nil }
-        out.append(hi << 4 | lo)
-    }
-    return out
-}

@@ -19,6 +19,8 @@ public struct IORequest {
 public struct IOCompletion {
     public var tag: UInt64
     public var result: Int
+
+    public init(tag: UInt64, result: Int) { (self.tag, self.result) = (tag, result) }
 }
 
 public protocol IOQueue: AnyObject {
@@ -53,15 +55,31 @@ public enum IOEngine {
 }
 
 /// Blocking pread/pwrite on a pool of threads: QEMU's `aio=threads`, for kernels or sandboxes without io_uring.
-public final class PreadQueue: IOQueue {
-    public let engineName = "pread"
+public final class PreadQueue: ThreadPoolQueue {
+    public init(threads count: Int) {
+        super.init(engineName: "pread", threads: count) { r in
+            switch r.op {
+            case .read: return Sys.preadOnce(r.fd, r.buffer, r.length, r.offset)
+            case .write: return Sys.pwriteOnce(r.fd, r.buffer, r.length, r.offset)
+            }
+        }
+    }
+}
+
+/// Requests carried out by blocking calls on a pool of threads: the pread engine, and stores whose reads are
+/// requests over a network (an S3 store's ranged GETs). `perform` returns what `IOCompletion.result` says.
+open class ThreadPoolQueue: IOQueue {
+    public let engineName: String
     private let lock = Condition()
     private var requests: [IORequest] = []
     private var done: [IOCompletion] = []
     private var stopping = false
+    private let perform: (IORequest) -> Int
 
-    public init(threads count: Int) {
-        for i in 0..<max(1, min(count, 64)) { Threads.spawn("strata-pread-\(i)", stackSize: 256 << 10) { [unowned self] in self.serve() } }
+    public init(engineName: String, threads count: Int, perform: @escaping (IORequest) -> Int) {
+        self.engineName = engineName
+        self.perform = perform
+        for i in 0..<max(1, min(count, 64)) { Threads.spawn("strata-\(engineName)-\(i)", stackSize: 512 << 10) { [unowned self] in self.serve() } }
     }
 
     deinit {
@@ -96,11 +114,7 @@ public final class PreadQueue: IOQueue {
             }
             let r = requests.removeFirst()
             lock.unlock()
-            let result: Int
-            switch r.op {
-            case .read: result = Sys.preadOnce(r.fd, r.buffer, r.length, r.offset)
-            case .write: result = Sys.pwriteOnce(r.fd, r.buffer, r.length, r.offset)
-            }
+            let result = perform(r)
             lock.lock()
             done.append(IOCompletion(tag: r.tag, result: result))
             lock.broadcast()

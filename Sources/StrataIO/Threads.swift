@@ -34,6 +34,17 @@ public final class Condition: @unchecked Sendable {
     public func unlock() { pthread_mutex_unlock(mutex) }
     /// Waits for a signal on `channel`; the lock must be held, and is held again on return.
     public func wait(on channel: Int = 0) { pthread_cond_wait(conds + channel, mutex) }
+
+    /// Waits at most `seconds` (with the lock held, like `wait`); false when the time ran out.
+    @discardableResult
+    public func wait(seconds: Double, on channel: Int = 0) -> Bool {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let ns = Int(ts.tv_nsec) + Int((seconds - seconds.rounded(.down)) * 1e9)
+        ts.tv_sec += Int(seconds) + ns / 1_000_000_000
+        ts.tv_nsec = ns % 1_000_000_000
+        return pthread_cond_timedwait(conds + channel, mutex, &ts) == 0
+    }
     /// Wakes one waiter on `channel`.
     public func signal(_ channel: Int = 0) { pthread_cond_signal(conds + channel) }
     /// Wakes every waiter on every channel.

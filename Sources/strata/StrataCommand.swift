@@ -17,6 +17,12 @@ struct StrataCommand: ParsableCommand {
               strata mount /backup/sdb /mnt/sdb --point 2 --files
               strata prune /backup/sdb --keep-daily 7 --keep-weekly 4 --keep-monthly 12
 
+            CHAINS IN OBJECT STORAGE
+              A chain named s3://BUCKET/PREFIX lives in an S3-compatible store, for every
+              command. Credentials and endpoint as the AWS tools find them: AWS_ACCESS_KEY_ID,
+              AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL(_S3),
+              AWS_PROFILE, ~/.aws/credentials and ~/.aws/config.
+
             EXIT STATUS
               0   success
               64  bad usage: an invalid option, or a point that does not exist;
@@ -30,7 +36,8 @@ struct StrataCommand: ParsableCommand {
                   cannot be read or that keygen would overwrite (nothing was done)
               69  the requested I/O engine is unavailable; no FUSE or no loop
                   devices for mount; capture --freeze or --snapshot cannot be
-                  done on that filesystem (nothing was read)
+                  done on that filesystem (nothing was read); an object store
+                  that cannot be reached (after retries; the chain unchanged)
               70  an internal error (a bug in strata; the message says what failed)
               73  the target cannot be written, or is too small; a mount directory
                   that is missing, not an empty directory, or already a mount
@@ -44,7 +51,9 @@ struct StrataCommand: ParsableCommand {
                   beside them); unmount of a directory still in use
               77  refused for safety: a source mounted read-write (see capture
                   --allow-mounted), a source or target that is part of the chain,
-                  a target in use, an existing target file (see restore --force)
+                  a target in use, an existing target file (see restore --force);
+                  an object store that refuses (credentials, permissions, a
+                  bucket that does not exist)
             """,
         version: "0.1.0",
         subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, KeygenCommand.self, KeyCommand.self, BenchCommand.self, FreezeGuardianCommand.self])

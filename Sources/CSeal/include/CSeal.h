@@ -36,6 +36,11 @@ size_t strata_passphrase_mem_default(void);
 void strata_wrap(uint8_t *out, const uint8_t *plain, size_t length, const uint8_t *ad, size_t adLength, const uint8_t *nonce24, const uint8_t *key);
 int strata_unwrap(uint8_t *out, const uint8_t *sealed, size_t sealedLength, const uint8_t *ad, size_t adLength, const uint8_t *nonce24, const uint8_t *key);
 
+/// SHA-256 of `length` bytes into `out` (32 bytes), and HMAC-SHA-256 under `key`: AWS Signature V4's primitives,
+/// from OpenSSL's libcrypto (the S3 client signs its requests with them).
+void strata_sha256(uint8_t *out, const void *data, size_t length);
+void strata_hmac_sha256(uint8_t *out, const void *key, size_t keyLength, const void *data, size_t length);
+
 /// Overwrites memory that held a secret (not optimised away).
 void strata_wipe(void *p, size_t length);
 

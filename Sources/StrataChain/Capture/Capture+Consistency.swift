@@ -63,7 +63,7 @@ extension Capture {
             throw ChainError.cannotFreeze(mountPoint: asked, reason: "it is mounted read-only, so it is consistent already", todo: "capture without --freeze")
         }
         let frozenDevice = try? Sys.stat(mountPoint).st_dev
-        if let dev = frozenDevice, BlockDevices.filesystemDevice(of: chain) == UInt64(dev) {
+        if let dev = frozenDevice, ChainStores.isLocal(chain), BlockDevices.filesystemDevice(of: chain) == UInt64(dev) {
             throw ChainError.cannotFreeze(
                 mountPoint: asked, reason: "the chain \(chain) is on that filesystem, and its writes would wait for the thaw",
                 todo: "keep the chain on another filesystem")

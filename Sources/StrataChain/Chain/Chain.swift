@@ -34,7 +34,7 @@ public final class Chain {
 
     /// `cleanUp: false` leaves leftovers for the caller to list first (`repair --dry-run`).
     init(location: String, access: Access, cleanUp: Bool, secret: UserSecret? = nil) throws {
-        let store = ChainStores.store(for: location)
+        let store = try ChainStores.store(for: location)
         self.store = store
         self.access = access
         self.secret = secret

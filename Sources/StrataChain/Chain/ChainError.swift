@@ -59,6 +59,10 @@ public enum ChainError: Error, Equatable, Sendable {
     case wrongKey(path: String, detail: String)
     /// A key file that cannot be used (missing, wrong size, or `keygen` would overwrite one).
     case keyFileUnusable(path: String, reason: String)
+    /// An object store that cannot be reached, or keeps failing (after retries).
+    case storeUnreachable(location: String, reason: String)
+    /// An object store that refuses: credentials, permissions, a bucket that does not exist, no configuration.
+    case storeRefused(location: String, reason: String, todo: String)
     public enum Role: String, Sendable { case source, target }
 }
 
@@ -135,6 +139,9 @@ extension ChainError: CustomStringConvertible {
         case .wrongKey(let p, let d):
             return "the key does not open chain \(p): \(d); nothing was done: give the key file or passphrase this chain was made with"
         case .keyFileUnusable(let p, let r): return "key file \(p): \(r)"
+        case .storeUnreachable(let l, let r):
+            return "cannot reach the store of \(l): \(r); the chain was not changed: check the endpoint (AWS_ENDPOINT_URL) and the network, and try again"
+        case .storeRefused(let l, let r, let t): return "the store of \(l) refused: \(r); nothing was done: \(t)"
         }
     }
 
@@ -150,6 +157,8 @@ extension ChainError: CustomStringConvertible {
         case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety
         case .engineUnavailable, .machineLacks, .cannotFreeze, .cannotSnapshot: return 69  // EX_UNAVAILABLE
         case .keyNeeded, .wrongKey, .keyFileUnusable: return 67  // EX_NOUSER: "no such key"; not damage
+        case .storeUnreachable: return 69  // EX_UNAVAILABLE
+        case .storeRefused: return 77  // EX_NOPERM
         }
     }
 }

@@ -40,7 +40,7 @@ public enum Safety {
         if let part = chainPart(source, st, chain: chain) {
             throw ChainError.partOfChain(role: .source, path: source, chain: chain, detail: part)
         }
-        guard st.st_mode & S_IFMT == S_IFBLK else { return }
+        guard st.st_mode & S_IFMT == S_IFBLK, ChainStores.isLocal(chain) else { return }
         let holding = BlockDevices.devicesHolding(chain)
         if let member = BlockDevices.family(UInt64(st.st_rdev), path: source).first(where: { holding.devices.contains($0.rdev) }) {
             throw ChainError.sourceHoldsChain(path: source, device: member.name, chain: chain, mountPoint: holding.mountPoint ?? "?")

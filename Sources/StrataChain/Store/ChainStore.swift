@@ -11,6 +11,7 @@
 // deleted after the manifest stops naming them, and an object a reader opened stays readable to the end (open
 // files outlive their names; an object store must defer deletes for the same). Only writers exclude each other.
 import StrataIO
+import StrataS3
 
 /// Where a chain lives.
 public protocol ChainStore: AnyObject {
@@ -106,9 +107,15 @@ extension AppendWriter: ObjectAppender {}
 /// The writer's hold on a chain; released when released or deinitialised.
 public protocol WriterLease: AnyObject {}
 
-/// Picks the store for a chain location (a local directory today; `s3://` next).
+/// Picks the store for a chain location: `s3://BUCKET/PREFIX` a bucket of an S3-compatible store, anything else a
+/// local directory.
 public enum ChainStores {
-    public static func store(for location: String) -> ChainStore { LocalDirectoryStore(path: location) }
+    public static func store(for location: String) throws -> ChainStore {
+        S3Location.isS3(location) ? try S3ChainStore(location: location) : LocalDirectoryStore(path: location)
+    }
+
+    /// Whether a location is a local directory (the checks that compare paths and devices apply to it only).
+    public static func isLocal(_ location: String) -> Bool { !S3Location.isS3(location) }
 }
 
 extension Error {

@@ -1,0 +1,243 @@
+// The requests Strata makes of an S3-compatible store, over async-http-client (SwiftNIO; TLS through swift-nio-ssl),
+// each signed with SigV4, retried with exponential backoff and full jitter on 5xx answers (SlowDown included) and
+// on connection failures, a bounded number of times. Synchronous by design: Strata's pipelines are threads, and
+// each call blocks its thread (never an event loop's) until the answer.
+//
+// Why async-http-client and not libcurl (which signs SigV4 itself): Strata ships one static executable, and
+// Debian's libcurl cannot be linked statically (libnghttp2, librtmp, libssh2, libpsl, GSSAPI and LDAP have no
+// static libraries there); async-http-client is Swift and links in like the rest.
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class S3Client: @unchecked Sendable {
+    public let config: S3Config
+    private let http: HTTPClient
+    private let signer: SigV4
+    private let host: String
+    /// Attempts a request gets (the first and the retries).
+    public var attempts = 6
+
+    /// `connectTimeout`: how long one attempt waits to connect (async-http-client keeps trying a refused
+    /// connection until then); with the retries, a store that is down fails a command in about 20 s.
+    public init(_ config: S3Config, connections: Int = 16, connectTimeout: Int64 = 3) {
+        self.config = config
+        signer = SigV4(config: config)
+        host = String(config.endpoint.drop { $0 != "/" }.dropFirst(2))
+        var c = HTTPClient.Configuration(
+            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(connectTimeout), read: .seconds(120)),
+            connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: connections))
+        c.decompression = .disabled
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+    }
+
+    deinit { try? http.syncShutdown() }
+
+    /// One answer: status, headers (names lower-case) and body.
+    public struct Response {
+        public var status: Int
+        public var headers: [String: String]
+        public var body: [UInt8]
+
+        public var etag: String? { headers["etag"].map(S3Client.bareETag) }
+    }
+
+    /// An ETag without its quotes (Ceph RGW compares If-Match against the bare value).
+    static func bareETag(_ e: String) -> String { e.count >= 2 && e.hasPrefix("\"") && e.hasSuffix("\"") ? String(e.dropFirst().dropLast()) : e }
+
+    /// Sends a request and returns its answer when the status is one of `ok`; otherwise throws `S3Error.status`
+    /// (after retries for those worth retrying).
+    @discardableResult
+    public func request(
+        _ method: HTTPMethod, bucket: String, key: String = "", query: [(String, String)] = [], headers: [(String, String)] = [],
+        body: UnsafeRawBufferPointer? = nil, ok: Set<Int> = [200, 204, 206]
+    ) throws -> Response {
+        let path = "/" + SigV4.encode(bucket, encodeSlash: true) + (key.isEmpty ? "" : "/" + SigV4.encode(key, encodeSlash: false))
+        let queryText = query.map { "\(SigV4.encode($0.0, encodeSlash: true))=\(SigV4.encode($0.1, encodeSlash: true))" }.joined(separator: "&")
+        let url = config.endpoint + path + (queryText.isEmpty ? "" : "?" + queryText)
+        let payload = body.map { Array($0) } ?? []
+        let payloadHash = SigV4.sha256Hex(payload)
+        let what = "\(method.rawValue) s3://\(bucket)/\(key)"
+        var delay = 0.1
+        for attempt in 1...attempts {
+            var all = headers
+            all += signer.sign(method: method.rawValue, host: host, path: path, query: query, headers: headers, payloadHash: payloadHash, now: Self.now())
+            if !payload.isEmpty || method == .PUT || method == .POST { all.append(("content-length", String(payload.count))) }
+            do {
+                var r = try HTTPClient.Request(url: url, method: method, headers: HTTPHeaders(all))
+                if !payload.isEmpty || method == .PUT || method == .POST { r.body = .bytes(payload) }
+                let answer = try http.execute(request: r).wait()
+                var h: [String: String] = [:]
+                for (name, value) in answer.headers { h[name.lowercased()] = value }
+                let bytes = answer.body.map { Array($0.readableBytesView) } ?? []
+                let status = Int(answer.status.code)
+                if ok.contains(status) { return Response(status: status, headers: h, body: bytes) }
+                let text = String(decoding: bytes, as: UTF8.self)
+                let error = S3Error.status(status, code: S3XML.value(text, "Code") ?? "", message: S3XML.value(text, "Message") ?? "", request: what)
+                guard status >= 500 && attempt < attempts else { throw error }
+            } catch let e as S3Error {
+                throw e
+            } catch {
+                guard attempt < attempts else { throw S3Error.unreachable("\(what): \(config.endpoint) did not answer (\(error)) after \(attempts) attempts") }
+            }
+            // Full jitter: a random wait up to the doubled delay, capped at 5 s.
+            usleep(UInt32(Double.random(in: 0...delay) * 1e6))
+            delay = min(delay * 2, 5)
+        }
+        preconditionFailure("unreachable")
+    }
+
+    /// UTC date (YYYYMMDD) and time (HHMMSS) now.
+    static func now() -> (date: String, time: String) {
+        var t = time(nil)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return ("\(tm.tm_year + 1900)\(two(tm.tm_mon + 1))\(two(tm.tm_mday))", "\(two(tm.tm_hour))\(two(tm.tm_min))\(two(tm.tm_sec))")
+    }
+
+    // MARK: Objects
+
+    public struct Head: Sendable, Equatable {
+        public var size: UInt64
+        public var etag: String
+    }
+
+    /// Size and ETag of an object; nil when it does not exist.
+    public func head(bucket: String, key: String) throws -> Head? {
+        do {
+            let r = try request(.HEAD, bucket: bucket, key: key)
+            return Head(size: UInt64(r.headers["content-length"] ?? "") ?? 0, etag: r.etag ?? "")
+        } catch let e as S3Error where e.isNotFound { return nil }
+    }
+
+    /// A whole object, with its ETag.
+    public func get(bucket: String, key: String) throws -> (bytes: [UInt8], etag: String) {
+        let r = try request(.GET, bucket: bucket, key: key)
+        return (r.body, r.etag ?? "")
+    }
+
+    /// `count` bytes from `offset` (fewer at the object's end) into `buffer`; returns how many.
+    public func get(bucket: String, key: String, into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
+        guard count > 0 else { return 0 }
+        let r = try request(.GET, bucket: bucket, key: key, headers: [("range", "bytes=\(offset)-\(offset + UInt64(count) - 1)")], ok: [200, 206, 416])
+        if r.status == 416 { return 0 }  // from the object's end on: nothing, as a read at the end of a file
+        // A 200 (the store ignored the range) carries the whole object.
+        let skip = r.status == 200 ? Int(min(offset, UInt64(r.body.count))) : 0
+        let n = min(count, r.body.count - skip)
+        r.body.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress! + skip, byteCount: n) }
+        return n
+    }
+
+    /// How a PUT is conditioned: on nothing, on no object existing, or on the object's ETag being this one.
+    public enum Condition: Sendable, Equatable {
+        case none, absent, etag(String)
+    }
+
+    /// Stores an object whole; returns its ETag. A failed condition throws a 412 `S3Error`.
+    @discardableResult
+    public func put(bucket: String, key: String, _ bytes: UnsafeRawBufferPointer, condition: Condition = .none) throws -> String {
+        var headers: [(String, String)] = []
+        switch condition {
+        case .none: break
+        case .absent: headers.append(("if-none-match", "*"))
+        case .etag(let e): headers.append(("if-match", e))
+        }
+        return try request(.PUT, bucket: bucket, key: key, headers: headers, body: bytes).etag ?? ""
+    }
+
+    public func delete(bucket: String, key: String) throws {
+        try request(.DELETE, bucket: bucket, key: key, ok: [200, 204, 404])
+    }
+
+    public struct Listed: Sendable, Equatable {
+        public var key: String
+        public var size: UInt64
+    }
+
+    /// Every object whose key starts with `prefix` (ListObjectsV2, page after page).
+    public func list(bucket: String, prefix: String) throws -> [Listed] {
+        var out: [Listed] = []
+        var token: String?
+        repeat {
+            var query = [("list-type", "2"), ("prefix", prefix)]
+            if let token { query.append(("continuation-token", token)) }
+            let text = String(decoding: try request(.GET, bucket: bucket, query: query).body, as: UTF8.self)
+            for c in S3XML.blocks(text, "Contents") {
+                guard let key = S3XML.value(c, "Key") else { continue }
+                out.append(Listed(key: key, size: UInt64(S3XML.value(c, "Size") ?? "") ?? 0))
+            }
+            token = S3XML.value(text, "IsTruncated") == "true" ? S3XML.value(text, "NextContinuationToken") : nil
+        } while token != nil
+        return out
+    }
+
+    /// Whether the bucket exists (and these credentials may use it).
+    public func bucketExists(_ bucket: String) throws -> Bool {
+        do {
+            try request(.HEAD, bucket: bucket)
+            return true
+        } catch let e as S3Error where e.isNotFound { return false }
+    }
+
+    public func createBucket(_ bucket: String) throws {
+        try request(.PUT, bucket: bucket, body: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    // MARK: Multipart uploads
+
+    public func startMultipart(bucket: String, key: String) throws -> String {
+        let text = String(decoding: try request(.POST, bucket: bucket, key: key, query: [("uploads", "")]).body, as: UTF8.self)
+        guard let id = S3XML.value(text, "UploadId") else { throw S3Error.status(200, code: "", message: "no UploadId in the answer", request: "POST s3://\(bucket)/\(key)?uploads") }
+        return id
+    }
+
+    /// Uploads part `number` (1-based); returns its ETag.
+    public func uploadPart(bucket: String, key: String, uploadID: String, number: Int, _ bytes: UnsafeRawBufferPointer) throws -> String {
+        try request(.PUT, bucket: bucket, key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)], body: bytes).etag ?? ""
+    }
+
+    /// Part `number` copied server-side from bytes `range` of another object; returns its ETag.
+    public func uploadPartCopy(
+        bucket: String, key: String, uploadID: String, number: Int, source: String, range: Range<UInt64>
+    ) throws -> String {
+        let r = try request(
+            .PUT, bucket: bucket, key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)],
+            headers: [("x-amz-copy-source", "/\(bucket)/\(SigV4.encode(source, encodeSlash: false))"),
+                      ("x-amz-copy-source-range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")],
+            body: UnsafeRawBufferPointer(start: nil, count: 0))
+        let text = String(decoding: r.body, as: UTF8.self)
+        return S3XML.value(text, "ETag").map(Self.bareETag) ?? ""
+    }
+
+    /// Makes the object visible from its parts, in order.
+    public func completeMultipart(bucket: String, key: String, uploadID: String, parts: [String]) throws {
+        var xml = "<CompleteMultipartUpload>"
+        for (i, etag) in parts.enumerated() { xml += "<Part><PartNumber>\(i + 1)</PartNumber><ETag>\"\(etag)\"</ETag></Part>" }
+        xml += "</CompleteMultipartUpload>"
+        let bytes = Array(xml.utf8)
+        let r = try bytes.withUnsafeBytes { try request(.POST, bucket: bucket, key: key, query: [("uploadId", uploadID)], body: $0) }
+        // An error can come inside a 200 (the store failed while completing).
+        let text = String(decoding: r.body, as: UTF8.self)
+        if let code = S3XML.value(text, "Code"), text.contains("<Error>") {
+            throw S3Error.status(500, code: code, message: S3XML.value(text, "Message") ?? "", request: "complete s3://\(bucket)/\(key)")
+        }
+    }
+
+    public func abortMultipart(bucket: String, key: String, uploadID: String) throws {
+        try request(.DELETE, bucket: bucket, key: key, query: [("uploadId", uploadID)], ok: [200, 204, 404])
+    }
+
+    /// Unfinished multipart uploads under `prefix`: key and upload id.
+    public func unfinishedUploads(bucket: String, prefix: String) throws -> [(key: String, uploadID: String)] {
+        let text = String(decoding: try request(.GET, bucket: bucket, query: [("uploads", ""), ("prefix", prefix)]).body, as: UTF8.self)
+        return S3XML.blocks(text, "Upload").compactMap { u in
+            guard let k = S3XML.value(u, "Key"), let id = S3XML.value(u, "UploadId") else { return nil }
+            return (k, id)
+        }
+    }
+}

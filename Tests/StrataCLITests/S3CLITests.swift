@@ -1,0 +1,136 @@
+// Chains in a bucket (issue 12), through the strata binary against a real store (Ceph's RADOS Gateway, started
+// for this suite): every command on an s3:// chain, every point restored bit for bit after captures, a merge and
+// a prune; an encrypted chain in a bucket; a second writer, wrong credentials, an unreachable store, a missing
+// bucket and a prefix that holds no chain: one line each, their exit codes, the chain untouched.
+import Foundation
+import StrataS3
+import TestSupport
+import XCTest
+
+final class S3CLITests: XCTestCase {
+    nonisolated(unsafe) static var rgw: RGW?
+    nonisolated(unsafe) static var rgwFailure: Error?
+    override class func setUp() {
+        do { rgw = try RGW.start() } catch { rgwFailure = error }
+    }
+    override class func tearDown() { rgw?.stop() }
+
+    var dir = ""
+    var bucket = ""
+    override func setUpWithError() throws {
+        if let e = Self.rgwFailure { throw e }
+        bucket = try Self.rgw!.makeBucket("cli")
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-s3-cli-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    /// strata with the gateway's AWS variables (and `extra`).
+    func s3strata(_ args: String..., extra: [String: String] = [:]) throws -> Run {
+        let env = Self.rgw!.environment.merging(extra) { $1 }
+        let r = try ChildProcess("/usr/bin/env", env.map { "\($0)=\($1)" } + [strataBinary] + args).finish()
+        XCTAssertFalse(r.timedOut)
+        return Run(r)
+    }
+
+    func testEveryCommandOnAChainInABucket() throws {
+        let chain = "s3://\(bucket)/host1/sdb", disk = "\(dir)/disk.img"
+        var points: [Int: Data] = [:]
+        for night in 0..<4 {
+            try makeDisk(disk, size: 24 << 20, seed: 9, changes: 300 * night)
+            let r = try s3strata("capture", disk, chain, "--json")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            points[night + 1] = try Data(contentsOf: URL(fileURLWithPath: disk))
+        }
+        let list = try s3strata("list", chain, "--json")
+        XCTAssertEqual(list.status, 0, list.stderr)
+        XCTAssertTrue(list.stdout.contains("\"point\":4"), list.stdout)
+        for (p, bytes) in points {
+            let r = try s3strata("restore", chain, "\(dir)/out-\(p).img", "--point", "\(p)", "--quiet")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out-\(p).img")), bytes, "point \(p)")
+        }
+        XCTAssertEqual(try s3strata("merge", chain, "--from", "2", "--to", "3", "--quiet").status, 0)
+        XCTAssertEqual(try s3strata("prune", chain, "--keep-last", "2", "--quiet").status, 0)
+        let v = try s3strata("verify", chain)
+        XCTAssertEqual(v.status, 0, v.stderr)
+        for p in [3, 4] {
+            XCTAssertEqual(try s3strata("restore", chain, "\(dir)/after-\(p).img", "--point", "\(p)", "--quiet").status, 0)
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/after-\(p).img")), points[p], "point \(p) after merge and prune")
+        }
+        // The bucket holds the chain's files, and those merges and prunes replaced until their grace period ends (in
+        // .strata-removed); no unfinished upload, no lease left behind.
+        let s = try S3ClientProbe(Self.rgw!)
+        let removed = Set(try s.text(bucket, "host1/sdb/.strata-removed").split(separator: "\n").map { "host1/sdb/" + $0.split(separator: " ")[1] })
+        XCTAssertEqual(Set(try s.keys(bucket, "host1/sdb/")).subtracting(removed).sorted(), [
+            "host1/sdb/.strata-removed", "host1/sdb/chain.manifest", "host1/sdb/map-p000004.strata", "host1/sdb/p000001-000003.strata", "host1/sdb/p000004.strata",
+        ])
+        XCTAssertEqual(removed.count, 7, "the replaced images and the old maps, deleted after their grace period")
+        XCTAssertEqual(try s.unfinished(bucket), 0)
+    }
+
+    func testAnEncryptedChainInABucket() throws {
+        let chain = "s3://\(bucket)/secret", disk = "\(dir)/disk.img", key = "\(dir)/k"
+        XCTAssertEqual(try strata("keygen", key).status, 0)
+        try makeDisk(disk, size: 8 << 20, seed: 3)
+        XCTAssertEqual(try s3strata("capture", disk, chain, "--encrypt", "--key-file", key, "--quiet").status, 0)
+        XCTAssertEqual(try s3strata("restore", chain, "\(dir)/out.img", "--quiet").status, 67)
+        XCTAssertEqual(try s3strata("verify", chain, "--checksums-only").status, 0)
+        XCTAssertEqual(try s3strata("restore", chain, "\(dir)/out.img", "--key-file", key, "--quiet").status, 0)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out.img")), try Data(contentsOf: URL(fileURLWithPath: disk)))
+    }
+
+    func testRefusalsAreOneLineAndChangeNothing() throws {
+        let chain = "s3://\(bucket)/c", disk = "\(dir)/disk.img"
+        try makeDisk(disk, size: 4 << 20, seed: 4)
+        XCTAssertEqual(try s3strata("capture", disk, chain, "--quiet").status, 0)
+        let s = try S3ClientProbe(Self.rgw!)
+        let before = try s.keys(bucket, "c/")
+
+        // Another writer holds the lease.
+        try s.put(bucket, "c/.strata-lease", "strata-lease 1\nholder elsewhere pid 1\nexpires \(Int(Date().timeIntervalSince1970) + 600)\n")
+        let busy = try s3strata("capture", disk, chain, "--quiet")
+        XCTAssertEqual(busy.status, 75)
+        XCTAssertEqual(busy.stderr, "strata: error: chain \(chain) is being changed by another strata process (a capture, merge or prune); wait for it to finish and try again\n")
+        XCTAssertEqual(try s3strata("restore", chain, "\(dir)/beside.img", "--quiet").status, 0, "readers run beside a writer")
+        // Its holder died: the lease expired, and the next writer takes it over.
+        try s.put(bucket, "c/.strata-lease", "strata-lease 1\nholder elsewhere pid 1\nexpires 1000\n")
+        XCTAssertEqual(try s3strata("capture", disk, chain, "--quiet").status, 0)
+        XCTAssertFalse(try s.keys(bucket, "c/").contains("c/.strata-lease"), "released")
+        let after = try s.keys(bucket, "c/")
+
+        let wrong = try s3strata("list", chain, extra: ["AWS_SECRET_ACCESS_KEY": "wrong"])
+        XCTAssertEqual(wrong.status, 77)
+        XCTAssertEqual(wrong.stderr, "strata: error: the store of \(chain) refused: the store refused these credentials (HTTP 403); nothing was done: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY\n")
+        let missing = try s3strata("list", "s3://strata-no-such-bucket/c")
+        XCTAssertEqual(missing.status, 77)
+        XCTAssertTrue(missing.stderr.hasPrefix("strata: error: the store of s3://strata-no-such-bucket/c refused: bucket strata-no-such-bucket does not exist at "), missing.stderr)
+        let none = try s3strata("restore", "s3://\(bucket)/nothing-here", "\(dir)/none.img")
+        XCTAssertEqual(none.status, 65)
+        XCTAssertEqual(none.stderr, "strata: error: s3://\(bucket)/nothing-here is not a Strata chain (no chain.manifest); name the directory of an existing chain\n")
+        let down = try s3strata("list", chain, extra: ["AWS_ENDPOINT_URL": "http://127.0.0.1:9"])
+        XCTAssertEqual(down.status, 69)
+        XCTAssertTrue(down.stderr.hasPrefix("strata: error: cannot reach the store of \(chain): "), down.stderr)
+        XCTAssertEqual(down.stderr.split(separator: "\n").count, 1, "one line")
+        let bad = try s3strata("list", "s3://\(bucket)")
+        XCTAssertEqual(bad.status, 64)
+        XCTAssertEqual(try s.keys(bucket, "c/"), after, "nothing changed by the refusals")
+        XCTAssertEqual(before.count, 3, "manifest, image, map")
+    }
+}
+
+/// Direct requests to the gateway, to look at and set up a bucket.
+struct S3ClientProbe {
+    let client: S3Client
+    init(_ rgw: RGW) throws { client = S3Client(rgw.config) }
+
+    func keys(_ bucket: String, _ prefix: String) throws -> [String] { try client.list(bucket: bucket, prefix: prefix).map(\.key) }
+
+    func text(_ bucket: String, _ key: String) throws -> String { String(decoding: try client.get(bucket: bucket, key: key).bytes, as: UTF8.self) }
+
+    func unfinished(_ bucket: String) throws -> Int { try client.unfinishedUploads(bucket: bucket, prefix: "").count }
+
+    func put(_ bucket: String, _ key: String, _ text: String) throws {
+        _ = try Array(text.utf8).withUnsafeBytes { try client.put(bucket: bucket, key: key, $0) }
+    }
+}

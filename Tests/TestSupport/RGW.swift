@@ -1,0 +1,60 @@
+// A RADOS Gateway (Ceph's S3 server) for the tests that need a real store: Tools/rgw-start in a directory of its
+// own, stopped and removed by `stop`. Started once per test class (about 1.5 s once Ceph is installed).
+import Foundation
+import StrataS3
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct RGWFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// A RADOS Gateway for one test class: started before its first test, stopped after its last.
+public final class RGW {
+    public let dir: String
+    public let endpoint: String
+    public let access: String
+    public let secret: String
+
+    public static func start() throws -> RGW {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized.path
+        let dir = "/var/tmp/strata-rgw-\(UUID().uuidString.prefix(8))"
+        // system(3), not Foundation's Process: the daemons the script leaves running keep Process from seeing it end.
+        let status = system("\(root)/Tools/rgw-start \(dir) > \(dir).out 2>&1")
+        let out = (try? String(contentsOfFile: "\(dir).out", encoding: .utf8)) ?? ""
+        try? FileManager.default.removeItem(atPath: "\(dir).out")
+        guard status == 0, let line = out.split(separator: "\n").first(where: { $0.hasPrefix("endpoint=") }) else {
+            throw RGWFailure("Tools/rgw-start could not start a RADOS Gateway (Tools/setup installs Ceph): \(out.suffix(600))")
+        }
+        var f: [String: String] = [:]
+        for part in line.split(separator: " ") { let kv = part.split(separator: "=", maxSplits: 1); f[String(kv[0])] = String(kv[1]) }
+        return RGW(dir: dir, endpoint: f["endpoint"]!, access: f["access"]!, secret: f["secret"]!)
+    }
+
+    public init(dir: String, endpoint: String, access: String, secret: String) { (self.dir, self.endpoint, self.access, self.secret) = (dir, endpoint, access, secret) }
+
+    public func stop() {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized.path
+        _ = system("\(root)/Tools/rgw-stop \(dir) --purge > /dev/null 2>&1")
+    }
+
+    public var environment: [String: String] {
+        ["AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"]
+    }
+
+    public var config: S3Config { S3Config(endpoint: endpoint, region: "us-east-1", credentials: S3Credentials(accessKey: access, secretKey: secret)) }
+
+    /// Sets this process's AWS variables to this gateway's (the stores tests make in-process read them).
+    public func export() { for (k, v) in environment { setenv(k, v, 1) } }
+
+    /// A new bucket with a name of its own.
+    public func makeBucket(_ tag: String) throws -> String {
+        let name = "strata-\(tag)-\(UUID().uuidString.prefix(8).lowercased())"
+        try S3Client(config).createBucket(name)
+        return name
+    }
+}
+
