@@ -124,24 +124,12 @@ public final class Chain {
         guard let secret else { throw Self.encryptWithoutKey }
         let master = KeyWrapping.random(ChainKeys.keySize)
         let file = try Self.keyFile(master: master, chainID: chainID, secret: secret)
-        try publishSmall(ChainKeyFile.fileName, file.encode())
+        try store.publishWhole(ChainKeyFile.fileName, file.encode())
         let keys = ChainKeys(master: master, chainID: chainID.bytes)
         self.keys = keys
         return keys
     }
 
-    /// Writes a small object whole and publishes it under `name` (replacing one there).
-    func publishSmall(_ name: String, _ bytes: [UInt8]) throws {
-        let object = try store.create(name)
-        do {
-            try bytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
-            try object.publish()
-            try store.syncPublished()
-        } catch {
-            object.abandon()
-            throw error
-        }
-    }
 
     /// Reads the manifest again; returns whether it changed.
     @discardableResult

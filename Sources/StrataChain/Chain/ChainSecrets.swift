@@ -53,6 +53,6 @@ public enum ChainSecrets {
         let file: ChainKeyFile
         do { file = try ChainKeyFile.decode(chain.store.readSmall(name, limit: 1 << 16)) } catch { throw damaged(name, error) }
         let master = try Chain.masterKey(file, secret: old, location: location)
-        try chain.publishSmall(name, Chain.keyFile(master: master, chainID: m.chainID, secret: new).encode())
+        try chain.store.publishWhole(name, Chain.keyFile(master: master, chainID: m.chainID, secret: new).encode())
     }
 }

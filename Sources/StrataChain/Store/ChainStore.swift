@@ -52,6 +52,22 @@ public protocol ChainStore: AnyObject {
     func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?)
 }
 
+extension ChainStore {
+    /// Writes a small object whole and publishes it under `name`, replacing one there (a key file, the damage
+    /// record), durably; on failure nothing of it stays.
+    func publishWhole(_ name: String, _ bytes: [UInt8]) throws {
+        let object = try create(name)
+        do {
+            try bytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
+            try object.publish()
+            try syncPublished()
+        } catch {
+            object.abandon()
+            throw error
+        }
+    }
+}
+
 /// A published object opened for reading.
 public protocol StoredObject: AnyObject {
     var name: String { get }

@@ -143,15 +143,7 @@ public enum Verify {
             if (try? store.readSmall(DamageRecord.fileName, limit: 64 << 20)) != nil { try? store.remove(DamageRecord.fileName) }
             return
         }
-        guard let object = try? store.create(DamageRecord.fileName) else { return }
-        let bytes = record.encode()
-        do {
-            try bytes.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
-            try object.publish()
-            try store.syncPublished()
-        } catch {
-            object.abandon()
-        }
+        try? store.publishWhole(DamageRecord.fileName, record.encode())
     }
 
     /// What the walk starts from: the manifest, the entries to check, each image opened (nil where it failed:
