@@ -9,54 +9,41 @@ int strata_seal_init(void) { return sodium_init() < 0 ? -1 : 0; }
 
 void strata_random(void *out, size_t length) { randombytes_buf(out, length); }
 
-// One cipher context a thread, made once: only the key changes from one frame to the next.
-static __thread EVP_CIPHER_CTX *encrypting, *decrypting;
+// One cipher context a thread for each direction, made once: only the key changes from one seal to the next.
+static __thread EVP_CIPHER_CTX *contexts[2];
 static const uint8_t zeroNonce[12];
 
-static void frame_key(uint8_t key[32], const uint8_t *master, const uint8_t *salt) {
+// AES-256-GCM in place under the key used once (keyed BLAKE2b-256 of the salt): `encrypt` 1 writes `tag`,
+// 0 checks it. 0 on success.
+static int gcm(int encrypt, const uint8_t *master, const uint8_t *salt, const uint8_t *ad, size_t adLength, uint8_t *text, size_t length, uint8_t *tag) {
+    EVP_CIPHER_CTX **ctx = &contexts[encrypt];
+    if (!*ctx) {
+        *ctx = EVP_CIPHER_CTX_new();
+        if (!*ctx || EVP_CipherInit_ex(*ctx, EVP_aes_256_gcm(), NULL, NULL, NULL, encrypt) != 1) return -1;
+    }
+    uint8_t key[32];
     crypto_generichash(key, 32, salt, 24, master, 32);
+    int n = 0, ok = EVP_CipherInit_ex(*ctx, NULL, NULL, key, zeroNonce, encrypt) == 1;
+    sodium_memzero(key, sizeof key);
+    ok = ok && (adLength == 0 || EVP_CipherUpdate(*ctx, NULL, &n, ad, (int)adLength) == 1);
+    while (ok && length > 0) {
+        int chunk = length > (1u << 30) ? (1 << 30) : (int)length;
+        ok = EVP_CipherUpdate(*ctx, text, &n, text, chunk) == 1;
+        text += chunk;
+        length -= (size_t)chunk;
+    }
+    if (!encrypt) ok = ok && EVP_CIPHER_CTX_ctrl(*ctx, EVP_CTRL_GCM_SET_TAG, 16, tag) == 1;
+    ok = ok && EVP_CipherFinal_ex(*ctx, text, &n) == 1;
+    if (encrypt) ok = ok && EVP_CIPHER_CTX_ctrl(*ctx, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
+    return ok ? 0 : -1;
 }
 
 int strata_seal(const uint8_t *master, const uint8_t *salt, const uint8_t *ad, size_t adLength, uint8_t *text, size_t length, uint8_t *tag) {
-    if (!encrypting) {
-        encrypting = EVP_CIPHER_CTX_new();
-        if (!encrypting || EVP_EncryptInit_ex(encrypting, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) return -1;
-    }
-    uint8_t key[32];
-    frame_key(key, master, salt);
-    int n = 0, ok = EVP_EncryptInit_ex(encrypting, NULL, NULL, key, zeroNonce) == 1;
-    sodium_memzero(key, sizeof key);
-    ok = ok && (adLength == 0 || EVP_EncryptUpdate(encrypting, NULL, &n, ad, (int)adLength) == 1);
-    while (ok && length > 0) {
-        int chunk = length > (1u << 30) ? (1 << 30) : (int)length;
-        ok = EVP_EncryptUpdate(encrypting, text, &n, text, chunk) == 1;
-        text += chunk;
-        length -= (size_t)chunk;
-    }
-    ok = ok && EVP_EncryptFinal_ex(encrypting, text, &n) == 1;
-    ok = ok && EVP_CIPHER_CTX_ctrl(encrypting, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1;
-    return ok ? 0 : -1;
+    return gcm(1, master, salt, ad, adLength, text, length, tag);
 }
 
 int strata_open(const uint8_t *master, const uint8_t *salt, const uint8_t *ad, size_t adLength, uint8_t *text, size_t length, const uint8_t *tag) {
-    if (!decrypting) {
-        decrypting = EVP_CIPHER_CTX_new();
-        if (!decrypting || EVP_DecryptInit_ex(decrypting, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) return -1;
-    }
-    uint8_t key[32];
-    frame_key(key, master, salt);
-    int n = 0, ok = EVP_DecryptInit_ex(decrypting, NULL, NULL, key, zeroNonce) == 1;
-    sodium_memzero(key, sizeof key);
-    ok = ok && (adLength == 0 || EVP_DecryptUpdate(decrypting, NULL, &n, ad, (int)adLength) == 1);
-    while (ok && length > 0) {
-        int chunk = length > (1u << 30) ? (1 << 30) : (int)length;
-        ok = EVP_DecryptUpdate(decrypting, text, &n, text, chunk) == 1;
-        text += chunk;
-        length -= (size_t)chunk;
-    }
-    ok = ok && EVP_CIPHER_CTX_ctrl(decrypting, EVP_CTRL_GCM_SET_TAG, 16, (void *)tag) == 1;
-    ok = ok && EVP_DecryptFinal_ex(decrypting, text, &n) == 1;
-    return ok ? 0 : -1;
+    return gcm(0, master, salt, ad, adLength, text, length, (uint8_t *)tag);
 }
 
 void strata_mac(uint8_t *out, size_t outLength, const uint8_t *key, const void *data, size_t length) {

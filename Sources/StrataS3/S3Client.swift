@@ -41,7 +41,9 @@ public final class S3Client: @unchecked Sendable {
     public struct Response {
         public var status: Int
         public var headers: [String: String]
-        public var body: [UInt8]
+        /// The answer's bytes where async-http-client left them (read from here, not copied out first).
+        public var buffer: ByteBuffer?
+        public var body: [UInt8] { buffer.map { Array($0.readableBytesView) } ?? [] }
 
         public var etag: String? { headers["etag"].map(S3Client.bareETag) }
     }
@@ -59,24 +61,25 @@ public final class S3Client: @unchecked Sendable {
         let path = "/" + SigV4.encode(bucket, encodeSlash: true) + (key.isEmpty ? "" : "/" + SigV4.encode(key, encodeSlash: false))
         let queryText = query.map { "\(SigV4.encode($0.0, encodeSlash: true))=\(SigV4.encode($0.1, encodeSlash: true))" }.joined(separator: "&")
         let url = config.endpoint + path + (queryText.isEmpty ? "" : "?" + queryText)
-        let payload = body.map { Array($0) } ?? []
-        let payloadHash = SigV4.sha256Hex(payload)
+        // The payload copied once, into the buffer every attempt sends; hashed where the caller holds it.
+        let payload = ByteBuffer(bytes: body ?? UnsafeRawBufferPointer(start: nil, count: 0))
+        let payloadHash = SigV4.sha256Hex(body ?? UnsafeRawBufferPointer(start: nil, count: 0))
+        let hasBody = payload.readableBytes > 0 || method == .PUT || method == .POST
         let what = "\(method.rawValue) s3://\(bucket)/\(key)"
         var delay = 0.1
         for attempt in 1...attempts {
             var all = headers
             all += signer.sign(method: method.rawValue, host: host, path: path, query: query, headers: headers, payloadHash: payloadHash, now: Self.now())
-            if !payload.isEmpty || method == .PUT || method == .POST { all.append(("content-length", String(payload.count))) }
+            if hasBody { all.append(("content-length", String(payload.readableBytes))) }
             do {
                 var r = try HTTPClient.Request(url: url, method: method, headers: HTTPHeaders(all))
-                if !payload.isEmpty || method == .PUT || method == .POST { r.body = .bytes(payload) }
+                if hasBody { r.body = .byteBuffer(payload) }
                 let answer = try http.execute(request: r).wait()
                 var h: [String: String] = [:]
                 for (name, value) in answer.headers { h[name.lowercased()] = value }
-                let bytes = answer.body.map { Array($0.readableBytesView) } ?? []
                 let status = Int(answer.status.code)
-                if ok.contains(status) { return Response(status: status, headers: h, body: bytes) }
-                let text = String(decoding: bytes, as: UTF8.self)
+                if ok.contains(status) { return Response(status: status, headers: h, buffer: answer.body) }
+                let text = answer.body.map { String(decoding: $0.readableBytesView, as: UTF8.self) } ?? ""
                 let error = S3Error.status(status, code: S3XML.value(text, "Code") ?? "", message: S3XML.value(text, "Message") ?? "", request: what)
                 guard status >= 500 && attempt < attempts else { throw error }
             } catch let e as S3Error {
@@ -126,10 +129,11 @@ public final class S3Client: @unchecked Sendable {
         guard count > 0 else { return 0 }
         let r = try request(.GET, bucket: bucket, key: key, headers: [("range", "bytes=\(offset)-\(offset + UInt64(count) - 1)")], ok: [200, 206, 416])
         if r.status == 416 { return 0 }  // from the object's end on: nothing, as a read at the end of a file
-        // A 200 (the store ignored the range) carries the whole object.
-        let skip = r.status == 200 ? Int(min(offset, UInt64(r.body.count))) : 0
-        let n = min(count, r.body.count - skip)
-        r.body.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress! + skip, byteCount: n) }
+        // A 200 (the store ignored the range) carries the whole object. Copied once, from where it arrived.
+        guard let answer = r.buffer else { return 0 }
+        let skip = r.status == 200 ? Int(min(offset, UInt64(answer.readableBytes))) : 0
+        let n = min(count, answer.readableBytes - skip)
+        answer.withUnsafeReadableBytes { buffer.copyMemory(from: $0.baseAddress! + skip, byteCount: n) }
         return n
     }
 

@@ -38,11 +38,11 @@ final class IndexReader {
         let bytes = try Self.read(object, h.indexOffset, Int(h.indexLength), what: "image index")
         if h.isChunked {
             let top = try TopIndex.decode(bytes, header: h)
-            if h.isEncrypted, let keys, h.chainID.bytes != keys.chainID {
-                throw ChainError.damaged(file: name, detail: "it belongs to another chain (\(h.chainID))")
-            }
-            if h.isEncrypted, let keys, keys.authenticator(IndexSealing.headerParts(h, table: bytes), length: 32) != h.authenticator {
-                throw FormatError.invalid("the image's header and index fail authentication with this chain's key")
+            if h.isEncrypted, let keys {
+                guard h.chainID.bytes == keys.chainID else { throw ChainError.damaged(file: name, detail: "it belongs to another chain (\(h.chainID))") }
+                guard keys.authenticator(IndexSealing.headerParts(h, table: bytes), length: 32) == h.authenticator else {
+                    throw FormatError.invalid("the image's header and index fail authentication with this chain's key")
+                }
             }
             source = .chunked(top)
             maxFrameLength = Int(top.maxFrameLength)
