@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         // The S3 store's HTTP client (SwiftNIO): it links statically, where Debian's libcurl cannot (docs/S3.md).
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        // Its buffers (ByteBuffer): an upload's parts are filled in place and sent without a copy.
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
     ],
     targets: [
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
@@ -33,8 +35,8 @@ let package = Package(
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"]),
         .target(name: "StrataIO", dependencies: ["CURing"]),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
-        .target(name: "StrataS3", dependencies: ["CSeal", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
-        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", "CFuse"]),
+        .target(name: "StrataS3", dependencies: ["CSeal", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", "CFuse", .product(name: "NIOCore", package: "swift-nio")]),
         .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
         .executableTarget(
             name: "strata",
@@ -44,7 +46,7 @@ let package = Package(
         .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], exclude: ["Golden"]),
         .testTarget(name: "StrataCodecTests", dependencies: ["StrataCodec", "CXXH3"]),
         .testTarget(name: "StrataIOTests", dependencies: ["StrataIO"]),
-        .testTarget(name: "StrataS3Tests", dependencies: ["StrataS3", "TestSupport"]),
+        .testTarget(name: "StrataS3Tests", dependencies: ["StrataS3", "TestSupport", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO", "TestSupport"]),
         .testTarget(name: "StrataCLITests", dependencies: ["strata", "TestSupport", "StrataS3"]),
     ],

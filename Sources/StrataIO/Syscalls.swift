@@ -319,3 +319,15 @@ public enum Sys {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }
+
+extension Sys {
+    /// Makes glibc serve allocations of `bytes` and more from mmap, and give them back when freed: its sliding
+    /// threshold otherwise serves them from per-thread arenas that keep what was freed. (mallopt is in malloc.h,
+    /// which Swift's Glibc module does not bring in; M_MMAP_THRESHOLD is -3 there.)
+    public static func mapLargeAllocations(from bytes: Int) {
+        _ = strata_mallopt(-3, Int32(bytes))
+    }
+}
+
+@_silgen_name("mallopt")
+private func strata_mallopt(_ parameter: Int32, _ value: Int32) -> Int32

@@ -21,15 +21,19 @@ public final class S3Client: @unchecked Sendable {
     private let host: String
     /// Attempts a request gets (the first and the retries).
     public var attempts = 6
+    /// `STRATA_S3_TRACE=1`: one line on stderr per request (method, object, range, status, bytes, milliseconds).
+    private let trace = getenv("STRATA_S3_TRACE").map { String(cString: $0) == "1" } ?? false
 
     /// `connectTimeout`: how long one attempt waits to connect (async-http-client keeps trying a refused
     /// connection until then); with the retries, a store that is down fails a command in about 20 s.
-    public init(_ config: S3Config, connections: Int = 16, connectTimeout: Int64 = 3) {
+    /// `stallTimeout`: how long an attempt waits for the next byte either way (a store that accepts and stops, an
+    /// OSD that is full) before it counts as failed.
+    public init(_ config: S3Config, connections: Int = 16, connectTimeout: Int64 = 3, stallTimeout: Int64 = 60) {
         self.config = config
         signer = SigV4(config: config)
         host = String(config.endpoint.drop { $0 != "/" }.dropFirst(2))
         var c = HTTPClient.Configuration(
-            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(connectTimeout), read: .seconds(120)),
+            redirectConfiguration: .disallow, timeout: .init(connect: .seconds(connectTimeout), read: .seconds(stallTimeout), write: .seconds(stallTimeout)),
             connectionPool: .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: connections))
         c.decompression = .disabled
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
@@ -58,12 +62,20 @@ public final class S3Client: @unchecked Sendable {
         _ method: HTTPMethod, bucket: String, key: String = "", query: [(String, String)] = [], headers: [(String, String)] = [],
         body: UnsafeRawBufferPointer? = nil, ok: Set<Int> = [200, 204, 206]
     ) throws -> Response {
+        try request(method, bucket: bucket, key: key, query: query, headers: headers, payload: ByteBuffer(bytes: body ?? UnsafeRawBufferPointer(start: nil, count: 0)), ok: ok)
+    }
+
+    /// `request` with the payload in a buffer already (a part of an upload: sent from where it lies, no copy).
+    @discardableResult
+    public func request(
+        _ method: HTTPMethod, bucket: String, key: String = "", query: [(String, String)] = [], headers: [(String, String)] = [],
+        payload: ByteBuffer, ok: Set<Int> = [200, 204, 206]
+    ) throws -> Response {
         let path = "/" + SigV4.encode(bucket, encodeSlash: true) + (key.isEmpty ? "" : "/" + SigV4.encode(key, encodeSlash: false))
         let queryText = query.map { "\(SigV4.encode($0.0, encodeSlash: true))=\(SigV4.encode($0.1, encodeSlash: true))" }.joined(separator: "&")
         let url = config.endpoint + path + (queryText.isEmpty ? "" : "?" + queryText)
-        // The payload copied once, into the buffer every attempt sends; hashed where the caller holds it.
-        let payload = ByteBuffer(bytes: body ?? UnsafeRawBufferPointer(start: nil, count: 0))
-        let payloadHash = SigV4.sha256Hex(body ?? UnsafeRawBufferPointer(start: nil, count: 0))
+        // One buffer for every attempt, hashed where it lies.
+        let payloadHash = payload.withUnsafeReadableBytes { SigV4.sha256Hex($0) }
         let hasBody = payload.readableBytes > 0 || method == .PUT || method == .POST
         let what = "\(method.rawValue) s3://\(bucket)/\(key)"
         var delay = 0.1
@@ -74,7 +86,13 @@ public final class S3Client: @unchecked Sendable {
             do {
                 var r = try HTTPClient.Request(url: url, method: method, headers: HTTPHeaders(all))
                 if hasBody { r.body = .byteBuffer(payload) }
+                let sent = trace ? Self.nanos() : 0
                 let answer = try http.execute(request: r).wait()
+                if trace {
+                    let range = headers.first { $0.0 == "range" }.map { " \($0.1)" } ?? ""
+                    let line = "s3 \(what)\(query.isEmpty ? "" : "?" + queryText)\(range) \(answer.status.code) out \(payload.readableBytes) in \(answer.body?.readableBytes ?? 0) \(Double(Self.nanos() - sent) / 1e6) ms\n"
+                    fputs(line, stderr)
+                }
                 var h: [String: String] = [:]
                 for (name, value) in answer.headers { h[name.lowercased()] = value }
                 let status = Int(answer.status.code)
@@ -92,6 +110,12 @@ public final class S3Client: @unchecked Sendable {
             delay = min(delay * 2, 5)
         }
         preconditionFailure("unreachable")
+    }
+
+    static func nanos() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
     }
 
     /// UTC date (YYYYMMDD) and time (HHMMSS) now.
@@ -200,9 +224,15 @@ public final class S3Client: @unchecked Sendable {
         return id
     }
 
-    /// Uploads part `number` (1-based); returns its ETag.
-    public func uploadPart(bucket: String, key: String, uploadID: String, number: Int, _ bytes: UnsafeRawBufferPointer) throws -> String {
-        try request(.PUT, bucket: bucket, key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)], body: bytes).etag ?? ""
+    /// Uploads part `number` (1-based) from the readable bytes of `part`; returns its ETag.
+    public func uploadPart(bucket: String, key: String, uploadID: String, number: Int, _ part: ByteBuffer) throws -> String {
+        try request(.PUT, bucket: bucket, key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)], payload: part).etag ?? ""
+    }
+
+    /// Stores an object whole from the readable bytes of `bytes`; returns its ETag.
+    @discardableResult
+    public func put(bucket: String, key: String, _ bytes: ByteBuffer) throws -> String {
+        try request(.PUT, bucket: bucket, key: key, payload: bytes).etag ?? ""
     }
 
     /// Part `number` copied server-side from bytes `range` of another object; returns its ETag.
@@ -214,8 +244,12 @@ public final class S3Client: @unchecked Sendable {
             headers: [("x-amz-copy-source", "/\(bucket)/\(SigV4.encode(source, encodeSlash: false))"),
                       ("x-amz-copy-source-range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")],
             body: UnsafeRawBufferPointer(start: nil, count: 0))
+        // An error can come inside a 200 (the copy failed after the answer began).
         let text = String(decoding: r.body, as: UTF8.self)
-        return S3XML.value(text, "ETag").map(Self.bareETag) ?? ""
+        guard let etag = S3XML.value(text, "ETag"), !text.contains("<Error>") else {
+            throw S3Error.status(500, code: S3XML.value(text, "Code") ?? "", message: S3XML.value(text, "Message") ?? "no ETag in the answer", request: "copy s3://\(bucket)/\(source) to part \(number) of s3://\(bucket)/\(key)")
+        }
+        return Self.bareETag(etag)
     }
 
     /// Makes the object visible from its parts, in order.

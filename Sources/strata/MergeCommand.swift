@@ -37,11 +37,12 @@ struct MergeCommand: ParsableCommand {
             Output.json([
                 ("firstPoint", r.firstPoint), ("point", r.lastPoint), ("kind", r.kind == .full ? "full" : "incremental"),
                 ("imagesMerged", r.imagesMerged), ("framesCopied", r.framesCopied), ("framesRepacked", r.framesRepacked),
+                ("framesCopiedInStore", r.framesCopiedInStore), ("bytesCopiedInStore", r.bytesCopiedInStore),
                 ("bytesBefore", r.bytesBefore), ("bytesStored", r.bytesStored), ("seconds", r.seconds), ("image", r.image),
                 ("points", r.points.map(String.init)),
             ])
         } else if !quiet {
-            print("merged \(r.imagesMerged) images (points \(r.firstPoint)-\(r.lastPoint)) into \(r.image): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesStored)), \(r.framesCopied) frames copied, \(r.framesRepacked) re-packed, in \(Output.fixed(r.seconds, 2)) s")
+            print("merged \(r.imagesMerged) images (points \(r.firstPoint)-\(r.lastPoint)) into \(r.image): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesStored)), \(r.framesCopied) frames copied\(r.framesCopiedInStore > 0 ? " (\(r.framesCopiedInStore) inside the store)" : ""), \(r.framesRepacked) re-packed, in \(Output.fixed(r.seconds, 2)) s")
         }
     }
 }

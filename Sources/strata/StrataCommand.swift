@@ -56,5 +56,5 @@ struct StrataCommand: ParsableCommand {
                   bucket that does not exist)
             """,
         version: "0.1.0",
-        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, KeygenCommand.self, KeyCommand.self, BenchCommand.self, FreezeGuardianCommand.self])
+        subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, KeygenCommand.self, KeyCommand.self, SyncCommand.self, BenchCommand.self, FreezeGuardianCommand.self])
 }

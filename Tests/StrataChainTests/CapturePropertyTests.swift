@@ -1,26 +1,32 @@
 // The property that matters most: after any sequence of nights, every point of the chain restores bit for bit
 // to that night's disk. Seeds are fixed so a failure reproduces; each test names its seed.
 import Foundation
+import TestSupport
 import StrataChain
 import StrataIO
 import XCTest
 
 final class CapturePropertyTests: XCTestCase {
     var dir = ""
-    override func setUpWithError() throws { dir = try scratchDirectory() }
+    /// Where `runNights` puts its chains: `dir`, or a bucket (`testRandomNightsInABucket`).
+    var chains = ""
+    static let gateway = LazyRGW()
+    override func setUpWithError() throws { dir = try scratchDirectory(); chains = dir }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+    override class func tearDown() { gateway.stop() }
 
     /// Captures `nights` nights of a model disk from `source` (written by `write`), then restores every point
     /// into a file and compares it with that night's bytes.
     func runNights(
         seed: UInt64, size: Int, nights: Int, blockSize: UInt32?, engine: IOEngineChoice, threads: Int = 2,
-        source: String? = nil, write: ((DiskModel, String) throws -> Void)? = nil
+        source: String? = nil, write: ((DiskModel, String) throws -> Void)? = nil, random: Int = 0
     ) throws {
         var rng = SeededGenerator(seed: seed)
         var disk = DiskModel(size: size, rng: &rng)
+        disk.overwrite(at: size / 8, count: random, rng: &rng)  // incompressible data: images of that size
         let src = source ?? "\(dir)/source.img"
         let writeDisk = write ?? { try $0.writeSparse(to: $1) }
-        let chain = "\(dir)/chain-\(seed)"
+        let chain = "\(chains)/chain-\(seed)"
         var states: [[UInt8]] = []
         var options = CaptureOptions()
         options.blockSize = blockSize
@@ -121,6 +127,14 @@ final class CapturePropertyTests: XCTestCase {
 
     func testRandomNightsPread() throws {
         try runNights(seed: 3, size: 5 << 20 + 512, nights: 6, blockSize: nil, engine: .pread, threads: 1)
+    }
+
+    /// The nightly property on chains in a bucket of a real store (Ceph's RADOS Gateway), the images larger than
+    /// one 16 MiB upload part so that parts go up while the capture runs.
+    func testRandomNightsInABucket() throws {
+        chains = try Self.gateway.bucketLocation("nights")
+        try runNights(seed: 41, size: 48 << 20 + 4096, nights: 5, blockSize: nil, engine: .auto, random: 36 << 20)
+        try runNights(seed: 42, size: 3 << 20 + 512, nights: 6, blockSize: 16384, engine: .pread, threads: 1)
     }
 
     func testSmallAndLargeBlockSizes() throws {

@@ -1,6 +1,7 @@
 // Merges and prunes never change what a remaining point restores to. Random sequences of captures, merges and
 // prunes, checking every point after every step; bad ranges and damaged images leave the chain untouched.
 import Foundation
+import TestSupport
 import StrataCodec
 import StrataFormat
 import XCTest
@@ -9,8 +10,12 @@ import XCTest
 
 final class MergeTests: XCTestCase {
     var dir = ""
-    override func setUpWithError() throws { dir = try scratchDirectory("merge") }
+    /// Where the property test's chains go: `dir`, or a bucket (`testRandomMergesAndPrunesInABucket`).
+    var chains = ""
+    static let gateway = LazyRGW()
+    override func setUpWithError() throws { dir = try scratchDirectory("merge"); chains = dir }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+    override class func tearDown() { gateway.stop() }
 
     func assertEveryPointRestores(_ chain: String, _ states: [UInt32: [UInt8]], _ context: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let points = try ChainListing.read(chain: chain).points.map(\.point)
@@ -25,6 +30,12 @@ final class MergeTests: XCTestCase {
 
     func testRandomMergesAndPrunesKeepEveryPoint() throws {
         try randomMergesAndPrunes(seeds: [21, 22, 23])
+    }
+
+    /// The same on chains in a bucket of a real store (Ceph's RADOS Gateway).
+    func testRandomMergesAndPrunesInABucket() throws {
+        chains = try Self.gateway.bucketLocation("merge")
+        try randomMergesAndPrunes(seeds: [24, 25], verify: true)
     }
 
     /// The same with tiny index chunks (16 records), windows of 37 blocks for restore, verify, merge and the map
@@ -68,7 +79,7 @@ final class MergeTests: XCTestCase {
             var rng = SeededGenerator(seed: seed)
             var disk = DiskModel(size: 3 << 20 + 2048, rng: &rng)
             let source = "\(dir)/source-\(seed).img"
-            let chain = "\(dir)/chain-\(seed)"
+            let chain = "\(chains)/chain-\(seed)"
             var states: [UInt32: [UInt8]] = [:]
             func capture() throws {
                 try disk.writeSparse(to: source)
@@ -114,6 +125,50 @@ final class MergeTests: XCTestCase {
             XCTAssertEqual(quiet.kind, .incremental)
             XCTAssertEqual(quiet.blocksChanged, 0)
         }
+    }
+
+    /// In a bucket, whole frames back to back in a source image are copied by the store itself (UploadPartCopy), in
+    /// parts of at least 5 MiB after what the upload's first part needs written: every point restores as before,
+    /// verify passes, and the next capture is ordinary.
+    func testWholeFramesAreCopiedInsideTheBucket() throws {
+        let chain = try Self.gateway.bucketLocation("copy") + "/c", source = "\(dir)/s.img"
+        var rng = SeededGenerator(seed: 77)
+        var disk = DiskModel(size: 64 << 20, rng: &rng)
+        disk.overwrite(at: 0, count: 40 << 20, rng: &rng)
+        var states: [UInt32: [UInt8]] = [:]
+        func capture() throws {
+            try disk.writeSparse(to: source)
+            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
+        }
+        try capture()
+        for night in 0..<4 {
+            disk.overwrite(at: night * (9 << 20) + 4096 * night, count: 7 << 20, rng: &rng)  // 7 MiB of new data a night
+            disk.night(0, rng: &rng)
+            try capture()
+        }
+        var o = MergeOptions(to: 5)
+        o.from = 2
+        let r = try Merge.run(chain: chain, options: o)
+        XCTAssertGreaterThan(r.framesCopiedInStore, 0)
+        XCTAssertGreaterThan(r.bytesCopiedInStore, 10 << 20, "most of the 28 MiB copied whole went inside the store")
+        XCTAssertLessThanOrEqual(r.framesCopiedInStore, r.framesCopied)
+        try assertEveryPointRestores(chain, states, "after the merge in the bucket")
+        XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        // A synthetic full: the full image's frames too.
+        let full = try Merge.run(chain: chain, options: MergeOptions(to: 5))
+        XCTAssertEqual(full.kind, .full)
+        XCTAssertGreaterThan(full.bytesCopiedInStore, 20 << 20)
+        try assertEveryPointRestores(chain, states, "after the synthetic full in the bucket")
+        XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        let quiet = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        XCTAssertEqual(quiet.blocksChanged, 0)
+        // A local chain's merge copies nothing inside its store.
+        let local = "\(dir)/local"
+        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
+        disk.overwrite(at: 0, count: 8 << 20, rng: &rng)
+        try disk.writeSparse(to: source)
+        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
+        XCTAssertEqual(try Merge.run(chain: local, options: MergeOptions(to: 2)).framesCopiedInStore, 0)
     }
 
     /// A frame most of whose blocks survive is copied whole, dead blocks and all (the sparseFrames feature bit);

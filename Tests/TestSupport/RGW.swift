@@ -58,3 +58,38 @@ public final class RGW {
     }
 }
 
+
+/// A gateway a test class starts at its first test that needs one (`get`) and stops after its last (`stop`, from
+/// the class's tearDown), so that the class's other tests do not wait for it. `get` also sets this process's AWS
+/// variables to it.
+public final class LazyRGW: @unchecked Sendable {
+    private var rgw: RGW?
+    private var failure: Error?
+    private let lock = NSLock()
+
+    public init() {}
+
+    public func get() throws -> RGW {
+        lock.lock()
+        defer { lock.unlock() }
+        if let failure { throw failure }
+        if rgw == nil {
+            do { rgw = try RGW.start() } catch {
+                failure = error
+                throw error
+            }
+        }
+        rgw!.export()
+        return rgw!
+    }
+
+    /// `s3://BUCKET` of a new bucket of the gateway.
+    public func bucketLocation(_ tag: String) throws -> String { "s3://" + (try get().makeBucket(tag)) }
+
+    public func stop() {
+        lock.lock()
+        defer { lock.unlock() }
+        rgw?.stop()
+        rgw = nil
+    }
+}

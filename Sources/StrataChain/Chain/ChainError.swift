@@ -63,6 +63,8 @@ public enum ChainError: Error, Equatable, Sendable {
     case storeUnreachable(location: String, reason: String)
     /// An object store that refuses: credentials, permissions, a bucket that does not exist, no configuration.
     case storeRefused(location: String, reason: String, todo: String)
+    /// `sync` into a place that is not an earlier copy of the source.
+    case syncRefused(target: String, detail: String)
     public enum Role: String, Sendable { case source, target }
 }
 
@@ -142,6 +144,8 @@ extension ChainError: CustomStringConvertible {
         case .storeUnreachable(let l, let r):
             return "cannot reach the store of \(l): \(r); the chain was not changed: check the endpoint (AWS_ENDPOINT_URL) and the network, and try again"
         case .storeRefused(let l, let r, let t): return "the store of \(l) refused: \(r); nothing was done: \(t)"
+        case .syncRefused(let t, let d):
+            return "will not sync into \(t): \(d); nothing was changed: sync into an empty place, or remove what is there first"
         }
     }
 
@@ -154,7 +158,7 @@ extension ChainError: CustomStringConvertible {
         case .targetTooSmall, .targetUnavailable, .insufficientSpace, .mountPointUnusable, .outputUnwritable: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
         case .chainInUse, .chainChanged, .mountBusy: return 75  // EX_TEMPFAIL
-        case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists: return 77  // refused for safety
+        case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists, .syncRefused: return 77  // refused for safety
         case .engineUnavailable, .machineLacks, .cannotFreeze, .cannotSnapshot: return 69  // EX_UNAVAILABLE
         case .keyNeeded, .wrongKey, .keyFileUnusable: return 67  // EX_NOUSER: "no such key"; not damage
         case .storeUnreachable: return 69  // EX_UNAVAILABLE

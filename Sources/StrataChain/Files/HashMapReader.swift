@@ -17,6 +17,9 @@ final class HashMapReader {
     /// Block ranges, sorted, whose hashes read as `.damaged` (their stored copies are damaged: a capture heals them).
     var damagedRuns: [Range<UInt64>] = []
     private let keys: ChainKeys?
+    /// The next chunk's header, read with the chunk before it (one read a chunk, not two: each is a request to an
+    /// object store).
+    private var nextHeader: [UInt8]?
 
     init(store: ChainStore, name: String, keys: ChainKeys?) throws {
         self.name = name
@@ -63,14 +66,21 @@ final class HashMapReader {
         let next = chunk + 1
         guard UInt64(next) < header.chunkCount else { throw FormatError.invalid("hash map has too few chunks") }
         let blocksInChunk = Int(min(UInt64(HashMapHeader.chunkBlocks), header.blockCount - UInt64(next) * UInt64(HashMapHeader.chunkBlocks)))
-        var hb = [UInt8](repeating: 0, count: HashMapChunkHeader.size)
-        let n = try hb.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: offset) }
-        guard n == HashMapChunkHeader.size else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
+        var hb = nextHeader ?? [UInt8](repeating: 0, count: HashMapChunkHeader.size)
+        if nextHeader == nil {
+            let n = try hb.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: offset) }
+            guard n == HashMapChunkHeader.size else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
+        }
+        nextHeader = nil
         let ch = try HashMapChunkHeader.decode(hb)
         let storedLength = Int(ch.storedLength)
         var length = storedLength
-        guard offset + UInt64(HashMapChunkHeader.size + length) <= fileSize else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
-        _ = try object.read(into: stored, count: length, at: offset + UInt64(HashMapChunkHeader.size))
+        let end = offset + UInt64(HashMapChunkHeader.size + length)
+        guard end <= fileSize, length <= hashMapChunkBytes + 65536 + Sealing.overhead else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
+        let withNext = end + UInt64(HashMapChunkHeader.size) <= fileSize ? HashMapChunkHeader.size : 0
+        let n = try object.read(into: stored, count: length + withNext, at: offset + UInt64(HashMapChunkHeader.size))
+        guard n == length + withNext else { throw FormatError.truncated("hash map chunk \(next)", at: offset) }
+        if withNext > 0 { nextHeader = Array(UnsafeRawBufferPointer(start: stored + length, count: withNext)) }
         guard Checksum.xxh3(stored, count: length) == ch.checksum else { throw FormatError.checksumMismatch("hash map chunk \(next)") }
         guard ch.sealed == (keys != nil) else { throw FormatError.invalid("hash map chunk \(next) is \(ch.sealed ? "" : "not ")sealed in a chain that is \(keys != nil ? "" : "not ")encrypted") }
         if let keys {

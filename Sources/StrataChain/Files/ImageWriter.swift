@@ -115,25 +115,74 @@ final class ImageWriter {
         try appendFrame(frame.start, length: frame.length, blockCount: frame.blockCount, codec: frame.codec, checksum: frame.checksum, sealed: frame.sealed)
     }
 
+    /// Frames back to back in one source image, for `reserveCopiedFrames`: `records[range]` lie in `object` one
+    /// after the other, from the first one's offset on.
+    struct CopySource {
+        var object: StoredObject
+        var range: Range<Int>
+    }
+
+    /// Whether the store can copy frames itself (`reserveCopiedFrames` with sources).
+    var copiesInStore: Bool { object.smallestCopy != nil }
+
     /// Places frames copied byte for byte from other images (merge) where the stream is, numbered from
-    /// `nextFrame` on, and returns where each goes; their bytes go in with `writeReserved`, by any thread.
-    func reserveCopiedFrames(_ records: [FrameRecord]) throws -> [UInt64] {
+    /// `nextFrame` on, and returns where each goes; their bytes go in with `writeReserved`, by any thread, except
+    /// those the store copied itself (`inStore`): where the store can, each of `sources` (in order, apart) goes as
+    /// copies inside the store, after as many of its first frames as the store needs written before one.
+    func reserveCopiedFrames(_ records: [FrameRecord], sources: [CopySource] = []) throws -> (offsets: [UInt64], inStore: [Bool]) {
         try guarded {
             var offsets: [UInt64] = []
             offsets.reserveCapacity(records.count)
-            for r in records {
+            var inStore = [Bool](repeating: false, count: records.count)
+            func place(_ k: Int) throws {
                 // A frame chunk that fills goes into the file first, between reserved frames.
                 if frames.count == Int(top.framesPerChunk) { try flushFrames() }
-                let at = appender.offset
-                try appender.skip(UInt64(r.length))
-                guard r.sealed == (keys != nil) else {
-                    throw ChainError.damaged(file: name, detail: "a frame to copy is \(r.sealed ? "" : "not ")sealed, and this image is \(keys != nil ? "" : "not ")encrypted")
-                }
-                try addFrame(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum, sealed: r.sealed))
-                offsets.append(at)
+                try placeHere(records[k])
+                offsets.append(appender.offset - UInt64(records[k].length))
             }
-            return offsets
+            var k = 0
+            for run in sources {
+                while k < run.range.lowerBound { try place(k); k += 1 }
+                while k < run.range.upperBound {
+                    // Frames written here until a copy can start, then as many as fit before the next index chunk.
+                    if frames.count == Int(top.framesPerChunk) { try flushFrames() }
+                    var written: UInt64 = 0
+                    let needed = object.bytesBeforeCopy(at: appender.offset)
+                    while k < run.range.upperBound && written < needed {
+                        written += UInt64(records[k].length)
+                        try place(k)
+                        k += 1
+                    }
+                    if frames.count == Int(top.framesPerChunk) { try flushFrames() }
+                    let j = min(run.range.upperBound, k + Int(top.framesPerChunk) - frames.count)
+                    let bytes = records[k..<j].reduce(0) { $0 + Int($1.length) }
+                    guard k < j, let smallest = object.smallestCopy, bytes >= smallest,
+                        try object.copyInStore(from: run.object, at: records[k].offset, count: bytes, to: appender.offset)
+                    else {
+                        while k < run.range.upperBound { try place(k); k += 1 }
+                        break
+                    }
+                    for i in k..<j {
+                        try placeHere(records[i])
+                        offsets.append(appender.offset - UInt64(records[i].length))
+                        inStore[i] = true
+                    }
+                    k = j
+                }
+            }
+            while k < records.count { try place(k); k += 1 }
+            return (offsets, inStore)
         }
+    }
+
+    /// Skips a copied frame's bytes where the stream is and records it there.
+    private func placeHere(_ r: FrameRecord) throws {
+        guard r.sealed == (keys != nil) else {
+            throw ChainError.damaged(file: name, detail: "a frame to copy is \(r.sealed ? "" : "not ")sealed, and this image is \(keys != nil ? "" : "not ")encrypted")
+        }
+        let at = appender.offset
+        try appender.skip(UInt64(r.length))
+        try addFrame(FrameRecord(offset: at, length: r.length, blockCount: r.blockCount, codec: r.codec, checksum: r.checksum, sealed: r.sealed))
     }
 
     /// Writes bytes into space reserved by `reserveCopiedFrames`; safe from several threads at once. One at a

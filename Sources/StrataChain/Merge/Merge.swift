@@ -34,6 +34,9 @@ public struct MergeResult: Sendable, Equatable {
     public var imagesMerged: Int
     public var framesCopied: Int
     public var framesRepacked: Int
+    /// Of the frames copied, those the store copied itself (a bucket's UploadPartCopy), and their bytes.
+    public var framesCopiedInStore: Int
+    public var bytesCopiedInStore: UInt64
     public var bytesBefore: UInt64
     public var bytesStored: UInt64
     public var seconds: Double
@@ -119,7 +122,8 @@ public enum Merge {
             blocksChanged: finished.dataBlocks + finished.zeroBlocks + finished.unreadableBlocks)
         let result = MergeResult(
             firstPoint: finished.firstPoint, lastPoint: finished.lastPoint, kind: finished.kind, imagesMerged: sources.count,
-            framesCopied: plan.framesCopied, framesRepacked: plan.framesRepacked, bytesBefore: old.reduce(0) { $0 + $1.bytesStored },
+            framesCopied: plan.framesCopied, framesRepacked: plan.framesRepacked, framesCopiedInStore: plan.framesCopiedInStore,
+            bytesCopiedInStore: plan.bytesCopiedInStore, bytesBefore: old.reduce(0) { $0 + $1.bytesStored },
             bytesStored: finished.fileSize, seconds: Double(Sys.monotonicNanos() - started) / 1e9, image: name, points: [])
         return MergedImage(entry: entry, replaced: Set(old.map(\.file)), result: result)
     }

@@ -23,13 +23,16 @@ final class MergePlan {
     /// Where each source frame goes, decided once all are counted: re-packed, copied whole (not placed yet), or
     /// copied whole as frame N of the merged image.
     private var placement: [UInt32]
-    private static let repacked = UInt32.max, unplaced = UInt32.max - 1
+    private static let repacked = UInt32.max, unplaced = UInt32.max - 1, placing = UInt32.max - 2
     /// The merged image is never larger than the frames it draws from.
     private(set) var bytesUpperBound: UInt64 = 0
     /// Bytes copied whole and blocks re-packed: the work, for progress.
     private var workBytes: UInt64 = 0
     private(set) var framesCopied = 0
     private(set) var framesRepacked = 0
+    /// Whole frames the store copied itself (never read here), and their bytes.
+    private(set) var framesCopiedInStore = 0
+    private(set) var bytesCopiedInStore: UInt64 = 0
     /// Extents an image may have in a window of the writing walk: 2^18.
     static let windowExtents = 1 << 18
 
@@ -87,11 +90,18 @@ final class MergePlan {
         while let window = try walk.next() {
             // Frame numbers: whole frames first used here, in order of first use, then packed frames in block order.
             let base = writer.nextFrame
-            var wholeOrder: [FrameRef] = [], records: [FrameRecord] = []
+            var wholeOrder: [FrameRef] = []
             for e in window where e.kind == .data && placement[number(e)] == Self.unplaced {
-                let n = number(e), r = try record(e.frameRef)
-                placement[n] = base + UInt32(wholeOrder.count)
+                placement[number(e)] = Self.placing
                 wholeOrder.append(e.frameRef)
+            }
+            // Where the store copies frames itself, in source order instead: frames back to back in a source
+            // image stay so, and go as a few large copies inside the store.
+            if writer.copiesInStore { wholeOrder.sort() }
+            var records: [FrameRecord] = []
+            for (k, f) in wholeOrder.enumerated() {
+                let n = frameBase[f.image] + Int(f.frame), r = try record(f)
+                placement[n] = base + UInt32(k)
                 records.append(r)
                 if surviving[n] != r.blockCount { writer.allowSparseFrames() }
             }
@@ -119,9 +129,14 @@ final class MergePlan {
                     }
                 }
             }
-            let offsets = try writer.reserveCopiedFrames(records)
+            let (offsets, inStore) = try writer.reserveCopiedFrames(records, sources: writer.copiesInStore ? copySources(wholeOrder, records) : [])
+            for (k, copied) in inStore.enumerated() where copied {
+                framesCopiedInStore += 1
+                bytesCopiedInStore += UInt64(records[k].length)
+                done += UInt64(records[k].length)
+            }
             let workers = MergeWorkers(
-                copies: copyRuns(wholeOrder, records, offsets), frames: packed, sources: reader, writer: writer, kit: kit)
+                copies: copyRuns(wholeOrder, records, offsets, skipping: inStore), frames: packed, sources: reader, writer: writer, kit: kit)
             try workers.start()
             defer { workers.stop() }
             try workers.drain(into: writer) { done += $0; progress?(min(done, workBytes), workBytes) }
@@ -130,11 +145,11 @@ final class MergePlan {
 
     /// Cuts whole frames, in their order in the merged image, into runs that lie back to back both in one source
     /// image and in the merged image, each at most `copyRun` bytes (or one frame), so each is one read and one write.
-    private func copyRuns(_ order: [FrameRef], _ records: [FrameRecord], _ offsets: [UInt64]) -> [MergeWorkers.CopyRun] {
+    private func copyRuns(_ order: [FrameRef], _ records: [FrameRecord], _ offsets: [UInt64], skipping inStore: [Bool]) -> [MergeWorkers.CopyRun] {
         var runs: [MergeWorkers.CopyRun] = []
-        for (k, f) in order.enumerated() {
+        for (k, f) in order.enumerated() where !inStore[k] {
             let r = records[k]
-            if k > 0, var last = runs.last, last.image == f.image, last.frames.upperBound == Int(f.frame), last.bytes + Int(r.length) <= Self.copyRun,
+            if k > 0, !inStore[k - 1], var last = runs.last, last.image == f.image, last.frames.upperBound == Int(f.frame), last.bytes + Int(r.length) <= Self.copyRun,
                 records[k - 1].offset + UInt64(records[k - 1].length) == r.offset, offsets[k - 1] + UInt64(records[k - 1].length) == offsets[k]
             {
                 last.frames = last.frames.lowerBound..<(Int(f.frame) + 1)
@@ -145,6 +160,21 @@ final class MergePlan {
             }
         }
         return runs
+    }
+
+    /// Whole frames (in source order) cut into runs back to back in one source image: what a store may copy itself.
+    private func copySources(_ order: [FrameRef], _ records: [FrameRecord]) -> [ImageWriter.CopySource] {
+        var sources: [ImageWriter.CopySource] = []
+        for (k, f) in order.enumerated() {
+            if k > 0, let last = sources.last, order[k - 1].image == f.image, order[k - 1].frame + 1 == f.frame,
+                records[k - 1].offset + UInt64(records[k - 1].length) == records[k].offset
+            {
+                sources[sources.count - 1].range = last.range.lowerBound..<(k + 1)
+            } else {
+                sources.append(ImageWriter.CopySource(object: self.sources[f.image].object, range: k..<(k + 1)))
+            }
+        }
+        return sources
     }
 
     /// The most bytes one copy job reads and writes at once: small enough to stay in a core's cache between the

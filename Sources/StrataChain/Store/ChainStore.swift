@@ -105,6 +105,23 @@ public protocol NewObject: AnyObject {
     func publish() throws
     /// Discards the object; nothing of it stays visible.
     func abandon()
+    // Copying inside the store (defaults below: none).
+    var smallestCopy: Int? { get }
+    func bytesBeforeCopy(at offset: UInt64) -> UInt64
+    func copyInStore(from source: StoredObject, at sourceOffset: UInt64, count: Int, to offset: UInt64) throws -> Bool
+}
+
+/// Copying inside the store: where a store can copy bytes of one of its objects into a new one itself (S3's
+/// UploadPartCopy), merge's whole frames never pass through this process.
+extension NewObject {
+    /// The fewest bytes `copyInStore` takes; nil where the store copies nothing itself.
+    var smallestCopy: Int? { nil }
+    /// The bytes to write at `offset` before a copy can start there (0: it can start now).
+    func bytesBeforeCopy(at offset: UInt64) -> UInt64 { 0 }
+    /// Fills `count` bytes at `offset` with `source`'s bytes from `sourceOffset` inside the store and returns
+    /// true; false where it cannot (another store, too few bytes, a place that does not suit its parts), and the
+    /// caller writes them. Called with nothing yet written at or after `offset`.
+    func copyInStore(from source: StoredObject, at sourceOffset: UInt64, count: Int, to offset: UInt64) throws -> Bool { false }
 }
 
 /// The sequential writer of a new object.

@@ -11,6 +11,7 @@
 // - Leftovers: multipart uploads a killed writer left are aborted by the next writer, and objects the manifest
 //   does not name are deleted like a directory's.
 // - Reads: ranged GETs, many at once through `readQueue` (a pool of threads, as the pread engine).
+import NIOCore
 import StrataFormat
 import StrataIO
 import StrataS3
@@ -75,7 +76,8 @@ final class S3ChainStore: ChainStore {
 
     private func key(_ name: String) -> String { place.prefix + name }
 
-    private func run<T>(_ body: () throws -> T) throws -> T {
+    @discardableResult
+    fileprivate func run<T>(_ body: () throws -> T) throws -> T {
         do { return try body() } catch { throw Self.failure(error, location) }
     }
 
@@ -223,8 +225,8 @@ final class S3Object: StoredObject {
     let name: String
     let size: UInt64
     let handle: Int32
-    private let key: String
-    private let store: S3ChainStore
+    fileprivate let key: String
+    fileprivate let store: S3ChainStore
 
     fileprivate init(store: S3ChainStore, name: String, key: String, size: UInt64, handle: Int32) {
         (self.store, self.name, self.key, self.size, self.handle) = (store, name, key, size, handle)
@@ -250,24 +252,49 @@ final class S3ReadQueue: ThreadPoolQueue {
     }
 }
 
-/// An object being written: parts of `partSize` bytes filled by writes at any offset, each uploaded once full
-/// (part 1 kept until `publish`), a few uploads in flight; a small object is one PUT.
+/// An object being written: a multipart upload whose parts are filled by writes at any offset and each uploaded
+/// once full, a few at a time, from the buffer it was filled in (a ByteBuffer that async-http-client sends as it
+/// is); part 1, which holds the header an image writes last, waits for `publish`; an object of one part is one PUT.
+/// Parts are numbered from 1 in the order of their bytes: those below `tailNumber` have fixed places (`fixed`: a
+/// range copied inside the store, or a buffered part cut short before one), and from `tailStart` on they lie on a
+/// grid of `partSize`. A range `copyInStore` takes becomes parts of its own, UploadPartCopy from the source object.
 final class S3NewObject: NewObject {
     let name: String
     private let key: String
     private let store: S3ChainStore
     static let partSize = 16 << 20
+    /// S3's smallest part (all but the last).
+    static let minimumPart = 5 << 20
+    /// A range copied in the store goes as parts of at most this, several at once.
+    static let copyPartSize = 64 << 20
     static let uploadsInFlight = 3
+    static let copiesInFlight = 6
+    /// S3's most parts in one upload.
+    static let mostParts = 10_000
     private let lock = Condition()
-    /// Parts in memory: their bytes, and the ranges written so far (a header is written twice: counted once).
+
+    private struct Place {
+        var start: UInt64
+        var length: Int
+        /// A part copied in the store: the source object's key and where its bytes start.
+        var copy: (key: String, from: UInt64)?
+    }
+    /// Parts 1...fixed.count.
+    private var fixed: [Place] = []
+    private var tailStart: UInt64 = 0
+    private var tailNumber: Int { fixed.count + 1 }
+
+    /// Buffered parts in memory, by number: their bytes and the ranges written so far (a header is written twice:
+    /// counted once).
     private var parts: [Int: Part] = [:]
     private struct Part {
-        var buffer: UnsafeMutableRawPointer
+        var buffer: ByteBuffer
         var written: [Range<Int>] = []
         var filled: Int { written.reduce(0) { $0 + $1.count } }
 
-        mutating func add(_ r: Range<Int>) {
-            var merged = r
+        mutating func put(_ bytes: UnsafeRawPointer, count: Int, at within: Int) {
+            buffer.withVeryUnsafeMutableBytes { ($0.baseAddress! + within).copyMemory(from: bytes, byteCount: count) }
+            var merged = within..<(within + count)
             written.removeAll { w in
                 guard w.overlaps(merged) || w.upperBound == merged.lowerBound || merged.upperBound == w.lowerBound else { return false }
                 merged = min(w.lowerBound, merged.lowerBound)..<max(w.upperBound, merged.upperBound)
@@ -275,9 +302,17 @@ final class S3NewObject: NewObject {
             }
             written.append(merged)
         }
+
+        /// The first `length` bytes, to send.
+        func bytes(_ length: Int) -> ByteBuffer {
+            var b = buffer
+            b.moveWriterIndex(to: length)
+            return b
+        }
     }
     private var etags: [Int: String] = [:]
     private var uploading = 0
+    private var copying = 0
     private var end: UInt64 = 0
     private var uploadID: String?
     private var failure: Error?
@@ -285,112 +320,205 @@ final class S3NewObject: NewObject {
 
     fileprivate init(store: S3ChainStore, name: String, key: String) { (self.store, self.name, self.key) = (store, name, key) }
 
-    deinit { for p in parts.values { p.buffer.deallocate() } }
-
     func appender(start: UInt64, engine: IOEngineChoice) throws -> ObjectAppender { S3Appender(object: self, start: start) }
+
+    /// The part holding byte `at` (lock held): its number and place (a tail part's length is `partSize`).
+    private func place(of at: UInt64) -> (number: Int, place: Place) {
+        if at >= tailStart {
+            let k = Int((at - tailStart) / UInt64(Self.partSize))
+            return (tailNumber + k, Place(start: tailStart + UInt64(k) * UInt64(Self.partSize), length: Self.partSize))
+        }
+        var lo = 0, hi = fixed.count - 1  // the last fixed part starting at or before `at`
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2
+            if fixed[mid].start <= at { lo = mid } else { hi = mid - 1 }
+        }
+        return (lo + 1, fixed[lo])
+    }
+
+    /// Part `number`'s place (lock held); the last tail part ends where the object does.
+    private func place(number: Int) -> Place {
+        if number < tailNumber { return fixed[number - 1] }
+        let start = tailStart + UInt64(number - tailNumber) * UInt64(Self.partSize)
+        return Place(start: start, length: Int(min(UInt64(Self.partSize), end - start)))
+    }
+
+    /// How many parts the object has now (lock held).
+    private var partCount: Int {
+        fixed.count + (end > tailStart ? Int((end - tailStart + UInt64(Self.partSize) - 1) / UInt64(Self.partSize)) : 0)
+    }
 
     func write(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
         var done = 0
         while done < count {
             let at = offset + UInt64(done)
-            let part = Int(at / UInt64(Self.partSize)), within = Int(at % UInt64(Self.partSize))
-            let n = min(count - done, Self.partSize - within)
-            let full: Bool = try lock.withLock {
+            let (full, n): (Int?, Int) = try lock.withLock {
                 if let failure { throw failure }
-                guard etags[part] == nil else { preconditionFailure("a write into a part already uploaded") }
-                var p = parts[part] ?? Part(buffer: UnsafeMutableRawPointer.allocate(byteCount: Self.partSize, alignment: 64))
-                (p.buffer + within).copyMemory(from: bytes + done, byteCount: n)
-                p.add(within..<(within + n))
-                parts[part] = p
+                let (number, p) = place(of: at)
+                precondition(p.copy == nil && etags[number] == nil, "a write into a part already sent")
+                guard number <= Self.mostParts else {
+                    throw IOError("write", path: "\(store.location)/\(name)", errno: EFBIG)  // past S3's 10,000 parts of 16 MiB
+                }
+                let within = Int(at - p.start), n = min(count - done, p.length - within)
+                if parts[number] == nil { parts[number] = Part(buffer: ByteBufferAllocator().buffer(capacity: Self.partSize)) }
+                parts[number]!.put(bytes + done, count: n, at: within)
                 end = max(end, at + UInt64(n))
-                return p.filled == Self.partSize && part > 0
+                return (parts[number]!.filled == p.length && number > 1 ? number : nil, n)
             }
-            if full { try upload(part) }
+            if let full { try send(full) }
             done += n
         }
     }
 
     /// Uploads a full part on a thread of its own, waiting while too many are in flight.
-    private func upload(_ part: Int) throws {
+    private func send(_ number: Int) throws {
         let id = try uploadIDStarting()
-        let p: Part = try lock.withLock {
+        let bytes: ByteBuffer = try lock.withLock {
             while uploading >= Self.uploadsInFlight && failure == nil { lock.wait() }
             if let failure { throw failure }
             uploading += 1
-            return parts[part]!
+            return parts[number]!.bytes(place(number: number).length)
         }
         Threads.spawn("strata-s3-upload") { [self] in
-            var result: Result<String, Error>
-            do {
-                result = .success(try store.client.uploadPart(
-                    bucket: store.place.bucket, key: key, uploadID: id, number: part + 1, UnsafeRawBufferPointer(start: p.buffer, count: Self.partSize)))
-            } catch { result = .failure(S3ChainStore.failure(error, store.location)) }
-            lock.withLock {
-                switch result {
-                case .success(let etag):
-                    etags[part] = etag
-                    parts.removeValue(forKey: part)?.buffer.deallocate()
-                case .failure(let e): if failure == nil { failure = e }
-                }
-                uploading -= 1
-                lock.broadcast()
+            let result = Result { try store.client.uploadPart(bucket: store.place.bucket, key: key, uploadID: id, number: number, bytes) }
+            sent(number, result) { uploading -= 1 }
+        }
+    }
+
+    /// Copies a part inside the store on a thread of its own, waiting while too many copies are in flight.
+    private func copy(_ number: Int, _ p: Place) throws {
+        let id = try uploadIDStarting()
+        try lock.withLock {
+            while copying >= Self.copiesInFlight && failure == nil { lock.wait() }
+            if let failure { throw failure }
+            copying += 1
+        }
+        let source = p.copy!
+        Threads.spawn("strata-s3-copy") { [self] in
+            let result = Result {
+                try store.client.uploadPartCopy(
+                    bucket: store.place.bucket, key: key, uploadID: id, number: number, source: source.key,
+                    range: source.from..<(source.from + UInt64(p.length)))
             }
+            sent(number, result) { copying -= 1 }
+        }
+    }
+
+    private func sent(_ number: Int, _ result: Result<String, Error>, _ done: () -> Void) {
+        lock.withLock {
+            switch result {
+            case .success(let etag):
+                etags[number] = etag
+                parts.removeValue(forKey: number)
+            case .failure(let e): if failure == nil { failure = S3ChainStore.failure(e, store.location) }
+            }
+            done()
+            lock.broadcast()
         }
     }
 
     private func uploadIDStarting() throws -> String {
         if let id = lock.withLock({ uploadID }) { return id }
-        let id = try store.client.startMultipart(bucket: store.place.bucket, key: key)
+        let id = try store.run { try store.client.startMultipart(bucket: store.place.bucket, key: key) }
         lock.withLock { uploadID = id }
         return id
     }
 
-    /// Waits for every upload in flight; throws the first failure.
+    var smallestCopy: Int? { Self.minimumPart }
+
+    /// A copy can start where the part it would follow is empty or at least `minimumPart` long.
+    func bytesBeforeCopy(at offset: UInt64) -> UInt64 {
+        lock.withLock { offset >= tailStart ? bytesBeforeCopyLocked(offset) : UInt64.max }
+    }
+
+    func copyInStore(from source: StoredObject, at sourceOffset: UInt64, count: Int, to offset: UInt64) throws -> Bool {
+        guard let source = source as? S3Object, source.store === store, count >= Self.minimumPart else { return false }
+        let (first, pieces, completed): (Int, [Place], Int?) = try lock.withLock {
+            if let failure { throw failure }
+            guard offset >= tailStart, end <= offset, bytesBeforeCopyLocked(offset) == 0 else { return (0, [], nil) }
+            // The tail's parts up to `offset` take their places (the last one cut short there).
+            var s = tailStart
+            while s < offset {
+                let length = Int(min(UInt64(Self.partSize), offset - s))
+                fixed.append(Place(start: s, length: length))
+                s += UInt64(length)
+            }
+            let before = fixed.count
+            let n = (count + Self.copyPartSize - 1) / Self.copyPartSize
+            var at = offset, from = sourceOffset
+            var pieces: [Place] = []
+            for k in 0..<n {
+                let length = count / n + (k < count % n ? 1 : 0)
+                pieces.append(Place(start: at, length: length, copy: (source.key, from)))
+                at += UInt64(length)
+                from += UInt64(length)
+            }
+            guard before + pieces.count < Self.mostParts else { throw IOError("write", path: "\(store.location)/\(name)", errno: EFBIG) }
+            fixed += pieces
+            tailStart = at
+            end = at
+            // The part cut short may be whole now.
+            let completed = before > 1 && parts[before].map { $0.filled == fixed[before - 1].length } == true ? before : nil
+            return (before + 1, pieces, completed)
+        }
+        guard !pieces.isEmpty else { return false }
+        if let completed { try send(completed) }
+        for (k, p) in pieces.enumerated() { try copy(first + k, p) }
+        return true
+    }
+
+    private func bytesBeforeCopyLocked(_ offset: UInt64) -> UInt64 {
+        let r = (offset - tailStart) % UInt64(Self.partSize)
+        return r == 0 || r >= UInt64(Self.minimumPart) ? 0 : UInt64(Self.minimumPart) - r
+    }
+
+    /// Waits for every upload and copy in flight; throws the first failure.
     fileprivate func drain() throws {
         try lock.withLock {
-            while uploading > 0 { lock.wait() }
+            while uploading > 0 || copying > 0 { lock.wait() }
             if let failure { throw failure }
         }
     }
 
     func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
         try lock.withLock {
-            let part = Int(offset / UInt64(Self.partSize)), within = Int(offset % UInt64(Self.partSize))
-            guard let p = parts[part], within + count <= Self.partSize else {
+            let (number, p) = place(of: offset)
+            let within = Int(offset - p.start)
+            guard let part = parts[number], within + count <= p.length else {
                 throw IOError("read back", path: "\(store.location)/\(name)", errno: EINVAL)
             }
             let n = Int(min(UInt64(count), end - offset))
-            buffer.copyMemory(from: p.buffer + within, byteCount: n)
+            part.buffer.withVeryUnsafeBytes { buffer.copyMemory(from: $0.baseAddress! + within, byteCount: n) }
             return n
         }
     }
 
     func publish() throws {
         try drain()
-        let (last, size) = lock.withLock { (Int((end + UInt64(Self.partSize) - 1) / UInt64(Self.partSize)) - 1, end) }
-        if lock.withLock({ uploadID == nil }) && last <= 0 {
+        let (count, single) = lock.withLock { (partCount, uploadID == nil && partCount == 1 && fixed.isEmpty ? parts[1] : nil) }
+        if let single {
             // One part: a plain PUT of its bytes.
-            let p = lock.withLock { parts[0] }
-            try store.client.put(bucket: store.place.bucket, key: key, UnsafeRawBufferPointer(start: p?.buffer, count: Int(size)))
+            let length = lock.withLock { Int(end) }
+            guard single.filled == length else { throw IOError("write", path: "\(store.location)/\(name)", errno: EIO) }
+            try store.run { try store.client.put(bucket: store.place.bucket, key: key, single.bytes(length)) }
         } else {
             let id = try uploadIDStarting()
-            for part in 0...last where lock.withLock({ etags[part] == nil }) {
-                let (p, length) = try lock.withLock { () -> (Part, Int) in
-                    let length = part == last ? Int(end - UInt64(part) * UInt64(Self.partSize)) : Self.partSize
-                    guard let p = parts[part], p.filled == length else {
+            for number in 1...max(count, 1) where lock.withLock({ etags[number] == nil }) {
+                let bytes = try lock.withLock { () -> ByteBuffer in
+                    let p = place(number: number)
+                    guard p.copy == nil, let part = parts[number], part.filled == p.length else {
                         throw IOError("write", path: "\(store.location)/\(name)", errno: EIO)  // a hole never written: a bug
                     }
-                    return (p, length)
+                    return part.bytes(p.length)
                 }
-                let etag = try store.client.uploadPart(
-                    bucket: store.place.bucket, key: key, uploadID: id, number: part + 1, UnsafeRawBufferPointer(start: p.buffer, count: length))
-                lock.withLock { etags[part] = etag }
+                let etag = try store.run { try store.client.uploadPart(bucket: store.place.bucket, key: key, uploadID: id, number: number, bytes) }
+                lock.withLock { etags[number] = etag }
             }
-            try store.client.completeMultipart(bucket: store.place.bucket, key: key, uploadID: id, parts: (0...last).map { part in lock.withLock { etags[part]! } })
+            let list = lock.withLock { (1...max(count, 1)).map { etags[$0]! } }
+            try store.run { try store.client.completeMultipart(bucket: store.place.bucket, key: key, uploadID: id, parts: list) }
         }
         lock.withLock {
             finished = true
-            for p in parts.values { p.buffer.deallocate() }
             parts = [:]
         }
         try store.published(name)
@@ -401,6 +529,7 @@ final class S3NewObject: NewObject {
         if let id = lock.withLock({ uploadID }), !lock.withLock({ finished }) {
             try? store.client.abortMultipart(bucket: store.place.bucket, key: key, uploadID: id)
         }
+        lock.withLock { parts = [:] }
     }
 }
 
