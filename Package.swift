@@ -35,7 +35,10 @@ let package = Package(
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"]),
         .target(name: "StrataIO", dependencies: ["CURing"]),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
-        .target(name: "StrataS3", dependencies: ["CSeal", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "StrataS3", dependencies: [
+            "CSeal", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", "CFuse", .product(name: "NIOCore", package: "swift-nio")]),
         .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
         .executableTarget(

@@ -7,6 +7,7 @@
 // Debian's libcurl cannot be linked statically (libnghttp2, librtmp, libssh2, libpsl, GSSAPI and LDAP have no
 // static libraries there); async-http-client is Swift and links in like the rest.
 import AsyncHTTPClient
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 
@@ -21,6 +22,9 @@ public final class S3Client: @unchecked Sendable {
     private let host: String
     /// Attempts a request gets (the first and the retries).
     public var attempts = 6
+    /// Whether the last request found the store down after all its attempts.
+    private var down = false
+    private let downLock = NIOLock()
     /// `STRATA_S3_TRACE=1`: one line on stderr per request (method, object, range, status, bytes, milliseconds).
     private let trace = getenv("STRATA_S3_TRACE").map { String(cString: $0) == "1" } ?? false
 
@@ -79,7 +83,14 @@ public final class S3Client: @unchecked Sendable {
         let hasBody = payload.readableBytes > 0 || method == .PUT || method == .POST
         let what = "\(method.rawValue) s3://\(bucket)/\(key)"
         var delay = 0.1
+        // Once a request found the store down after every attempt, the next ones try once (a command that failed
+        // still releases its lease and aborts its upload: each would wait as long again).
+        let attempts = downLock.withLock { down } ? 1 : self.attempts
         for attempt in 1...attempts {
+            // Another request gave up on the store meanwhile: so does this one (parts in flight fail together).
+            if attempt > 1 && downLock.withLock({ down }) {
+                throw S3Error.unreachable("\(what): \(config.endpoint) did not answer")
+            }
             var all = headers
             all += signer.sign(method: method.rawValue, host: host, path: path, query: query, headers: headers, payloadHash: payloadHash, now: Self.now())
             if hasBody { all.append(("content-length", String(payload.readableBytes))) }
@@ -96,6 +107,7 @@ public final class S3Client: @unchecked Sendable {
                 var h: [String: String] = [:]
                 for (name, value) in answer.headers { h[name.lowercased()] = value }
                 let status = Int(answer.status.code)
+                downLock.withLock { down = false }
                 if ok.contains(status) { return Response(status: status, headers: h, buffer: answer.body) }
                 let text = answer.body.map { String(decoding: $0.readableBytesView, as: UTF8.self) } ?? ""
                 let error = S3Error.status(status, code: S3XML.value(text, "Code") ?? "", message: S3XML.value(text, "Message") ?? "", request: what)
@@ -103,7 +115,10 @@ public final class S3Client: @unchecked Sendable {
             } catch let e as S3Error {
                 throw e
             } catch {
-                guard attempt < attempts else { throw S3Error.unreachable("\(what): \(config.endpoint) did not answer (\(error)) after \(attempts) attempts") }
+                guard attempt < attempts else {
+                    downLock.withLock { down = true }
+                    throw S3Error.unreachable("\(what): \(config.endpoint) did not answer (\(error)) after \(attempts) attempts")
+                }
             }
             // Full jitter: a random wait up to the doubled delay, capped at 5 s.
             usleep(UInt32(Double.random(in: 0...delay) * 1e6))

@@ -79,7 +79,10 @@ struct CaptureCommand: ParsableCommand {
     @Flag(help: "Make the new chain encrypted with --key-file or STRATA_PASSPHRASE (chosen when a chain is made).") var encrypt = false
     @OptionGroup var key: KeyOptions
 
+    @OptionGroup var store: StoreOptions
+
     func run() throws {
+        store.apply()
         Output.warnIfExposed(chain)
         try metrics.check()
         let clock = RunMetrics.Stopwatch()

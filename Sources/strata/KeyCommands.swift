@@ -66,7 +66,10 @@ struct KeyChangeCommand: ParsableCommand {
     @OptionGroup var key: KeyOptions
     @Option(help: ArgumentHelp("The new key file (or set STRATA_NEW_PASSPHRASE).", valueName: "file")) var newKeyFile: String?
 
+    @OptionGroup var store: StoreOptions
+
     func run() throws {
+        store.apply()
         do {
             guard let old = try KeyOptions.secret(keyFile: key.keyFile, passphraseVariable: "STRATA_PASSPHRASE") else {
                 throw ChainError.keyNeeded(path: chain)

@@ -17,7 +17,10 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "Last point of the range; it keeps its number.") var to: UInt32
     @OptionGroup var work: MergeWork
 
+    @OptionGroup var store: StoreOptions
+
     func run() throws {
+        store.apply()
         Output.warnIfExposed(chain)
         var options = try work.options(to: to)
         options.from = from

@@ -39,7 +39,10 @@ struct PruneCommand: ParsableCommand {
     @OptionGroup var work: MergeWork
     @OptionGroup var metrics: MetricsFile
 
+    @OptionGroup var store: StoreOptions
+
     func run() throws {
+        store.apply()
         Output.warnIfExposed(chain)
         try metrics.check()
         let clock = RunMetrics.Stopwatch()

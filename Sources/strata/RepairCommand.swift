@@ -31,7 +31,10 @@ struct RepairCommand: ParsableCommand {
     @Flag(help: "No lines for the changes (errors still print).") var quiet = false
     @OptionGroup var key: KeyOptions
 
+    @OptionGroup var store: StoreOptions
+
     func run() throws {
+        store.apply()
         Output.warnIfExposed(chain)
         var options = RepairOptions()
         options.dryRun = dryRun

@@ -29,7 +29,10 @@ struct SyncCommand: ParsableCommand {
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
+    @OptionGroup var store: StoreOptions
+
     func run() throws {
+        store.apply()
         Output.warnIfExposed(destination)
         var options = SyncOptions()
         options.threads = threads

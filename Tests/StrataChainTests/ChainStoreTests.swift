@@ -199,6 +199,24 @@ final class ChainStoreConformance: XCTestCase {
         }
     }
 
+    /// S3 allows 10,000 parts an upload: an object expected larger than 10,000 parts of 16 MiB (160 GiB) gets larger
+    /// parts, and fewer of them in flight; one larger than its expected size still uploads (parts of 18 MiB here).
+    func testPartsGrowWithTheExpectedSize() throws {
+        let store = try S3ChainStore(location: "s3://\(Self.bucket!)/parts")
+        for (size, part, inFlight) in [(0, 16, 3), (UInt64(1) << 30, 16, 3), (UInt64(160) << 30, 18, 2), (UInt64(4) << 40, 442, 1), (UInt64(100) << 40, 5120, 1)] as [(UInt64, Int, Int)] {
+            let object = try XCTUnwrap(try store.create("x", expectedSize: size) as? S3NewObject)
+            XCTAssertEqual(object.partSize, part << 20, "expected \(size)")
+            XCTAssertEqual(object.uploadsInFlight, inFlight, "expected \(size)")
+            if size < UInt64(5) << 40 { XCTAssertGreaterThanOrEqual(UInt64(object.partSize) * 9_999 + UInt64(S3NewObject.firstPart), size) }
+            object.abandon()
+        }
+        let content = bytes(40 << 20, seed: 9)
+        let object = try store.create("grown", expectedSize: UInt64(160) << 30)
+        try content.withUnsafeBytes { try object.write($0.baseAddress!, count: $0.count, at: 0) }
+        try object.publish()
+        XCTAssertEqual(try get(store, "grown"), content)
+    }
+
     func testReadQueueReadsObjectsByHandle() throws {
         eachStore { store, another in
             try store.makeContainer()

@@ -41,6 +41,34 @@ public final class RGW {
         _ = system("\(root)/Tools/rgw-stop \(dir) --purge > /dev/null 2>&1")
     }
 
+    /// Kills the gateway (SIGKILL) and leaves the cluster, and so every object, as it is: the store is down.
+    public func killGateway() {
+        guard let pids = try? String(contentsOfFile: "\(dir)/pids", encoding: .utf8) else { return }
+        let f = pids.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        if f.count == 3, let pid = Int32(f[2]) {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            for _ in 0..<100 where kill(pid, 0) == 0 {
+                _ = waitpid(pid, &status, WNOHANG)
+                usleep(20_000)
+            }
+        }
+    }
+
+    /// Starts the gateway again over the same cluster, at the same address; returns once it answers.
+    public func restartGateway() throws {
+        let pids = (try? String(contentsOfFile: "\(dir)/pids", encoding: .utf8)) ?? ""
+        let f = pids.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard f.count >= 2 else { throw RGWFailure("no cluster in \(dir)") }
+        let start = "setsid radosgw -c \(dir)/ceph.conf -n client.rgw.test -f < /dev/null >> \(dir)/log/rgw.test.out 2>&1 & echo \"\(f[0]) \(f[1]) $!\" > \(dir)/pids"
+        guard system(start) == 0 else { throw RGWFailure("could not start radosgw again") }
+        for _ in 0..<300 {
+            if system("curl -fs -o /dev/null --max-time 2 \(endpoint)/") == 0 { return }
+            usleep(100_000)
+        }
+        throw RGWFailure("radosgw did not answer again within 30 s")
+    }
+
     public var environment: [String: String] {
         ["AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"]
     }

@@ -156,7 +156,10 @@ public enum Capture {
         }
         if let engineNote { notice(engineNote) }
 
-        let writer = try ImageWriter(store: chain.store, name: imageName, header: header, keys: keys, engine: options.engine)
+        // At most every block stored raw, with its hash, plus the index: the source's size and a little.
+        let writer = try ImageWriter(
+            store: chain.store, name: imageName, header: header, keys: keys, expectedSize: header.sourceSize + header.sourceSize / 64 + (64 << 20),
+            engine: options.engine)
         let mapWriter: HashMapWriter
         do {
             mapWriter = try HashMapWriter(

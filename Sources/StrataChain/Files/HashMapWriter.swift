@@ -27,7 +27,7 @@ final class HashMapWriter {
         self.name = name
         self.header = header
         self.keys = keys
-        object = try store.create(name)
+        object = try store.create(name, expectedSize: header.blockCount * 17 + (1 << 20))  // 16 bytes a block and chunk headers
         hashes = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
         compressedCapacity = FrameCompressor.storeBound(hashMapChunkBytes) + HashMapChunkHeader.size + Sealing.overhead
         compressed = .allocate(byteCount: compressedCapacity, alignment: 64)

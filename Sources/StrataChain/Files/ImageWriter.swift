@@ -30,13 +30,14 @@ final class ImageWriter {
     /// An encrypted chain's keys: frames come sealed (FrameBuffers), the index is sealed here (IndexSealing).
     let keys: ChainKeys?
 
-    init(store: ChainStore, name: String, header: ImageHeader, keys: ChainKeys?, engine: IOEngineChoice = .auto) throws {
+    /// `expectedSize`: the most the image may grow to (a store that uploads parts sizes them by it).
+    init(store: ChainStore, name: String, header: ImageHeader, keys: ChainKeys?, expectedSize: UInt64, engine: IOEngineChoice = .auto) throws {
         self.name = name
         self.header = header
         self.keys = keys
         self.header.incompatibleFeatures |= ImageFeatures.chunkedIndex
         if keys != nil { self.header.incompatibleFeatures |= ImageFeatures.encrypted }
-        let object = try store.create(name)
+        let object = try store.create(name, expectedSize: expectedSize)
         self.object = object
         let placeholder = [UInt8](repeating: 0, count: ImageHeader.size)
         do {

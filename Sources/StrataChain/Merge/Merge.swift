@@ -105,7 +105,7 @@ public enum Merge {
         if let free = chain.store.freeSpace(), free < needed {
             throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
         }
-        let writer = try ImageWriter(store: chain.store, name: name, header: header, keys: keys, engine: options.engine)
+        let writer = try ImageWriter(store: chain.store, name: name, header: header, keys: keys, expectedSize: needed, engine: options.engine)
         let finished: ImageHeader
         do {
             try plan.write(to: writer, level: options.level, threads: options.threads, progress: progress)

@@ -32,8 +32,9 @@ public protocol ChainStore: AnyObject {
     func open(_ name: String) throws -> StoredObject
     /// The whole of a small object (the manifest), refused beyond `limit` bytes.
     func readSmall(_ name: String, limit: Int) throws -> [UInt8]
-    /// Starts a new object; nobody sees it under `name` until `publish`.
-    func create(_ name: String) throws -> NewObject
+    /// Starts a new object; nobody sees it under `name` until `publish`. `expectedSize`: the most it may grow to,
+    /// where known (0: small or unknown), for stores that cut objects into parts.
+    func create(_ name: String, expectedSize: UInt64) throws -> NewObject
     /// Makes every object published since the last call durable as a set (a directory fsync). Called once
     /// before the manifest that names them is committed.
     func syncPublished() throws
@@ -53,6 +54,8 @@ public protocol ChainStore: AnyObject {
 }
 
 extension ChainStore {
+    func create(_ name: String) throws -> NewObject { try create(name, expectedSize: 0) }
+
     /// Writes a small object whole and publishes it under `name`, replacing one there (a key file, the damage
     /// record), durably; on failure nothing of it stays.
     func publishWhole(_ name: String, _ bytes: [UInt8]) throws {
@@ -146,6 +149,11 @@ public enum ChainStores {
     public static func store(for location: String) throws -> ChainStore {
         S3Location.isS3(location) ? try S3ChainStore(location: location) : LocalDirectoryStore(path: location)
     }
+
+    /// Whether writers may use a store that does not honour conditional writes (`--allow-unconditional-writes`:
+    /// the user accepts that two writers at once could both commit). Set once, by the command line, before any
+    /// chain is opened.
+    nonisolated(unsafe) public static var allowUnconditionalWrites = false
 
     /// Whether a location is a local directory (the checks that compare paths and devices apply to it only).
     public static func isLocal(_ location: String) -> Bool { !S3Location.isS3(location) }

@@ -33,7 +33,7 @@ public final class LocalDirectoryStore: ChainStore {
         try DurableFiles.readAll("\(path)/\(name)", limit: limit)
     }
 
-    public func create(_ name: String) throws -> NewObject { try LocalNewObject(directory: path, name: name) }
+    public func create(_ name: String, expectedSize: UInt64) throws -> NewObject { try LocalNewObject(directory: path, name: name) }
 
     public func syncPublished() throws { try DurableFiles.fsyncDirectory(path) }
 

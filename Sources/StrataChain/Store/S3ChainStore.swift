@@ -143,7 +143,9 @@ final class S3ChainStore: ChainStore {
         return got.bytes
     }
 
-    func create(_ name: String) throws -> NewObject { S3NewObject(store: self, name: name, key: key(name)) }
+    func create(_ name: String, expectedSize: UInt64) throws -> NewObject {
+        S3NewObject(store: self, name: name, key: key(name), expectedSize: expectedSize)
+    }
 
     /// Every completed upload and PUT is durable when it answers.
     func syncPublished() throws {}
@@ -196,6 +198,13 @@ final class S3ChainStore: ChainStore {
 
     func lockWriter() throws -> WriterLease? {
         guard let lease = try run({ try S3Lease.take(client, bucket: place.bucket, key: key(Self.leaseName)) }) else { return nil }
+        // The lease exists now: a store that honours If-None-Match refuses to create it again. One that does not
+        // cannot keep two writers from both committing: refused, unless the user accepts that risk.
+        if !ChainStores.allowUnconditionalWrites, try !run({ try lease.storeHonoursConditions() }) {
+            throw ChainError.storeRefused(
+                location: location, reason: "it does not honour conditional writes (If-None-Match, If-Match), which keep two writers from both committing",
+                todo: "use a store that does, or pass --allow-unconditional-writes if only one writer at a time ever writes this chain")
+        }
         self.lease = lease
         // Uploads a killed writer left: only the lease holder writes, so every unfinished upload is a leftover.
         for u in (try? client.unfinishedUploads(bucket: place.bucket, prefix: place.prefix)) ?? [] {
@@ -262,12 +271,16 @@ final class S3NewObject: NewObject {
     let name: String
     private let key: String
     private let store: S3ChainStore
-    static let partSize = 16 << 20
+    /// The first part (which holds the header, written last) stays in memory until `publish`: small.
+    static let firstPart = 8 << 20
+    /// The other parts: 16 MiB, or larger for an object expected past 10,000 parts of that (S3's limit).
+    let partSize: Int
     /// S3's smallest part (all but the last).
     static let minimumPart = 5 << 20
     /// A range copied in the store goes as parts of at most this, several at once.
     static let copyPartSize = 64 << 20
-    static let uploadsInFlight = 3
+    /// Parts uploading at once: 3 of 16 MiB, fewer of larger parts (memory: about (2 + this) x `partSize`).
+    let uploadsInFlight: Int
     static let copiesInFlight = 6
     /// S3's most parts in one upload.
     static let mostParts = 10_000
@@ -280,8 +293,8 @@ final class S3NewObject: NewObject {
         var copy: (key: String, from: UInt64)?
     }
     /// Parts 1...fixed.count.
-    private var fixed: [Place] = []
-    private var tailStart: UInt64 = 0
+    private var fixed = [Place(start: 0, length: S3NewObject.firstPart)]
+    private var tailStart = UInt64(S3NewObject.firstPart)
     private var tailNumber: Int { fixed.count + 1 }
 
     /// Buffered parts in memory, by number: their bytes and the ranges written so far (a header is written twice:
@@ -318,15 +331,21 @@ final class S3NewObject: NewObject {
     private var failure: Error?
     private var finished = false
 
-    fileprivate init(store: S3ChainStore, name: String, key: String) { (self.store, self.name, self.key) = (store, name, key) }
+    /// `expectedSize`: the most the object may grow to (0: unknown, small), which sets the part size.
+    fileprivate init(store: S3ChainStore, name: String, key: String, expectedSize: UInt64) {
+        (self.store, self.name, self.key) = (store, name, key)
+        let needed = ((expectedSize / UInt64(Self.mostParts - 500) + UInt64(1 << 20) - 1) >> 20) << 20  // in MiB
+        partSize = Int(min(max(UInt64(16 << 20), needed), UInt64(5 << 30)))
+        uploadsInFlight = max(1, min(3, (48 << 20) / partSize))
+    }
 
     func appender(start: UInt64, engine: IOEngineChoice) throws -> ObjectAppender { S3Appender(object: self, start: start) }
 
     /// The part holding byte `at` (lock held): its number and place (a tail part's length is `partSize`).
     private func place(of at: UInt64) -> (number: Int, place: Place) {
         if at >= tailStart {
-            let k = Int((at - tailStart) / UInt64(Self.partSize))
-            return (tailNumber + k, Place(start: tailStart + UInt64(k) * UInt64(Self.partSize), length: Self.partSize))
+            let k = Int((at - tailStart) / UInt64(partSize))
+            return (tailNumber + k, Place(start: tailStart + UInt64(k) * UInt64(partSize), length: partSize))
         }
         var lo = 0, hi = fixed.count - 1  // the last fixed part starting at or before `at`
         while lo < hi {
@@ -339,13 +358,13 @@ final class S3NewObject: NewObject {
     /// Part `number`'s place (lock held); the last tail part ends where the object does.
     private func place(number: Int) -> Place {
         if number < tailNumber { return fixed[number - 1] }
-        let start = tailStart + UInt64(number - tailNumber) * UInt64(Self.partSize)
-        return Place(start: start, length: Int(min(UInt64(Self.partSize), end - start)))
+        let start = tailStart + UInt64(number - tailNumber) * UInt64(partSize)
+        return Place(start: start, length: Int(min(UInt64(partSize), end - start)))
     }
 
     /// How many parts the object has now (lock held).
     private var partCount: Int {
-        fixed.count + (end > tailStart ? Int((end - tailStart + UInt64(Self.partSize) - 1) / UInt64(Self.partSize)) : 0)
+        fixed.count + (end > tailStart ? Int((end - tailStart + UInt64(partSize) - 1) / UInt64(partSize)) : 0)
     }
 
     func write(_ bytes: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
@@ -360,7 +379,7 @@ final class S3NewObject: NewObject {
                     throw IOError("write", path: "\(store.location)/\(name)", errno: EFBIG)  // past S3's 10,000 parts of 16 MiB
                 }
                 let within = Int(at - p.start), n = min(count - done, p.length - within)
-                if parts[number] == nil { parts[number] = Part(buffer: ByteBufferAllocator().buffer(capacity: Self.partSize)) }
+                if parts[number] == nil { parts[number] = Part(buffer: ByteBufferAllocator().buffer(capacity: p.length)) }
                 parts[number]!.put(bytes + done, count: n, at: within)
                 end = max(end, at + UInt64(n))
                 return (parts[number]!.filled == p.length && number > 1 ? number : nil, n)
@@ -374,7 +393,7 @@ final class S3NewObject: NewObject {
     private func send(_ number: Int) throws {
         let id = try uploadIDStarting()
         let bytes: ByteBuffer = try lock.withLock {
-            while uploading >= Self.uploadsInFlight && failure == nil { lock.wait() }
+            while uploading >= uploadsInFlight && failure == nil { lock.wait() }
             if let failure { throw failure }
             uploading += 1
             return parts[number]!.bytes(place(number: number).length)
@@ -428,7 +447,7 @@ final class S3NewObject: NewObject {
 
     /// A copy can start where the part it would follow is empty or at least `minimumPart` long.
     func bytesBeforeCopy(at offset: UInt64) -> UInt64 {
-        lock.withLock { offset >= tailStart ? bytesBeforeCopyLocked(offset) : UInt64.max }
+        lock.withLock { offset >= tailStart ? bytesBeforeCopyLocked(offset) : tailStart - offset }
     }
 
     func copyInStore(from source: StoredObject, at sourceOffset: UInt64, count: Int, to offset: UInt64) throws -> Bool {
@@ -439,7 +458,7 @@ final class S3NewObject: NewObject {
             // The tail's parts up to `offset` take their places (the last one cut short there).
             var s = tailStart
             while s < offset {
-                let length = Int(min(UInt64(Self.partSize), offset - s))
+                let length = Int(min(UInt64(partSize), offset - s))
                 fixed.append(Place(start: s, length: length))
                 s += UInt64(length)
             }
@@ -468,7 +487,7 @@ final class S3NewObject: NewObject {
     }
 
     private func bytesBeforeCopyLocked(_ offset: UInt64) -> UInt64 {
-        let r = (offset - tailStart) % UInt64(Self.partSize)
+        let r = (offset - tailStart) % UInt64(partSize)
         return r == 0 || r >= UInt64(Self.minimumPart) ? 0 : UInt64(Self.minimumPart) - r
     }
 
@@ -495,7 +514,7 @@ final class S3NewObject: NewObject {
 
     func publish() throws {
         try drain()
-        let (count, single) = lock.withLock { (partCount, uploadID == nil && partCount == 1 && fixed.isEmpty ? parts[1] : nil) }
+        let (count, single) = lock.withLock { (partCount, uploadID == nil && end <= UInt64(Self.firstPart) ? parts[1] : nil) }
         if let single {
             // One part: a plain PUT of its bytes.
             let length = lock.withLock { Int(end) }
@@ -605,7 +624,7 @@ final class S3Lease: WriterLease {
             guard let (bytes, etag) = try? client.get(bucket: bucket, key: key) else { continue }
             let text = String(decoding: bytes, as: UTF8.self)
             guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("expires ") }),
-                let expires = UInt64(line.dropFirst(8)), expires < now()
+                let expires = UInt64(line.dropFirst(8)), expires < now() || heldByADeadProcessHere(text)
             else { return nil }
             do {
                 let newTag = try mine.withUnsafeBytes { try client.put(bucket: bucket, key: key, $0, condition: .etag(etag)) }
@@ -613,6 +632,33 @@ final class S3Lease: WriterLease {
             } catch let e as S3Error where e.isPreconditionFailed {}
         }
         return nil
+    }
+
+    /// Whether a lease names a process of this host that no longer runs (a writer killed, or failed while the
+    /// store was down and could not delete its lease): taken over at once rather than after it expires. A pid
+    /// reused since only makes this wait for the expiry.
+    private static func heldByADeadProcessHere(_ text: String) -> Bool {
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("holder ") }) else { return false }
+        let f = line.split(separator: " ")
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, 255)
+        guard f.count == 4, f[1] == String(cString: host), f[2] == "pid", let pid = Int32(f[3]), pid > 0 else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
+
+    /// Whether the store refused to create the lease a second time (If-None-Match: a 412); a store that ignores
+    /// the condition replaces it with the same bytes (the same ETag), and one that rejects the header says so.
+    func storeHonoursConditions() throws -> Bool {
+        let bytes = try client.get(bucket: bucket, key: key).bytes
+        do {
+            _ = try bytes.withUnsafeBytes { try client.put(bucket: bucket, key: key, $0, condition: .absent) }
+            return false
+        } catch let e as S3Error where e.isPreconditionFailed {
+            return true
+        } catch let e as S3Error {
+            if case .status(let s, _, _, _) = e, s == 400 || s == 501 { return false }
+            throw e
+        }
     }
 
     private func renew() {

@@ -190,7 +190,7 @@ final class ObjectCopy {
         self.image = image
         object = try image?.object ?? source.open(name)
         frames = image.map { FrameReader([$0]) }
-        target = try store.create(name)
+        target = try store.create(name, expectedSize: object.size)
         self.threads = max(1, min(threads, Int(object.size / UInt64(Sync.rangeBytes)) + 1))
         self.copied = copied
     }
