@@ -39,7 +39,7 @@ struct MergeCommand: ParsableCommand {
         if json {
             Output.json([
                 ("firstPoint", r.firstPoint), ("point", r.lastPoint), ("kind", r.kind == .full ? "full" : "incremental"),
-                ("imagesMerged", r.imagesMerged), ("framesCopied", r.framesCopied), ("framesRepacked", r.framesRepacked),
+                ("imagesMerged", r.imagesMerged), ("framesCopied", r.framesCopied), ("framesRepacked", r.framesRepacked), ("bytesRepacked", r.bytesRepacked),
                 ("framesCopiedInStore", r.framesCopiedInStore), ("bytesCopiedInStore", r.bytesCopiedInStore),
                 ("bytesBefore", r.bytesBefore), ("bytesStored", r.bytesStored), ("seconds", r.seconds), ("image", r.image),
                 ("points", r.points.map(String.init)),

@@ -21,7 +21,8 @@ struct StrataCommand: ParsableCommand {
               A chain named s3://BUCKET/PREFIX lives in an S3-compatible store, for every
               command. Credentials and endpoint as the AWS tools find them: AWS_ACCESS_KEY_ID,
               AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL(_S3),
-              AWS_PROFILE, ~/.aws/credentials and ~/.aws/config.
+              AWS_PROFILE, ~/.aws/credentials and ~/.aws/config. strata sync SRC DST copies a
+              chain between any two places (directories, buckets), only what DST lacks.
 
             EXIT STATUS
               0   success
@@ -53,7 +54,9 @@ struct StrataCommand: ParsableCommand {
                   --allow-mounted), a source or target that is part of the chain,
                   a target in use, an existing target file (see restore --force);
                   an object store that refuses (credentials, permissions, a
-                  bucket that does not exist)
+                  bucket that does not exist, no conditional writes: see
+                  --allow-unconditional-writes); sync into a place that holds
+                  another chain or points the source has not seen
             """,
         version: "0.1.0",
         subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, KeygenCommand.self, KeyCommand.self, SyncCommand.self, BenchCommand.self, FreezeGuardianCommand.self])

@@ -57,7 +57,8 @@ final class SyncTests: XCTestCase {
 
     func testLocalToBucketToLocalThenOnlyWhatIsMissing() throws {
         let local = "\(dir)/a", remote = "s3://\(bucket)/host1/sdb", back = "\(dir)/b", disk = "\(dir)/disk.img"
-        var model = RandomDisk(size: 32 << 20, seed: 11, random: 20 << 20)
+        // The full image is many upload parts, filled by the sync's threads at once.
+        var model = RandomDisk(size: 96 << 20, seed: 11, random: 72 << 20)
         var states: [Int: [UInt8]] = [:]
         for night in 1...4 {
             if night > 1 { model.change(at: night * (4 << 20), count: 3 << 20) }

@@ -143,15 +143,26 @@ final class MergeTests: XCTestCase {
         try capture()
         for night in 0..<4 {
             disk.overwrite(at: night * (9 << 20) + 4096 * night, count: 7 << 20, rng: &rng)  // 7 MiB of new data a night
+            // 600 KiB of the night before's frame 2 again: that frame is no longer mostly live.
+            if night > 0 { disk.overwrite(at: (night - 1) * (9 << 20) + 4096 * (night - 1) + (2 << 20) + (200 << 10), count: 600 << 10, rng: &rng) }
             disk.night(0, rng: &rng)
             try capture()
         }
+        // The frames later nights partly overwrote lie between whole ones: in a bucket they go along in the copies
+        // (kept whole), where a directory re-packs them.
+        let sources = try Chain(location: chain, access: .read).openImages(forPoint: 5, from: 2)
+        let here = try MergePlan(sources: sources, copiesInStore: false), there = try MergePlan(sources: sources, copiesInStore: true)
+        XCTAssertGreaterThanOrEqual(here.framesRepacked, 3)
+        XCTAssertEqual(there.framesRepacked + there.framesCopied, here.framesRepacked + here.framesCopied)
+        XCTAssertLessThanOrEqual(there.framesRepacked, here.framesRepacked - 3)
         var o = MergeOptions(to: 5)
         o.from = 2
         let r = try Merge.run(chain: chain, options: o)
+        XCTAssertEqual(r.framesRepacked, there.framesRepacked)
         XCTAssertGreaterThan(r.framesCopiedInStore, 0)
         XCTAssertGreaterThan(r.bytesCopiedInStore, 10 << 20, "most of the 28 MiB copied whole went inside the store")
         XCTAssertLessThanOrEqual(r.framesCopiedInStore, r.framesCopied)
+        XCTAssertLessThanOrEqual(r.bytesStored, r.bytesBefore, "frames kept whole between whole ones are not also re-packed")
         try assertEveryPointRestores(chain, states, "after the merge in the bucket")
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
         // A synthetic full: the full image's frames too.

@@ -116,8 +116,8 @@ final class ImageWriter {
         try appendFrame(frame.start, length: frame.length, blockCount: frame.blockCount, codec: frame.codec, checksum: frame.checksum, sealed: frame.sealed)
     }
 
-    /// Frames back to back in one source image, for `reserveCopiedFrames`: `records[range]` lie in `object` one
-    /// after the other, from the first one's offset on.
+    /// Frames of one source image, for `reserveCopiedFrames`: `records[range]` lie in `object` in this order, with
+    /// at most a little between them (which a copy inside the store carries along, unused).
     struct CopySource {
         var object: StoredObject
         var range: Range<Int>
@@ -156,14 +156,17 @@ final class ImageWriter {
                     }
                     if frames.count == Int(top.framesPerChunk) { try flushFrames() }
                     let j = min(run.range.upperBound, k + Int(top.framesPerChunk) - frames.count)
-                    let bytes = records[k..<j].reduce(0) { $0 + Int($1.length) }
-                    guard k < j, let smallest = object.smallestCopy, bytes >= smallest,
-                        try object.copyInStore(from: run.object, at: records[k].offset, count: bytes, to: appender.offset)
+                    // One piece of the source, what lies between its frames included (unused here).
+                    let span = j > k ? Int(records[j - 1].offset + UInt64(records[j - 1].length) - records[k].offset) : 0
+                    guard k < j, let smallest = object.smallestCopy, span >= smallest,
+                        try object.copyInStore(from: run.object, at: records[k].offset, count: span, to: appender.offset)
                     else {
                         while k < run.range.upperBound { try place(k); k += 1 }
                         break
                     }
+                    let start = appender.offset, from = records[k].offset
                     for i in k..<j {
+                        try appender.skip(start + (records[i].offset - from) - appender.offset)
                         try placeHere(records[i])
                         offsets.append(appender.offset - UInt64(records[i].length))
                         inStore[i] = true

@@ -34,6 +34,8 @@ public struct MergeResult: Sendable, Equatable {
     public var imagesMerged: Int
     public var framesCopied: Int
     public var framesRepacked: Int
+    /// The stored bytes of the source frames re-packed.
+    public var bytesRepacked: UInt64
     /// Of the frames copied, those the store copied itself (a bucket's UploadPartCopy), and their bytes.
     public var framesCopiedInStore: Int
     public var bytesCopiedInStore: UInt64
@@ -100,7 +102,7 @@ public enum Merge {
             lastPoint: newest.lastPoint, createdAt: newest.createdAt)
         let name = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
 
-        let plan = try MergePlan(sources: sources)
+        let plan = try MergePlan(sources: sources, copiesInStore: chain.store.copiesInStore)
         let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
         if let free = chain.store.freeSpace(), free < needed {
             throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
@@ -122,7 +124,7 @@ public enum Merge {
             blocksChanged: finished.dataBlocks + finished.zeroBlocks + finished.unreadableBlocks)
         let result = MergeResult(
             firstPoint: finished.firstPoint, lastPoint: finished.lastPoint, kind: finished.kind, imagesMerged: sources.count,
-            framesCopied: plan.framesCopied, framesRepacked: plan.framesRepacked, framesCopiedInStore: plan.framesCopiedInStore,
+            framesCopied: plan.framesCopied, framesRepacked: plan.framesRepacked, bytesRepacked: plan.bytesRepacked, framesCopiedInStore: plan.framesCopiedInStore,
             bytesCopiedInStore: plan.bytesCopiedInStore, bytesBefore: old.reduce(0) { $0 + $1.bytesStored },
             bytesStored: finished.fileSize, seconds: Double(Sys.monotonicNanos() - started) / 1e9, image: name, points: [])
         return MergedImage(entry: entry, replaced: Set(old.map(\.file)), result: result)

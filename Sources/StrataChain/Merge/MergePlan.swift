@@ -30,13 +30,18 @@ final class MergePlan {
     private var workBytes: UInt64 = 0
     private(set) var framesCopied = 0
     private(set) var framesRepacked = 0
+    /// The stored bytes of the source frames re-packed (read and decoded here).
+    private(set) var bytesRepacked: UInt64 = 0
     /// Whole frames the store copied itself (never read here), and their bytes.
     private(set) var framesCopiedInStore = 0
     private(set) var bytesCopiedInStore: UInt64 = 0
     /// Extents an image may have in a window of the writing walk: 2^18.
     static let windowExtents = 1 << 18
 
-    init(sources: [ImageFile]) throws {
+    /// `copiesInStore`: the store copies whole frames itself (a bucket): a frame that lies within `bridge` bytes
+    /// between two whole frames of its image is kept whole too, since the three go as one copy inside the store
+    /// (its bytes are stored in the merged image either way, and its blocks need not be downloaded and re-packed).
+    init(sources: [ImageFile], copiesInStore: Bool = false) throws {
         self.sources = sources
         blockSize = Int(sources[0].header.blockSize)
         blocksPerFrame = FrameBuffers.blocksPerFrame(blockSize: blockSize)
@@ -55,21 +60,39 @@ final class MergePlan {
             if e.kind == .data { surviving[number(e)] += e.blockCount }
         }
         var frames: UInt64 = 0
+        func keepWhole(_ n: Int, _ r: FrameRecord) {
+            placement[n] = Self.unplaced
+            workBytes += UInt64(r.length)
+            framesCopied += 1
+        }
+        func repack(_ n: Int, _ r: FrameRecord) {
+            workBytes += UInt64(surviving[n]) * UInt64(blockSize)
+            framesRepacked += 1
+            bytesRepacked += UInt64(r.length)
+        }
         for (i, source) in sources.enumerated() {
+            // Live frames after the last whole one that are not whole themselves: whole if a whole frame follows
+            // within `bridge` bytes (where the store copies), re-packed otherwise.
+            var lastWholeEnd: UInt64?
+            var between: [(Int, FrameRecord)] = []
             for f in 0..<source.index.frameCount where surviving[frameBase[i] + f] > 0 {
                 let n = frameBase[i] + f
                 let r = try source.index.frame(UInt32(f))
                 bytesUpperBound += UInt64(r.length)
                 frames += 1
                 if isWhole(surviving[n], r) {
-                    placement[n] = Self.unplaced
-                    workBytes += UInt64(r.length)
-                    framesCopied += 1
+                    let bridged = lastWholeEnd.map { r.offset >= $0 && r.offset - $0 <= Self.bridge } ?? false
+                    for (m, q) in between { bridged ? keepWhole(m, q) : repack(m, q) }
+                    between = []
+                    keepWhole(n, r)
+                    lastWholeEnd = r.offset + UInt64(r.length)
+                } else if copiesInStore && lastWholeEnd != nil {
+                    between.append((n, r))
                 } else {
-                    workBytes += UInt64(surviving[n]) * UInt64(blockSize)
-                    framesRepacked += 1
+                    repack(n, r)
                 }
             }
+            for (m, q) in between { repack(m, q) }
         }
         bytesUpperBound += IndexChunks.indexLength(frames: frames, extents: extents, encrypted: sources.contains { $0.header.isEncrypted })
     }
@@ -162,12 +185,14 @@ final class MergePlan {
         return runs
     }
 
-    /// Whole frames (in source order) cut into runs back to back in one source image: what a store may copy itself.
+    /// Whole frames (in source order) cut into runs of one source image, what lies between two of them (frames no
+    /// point uses, an index chunk) at most `bridge` bytes: what a store may copy itself, in one piece each.
     private func copySources(_ order: [FrameRef], _ records: [FrameRecord]) -> [ImageWriter.CopySource] {
         var sources: [ImageWriter.CopySource] = []
         for (k, f) in order.enumerated() {
-            if k > 0, let last = sources.last, order[k - 1].image == f.image, order[k - 1].frame + 1 == f.frame,
-                records[k - 1].offset + UInt64(records[k - 1].length) == records[k].offset
+            let end = k > 0 ? records[k - 1].offset + UInt64(records[k - 1].length) : 0
+            if k > 0, let last = sources.last, order[k - 1].image == f.image, order[k - 1].frame < f.frame,
+                records[k].offset >= end, records[k].offset - end <= Self.bridge
             {
                 sources[sources.count - 1].range = last.range.lowerBound..<(k + 1)
             } else {
@@ -176,6 +201,11 @@ final class MergePlan {
         }
         return sources
     }
+
+    /// The most bytes between two whole frames of an image that a copy inside the store carries along (unused in
+    /// the merged image) rather than cut the copy in two: a copy must be at least 5 MiB, so cut ones tend to be
+    /// downloaded instead.
+    static let bridge: UInt64 = 2 << 20
 
     /// The most bytes one copy job reads and writes at once: small enough to stay in a core's cache between the
     /// checksum and the write, large enough that a run costs two system calls.

@@ -48,6 +48,8 @@ public protocol ChainStore: AnyObject {
     func lockWriter() throws -> WriterLease?
     /// Bytes that can still be written, where the store knows.
     func freeSpace() -> UInt64?
+    /// Whether its new objects can copy bytes of its objects inside the store (`NewObject.copyInStore`).
+    var copiesInStore: Bool { get }
     /// An I/O queue that reads `StoredObject.handle`s asynchronously (io_uring or a thread pool over local
     /// files), with a one-line note when `auto` fell back.
     func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?)

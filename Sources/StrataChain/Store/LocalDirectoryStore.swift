@@ -50,6 +50,8 @@ public final class LocalDirectoryStore: ChainStore {
 
     public func freeSpace() -> UInt64? { try? Sys.freeSpace(path) }
 
+    public var copiesInStore: Bool { false }
+
     public func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?) {
         try IOEngine.make(engine, depth: depth)
     }

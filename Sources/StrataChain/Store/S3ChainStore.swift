@@ -216,6 +216,8 @@ final class S3ChainStore: ChainStore {
 
     func freeSpace() -> UInt64? { nil }
 
+    var copiesInStore: Bool { true }
+
     func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?) {
         (S3ReadQueue(store: self, threads: max(2, min(depth, 32))), nil)
     }
@@ -436,12 +438,17 @@ final class S3NewObject: NewObject {
         }
     }
 
+    /// The upload's id, starting the upload at the first call (one at a time: two writers filling parts at once
+    /// must not start two uploads).
     private func uploadIDStarting() throws -> String {
-        if let id = lock.withLock({ uploadID }) { return id }
-        let id = try store.run { try store.client.startMultipart(bucket: store.place.bucket, key: key) }
-        lock.withLock { uploadID = id }
-        return id
+        try starting.withLock {
+            if let id = lock.withLock({ uploadID }) { return id }
+            let id = try store.run { try store.client.startMultipart(bucket: store.place.bucket, key: key) }
+            lock.withLock { uploadID = id }
+            return id
+        }
     }
+    private let starting = Condition()
 
     var smallestCopy: Int? { Self.minimumPart }
 

@@ -9,6 +9,7 @@
 // checked against its checksum, so a damaged SRC fails the sync, naming the frame, before DST changes. No key is
 // needed: an encrypted chain's frames carry checksums over their sealed bytes.
 //
+// What DST already has is not read again: `verify` DST to check it (sync does not repair a damaged copy).
 // What sync refuses, changing nothing: DST holding another chain, or having points SRC has not seen (a capture
 // into the copy: replacing DST would lose it). Copying reads and writes several ranges of an object at once
 // (`threads`), frame-aligned ranges of up to `rangeBytes`, so a bucket is read and written at its speed.
@@ -88,7 +89,8 @@ public enum Sync {
             toCopy.append((wanted.hashMapFile, nil))
         }
         // What DST's manifest does not name and this sync does not keep: a killed writer's, or stale.
-        let referenced = Set((had?.images.map(\.file) ?? []) + (had.map { [$0.hashMapFile] } ?? []) + (had?.keyFile.map { [$0] } ?? []))
+        let referenced = Set(
+            (had?.images.map(\.file) ?? []) + (had.map { [$0.hashMapFile] } ?? []) + (had?.keyFile.map { [$0] } ?? []) + [DamageRecord.fileName])
         for name in present.sorted() where Chain.isOurs(name, target.store) && !referenced.contains(name) && !kept.contains(name) {
             try? target.store.remove(name)
         }
