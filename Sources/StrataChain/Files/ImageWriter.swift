@@ -147,12 +147,15 @@ final class ImageWriter {
                 while k < run.range.upperBound {
                     // Frames written here until a copy can start, then as many as fit before the next index chunk.
                     if frames.count == Int(top.framesPerChunk) { try flushFrames() }
-                    var written: UInt64 = 0
-                    let needed = object.bytesBeforeCopy(at: appender.offset)
-                    while k < run.range.upperBound && written < needed {
-                        written += UInt64(records[k].length)
-                        try place(k)
-                        k += 1
+                    var needed = object.bytesBeforeCopy(at: appender.offset)
+                    while k < run.range.upperBound && needed > 0 {
+                        var written: UInt64 = 0
+                        while k < run.range.upperBound && written < needed {
+                            written += UInt64(records[k].length)
+                            try place(k)
+                            k += 1
+                        }
+                        needed = object.bytesBeforeCopy(at: appender.offset)  // a frame may have crossed into a part too short
                     }
                     if frames.count == Int(top.framesPerChunk) { try flushFrames() }
                     let j = min(run.range.upperBound, k + Int(top.framesPerChunk) - frames.count)

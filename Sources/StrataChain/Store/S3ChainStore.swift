@@ -453,15 +453,18 @@ final class S3NewObject: NewObject {
     var smallestCopy: Int? { Self.minimumPart }
 
     /// A copy can start where the part it would follow is empty or at least `minimumPart` long.
-    func bytesBeforeCopy(at offset: UInt64) -> UInt64 {
-        lock.withLock { offset >= tailStart ? bytesBeforeCopyLocked(offset) : tailStart - offset }
-    }
+    func bytesBeforeCopy(at offset: UInt64) -> UInt64 { lock.withLock { bytesBeforeCopyLocked(offset) } }
 
     func copyInStore(from source: StoredObject, at sourceOffset: UInt64, count: Int, to offset: UInt64) throws -> Bool {
         guard let source = source as? S3Object, source.store === store, count >= Self.minimumPart else { return false }
         let (first, pieces, completed): (Int, [Place], Int?) = try lock.withLock {
             if let failure { throw failure }
-            guard offset >= tailStart, end <= offset, bytesBeforeCopyLocked(offset) == 0 else { return (0, [], nil) }
+            guard end <= offset, bytesBeforeCopyLocked(offset) == 0 else { return (0, [], nil) }
+            if offset < tailStart {
+                // The first part, still held, ends where the copy starts (at least `minimumPart` in).
+                fixed[0].length = Int(offset)
+                tailStart = offset
+            }
             // The tail's parts up to `offset` take their places (the last one cut short there).
             var s = tailStart
             while s < offset {
@@ -493,9 +496,15 @@ final class S3NewObject: NewObject {
         return true
     }
 
+    /// Where a copy could start: after a part of at least `minimumPart`, the first part cut short there if need be.
     private func bytesBeforeCopyLocked(_ offset: UInt64) -> UInt64 {
+        let least = UInt64(Self.minimumPart)
+        if offset < tailStart {
+            guard fixed.count == 1 else { return UInt64.max }  // inside a part already placed: never
+            return offset >= least ? 0 : least - offset
+        }
         let r = (offset - tailStart) % UInt64(partSize)
-        return r == 0 || r >= UInt64(Self.minimumPart) ? 0 : UInt64(Self.minimumPart) - r
+        return r == 0 || r >= least ? 0 : least - r
     }
 
     /// Waits for every upload and copy in flight; throws the first failure.
