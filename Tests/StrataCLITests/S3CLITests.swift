@@ -7,32 +7,7 @@ import StrataS3
 import TestSupport
 import XCTest
 
-final class S3CLITests: XCTestCase {
-    nonisolated(unsafe) static var rgw: RGW?
-    nonisolated(unsafe) static var rgwFailure: Error?
-    override class func setUp() {
-        do { rgw = try RGW.start() } catch { rgwFailure = error }
-    }
-    override class func tearDown() { rgw?.stop() }
-
-    var dir = ""
-    var bucket = ""
-    override func setUpWithError() throws {
-        if let e = Self.rgwFailure { throw e }
-        bucket = try Self.rgw!.makeBucket("cli")
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("strata-s3-cli-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
-
-    /// strata with the gateway's AWS variables (and `extra`).
-    func s3strata(_ args: String..., extra: [String: String] = [:]) throws -> Run {
-        let env = Self.rgw!.environment.merging(extra) { $1 }
-        let r = try ChildProcess("/usr/bin/env", env.map { "\($0)=\($1)" } + [strataBinary] + args).finish()
-        XCTAssertFalse(r.timedOut)
-        return Run(r)
-    }
-
+final class S3CLITests: GatewayTestCase {
     func testEveryCommandOnAChainInABucket() throws {
         let chain = "s3://\(bucket)/host1/sdb", disk = "\(dir)/disk.img"
         var points: [Int: Data] = [:]
@@ -60,13 +35,35 @@ final class S3CLITests: XCTestCase {
         }
         // The bucket holds the chain's files, and those merges and prunes replaced until their grace period ends (in
         // .strata-removed); no unfinished upload, no lease left behind.
-        let s = try S3ClientProbe(Self.rgw!)
+        let s = try S3ClientProbe(rgw)
         let removed = Set(try s.text(bucket, "host1/sdb/.strata-removed").split(separator: "\n").map { "host1/sdb/" + $0.split(separator: " ")[1] })
         XCTAssertEqual(Set(try s.keys(bucket, "host1/sdb/")).subtracting(removed).sorted(), [
             "host1/sdb/.strata-removed", "host1/sdb/chain.manifest", "host1/sdb/map-p000004.strata", "host1/sdb/p000001-000003.strata", "host1/sdb/p000004.strata",
         ])
         XCTAssertEqual(removed.count, 7, "the replaced images and the old maps, deleted after their grace period")
         XCTAssertEqual(try s.unfinished(bucket), 0)
+    }
+
+    /// `serve` reads a bucket's points through the same point reader as a directory's: nbdcopy of each point
+    /// gives its bytes (the frames fetched with ranged GETs).
+    func testServedPointsOfABucketReadLikeTheirCapture() throws {
+        let chain = "s3://\(bucket)/served", disk = "\(dir)/disk.img", socket = "\(dir)/nbd.sock"
+        var states: [Int: Data] = [:]
+        for night in 0..<3 {
+            try makeDisk(disk, size: 16 << 20, seed: 5, changes: 200 * night)
+            XCTAssertEqual(try s3strata("capture", disk, chain, "--quiet").status, 0)
+            states[night + 1] = try Data(contentsOf: URL(fileURLWithPath: disk))
+        }
+        let server = try ChildProcess("/usr/bin/env", s3args(["serve", chain, "--socket", socket]), deadline: 300, quiet: true)
+        defer {
+            kill(server.pid, SIGTERM)
+            _ = server.finish()
+        }
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) { usleep(50_000) }
+        for (point, bytes) in states {
+            XCTAssertEqual(runTool("/usr/bin/env", ["nbdcopy", "nbd+unix:///\(point)?socket=\(socket)", "\(dir)/copy-\(point).img"]), 0)
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/copy-\(point).img")), bytes, "point \(point) served from the bucket")
+        }
     }
 
     func testAnEncryptedChainInABucket() throws {
@@ -84,7 +81,7 @@ final class S3CLITests: XCTestCase {
         let chain = "s3://\(bucket)/c", disk = "\(dir)/disk.img"
         try makeDisk(disk, size: 4 << 20, seed: 4)
         XCTAssertEqual(try s3strata("capture", disk, chain, "--quiet").status, 0)
-        let s = try S3ClientProbe(Self.rgw!)
+        let s = try S3ClientProbe(rgw)
         let before = try s.keys(bucket, "c/")
 
         // Another writer holds the lease.

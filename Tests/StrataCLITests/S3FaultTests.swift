@@ -42,31 +42,7 @@ struct RandomDisk {
     func write(to path: String) throws { try Data(bytes).write(to: URL(fileURLWithPath: path)) }
 }
 
-final class S3FaultTests: XCTestCase {
-    nonisolated(unsafe) static var rgw: RGW?
-    nonisolated(unsafe) static var rgwFailure: Error?
-    override class func setUp() {
-        do { rgw = try RGW.start() } catch { rgwFailure = error }
-    }
-    override class func tearDown() { rgw?.stop() }
-
-    var dir = ""
-    var bucket = ""
-    override func setUpWithError() throws {
-        if let e = Self.rgwFailure { throw e }
-        bucket = try Self.rgw!.makeBucket("fault")
-        dir = try scratchDirectory("strata-s3-fault")
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
-
-    func s3args(_ args: [String]) -> [String] { Self.rgw!.environment.map { "\($0)=\($1)" } + [strataBinary] + args }
-
-    func s3strata(_ args: String..., deadline: Double = defaultDeadline) throws -> Run {
-        let r = try ChildProcess("/usr/bin/env", s3args(args), deadline: deadline).finish()
-        XCTAssertFalse(r.timedOut, "strata \(args.joined(separator: " ")) did not finish")
-        return Run(r)
-    }
-
+final class S3FaultTests: GatewayTestCase {
     /// The points a chain names (none when it is not a chain).
     func points(_ chain: String) throws -> [Int] {
         let r = try s3strata("list", chain, "--json")
@@ -92,7 +68,7 @@ final class S3FaultTests: XCTestCase {
     /// What the bucket holds under `prefix` beside the objects the manifest names and those removed and waiting
     /// out their grace period: what a dead writer left and nobody removed.
     func strays(_ prefix: String) throws -> [String] {
-        let s = try S3ClientProbe(Self.rgw!)
+        let s = try S3ClientProbe(rgw)
         let manifest = try s.text(bucket, "\(prefix)/chain.manifest")
         var named = Set(["chain.manifest", ".strata-removed"])
         for line in manifest.split(separator: "\n") {
@@ -148,7 +124,7 @@ final class S3FaultTests: XCTestCase {
         try assertWhole(chain, states, "after the last capture")
         try assertWhole(copy, states, "the copy after the last sync")
         XCTAssertEqual(try points(copy), try points(chain))
-        XCTAssertEqual(try S3ClientProbe(Self.rgw!).unfinished(bucket), 0)
+        XCTAssertEqual(try S3ClientProbe(rgw).unfinished(bucket), 0)
         XCTAssertEqual(try strays("k"), [])
         XCTAssertEqual(try strays("copy"), [])
     }
@@ -177,7 +153,7 @@ final class S3FaultTests: XCTestCase {
         var model = RandomDisk(size: 128 << 20, seed: 7, random: 4 << 20)
         try model.write(to: disk)
         XCTAssertEqual(try s3strata("capture", disk, chain, "--quiet").status, 0)
-        let probe = try S3ClientProbe(Self.rgw!)
+        let probe = try S3ClientProbe(rgw)
         let before = try probe.keys(bucket, "down/")
         let first = model.bytes
         model.change(at: 4 << 20, count: 124 << 20)
@@ -189,20 +165,20 @@ final class S3FaultTests: XCTestCase {
             usleep(2_000)
             polls += 1
         }
-        Self.rgw!.killGateway()
+        rgw.killGateway()
         let r = capture.finish()
         XCTAssertEqual(r.status, 69, r.stderr)
         XCTAssertTrue(r.stderr.hasPrefix("strata: error: cannot reach the store of \(chain): "), r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").filter { $0.hasPrefix("strata:") }.count, 1, "one line: \(r.stderr)")
-        try Self.rgw!.restartGateway()
+        try rgw.restartGateway()
         XCTAssertEqual(try points(chain), [1], "as before")
-        XCTAssertEqual(try S3ClientProbe(Self.rgw!).keys(bucket, "down/").filter { $0 != "down/.strata-lease" }, before)
+        XCTAssertEqual(try S3ClientProbe(rgw).keys(bucket, "down/").filter { $0 != "down/.strata-lease" }, before)
         try assertWhole(chain, [1: first], "after the store came back")
         // The failed capture could not delete its lease: its process is gone, so the next capture takes it over.
         let again = try s3strata("capture", disk, chain, "--quiet")
         XCTAssertEqual(again.status, 0, again.stderr)
         try assertWhole(chain, [1: first, 2: model.bytes], "after the next capture")
-        XCTAssertEqual(try S3ClientProbe(Self.rgw!).unfinished(bucket), 0, "the dead capture's upload was aborted")
+        XCTAssertEqual(try S3ClientProbe(rgw).unfinished(bucket), 0, "the dead capture's upload was aborted")
         XCTAssertEqual(try strays("down"), [])
     }
 }

@@ -6,29 +6,7 @@ import StrataS3
 import TestSupport
 import XCTest
 
-final class SyncTests: XCTestCase {
-    nonisolated(unsafe) static var rgw: RGW?
-    nonisolated(unsafe) static var rgwFailure: Error?
-    override class func setUp() {
-        do { rgw = try RGW.start() } catch { rgwFailure = error }
-    }
-    override class func tearDown() { rgw?.stop() }
-
-    var dir = ""
-    var bucket = ""
-    override func setUpWithError() throws {
-        if let e = Self.rgwFailure { throw e }
-        bucket = try Self.rgw!.makeBucket("sync")
-        dir = try scratchDirectory("strata-sync")
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
-
-    func s3strata(_ args: String...) throws -> Run {
-        let r = try ChildProcess("/usr/bin/env", Self.rgw!.environment.map { "\($0)=\($1)" } + [strataBinary] + args).finish()
-        XCTAssertFalse(r.timedOut)
-        return Run(r)
-    }
-
+final class SyncTests: GatewayTestCase {
     /// A sync's --json numbers.
     func sync(_ src: String, _ dst: String) throws -> [String: Int] {
         let r = try s3strata("sync", src, dst, "--json")
@@ -144,7 +122,7 @@ final class SyncTests: XCTestCase {
         XCTAssertTrue(r.stderr.hasPrefix("strata: error: corrupt data in p000002.strata: frame "), r.stderr)
         XCTAssertTrue(r.stderr.contains("fails its checksum"), r.stderr)
         XCTAssertEqual(try s3strata("list", remote, "--json").stdout.components(separatedBy: "\"point\":").count - 1, 1, "the copy as it was")
-        XCTAssertEqual(try S3ClientProbe(Self.rgw!).unfinished(bucket), 0, "the failed upload was aborted")
+        XCTAssertEqual(try S3ClientProbe(rgw).unfinished(bucket), 0, "the failed upload was aborted")
     }
 
     func testWhatAnInterruptedSyncPublishedIsKept() throws {
