@@ -164,11 +164,15 @@ public final class Chain {
     /// The objects a writer removes: temporary ones and Strata objects the manifest does not name (left by a
     /// killed writer, or replaced by a merge).
     func leftovers() -> [String] {
-        let referenced = Set(
-            (manifest?.images.map(\.file) ?? []) + (manifest.map { [$0.hashMapFile] } ?? []) + (manifest?.keyFile.map { [$0] } ?? [])
-                + [DamageRecord.fileName])
+        let referenced = Chain.kept(by: manifest)
         guard let names = try? store.list() else { return [] }
         return names.filter { Chain.isOurs($0, store) && !referenced.contains($0) }.sorted()
+    }
+
+    /// The objects a chain keeps with `manifest`: those it names, and the damage record.
+    static func kept(by manifest: ChainManifest?) -> Set<String> {
+        guard let m = manifest else { return [DamageRecord.fileName] }
+        return Set(m.images.map(\.file) + [m.hashMapFile, DamageRecord.fileName] + (m.keyFile.map { [$0] } ?? []))
     }
 
     /// Removes the leftovers.
@@ -197,7 +201,7 @@ public final class Chain {
     func withStableManifest<T>(_ body: (ChainManifest) throws -> T) throws -> T {
         for _ in 0..<8 {
             guard let m = manifest else { throw ChainError.notAChain(path: location) }
-            do { return try body(m) } catch where access == .read && isMissingObject(error) {
+            do { return try body(m) } catch where access == .read && Chain.isMissingObject(error) {
                 guard try reloadManifest() else { throw error }
             }
         }
@@ -205,7 +209,8 @@ public final class Chain {
         return try body(m)
     }
 
-    private func isMissingObject(_ error: Error) -> Bool {
+    /// Whether an error says an object (an image, a map) is missing: a merge may have replaced it meanwhile.
+    static func isMissingObject(_ error: Error) -> Bool {
         if case ChainError.damaged(_, let detail) = error { return detail == ChainError.missingDetail }
         return error.isMissing
     }

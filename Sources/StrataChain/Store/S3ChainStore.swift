@@ -621,9 +621,13 @@ final class S3Lease: WriterLease {
     deinit { release() }
 
     private static func body(expires: UInt64) -> [UInt8] {
+        Array("strata-lease 1\nholder \(hostName()) pid \(getpid())\nexpires \(expires)\n".utf8)
+    }
+
+    private static func hostName() -> String {
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, 255)
-        return Array("strata-lease 1\nholder \(String(cString: host)) pid \(getpid())\nexpires \(expires)\n".utf8)
+        return String(cString: host)
     }
 
     private static func now() -> UInt64 { UInt64(time(nil)) }
@@ -656,9 +660,7 @@ final class S3Lease: WriterLease {
     private static func heldByADeadProcessHere(_ text: String) -> Bool {
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("holder ") }) else { return false }
         let f = line.split(separator: " ")
-        var host = [CChar](repeating: 0, count: 256)
-        gethostname(&host, 255)
-        guard f.count == 4, f[1] == String(cString: host), f[2] == "pid", let pid = Int32(f[3]), pid > 0 else { return false }
+        guard f.count == 4, f[1] == hostName(), f[2] == "pid", let pid = Int32(f[3]), pid > 0 else { return false }
         return kill(pid, 0) != 0 && errno == ESRCH
     }
 

@@ -51,7 +51,7 @@ public enum Sync {
         for attempt in 0..<8 {
             do {
                 return try sync(source, into: target, options: options, started: started, progress: progress)
-            } catch where attempt < 7 && isMissing(error) {
+            } catch where attempt < 7 && Chain.isMissingObject(error) {
                 // A merge or prune replaced images of SRC meanwhile: copy what it names now.
                 guard try source.reloadManifest() else { throw error }
             }
@@ -89,29 +89,26 @@ public enum Sync {
             toCopy.append((wanted.hashMapFile, nil))
         }
         // What DST's manifest does not name and this sync does not keep: a killed writer's, or stale.
-        let referenced = Set(
-            (had?.images.map(\.file) ?? []) + (had.map { [$0.hashMapFile] } ?? []) + (had?.keyFile.map { [$0] } ?? []) + [DamageRecord.fileName])
+        let referenced = Chain.kept(by: had)
         for name in present.sorted() where Chain.isOurs(name, target.store) && !referenced.contains(name) && !kept.contains(name) {
             try? target.store.remove(name)
         }
 
-        var sizes: [UInt64] = []
-        var sourceImages: [ImageFile?] = []
+        // Each object opened once (an image with its header and index checked); sizes for progress.
+        var opened: [(object: StoredObject, image: ImageFile?)] = []
         for c in toCopy {
             if let e = c.image {
                 let image = try ImageFile(store: source.store, name: c.name, keys: nil)
                 try Chain.check(image.header, of: e, in: wanted)
-                sourceImages.append(image)
-                sizes.append(image.object.size)
+                opened.append((image.object, image))
             } else {
-                sourceImages.append(nil)
-                sizes.append(try source.store.open(c.name).size)
+                opened.append((try source.store.open(c.name), nil))
             }
         }
-        let total = sizes.reduce(0, +)
+        let total = opened.reduce(0) { $0 + $1.object.size }
         var done: UInt64 = 0
-        for (k, c) in toCopy.enumerated() {
-            try ObjectCopy(name: c.name, from: source.store, to: target.store, image: sourceImages[k], threads: options.threads) { n in
+        for (c, o) in zip(toCopy, opened) {
+            try ObjectCopy(name: c.name, object: o.object, image: o.image, to: target.store, threads: options.threads) { n in
                 done += n
                 progress?(done, total)
             }.run()
@@ -155,11 +152,6 @@ public enum Sync {
         guard let x = try? Sys.stat(a), let y = try? Sys.stat(b) else { return false }
         return x.st_dev == y.st_dev && x.st_ino == y.st_ino
     }
-
-    private static func isMissing(_ error: Error) -> Bool {
-        if case ChainError.damaged(_, let detail) = error { return detail == ChainError.missingDetail }
-        return error.isMissing
-    }
 }
 
 extension String {
@@ -187,10 +179,11 @@ final class ObjectCopy {
     private var nextFrame: UInt32 = 0
     private var failure: Error?
 
-    init(name: String, from source: ChainStore, to store: ChainStore, image: ImageFile?, threads: Int, copied: @escaping (UInt64) -> Void) throws {
+    /// `object`: the source, opened; `image`: it opened as an image (its frames are then checked as they pass).
+    init(name: String, object: StoredObject, image: ImageFile?, to store: ChainStore, threads: Int, copied: @escaping (UInt64) -> Void) throws {
         self.name = name
         self.image = image
-        object = try image?.object ?? source.open(name)
+        self.object = object
         frames = image.map { FrameReader([$0]) }
         target = try store.create(name, expectedSize: object.size)
         self.threads = max(1, min(threads, Int(object.size / UInt64(Sync.rangeBytes)) + 1))
