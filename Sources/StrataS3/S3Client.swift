@@ -25,6 +25,9 @@ public final class S3Client: @unchecked Sendable {
     /// Whether the last request found the store down after all its attempts.
     private var down = false
     private let downLock = NIOLock()
+    /// The body bytes of every answer so far (what this client downloaded).
+    public var bytesReceived: UInt64 { downLock.withLock { received } }
+    private var received: UInt64 = 0
     /// `STRATA_S3_TRACE=1`: one line on stderr per request (method, object, range, status, bytes, milliseconds).
     private let trace = getenv("STRATA_S3_TRACE").map { String(cString: $0) == "1" } ?? false
 
@@ -107,7 +110,10 @@ public final class S3Client: @unchecked Sendable {
                 var h: [String: String] = [:]
                 for (name, value) in answer.headers { h[name.lowercased()] = value }
                 let status = Int(answer.status.code)
-                downLock.withLock { down = false }
+                downLock.withLock {
+                    down = false
+                    received += UInt64(answer.body?.readableBytes ?? 0)
+                }
                 if ok.contains(status) { return Response(status: status, headers: h, buffer: answer.body) }
                 let text = answer.body.map { String(decoding: $0.readableBytesView, as: UTF8.self) } ?? ""
                 let error = S3Error.status(status, code: S3XML.value(text, "Code") ?? "", message: S3XML.value(text, "Message") ?? "", request: what)

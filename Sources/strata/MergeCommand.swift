@@ -37,13 +37,18 @@ struct MergeCommand: ParsableCommand {
 
     static func report(_ r: MergeResult, json: Bool, quiet: Bool) {
         if json {
-            Output.json([
+            var fields: [(String, Any)] = [
                 ("firstPoint", r.firstPoint), ("point", r.lastPoint), ("kind", r.kind == .full ? "full" : "incremental"),
                 ("imagesMerged", r.imagesMerged), ("framesCopied", r.framesCopied), ("framesRepacked", r.framesRepacked), ("bytesRepacked", r.bytesRepacked),
                 ("framesCopiedInStore", r.framesCopiedInStore), ("bytesCopiedInStore", r.bytesCopiedInStore),
+            ]
+            if let d = r.bytesDownloaded { fields.append(("bytesDownloaded", d)) }
+            fields.append(("bytesPadding", r.bytesPadding))
+            fields += [
                 ("bytesBefore", r.bytesBefore), ("bytesStored", r.bytesStored), ("seconds", r.seconds), ("image", r.image),
                 ("points", r.points.map(String.init)),
-            ])
+            ]
+            Output.json(fields)
         } else if !quiet {
             print("merged \(r.imagesMerged) images (points \(r.firstPoint)-\(r.lastPoint)) into \(r.image): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesStored)), \(r.framesCopied) frames copied\(r.framesCopiedInStore > 0 ? " (\(r.framesCopiedInStore) inside the store)" : ""), \(r.framesRepacked) re-packed, in \(Output.fixed(r.seconds, 2)) s")
         }

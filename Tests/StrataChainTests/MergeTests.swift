@@ -189,6 +189,72 @@ final class MergeTests: XCTestCase {
         XCTAssertEqual(try Merge.run(chain: local, options: MergeOptions(to: 2)).framesCopiedInStore, 0)
     }
 
+    /// Where the image may leave room unused, a merge in a bucket downloads the source images' indexes and the
+    /// frames it re-packs, nothing more: every whole frame is copied inside the store, the parts before copies are
+    /// filled with zeros up to S3's smallest part (5 MiB), and a run of whole frames shorter than that goes with
+    /// the bytes around it in its source image. Every point restores and verify passes.
+    func testAMergeInTheBucketDownloadsOnlyTheFramesItRepacks() throws {
+        let chain = try Self.gateway.bucketLocation("padding") + "/c", source = "\(dir)/s.img"
+        var rng = SeededGenerator(seed: 78)
+        var disk = DiskModel(size: 64 << 20, rng: &rng)
+        disk.overwrite(at: 0, count: 40 << 20, rng: &rng)
+        var states: [UInt32: [UInt8]] = [:]
+        func capture() throws {
+            try disk.writeSparse(to: source)
+            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
+        }
+        try capture()
+        disk.overwrite(at: 0, count: 7 << 20, rng: &rng)  // point 2: 7 frames
+        try capture()
+        disk.overwrite(at: 16 << 20, count: 7 << 20, rng: &rng)  // point 3: 7 frames, and 700 KiB of point 2's last:
+        disk.overwrite(at: (6 << 20) + (100 << 10), count: 700 << 10, rng: &rng)  // re-packed
+        try capture()
+        disk.overwrite(at: 32 << 20, count: 6 << 20, rng: &rng)  // point 4: 6 frames
+        try capture()
+        // Point 5 overwrites point 4's first four frames: what survives of point 4 is a run of 2 MiB.
+        disk.overwrite(at: 32 << 20, count: 4 << 20, rng: &rng)
+        disk.overwrite(at: 48 << 20, count: 3 << 20, rng: &rng)
+        try capture()
+        let sources = try Chain(location: chain, access: .read).openImages(forPoint: 5, from: 2)
+        var indexes: UInt64 = 0
+        for s in sources {
+            var frames: UInt64 = 0
+            for f in 0..<s.index.frameCount { frames += UInt64(try s.index.frame(UInt32(f)).length) }
+            indexes += s.header.fileSize - frames
+        }
+        let saved = MergePlan.paddingShare
+        MergePlan.paddingShare = 2
+        defer { MergePlan.paddingShare = saved }
+        var o = MergeOptions(to: 5)
+        o.from = 2
+        let r = try Merge.run(chain: chain, options: o)
+        XCTAssertGreaterThan(r.framesRepacked, 0)
+        XCTAssertEqual(r.framesCopiedInStore, r.framesCopied, "every whole frame copied inside the store")
+        let downloaded = try XCTUnwrap(r.bytesDownloaded)
+        XCTAssertLessThanOrEqual(downloaded, r.bytesRepacked + indexes, "downloads: \(r.bytesRepacked) B re-packed, \(indexes) B of indexes")
+        // The first part (5 MiB less the header and what was re-packed) and 3 MiB around point 4's last frames.
+        XCTAssertGreaterThan(r.bytesPadding, 7 << 20)
+        XCTAssertLessThanOrEqual(r.bytesPadding, r.bytesStored / 2)
+        try assertEveryPointRestores(chain, states, "after a merge leaving bytes unused")
+        XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        // The merged image stays a base for what comes next.
+        disk.overwrite(at: 8 << 20, count: 1 << 20, rng: &rng)
+        try capture()
+        let full = try Merge.run(chain: chain, options: MergeOptions(to: 6))
+        XCTAssertEqual(full.kind, .full)
+        try assertEveryPointRestores(chain, states, "after a synthetic full over it")
+        XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        // A directory neither counts downloads nor leaves room unused.
+        let local = "\(dir)/local"
+        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
+        disk.overwrite(at: 0, count: 8 << 20, rng: &rng)
+        try disk.writeSparse(to: source)
+        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
+        let here = try Merge.run(chain: local, options: MergeOptions(to: 2))
+        XCTAssertNil(here.bytesDownloaded)
+        XCTAssertEqual(here.bytesPadding, 0)
+    }
+
     /// A frame most of whose blocks survive is copied whole, dead blocks and all (the sparseFrames feature bit);
     /// one that is mostly dead is re-packed. Every point restores, verify passes, the next capture is ordinary.
     func testMostlyLiveFramesAreKeptWhole() throws {

@@ -126,10 +126,19 @@ final class ImageWriter {
     /// Whether the store can copy frames itself (`reserveCopiedFrames` with sources).
     var copiesInStore: Bool { object.smallestCopy != nil }
 
+    /// Bytes `reserveCopiedFrames` may still leave unused in the image so that the store can copy frames rather
+    /// than have them written here (read from the source first: in a bucket, downloaded): zeros that fill a part
+    /// up to the store's smallest before a copy, and a source's bytes around a piece too short to be a copy of its
+    /// own. None unless the caller grants some.
+    var unusedAllowed: UInt64 = 0
+    /// The bytes left unused that way so far.
+    private(set) var unusedBytes: UInt64 = 0
+
     /// Places frames copied byte for byte from other images (merge) where the stream is, numbered from
     /// `nextFrame` on, and returns where each goes; their bytes go in with `writeReserved`, by any thread, except
     /// those the store copied itself (`inStore`): where the store can, each of `sources` (in order, apart) goes as
-    /// copies inside the store, after as many of its first frames as the store needs written before one.
+    /// copies inside the store. Before a copy the part being filled must reach the store's smallest: with zeros
+    /// where `unusedAllowed` lets, else with the piece's first frames written here.
     func reserveCopiedFrames(_ records: [FrameRecord], sources: [CopySource] = []) throws -> (offsets: [UInt64], inStore: [Bool]) {
         try guarded {
             var offsets: [UInt64] = []
@@ -145,9 +154,16 @@ final class ImageWriter {
             for run in sources {
                 while k < run.range.lowerBound { try place(k); k += 1 }
                 while k < run.range.upperBound {
-                    // Frames written here until a copy can start, then as many as fit before the next index chunk.
+                    // The frames that fit before the next index chunk, as one piece of the source.
                     if frames.count == Int(top.framesPerChunk) { try flushFrames() }
+                    func piece() -> Piece? {
+                        Piece(records, k..<min(run.range.upperBound, k + Int(top.framesPerChunk) - frames.count), in: run.object, smallest: object.smallestCopy)
+                    }
                     var needed = object.bytesBeforeCopy(at: appender.offset)
+                    if needed > 0, let p = piece(), needed + p.unused <= unusedAllowed - unusedBytes {
+                        try pad(needed)
+                        needed = object.bytesBeforeCopy(at: appender.offset)
+                    }
                     while k < run.range.upperBound && needed > 0 {
                         var written: UInt64 = 0
                         while k < run.range.upperBound && written < needed {
@@ -158,28 +174,57 @@ final class ImageWriter {
                         needed = object.bytesBeforeCopy(at: appender.offset)  // a frame may have crossed into a part too short
                     }
                     if frames.count == Int(top.framesPerChunk) { try flushFrames() }
-                    let j = min(run.range.upperBound, k + Int(top.framesPerChunk) - frames.count)
-                    // One piece of the source, what lies between its frames included (unused here).
-                    let span = j > k ? Int(records[j - 1].offset + UInt64(records[j - 1].length) - records[k].offset) : 0
-                    guard k < j, let smallest = object.smallestCopy, span >= smallest,
-                        try object.copyInStore(from: run.object, at: records[k].offset, count: span, to: appender.offset)
+                    guard let p = piece(), p.unused <= unusedAllowed - unusedBytes,
+                        try object.copyInStore(from: run.object, at: p.from, count: p.count, to: appender.offset)
                     else {
                         while k < run.range.upperBound { try place(k); k += 1 }
                         break
                     }
-                    let start = appender.offset, from = records[k].offset
-                    for i in k..<j {
-                        try appender.skip(start + (records[i].offset - from) - appender.offset)
+                    unusedBytes += p.unused
+                    let start = appender.offset
+                    for i in p.frames {
+                        try appender.skip(start + (records[i].offset - p.from) - appender.offset)
                         try placeHere(records[i])
                         offsets.append(appender.offset - UInt64(records[i].length))
                         inStore[i] = true
                     }
-                    k = j
+                    try appender.skip(start + UInt64(p.count) - appender.offset)
+                    k = p.frames.upperBound
                 }
             }
             while k < records.count { try place(k); k += 1 }
             return (offsets, inStore)
         }
+    }
+
+    /// A piece of a source image a store copies in one: frames `frames` and what lies between them, and where the
+    /// store's smallest copy asks for more, the source's bytes after them (or before, at the source's end).
+    private struct Piece {
+        let frames: Range<Int>
+        let from: UInt64
+        let count: Int
+        /// Bytes of the piece no frame of it holds beyond those between its frames.
+        let unused: UInt64
+
+        init?(_ records: [FrameRecord], _ frames: Range<Int>, in source: StoredObject, smallest: Int?) {
+            guard let smallest, !frames.isEmpty else { return nil }
+            let first = records[frames.lowerBound].offset, last = records[frames.upperBound - 1]
+            let span = last.offset + UInt64(last.length) - first
+            self.frames = frames
+            if span >= UInt64(smallest) {
+                (from, count, unused) = (first, Int(span), 0)
+            } else {
+                guard source.size >= UInt64(smallest) else { return nil }
+                (from, count, unused) = (min(first, source.size - UInt64(smallest)), smallest, UInt64(smallest) - span)
+            }
+        }
+    }
+
+    /// Fills `count` bytes where the stream is with zeros no frame or chunk names.
+    private func pad(_ count: UInt64) throws {
+        let zeros = [UInt8](repeating: 0, count: Int(count))
+        try zeros.withUnsafeBytes { try appender.append($0.baseAddress!, count: $0.count) }
+        unusedBytes += count
     }
 
     /// Skips a copied frame's bytes where the stream is and records it there.

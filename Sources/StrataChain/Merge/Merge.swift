@@ -39,6 +39,12 @@ public struct MergeResult: Sendable, Equatable {
     /// Of the frames copied, those the store copied itself (a bucket's UploadPartCopy), and their bytes.
     public var framesCopiedInStore: Int
     public var bytesCopiedInStore: UInt64
+    /// What the merge brought over the network from a store that counts it (a bucket; nil for a directory): the
+    /// source images' indexes and the frames it re-packed, and the whole frames it could not have the store copy.
+    public var bytesDownloaded: UInt64?
+    /// Bytes of the merged image no frame or index holds, left so that the store could copy whole frames rather
+    /// than have them downloaded (a bucket: S3's smallest part), at most 1/32 of the image.
+    public var bytesPadding: UInt64
     public var bytesBefore: UInt64
     public var bytesStored: UInt64
     public var seconds: Double
@@ -102,6 +108,7 @@ public enum Merge {
             lastPoint: newest.lastPoint, createdAt: newest.createdAt)
         let name = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
 
+        let downloadedBefore = chain.store.bytesDownloaded
         let plan = try MergePlan(sources: sources, copiesInStore: chain.store.copiesInStore)
         let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
         if let free = chain.store.freeSpace(), free < needed {
@@ -125,7 +132,8 @@ public enum Merge {
         let result = MergeResult(
             firstPoint: finished.firstPoint, lastPoint: finished.lastPoint, kind: finished.kind, imagesMerged: sources.count,
             framesCopied: plan.framesCopied, framesRepacked: plan.framesRepacked, bytesRepacked: plan.bytesRepacked, framesCopiedInStore: plan.framesCopiedInStore,
-            bytesCopiedInStore: plan.bytesCopiedInStore, bytesBefore: old.reduce(0) { $0 + $1.bytesStored },
+            bytesCopiedInStore: plan.bytesCopiedInStore, bytesDownloaded: chain.store.bytesDownloaded.map { $0 - (downloadedBefore ?? 0) },
+            bytesPadding: plan.bytesPadding, bytesBefore: old.reduce(0) { $0 + $1.bytesStored },
             bytesStored: finished.fileSize, seconds: Double(Sys.monotonicNanos() - started) / 1e9, image: name, points: [])
         return MergedImage(entry: entry, replaced: Set(old.map(\.file)), result: result)
     }

@@ -24,8 +24,15 @@ final class MergePlan {
     /// copied whole as frame N of the merged image.
     private var placement: [UInt32]
     private static let repacked = UInt32.max, unplaced = UInt32.max - 1, placing = UInt32.max - 2
-    /// The merged image is never larger than the frames it draws from.
+    /// The merged image is never larger than the frames it draws from, what a copy inside the store carries along
+    /// between them, and `paddingAllowed`.
     private(set) var bytesUpperBound: UInt64 = 0
+    /// Where the store copies frames itself: bytes the merged image may leave unused so that whole frames are
+    /// copied there rather than downloaded (ImageWriter.unusedAllowed), 1/32 of the rest (S3's smallest part is
+    /// 5 MiB: the first part, and a part of packed frames or an index chunk before a copy, are filled up to it).
+    private(set) var paddingAllowed: UInt64 = 0
+    /// The bytes left unused that way.
+    private(set) var bytesPadding: UInt64 = 0
     /// Bytes copied whole and blocks re-packed: the work, for progress.
     private var workBytes: UInt64 = 0
     private(set) var framesCopied = 0
@@ -35,6 +42,8 @@ final class MergePlan {
     /// Whole frames the store copied itself (never read here), and their bytes.
     private(set) var framesCopiedInStore = 0
     private(set) var bytesCopiedInStore: UInt64 = 0
+    /// `paddingAllowed` is the image's 1/paddingShare; tests make it larger.
+    nonisolated(unsafe) static var paddingShare = 32
     /// Extents an image may have in a window of the writing walk: 2^18.
     static let windowExtents = 1 << 18
 
@@ -83,6 +92,8 @@ final class MergePlan {
                 if isWhole(surviving[n], r) {
                     let bridged = lastWholeEnd.map { r.offset >= $0 && r.offset - $0 <= Self.bridge } ?? false
                     for (m, q) in between { bridged ? keepWhole(m, q) : repack(m, q) }
+                    // What lies between the two and is no live frame (counted above) goes along too.
+                    if bridged, let end = lastWholeEnd { bytesUpperBound += r.offset - end - between.reduce(0) { $0 + UInt64($1.1.length) } }
                     between = []
                     keepWhole(n, r)
                     lastWholeEnd = r.offset + UInt64(r.length)
@@ -95,6 +106,10 @@ final class MergePlan {
             for (m, q) in between { repack(m, q) }
         }
         bytesUpperBound += IndexChunks.indexLength(frames: frames, extents: extents, encrypted: sources.contains { $0.header.isEncrypted })
+        if copiesInStore {
+            paddingAllowed = bytesUpperBound / UInt64(Self.paddingShare)
+            bytesUpperBound += paddingAllowed
+        }
     }
 
     private func number(_ e: ResolvedExtent) -> Int { frameBase[Int(e.image)] + Int(e.frame) }
@@ -110,6 +125,8 @@ final class MergePlan {
         let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads), keys: writer.keys)
         let reader = FrameReader(sources)
         let walk = PointWalk(sources, extents: Self.windowExtents)
+        writer.unusedAllowed = paddingAllowed
+        defer { bytesPadding = writer.unusedBytes }
         while let window = try walk.next() {
             // Frame numbers: whole frames first used here, in order of first use, then packed frames in block order.
             let base = writer.nextFrame

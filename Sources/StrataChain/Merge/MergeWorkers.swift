@@ -5,9 +5,9 @@
 // that workers build and compress; finished ones wait in a small window of slots and the coordinator appends
 // them in order after the whole frames. A re-packing worker takes a re-pack job first when a slot is free (the
 // coordinator can then append while the copies go on), a copy otherwise; see `repackers` for how many re-pack.
-// Each worker reads the source frames it needs through the frame reader into a frame cache of its own (checksum,
-// decompression), and checks each block it takes against its hash. Writes of copied runs are serialised
-// (`ImageWriter.writeReserved`).
+// The source frames being re-packed are read through one frame cache all the workers share (checksum and
+// decompression once a frame, by whichever worker wants it first: in a bucket every read is a download), and
+// each block taken is checked against its hash. Writes of copied runs are serialised (`ImageWriter.writeReserved`).
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -27,27 +27,26 @@ final class MergeWorkers {
         var bytes: Int
     }
 
-    /// What the workers work with, made once a merge and used window after window: frame buffers, and each
-    /// worker's codecs, frame cache (frames that span windows stay decoded) and copy buffer.
+    /// What the workers work with, made once a merge and used window after window: frame buffers, each worker's
+    /// compressor and copy buffer, and the frame cache they share (frames that span windows stay decoded).
     final class Kit {
         let buffers: FrameBuffers
         let compressors: [FrameCompressor]
-        let decompressors: [FrameDecompressor]
-        let caches: [FrameCache]
+        let cache: SharedFrameCache
         let copyBuffers: [AlignedSlab]
 
         init(sources: [ImageFile], level: Int32, threads: Int, keys: ChainKeys?) throws {
             let blockSize = Int(sources[0].header.blockSize)
             buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2, keys: keys)
             compressors = try (0..<threads).map { _ in try FrameCompressor(level: level) }
-            decompressors = try (0..<threads).map { _ in try FrameDecompressor() }
-            // Surviving blocks interleave across the source images in block order, so a packed frame draws on
-            // about one live frame per image: cache that many (bounded, ~2 MiB each) or frames get decoded over
-            // and over. (Mapped memory: what is never used costs nothing.)
-            let entries = min(sources.count + 1, max(4, 48 / threads))
-            let maxStored = FrameReader(sources).largest.stored, decoded = buffers.blocksPerFrame * blockSize
-            caches = (0..<threads).map { _ in FrameCache(bytes: entries * (maxStored + decoded), maxStored: maxStored, maxDecoded: decoded) }
-            copyBuffers = (0..<threads).map { _ in AlignedSlab(slotSize: MergePlan.copyRun + maxStored, slotCount: 1, alignment: 64) }
+            // Surviving blocks interleave across the source images in block order, so the packed frames being
+            // built draw on about one live frame per image each: room for two per image (bounded, ~1 MiB each),
+            // or frames get read and decoded over and over, and one a worker for the frame it is loading.
+            // (Mapped memory: what is never used costs nothing.)
+            let entries = min(2 * (sources.count + 1), 48) + threads
+            let largest = FrameReader(sources).largest
+            cache = SharedFrameCache(bytes: 0, maxStored: largest.stored, maxBlocks: largest.blocks, blockSize: blockSize, minEntries: entries)
+            copyBuffers = (0..<threads).map { _ in AlignedSlab(slotSize: MergePlan.copyRun + largest.stored, slotCount: 1, alignment: 64) }
         }
     }
 
@@ -132,10 +131,9 @@ final class MergeWorkers {
         case copy(Int)
     }
 
-    /// Workers that take re-pack jobs while there are copies left. Consecutive packed frames draw on the same
-    /// source frames, so packed frames spread over several workers get their sources decoded once by each
-    /// (measured: 137 decodes of 76 source frames with two workers alternating); one re-packer per four workers,
-    /// the rest copying, keeps decoding near once per frame, and all of them re-pack once the copies are done.
+    /// Workers that take re-pack jobs while there are copies left: one per four workers, the rest copying (the
+    /// appends wait on the packed frames in order, the copies on nothing), and all of them re-pack once the
+    /// copies are done.
     private var repackers: Int { max(1, threads / 4) }
 
     private func nextJob(worker: Int) -> Job? {
@@ -157,12 +155,12 @@ final class MergeWorkers {
     }
 
     private func work(_ worker: Int) {
-        let (compressor, decompressor, cache, copyBuffer) = (kit.compressors[worker], kit.decompressors[worker], kit.caches[worker], kit.copyBuffers[worker])
+        let (compressor, copyBuffer) = (kit.compressors[worker], kit.copyBuffers[worker])
         while let job = nextJob(worker: worker) {
             do {
                 switch job {
                 case .repack(let k, let slot):
-                    let result = try build(k, slot: slot, cache: cache, compressor: compressor, decompressor: decompressor)
+                    let result = try build(k, slot: slot, compressor: compressor)
                     condition.publish { finished[k] = result }
                 case .copy(let c):
                     try copy(copies[c], through: copyBuffer.base)
@@ -193,16 +191,15 @@ final class MergeWorkers {
         try writer.writeReserved(buffer, count: run.bytes, at: run.target)
     }
 
-    private func build(
-        _ k: Int, slot: Int, cache: FrameCache, compressor: FrameCompressor, decompressor: FrameDecompressor
-    ) throws -> (buffer: Int, frame: SealedFrame) {
+    private func build(_ k: Int, slot: Int, compressor: FrameCompressor) throws -> (buffer: Int, frame: SealedFrame) {
         var fill = 0
         for s in frames[k] {
-            let entry = try cache.get(s.frame, reader: sources, decompressor: decompressor)
+            let entry = try kit.cache.get(s.frame, of: sources)
+            defer { kit.cache.release(entry, blocksTaken: s.count) }
             // Each surviving block is in exactly one segment: checked here, and dead blocks are never hashed.
-            try sources.checkBlocks(s.frame, s.frameBlock..<(s.frameBlock + s.count), stored: entry.stored, decoded: entry.decoded)
+            try sources.checkBlocks(s.frame, s.frameBlock..<(s.frameBlock + s.count), stored: entry.hashes, decoded: entry.decoded)
             buffers.block(slot, fill).copyMemory(from: entry.decoded + s.frameBlock * blockSize, byteCount: s.count * blockSize)
-            buffers.hash(slot, fill).copyMemory(from: entry.stored + s.frameBlock * 16, byteCount: s.count * 16)
+            buffers.hash(slot, fill).copyMemory(from: entry.hashes + s.frameBlock * 16, byteCount: s.count * 16)
             fill += s.count
         }
         return (slot, buffers.seal(slot, blockCount: fill, compressor: compressor))

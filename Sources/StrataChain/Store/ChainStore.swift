@@ -50,12 +50,17 @@ public protocol ChainStore: AnyObject {
     func freeSpace() -> UInt64?
     /// Whether its new objects can copy bytes of its objects inside the store (`NewObject.copyInStore`).
     var copiesInStore: Bool { get }
+    /// The bytes this store has brought over the network so far (every answer's body), where it has one; nil for
+    /// a directory.
+    var bytesDownloaded: UInt64? { get }
     /// An I/O queue that reads `StoredObject.handle`s asynchronously (io_uring or a thread pool over local
     /// files), with a one-line note when `auto` fell back.
     func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?)
 }
 
 extension ChainStore {
+    public var bytesDownloaded: UInt64? { nil }
+
     func create(_ name: String) throws -> NewObject { try create(name, expectedSize: 0) }
 
     /// Writes a small object whole and publishes it under `name`, replacing one there (a key file, the damage

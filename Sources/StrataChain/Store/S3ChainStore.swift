@@ -217,6 +217,7 @@ final class S3ChainStore: ChainStore {
     func freeSpace() -> UInt64? { nil }
 
     var copiesInStore: Bool { true }
+    var bytesDownloaded: UInt64? { client.bytesReceived }
 
     func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?) {
         (S3ReadQueue(store: self, threads: max(2, min(depth, 32))), nil)
