@@ -28,6 +28,34 @@ struct SeededGenerator: RandomNumberGenerator {
     }
 }
 
+/// A disk captured night after night into a chain, with what each point must restore to: a disk of `size` bytes
+/// whose first `random` bytes are random (incompressible frames of 1 MiB of blocks), the rest DiskModel's night 0.
+final class Nights {
+    let chain: String
+    let source: String
+    var rng: SeededGenerator
+    var disk: DiskModel
+    private(set) var states: [UInt32: [UInt8]] = [:]
+
+    init(chain: String, source: String, seed: UInt64, size: Int, random: Int) {
+        (self.chain, self.source) = (chain, source)
+        rng = SeededGenerator(seed: seed)
+        disk = DiskModel(size: size, rng: &rng)
+        overwrite(at: 0, count: random)
+    }
+
+    func overwrite(at offset: Int, count: Int) { disk.overwrite(at: offset, count: count, rng: &rng) }
+
+    /// Captures the disk as it is now; returns the point.
+    @discardableResult
+    func capture() throws -> UInt32 {
+        try disk.writeSparse(to: source)
+        let point = try Capture.run(source: source, chain: chain, options: CaptureOptions()).point
+        states[point] = disk.bytes
+        return point
+    }
+}
+
 /// The content of a disk, changed night by night.
 struct DiskModel {
     var bytes: [UInt8]

@@ -138,22 +138,15 @@ final class MergeTests: XCTestCase {
     /// parts of at least 5 MiB after what the upload's first part needs written: every point restores as before,
     /// verify passes, and the next capture is ordinary.
     func testWholeFramesAreCopiedInsideTheBucket() throws {
-        let chain = try Self.gateway.bucketLocation("copy") + "/c", source = "\(dir)/s.img"
-        var rng = SeededGenerator(seed: 77)
-        var disk = DiskModel(size: 64 << 20, rng: &rng)
-        disk.overwrite(at: 0, count: 40 << 20, rng: &rng)
-        var states: [UInt32: [UInt8]] = [:]
-        func capture() throws {
-            try disk.writeSparse(to: source)
-            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
-        }
-        try capture()
+        let n = Nights(chain: try Self.gateway.bucketLocation("copy") + "/c", source: "\(dir)/s.img", seed: 77, size: 64 << 20, random: 40 << 20)
+        let chain = n.chain
+        try n.capture()
         for night in 0..<4 {
-            disk.overwrite(at: night * (9 << 20) + 4096 * night, count: 7 << 20, rng: &rng)  // 7 MiB of new data a night
+            n.overwrite(at: night * (9 << 20) + 4096 * night, count: 7 << 20)  // 7 MiB of new data a night
             // 600 KiB of the night before's frame 2 again: that frame is no longer mostly live.
-            if night > 0 { disk.overwrite(at: (night - 1) * (9 << 20) + 4096 * (night - 1) + (2 << 20) + (200 << 10), count: 600 << 10, rng: &rng) }
-            disk.night(0, rng: &rng)
-            try capture()
+            if night > 0 { n.overwrite(at: (night - 1) * (9 << 20) + 4096 * (night - 1) + (2 << 20) + (200 << 10), count: 600 << 10) }
+            n.disk.night(0, rng: &n.rng)
+            try n.capture()
         }
         // The frames later nights partly overwrote lie between whole ones: in a bucket they go along in the copies
         // (kept whole), where a directory re-packs them.
@@ -170,23 +163,22 @@ final class MergeTests: XCTestCase {
         XCTAssertGreaterThan(r.bytesCopiedInStore, 10 << 20, "most of the 28 MiB copied whole went inside the store")
         XCTAssertLessThanOrEqual(r.framesCopiedInStore, r.framesCopied)
         XCTAssertLessThanOrEqual(r.bytesStored, r.bytesBefore, "frames kept whole between whole ones are not also re-packed")
-        try assertEveryPointRestores(chain, states, "after the merge in the bucket")
+        try assertEveryPointRestores(chain, n.states, "after the merge in the bucket")
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
         // A synthetic full: the full image's frames too.
         let full = try Merge.run(chain: chain, options: MergeOptions(to: 5))
         XCTAssertEqual(full.kind, .full)
         XCTAssertGreaterThan(full.bytesCopiedInStore, 20 << 20)
-        try assertEveryPointRestores(chain, states, "after the synthetic full in the bucket")
+        try assertEveryPointRestores(chain, n.states, "after the synthetic full in the bucket")
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
-        let quiet = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        let quiet = try Capture.run(source: n.source, chain: chain, options: CaptureOptions())
         XCTAssertEqual(quiet.blocksChanged, 0)
         // A local chain's merge copies nothing inside its store.
-        let local = "\(dir)/local"
-        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
-        disk.overwrite(at: 0, count: 8 << 20, rng: &rng)
-        try disk.writeSparse(to: source)
-        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
-        XCTAssertEqual(try Merge.run(chain: local, options: MergeOptions(to: 2)).framesCopiedInStore, 0)
+        let local = Nights(chain: "\(dir)/local", source: n.source, seed: 79, size: 16 << 20, random: 8 << 20)
+        try local.capture()
+        local.overwrite(at: 0, count: 8 << 20)
+        try local.capture()
+        XCTAssertEqual(try Merge.run(chain: local.chain, options: MergeOptions(to: 2)).framesCopiedInStore, 0)
     }
 
     /// Where the image may leave room unused, a merge in a bucket downloads the source images' indexes and the
@@ -194,27 +186,20 @@ final class MergeTests: XCTestCase {
     /// filled with zeros up to S3's smallest part (5 MiB), and a run of whole frames shorter than that goes with
     /// the bytes around it in its source image. Every point restores and verify passes.
     func testAMergeInTheBucketDownloadsOnlyTheFramesItRepacks() throws {
-        let chain = try Self.gateway.bucketLocation("padding") + "/c", source = "\(dir)/s.img"
-        var rng = SeededGenerator(seed: 78)
-        var disk = DiskModel(size: 64 << 20, rng: &rng)
-        disk.overwrite(at: 0, count: 40 << 20, rng: &rng)
-        var states: [UInt32: [UInt8]] = [:]
-        func capture() throws {
-            try disk.writeSparse(to: source)
-            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
-        }
-        try capture()
-        disk.overwrite(at: 0, count: 7 << 20, rng: &rng)  // point 2: 7 frames
-        try capture()
-        disk.overwrite(at: 16 << 20, count: 7 << 20, rng: &rng)  // point 3: 7 frames, and 700 KiB of point 2's last:
-        disk.overwrite(at: (6 << 20) + (100 << 10), count: 700 << 10, rng: &rng)  // re-packed
-        try capture()
-        disk.overwrite(at: 32 << 20, count: 6 << 20, rng: &rng)  // point 4: 6 frames
-        try capture()
+        let n = Nights(chain: try Self.gateway.bucketLocation("padding") + "/c", source: "\(dir)/s.img", seed: 78, size: 64 << 20, random: 40 << 20)
+        let chain = n.chain
+        try n.capture()
+        n.overwrite(at: 0, count: 7 << 20)  // point 2: 7 frames
+        try n.capture()
+        n.overwrite(at: 16 << 20, count: 7 << 20)  // point 3: 7 frames, and 700 KiB of point 2's last: re-packed
+        n.overwrite(at: (6 << 20) + (100 << 10), count: 700 << 10)
+        try n.capture()
+        n.overwrite(at: 32 << 20, count: 6 << 20)  // point 4: 6 frames
+        try n.capture()
         // Point 5 overwrites point 4's first four frames: what survives of point 4 is a run of 2 MiB.
-        disk.overwrite(at: 32 << 20, count: 4 << 20, rng: &rng)
-        disk.overwrite(at: 48 << 20, count: 3 << 20, rng: &rng)
-        try capture()
+        n.overwrite(at: 32 << 20, count: 4 << 20)
+        n.overwrite(at: 48 << 20, count: 3 << 20)
+        try n.capture()
         let sources = try Chain(location: chain, access: .read).openImages(forPoint: 5, from: 2)
         var indexes: UInt64 = 0
         for s in sources {
@@ -235,22 +220,21 @@ final class MergeTests: XCTestCase {
         // The first part (5 MiB less the header and what was re-packed) and 3 MiB around point 4's last frames.
         XCTAssertGreaterThan(r.bytesPadding, 7 << 20)
         XCTAssertLessThanOrEqual(r.bytesPadding, r.bytesStored / 2)
-        try assertEveryPointRestores(chain, states, "after a merge leaving bytes unused")
+        try assertEveryPointRestores(chain, n.states, "after a merge leaving bytes unused")
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
         // The merged image stays a base for what comes next.
-        disk.overwrite(at: 8 << 20, count: 1 << 20, rng: &rng)
-        try capture()
+        n.overwrite(at: 8 << 20, count: 1 << 20)
+        try n.capture()
         let full = try Merge.run(chain: chain, options: MergeOptions(to: 6))
         XCTAssertEqual(full.kind, .full)
-        try assertEveryPointRestores(chain, states, "after a synthetic full over it")
+        try assertEveryPointRestores(chain, n.states, "after a synthetic full over it")
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
         // A directory neither counts downloads nor leaves room unused.
-        let local = "\(dir)/local"
-        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
-        disk.overwrite(at: 0, count: 8 << 20, rng: &rng)
-        try disk.writeSparse(to: source)
-        _ = try Capture.run(source: source, chain: local, options: CaptureOptions())
-        let here = try Merge.run(chain: local, options: MergeOptions(to: 2))
+        let local = Nights(chain: "\(dir)/local", source: n.source, seed: 79, size: 16 << 20, random: 8 << 20)
+        try local.capture()
+        local.overwrite(at: 0, count: 8 << 20)
+        try local.capture()
+        let here = try Merge.run(chain: local.chain, options: MergeOptions(to: 2))
         XCTAssertNil(here.bytesDownloaded)
         XCTAssertEqual(here.bytesPadding, 0)
     }
@@ -258,21 +242,14 @@ final class MergeTests: XCTestCase {
     /// A frame most of whose blocks survive is copied whole, dead blocks and all (the sparseFrames feature bit);
     /// one that is mostly dead is re-packed. Every point restores, verify passes, the next capture is ordinary.
     func testMostlyLiveFramesAreKeptWhole() throws {
-        var rng = SeededGenerator(seed: 41)
-        var disk = DiskModel(size: 8 << 20, rng: &rng)
-        disk.overwrite(at: 0, count: 8 << 20, rng: &rng)
-        let source = "\(dir)/s.img", chain = "\(dir)/chain"
-        var states: [UInt32: [UInt8]] = [:]
-        func capture() throws {
-            try disk.writeSparse(to: source)
-            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
-        }
-        try capture()
-        disk.overwrite(at: 0, count: 4 << 20, rng: &rng)  // point 2: frames of 256 changed blocks
-        try capture()
-        disk.overwrite(at: 0, count: 16 << 10, rng: &rng)  // point 3: 4 blocks of point 2's first frame
-        disk.overwrite(at: 2 << 20, count: 3 << 19, rng: &rng)  // and most of its third frame
-        try capture()
+        let n = Nights(chain: "\(dir)/chain", source: "\(dir)/s.img", seed: 41, size: 8 << 20, random: 8 << 20)
+        let (source, chain) = (n.source, n.chain)
+        try n.capture()
+        n.overwrite(at: 0, count: 4 << 20)  // point 2: frames of 256 changed blocks
+        try n.capture()
+        n.overwrite(at: 0, count: 16 << 10)  // point 3: 4 blocks of point 2's first frame
+        n.overwrite(at: 2 << 20, count: 3 << 19)  // and most of its third frame
+        try n.capture()
         var o = MergeOptions(to: 3)
         o.from = 2
         let r = try Merge.run(chain: chain, options: o)
@@ -281,7 +258,7 @@ final class MergeTests: XCTestCase {
         let image = try ImageFile(store: LocalDirectoryStore(path: chain), name: r.image, keys: nil)
         XCTAssertNotEqual(image.header.incompatibleFeatures & ImageFeatures.sparseFrames, 0)
         XCTAssertTrue(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
-        try assertEveryPointRestores(chain, states, "after keeping mostly live frames whole")
+        try assertEveryPointRestores(chain, n.states, "after keeping mostly live frames whole")
         XCTAssertEqual(try Capture.run(source: source, chain: chain, options: CaptureOptions()).blocksChanged, 0)
     }
 
