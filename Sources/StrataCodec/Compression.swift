@@ -39,9 +39,15 @@ public final class FrameCompressor {
     /// Compresses `count` bytes into `destination` (capacity at least `bound(count)`). Returns the compressed
     /// length, or nil when compression would not save anything and the caller should store the bytes raw.
     public func compress(_ source: UnsafeRawPointer, count: Int, into destination: UnsafeMutableRawPointer, capacity: Int) -> Int? {
-        let n = ZSTD_compress2(context, destination, capacity, source, count)
-        if ZSTD_isError(n) != 0 || n >= count { return nil }
+        guard let n = frame(source, count: count, into: destination, capacity: capacity), n < count else { return nil }
         return n
+    }
+
+    /// Compresses `count` bytes into one zstd frame in `destination` (capacity at least `bound(count)`), however
+    /// long it comes out; nil only where zstd fails.
+    public func frame(_ source: UnsafeRawPointer, count: Int, into destination: UnsafeMutableRawPointer, capacity: Int) -> Int? {
+        let n = ZSTD_compress2(context, destination, capacity, source, count)
+        return ZSTD_isError(n) != 0 ? nil : n
     }
 }
 

@@ -99,7 +99,9 @@ public struct HashMapChunkHeader: Equatable, Sendable {
         var r = ByteReader(bytes, what: "hash map chunk header")
         let length = try r.u32()
         let codecByte = try r.u8()
-        guard let codec = FrameCodec(rawValue: codecByte & ~Sealing.sealedCodecBit) else { throw FormatError.invalid("hash map chunk codec is unknown") }
+        guard let codec = FrameCodec(rawValue: codecByte & ~Sealing.sealedCodecBit), codec != .zstdSubframes else {
+            throw FormatError.invalid("hash map chunk codec is unknown")
+        }
         try r.skip(3)
         guard length > 0, length <= HashMapHeader.chunkBlocks * 16 + 65536 + UInt32(Sealing.overhead) else {
             throw FormatError.invalid("hash map chunk length is implausible")

@@ -22,7 +22,11 @@ public enum ImageFeatures {
     /// Incompatible bit 2: the image is encrypted (docs/ENCRYPTION.md): frames sealed, frame chunks authenticated,
     /// extent chunks sealed, the header and chunk table authenticated by `authenticator`.
     public static let encrypted: UInt64 = 1 << 2
-    public static let knownIncompatible: UInt64 = sparseFrames | chunkedIndex | encrypted
+    /// Incompatible bit 3: frames may be stored as independent zstd sub-frames (`FrameCodec.zstdSubframes`), so
+    /// a reader decodes only the part of a frame it wants. Set on the images of a seekable chain (`capture
+    /// --seekable`: a chain whose newest image has it stays so) and on any image holding such frames.
+    public static let subframes: UInt64 = 1 << 3
+    public static let knownIncompatible: UInt64 = sparseFrames | chunkedIndex | encrypted | subframes
     public static let knownCompatible: UInt64 = 0
 }
 
@@ -86,6 +90,7 @@ public struct ImageHeader: Equatable, Sendable {
 
     /// Whether the image is encrypted (feature bit 2).
     public var isEncrypted: Bool { incompatibleFeatures & ImageFeatures.encrypted != 0 }
+    public var isSeekable: Bool { incompatibleFeatures & ImageFeatures.subframes != 0 }
 
     /// Number of blocks covering the source; the last may be partial.
     public var blockCount: UInt64 { blockCountFor(sourceSize: sourceSize, blockSize: blockSize) }

@@ -5,6 +5,68 @@
 public enum FrameCodec: UInt8, Sendable {
     case raw = 0
     case zstd = 1
+    /// Independent zstd frames of a few blocks each, after a table of their lengths (`SubframeTable`): a reader
+    /// decodes only the part of the frame it wants. Images holding such frames have `ImageFeatures.subframes`.
+    case zstdSubframes = 2
+}
+
+/// The payload of a `zstdSubframes` frame: u32 blocks per sub-frame B, u32 sub-frames n (= ceil(blocks / B), at
+/// most 64), n u32 stored lengths, then the n zstd frames back to back; sub-frame i holds blocks
+/// `i * B ..< min((i + 1) * B, blocks)`. Read in place from a frame's bytes (no copy, no allocation).
+public struct SubframeTable {
+    public static let mostSubframes = 64
+    private let payload: UnsafeRawPointer
+    public let blocksPerSubframe: Int
+    public let count: Int
+    /// Bytes of the table before the first sub-frame.
+    public var length: Int { Self.length(count: count) }
+    public static func length(count: Int) -> Int { 8 + 4 * count }
+
+    /// The table at the head of a payload of `payloadLength` bytes holding `blockCount` blocks, checked: its counts
+    /// agree with the blocks, and its lengths, each at least 1, add up to the payload's.
+    public init(payload: UnsafeRawPointer, payloadLength: Int, blockCount: Int) throws {
+        guard payloadLength >= 8 else { throw FormatError.invalid("sub-frame table is cut short") }
+        self.payload = payload
+        let b = Int(UInt32(littleEndian: payload.loadUnaligned(as: UInt32.self)))
+        let n = Int(UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        guard b >= 1, n >= 1, n <= Self.mostSubframes, n == (blockCount + b - 1) / b, Self.length(count: n) <= payloadLength else {
+            throw FormatError.invalid("sub-frame table does not fit the frame's blocks")
+        }
+        (blocksPerSubframe, count) = (b, n)
+        var total = Self.length(count: n)
+        for i in 0..<n {
+            let l = storedLength(i)
+            guard l >= 1 else { throw FormatError.invalid("sub-frame \(i) is empty") }
+            total += l
+        }
+        guard total == payloadLength else { throw FormatError.invalid("sub-frame lengths do not add up to the frame's") }
+    }
+
+    /// The stored length of sub-frame `i`.
+    public func storedLength(_ i: Int) -> Int { Int(UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 8 + 4 * i, as: UInt32.self))) }
+
+    /// Where sub-frame `i` starts in the payload.
+    public func offset(_ i: Int) -> Int {
+        var at = length
+        for k in 0..<i { at += storedLength(k) }
+        return at
+    }
+
+    /// The blocks of the frame sub-frame `i` holds.
+    public func blocks(_ i: Int, of blockCount: Int) -> Range<Int> { (i * blocksPerSubframe)..<min((i + 1) * blocksPerSubframe, blockCount) }
+
+    /// The sub-frames holding `blocks`.
+    public func subframes(holding blocks: Range<Int>) -> Range<Int> { (blocks.lowerBound / blocksPerSubframe)..<((blocks.upperBound + blocksPerSubframe - 1) / blocksPerSubframe) }
+
+    /// Writes a table's head (its lengths go in with `setLength`) at `payload`.
+    public static func start(at payload: UnsafeMutableRawPointer, blocksPerSubframe: Int, count: Int) {
+        payload.storeBytes(of: UInt32(blocksPerSubframe).littleEndian, as: UInt32.self)
+        payload.storeBytes(of: UInt32(count).littleEndian, toByteOffset: 4, as: UInt32.self)
+    }
+
+    public static func setLength(_ length: Int, of i: Int, at payload: UnsafeMutableRawPointer) {
+        payload.storeBytes(of: UInt32(length).littleEndian, toByteOffset: 8 + 4 * i, as: UInt32.self)
+    }
 }
 
 /// One frame on disk: `16 * blockCount` bytes of block hashes (XXH3-128, little-endian low then high),

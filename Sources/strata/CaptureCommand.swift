@@ -45,6 +45,12 @@ struct CaptureCommand: ParsableCommand {
             reported by capture, restore and verify). A block with any unreadable sector counts as unreadable. \
             The next capture reads them again.
 
+            SEEKABLE: --seekable stores each frame (1 MiB of blocks) as 16 zstd frames of 64 KiB that decode on \
+            their own, so that a point read in place (`strata mount`, `strata serve`) at random decodes 64 KiB, not \
+            1 MiB: random 4 KiB reads about 5x faster, images about 5% (full) to 13% (incremental) larger. A chain \
+            stays as its newest image is: later captures and merges follow it without the flag; --no-seekable \
+            turns it off from the next image on.
+
             --json prints one object: point, kind (full or incremental), sourceBytes, bytesRead, blocksChanged, \
             bytesStored, seconds, engine, image, blocksHealed, unreadableBlocks, unreadableRanges ([offset, length] in bytes, \
             the first 1000), frozenSeconds (with --freeze), snapshot (with --snapshot).
@@ -56,6 +62,7 @@ struct CaptureCommand: ParsableCommand {
               strata capture /dev/sdb /backup/sdb --max-bad-blocks 1000     # a dying disk
               strata capture /dev/vdb /backup/data --freeze /srv/data         # /dev/vdb mounted at /srv/data
               strata capture /var/lib/vm/web.img /backup/web --snapshot reflink
+              strata capture /dev/vdc /backup/vm2 --seekable                   # to be mounted and read at random
             """)
 
     @Argument(help: "Block device or image file to read.") var source: String
@@ -77,6 +84,10 @@ struct CaptureCommand: ParsableCommand {
     @Flag(help: "No progress line.") var quiet = false
     @OptionGroup var metrics: MetricsFile
     @Flag(help: "Make the new chain encrypted with --key-file or STRATA_PASSPHRASE (chosen when a chain is made).") var encrypt = false
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Store frames in 64 KiB pieces that decode on their own: random reads of a mounted or served point 5x faster, images 5-13% larger (default: as the chain's newest image; a new chain: no).")
+    var seekable: Bool?
     @OptionGroup var key: KeyOptions
 
     @OptionGroup var store: StoreOptions
@@ -98,6 +109,7 @@ struct CaptureCommand: ParsableCommand {
         options.freeze = freeze
         options.snapshot = snapshot
         options.encrypt = encrypt
+        options.seekable = seekable
         options.secret = try key.secret()
         let progress = ProgressLine(verb: "capture", quiet: quiet)
         do {

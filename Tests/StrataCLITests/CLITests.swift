@@ -112,6 +112,27 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk")))
     }
 
+    /// `--seekable` makes a chain whose images have the sub-frames feature bit (FORMAT.md: header byte 16, bit 3);
+    /// a capture without the flag follows the chain, `--no-seekable` stops it; every point restores.
+    func testSeekableChains() throws {
+        func seekable(_ image: String) throws -> Bool { try Data(contentsOf: URL(fileURLWithPath: "\(dir)/chain/\(image)"))[16] & 0x08 != 0 }
+        try makeDisk("\(dir)/disk", size: 4 << 20, seed: 2)
+        XCTAssertEqual(try strata("capture", "\(dir)/disk", "\(dir)/chain", "--seekable", "--quiet").status, 0)
+        try FileManager.default.copyItem(atPath: "\(dir)/disk", toPath: "\(dir)/disk1")
+        try makeDisk("\(dir)/disk", size: 4 << 20, seed: 2, changes: 5)
+        XCTAssertEqual(try strata("capture", "\(dir)/disk", "\(dir)/chain", "--quiet").status, 0)
+        try makeDisk("\(dir)/disk", size: 4 << 20, seed: 2, changes: 9)
+        XCTAssertEqual(try strata("capture", "\(dir)/disk", "\(dir)/chain", "--no-seekable", "--quiet").status, 0)
+        XCTAssertEqual(try [1, 2, 3].map { try seekable(String(format: "p%06d.strata", $0)) }, [true, true, false])
+        for (point, disk) in [(1, "disk1"), (3, "disk")] {
+            let r = try strata("restore", "\(dir)/chain", "\(dir)/out", "--force", "--point", "\(point)", "--quiet")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(disk)")))
+        }
+        let help = try strata("capture", "--help")
+        XCTAssertTrue(help.stdout.contains("--seekable/--no-seekable"), help.stdout)
+    }
+
     func testExitCodesAndOneLineErrors() throws {
         let missing = try strata("capture", "\(dir)/nope", "\(dir)/chain")
         XCTAssertEqual(missing.status, 66)

@@ -35,7 +35,7 @@ final class Nights {
     let source: String
     var rng: SeededGenerator
     var disk: DiskModel
-    private(set) var states: [UInt32: [UInt8]] = [:]
+    var states: [UInt32: [UInt8]] = [:]
 
     init(chain: String, source: String, seed: UInt64, size: Int, random: Int) {
         (self.chain, self.source) = (chain, source)

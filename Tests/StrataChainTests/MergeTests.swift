@@ -239,6 +239,55 @@ final class MergeTests: XCTestCase {
         XCTAssertEqual(here.bytesPadding, 0)
     }
 
+    /// A seekable chain (`capture --seekable`) stays so: later captures and merges store their frames in
+    /// sub-frames without being asked; `--no-seekable` makes ordinary frames from the next image on, and a merge
+    /// follows its newest image. Every point restores bit for bit and verify passes throughout.
+    func testSeekableChainsStaySoThroughCapturesAndMerges() throws {
+        let n = Nights(chain: "\(dir)/chain", source: "\(dir)/s.img", seed: 81, size: 8 << 20, random: 0)
+        func newest() throws -> ImageFile {
+            let c = try Chain(location: n.chain, access: .read)
+            return try ImageFile(store: c.store, name: c.manifest!.images.last!.file, keys: nil)
+        }
+        func codecs(_ image: ImageFile) throws -> Set<FrameCodec> { Set(try (0..<image.index.frameCount).map { try image.index.frame(UInt32($0)).codec }) }
+        var o = CaptureOptions()
+        o.seekable = true
+        try n.disk.writeSparse(to: n.source)
+        _ = try Capture.run(source: n.source, chain: n.chain, options: o)
+        n.states[1] = n.disk.bytes
+        XCTAssertTrue(try newest().header.isSeekable)
+        XCTAssertEqual(try codecs(newest()), [.zstdSubframes])
+        for _ in 0..<3 {
+            n.disk.night(0, rng: &n.rng)
+            n.overwrite(at: 1 << 20, count: 300 << 10)
+            try n.capture()
+            XCTAssertTrue(try newest().header.isSeekable, "a capture without the flag follows the chain")
+        }
+        var m = MergeOptions(to: 4)
+        m.from = 2
+        _ = try Merge.run(chain: n.chain, options: m)
+        XCTAssertTrue(try newest().header.isSeekable, "a merge follows its newest image")
+        XCTAssertFalse(try codecs(newest()).contains(.zstd))
+        try assertEveryPointRestores(n.chain, n.states, "in a seekable chain")
+        XCTAssertTrue(try Verify.run(chain: n.chain, options: VerifyOptions()).isWhole)
+        o.seekable = false
+        n.overwrite(at: 3 << 20, count: 1 << 20)
+        try n.disk.writeSparse(to: n.source)
+        n.states[try Capture.run(source: n.source, chain: n.chain, options: o).point] = n.disk.bytes
+        XCTAssertFalse(try newest().header.isSeekable)
+        XCTAssertFalse(try codecs(newest()).contains(.zstdSubframes))
+        n.overwrite(at: 5 << 20, count: 100 << 10)
+        try n.capture()
+        XCTAssertFalse(try newest().header.isSeekable, "and the chain follows that")
+        // A synthetic full over both kinds: copied frames keep their codec, the image says it holds sub-frames.
+        let full = try Merge.run(chain: n.chain, options: MergeOptions(to: 6))
+        let merged = try newest()
+        XCTAssertEqual(full.kind, .full)
+        XCTAssertTrue(try codecs(merged).contains(.zstdSubframes))
+        XCTAssertNotEqual(merged.header.incompatibleFeatures & ImageFeatures.subframes, 0)
+        try assertEveryPointRestores(n.chain, n.states, "after a synthetic full over seekable and ordinary images")
+        XCTAssertTrue(try Verify.run(chain: n.chain, options: VerifyOptions()).isWhole)
+    }
+
     /// A frame most of whose blocks survive is copied whole, dead blocks and all (the sparseFrames feature bit);
     /// one that is mostly dead is re-packed. Every point restores, verify passes, the next capture is ordinary.
     func testMostlyLiveFramesAreKeptWhole() throws {

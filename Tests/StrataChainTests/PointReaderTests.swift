@@ -14,7 +14,7 @@ final class PointReaderTests: XCTestCase {
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     /// A chain of `nights` captures of a model disk and one merge; the states of its points.
-    func makeChain(seed: UInt64, size: Int, nights: Int) throws -> (chain: String, states: [UInt32: [UInt8]]) {
+    func makeChain(seed: UInt64, size: Int, nights: Int, seekable: Bool? = nil) throws -> (chain: String, states: [UInt32: [UInt8]]) {
         var rng = SeededGenerator(seed: seed)
         var disk = DiskModel(size: size, rng: &rng)
         let source = "\(dir)/source-\(seed).img", chain = "\(dir)/chain-\(seed)"
@@ -22,7 +22,9 @@ final class PointReaderTests: XCTestCase {
         for n in 0..<nights {
             if n > 0 { disk.night(n, rng: &rng) }
             try disk.writeSparse(to: source)
-            states[try Capture.run(source: source, chain: chain, options: CaptureOptions()).point] = disk.bytes
+            var o = CaptureOptions()
+            if n == 0 { o.seekable = seekable }  // later captures follow the chain
+            states[try Capture.run(source: source, chain: chain, options: o).point] = disk.bytes
         }
         var o = MergeOptions(to: 3)
         o.from = 2
@@ -83,6 +85,66 @@ final class PointReaderTests: XCTestCase {
         try checkEveryPoint(chain, states, seed: 41, cacheBytes: 64 << 20)
         // A cache of one frame: every read goes back to the store, and still reads right.
         try checkEveryPoint(chain, states, seed: 42, cacheBytes: 1)
+    }
+
+    /// A seekable chain (frames in 64 KiB sub-frames, decoded only in part for a read of a few blocks, completed as
+    /// reads ask for more, whole for read-ahead): every byte reads as its night, with a cache of one frame too.
+    func testEveryByteOfEveryPointOfASeekableChain() throws {
+        let (chain, states) = try makeChain(seed: 46, size: 5 << 20 + 1536, nights: 5, seekable: true)
+        let c = try Chain(location: chain, access: .read)
+        for image in try c.openImages(forPoint: states.keys.max()!) {
+            XCTAssertTrue(image.header.isSeekable, image.name)
+            for f in 0..<image.index.frameCount { XCTAssertNotEqual(try image.index.frame(UInt32(f)).codec, .zstd, "\(image.name) frame \(f)") }
+        }
+        try checkEveryPoint(chain, states, seed: 46, cacheBytes: 64 << 20)
+        try checkEveryPoint(chain, states, seed: 47, cacheBytes: 1)
+        try checkEveryPoint(chain, states, seed: 48, cacheBytes: 3 << 20)
+    }
+
+    /// A flipped byte in one sub-frame: reads of its blocks fail, naming the image and frame; reads of the same
+    /// frame's other blocks still read (before and after), and restore and verify find the frame damaged.
+    func testADamagedSubframeFailsOnlyTheReadsThatNeedIt() throws {
+        let source = "\(dir)/s.img", chain = "\(dir)/seekable"
+        var rng = SeededGenerator(seed: 49)
+        var disk = DiskModel(size: 4 << 20, rng: &rng)
+        disk.zero(at: 0, count: 4 << 20)
+        for i in 0..<(1 << 20) { disk.bytes[i] = 0x61 + UInt8(rng.next() % 16) }  // compressible (4 bits a byte), no zero block
+        try disk.writeSparse(to: source)
+        var o = CaptureOptions()
+        o.seekable = true
+        _ = try Capture.run(source: source, chain: chain, options: o)
+        let image = try Chain(location: chain, access: .read).openImages(forPoint: 1)[0]
+        // Frame 0 holds source blocks 0..<256 (the first MiB), sub-frame k blocks 16k..<16(k+1).
+        let frame = try image.index.frame(0)
+        XCTAssertEqual(frame.codec, .zstdSubframes)
+        var bytes = try readFile("\(chain)/\(image.name)")
+        let payload = Int(frame.offset) + frame.hashesLength
+        let table = try bytes.withUnsafeBytes {
+            try SubframeTable(payload: $0.baseAddress! + payload, payloadLength: frame.payloadLength, blockCount: Int(frame.blockCount))
+        }
+        XCTAssertEqual(table.count, 16)
+        XCTAssertEqual(table.blocksPerSubframe, 16)
+        let r0 = try ServedChain(chain: chain).reader(point: 1)
+        XCTAssertEqual(try read(r0, 0, 4096), Array(disk.bytes[0..<4096]))  // sub-frame 0 decoded before the damage
+        bytes[payload + table.offset(5) + table.storedLength(5) / 2] ^= 0x10
+        try Data(bytes).write(to: URL(fileURLWithPath: "\(chain)/\(image.name)"))
+        for r in [r0, try ServedChain(chain: chain).reader(point: 1)] {
+            // (The blocks of sub-frame 5 that decode right despite the flip may be read alone; all 16 cannot.)
+            XCTAssertThrowsError(try read(r, 5 * 16 * 4096, 16 * 4096)) {
+                guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
+                XCTAssertEqual(file, image.name)
+                XCTAssertTrue(detail.hasPrefix("frame 0 ") || detail.contains("(in frame 0)"), detail)
+            }
+            for k in [0, 4, 6, 15] {
+                let at = k * 16 * 4096 + 8192
+                XCTAssertEqual(try read(r, UInt64(at), 4096), Array(disk.bytes[at..<(at + 4096)]), "sub-frame \(k)")
+            }
+        }
+        XCTAssertFalse(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: .overwriting)) {
+            guard case .corruptData(let file, _) = $0 as? ChainError else { return XCTFail("\($0)") }
+            XCTAssertEqual(file, image.name)
+        }
     }
 
     /// Across many index chunks (16 records each) and many windows.

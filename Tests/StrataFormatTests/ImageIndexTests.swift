@@ -80,4 +80,43 @@ final class ImageIndexTests: XCTestCase {
         XCTAssertEqual(ImageIndex.encodedLength(frames: 0, extents: UInt64.max / 24), UInt64.max)
         XCTAssertEqual(ImageIndex.encodedLength(frames: 1, extents: 2), 24 + 32 + 48)
     }
+
+    /// A sub-frame table (FORMAT.md, codec 2): its fields where the format puts them, and every way its counts and
+    /// lengths can disagree with the frame refused.
+    func testSubframeTable() throws {
+        func table(_ fields: [UInt32], payload: Int? = nil, blocks: Int) throws -> SubframeTable {
+            var bytes: [UInt8] = []
+            for f in fields { bytes += withUnsafeBytes(of: f.littleEndian) { Array($0) } }
+            let length = payload ?? bytes.count + fields.dropFirst(2).reduce(0) { $0 + Int($1) }
+            bytes += [UInt8](repeating: 7, count: max(0, length - bytes.count))
+            return try bytes.withUnsafeBytes { try SubframeTable(payload: $0.baseAddress!, payloadLength: length, blockCount: blocks) }
+        }
+        // 40 blocks, 16 a sub-frame: three sub-frames of 100, 200 and 50 bytes after a 20-byte table.
+        let t = try table([16, 3, 100, 200, 50], blocks: 40)
+        XCTAssertEqual(t.count, 3)
+        XCTAssertEqual(t.length, 20)
+        XCTAssertEqual([t.offset(0), t.offset(1), t.offset(2)], [20, 120, 320])
+        XCTAssertEqual([t.storedLength(0), t.storedLength(1), t.storedLength(2)], [100, 200, 50])
+        XCTAssertEqual(t.blocks(2, of: 40), 32..<40)
+        XCTAssertEqual(t.subframes(holding: 15..<17), 0..<2)
+        XCTAssertEqual(t.subframes(holding: 39..<40), 2..<3)
+        var written = [UInt8](repeating: 0, count: 20)
+        written.withUnsafeMutableBytes {
+            SubframeTable.start(at: $0.baseAddress!, blocksPerSubframe: 16, count: 3)
+            for (i, l) in [100, 200, 50].enumerated() { SubframeTable.setLength(l, of: i, at: $0.baseAddress!) }
+        }
+        XCTAssertEqual(written, [16, 0, 0, 0, 3, 0, 0, 0, 100, 0, 0, 0, 200, 0, 0, 0, 50, 0, 0, 0])
+        for (fields, payload, blocks) in [
+            ([16, 2, 100, 200], nil, 40),  // too few sub-frames for the blocks
+            ([16, 4, 100, 200, 50, 1], nil, 40),  // too many
+            ([0, 3, 100, 200, 50], nil, 40),  // no blocks a sub-frame
+            ([16, 3, 100, 0, 50], nil, 40),  // an empty sub-frame
+            ([16, 3, 100, 200, 50], 371, 40),  // lengths short of the payload
+            ([16, 3, 100, 200, 50], 369, 40),  // and past it
+            ([1, 65, 1], nil, 65),  // more than 64 sub-frames
+        ] as [([UInt32], Int?, Int)] {
+            XCTAssertThrowsError(try table(fields, payload: payload, blocks: blocks), "\(fields)")
+        }
+        XCTAssertThrowsError(try table([16], payload: 4, blocks: 16))  // cut short
+    }
 }

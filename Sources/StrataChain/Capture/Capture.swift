@@ -32,6 +32,9 @@ public struct CaptureOptions: Sendable {
     public var encrypt = false
     /// The key file's bytes or the passphrase of an encrypted chain (or of the one `encrypt` makes).
     public var secret: UserSecret? = nil
+    /// Store frames in independent 64 KiB sub-frames, so that a point read in place at random decodes 64 KiB,
+    /// not 1 MiB (images grow: docs/DESIGN.md, "Random reads"). Nil: as the chain's newest image (a new chain: no).
+    public var seekable: Bool? = nil
 
     public init() {}
 }
@@ -134,10 +137,16 @@ public enum Capture {
         let chainID = previous?.chainID ?? .random()
         if previous == nil && options.encrypt { keys = try chain.startEncryption(chainID: chainID) }
         let parent = previous?.images.last
-        let header = ImageHeader(
+        var options = options
+        if options.seekable == nil {
+            // (An image whose header cannot be read does not stop a capture: it makes an ordinary one.)
+            options.seekable = parent.flatMap { try? ImageFile(store: chain.store, name: $0.file, keys: keys).header.isSeekable } ?? false
+        }
+        var header = ImageHeader(
             kind: previous == nil ? .full : .incremental, blockSize: blockSize, sourceSize: source.size, chainID: chainID,
             imageID: .random(), parentID: parent?.imageID ?? .none, firstPoint: point, lastPoint: point,
             createdAt: options.createdAt ?? Sys.wallClockSeconds)
+        if options.seekable == true { header.incompatibleFeatures |= ImageFeatures.subframes }
         let imageName = Chain.imageName(first: point, last: point)
         let mapName = Chain.hashMapName(point: point)
 

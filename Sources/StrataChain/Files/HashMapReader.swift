@@ -99,6 +99,8 @@ final class HashMapReader {
             do { try decompressor.decompress(stored, count: length, into: hashes, expected: raw) } catch {
                 throw FormatError.invalid("hash map chunk \(next) does not decompress: \(error)")
             }
+        case .zstdSubframes:
+            throw FormatError.invalid("hash map chunk \(next) has a frame's codec")  // refused when its header was read
         }
         offset += UInt64(HashMapChunkHeader.size + storedLength)
         chunk = next

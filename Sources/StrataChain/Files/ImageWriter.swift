@@ -64,6 +64,7 @@ final class ImageWriter {
 
     private func addFrame(_ r: FrameRecord) throws {
         if frames.count == Int(top.framesPerChunk) { try flushFrames() }
+        if r.codec == .zstdSubframes { header.incompatibleFeatures |= ImageFeatures.subframes }
         frames.append(r)
         frameCount += 1
         frameBytes += UInt64(r.length)

@@ -2,7 +2,10 @@
 // Each buffer is laid out [blocks | block hashes | payload | room for salt and tag]: the caller copies up to
 // `blocksPerFrame` blocks and their hashes in, then `seal` compresses the blocks (or stores them raw), moves the
 // hashes to sit right before the payload, encrypts both in place for an encrypted chain (salt and tag after),
-// and checksums what is stored, so the finished frame is one contiguous run of bytes, as on disk.
+// and checksums what is stored, so the finished frame is one contiguous run of bytes, as on disk. In a seekable
+// chain (`capture --seekable`) the blocks are compressed as independent zstd sub-frames of 64 KiB
+// (`FrameCodec.zstdSubframes`), so that a reader of a few blocks (a mounted point read at random) decodes 64 KiB,
+// not the whole 1 MiB; docs/DESIGN.md, "Random reads", gives the measurements behind the size and the choice.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -32,14 +35,23 @@ final class FrameBuffers {
     /// How many blocks of `blockSize` a frame holds: 1 MiB of them (capture and merge plan with this).
     static func blocksPerFrame(blockSize: Int) -> Int { max(1, Int(ImageHeader.maxBlockSize) / blockSize) }
 
-    init(blockSize: Int, count: Int, keys: ChainKeys?) {
+    /// The bytes of blocks a sub-frame holds (at least one block).
+    static let subframeBytes = 64 << 10
+    /// Blocks a sub-frame holds; nil: frames are one zstd frame each.
+    let blocksPerSubframe: Int?
+
+    init(blockSize: Int, count: Int, keys: ChainKeys?, subframes: Bool = false) {
         self.blockSize = blockSize
         self.keys = keys
         blocksPerFrame = Self.blocksPerFrame(blockSize: blockSize)
         let raw = blocksPerFrame * blockSize
         hashOffset = raw
         payloadOffset = raw + blocksPerFrame * 16
-        payloadCapacity = FrameCompressor.storeBound(raw)
+        let per = max(1, min(blocksPerFrame, Self.subframeBytes / blockSize))
+        let n = (blocksPerFrame + per - 1) / per
+        precondition(n <= SubframeTable.mostSubframes, "sub-frames of \(Self.subframeBytes) bytes are too small")
+        blocksPerSubframe = subframes ? per : nil
+        payloadCapacity = max(FrameCompressor.storeBound(raw), subframes ? SubframeTable.length(count: n) + n * FrameCompressor.bound(per * blockSize) : 0)
         slab = AlignedSlab(slotSize: payloadOffset + payloadCapacity + Sealing.overhead, slotCount: count, alignment: 64)
     }
 
@@ -58,11 +70,41 @@ final class FrameBuffers {
         let payload = base + payloadOffset
         let hashes = payload - blockCount * 16
         if blockCount < blocksPerFrame { hashes.copyMemory(from: base + hashOffset, byteCount: blockCount * 16) }
-        let stored = compressor.compressOrStore(blocks ?? UnsafeRawPointer(base), count: blockCount * blockSize, into: payload, capacity: payloadCapacity)
-        var length = blockCount * 16 + stored.length
+        let source = blocks ?? UnsafeRawPointer(base)
+        let (stored, codec): (Int, FrameCodec)
+        if let per = blocksPerSubframe {
+            (stored, codec) = compress(source, blockCount: blockCount, per: per, into: payload, compressor: compressor)
+        } else {
+            let s = compressor.compressOrStore(source, count: blockCount * blockSize, into: payload, capacity: payloadCapacity)
+            (stored, codec) = (s.length, s.compressed ? .zstd : .raw)
+        }
+        var length = blockCount * 16 + stored
         if let keys { length = keys.sealFrame(hashes, plainLength: length) }
         return SealedFrame(
-            start: UnsafeRawPointer(hashes), length: length, blockCount: blockCount, codec: stored.compressed ? .zstd : .raw,
-            checksum: Checksum.xxh3(hashes, count: length), sealed: keys != nil)
+            start: UnsafeRawPointer(hashes), length: length, blockCount: blockCount, codec: codec, checksum: Checksum.xxh3(hashes, count: length),
+            sealed: keys != nil)
+    }
+
+    /// Compresses `blockCount` blocks into independent sub-frames after their table, or stores them raw where
+    /// that would not be smaller. Returns the payload's length and codec.
+    private func compress(
+        _ source: UnsafeRawPointer, blockCount: Int, per: Int, into payload: UnsafeMutableRawPointer, compressor: FrameCompressor
+    ) -> (Int, FrameCodec) {
+        let raw = blockCount * blockSize
+        let n = (blockCount + per - 1) / per
+        SubframeTable.start(at: payload, blocksPerSubframe: per, count: n)
+        var at = SubframeTable.length(count: n)
+        for i in 0..<n where at < raw {
+            let first = i * per, count = (min(first + per, blockCount) - first) * blockSize
+            guard let l = compressor.frame(source + first * blockSize, count: count, into: payload + at, capacity: payloadCapacity - at) else {
+                at = raw
+                break
+            }
+            SubframeTable.setLength(l, of: i, at: payload)
+            at += l
+        }
+        if at < raw { return (at, .zstdSubframes) }
+        payload.copyMemory(from: source, byteCount: raw)
+        return (raw, .raw)
     }
 }

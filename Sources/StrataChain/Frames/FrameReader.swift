@@ -176,8 +176,79 @@ final class FrameReader {
             do { try decompressor.decompress(payload, count: r.payloadLength, into: decoded, expected: blocks * blockSize) } catch {
                 throw ChainError.corruptData(file: image.name, detail: "frame \(f.frame) does not decompress (\(error))")
             }
+        case .zstdSubframes:
+            let table = try subframeTable(f, payload: payload)
+            try decode(f, table, 0..<table.count, payload: payload, into: decoded, decompressor: decompressor)
         }
         if case .everyBlock = depth { try checkBlocks(f, 0..<blocks, stored: stored, decoded: decoded) }
+    }
+
+    /// The sub-frame table at the head of a `zstdSubframes` frame's payload, checked against the frame's record.
+    func subframeTable(_ f: FrameRef, payload: UnsafeRawPointer, length: Int? = nil) throws -> SubframeTable {
+        let r = try record(f)
+        do { return try SubframeTable(payload: payload, payloadLength: length ?? r.payloadLength, blockCount: Int(r.blockCount)) } catch {
+            throw ChainError.corruptData(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset): \(error)")
+        }
+    }
+
+    /// Decodes sub-frames `subframes` of a frame whose payload (table first) is at `payload` into their blocks'
+    /// places in `decoded` (room for the frame's blocks). Blocks are not checked against their hashes here.
+    func decode(
+        _ f: FrameRef, _ table: SubframeTable, _ subframes: Range<Int>, payload: UnsafeRawPointer, into decoded: UnsafeMutableRawPointer,
+        decompressor: FrameDecompressor
+    ) throws {
+        let r = try record(f)
+        let blockSize = Int(image(f).header.blockSize)
+        var at = table.offset(subframes.lowerBound)
+        for i in subframes {
+            let blocks = table.blocks(i, of: Int(r.blockCount))
+            do {
+                try decompressor.decompress(
+                    payload + at, count: table.storedLength(i), into: decoded + blocks.lowerBound * blockSize, expected: blocks.count * blockSize)
+            } catch {
+                throw ChainError.corruptData(file: image(f).name, detail: "frame \(f.frame) does not decompress (sub-frame \(i): \(error))")
+            }
+            at += table.storedLength(i)
+        }
+    }
+
+    /// Reads and decodes only the sub-frames holding `blocks` of a frame stored in sub-frames (unsealed: a sealed
+    /// frame opens whole), skipping those in `have` (bit i: sub-frame i), and its block hashes into `hashes`:
+    /// two reads, the frame's head (hashes and table) and the sub-frames wanted, into `scratch` (room for the whole
+    /// frame) where a whole read would put them. Returns the sub-frames now decoded (with `have`) and the blocks a
+    /// sub-frame holds, (0, 0) once all are; nil where the frame cannot be read in part, and the caller reads it whole. The frame's
+    /// checksum is not checked (it covers the whole frame): every block a reader hands out is checked against its
+    /// hash (`checkBlocks`), which a damaged sub-frame, table or hash fails.
+    func readPart(
+        _ f: FrameRef, blocks: Range<Int>, have: UInt64 = 0, scratch: UnsafeMutableRawPointer, hashes: UnsafeMutableRawPointer,
+        decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor
+    ) throws -> (parts: UInt64, blocksPerPart: Int)? {
+        let r = try record(f)
+        guard r.codec == .zstdSubframes, !r.sealed else { return nil }
+        func read(_ count: Int, at within: Int) throws {
+            guard try image(f).object.read(into: scratch + within, count: count, at: r.offset + UInt64(within)) == count else {
+                throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short")
+            }
+        }
+        try read(min(Int(r.length), r.hashesLength + SubframeTable.length(count: SubframeTable.mostSubframes)), at: 0)
+        let payload = scratch + r.hashesLength
+        let table = try subframeTable(f, payload: payload)
+        var wanted = table.subframes(holding: blocks)
+        while !wanted.isEmpty && have & (1 << UInt64(wanted.lowerBound)) != 0 { wanted = (wanted.lowerBound + 1)..<wanted.upperBound }
+        while !wanted.isEmpty && have & (1 << UInt64(wanted.upperBound - 1)) != 0 { wanted = wanted.lowerBound..<(wanted.upperBound - 1) }
+        var parts = have
+        if let last = wanted.last {
+            let from = table.offset(wanted.lowerBound), to = table.offset(last) + table.storedLength(last)
+            try read(to - from, at: r.hashesLength + from)
+            // Sub-frames decoded already are left alone: other readers may be copying blocks out of them.
+            for i in wanted where have & (1 << UInt64(i)) == 0 {
+                try decode(f, table, i..<(i + 1), payload: payload, into: decoded, decompressor: decompressor)
+                parts |= 1 << UInt64(i)
+            }
+        }
+        if have == 0 { hashes.copyMemory(from: scratch, byteCount: r.hashesLength) }
+        let all: UInt64 = table.count == 64 ? .max : (1 << UInt64(table.count)) - 1
+        return parts & all == all ? (0, 0) : (parts, table.blocksPerSubframe)
     }
 
     /// Checks blocks `range` of a decoded frame against the hashes stored beside them.

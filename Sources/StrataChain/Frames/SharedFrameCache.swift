@@ -8,6 +8,8 @@
 // A frame whose every block has been handed out since it was loaded goes first (a sequential reader is done
 // with it), then the least recently used: least recently used alone would evict frames read ahead before the
 // ones a sequential reader has finished with (they were loaded earlier), and it would find them gone.
+// A reader that wants only some blocks of a frame stored in sub-frames (a random read) gets an entry with only
+// their sub-frames decoded (`FrameReader.readPart`), completed as other blocks of it are asked for.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -37,6 +39,10 @@ final class SharedFrameCache: @unchecked Sendable {
     /// Blocks handed out from the entry since it was loaded, and the frame's block count.
     private var taken: [Int]
     private var blocks: [Int]
+    /// The sub-frames decoded (bit i) of an entry read in part, and the blocks a sub-frame holds; 0 where the
+    /// whole frame is decoded.
+    private var parts: [UInt64]
+    private var blocksPerPart: [Int]
     private var slotOf: [Key: Int] = [:]
     private var clock = 0
     private var loaders: [Loader] = []
@@ -69,6 +75,8 @@ final class SharedFrameCache: @unchecked Sendable {
         age = Array(repeating: 0, count: capacity)
         taken = Array(repeating: 0, count: capacity)
         blocks = Array(repeating: 0, count: capacity)
+        parts = Array(repeating: 0, count: capacity)
+        blocksPerPart = Array(repeating: 0, count: capacity)
     }
 
     deinit { for l in loaders { l.stored.deallocate() } }
@@ -80,9 +88,9 @@ final class SharedFrameCache: @unchecked Sendable {
     }
 
     /// The frame, pinned: read through `reader`, checksummed and decoded on a miss (by this thread; a thread
-    /// wanting a frame another is loading waits for it). Throws what the read or the check threw, naming the
-    /// image and frame.
-    func get(_ f: FrameRef, of reader: FrameReader) throws -> Entry {
+    /// wanting a frame another is loading waits for it). With `blocks`, only they need be decoded (the rest of
+    /// the entry may not be: take only them). Throws what the read or the check threw, naming the image and frame.
+    func get(_ f: FrameRef, of reader: FrameReader, blocks wanted: Range<Int>? = nil) throws -> Entry {
         let r = try reader.record(f)
         let blockSize = Int(reader.image(f).header.blockSize)
         guard Int(r.length) <= maxStored, Int(r.blockCount) * blockSize <= decoded.slotSize, r.hashesLength <= hashes.slotSize else {
@@ -96,12 +104,20 @@ final class SharedFrameCache: @unchecked Sendable {
                     lock.wait()
                     continue
                 }
-                hits += 1
                 clock += 1
                 age[i] = clock
                 pins[i] += 1
+                if covers(i, wanted) {
+                    hits += 1
+                    lock.unlock()
+                    return entry(i)
+                }
+                // Read in part, and this read wants more of it: this thread decodes what is missing.
+                misses += 1
+                state[i] = .loading
+                let loader = loaders.popLast()
                 lock.unlock()
-                return entry(i)
+                return try load(f, record: r, of: reader, key: key, into: i, loader: loader, blocks: wanted, have: parts[i])
             }
             guard let victim = victim() else {
                 lock.wait()
@@ -117,8 +133,18 @@ final class SharedFrameCache: @unchecked Sendable {
             blocks[victim] = Int(r.blockCount)
             let loader = loaders.popLast()
             lock.unlock()
-            return try load(f, record: r, of: reader, key: key, into: victim, loader: loader)
+            return try load(f, record: r, of: reader, key: key, into: victim, loader: loader, blocks: wanted)
         }
+    }
+
+    /// Whether entry `i` has blocks `wanted` (nil: all) decoded. Holding the lock.
+    private func covers(_ i: Int, _ wanted: Range<Int>?) -> Bool {
+        guard blocksPerPart[i] > 0 else { return true }
+        guard let wanted, !wanted.isEmpty else { return false }
+        for p in (wanted.lowerBound / blocksPerPart[i])...((wanted.upperBound - 1) / blocksPerPart[i]) where parts[i] & (1 << UInt64(p)) == 0 {
+            return false
+        }
+        return true
     }
 
     /// The entry to replace: an empty one, else one whose blocks have all been handed out, else the least
@@ -132,22 +158,41 @@ final class SharedFrameCache: @unchecked Sendable {
         return best
     }
 
-    private func load(_ f: FrameRef, record r: FrameRecord, of reader: FrameReader, key: Key, into i: Int, loader: Loader?) throws -> Entry {
+    /// Loads the frame into entry `i` (pinned, loading): only the sub-frames holding `wanted` where the frame is
+    /// stored in sub-frames (with those of `have` there already), else the whole frame, read, checked and decoded.
+    private func load(
+        _ f: FrameRef, record r: FrameRecord, of reader: FrameReader, key: Key, into i: Int, loader: Loader?, blocks wanted: Range<Int>? = nil,
+        have: UInt64 = 0
+    ) throws -> Entry {
         var loader = loader
+        var part: (parts: UInt64, blocksPerPart: Int)?
         do {
             let l = try loader ?? Loader(
                 stored: UnsafeMutableRawPointer.allocate(byteCount: maxStored, alignment: 64), decompressor: FrameDecompressor())
             loader = l
-            try reader.read(f, into: l.stored)
-            try reader.check(f, stored: l.stored, .decodeOnly, decoded: decoded.slot(i), decompressor: l.decompressor)
-            hashes.slot(i).copyMemory(from: l.stored, byteCount: r.hashesLength)
+            // The rest of an entry read in part is decoded in part too: readers may be copying out of it.
+            if let wanted = wanted ?? (have != 0 ? 0..<Int(r.blockCount) : nil) {
+                part = try reader.readPart(
+                    f, blocks: wanted, have: have, scratch: l.stored, hashes: hashes.slot(i), decoded: decoded.slot(i), decompressor: l.decompressor)
+            }
+            if part == nil {
+                try reader.read(f, into: l.stored)
+                try reader.check(f, stored: l.stored, .decodeOnly, decoded: decoded.slot(i), decompressor: l.decompressor)
+                hashes.slot(i).copyMemory(from: l.stored, byteCount: r.hashesLength)
+            }
         } catch {
             lock.publish {
                 if let loader { loaders.append(loader) }
-                slotOf[key] = nil
-                keys[i] = nil
-                state[i] = .empty
-                pins[i] = 0
+                if have != 0 {
+                    // Completing an entry read in part: what it had stays, for the readers holding it.
+                    state[i] = .ready
+                    pins[i] -= 1
+                } else {
+                    slotOf[key] = nil
+                    keys[i] = nil
+                    state[i] = .empty
+                    pins[i] = 0
+                }
             }
             throw error
         }
@@ -156,6 +201,7 @@ final class SharedFrameCache: @unchecked Sendable {
             clock += 1
             age[i] = clock
             state[i] = .ready
+            (parts[i], blocksPerPart[i]) = part ?? (0, 0)
         }
         return entry(i)
     }

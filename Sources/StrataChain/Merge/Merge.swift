@@ -102,10 +102,12 @@ public enum Merge {
         let keys = try chain.dataKeys()
         let sources = try chain.openImages(forPoint: to, from: from)
         let newest = sources.last!.header
-        let header = ImageHeader(
+        var header = ImageHeader(
             kind: start == 0 ? .full : .incremental, blockSize: newest.blockSize, sourceSize: newest.sourceSize, chainID: newest.chainID,
             imageID: newest.imageID, parentID: start == 0 ? .none : manifest.images[start - 1].imageID, firstPoint: range.first!.firstPoint,
             lastPoint: newest.lastPoint, createdAt: newest.createdAt)
+        // Packed frames as the newest image's: a seekable chain stays so.
+        if newest.isSeekable { header.incompatibleFeatures |= ImageFeatures.subframes }
         let name = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
 
         let downloadedBefore = chain.store.bytesDownloaded

@@ -37,7 +37,7 @@ final class MergeWorkers {
 
         init(sources: [ImageFile], level: Int32, threads: Int, keys: ChainKeys?) throws {
             let blockSize = Int(sources[0].header.blockSize)
-            buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2, keys: keys)
+            buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2, keys: keys, subframes: sources.last!.header.isSeekable)
             compressors = try (0..<threads).map { _ in try FrameCompressor(level: level) }
             // Surviving blocks interleave across the source images in block order, so the packed frames being
             // built draw on about one live frame per image each: room for two per image (bounded, ~1 MiB each),

@@ -60,10 +60,11 @@ public final class PointReader: @unchecked Sendable {
                 return
             }
             let f = e.frameRef
-            let entry = try chain.cache.get(f, of: frames)
-            // The frame's blocks the range takes, each checked against its stored hash before use.
+            // The frame's blocks the range takes (only they need be decoded), each checked against its stored hash
+            // before use.
             let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
             let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
+            let entry = try chain.cache.get(f, of: frames, blocks: firstBlock..<(lastBlock + 1))
             // A block counts as taken by the read that takes its last byte (a sequential reader is then done with it).
             let taken = (lastBlock - firstBlock + 1) - (to % bs != 0 && to != size ? 1 : 0)
             defer { chain.cache.release(entry, blocksTaken: taken) }
