@@ -81,10 +81,10 @@ final class SharedFrameCache: @unchecked Sendable {
 
     deinit { for l in loaders { l.stored.deallocate() } }
 
-    /// Whether the frame is cached or being read (read-ahead skips it).
+    /// Whether the frame is cached whole or being read (read-ahead skips it; one read in part it completes).
     func holds(_ f: FrameRef, of reader: FrameReader) -> Bool {
         let key = Key(image: ObjectIdentifier(reader.image(f)), frame: f.frame)
-        return lock.withLock { slotOf[key] != nil }
+        return lock.withLock { slotOf[key].map { state[$0] == .loading || blocksPerPart[$0] == 0 } ?? false }
     }
 
     /// The frame, pinned: read through `reader`, checksummed and decoded on a miss (by this thread; a thread

@@ -50,7 +50,7 @@ public final class PointReader: @unchecked Sendable {
         guard n > 0 else { return 0 }
         let bs = UInt64(blockSize)
         let end = offset + UInt64(n)
-        readAhead(from: offset, to: end)
+        let sequential = readAhead(from: offset, to: end)
         try forEachExtent(from: offset / bs, to: (end + bs - 1) / bs) { e in
             // The bytes of this extent that the request wants, and where they go.
             let from = max(e.firstBlock * bs, offset), to = min(e.endBlock * bs, end)
@@ -60,11 +60,12 @@ public final class PointReader: @unchecked Sendable {
                 return
             }
             let f = e.frameRef
-            // The frame's blocks the range takes (only they need be decoded), each checked against its stored hash
-            // before use.
+            // The frame's blocks the range takes, each checked against its stored hash before use. A read at random
+            // wants only them decoded; a sequential reader will want the rest (and the read-ahead decodes whole
+            // frames on several threads for it).
             let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
             let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
-            let entry = try chain.cache.get(f, of: frames, blocks: firstBlock..<(lastBlock + 1))
+            let entry = try chain.cache.get(f, of: frames, blocks: sequential ? nil : firstBlock..<(lastBlock + 1))
             // A block counts as taken by the read that takes its last byte (a sequential reader is then done with it).
             let taken = (lastBlock - firstBlock + 1) - (to % bs != 0 && to != size ? 1 : 0)
             defer { chain.cache.release(entry, blocksTaken: taken) }
@@ -131,26 +132,29 @@ public final class PointReader: @unchecked Sendable {
     }
 
     /// A read that starts where the last one ended (or close to it: the kernel's read-ahead reads arrive out of
-    /// order) asks the read-ahead threads for the frames of the next `readAheadBytes`.
-    private func readAhead(from offset: UInt64, to end: UInt64) {
+    /// order) asks the read-ahead threads for the frames of the next `readAheadBytes`. Returns whether it is such
+    /// a read.
+    @discardableResult
+    private func readAhead(from offset: UInt64, to end: UInt64) -> Bool {
         let span = UInt64(chain.readAheadBytes)
-        guard span > 0 else { return }
-        let range: Range<UInt64>? = lock.withLock {
+        guard span > 0 else { return false }
+        let (sequential, range): (Bool, Range<UInt64>?) = lock.withLock {
             let sequential = lastEnd != .max && offset + span / 2 >= lastEnd && offset <= lastEnd + span / 2
             lastEnd = sequential ? max(lastEnd, end) : end
             if !sequential { aheadTo = end }
-            guard sequential, aheadTo < end + span / 2, end < size else { return nil }
+            guard sequential, aheadTo < end + span / 2, end < size else { return (sequential, nil) }
             let from = max(aheadTo, end), to = min(end + span, size)
             aheadTo = to
-            return from < to ? from..<to : nil
+            return (true, from < to ? from..<to : nil)
         }
-        guard let range else { return }
+        guard let range else { return sequential }
         let bs = UInt64(blockSize)
         var wanted: [FrameRef] = []
         try? forEachExtent(from: range.lowerBound / bs, to: (range.upperBound + bs - 1) / bs) { e in
             if e.kind == .data, wanted.last != e.frameRef { wanted.append(e.frameRef) }
         }
         chain.readAhead.want(wanted, of: frames)
+        return true
     }
 
     /// A failed read in one line for a server's log: the image and frame (or what else failed).
