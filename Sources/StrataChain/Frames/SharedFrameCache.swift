@@ -115,9 +115,9 @@ final class SharedFrameCache: @unchecked Sendable {
                 // Read in part, and this read wants more of it: this thread decodes what is missing.
                 misses += 1
                 state[i] = .loading
-                let loader = loaders.popLast()
+                let loader = loaders.popLast(), have = parts[i]
                 lock.unlock()
-                return try load(f, record: r, of: reader, key: key, into: i, loader: loader, blocks: wanted, have: parts[i])
+                return try load(f, record: r, of: reader, key: key, into: i, loader: loader, blocks: wanted, have: have)
             }
             guard let victim = victim() else {
                 lock.wait()
