@@ -22,12 +22,12 @@ public final class S3Client: @unchecked Sendable {
     private let host: String
     /// Attempts a request gets (the first and the retries).
     public var attempts = 6
-    /// Whether the last request found the store down after all its attempts.
+    /// Whether the last request found the store down after all its attempts, and the body bytes of every answer
+    /// so far (what this client downloaded); under `stateLock`.
     private var down = false
-    private let downLock = NIOLock()
-    /// The body bytes of every answer so far (what this client downloaded).
-    public var bytesReceived: UInt64 { downLock.withLock { received } }
     private var received: UInt64 = 0
+    private let stateLock = NIOLock()
+    public var bytesReceived: UInt64 { stateLock.withLock { received } }
     /// `STRATA_S3_TRACE=1`: one line on stderr per request (method, object, range, status, bytes, milliseconds).
     private let trace = getenv("STRATA_S3_TRACE").map { String(cString: $0) == "1" } ?? false
 
@@ -88,10 +88,10 @@ public final class S3Client: @unchecked Sendable {
         var delay = 0.1
         // Once a request found the store down after every attempt, the next ones try once (a command that failed
         // still releases its lease and aborts its upload: each would wait as long again).
-        let attempts = downLock.withLock { down } ? 1 : self.attempts
+        let attempts = stateLock.withLock { down } ? 1 : self.attempts
         for attempt in 1...attempts {
             // Another request gave up on the store meanwhile: so does this one (parts in flight fail together).
-            if attempt > 1 && downLock.withLock({ down }) {
+            if attempt > 1 && stateLock.withLock({ down }) {
                 throw S3Error.unreachable("\(what): \(config.endpoint) did not answer")
             }
             var all = headers
@@ -110,7 +110,7 @@ public final class S3Client: @unchecked Sendable {
                 var h: [String: String] = [:]
                 for (name, value) in answer.headers { h[name.lowercased()] = value }
                 let status = Int(answer.status.code)
-                downLock.withLock {
+                stateLock.withLock {
                     down = false
                     received += UInt64(answer.body?.readableBytes ?? 0)
                 }
@@ -122,7 +122,7 @@ public final class S3Client: @unchecked Sendable {
                 throw e
             } catch {
                 guard attempt < attempts else {
-                    downLock.withLock { down = true }
+                    stateLock.withLock { down = true }
                     throw S3Error.unreachable("\(what): \(config.endpoint) did not answer (\(error)) after \(attempts) attempts")
                 }
             }

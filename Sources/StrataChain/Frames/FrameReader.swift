@@ -184,9 +184,9 @@ final class FrameReader {
     }
 
     /// The sub-frame table at the head of a `zstdSubframes` frame's payload, checked against the frame's record.
-    func subframeTable(_ f: FrameRef, payload: UnsafeRawPointer, length: Int? = nil) throws -> SubframeTable {
+    func subframeTable(_ f: FrameRef, payload: UnsafeRawPointer) throws -> SubframeTable {
         let r = try record(f)
-        do { return try SubframeTable(payload: payload, payloadLength: length ?? r.payloadLength, blockCount: Int(r.blockCount)) } catch {
+        do { return try SubframeTable(payload: payload, payloadLength: r.payloadLength, blockCount: Int(r.blockCount)) } catch {
             throw ChainError.corruptData(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset): \(error)")
         }
     }
