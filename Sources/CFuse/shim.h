@@ -1,6 +1,9 @@
 // libfuse 3 (Debian's libfuse3-dev), its high-level API: `strata mount` serves a chain's points as files.
-// fuse_new and fuse_loop_mt are macros choosing a versioned symbol; Swift calls these wrappers instead.
-#define FUSE_USE_VERSION 35
+// fuse_new and fuse_loop_mt are macros choosing a versioned symbol; Swift calls these wrappers instead. The
+// version must be 3.12 or later: the loop's config comes from fuse_loop_cfg_create (3.12), and an older version's
+// fuse_loop_mt reads it as the old two-field struct (at 35: no threads kept idle, a thread started and ended for
+// every request).
+#define FUSE_USE_VERSION 312
 #include <fuse.h>
 #include <fuse_lowlevel.h>
 

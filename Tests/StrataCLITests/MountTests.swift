@@ -216,6 +216,37 @@ final class MountTests: XCTestCase {
         XCTAssertEqual(traces(of: m), [])
     }
 
+    /// The server's threads that serve FUSE requests keep serving: libfuse's loop is given the threads to keep
+    /// (asked through the wrong version of its loop function, it read none to keep and ended a thread after
+    /// each request, starting another for the next: 8100 threads in 7 s of random reads).
+    func testTheServersThreadsOutliveTheirRequests() throws {
+        let (chain, points) = try makeChain(nights: 3)
+        let m = try mountDir("threads")
+        XCTAssertEqual(try strata("mount", chain, m, "--point", "1").status, 0)
+        defer { _ = try? strata("unmount", m) }
+        let pid = try XCTUnwrap(toolOutput(["pgrep", "-f", "mount \(chain) \(m) "]).split(separator: "\n").compactMap { pid_t($0) }.first)
+        /// The server's threads named for serving the mount.
+        func servers() -> Set<String> {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            return Set(tasks.filter { (try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8))?.hasPrefix("strata-fuse") == true })
+        }
+        /// Reads of 4 KiB at random, 4 threads at once, each checked.
+        func readAtRandom() {
+            let disk = [UInt8](points[1]!), file = "\(m)/point-1.img"
+            DispatchQueue.concurrentPerform(iterations: 4) { _ in
+                for _ in 0..<50 {
+                    let offset = Int.random(in: 0..<(disk.count / 4096)) * 4096
+                    XCTAssertEqual(try? pread(file, offset, 4096).get(), Array(disk[offset..<(offset + 4096)]))
+                }
+            }
+        }
+        readAtRandom()
+        let first = servers()
+        XCTAssertGreaterThanOrEqual(first.count, 3, "the loop's thread and at least 2 serving")
+        readAtRandom()
+        XCTAssertEqual(servers(), first, "the same threads served the second round")
+    }
+
     func testAMountedPointReadsWhileTheChainChanges() throws {
         let (chain, points) = try makeChain(nights: 4)
         let m = try mountDir("busy")

@@ -7,6 +7,7 @@
 // undoes everything also after the server was killed. The filesystem mounts' loop devices clear themselves once
 // unmounted (LO_FLAGS_AUTOCLEAR).
 import StrataIO
+import StrataS3
 
 #if canImport(Glibc)
 import Glibc
@@ -118,7 +119,7 @@ public final class MountSession: @unchecked Sendable {
             let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", pageCache: options.pageCache, log: log)
             fuse = server
             Threads.spawn("strata-fuse") { [self] in
-                server.run()
+                server.run(threads: FuseServer.threads(remote: S3Location.isS3(chain)))
                 ended.publish { loopEnded = true }
             }
             server.widenReadAhead()

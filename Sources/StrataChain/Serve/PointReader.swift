@@ -1,11 +1,14 @@
 // Any byte range of a point, read in place: what `mount` and `serve` serve (issue 11). A read finds its blocks in
 // a resolved window of the point (PointWalk from the block asked for: each image's extent chunk holding it is
-// found by a binary search of its chunk table), the last two kept so that neighbouring reads resolve nothing; takes zero and unreadable blocks as zeros without I/O, and data blocks from the chain's shared cache
-// of decoded frames (checksum and decompression checked on the way in); every block handed out is checked
-// against its stored hash first. Reads run in parallel (each thread decodes the frames it misses; a frame
-// wanted by two is decoded once), and a reader that reads on from where it stopped gets the frames ahead of it
-// read and decoded by the read-ahead threads. Memory: the frame cache, two windows a point being read and a few
-// index chunks an image, whatever the size of the source.
+// found by a binary search of its chunk table): a sequential reader's windows are wide (thousands of extents an
+// image, the last two kept, so that the reads that follow resolve nothing), a random read's narrow (the blocks
+// around it, a few kept: resolving a wide window for one 4 KiB read cost more than decoding it). Zero and
+// unreadable blocks are zeros without I/O, data blocks come from the chain's shared cache of decoded frames
+// (checksum and decompression checked on the way in); every block handed out is checked against its stored hash
+// first. Reads run in parallel (each thread decodes the frames it misses; a frame wanted by two is decoded once),
+// and a reader that reads on from where it stopped, twice running, gets the frames ahead of it read and decoded
+// by the read-ahead threads. Memory: the frame cache, a few windows a point being read and a few index chunks an
+// image, whatever the size of the source.
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -20,17 +23,30 @@ public final class PointReader: @unchecked Sendable {
     private let lock = Condition()
     /// The resolved extents of a range of blocks.
     private typealias Window = (range: Range<UInt64>, extents: [ResolvedExtent])
-    /// Resolved windows, most recently used last.
+    /// Resolved windows, most recently used last: wide ones (a sequential reader's) and narrow ones (random reads').
     private var windows: [Window] = []
-    /// Where the last read ended, and how far read-ahead has been asked for.
-    private var lastEnd: UInt64 = .max
-    private var aheadTo: UInt64 = 0
+    private var narrowWindows: [Window] = []
+    /// A reader reading on from where it stopped: where its last read ended, how many reads running started near
+    /// where the one before ended, and how far read-ahead has been asked for it.
+    private struct Stream {
+        var end: UInt64
+        var streak: Int
+        var aheadTo: UInt64
+    }
+    /// The last few streams, most recent last: a point may be read in several places at once (several clients;
+    /// nbdcopy's connections each copy a range of their own).
+    private var streams: [Stream] = []
+    static let streamsKept = 8
 
     /// Windows kept, and the extents an image may add to one: a window holds at most images x 4096 resolved
     /// extents of 32 bytes (128 KiB an image; a chain's windows are far smaller where newer images overlay older
     /// ones), so a point being read keeps at most 256 KiB an image, whatever the size of the disk.
     static let windowsKept = 2
     static let windowExtents = 4096
+    /// A random read's window: the blocks from its first on, up to this many (and at most as many extents an
+    /// image); the last `narrowWindowsKept` kept.
+    static let narrowWindowBlocks: UInt64 = 64
+    static let narrowWindowsKept = 16
 
     init(chain: ServedChain, point: UInt32, images: [ImageFile]) {
         self.chain = chain
@@ -51,7 +67,7 @@ public final class PointReader: @unchecked Sendable {
         let bs = UInt64(blockSize)
         let end = offset + UInt64(n)
         let sequential = readAhead(from: offset, to: end)
-        try forEachExtent(from: offset / bs, to: (end + bs - 1) / bs) { e in
+        try forEachExtent(from: offset / bs, to: (end + bs - 1) / bs, wide: sequential) { e in
             // The bytes of this extent that the request wants, and where they go.
             let from = max(e.firstBlock * bs, offset), to = min(e.endBlock * bs, end)
             let out = buffer + Int(from - offset)
@@ -90,11 +106,12 @@ public final class PointReader: @unchecked Sendable {
         return out
     }
 
-    /// Calls `body` with the resolved extents of blocks `first..<end`, in order, cut to them.
-    private func forEachExtent(from first: UInt64, to end: UInt64, _ body: (ResolvedExtent) throws -> Void) throws {
+    /// Calls `body` with the resolved extents of blocks `first..<end`, in order, cut to them, found in wide windows
+    /// or (a random read's) narrow ones.
+    private func forEachExtent(from first: UInt64, to end: UInt64, wide: Bool = true, _ body: (ResolvedExtent) throws -> Void) throws {
         var block = first
         while block < end {
-            let window = try self.window(holding: block)
+            let window = try self.window(holding: block, wide: wide || end - block > Self.narrowWindowBlocks)
             var i = window.extents.firstEnding(after: block, \.endBlock)
             while i < window.extents.count && block < end {
                 var e = window.extents[i]
@@ -113,38 +130,61 @@ public final class PointReader: @unchecked Sendable {
         }
     }
 
-    /// A resolved window holding `block`: a cached one, or one walked from `block`.
-    private func window(holding block: UInt64) throws -> Window {
+    /// A resolved window holding `block`: a cached one (wide or narrow), or one walked from `block`, wide or
+    /// narrow.
+    private func window(holding block: UInt64, wide: Bool) throws -> Window {
         let cached: Window? = lock.withLock {
-            guard let i = windows.lastIndex(where: { $0.range.contains(block) }) else { return nil }
-            windows.append(windows.remove(at: i))
-            return windows.last
+            if let i = windows.lastIndex(where: { $0.range.contains(block) }) {
+                windows.append(windows.remove(at: i))
+                return windows.last
+            }
+            guard let i = narrowWindows.lastIndex(where: { $0.range.contains(block) }) else { return nil }
+            return narrowWindows[i]
         }
         if let cached { return cached }
-        let walk = PointWalk(images, from: block, extents: Self.windowExtents)
+        let walk = wide
+            ? PointWalk(images, from: block, extents: Self.windowExtents)
+            : PointWalk(images, from: block, to: block + Self.narrowWindowBlocks, extents: Int(Self.narrowWindowBlocks))
         let extents = try walk.next() ?? []
         let w: Window = (range: block..<walk.position, extents: extents)
         lock.withLock {
-            windows.append(w)
-            if windows.count > Self.windowsKept { windows.removeFirst() }
+            if wide {
+                windows.append(w)
+                if windows.count > Self.windowsKept { windows.removeFirst() }
+            } else {
+                narrowWindows.append(w)
+                if narrowWindows.count > Self.narrowWindowsKept { narrowWindows.removeFirst() }
+            }
         }
         return w
     }
 
-    /// A read that starts where the last one ended (or close to it: the kernel's read-ahead reads arrive out of
-    /// order) asks the read-ahead threads for the frames of the next `readAheadBytes`. Returns whether it is such
-    /// a read.
+    /// A read that starts where one of the last few ended (or close to it: the kernel's read-ahead reads arrive
+    /// out of order) reads on a stream; the second such read running asks the read-ahead threads for the frames of
+    /// the stream's next `readAheadBytes` (shared out between the streams doing so, so that the cache holds what
+    /// they read ahead; one read alone may be a random read landing near another: reading ahead for it would decode
+    /// 16 frames nobody wants). Returns whether it is the second or later such read (its frames are decoded whole).
     @discardableResult
     private func readAhead(from offset: UInt64, to end: UInt64) -> Bool {
-        let span = UInt64(chain.readAheadBytes)
-        guard span > 0 else { return false }
+        let near = UInt64(chain.readAheadBytes) / 2
+        guard near > 0 else { return false }
         let (sequential, range): (Bool, Range<UInt64>?) = lock.withLock {
-            let sequential = lastEnd != .max && offset + span / 2 >= lastEnd && offset <= lastEnd + span / 2
-            lastEnd = sequential ? max(lastEnd, end) : end
-            if !sequential { aheadTo = end }
-            guard sequential, aheadTo < end + span / 2, end < size else { return (sequential, nil) }
-            let from = max(aheadTo, end), to = min(end + span, size)
-            aheadTo = to
+            var stream: Stream
+            if let i = streams.lastIndex(where: { offset + near >= $0.end && offset <= $0.end + near }) {
+                stream = streams.remove(at: i)
+                stream.end = max(stream.end, end)
+                stream.streak += 1
+            } else {
+                stream = Stream(end: end, streak: 0, aheadTo: end)
+                if streams.count >= Self.streamsKept { streams.removeFirst() }
+            }
+            defer { streams.append(stream) }
+            guard stream.streak >= 2 else { return (false, nil) }
+            let reading = streams.reduce(1) { $0 + ($1.streak >= 2 ? 1 : 0) }
+            let span = UInt64(chain.readAheadBytes / reading)
+            guard stream.aheadTo < end + span / 2, end < size else { return (true, nil) }
+            let from = max(stream.aheadTo, end), to = min(end + span, size)
+            stream.aheadTo = to
             return (true, from < to ? from..<to : nil)
         }
         guard let range else { return sequential }
