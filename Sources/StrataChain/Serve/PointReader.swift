@@ -37,6 +37,12 @@ public final class PointReader: @unchecked Sendable {
     /// nbdcopy's connections each copy a range of their own).
     private var streams: [Stream] = []
     static let streamsKept = 8
+    /// How near a stream's end a read must start to go on it: within 16 reads of its size (the kernel keeps up to
+    /// 16 of a sequential reader's requests in flight, and they arrive out of order), at least 256 KiB, at most
+    /// half the read-ahead span. (Within half the span whatever the size, random 4 KiB reads went on streams
+    /// often enough that the read-ahead threads spent 3% of the server's CPU decoding frames nobody read.)
+    static let nearReads: UInt64 = 16
+    static let nearBytes: UInt64 = 256 << 10
 
     /// Windows kept, and the extents an image may add to one: a window holds at most images x 4096 resolved
     /// extents of 32 bytes (128 KiB an image; a chain's windows are far smaller where newer images overlay older
@@ -159,15 +165,15 @@ public final class PointReader: @unchecked Sendable {
         return w
     }
 
-    /// A read that starts where one of the last few ended (or close to it: the kernel's read-ahead reads arrive
-    /// out of order) reads on a stream; the second such read running asks the read-ahead threads for the frames of
+    /// A read that starts where one of the last few ended (or near it, `nearReads`: the kernel's read-ahead reads
+    /// arrive out of order) reads on a stream; the second such read running asks the read-ahead threads for the frames of
     /// the stream's next `readAheadBytes` (shared out between the streams doing so, so that the cache holds what
     /// they read ahead; one read alone may be a random read landing near another: reading ahead for it would decode
     /// 16 frames nobody wants). Returns whether it is the second or later such read (its frames are decoded whole).
     @discardableResult
     private func readAhead(from offset: UInt64, to end: UInt64) -> Bool {
-        let near = UInt64(chain.readAheadBytes) / 2
-        guard near > 0 else { return false }
+        guard chain.readAheadBytes > 0 else { return false }
+        let near = min(UInt64(chain.readAheadBytes) / 2, max(Self.nearReads * (end - offset), Self.nearBytes))
         let (sequential, range): (Bool, Range<UInt64>?) = lock.withLock {
             var stream: Stream
             if let i = streams.lastIndex(where: { offset + near >= $0.end && offset <= $0.end + near }) {
