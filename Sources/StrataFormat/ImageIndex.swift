@@ -56,7 +56,13 @@ public struct SubframeTable {
     public func blocks(_ i: Int, of blockCount: Int) -> Range<Int> { (i * blocksPerSubframe)..<min((i + 1) * blocksPerSubframe, blockCount) }
 
     /// The sub-frames holding `blocks`.
-    public func subframes(holding blocks: Range<Int>) -> Range<Int> { (blocks.lowerBound / blocksPerSubframe)..<((blocks.upperBound + blocksPerSubframe - 1) / blocksPerSubframe) }
+    public func subframes(holding blocks: Range<Int>) -> Range<Int> { Self.subframes(holding: blocks, blocksPerSubframe: blocksPerSubframe) }
+
+    /// The sub-frames holding `blocks` where each holds `blocksPerSubframe` (what a cache of decoded sub-frames asks,
+    /// without the table).
+    public static func subframes(holding blocks: Range<Int>, blocksPerSubframe b: Int) -> Range<Int> {
+        (blocks.lowerBound / b)..<((blocks.upperBound + b - 1) / b)
+    }
 
     /// Writes a table's head (its lengths go in with `setLength`) at `payload`.
     public static func start(at payload: UnsafeMutableRawPointer, blocksPerSubframe: Int, count: Int) {

@@ -140,7 +140,7 @@ public enum Capture {
         var options = options
         if options.seekable == nil {
             // (An image whose header cannot be read does not stop a capture: it makes an ordinary one.)
-            options.seekable = parent.flatMap { try? ImageFile(store: chain.store, name: $0.file, keys: keys).header.isSeekable } ?? false
+            options.seekable = parent.flatMap { try? ImageFile.header(in: chain.store, name: $0.file).isSeekable } ?? false
         }
         var header = ImageHeader(
             kind: previous == nil ? .full : .incremental, blockSize: blockSize, sourceSize: source.size, chainID: chainID,

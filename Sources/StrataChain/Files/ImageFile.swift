@@ -24,10 +24,7 @@ final class ImageFile {
         self.object = object
         do {
             let size = object.size
-            var bytes = [UInt8](repeating: 0, count: ImageHeader.size)
-            let n = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: 0) }
-            guard n == ImageHeader.size else { throw FormatError.truncated("image header", at: UInt64(n)) }
-            let h = try ImageHeader.decode(bytes)
+            let h = try Self.header(of: object)
             guard size == h.fileSize else {
                 throw FormatError.truncated("image file (\(size) bytes, header says \(h.fileSize))", at: size)
             }
@@ -36,5 +33,18 @@ final class ImageFile {
         } catch {
             throw damaged(name, error)
         }
+    }
+
+    /// The header of the image `name` alone (its index not read, nothing authenticated): what a capture asks of
+    /// the newest image, whether it is seekable.
+    static func header(in store: ChainStore, name: String) throws -> ImageHeader {
+        do { return try header(of: store.open(name)) } catch { throw damaged(name, error) }
+    }
+
+    private static func header(of object: StoredObject) throws -> ImageHeader {
+        var bytes = [UInt8](repeating: 0, count: ImageHeader.size)
+        let n = try bytes.withUnsafeMutableBytes { try object.read(into: $0.baseAddress!, count: $0.count, at: 0) }
+        guard n == ImageHeader.size else { throw FormatError.truncated("image header", at: UInt64(n)) }
+        return try ImageHeader.decode(bytes)
     }
 }

@@ -177,27 +177,25 @@ final class FrameReader {
                 throw ChainError.corruptData(file: image.name, detail: "frame \(f.frame) does not decompress (\(error))")
             }
         case .zstdSubframes:
-            let table = try subframeTable(f, payload: payload)
-            try decode(f, table, 0..<table.count, payload: payload, into: decoded, decompressor: decompressor)
+            let table = try subframeTable(f, r, payload: payload)
+            try decode(f, r, table, 0..<table.count, payload: payload, into: decoded, decompressor: decompressor)
         }
         if case .everyBlock = depth { try checkBlocks(f, 0..<blocks, stored: stored, decoded: decoded) }
     }
 
-    /// The sub-frame table at the head of a `zstdSubframes` frame's payload, checked against the frame's record.
-    func subframeTable(_ f: FrameRef, payload: UnsafeRawPointer) throws -> SubframeTable {
-        let r = try record(f)
+    /// The sub-frame table at the head of a `zstdSubframes` frame's payload, checked against the frame's record `r`.
+    private func subframeTable(_ f: FrameRef, _ r: FrameRecord, payload: UnsafeRawPointer) throws -> SubframeTable {
         do { return try SubframeTable(payload: payload, payloadLength: r.payloadLength, blockCount: Int(r.blockCount)) } catch {
             throw ChainError.corruptData(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset): \(error)")
         }
     }
 
-    /// Decodes sub-frames `subframes` of a frame whose payload (table first) is at `payload` into their blocks'
-    /// places in `decoded` (room for the frame's blocks). Blocks are not checked against their hashes here.
-    func decode(
-        _ f: FrameRef, _ table: SubframeTable, _ subframes: Range<Int>, payload: UnsafeRawPointer, into decoded: UnsafeMutableRawPointer,
-        decompressor: FrameDecompressor
+    /// Decodes sub-frames `subframes` of frame `f` (record `r`) whose payload (table first) is at `payload` into
+    /// their blocks' places in `decoded` (room for the frame's blocks). Blocks are not checked against their hashes here.
+    private func decode(
+        _ f: FrameRef, _ r: FrameRecord, _ table: SubframeTable, _ subframes: Range<Int>, payload: UnsafeRawPointer,
+        into decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor
     ) throws {
-        let r = try record(f)
         let blockSize = Int(image(f).header.blockSize)
         var at = table.offset(subframes.lowerBound)
         for i in subframes {
@@ -212,27 +210,29 @@ final class FrameReader {
         }
     }
 
-    /// Reads and decodes only the sub-frames holding `blocks` of a frame stored in sub-frames (unsealed: a sealed
-    /// frame opens whole), skipping those in `have` (bit i: sub-frame i), and its block hashes into `hashes`:
-    /// two reads, the frame's head (hashes and table) and the sub-frames wanted, into `scratch` (room for the whole
-    /// frame) where a whole read would put them. Returns the sub-frames now decoded (with `have`) and the blocks a
-    /// sub-frame holds, (0, 0) once all are; nil where the frame cannot be read in part, and the caller reads it whole. The frame's
-    /// checksum is not checked (it covers the whole frame): every block a reader hands out is checked against its
-    /// hash (`checkBlocks`), which a damaged sub-frame, table or hash fails.
+    /// Reads and decodes only the sub-frames holding `blocks` of frame `f` (record `r`) stored in sub-frames
+    /// (unsealed: a sealed frame opens whole), skipping those in `have` (bit i: sub-frame i), and its block hashes
+    /// into `hashes` (once: not when completing an entry, `have` not empty): two reads, the frame's head (hashes,
+    /// table) and the sub-frames wanted, into `scratch` (room for the whole frame) where a whole read would put
+    /// them. Returns the sub-frames now decoded (with `have`) and the blocks a sub-frame holds, (0, 0) once all
+    /// are; nil where the frame cannot be read in part, and the caller reads it whole. The frame's checksum is not
+    /// checked (it covers the whole frame): every block a reader hands out is checked against its hash
+    /// (`checkBlocks`), which a damaged sub-frame, table or hash fails.
     func readPart(
-        _ f: FrameRef, blocks: Range<Int>, have: UInt64 = 0, scratch: UnsafeMutableRawPointer, hashes: UnsafeMutableRawPointer,
-        decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor
+        _ f: FrameRef, record r: FrameRecord, blocks: Range<Int>, have: UInt64 = 0, scratch: UnsafeMutableRawPointer,
+        hashes: UnsafeMutableRawPointer, decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor
     ) throws -> (parts: UInt64, blocksPerPart: Int)? {
-        let r = try record(f)
         guard r.codec == .zstdSubframes, !r.sealed else { return nil }
         func read(_ count: Int, at within: Int) throws {
             guard try image(f).object.read(into: scratch + within, count: count, at: r.offset + UInt64(within)) == count else {
                 throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short")
             }
         }
-        try read(min(Int(r.length), r.hashesLength + SubframeTable.length(count: SubframeTable.mostSubframes)), at: 0)
+        // The head: the block hashes (unless the entry has them already, from its first read) and the table.
+        let headFrom = have == 0 ? 0 : r.hashesLength
+        try read(min(Int(r.length), r.hashesLength + SubframeTable.length(count: SubframeTable.mostSubframes)) - headFrom, at: headFrom)
         let payload = scratch + r.hashesLength
-        let table = try subframeTable(f, payload: payload)
+        let table = try subframeTable(f, r, payload: payload)
         var wanted = table.subframes(holding: blocks)
         while !wanted.isEmpty && have & (1 << UInt64(wanted.lowerBound)) != 0 { wanted = (wanted.lowerBound + 1)..<wanted.upperBound }
         while !wanted.isEmpty && have & (1 << UInt64(wanted.upperBound - 1)) != 0 { wanted = wanted.lowerBound..<(wanted.upperBound - 1) }
@@ -242,7 +242,7 @@ final class FrameReader {
             try read(to - from, at: r.hashesLength + from)
             // Sub-frames decoded already are left alone: other readers may be copying blocks out of them.
             for i in wanted where have & (1 << UInt64(i)) == 0 {
-                try decode(f, table, i..<(i + 1), payload: payload, into: decoded, decompressor: decompressor)
+                try decode(f, r, table, i..<(i + 1), payload: payload, into: decoded, decompressor: decompressor)
                 parts |= 1 << UInt64(i)
             }
         }

@@ -141,10 +141,7 @@ final class SharedFrameCache: @unchecked Sendable {
     private func covers(_ i: Int, _ wanted: Range<Int>?) -> Bool {
         guard blocksPerPart[i] > 0 else { return true }
         guard let wanted, !wanted.isEmpty else { return false }
-        for p in (wanted.lowerBound / blocksPerPart[i])...((wanted.upperBound - 1) / blocksPerPart[i]) where parts[i] & (1 << UInt64(p)) == 0 {
-            return false
-        }
-        return true
+        return SubframeTable.subframes(holding: wanted, blocksPerSubframe: blocksPerPart[i]).allSatisfy { parts[i] & (1 << UInt64($0)) != 0 }
     }
 
     /// The entry to replace: an empty one, else one whose blocks have all been handed out, else the least
@@ -173,7 +170,7 @@ final class SharedFrameCache: @unchecked Sendable {
             // The rest of an entry read in part is decoded in part too: readers may be copying out of it.
             if let wanted = wanted ?? (have != 0 ? 0..<Int(r.blockCount) : nil) {
                 part = try reader.readPart(
-                    f, blocks: wanted, have: have, scratch: l.stored, hashes: hashes.slot(i), decoded: decoded.slot(i), decompressor: l.decompressor)
+                    f, record: r, blocks: wanted, have: have, scratch: l.stored, hashes: hashes.slot(i), decoded: decoded.slot(i), decompressor: l.decompressor)
             }
             if part == nil {
                 try reader.read(f, into: l.stored)

@@ -7,7 +7,6 @@
 // undoes everything also after the server was killed. The filesystem mounts' loop devices clear themselves once
 // unmounted (LO_FLAGS_AUTOCLEAR).
 import StrataIO
-import StrataS3
 
 #if canImport(Glibc)
 import Glibc
@@ -119,7 +118,7 @@ public final class MountSession: @unchecked Sendable {
             let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", pageCache: options.pageCache, log: log)
             fuse = server
             Threads.spawn("strata-fuse") { [self] in
-                server.run(threads: FuseServer.threads(remote: S3Location.isS3(chain)))
+                server.run(threads: FuseServer.threads(remote: !ChainStores.isLocal(chain)))
                 ended.publish { loopEnded = true }
             }
             server.widenReadAhead()
