@@ -114,6 +114,32 @@ public final class Connection {
         whole(count) { send(fd, buffer + $0, count - $0, Int32(MSG_NOSIGNAL)) }
     }
 
+    /// Writes `head` and then `count` bytes at `buffer`, in one message where the socket takes it whole (a reply's
+    /// header and its data: one wake-up of the reader, not two); false when the connection failed.
+    public func write(_ head: [UInt8], then buffer: UnsafeRawPointer, count: Int) -> Bool {
+        let sent = head.withUnsafeBytes { h -> Int in
+            var parts = [
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: h.baseAddress), iov_len: h.count),
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer), iov_len: count),
+            ]
+            return parts.withUnsafeMutableBufferPointer { p in
+                var m = msghdr()
+                m.msg_iov = p.baseAddress
+                m.msg_iovlen = 2
+                while true {
+                    let n = sendmsg(fd, &m, Int32(MSG_NOSIGNAL))
+                    if n < 0 && errno == EINTR { continue }
+                    return n
+                }
+            }
+        }
+        guard sent >= 0 else { return false }
+        if sent < head.count {
+            return head.withUnsafeBytes { write($0.baseAddress! + sent, count: head.count - sent) } && write(buffer, count: count)
+        }
+        return write(buffer + (sent - head.count), count: count - (sent - head.count))
+    }
+
     /// Repeats `transfer` (given the bytes done so far) until `count` bytes are through, retrying EINTR.
     private func whole(_ count: Int, _ transfer: (Int) -> Int) -> Bool {
         var done = 0

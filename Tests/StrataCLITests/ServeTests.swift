@@ -58,6 +58,13 @@ final class ServeTests: XCTestCase {
             XCTAssertEqual(runTool("/usr/bin/env", ["qemu-img", "convert", "-O", "raw", uri(socket, "\(point)"), "\(dir)/qemu-\(point).img"]), 0)
             XCTAssertEqual(try contents("\(dir)/qemu-\(point).img"), bytes, "qemu-img convert of point \(point)")
         }
+        // Block sizes: any byte, a frame's span preferred (nbdcopy then asks 1 MiB at a time), 32 MiB at most.
+        let info = jsonObject(toolOutput(["nbdinfo", "--json", uri(socket, "3")]))
+        let export = (info["exports"] as? [[String: Any]])?.first
+        XCTAssertEqual(export?["block_size_minimum"] as? Int, 1)
+        XCTAssertEqual(export?["block_size_preferred"] as? Int, 1 << 20)
+        XCTAssertEqual(export?["block_size_maximum"] as? Int, 32 << 20)
+        XCTAssertEqual(export?["export-size"] as? Int, points[3]!.count)
         // "" is the newest point.
         XCTAssertEqual(runTool("/usr/bin/env", ["nbdcopy", uri(socket, ""), "\(dir)/newest.img"]), 0)
         XCTAssertEqual(try contents("\(dir)/newest.img"), points[3])

@@ -190,3 +190,23 @@ final class RegisteredBufferTests: XCTestCase {
         print("registered-buffer test: a new slab reused the freed one's address: \(reused)")
     }
 }
+
+final class SocketTests: XCTestCase {
+    /// A reply's header and data written as one message arrive whole and in order, also when the data is far
+    /// larger than the socket's buffer (the rest is written as the reader drains it).
+    func testAHeaderAndItsDataArriveWholeAndInOrder() throws {
+        var fds: [Int32] = [0, 0]
+        XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds), 0)
+        let writer = Connection(fd: fds[0]), reader = Connection(fd: fds[1])
+        let head: [UInt8] = Array("HEADER:".utf8)
+        let data = (0..<(3 << 20) + 123).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) }
+        var sent = false
+        let t = Thread { sent = data.withUnsafeBytes { writer.write(head, then: $0.baseAddress!, count: $0.count) } }
+        t.start()
+        let got = reader.read(head.count + data.count)
+        while t.isExecuting || !t.isFinished { usleep(1000) }
+        XCTAssertTrue(sent)
+        XCTAssertEqual(got.map { Array($0.prefix(head.count)) }, head)
+        XCTAssertTrue(got.map { $0.dropFirst(head.count).elementsEqual(data) } ?? false, "the data, after the header")
+    }
+}
