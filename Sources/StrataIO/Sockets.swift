@@ -114,31 +114,45 @@ public final class Connection {
         whole(count) { send(fd, buffer + $0, count - $0, Int32(MSG_NOSIGNAL)) }
     }
 
-    /// Writes `head` and then `count` bytes at `buffer`, in one message where the socket takes it whole (a reply's
-    /// header and its data: one wake-up of the reader, not two); false when the connection failed.
-    public func write(_ head: [UInt8], then buffer: UnsafeRawPointer, count: Int) -> Bool {
-        let sent = head.withUnsafeBytes { h -> Int in
-            var parts = [
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: h.baseAddress), iov_len: h.count),
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: buffer), iov_len: count),
-            ]
-            return parts.withUnsafeMutableBufferPointer { p in
-                var m = msghdr()
-                m.msg_iov = p.baseAddress
-                m.msg_iovlen = 2
-                while true {
+    /// Writes `head` and then each of `parts`, in order, gathered into as few messages as the socket takes (a
+    /// reply's header and its data where it lies, without copying it together first); false when the
+    /// connection failed.
+    public func write(_ head: [UInt8], then parts: [UnsafeRawBufferPointer]) -> Bool {
+        head.withUnsafeBytes { h in
+            var iov: [iovec] = []
+            iov.reserveCapacity(parts.count + 1)
+            for p in [h] + parts where p.count > 0 {
+                iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress), iov_len: p.count))
+            }
+            return iov.withUnsafeMutableBufferPointer { v in
+                var first = 0
+                while first < v.count {
+                    var m = msghdr()
+                    m.msg_iov = v.baseAddress! + first
+                    m.msg_iovlen = min(v.count - first, Self.maxParts)
                     let n = sendmsg(fd, &m, Int32(MSG_NOSIGNAL))
                     if n < 0 && errno == EINTR { continue }
-                    return n
+                    guard n > 0 else { return false }
+                    // Past what went: whole parts, then into the part it stopped in.
+                    var left = n
+                    while left > 0 {
+                        if left >= v[first].iov_len {
+                            left -= v[first].iov_len
+                            first += 1
+                        } else {
+                            v[first].iov_base = v[first].iov_base! + left
+                            v[first].iov_len -= left
+                            left = 0
+                        }
+                    }
                 }
+                return true
             }
         }
-        guard sent >= 0 else { return false }
-        if sent < head.count {
-            return head.withUnsafeBytes { write($0.baseAddress! + sent, count: head.count - sent) } && write(buffer, count: count)
-        }
-        return write(buffer + (sent - head.count), count: count - (sent - head.count))
     }
+
+    /// The parts one sendmsg takes (Linux's UIO_MAXIOV).
+    static let maxParts = 1024
 
     /// Repeats `transfer` (given the bytes done so far) until `count` bytes are through, retrying EINTR.
     private func whole(_ count: Int, _ transfer: (Int) -> Int) -> Bool {

@@ -192,20 +192,30 @@ final class RegisteredBufferTests: XCTestCase {
 }
 
 final class SocketTests: XCTestCase {
-    /// A reply's header and data written as one message arrive whole and in order, also when the data is far
-    /// larger than the socket's buffer (the rest is written as the reader drains it).
-    func testAHeaderAndItsDataArriveWholeAndInOrder() throws {
+    /// A reply's header and its data written as one gather of parts arrive whole and in order: parts larger than
+    /// the socket's buffer (the rest is written as the reader drains it, resuming inside a part), empty parts, and
+    /// more parts than one sendmsg takes.
+    func testAHeaderAndItsPartsArriveWholeAndInOrder() throws {
         var fds: [Int32] = [0, 0]
         XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds), 0)
         let writer = Connection(fd: fds[0]), reader = Connection(fd: fds[1])
         let head: [UInt8] = Array("HEADER:".utf8)
         let data = (0..<(3 << 20) + 123).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) }
+        // A 2 MiB part, 1500 small ones of 0-99 bytes (some empty), and the rest in one.
+        var cuts = [0, 2 << 20]
+        for i in 0..<1500 { cuts.append(cuts.last! + (i * 37) % 100) }
+        cuts.append(data.count)
         var sent = false
-        let t = Thread { sent = data.withUnsafeBytes { writer.write(head, then: $0.baseAddress!, count: $0.count) } }
+        let t = Thread {
+            sent = data.withUnsafeBytes { d in
+                writer.write(head, then: (1..<cuts.count).map { UnsafeRawBufferPointer(rebasing: d[cuts[$0 - 1]..<cuts[$0]]) })
+            }
+        }
         t.start()
         let got = reader.read(head.count + data.count)
         while t.isExecuting || !t.isFinished { usleep(1000) }
         XCTAssertTrue(sent)
+        XCTAssertGreaterThan(cuts.count - 1, Connection.maxParts, "more parts than one message takes")
         XCTAssertEqual(got.map { Array($0.prefix(head.count)) }, head)
         XCTAssertTrue(got.map { $0.dropFirst(head.count).elementsEqual(data) } ?? false, "the data, after the header")
     }

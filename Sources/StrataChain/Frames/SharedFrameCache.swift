@@ -91,6 +91,12 @@ final class SharedFrameCache: @unchecked Sendable {
     /// wanting a frame another is loading waits for it). With `blocks`, only they need be decoded (the rest of
     /// the entry may not be: take only them). Throws what the read or the check threw, naming the image and frame.
     func get(_ f: FrameRef, of reader: FrameReader, blocks wanted: Range<Int>? = nil) throws -> Entry {
+        try get(f, of: reader, blocks: wanted, waitForRoom: true)!
+    }
+
+    /// `get`, or nil without `waitForRoom` when every entry is pinned or loading: a thread holding entries pinned
+    /// must not wait for one to be released (the threads holding the others may be waiting for it).
+    func get(_ f: FrameRef, of reader: FrameReader, blocks wanted: Range<Int>?, waitForRoom: Bool) throws -> Entry? {
         let r = try reader.record(f)
         let blockSize = Int(reader.image(f).header.blockSize)
         guard Int(r.length) <= maxStored, Int(r.blockCount) * blockSize <= decoded.slotSize, r.hashesLength <= hashes.slotSize else {
@@ -120,6 +126,10 @@ final class SharedFrameCache: @unchecked Sendable {
                 return try load(f, record: r, of: reader, key: key, into: i, loader: loader, blocks: wanted, have: have)
             }
             guard let victim = victim() else {
+                guard waitForRoom else {
+                    lock.unlock()
+                    return nil
+                }
                 lock.wait()
                 continue
             }

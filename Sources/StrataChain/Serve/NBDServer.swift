@@ -195,17 +195,19 @@ public final class NBDServer {
             switch type {
             case 0:  // READ
                 guard inRange, Int(length) <= Self.maxRequest else { if !fail(22) { return }; continue }
+                var w = BigEndianWriter()
+                w.reply(structured: structured, type: 1, cookie: cookie, length: 8 + length)  // NBD_REPLY_TYPE_OFFSET_DATA
+                if structured { w.u64(offset) }
+                let sent: Bool
                 do {
-                    _ = try reader.read(into: buffer.base, count: Int(length), at: offset)
+                    // Sent from where the bytes lie (the cache's decoded frames, zeros), checked first.
+                    sent = try reader.withBytes(count: Int(length), at: offset, scratch: buffer.base) { c.write(w.bytes, then: $0) }
                 } catch {
                     log("nbd client \(id): read of \(length) bytes at \(offset) failed: \(PointReader.describe(error))")
                     if !fail(5) { return }  // EIO
                     continue
                 }
-                var w = BigEndianWriter()
-                w.reply(structured: structured, type: 1, cookie: cookie, length: 8 + length)  // NBD_REPLY_TYPE_OFFSET_DATA
-                if structured { w.u64(offset) }
-                guard c.write(w.bytes, then: buffer.base, count: Int(length)) else { return }
+                guard sent else { return }
             case 2:  // DISC
                 return
             case 3:  // FLUSH: nothing to flush

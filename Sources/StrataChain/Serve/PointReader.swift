@@ -67,35 +67,131 @@ public final class PointReader: @unchecked Sendable {
     /// short. Returns the bytes read. A frame or block that fails its check throws, naming the image and frame,
     /// and nothing of it is handed out.
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
-        guard offset <= size else { throw ChainError.invalidOption("offset \(offset) is past the end of the point (\(size) bytes)") }
-        let n = Int(min(UInt64(count), size - offset))
+        let n = try length(count, at: offset)
         guard n > 0 else { return 0 }
-        let bs = UInt64(blockSize)
         let end = offset + UInt64(n)
         let sequential = readAhead(from: offset, to: end)
-        try forEachExtent(from: offset / bs, to: (end + bs - 1) / bs, wide: sequential) { e in
-            // The bytes of this extent that the request wants, and where they go.
-            let from = max(e.firstBlock * bs, offset), to = min(e.endBlock * bs, end)
-            let out = buffer + Int(from - offset)
-            guard e.kind == .data else {
-                out.initializeMemory(as: UInt8.self, repeating: 0, count: Int(to - from))
-                return
-            }
-            let f = e.frameRef
-            // The frame's blocks the range takes, each checked against its stored hash before use. A read at random
-            // wants only them decoded; a sequential reader will want the rest (and the read-ahead decodes whole
-            // frames on several threads for it).
-            let firstBlock = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
-            let lastBlock = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
-            let entry = try chain.cache.get(f, of: frames, blocks: sequential ? nil : firstBlock..<(lastBlock + 1))
-            // A block counts as taken by the read that takes its last byte (a sequential reader is then done with it).
-            let taken = (lastBlock - firstBlock + 1) - (to % bs != 0 && to != size ? 1 : 0)
-            defer { chain.cache.release(entry, blocksTaken: taken) }
-            try frames.checkBlocks(f, firstBlock..<(lastBlock + 1), stored: entry.hashes, decoded: entry.decoded)
-            let start = firstBlock * blockSize + Int(from % bs)
-            out.copyMemory(from: entry.decoded + start, byteCount: Int(to - from))
+        try forEachPart(from: offset, to: end, sequential: sequential) { part in
+            try copy(part, to: buffer + Int(part.from - offset), sequential: sequential)
         }
         return n
+    }
+
+    /// The `count` bytes at `offset` (cut short at the end, like `read`) where they lie, for a caller that sends
+    /// them on without copying them together first (NBD's replies): `body` gets them in order, as runs of a shared
+    /// page of zeros and of decoded frames in the cache, pinned and their blocks checked until `body` returns.
+    /// A read holds at most `maxPinned` entries, and never waits for room in the cache while it holds any (the
+    /// threads holding the rest might be waiting too): past either, what it has is copied into `scratch` (room
+    /// for `count` bytes) and the rest read there, and `body` gets that one run. Throws before calling `body`.
+    public func withBytes<R>(
+        count: Int, at offset: UInt64, scratch: UnsafeMutableRawPointer, _ body: ([UnsafeRawBufferPointer]) throws -> R
+    ) throws -> R {
+        let n = try length(count, at: offset)
+        let end = offset + UInt64(n)
+        let sequential = n > 0 && readAhead(from: offset, to: end)
+        var runs: [UnsafeRawBufferPointer] = []
+        var pinned: [(entry: SharedFrameCache.Entry, taken: Int)] = []
+        var copying = false
+        defer { for p in pinned { chain.cache.release(p.entry, blocksTaken: p.taken) } }
+        try forEachPart(from: offset, to: end, sequential: sequential) { part in
+            let out = scratch + Int(part.from - offset)
+            if !copying {
+                if case .frame(let e) = part.kind {
+                    let entry = pinned.count < Self.maxPinned
+                        ? try chain.cache.get(e.frameRef, of: frames, blocks: part.blocks(wholeFrame: sequential), waitForRoom: false) : nil
+                    if let entry {
+                        pinned.append((entry, part.blocksTaken))
+                        runs.append(try checked(part, in: entry))
+                        return
+                    }
+                } else {
+                    var at = 0
+                    while at < part.count {
+                        let k = min(part.count - at, Self.zeros.count)
+                        runs.append(UnsafeRawBufferPointer(rebasing: Self.zeros[0..<k]))
+                        at += k
+                    }
+                    return
+                }
+                // Out of pins: what is held is copied, and the rest read, into the scratch buffer.
+                var at = scratch
+                for r in runs {
+                    at.copyMemory(from: r.baseAddress!, byteCount: r.count)
+                    at += r.count
+                }
+                for p in pinned { chain.cache.release(p.entry, blocksTaken: p.taken) }
+                pinned = []
+                copying = true
+            }
+            try copy(part, to: out, sequential: sequential)
+        }
+        return try body(copying ? [UnsafeRawBufferPointer(start: scratch, count: n)] : runs)
+    }
+
+    /// The entries one `withBytes` may hold pinned: a 4 MiB request's frames where the point is a full image's
+    /// (1 MiB each, 5 where the request straddles them), more where incrementals' frames overlay it.
+    static let maxPinned = 16
+    /// A MiB of zeros, which the zero runs of `withBytes` point into.
+    nonisolated(unsafe) static let zeros = UnsafeRawBufferPointer(
+        start: UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096).initializeMemory(as: UInt8.self, repeating: 0, count: 1 << 20),
+        count: 1 << 20)
+
+    /// How many of `count` bytes at `offset` the point has; throws past its end.
+    private func length(_ count: Int, at offset: UInt64) throws -> Int {
+        guard offset <= size else { throw ChainError.invalidOption("offset \(offset) is past the end of the point (\(size) bytes)") }
+        return Int(min(UInt64(max(count, 0)), size - offset))
+    }
+
+    /// A run of a read: the bytes `from..<to` of the point, zeros or in extent `e`'s frame.
+    private struct Part {
+        enum Kind { case zeros, frame(ResolvedExtent) }
+        let kind: Kind
+        let from: UInt64, to: UInt64
+        /// The frame's blocks the run takes (first..<end), and where its first byte lies in the first.
+        let blocks: Range<Int>
+        let skip: Int
+        let takesLastByte: Bool
+        var count: Int { Int(to - from) }
+        /// The blocks to have decoded: a read at random wants only its own, a sequential reader will want the rest
+        /// (and the read-ahead decodes whole frames on several threads for it).
+        func blocks(wholeFrame: Bool) -> Range<Int>? { wholeFrame ? nil : blocks }
+        /// A block counts as taken by the read that takes its last byte (a sequential reader is then done with it):
+        /// the run's last block only where the run ends with it (or with the point).
+        var blocksTaken: Int { blocks.count - (takesLastByte ? 0 : 1) }
+    }
+
+    /// Calls `body` with the runs of `from..<to`, in order.
+    private func forEachPart(from offset: UInt64, to end: UInt64, sequential: Bool, _ body: (Part) throws -> Void) throws {
+        guard offset < end else { return }
+        let bs = UInt64(blockSize)
+        try forEachExtent(from: offset / bs, to: (end + bs - 1) / bs, wide: sequential) { e in
+            let from = max(e.firstBlock * bs, offset), to = min(e.endBlock * bs, end)
+            guard e.kind == .data else {
+                try body(Part(kind: .zeros, from: from, to: to, blocks: 0..<0, skip: 0, takesLastByte: true))
+                return
+            }
+            let first = Int(e.frameBlock) + Int(from / bs - e.firstBlock)
+            let last = Int(e.frameBlock) + Int((to - 1) / bs - e.firstBlock)
+            try body(Part(kind: .frame(e), from: from, to: to, blocks: first..<(last + 1), skip: Int(from % bs), takesLastByte: to % bs == 0 || to == size))
+        }
+    }
+
+    /// Copies run `part` to `out`: zeros, or its bytes out of its frame's cache entry (pinned meanwhile).
+    private func copy(_ part: Part, to out: UnsafeMutableRawPointer, sequential: Bool) throws {
+        guard case .frame(let e) = part.kind else {
+            out.initializeMemory(as: UInt8.self, repeating: 0, count: part.count)
+            return
+        }
+        let entry = try chain.cache.get(e.frameRef, of: frames, blocks: part.blocks(wholeFrame: sequential))
+        defer { chain.cache.release(entry, blocksTaken: part.blocksTaken) }
+        out.copyMemory(from: try checked(part, in: entry).baseAddress!, byteCount: part.count)
+    }
+
+    /// Run `part`'s bytes in its frame's entry, each of its blocks checked against its stored hash first.
+    private func checked(_ part: Part, in entry: SharedFrameCache.Entry) throws -> UnsafeRawBufferPointer {
+        guard case .frame(let e) = part.kind else { preconditionFailure("a run of zeros has no frame") }
+        try frames.checkBlocks(e.frameRef, part.blocks, stored: entry.hashes, decoded: entry.decoded)
+        return UnsafeRawBufferPointer(start: entry.decoded + part.blocks.lowerBound * blockSize + part.skip, count: part.count)
     }
 
     /// The zero (and unreadable) ranges of the point within `range`, in bytes, in order: what NBD's block status
