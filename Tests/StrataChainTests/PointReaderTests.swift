@@ -186,7 +186,8 @@ final class PointReaderTests: XCTestCase {
         XCTAssertThrowsError(try read(r, damagedBlock * 4096 + 100, 10)) {
             guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
             XCTAssertEqual(file, image.name)
-            XCTAssertTrue(detail.hasPrefix("frame 0 "), detail)
+            // The frame's checksum (read whole), or the block's hash (a raw frame read in part).
+            XCTAssertTrue(detail.hasPrefix("frame 0 ") || detail.contains("(in frame 0)"), detail)
         }
         // A range the damaged frame does not hold still reads.
         var resolved: [ResolvedExtent] = []
@@ -195,6 +196,50 @@ final class PointReaderTests: XCTestCase {
         let state = states[newest]!
         let at = Int(elsewhere.firstBlock) * 4096
         XCTAssertEqual(try read(r, UInt64(at), 4096), Array(state[at..<(at + 4096)]))
+    }
+
+    /// A raw frame (incompressible blocks) read at random is read in part, like a frame in sub-frames: a flipped
+    /// byte in one of its blocks fails the reads of that block, naming the image and frame, and reads of its other
+    /// blocks still read (read whole, the frame would fail its checksum for all of them); a sequential reader, which
+    /// reads frames whole, finds the frame damaged, and so do verify and restore.
+    func testADamagedRawFrameFailsOnlyTheReadsOfTheDamagedBlock() throws {
+        let source = "\(dir)/s.img", chain = "\(dir)/raw"
+        var rng = SeededGenerator(seed: 50)
+        var disk = DiskModel(size: 2 << 20, rng: &rng)
+        for i in disk.bytes.indices { disk.bytes[i] = UInt8(truncatingIfNeeded: rng.next()) }
+        try disk.writeSparse(to: source)
+        _ = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+        let image = try Chain(location: chain, access: .read).openImages(forPoint: 1)[0]
+        // Frame 0 holds source blocks 0..<256, stored as they are.
+        let frame = try image.index.frame(0)
+        XCTAssertEqual(frame.codec, .raw)
+        XCTAssertEqual(frame.blockCount, 256)
+        var bytes = try readFile("\(chain)/\(image.name)")
+        bytes[Int(frame.offset) + frame.hashesLength + 5 * 4096 + 1234] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: "\(chain)/\(image.name)"))
+        // No read-ahead: every read is a random read.
+        let r = try ServedChain(chain: chain, readAheadBytes: 0).reader(point: 1)
+        for b in [5, 200, 0, 100, 5] {
+            let at = b * 4096
+            if b == 5 {
+                XCTAssertThrowsError(try read(r, UInt64(at), 4096)) {
+                    guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
+                    XCTAssertEqual(file, image.name)
+                    XCTAssertTrue(detail.contains("(in frame 0)"), detail)
+                }
+            } else {
+                XCTAssertEqual(try read(r, UInt64(at), 4096), Array(disk.bytes[at..<(at + 4096)]), "block \(b)")
+            }
+        }
+        // Blocks 4 and 6, in the same run of 4 blocks as 5: read in one piece with it, and still good.
+        XCTAssertEqual(try read(r, 4 * 4096, 4096), Array(disk.bytes[(4 * 4096)..<(5 * 4096)]))
+        XCTAssertEqual(try read(r, 6 * 4096, 4096), Array(disk.bytes[(6 * 4096)..<(7 * 4096)]))
+        XCTAssertThrowsError(try read(try ServedChain(chain: chain).reader(point: 1), 0, 2 << 20)) {
+            guard case .corruptData(let file, _) = $0 as? ChainError else { return XCTFail("\($0)") }
+            XCTAssertEqual(file, image.name)
+        }
+        XCTAssertFalse(try Verify.run(chain: chain, options: VerifyOptions()).isWhole)
+        XCTAssertThrowsError(try Restore.run(chain: chain, target: "\(dir)/out.img", options: .overwriting))
     }
 
     func testAPointStaysReadableWhileAMergeRemovesItsImages() throws {

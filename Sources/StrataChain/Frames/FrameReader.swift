@@ -210,24 +210,28 @@ final class FrameReader {
         }
     }
 
-    /// Reads and decodes only the sub-frames holding `blocks` of frame `f` (record `r`) stored in sub-frames
-    /// (unsealed: a sealed frame opens whole), skipping those in `have` (bit i: sub-frame i), and its block hashes
-    /// into `hashes` (once: not when completing an entry, `have` not empty): two reads, the frame's head (hashes,
-    /// table) and the sub-frames wanted, into `scratch` (room for the whole frame) where a whole read would put
-    /// them. Returns the sub-frames now decoded (with `have`) and the blocks a sub-frame holds, (0, 0) once all
-    /// are; nil where the frame cannot be read in part, and the caller reads it whole. The frame's checksum is not
-    /// checked (it covers the whole frame): every block a reader hands out is checked against its hash
-    /// (`checkBlocks`), which a damaged sub-frame, table or hash fails.
+    /// Reads only the part of frame `f` (record `r`, unsealed: a sealed frame opens whole) that holds `blocks`,
+    /// skipping the parts in `have` (bit i: part i), and its block hashes into `hashes` (once: not when completing
+    /// an entry, `have` not empty). A frame stored in sub-frames: the sub-frames holding them, decoded (two reads,
+    /// the frame's head, hashes and table, and the sub-frames wanted). A raw frame (incompressible blocks, stored as
+    /// they are): runs of blocks, at most 64 runs a frame, copied out (a read of its hashes, one of the runs
+    /// wanted); read whole, a 4 KiB read of one cost reading, checksumming and copying 1 MiB, the slow tail of
+    /// random reads. Reads go into `scratch` (room for the whole frame) where a whole read would put them.
+    /// Returns the parts now in `decoded` (with `have`) and the blocks a part holds, (0, 0) once all are; nil where
+    /// the frame cannot be read in part (zstd in one piece, sealed), and the caller reads it whole. The frame's
+    /// checksum is not checked (it covers the whole frame): every block a reader hands out is checked against its
+    /// hash (`checkBlocks`), which a damaged sub-frame, table, block or hash fails.
     func readPart(
         _ f: FrameRef, record r: FrameRecord, blocks: Range<Int>, have: UInt64 = 0, scratch: UnsafeMutableRawPointer,
         hashes: UnsafeMutableRawPointer, decoded: UnsafeMutableRawPointer, decompressor: FrameDecompressor
     ) throws -> (parts: UInt64, blocksPerPart: Int)? {
-        guard r.codec == .zstdSubframes, !r.sealed else { return nil }
+        guard r.codec != .zstd, !r.sealed else { return nil }
         func read(_ count: Int, at within: Int) throws {
             guard try image(f).object.read(into: scratch + within, count: count, at: r.offset + UInt64(within)) == count else {
                 throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) is cut short")
             }
         }
+        if r.codec == .raw { return try readRawPart(f, r, blocks: blocks, have: have, read: read, scratch: scratch, hashes: hashes, decoded: decoded) }
         // The head: the block hashes (unless the entry has them already, from its first read) and the table.
         let headFrom = have == 0 ? 0 : r.hashesLength
         try read(min(Int(r.length), r.hashesLength + SubframeTable.length(count: SubframeTable.mostSubframes)) - headFrom, at: headFrom)
@@ -250,6 +254,45 @@ final class FrameReader {
         let all: UInt64 = table.count == 64 ? .max : (1 << UInt64(table.count)) - 1
         return parts & all == all ? (0, 0) : (parts, table.blocksPerSubframe)
     }
+
+    /// `readPart` of a raw frame: its blocks in runs of `rawRunBlocks`, those holding `blocks` and not in `have`
+    /// read in one piece and copied into their places in `decoded` (the runs already there are left alone: other
+    /// readers may be copying blocks out of them).
+    private func readRawPart(
+        _ f: FrameRef, _ r: FrameRecord, blocks: Range<Int>, have: UInt64, read: (Int, Int) throws -> Void, scratch: UnsafeMutableRawPointer,
+        hashes: UnsafeMutableRawPointer, decoded: UnsafeMutableRawPointer
+    ) throws -> (parts: UInt64, blocksPerPart: Int) {
+        let blockSize = Int(image(f).header.blockSize)
+        let count = Int(r.blockCount)
+        guard r.payloadLength == count * blockSize else {
+            throw ChainError.corruptData(file: image(f).name, detail: "frame \(f.frame) has the wrong length")
+        }
+        let per = Self.rawRunBlocks(count)
+        let runs = (count + per - 1) / per
+        if have == 0 {
+            try read(r.hashesLength, 0)
+            hashes.copyMemory(from: scratch, byteCount: r.hashesLength)
+        }
+        var wanted = SubframeTable.subframes(holding: blocks.clamped(to: 0..<count), blocksPerSubframe: per)
+        while !wanted.isEmpty && have & (1 << UInt64(wanted.lowerBound)) != 0 { wanted = (wanted.lowerBound + 1)..<wanted.upperBound }
+        while !wanted.isEmpty && have & (1 << UInt64(wanted.upperBound - 1)) != 0 { wanted = wanted.lowerBound..<(wanted.upperBound - 1) }
+        var parts = have
+        if !wanted.isEmpty {
+            let from = wanted.lowerBound * per * blockSize, to = min(wanted.upperBound * per, count) * blockSize
+            try read(to - from, r.hashesLength + from)
+            for i in wanted where have & (1 << UInt64(i)) == 0 {
+                let at = i * per * blockSize, length = (min((i + 1) * per, count) - i * per) * blockSize
+                (decoded + at).copyMemory(from: scratch + r.hashesLength + at, byteCount: length)
+                parts |= 1 << UInt64(i)
+            }
+        }
+        let all: UInt64 = runs == 64 ? .max : (1 << UInt64(runs)) - 1
+        return parts & all == all ? (0, 0) : (parts, per)
+    }
+
+    /// The blocks of a run of a raw frame of `count` blocks read in part: as few as leave the frame at most 64 runs
+    /// (one bit each in the cache's entry): 4 of a 1 MiB frame of 4 KiB blocks.
+    static func rawRunBlocks(_ count: Int) -> Int { max(1, (count + SubframeTable.mostSubframes - 1) / SubframeTable.mostSubframes) }
 
     /// Checks blocks `range` of a decoded frame against the hashes stored beside them.
     func checkBlocks(_ f: FrameRef, _ range: Range<Int>, stored: UnsafeRawPointer, decoded: UnsafeRawPointer) throws {

@@ -8,8 +8,9 @@
 // A frame whose every block has been handed out since it was loaded goes first (a sequential reader is done
 // with it), then the least recently used: least recently used alone would evict frames read ahead before the
 // ones a sequential reader has finished with (they were loaded earlier), and it would find them gone.
-// A reader that wants only some blocks of a frame stored in sub-frames (a random read) gets an entry with only
-// their sub-frames decoded (`FrameReader.readPart`), completed as other blocks of it are asked for.
+// A reader that wants only some blocks of a frame stored in sub-frames or raw (a random read) gets an entry with
+// only the sub-frames or runs of blocks holding them (`FrameReader.readPart`), completed as other blocks of it are
+// asked for.
 import StrataCodec
 import StrataFormat
 import StrataIO
