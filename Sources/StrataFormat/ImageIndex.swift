@@ -183,7 +183,9 @@ public struct ExtentRecord: Equatable, Sendable {
 
 extension Array {
     /// In elements sorted by where they end (`end`), the first that ends after `block` (`count` when none does):
-    /// a binary search. Extents, extent chunks.
+    /// a binary search. Extents, extent chunks. Inlinable, so that it is specialised where it is called: unspecialised,
+    /// it copied every element it compared (4.6% of the server's CPU under random reads).
+    @inlinable
     public func firstEnding(after block: UInt64, _ end: (Element) -> UInt64) -> Int {
         var lo = 0, hi = count
         while lo < hi {
