@@ -237,9 +237,7 @@ final class FrameReader {
         try read(min(Int(r.length), r.hashesLength + SubframeTable.length(count: SubframeTable.mostSubframes)) - headFrom, at: headFrom)
         let payload = scratch + r.hashesLength
         let table = try subframeTable(f, r, payload: payload)
-        var wanted = table.subframes(holding: blocks)
-        while !wanted.isEmpty && have & (1 << UInt64(wanted.lowerBound)) != 0 { wanted = (wanted.lowerBound + 1)..<wanted.upperBound }
-        while !wanted.isEmpty && have & (1 << UInt64(wanted.upperBound - 1)) != 0 { wanted = wanted.lowerBound..<(wanted.upperBound - 1) }
+        let wanted = Self.missing(table.subframes(holding: blocks), have: have)
         var parts = have
         if let last = wanted.last {
             let from = table.offset(wanted.lowerBound), to = table.offset(last) + table.storedLength(last)
@@ -251,8 +249,22 @@ final class FrameReader {
             }
         }
         if have == 0 { hashes.copyMemory(from: scratch, byteCount: r.hashesLength) }
-        let all: UInt64 = table.count == 64 ? .max : (1 << UInt64(table.count)) - 1
-        return parts & all == all ? (0, 0) : (parts, table.blocksPerSubframe)
+        return Self.entryParts(parts, of: table.count, blocksPerPart: table.blocksPerSubframe)
+    }
+
+    /// Parts `wanted` less those at either end that are in `have` already (one read covers the rest: parts in
+    /// `have` between them are read again but left alone).
+    private static func missing(_ wanted: Range<Int>, have: UInt64) -> Range<Int> {
+        var w = wanted
+        while !w.isEmpty && have & (1 << UInt64(w.lowerBound)) != 0 { w = (w.lowerBound + 1)..<w.upperBound }
+        while !w.isEmpty && have & (1 << UInt64(w.upperBound - 1)) != 0 { w = w.lowerBound..<(w.upperBound - 1) }
+        return w
+    }
+
+    /// What `readPart` returns: the parts in the entry and the blocks a part holds, (0, 0) once all `count` are.
+    private static func entryParts(_ parts: UInt64, of count: Int, blocksPerPart: Int) -> (parts: UInt64, blocksPerPart: Int) {
+        let all: UInt64 = count == 64 ? .max : (1 << UInt64(count)) - 1
+        return parts & all == all ? (0, 0) : (parts, blocksPerPart)
     }
 
     /// `readPart` of a raw frame: its blocks in runs of `rawRunBlocks`, those holding `blocks` and not in `have`
@@ -273,9 +285,7 @@ final class FrameReader {
             try read(r.hashesLength, 0)
             hashes.copyMemory(from: scratch, byteCount: r.hashesLength)
         }
-        var wanted = SubframeTable.subframes(holding: blocks.clamped(to: 0..<count), blocksPerSubframe: per)
-        while !wanted.isEmpty && have & (1 << UInt64(wanted.lowerBound)) != 0 { wanted = (wanted.lowerBound + 1)..<wanted.upperBound }
-        while !wanted.isEmpty && have & (1 << UInt64(wanted.upperBound - 1)) != 0 { wanted = wanted.lowerBound..<(wanted.upperBound - 1) }
+        let wanted = Self.missing(SubframeTable.subframes(holding: blocks.clamped(to: 0..<count), blocksPerSubframe: per), have: have)
         var parts = have
         if !wanted.isEmpty {
             let from = wanted.lowerBound * per * blockSize, to = min(wanted.upperBound * per, count) * blockSize
@@ -286,8 +296,7 @@ final class FrameReader {
                 parts |= 1 << UInt64(i)
             }
         }
-        let all: UInt64 = runs == 64 ? .max : (1 << UInt64(runs)) - 1
-        return parts & all == all ? (0, 0) : (parts, per)
+        return Self.entryParts(parts, of: runs, blocksPerPart: per)
     }
 
     /// The blocks of a run of a raw frame of `count` blocks read in part: as few as leave the frame at most 64 runs
