@@ -200,8 +200,8 @@ final class PointReaderTests: XCTestCase {
 
     /// A raw frame (incompressible blocks) read at random is read in part, like a frame in sub-frames: a flipped
     /// byte in one of its blocks fails the reads of that block, naming the image and frame, and reads of its other
-    /// blocks still read (read whole, the frame would fail its checksum for all of them); a sequential reader, which
-    /// reads frames whole, finds the frame damaged, and so do verify and restore.
+    /// blocks still read (read whole, the frame would fail its checksum for all of them); a read of the whole point
+    /// fails on the damaged block, and verify and restore, which read frames whole, find the frame damaged.
     func testADamagedRawFrameFailsOnlyTheReadsOfTheDamagedBlock() throws {
         let source = "\(dir)/s.img", chain = "\(dir)/raw"
         var rng = SeededGenerator(seed: 50)
