@@ -45,9 +45,9 @@ struct CaptureCommand: ParsableCommand {
             reported by capture, restore and verify). A block with any unreadable sector counts as unreadable. \
             The next capture reads them again.
 
-            SEEKABLE: --seekable stores each frame (1 MiB of blocks) as 16 zstd frames of 64 KiB that decode on \
-            their own, so that a point read in place (`strata mount`, `strata serve`) at random decodes 64 KiB, not \
-            1 MiB: random 4 KiB reads about 7x faster, images about 5% (full) to 13% (incremental) larger. A chain \
+            SEEKABLE: --seekable stores each frame (1 MiB of blocks) as 32 zstd frames of 32 KiB that decode on \
+            their own, so that a point read in place (`strata mount`, `strata serve`) at random decodes 32 KiB, not \
+            1 MiB: random 4 KiB reads about 10x faster, images about 7% (full) to 18% (incremental) larger. A chain \
             stays as its newest image is: later captures and merges follow it without the flag; --no-seekable \
             turns it off from the next image on.
 

@@ -14,12 +14,15 @@ final class PointReaderTests: XCTestCase {
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     /// A chain of `nights` captures of a model disk and one merge; the states of its points.
-    func makeChain(seed: UInt64, size: Int, nights: Int, seekable: Bool? = nil) throws -> (chain: String, states: [UInt32: [UInt8]]) {
+    func makeChain(
+        seed: UInt64, size: Int, nights: Int, seekable: Bool? = nil, beforeNight: (Int) -> Void = { _ in }
+    ) throws -> (chain: String, states: [UInt32: [UInt8]]) {
         var rng = SeededGenerator(seed: seed)
         var disk = DiskModel(size: size, rng: &rng)
         let source = "\(dir)/source-\(seed).img", chain = "\(dir)/chain-\(seed)"
         var states: [UInt32: [UInt8]] = [:]
         for n in 0..<nights {
+            beforeNight(n)
             if n > 0 { disk.night(n, rng: &rng) }
             try disk.writeSparse(to: source)
             var o = CaptureOptions()
@@ -97,7 +100,7 @@ final class PointReaderTests: XCTestCase {
         try checkEveryPoint(chain, states, seed: 42, cacheBytes: 1)
     }
 
-    /// A seekable chain (frames in 64 KiB sub-frames, decoded only in part for a read of a few blocks, completed as
+    /// A seekable chain (frames in 32 KiB sub-frames, decoded only in part for a read of a few blocks, completed as
     /// reads ask for more, whole for read-ahead): every byte reads as its night, with a cache of one frame too.
     func testEveryByteOfEveryPointOfASeekableChain() throws {
         let (chain, states) = try makeChain(seed: 46, size: 5 << 20 + 1536, nights: 5, seekable: true)
@@ -109,6 +112,35 @@ final class PointReaderTests: XCTestCase {
         try checkEveryPoint(chain, states, seed: 46, cacheBytes: 64 << 20)
         try checkEveryPoint(chain, states, seed: 47, cacheBytes: 1)
         try checkEveryPoint(chain, states, seed: 48, cacheBytes: 3 << 20)
+    }
+
+    /// A seekable chain begun with 64 KiB sub-frames (what Strata wrote before 2026-12-02) and carried on with 32 KiB
+    /// ones: each image's frames say their own size, the merge re-packs at the new one, and every byte of every
+    /// point reads as its night (entries of both sizes in one cache, read in part and completed).
+    func testASeekableChainOfTwoSubframeSizes() throws {
+        let saved = FrameBuffers.subframeBytes
+        defer { FrameBuffers.subframeBytes = saved }
+        let (chain, states) = try makeChain(seed: 50, size: 5 << 20 + 1536, nights: 5, seekable: true) { n in
+            FrameBuffers.subframeBytes = n < 2 ? 64 << 10 : 32 << 10
+        }
+        func sizes(_ image: ImageFile) throws -> Set<Int> {
+            var out = Set<Int>()
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: 2 << 20, alignment: 64)
+            defer { raw.deallocate() }
+            for f in 0..<image.index.frameCount {
+                let r = try image.index.frame(UInt32(f))
+                guard r.codec == .zstdSubframes else { continue }
+                _ = try image.object.read(into: raw, count: Int(r.length), at: r.offset)
+                let table = try SubframeTable(payload: raw + r.hashesLength, payloadLength: r.payloadLength, blockCount: Int(r.blockCount))
+                out.insert(table.blocksPerSubframe)
+            }
+            return out
+        }
+        let images = try Chain(location: chain, access: .read).openImages(forPoint: states.keys.max()!)
+        XCTAssertEqual(try sizes(images.first!), [16], images.first!.name)  // night 0's full image, 64 KiB
+        XCTAssertEqual(try sizes(images.last!), [8], images.last!.name)  // the newest night's, 32 KiB
+        try checkEveryPoint(chain, states, seed: 50, cacheBytes: 64 << 20)
+        try checkEveryPoint(chain, states, seed: 51, cacheBytes: 3 << 20)
     }
 
     /// A flipped byte in one sub-frame: reads of its blocks fail, naming the image and frame; reads of the same
@@ -124,7 +156,7 @@ final class PointReaderTests: XCTestCase {
         o.seekable = true
         _ = try Capture.run(source: source, chain: chain, options: o)
         let image = try Chain(location: chain, access: .read).openImages(forPoint: 1)[0]
-        // Frame 0 holds source blocks 0..<256 (the first MiB), sub-frame k blocks 16k..<16(k+1).
+        // Frame 0 holds source blocks 0..<256 (the first MiB), sub-frame k blocks 8k..<8(k+1) (32 KiB each).
         let frame = try image.index.frame(0)
         XCTAssertEqual(frame.codec, .zstdSubframes)
         var bytes = try readFile("\(chain)/\(image.name)")
@@ -132,21 +164,22 @@ final class PointReaderTests: XCTestCase {
         let table = try bytes.withUnsafeBytes {
             try SubframeTable(payload: $0.baseAddress! + payload, payloadLength: frame.payloadLength, blockCount: Int(frame.blockCount))
         }
-        XCTAssertEqual(table.count, 16)
-        XCTAssertEqual(table.blocksPerSubframe, 16)
+        let per = 8
+        XCTAssertEqual(table.count, 256 / per)
+        XCTAssertEqual(table.blocksPerSubframe, per)
         let r0 = try ServedChain(chain: chain).reader(point: 1)
         XCTAssertEqual(try read(r0, 0, 4096), Array(disk.bytes[0..<4096]))  // sub-frame 0 decoded before the damage
         bytes[payload + table.offset(5) + table.storedLength(5) / 2] ^= 0x10
         try Data(bytes).write(to: URL(fileURLWithPath: "\(chain)/\(image.name)"))
         for r in [r0, try ServedChain(chain: chain).reader(point: 1)] {
-            // (The blocks of sub-frame 5 that decode right despite the flip may be read alone; all 16 cannot.)
-            XCTAssertThrowsError(try read(r, 5 * 16 * 4096, 16 * 4096)) {
+            // (The blocks of sub-frame 5 that decode right despite the flip may be read alone; all of them cannot.)
+            XCTAssertThrowsError(try read(r, UInt64(5 * per * 4096), per * 4096)) {
                 guard case .corruptData(let file, let detail) = $0 as? ChainError else { return XCTFail("\($0)") }
                 XCTAssertEqual(file, image.name)
                 XCTAssertTrue(detail.hasPrefix("frame 0 ") || detail.contains("(in frame 0)"), detail)
             }
-            for k in [0, 4, 6, 15] {
-                let at = k * 16 * 4096 + 8192
+            for k in [0, 4, 6, 256 / per - 1] {
+                let at = k * per * 4096 + 8192
                 XCTAssertEqual(try read(r, UInt64(at), 4096), Array(disk.bytes[at..<(at + 4096)]), "sub-frame \(k)")
             }
         }

@@ -32,7 +32,7 @@ public struct CaptureOptions: Sendable {
     public var encrypt = false
     /// The key file's bytes or the passphrase of an encrypted chain (or of the one `encrypt` makes).
     public var secret: UserSecret? = nil
-    /// Store frames in independent 64 KiB sub-frames, so that a point read in place at random decodes 64 KiB,
+    /// Store frames in independent 32 KiB sub-frames, so that a point read in place at random decodes 32 KiB,
     /// not 1 MiB (images grow: docs/DESIGN.md, "Random reads"). Nil: as the chain's newest image (a new chain: no).
     public var seekable: Bool? = nil
 
