@@ -115,8 +115,8 @@ final class PointReaderTests: XCTestCase {
     }
 
     /// A seekable chain begun with 64 KiB sub-frames (what Strata wrote before 2026-12-02) and carried on with 32 KiB
-    /// ones: each image's frames say their own size, the merge re-packs at the new one, and every byte of every
-    /// point reads as its night (entries of both sizes in one cache, read in part and completed).
+    /// ones: each image's frames say their own size, and every byte of every point (one merged over images of both
+    /// sizes) reads as its night (entries of both sizes in one cache, read in part and completed).
     func testASeekableChainOfTwoSubframeSizes() throws {
         let saved = FrameBuffers.subframeBytes
         defer { FrameBuffers.subframeBytes = saved }
