@@ -125,12 +125,13 @@ final class PointReaderTests: XCTestCase {
         }
         func sizes(_ image: ImageFile) throws -> Set<Int> {
             var out = Set<Int>()
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: 2 << 20, alignment: 64)
+            let frames = FrameReader([image])
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: max(frames.largest.stored, 1), alignment: 64)
             defer { raw.deallocate() }
-            for f in 0..<image.index.frameCount {
-                let r = try image.index.frame(UInt32(f))
+            for f in 0..<UInt32(image.index.frameCount) {
+                let r = try image.index.frame(f)
                 guard r.codec == .zstdSubframes else { continue }
-                _ = try image.object.read(into: raw, count: Int(r.length), at: r.offset)
+                try frames.read(FrameRef(image: 0, frame: f), into: raw)
                 let table = try SubframeTable(payload: raw + r.hashesLength, payloadLength: r.payloadLength, blockCount: Int(r.blockCount))
                 out.insert(table.blocksPerSubframe)
             }
