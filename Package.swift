@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
 // Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
-// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests), CFuse (libfuse 3, for mount)}. The CLI imports StrataChain's and StrataBench's API only.
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let package = Package(
@@ -33,13 +33,13 @@ let package = Package(
         .target(name: "CSeal", linkerSettings: [.linkedLibrary("crypto"), .linkedLibrary("sodium")]),
         .target(name: "StrataFormat"),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"]),
-        .target(name: "StrataIO", dependencies: ["CURing"]),
+        .target(name: "StrataIO", dependencies: ["CURing", "CFuse"]),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
         .target(name: "StrataS3", dependencies: [
-            "CSeal", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+            "CSeal", "StrataIO", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
-        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", "CFuse", .product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", .product(name: "NIOCore", package: "swift-nio")]),
         .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
         .executableTarget(
             name: "strata",
@@ -52,6 +52,8 @@ let package = Package(
         .testTarget(name: "StrataS3Tests", dependencies: ["StrataS3", "TestSupport", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "StrataChainTests", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO", "TestSupport"]),
         .testTarget(name: "StrataCLITests", dependencies: ["strata", "TestSupport", "StrataS3"]),
+        // The modules' fences, read from Sources/: what each may import (docs/DESIGN.md, "Modules").
+        .testTarget(name: "LayerTests"),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -12,9 +12,6 @@
 //
 // The data for the CPU stages is a sample of the source itself (1 MiB pieces spread over it), because
 // compression speed and ratio depend on the data.
-#if canImport(Glibc)
-import Glibc
-#endif
 import StrataChain
 import StrataCodec
 import StrataFormat
@@ -397,7 +394,7 @@ public enum Bench {
     static func measureWrites(directory: String, stored: CompressedSample, seconds: Double) throws -> Double {
         let path = "\(directory)/\(DurableFiles.temporaryName(for: "bench.strata"))"
         let fd: Int32
-        do { fd = try Sys.create(path, O_RDWR | O_TRUNC) } catch let e as IOError {
+        do { fd = try Sys.create(path, [.readWrite, .truncate]) } catch let e as IOError {
             throw ChainError.targetUnavailable(path: directory, reason: e.reason)
         }
         defer {

@@ -69,7 +69,7 @@ public enum BenchChart {
         try checkPath(path)
         let bytes = Array(svg(r).utf8)
         do {
-            let fd = try Sys.create(path, O_WRONLY | O_TRUNC)
+            let fd = try Sys.create(path, [.writeOnly, .truncate])
             defer { Sys.close(fd) }
             try bytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: path) }
         } catch let e as IOError {
@@ -78,10 +78,21 @@ public enum BenchChart {
     }
 
     private static func gib(_ v: Double) -> Double { v / Double(1 << 30) }
+
+    /// log2 of a positive `x`, to a chart's precision, in Swift alone (this module imports no C library): the
+    /// binary exponent, plus the significand's logarithm from the series of atanh.
+    static func log2(_ x: Double) -> Double {
+        guard x > 0, x.isFinite else { return 0 }
+        let m = x.significand  // in [1, 2)
+        let z = (m - 1) / (m + 1)
+        var term = z, sum = 0.0
+        for k in stride(from: 1, to: 40, by: 2) {
+            sum += term / Double(k)
+            term *= z * z
+        }
+        return Double(x.exponent) + 2 * sum / 0.693_147_180_559_945_3
+    }
     private static func fixed1(_ v: Double) -> String { String(Double(Int((v * 10).rounded())) / 10) }
     private static func escape(_ s: String) -> String { s.escaping(["&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;"]) }
 }
 
-#if canImport(Glibc)
-import Glibc
-#endif

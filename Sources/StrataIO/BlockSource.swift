@@ -29,11 +29,10 @@ public final class BlockSource {
     public init(path: String, direct: Bool = true) throws {
         self.path = path
         let st = try Sys.stat(path)
-        let kind = st.st_mode & S_IFMT
-        guard kind == S_IFBLK || kind == S_IFREG else {
-            throw IOError("open", path: path, errno: kind == S_IFDIR ? EISDIR : EINVAL)
+        guard st.kind == .blockDevice || st.kind == .regular else {
+            throw IOError("open", path: path, errno: st.kind == .directory ? EISDIR : EINVAL)
         }
-        isBlockDevice = kind == S_IFBLK
+        isBlockDevice = st.kind == .blockDevice
         var fd: Int32
         var isDirect = direct
         if direct {
@@ -48,12 +47,12 @@ public final class BlockSource {
         }
         self.fd = fd
         self.direct = isDirect
-        rdev = UInt64(st.st_rdev)
+        rdev = st.deviceNumber
         if isBlockDevice {
             size = try Sys.blockDeviceSize(fd, path: path)
             alignment = max(512, (try? Sys.logicalBlockSize(fd, path: path)) ?? 4096)
         } else {
-            size = UInt64(try Sys.fstat(fd, path: path).st_size)
+            size = try Sys.fstat(fd, path: path).size
             alignment = 4096
         }
         onFUSE = !isBlockDevice && (try? Sys.filesystemType(fd, path: path)) == 0x6573_5546  // FUSE_SUPER_MAGIC

@@ -21,8 +21,8 @@ public struct FileIdentity: Hashable, Sendable {
     /// The identity of what `path` names (following symbolic links), or nil when it does not exist.
     public init?(path: String) {
         guard let st = try? Sys.stat(path) else { return nil }
-        device = UInt64(st.st_dev)
-        inode = UInt64(st.st_ino)
+        device = st.device
+        inode = st.inode
     }
 }
 
@@ -65,8 +65,8 @@ public enum BlockDevices {
 
     /// The device number of the block device at `path`, or nil when `path` is not one.
     public static func deviceNumber(_ path: String) -> UInt64? {
-        guard let st = try? Sys.stat(path), st.st_mode & S_IFMT == S_IFBLK else { return nil }
-        return UInt64(st.st_rdev)
+        guard let st = try? Sys.stat(path), st.kind == .blockDevice else { return nil }
+        return st.deviceNumber
     }
 
     /// The device itself and its partitions, each as a name under /dev and its device number.
@@ -140,7 +140,7 @@ public enum BlockDevices {
     public static func isInside(_ path: String, directory: FileIdentity, directoryPath: String) -> Bool {
         if let id = FileIdentity(path: path), id != directory {
             let st = try? Sys.stat(path)
-            if let st, st.st_mode & S_IFMT != S_IFDIR {
+            if let st, st.kind != .directory {
                 let members = (try? Sys.listDirectory(directoryPath)) ?? []
                 if members.contains(where: { FileIdentity(path: "\(directoryPath)/\($0)") == id }) { return true }
             }
@@ -151,9 +151,9 @@ public enum BlockDevices {
                 at = parent(of: at)
                 continue
             }
-            let id = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+            let id = st.identity
             if id == directory { return true }
-            guard st.st_mode & S_IFMT == S_IFDIR else {
+            guard st.kind == .directory else {
                 at = parent(of: at)
                 continue
             }
@@ -173,7 +173,7 @@ public enum BlockDevices {
             at = parent(of: at)
             st = try? Sys.stat(at)
         }
-        return st.map { UInt64($0.st_dev) }
+        return st.map(\.device)
     }
 
     /// The last component of `path` (what follows its last slash).

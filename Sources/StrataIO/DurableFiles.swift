@@ -45,7 +45,7 @@ public enum DurableFiles {
     public static func readAll(_ path: String, limit: Int) throws -> [UInt8] {
         let fd = try Sys.open(path, O_RDONLY)
         defer { Sys.close(fd) }
-        let size = Int(try Sys.fstat(fd, path: path).st_size)
+        let size = Int(try Sys.fstat(fd, path: path).size)
         guard size <= limit else { throw IOError("read", path: path, errno: EFBIG) }
         var bytes = [UInt8](repeating: 0, count: size)
         let n = try bytes.withUnsafeMutableBytes { try Sys.preadFully(fd, $0.baseAddress!, size, 0, path: path) }

@@ -66,59 +66,67 @@ public final class PreadQueue: ThreadPoolQueue {
     }
 }
 
-/// Requests carried out by blocking calls on a pool of threads: the pread engine, and stores whose reads are
-/// requests over a network (an S3 store's ranged GETs). `perform` returns what `IOCompletion.result` says.
+/// Requests carried out by blocking calls on a pool of threads (the pread engine). `perform` returns what
+/// `IOCompletion.result` says. The threads hold only the queue's shared state, never the queue, so dropping the
+/// queue stops them (each ends once its request in hand is done); they held the queue itself once, which kept
+/// every queue and its threads alive for the life of the process.
 open class ThreadPoolQueue: IOQueue {
     public let engineName: String
-    private let lock = Condition()
-    private var requests: [IORequest] = []
-    private var done: [IOCompletion] = []
-    private var stopping = false
-    private let perform: (IORequest) -> Int
 
-    public init(engineName: String, threads count: Int, perform: @escaping (IORequest) -> Int) {
+    private final class State: @unchecked Sendable {  // every field is guarded by `lock`
+        let lock = Condition()
+        var requests: [IORequest] = []
+        var head = 0
+        var done: [IOCompletion] = []
+        var stopping = false
+    }
+    private let state = State()
+
+    public init(engineName: String, threads count: Int, perform: @escaping @Sendable (IORequest) -> Int) {
         self.engineName = engineName
-        self.perform = perform
-        for i in 0..<max(1, min(count, 64)) { Threads.spawn("strata-\(engineName)-\(i)", stackSize: 512 << 10) { [unowned self] in self.serve() } }
+        let state = self.state
+        for i in 0..<max(1, min(count, 64)) {
+            Threads.spawn("strata-\(engineName)-\(i)", stackSize: 512 << 10) { ThreadPoolQueue.serve(state, perform) }
+        }
     }
 
-    deinit {
-        lock.lock()
-        stopping = true
-        lock.broadcast()
-        lock.unlock()
-    }
+    deinit { state.lock.publish { state.stopping = true } }
 
     public func submit(_ request: IORequest) {
-        lock.lock()
-        requests.append(request)
-        lock.signal()
-        lock.unlock()
+        state.lock.lock()
+        state.requests.append(request)
+        state.lock.signal()
+        state.lock.unlock()
     }
 
     public func wait(into completions: inout [IOCompletion]) {
-        lock.lock()
-        while done.isEmpty { lock.wait() }
-        completions.append(contentsOf: done)
-        done.removeAll(keepingCapacity: true)
-        lock.unlock()
+        state.lock.lock()
+        while state.done.isEmpty { state.lock.wait() }
+        completions.append(contentsOf: state.done)
+        state.done.removeAll(keepingCapacity: true)
+        state.lock.unlock()
     }
 
-    private func serve() {
+    private static func serve(_ state: State, _ perform: (IORequest) -> Int) {
         while true {
-            lock.lock()
-            while requests.isEmpty && !stopping { lock.wait() }
-            if stopping {
-                lock.unlock()
+            state.lock.lock()
+            while state.head == state.requests.count && !state.stopping { state.lock.wait() }
+            if state.stopping {  // requests still queued are dropped: their buffers may be gone with the owner
+                state.lock.unlock()
                 return
             }
-            let r = requests.removeFirst()
-            lock.unlock()
+            let r = state.requests[state.head]
+            state.head += 1
+            if state.head == state.requests.count {
+                state.requests.removeAll(keepingCapacity: true)
+                state.head = 0
+            }
+            state.lock.unlock()
             let result = perform(r)
-            lock.lock()
-            done.append(IOCompletion(tag: r.tag, result: result))
-            lock.broadcast()
-            lock.unlock()
+            state.lock.lock()
+            state.done.append(IOCompletion(tag: r.tag, result: result))
+            state.lock.broadcast()
+            state.lock.unlock()
         }
     }
 }

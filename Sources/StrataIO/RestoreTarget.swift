@@ -25,10 +25,9 @@ public final class RestoreTarget {
         let st = try? Sys.stat(path)
         let existed = st != nil
         if let st {
-            let kind = st.st_mode & S_IFMT
-            if kind == S_IFDIR { throw IOError("open", path: path, errno: EISDIR) }
-            isDevice = kind == S_IFBLK
-            isSink = kind == S_IFCHR
+            if st.kind == .directory { throw IOError("open", path: path, errno: EISDIR) }
+            isDevice = st.kind == .blockDevice
+            isSink = st.kind == .characterDevice
         }
         isBlockDevice = isDevice
         isCharacterDevice = isSink

@@ -37,6 +37,99 @@ public struct IOError: Error, Equatable, Sendable, CustomStringConvertible {
 
     /// Whether the kernel said the file is busy (EBUSY: a device opened exclusively elsewhere).
     public var isBusy: Bool { errno == EBUSY }
+
+    /// What went wrong, in terms a caller above StrataIO decides on (it never sees an errno).
+    public enum Kind: Sendable, Equatable {
+        /// ENOENT.
+        case missing
+        /// EPERM, EACCES: the process lacks the right.
+        case notPermitted
+        /// EBUSY.
+        case busy
+        /// EOPNOTSUPP, ENOTTY, ENOSYS: the filesystem or device has no such operation.
+        case unsupported
+        /// EINVAL: the kernel refused the request's arguments (for an ioctl, often: not this kind of file).
+        case invalid
+        /// EXDEV: the two paths are on different filesystems.
+        case crossDevice
+        /// ENOTDIR, EISDIR: a file where a directory was wanted, or the other way round.
+        case wrongType
+        /// ENOTCONN: a FUSE mount whose server is gone.
+        case disconnected
+        /// ENOSPC, EDQUOT.
+        case noSpace
+        /// EEXIST.
+        case exists
+        /// EFBIG: larger than allowed.
+        case tooLarge
+        /// EIO and the other media errors (`isMediaError`).
+        case media
+        /// Anything else.
+        case other
+    }
+
+    public var kind: Kind {
+        switch errno {
+        case ENOENT: return .missing
+        case EPERM, EACCES: return .notPermitted
+        case EBUSY: return .busy
+        case EOPNOTSUPP, ENOTTY, ENOSYS: return .unsupported
+        case EINVAL: return .invalid
+        case EXDEV: return .crossDevice
+        case ENOTDIR, EISDIR: return .wrongType
+        case ENOTCONN: return .disconnected
+        case ENOSPC, EDQUOT: return .noSpace
+        case EEXIST: return .exists
+        case EFBIG: return .tooLarge
+        default: return isMediaError ? .media : .other
+        }
+    }
+}
+
+/// What `stat` says of a file, in Swift terms: callers above StrataIO read a kind and a size, not `st_mode`.
+public struct FileStatus: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable { case regular, directory, blockDevice, characterDevice, symbolicLink, other }
+    public var kind: Kind
+    /// The permission bits (mode & 0o7777).
+    public var permissions: UInt32
+    public var size: UInt64
+    /// The device holding the file, and its inode: together, the file's identity.
+    public var device: UInt64
+    public var inode: UInt64
+    /// For a block or character device: its device number.
+    public var deviceNumber: UInt64
+    public var owner: UInt32
+
+    public var identity: FileIdentity { FileIdentity(device: device, inode: inode) }
+
+    init(_ st: Glibc.stat) {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: kind = .regular
+        case S_IFDIR: kind = .directory
+        case S_IFBLK: kind = .blockDevice
+        case S_IFCHR: kind = .characterDevice
+        case S_IFLNK: kind = .symbolicLink
+        default: kind = .other
+        }
+        permissions = UInt32(st.st_mode & 0o7777)
+        size = UInt64(max(0, st.st_size))
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+        deviceNumber = UInt64(st.st_rdev)
+        owner = UInt32(st.st_uid)
+    }
+}
+
+/// How a file is opened, for callers above StrataIO (which pass no O_ flags).
+public struct OpenFlags: OptionSet, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let readOnly = OpenFlags([])
+    public static let writeOnly = OpenFlags(rawValue: O_WRONLY)
+    public static let readWrite = OpenFlags(rawValue: O_RDWR)
+    /// With `create`: fail if it exists.
+    public static let exclusive = OpenFlags(rawValue: O_EXCL)
+    public static let truncate = OpenFlags(rawValue: O_TRUNC)
 }
 
 @inline(__always)
@@ -58,13 +151,20 @@ func retrying<T: BinaryInteger>(_ op: String, _ path: String, _ body: () -> T) t
 }
 
 public enum Sys {
-    public static func open(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> Int32 {
+    static func open(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> Int32 {
         try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+    }
+
+    public static func open(_ path: String, _ flags: OpenFlags) throws -> Int32 { try open(path, flags.rawValue) }
+
+    /// `create` for callers above StrataIO.
+    public static func create(_ path: String, _ flags: OpenFlags, mode: UInt32 = 0o600) throws -> Int32 {
+        try create(path, flags.rawValue, mode: Glibc.mode_t(mode))
     }
 
     /// Opens `path` with O_CREAT and sets its mode to exactly `mode`, whatever the umask: Strata's own files
     /// (chain files, scratch files) are private, 0600, since they hold a whole disk.
-    public static func create(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> Int32 {
+    static func create(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> Int32 {
         let fd = try open(path, flags | O_CREAT, mode: mode)
         do { try fchmod(fd, mode, path: path) } catch {
             close(fd)
@@ -117,16 +217,17 @@ public enum Sys {
         return done
     }
 
-    public static func fstat(_ fd: Int32, path: String) throws -> Glibc.stat {
+    public static func fstat(_ fd: Int32, path: String) throws -> FileStatus {
         var st = Glibc.stat()
         _ = try retrying("stat", path) { Glibc.fstat(fd, &st) }
-        return st
+        return FileStatus(st)
     }
 
-    public static func stat(_ path: String) throws -> Glibc.stat {
+    /// The status of what `path` names (a link is followed).
+    public static func stat(_ path: String) throws -> FileStatus {
         var st = Glibc.stat()
         _ = try retrying("stat", path) { strata_stat(path, &st) }
-        return st
+        return FileStatus(st)
     }
 
     public static func fsync(_ fd: Int32, path: String) throws { _ = try retrying("fsync", path) { Glibc.fsync(fd) } }
@@ -141,14 +242,14 @@ public enum Sys {
 
     public static func unlink(_ path: String) throws { _ = try retrying("remove", path) { Glibc.unlink(path) } }
 
-    public static func fchmod(_ fd: Int32, _ mode: Glibc.mode_t, path: String) throws {
+    static func fchmod(_ fd: Int32, _ mode: Glibc.mode_t, path: String) throws {
         _ = try retrying("set mode of", path) { Glibc.fchmod(fd, mode) }
     }
 
     /// Makes a directory with exactly `mode` (0700: a chain is private), whatever the umask.
-    public static func mkdir(_ path: String, mode: Glibc.mode_t = 0o700) throws {
-        _ = try retrying("create directory", path) { Glibc.mkdir(path, mode) }
-        _ = try retrying("set mode of", path) { Glibc.chmod(path, mode) }
+    public static func mkdir(_ path: String, mode: UInt32 = 0o700) throws {
+        _ = try retrying("create directory", path) { Glibc.mkdir(path, Glibc.mode_t(mode)) }
+        _ = try retrying("set mode of", path) { Glibc.chmod(path, Glibc.mode_t(mode)) }
     }
 
     /// Makes a directory and those above it that are missing (0700 for those it makes).
@@ -173,16 +274,17 @@ public enum Sys {
 
     public static func rmdir(_ path: String) throws { _ = try retrying("remove directory", path) { Glibc.rmdir(path) } }
 
-    public static func lstat(_ path: String) throws -> Glibc.stat {
+    /// The status of `path` itself (a link is not followed).
+    public static func lstat(_ path: String) throws -> FileStatus {
         var st = Glibc.stat()
         _ = try retrying("stat", path) { Glibc.lstat(path, &st) }
-        return st
+        return FileStatus(st)
     }
 
     /// Opens a block device for writing with O_EXCL: the kernel refuses (EBUSY) while it is mounted, active
     /// swap, a member of an array or volume, or opened exclusively by anyone else; and while this descriptor is
     /// open, none of those can start.
-    public static func openExclusive(_ path: String, _ flags: Int32) throws -> Int32 {
+    static func openExclusive(_ path: String, _ flags: Int32) throws -> Int32 {
         try open(path, flags | O_EXCL)
     }
 
@@ -287,9 +389,21 @@ public enum Sys {
 
     public static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) == 1 }
 
+    /// Writes all of `text` to standard error, unbuffered (a progress line, a notice).
+    public static func writeStandardError(_ text: String) {
+        var bytes = Array(text.utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && Glibc.errno == EINTR { continue }
+            guard n > 0 else { return }
+            done += n
+        }
+        bytes.removeAll()
+    }
+
     public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
-    /// Seconds since 1970 (UTC), from the real-time clock.
     /// A second descriptor on `path` for O_DIRECT reads (page cache bypassed), or nil where the filesystem
     /// refuses O_DIRECT (tmpfs).
     public static func openDirectForReading(_ path: String) -> Int32? { try? open(path, O_RDONLY | strata_O_DIRECT) }
@@ -301,12 +415,55 @@ public enum Sys {
         return String(cString: p)
     }
 
+    /// `path` resolved as `realPath` does; throws (missing, wrongType, disconnected...) where it cannot be.
+    public static func resolvedPath(_ path: String) throws -> String {
+        guard let p = realpath(path, nil) else { throw IOError("resolve", path: path, errno: Glibc.errno) }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
     /// Whether `path` is a directory this process may create files in.
     public static func isWritableDirectory(_ path: String) -> Bool {
         guard let st = try? stat(path) else { return false }
-        return (st.st_mode & S_IFMT) == S_IFDIR && access(path, W_OK | X_OK) == 0
+        return st.kind == .directory && access(path, W_OK | X_OK) == 0
     }
 
+    /// This process's id.
+    public static var processID: Int32 { getpid() }
+    /// The real user and group ids of this process.
+    public static var userID: UInt32 { getuid() }
+    public static var groupID: UInt32 { getgid() }
+
+    /// The machine's host name (gethostname), or "localhost" where it has none.
+    public static var hostName: String {
+        var name = [CChar](repeating: 0, count: 256)
+        guard gethostname(&name, name.count - 1) == 0 else { return "localhost" }
+        return String(cString: name)
+    }
+
+    /// Every environment variable of this process, by name.
+    public static func environmentVariables() -> [String: String] {
+        var out: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        return out
+    }
+
+    /// The value of an environment variable, or nil where it is not set.
+    public static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+    /// Sleeps the calling thread for `seconds` (a poll's pause; pipelines wait on conditions instead).
+    public static func sleep(seconds: Double) {
+        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1e9))
+        var left = timespec()
+        while nanosleep(&ts, &left) != 0 && Glibc.errno == EINTR { ts = left }
+    }
+
+    /// Seconds since 1970 (UTC), from the real-time clock.
     public static var wallClockSeconds: UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)

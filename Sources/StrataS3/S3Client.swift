@@ -11,9 +11,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 
-#if canImport(Glibc)
-import Glibc
-#endif
+import StrataIO
 
 public final class S3Client: @unchecked Sendable {
     public let config: S3Config
@@ -29,7 +27,7 @@ public final class S3Client: @unchecked Sendable {
     private let stateLock = NIOLock()
     public var bytesReceived: UInt64 { stateLock.withLock { received } }
     /// `STRATA_S3_TRACE=1`: one line on stderr per request (method, object, range, status, bytes, milliseconds).
-    private let trace = getenv("STRATA_S3_TRACE").map { String(cString: $0) == "1" } ?? false
+    private let trace = Sys.environment("STRATA_S3_TRACE") == "1"
 
     /// `connectTimeout`: how long one attempt waits to connect (async-http-client keeps trying a refused
     /// connection until then); with the retries, a store that is down fails a command in about 20 s.
@@ -105,7 +103,7 @@ public final class S3Client: @unchecked Sendable {
                 if trace {
                     let range = headers.first { $0.0 == "range" }.map { " \($0.1)" } ?? ""
                     let line = "s3 \(what)\(query.isEmpty ? "" : "?" + queryText)\(range) \(answer.status.code) out \(payload.readableBytes) in \(answer.body?.readableBytes ?? 0) \(Double(Self.nanos() - sent) / 1e6) ms\n"
-                    fputs(line, stderr)
+                    Sys.writeStandardError(line)
                 }
                 var h: [String: String] = [:]
                 for (name, value) in answer.headers { h[name.lowercased()] = value }
@@ -127,25 +125,32 @@ public final class S3Client: @unchecked Sendable {
                 }
             }
             // Full jitter: a random wait up to the doubled delay, capped at 5 s.
-            usleep(UInt32(Double.random(in: 0...delay) * 1e6))
+            Sys.sleep(seconds: Double.random(in: 0...delay))
             delay = min(delay * 2, 5)
         }
         preconditionFailure("unreachable")
     }
 
-    static func nanos() -> UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
-    }
+    static func nanos() -> UInt64 { Sys.monotonicNanos() }
 
     /// UTC date (YYYYMMDD) and time (HHMMSS) now.
-    static func now() -> (date: String, time: String) {
-        var t = time(nil)
-        var tm = tm()
-        gmtime_r(&t, &tm)
-        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        return ("\(tm.tm_year + 1900)\(two(tm.tm_mon + 1))\(two(tm.tm_mday))", "\(two(tm.tm_hour))\(two(tm.tm_min))\(two(tm.tm_sec))")
+    static func now() -> (date: String, time: String) { utc(Sys.wallClockSeconds) }
+
+    /// UTC date (YYYYMMDD) and time (HHMMSS) of `seconds` since 1970, by the proleptic Gregorian calendar (the
+    /// days-to-civil algorithm of Howard Hinnant's date library: no time zone, no libc).
+    static func utc(_ seconds: UInt64) -> (date: String, time: String) {
+        let days = Int64(seconds / 86400), rest = Int(seconds % 86400)
+        let z = days + 719_468
+        let era = z / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return ("\(year)\(two(month))\(two(day))", "\(two(Int64(rest / 3600)))\(two(Int64(rest / 60 % 60)))\(two(Int64(rest % 60)))")
     }
 
     // MARK: Objects

@@ -3,9 +3,7 @@
 // AWS_ENDPOINT_URL, AWS_PROFILE), then the profile's sections of ~/.aws/credentials and ~/.aws/config
 // (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE move them). Requests use path-style addressing
 // (ENDPOINT/BUCKET/KEY), which every S3-compatible store serves.
-#if canImport(Glibc)
-import Glibc
-#endif
+import StrataIO
 
 public struct S3Credentials: Sendable, Equatable {
     public var accessKey: String
@@ -53,28 +51,15 @@ public struct S3Config: Sendable, Equatable {
             credentials: S3Credentials(accessKey: access, secretKey: secret, sessionToken: value("AWS_SESSION_TOKEN", "aws_session_token")))
     }
 
-    public static func environment() -> [String: String] {
-        var out: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
-            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            p += 1
-        }
-        return out
-    }
+    public static func environment() -> [String: String] { Sys.environmentVariables() }
 
     /// The `key = value` lines of one `[section]` of an INI file (empty when the file or section is missing).
     static func ini(_ path: String, section: String) -> [String: String] {
-        guard let f = fopen(path, "r") else { return [:] }
-        defer { fclose(f) }
+        guard let file = Sys.readSmallFile(path) else { return [:] }
         var out: [String: String] = [:]
         var inSection = false
-        var line: UnsafeMutablePointer<CChar>?
-        var capacity = 0
-        defer { free(line) }
-        while getline(&line, &capacity, f) > 0, let l = line {
-            let text = String(cString: l).trimmingWhitespace
+        for l in file.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
+            let text = String(l).trimmingWhitespace
             if text.hasPrefix("[") && text.hasSuffix("]") {
                 inSection = String(text.dropFirst().dropLast()).trimmingWhitespace == section
             } else if inSection, let eq = text.firstIndex(of: "="), !text.hasPrefix("#"), !text.hasPrefix(";") {

@@ -90,10 +90,9 @@ struct CaptureCommand: ParsableCommand {
     var seekable: Bool?
     @OptionGroup var key: KeyOptions
 
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var store: StoreArguments
 
     func run() throws {
-        store.apply()
         Output.warnIfExposed(chain)
         try metrics.check()
         let clock = RunMetrics.Stopwatch()
@@ -111,6 +110,7 @@ struct CaptureCommand: ParsableCommand {
         options.encrypt = encrypt
         options.seekable = seekable
         options.secret = try key.secret()
+        options.store = store.value
         let progress = ProgressLine(verb: "capture", quiet: quiet)
         do {
             let r = try Capture.run(source: source, chain: chain, options: options, progress: progress.update, notice: Output.notice)

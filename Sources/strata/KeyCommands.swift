@@ -1,7 +1,6 @@
 // The secret of an encrypted chain on the command line (`--key-file`, or STRATA_PASSPHRASE from the environment:
 // never an argument, which `ps` shows), `strata keygen`, and `strata key change`.
 import ArgumentParser
-import Glibc
 import StrataChain
 
 /// `--key-file`, shared by every command that reads or writes an encrypted chain's data.
@@ -18,7 +17,7 @@ struct KeyOptions: ParsableArguments {
 
     static func secret(keyFile: String?, passphraseVariable: String) throws -> UserSecret? {
         if let keyFile { return try ChainSecrets.readKeyFile(keyFile, warn: Output.notice) }
-        if let p = getenv(passphraseVariable).map({ String(cString: $0) }) {
+        if let p = Machine.environment(passphraseVariable) {
             guard !p.isEmpty else { throw ChainError.invalidOption("\(passphraseVariable) is set but empty") }
             return .passphrase(p)
         }
@@ -66,10 +65,9 @@ struct KeyChangeCommand: ParsableCommand {
     @OptionGroup var key: KeyOptions
     @Option(help: ArgumentHelp("The new key file (or set STRATA_NEW_PASSPHRASE).", valueName: "file")) var newKeyFile: String?
 
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var store: StoreArguments
 
     func run() throws {
-        store.apply()
         do {
             guard let old = try KeyOptions.secret(keyFile: key.keyFile, passphraseVariable: "STRATA_PASSPHRASE") else {
                 throw ChainError.keyNeeded(path: chain)
@@ -77,7 +75,7 @@ struct KeyChangeCommand: ParsableCommand {
             guard let new = try KeyOptions.secret(keyFile: newKeyFile, passphraseVariable: "STRATA_NEW_PASSPHRASE") else {
                 throw ChainError.invalidOption("give the new secret: --new-key-file FILE, or STRATA_NEW_PASSPHRASE")
             }
-            try ChainSecrets.change(chain: chain, old: old, new: new)
+            try ChainSecrets.change(chain: chain, old: old, new: new, store: store.value)
         } catch { throw Output.fail(error) }
     }
 }

@@ -17,13 +17,13 @@ struct MergeCommand: ParsableCommand {
     @Option(help: "Last point of the range; it keeps its number.") var to: UInt32
     @OptionGroup var work: MergeWork
 
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var store: StoreArguments
 
     func run() throws {
-        store.apply()
         Output.warnIfExposed(chain)
         var options = try work.options(to: to)
         options.from = from
+        options.store = store.value
         let progress = ProgressLine(verb: "merge", quiet: work.quiet)
         do {
             let r = try Merge.run(chain: chain, options: options, progress: progress.update)

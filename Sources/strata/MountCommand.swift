@@ -1,6 +1,5 @@
 import ArgumentParser
 import StrataChain
-import StrataIO
 
 struct MountCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -51,12 +50,11 @@ struct MountCommand: ParsableCommand {
     }
 
     func run() throws {
-        if !foreground && !Daemon.isDetachedChild { try startInBackground() }
-        Daemon.closeInheritedDescriptors()
+        if !foreground && !ServerProcess.isBackgroundChild { try startInBackground() }
         // Before any thread starts: SIGINT, SIGTERM and SIGHUP are taken by one thread, which unmounts.
-        TerminationSignals.block()
+        ServerProcess.prepare()
         Output.warnIfExposed(chain)
-        let detached = Daemon.isDetachedChild
+        let detached = ServerProcess.isBackgroundChild
         let lines = LogLines(toSyslog: false)
         var options = MountOptions()
         options.point = point
@@ -71,10 +69,10 @@ struct MountCommand: ParsableCommand {
         } catch {
             throw Output.fail(error)
         }
-        TerminationSignals.onSignal { _ in session.stop(log: lines.write) }
+        ServerProcess.onTermination { session.stop(log: lines.write) }
         if foreground { Output.notice("mounted \(session.summary) at \(session.directory); strata unmount \(session.directory) or Ctrl-C stops") }
         if detached {
-            Daemon.announceReady(logFile: log)
+            ServerProcess.announceReady(logFile: log)
             lines.toSyslog = log == nil
         }
         session.wait(log: lines.write)
@@ -89,18 +87,17 @@ struct MountCommand: ParsableCommand {
         if pageCache { args.append("--page-cache") }
         if let log { args += ["--log", log] }
         if let keyFile = key.keyFile { args += ["--key-file", keyFile] }  // (STRATA_PASSPHRASE goes with the environment)
-        let child: (pid: Int32, ready: Int32)
-        do { child = try Daemon.startDetached(args) } catch { throw Output.fail(error) }
-        if Daemon.waitReady(child.ready) { throw ExitCode.success }
-        throw ExitCode(Daemon.waitExit(child.pid))
+        let status: Int32
+        do { status = try ServerProcess.startInBackground(args) } catch { throw Output.fail(error) }
+        throw ExitCode(status)
     }
 }
 
 /// Where a mount's log lines go: stderr, or syslog once a background server has let go of the terminal.
-final class LogLines: @unchecked Sendable {
+final class LogLines: @unchecked Sendable {  // `toSyslog` is set once, before the server's threads log
     var toSyslog: Bool
     init(toSyslog: Bool) { self.toSyslog = toSyslog }
-    func write(_ line: String) { toSyslog ? Syslog.line(line) : Output.notice(line) }
+    func write(_ line: String) { toSyslog ? ServerProcess.syslog(line) : Output.notice(line) }
 }
 
 struct UnmountCommand: ParsableCommand {

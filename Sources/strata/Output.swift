@@ -1,9 +1,6 @@
 // Everything the CLI prints: the progress line (stderr, terminals only), one-line notices, errors with their
 // exit codes, and the JSON objects of --json. Errors are rendered here and nowhere else.
 import ArgumentParser
-#if canImport(Glibc)
-import Glibc
-#endif
 import StrataChain
 
 /// A value already in JSON (null, an object made by `Output.object`), put into `Output.json` as it is.
@@ -23,7 +20,7 @@ enum Output {
     }
 
     /// Writes to stderr, unbuffered.
-    static func toStderr(_ s: String) { fputs(s, stderr) }
+    static func toStderr(_ s: String) { Machine.writeToStandardError(s) }
 
     /// `v` with `digits` decimals (printf's %.Nf).
     static func fixed(_ v: Double, _ digits: Int) -> String {
@@ -40,6 +37,7 @@ enum Output {
 
     /// Prints a failure as one line and exits with its documented code.
     static func fail(_ error: Error) -> ExitCode {
+        let error = ChainError.lifting(error)
         if let e = error as? ChainError {
             notice("error: \(e.description)")
         } else if let e = error as? IOError {
@@ -52,6 +50,7 @@ enum Output {
 
     /// The documented exit code of a failure.
     static func exitCode(of error: Error) -> Int32 {
+        let error = ChainError.lifting(error)
         if let e = error as? ChainError { return e.exitCode }
         if error is IOError { return 74 }
         if let e = error as? ExitCode { return e.rawValue }

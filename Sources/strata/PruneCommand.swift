@@ -39,10 +39,9 @@ struct PruneCommand: ParsableCommand {
     @OptionGroup var work: MergeWork
     @OptionGroup var metrics: MetricsFile
 
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var store: StoreArguments
 
     func run() throws {
-        store.apply()
         Output.warnIfExposed(chain)
         try metrics.check()
         let clock = RunMetrics.Stopwatch()
@@ -50,7 +49,9 @@ struct PruneCommand: ParsableCommand {
         let progress = ProgressLine(verb: "prune", quiet: work.quiet || dryRun)
         let r: PruneResult
         do {
-            r = try Merge.prune(chain: chain, rules: rules, options: work.options(to: 0), dryRun: dryRun, progress: progress.update)
+            var options = try work.options(to: 0)
+            options.store = store.value
+            r = try Merge.prune(chain: chain, rules: rules, options: options, dryRun: dryRun, progress: progress.update)
             progress.finish()
             if !dryRun { metrics.record("prune", chain: chain, clock: clock, seconds: r.seconds, stored: r.bytesWritten) }
         } catch {

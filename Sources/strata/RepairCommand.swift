@@ -31,16 +31,16 @@ struct RepairCommand: ParsableCommand {
     @Flag(help: "No lines for the changes (errors still print).") var quiet = false
     @OptionGroup var key: KeyOptions
 
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var store: StoreArguments
 
     func run() throws {
-        store.apply()
         Output.warnIfExposed(chain)
         var options = RepairOptions()
         options.dryRun = dryRun
         options.dropDamaged = dropDamaged
         options.threads = threads ?? Machine.onlineCores
         options.secret = try key.secret()
+        options.store = store.value
         let verb = dryRun ? "would " : ""
         do {
             let r = try Repair.run(chain: chain, options: options) { action in

@@ -1,6 +1,5 @@
 import ArgumentParser
 import StrataChain
-import StrataIO
 
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -42,20 +41,14 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         Output.warnIfExposed(chain)
-        let server: NBDServer
-        let listener: Listener
         do {
-            server = try NBDServer(chain: chain, point: point, cacheBytes: cacheSize, secret: key.secret()) { Output.notice($0) }
-            do {
-                listener = try socket.map { try Listener(unixPath: $0) } ?? Listener(host: bind, port: port!)
-            } catch let e as IOError {
-                throw ChainError.targetUnavailable(path: e.path, reason: e.reason)
+            let server = try NBDServer(chain: chain, point: point, cacheBytes: cacheSize, secret: key.secret()) { Output.notice($0) }
+            let address = socket.map { NBDAddress.unixSocket($0) } ?? .tcp(host: bind, port: port!)
+            try server.serve(at: address) { listening in
+                Output.notice("serving \(chain) over NBD on \(listening) (exports: point numbers; \"\" = \(point.map { "point \($0)" } ?? "the newest"))")
             }
         } catch {
             throw Output.fail(error)
         }
-        listener.exitOnTerminationSignals()
-        Output.notice("serving \(chain) over NBD on \(listener.address) (exports: point numbers; \"\" = \(point.map { "point \($0)" } ?? "the newest"))")
-        server.serve(listener)
     }
 }

@@ -29,13 +29,13 @@ struct SyncCommand: ParsableCommand {
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
 
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var store: StoreArguments
 
     func run() throws {
-        store.apply()
         Output.warnIfExposed(destination)
         var options = SyncOptions()
         options.threads = threads
+        options.store = store.value
         let progress = ProgressLine(verb: "sync", quiet: quiet)
         let r: SyncResult
         do {

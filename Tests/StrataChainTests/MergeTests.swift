@@ -12,6 +12,10 @@ final class MergeTests: XCTestCase {
     var dir = ""
     /// Where the property test's chains go: `dir`, or a bucket (`testRandomMergesAndPrunesInABucket`).
     var chains = ""
+    /// The sizes every capture, merge, restore and verify of the property test runs with.
+    var tuning = Tuning()
+    /// Tiny index chunks (16 records), windows of 37 blocks and two restore slots.
+    static let small = Tuning(framesPerIndexChunk: 16, extentsPerIndexChunk: 16, maxRestoreSlots: 2, maxWindowBlocks: 37)
     static let gateway = LazyRGW()
     override func setUpWithError() throws { dir = try scratchDirectory("merge"); chains = dir }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
@@ -22,6 +26,7 @@ final class MergeTests: XCTestCase {
         for p in points {
             var o = RestoreOptions.overwriting
             o.point = p
+            o.tuning = tuning
             let out = "\(dir)/out.img"
             _ = try Restore.run(chain: chain, target: out, options: o)
             XCTAssertTrue(try readFile(out) == states[p], "\(context): point \(p) differs", file: file, line: line)
@@ -37,11 +42,7 @@ final class MergeTests: XCTestCase {
     func testRandomMergesAndPrunesInABucket() throws {
         chains = try Self.gateway.bucketLocation("merge")
         try randomMergesAndPrunes(seeds: [24], verify: true)
-        let saved = (ImageWriter.chunking, PointWalk.maxWindowBlocks, RestorePipeline.maxSlots)
-        defer { (ImageWriter.chunking, PointWalk.maxWindowBlocks, RestorePipeline.maxSlots) = saved }
-        ImageWriter.chunking = (16, 16)
-        PointWalk.maxWindowBlocks = 37
-        RestorePipeline.maxSlots = 2
+        tuning = Self.small
         try randomMergesAndPrunes(seeds: [25], verify: true)
     }
 
@@ -49,11 +50,7 @@ final class MergeTests: XCTestCase {
     /// rebuild, and two restore slots, so that every piece of the streamed index is crossed many times and
     /// frames leave their slots and are read again; every point is also verified whole after each step.
     func testRandomMergesWithSmallChunksWindowsAndSlots() throws {
-        let saved = (ImageWriter.chunking, PointWalk.maxWindowBlocks, RestorePipeline.maxSlots)
-        defer { (ImageWriter.chunking, PointWalk.maxWindowBlocks, RestorePipeline.maxSlots) = saved }
-        ImageWriter.chunking = (16, 16)
-        PointWalk.maxWindowBlocks = 37
-        RestorePipeline.maxSlots = 2
+        tuning = Self.small
         try randomMergesAndPrunes(seeds: [31, 32], verify: true)
         // The images written this way have many chunks of each kind.
         let chain = "\(dir)/chain-31"
@@ -61,7 +58,6 @@ final class MergeTests: XCTestCase {
         XCTAssertGreaterThan(full.index.extentChunkCount, 4)
 
         // Windows ended by the chunk tables (a few extents an image) resolve every block as one window does.
-        PointWalk.maxWindowBlocks = .max
         let images = try Chain(location: chain, access: .read).openImages(forPoint: try ChainListing.read(chain: chain).points.last!.point)
         func blocks(_ walk: PointWalk) throws -> (map: [[UInt64]], windows: Int) {
             var map: [[UInt64]] = [], windows = 0
@@ -90,7 +86,9 @@ final class MergeTests: XCTestCase {
             var states: [UInt32: [UInt8]] = [:]
             func capture() throws {
                 try disk.writeSparse(to: source)
-                let r = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+                var o = CaptureOptions()
+                o.tuning = tuning
+                let r = try Capture.run(source: source, chain: chain, options: o)
                 states[r.point] = disk.bytes
             }
             try capture()
@@ -107,7 +105,9 @@ final class MergeTests: XCTestCase {
                     try capture()
                     what = "capture"
                 } else if action == 1 {
-                    let r = try XCTUnwrap(Merge.prune(chain: chain, keep: Int.random(in: 1..<points.count, using: &rng)))
+                    var o = MergeOptions(to: 0)
+                    o.tuning = tuning
+                    let r = try XCTUnwrap(Merge.prune(chain: chain, keep: Int.random(in: 1..<points.count, using: &rng), options: o))
                     XCTAssertEqual(r.kind, .full)
                     what = "prune to \(r.points)"
                 } else {
@@ -116,6 +116,7 @@ final class MergeTests: XCTestCase {
                     var o = MergeOptions(to: points[j])
                     o.from = points[i]
                     o.threads = [1, 2, 5, 8][step % 4]  // one re-packer, or two with copiers joining at the end
+                    o.tuning = tuning
                     let r = try Merge.run(chain: chain, options: o)
                     XCTAssertEqual(r.kind, i == 0 ? .full : .incremental)
                     XCTAssertLessThanOrEqual(r.bytesStored, r.bytesBefore + 4096, "a merged image is no larger than what it replaces")
@@ -123,12 +124,16 @@ final class MergeTests: XCTestCase {
                 }
                 try assertEveryPointRestores(chain, states, "seed \(seed) step \(step) (\(what))")
                 if verify {
-                    let v = try Verify.run(chain: chain, options: VerifyOptions())
+                    var vo = VerifyOptions()
+                    vo.tuning = tuning
+                    let v = try Verify.run(chain: chain, options: vo)
                     XCTAssertTrue(v.isWhole, "seed \(seed) step \(step) (\(what)): \(v.problems)")
                 }
             }
             // The head hash map stays valid: the next capture after merges is an ordinary incremental.
-            let quiet = try Capture.run(source: source, chain: chain, options: CaptureOptions())
+            var o = CaptureOptions()
+            o.tuning = tuning
+            let quiet = try Capture.run(source: source, chain: chain, options: o)
             XCTAssertEqual(quiet.kind, .incremental)
             XCTAssertEqual(quiet.blocksChanged, 0)
         }
@@ -207,10 +212,8 @@ final class MergeTests: XCTestCase {
             for f in 0..<s.index.frameCount { frames += UInt64(try s.index.frame(UInt32(f)).length) }
             indexes += s.header.fileSize - frames
         }
-        let saved = MergePlan.paddingShare
-        MergePlan.paddingShare = 2
-        defer { MergePlan.paddingShare = saved }
         var o = MergeOptions(to: 5)
+        o.tuning.mergePaddingShare = 2
         o.from = 2
         let r = try Merge.run(chain: chain, options: o)
         XCTAssertGreaterThan(r.framesRepacked, 0)

@@ -15,22 +15,23 @@ final class PointReaderTests: XCTestCase {
 
     /// A chain of `nights` captures of a model disk and one merge; the states of its points.
     func makeChain(
-        seed: UInt64, size: Int, nights: Int, seekable: Bool? = nil, beforeNight: (Int) -> Void = { _ in }
+        seed: UInt64, size: Int, nights: Int, seekable: Bool? = nil, tuning: (_ night: Int) -> Tuning = { _ in Tuning() }
     ) throws -> (chain: String, states: [UInt32: [UInt8]]) {
         var rng = SeededGenerator(seed: seed)
         var disk = DiskModel(size: size, rng: &rng)
         let source = "\(dir)/source-\(seed).img", chain = "\(dir)/chain-\(seed)"
         var states: [UInt32: [UInt8]] = [:]
         for n in 0..<nights {
-            beforeNight(n)
             if n > 0 { disk.night(n, rng: &rng) }
             try disk.writeSparse(to: source)
             var o = CaptureOptions()
+            o.tuning = tuning(n)
             if n == 0 { o.seekable = seekable }  // later captures follow the chain
             states[try Capture.run(source: source, chain: chain, options: o).point] = disk.bytes
         }
         var o = MergeOptions(to: 3)
         o.from = 2
+        o.tuning = tuning(nights)
         _ = try Merge.run(chain: chain, options: o)
         states[2] = nil
         return (chain, states)
@@ -118,10 +119,8 @@ final class PointReaderTests: XCTestCase {
     /// ones: each image's frames say their own size, and every byte of every point (one merged over images of both
     /// sizes) reads as its night (entries of both sizes in one cache, read in part and completed).
     func testASeekableChainOfTwoSubframeSizes() throws {
-        let saved = FrameBuffers.subframeBytes
-        defer { FrameBuffers.subframeBytes = saved }
         let (chain, states) = try makeChain(seed: 50, size: 5 << 20 + 1536, nights: 5, seekable: true) { n in
-            FrameBuffers.subframeBytes = n < 2 ? 64 << 10 : 32 << 10
+            Tuning(subframeBytes: n < 2 ? 64 << 10 : 32 << 10)
         }
         func sizes(_ image: ImageFile) throws -> Set<Int> {
             var out = Set<Int>()
@@ -193,10 +192,9 @@ final class PointReaderTests: XCTestCase {
 
     /// Across many index chunks (16 records each) and many windows.
     func testSmallIndexChunks() throws {
-        let saved = ImageWriter.chunking
-        defer { ImageWriter.chunking = saved }
-        ImageWriter.chunking = (16, 16)
-        let (chain, states) = try makeChain(seed: 43, size: 3 << 20, nights: 4)
+        let (chain, states) = try makeChain(seed: 43, size: 3 << 20, nights: 4) { _ in
+            Tuning(framesPerIndexChunk: 16, extentsPerIndexChunk: 16)
+        }
         try checkEveryPoint(chain, states, seed: 43, cacheBytes: 8 << 20)
     }
 

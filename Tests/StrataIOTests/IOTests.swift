@@ -156,38 +156,71 @@ final class DeviceUsageTests: XCTestCase {
 /// A queue outlives the buffers registered on it: once a region is unregistered (as its owner does before
 /// freeing it), a new buffer at the same address is read into itself, not into the old region's pinned pages.
 final class RegisteredBufferTests: XCTestCase {
+    /// A buffer registered with io_uring, unregistered and unmapped, then a new mapping at the very same address
+    /// (the case that broke: glibc often hands the freed place out again): a read into the new mapping lands in
+    /// it, not in the pages the old registration pinned.
     func testAQueueReusedAfterItsRegisteredBufferIsFreedReadsIntoTheNewBuffer() throws {
         if let reason = URingQueue.unavailableReason() { throw XCTSkip(reason) }
         let dir = NSTemporaryDirectory() + "strata-registered-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let bytes = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        let length = 1 << 20
+        let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
         try Data(bytes).write(to: URL(fileURLWithPath: "\(dir)/f"))
         let fd = try Sys.open("\(dir)/f", O_RDONLY)
         defer { Sys.close(fd) }
         let queue = try URingQueue(depth: 4)
-        var reused = false
         let pump = IOPump(queue: queue, maxTags: 1)
-        for round in 0..<8 {
-            var base: UnsafeMutableRawPointer?
-            do {
-                let slab = AlignedSlab(slotSize: 1 << 20, slotCount: 1)
-                base = slab.base
-                queue.register(base: slab.base, length: slab.byteCount)
-                pump.read(fd: fd, path: "f", into: slab.slot(0), length: 1 << 20, at: 0, tag: 0)
-                XCTAssertEqual(try pump.next().bytes, 1 << 20)
-                XCTAssertEqual(Array(UnsafeRawBufferPointer(start: slab.slot(0), count: 1 << 20)), bytes, "round \(round)")
-                queue.unregister(base: slab.base)
-            }
-            // The slab is freed; the next one may well sit where it did (glibc reuses the mapping): the case that broke.
-            let next = AlignedSlab(slotSize: 1 << 20, slotCount: 1)
-            reused = reused || next.base == base
-            next.base.initializeMemory(as: UInt8.self, repeating: 0, count: next.byteCount)
-            pump.read(fd: fd, path: "f", into: next.slot(0), length: 1 << 20, at: 0, tag: 0)
-            XCTAssertEqual(try pump.next().bytes, 1 << 20)
-            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: next.slot(0), count: 1 << 20)), bytes, "round \(round): read into the new buffer")
+        let mapNoReplace: Int32 = 0x100000  // MAP_FIXED_NOREPLACE (Linux 4.17)
+        guard let first = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), first != MAP_FAILED else {
+            return XCTFail("mmap failed")
         }
-        print("registered-buffer test: a new slab reused the freed one's address: \(reused)")
+        var base = first
+        for round in 0..<4 {
+            queue.register(base: base, length: length)
+            pump.read(fd: fd, path: "f", into: base, length: length, at: 0, tag: 0)
+            XCTAssertEqual(try pump.next().bytes, length)
+            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: base, count: length)), bytes, "round \(round)")
+            queue.unregister(base: base)
+            XCTAssertEqual(munmap(base, length), 0)
+            let again = mmap(base, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | mapNoReplace, -1, 0)
+            XCTAssertEqual(again, base, "round \(round): the new mapping sits where the freed one did")
+            guard let again, again != MAP_FAILED else { return }
+            base = again
+            XCTAssertEqual(UnsafeRawBufferPointer(start: base, count: length).allSatisfy { $0 == 0 }, true, "a fresh mapping")
+            pump.read(fd: fd, path: "f", into: base, length: length, at: 0, tag: 0)
+            XCTAssertEqual(try pump.next().bytes, length)
+            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: base, count: length)), bytes, "round \(round): read into the new mapping")
+        }
+        munmap(base, length)
+    }
+}
+
+/// The pread engine's threads end with their queue (they once held it, and every queue and its threads lived
+/// for the rest of the process).
+final class ThreadPoolTests: XCTestCase {
+    static func threadCount() -> Int { ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).count }
+
+    func testADroppedQueueStopsItsThreads() throws {
+        let dir = NSTemporaryDirectory() + "strata-pool-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(repeating: 7, count: 8192).write(to: URL(fileURLWithPath: "\(dir)/f"))
+        let fd = try Sys.open("\(dir)/f", O_RDONLY)
+        defer { Sys.close(fd) }
+        let before = Self.threadCount()
+        do {
+            let queue = PreadQueue(threads: 8)
+            let pump = IOPump(queue: queue, maxTags: 1)
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
+            defer { buffer.deallocate() }
+            pump.read(fd: fd, path: "f", into: buffer, length: 8192, at: 0, tag: 0)
+            XCTAssertEqual(try pump.next().bytes, 8192)
+            XCTAssertGreaterThanOrEqual(Self.threadCount(), before + 8, "the pool's threads run")
+        }
+        // Bounded wait for the threads to see the stop (not a measure of speed).
+        for _ in 0..<500 where Self.threadCount() > before { usleep(10_000) }
+        XCTAssertEqual(Self.threadCount(), before, "every thread of the dropped queue ended")
     }
 }
 

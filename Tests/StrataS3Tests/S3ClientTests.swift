@@ -24,6 +24,19 @@ final class SigV4Tests: XCTestCase {
         String(headers.first { $0.0 == "authorization" }!.1.split(separator: "=").last!)
     }
 
+    /// The date SigV4 signs with, computed without libc, at the edges of leap years and centuries.
+    func testUTCDateAndTime() {
+        let cases: [(UInt64, String, String)] = [
+            (0, "19700101", "000000"), (951_782_400, "20000229", "000000"), (1_709_251_199, "20240229", "235959"),
+            (4_102_444_800, "21000101", "000000"), (1_798_847_999, "20270101", "235959"),
+        ]
+        for (t, date, time) in cases {
+            let got = S3Client.utc(t)
+            XCTAssertEqual(got.date, date, "\(t)")
+            XCTAssertEqual(got.time, time, "\(t)")
+        }
+    }
+
     func testGetObjectExample() {
         let h = signer.sign(method: "GET", host: "examplebucket.s3.amazonaws.com", path: "/test.txt", query: [], headers: [("Range", "bytes=0-9")], payloadHash: empty, now: now)
         XCTAssertEqual(signature(h), "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")

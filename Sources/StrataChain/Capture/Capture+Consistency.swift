@@ -4,9 +4,6 @@
 // flushes it, the clone takes that state, the thaw follows at once), so writers wait milliseconds whatever the
 // image's size; without one, it stays frozen while the source is read and is thawed before the image is
 // finished. Everything that can be checked is checked before anything is frozen or read.
-#if canImport(Glibc)
-import Glibc
-#endif
 import StrataIO
 
 public enum SnapshotMethod: String, Sendable, CaseIterable {
@@ -24,10 +21,10 @@ final class FreezeWindow {
     func begin() throws {
         do { frozen = try FrozenFilesystem(mountPoint: mountPoint) } catch let e as IOError {
             let (reason, todo): (String, String)
-            switch e.errno {
-            case EOPNOTSUPP, ENOTTY: (reason, todo) = ("its filesystem type cannot be frozen", "capture without --freeze, from a snapshot, or with the filesystem unmounted")
-            case EPERM, EACCES: (reason, todo) = ("freezing a filesystem needs root (CAP_SYS_ADMIN)", "run strata as root")
-            case EBUSY: (reason, todo) = ("it is frozen already (by another program)", "thaw it (fsfreeze -u) or wait for that program")
+            switch e.kind {
+            case .unsupported: (reason, todo) = ("its filesystem type cannot be frozen", "capture without --freeze, from a snapshot, or with the filesystem unmounted")
+            case .notPermitted: (reason, todo) = ("freezing a filesystem needs root (CAP_SYS_ADMIN)", "run strata as root")
+            case .busy: (reason, todo) = ("it is frozen already (by another program)", "thaw it (fsfreeze -u) or wait for that program")
             default: (reason, todo) = ("\(e.operation) failed: \(e.reason)", "check the mount point")
             }
             throw ChainError.cannotFreeze(mountPoint: mountPoint, reason: reason, todo: todo)
@@ -49,7 +46,7 @@ extension Capture {
     static func checkConsistency(source: String, chain: String, options: CaptureOptions) throws -> String? {
         if options.snapshot == .reflink {
             let st = try? Sys.stat(source)
-            guard let st, (st.st_mode & S_IFMT) == S_IFREG else {
+            guard let st, st.kind == .regular else {
                 throw ChainError.cannotSnapshot(
                     path: source, reason: st == nil ? "it does not exist" : "--snapshot reflink clones an image file, and this is not a regular file",
                     todo: "name an image file on XFS (reflink=1) or btrfs, or capture without --snapshot")
@@ -62,13 +59,13 @@ extension Capture {
         guard mounted.readWrite else {
             throw ChainError.cannotFreeze(mountPoint: asked, reason: "it is mounted read-only, so it is consistent already", todo: "capture without --freeze")
         }
-        let frozenDevice = try? Sys.stat(mountPoint).st_dev
-        if let dev = frozenDevice, ChainStores.isLocal(chain), BlockDevices.filesystemDevice(of: chain) == UInt64(dev) {
+        let frozenDevice = try? Sys.stat(mountPoint).device
+        if let dev = frozenDevice, ChainStores.isLocal(chain), BlockDevices.filesystemDevice(of: chain) == dev {
             throw ChainError.cannotFreeze(
                 mountPoint: asked, reason: "the chain \(chain) is on that filesystem, and its writes would wait for the thaw",
                 todo: "keep the chain on another filesystem")
         }
-        if options.snapshot == .reflink, let dev = frozenDevice, let st = try? Sys.stat(source), st.st_dev == dev {
+        if options.snapshot == .reflink, let dev = frozenDevice, let st = try? Sys.stat(source), st.device == dev {
             throw ChainError.cannotFreeze(
                 mountPoint: asked, reason: "it holds \(source) itself, and the clone would wait for the thaw",
                 todo: "name the filesystem inside the image (where it is mounted from a loop device), which the freeze makes consistent")
@@ -86,7 +83,7 @@ extension Capture {
         let clone: String
         do { clone = try ReflinkClone.clone(sourcePath) } catch let e as IOError {
             freeze?.end()
-            let unsupported = [EOPNOTSUPP, EINVAL, EXDEV, ENOTTY].contains(e.errno)
+            let unsupported = [.unsupported, .invalid, .crossDevice].contains(e.kind)
             throw ChainError.cannotSnapshot(
                 path: sourcePath, reason: unsupported ? "its filesystem cannot make reflink clones" : "the clone failed: \(e.reason)",
                 todo: unsupported ? "keep the image on XFS (reflink=1) or btrfs, or capture without --snapshot" : "check the directory holding it has room and is writable")

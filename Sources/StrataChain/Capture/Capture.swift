@@ -8,6 +8,10 @@ import StrataIO
 public struct CaptureOptions: Sendable {
     /// Block size for a new chain; nil takes the chain's (or 4 KiB for a new one).
     public var blockSize: UInt32? = nil
+    /// What the writer accepts of the chain's store.
+    public var store = StoreOptions()
+    /// The pipeline's and the image's sizes (tests shrink them).
+    var tuning = Tuning()
     public var level: Int32 = 1
     public var threads: Int = Sys.onlineCores
     public var queueDepth: Int = 32
@@ -115,7 +119,7 @@ public enum Capture {
         progress: ProgressHandler?, notice: (String) -> Void, reading window: FreezeWindow?
     ) throws -> CaptureResult {
         let sourcePath = source.path
-        let chain = try Chain(location: chainPath, access: .create, secret: options.secret)
+        let chain = try Chain(location: chainPath, access: .create, secret: options.secret, store: options.store)
         let previous = chain.manifest
         if previous != nil && options.encrypt && !chain.isEncrypted {
             throw ChainError.invalidOption("chain \(chainPath) is not encrypted, and --encrypt applies only when a chain is made: capture into a new directory to start an encrypted chain")
@@ -152,7 +156,7 @@ public enum Capture {
 
         var oldMap: PriorHashes?
         var healing: UInt64 = 0
-        if let m = previous { (oldMap, healing) = try HeadMap.forCapture(chain, m, notice: notice) }
+        if let m = previous { (oldMap, healing) = try HeadMap.forCapture(chain, m, maxWindowBlocks: options.tuning.maxWindowBlocks, notice: notice) }
 
         var engine = options.engine
         if source.onFUSE && engine == .auto {
@@ -168,7 +172,7 @@ public enum Capture {
         // At most every block stored raw, with its hash, plus the index: the source's size and a little.
         let writer = try ImageWriter(
             store: chain.store, name: imageName, header: header, keys: keys, expectedSize: header.sourceSize + header.sourceSize / 64 + (64 << 20),
-            engine: options.engine)
+            engine: options.engine, tuning: options.tuning)
         let mapWriter: HashMapWriter
         do {
             mapWriter = try HashMapWriter(

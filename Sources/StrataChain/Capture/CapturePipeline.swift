@@ -106,7 +106,7 @@ final class CapturePipeline {
         freeSlots = Array((0..<slotCount).reversed())
 
         let frameCount = 2 * options.threads + 2
-        frames = FrameBuffers(blockSize: blockSize, count: frameCount, keys: image.keys, subframes: options.seekable == true)
+        frames = FrameBuffers(blockSize: blockSize, count: frameCount, keys: image.keys, subframes: options.seekable == true, subframeBytes: options.tuning.subframeBytes)
         frameBlocks = PerSlot(repeating: 0, count: frameCount)
         frameSlot = PerSlot(repeating: -1, count: frameCount)
         sealed = PerSlot(repeating: nil, count: frameCount)

@@ -28,13 +28,14 @@ public final class Chain {
     /// writer's lock (another writer: `chainInUse`) and remove leftovers; `create` makes the chain when there
     /// is none (a private directory), in an empty container only.
     /// `secret` opens an encrypted chain's key (checked here: a wrong one fails before anything is done).
-    public convenience init(location: String, access: Access, secret: UserSecret? = nil) throws {
-        try self.init(location: location, access: access, cleanUp: true, secret: secret)
+    /// `store` says what a writer accepts of the chain's store.
+    public convenience init(location: String, access: Access, secret: UserSecret? = nil, store: StoreOptions = StoreOptions()) throws {
+        try self.init(location: location, access: access, cleanUp: true, secret: secret, store: store)
     }
 
     /// `cleanUp: false` leaves leftovers for the caller to list first (`repair --dry-run`).
-    init(location: String, access: Access, cleanUp: Bool, secret: UserSecret? = nil) throws {
-        let store = try ChainStores.store(for: location)
+    init(location: String, access: Access, cleanUp: Bool, secret: UserSecret? = nil, store options: StoreOptions = StoreOptions()) throws {
+        let store = try ChainStores.store(for: location, options: options)
         self.store = store
         self.access = access
         self.secret = secret

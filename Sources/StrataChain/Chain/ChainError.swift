@@ -171,7 +171,7 @@ extension ChainError {
     /// What went wrong, for a report that names the file itself: for damage, the file and what is wrong with it;
     /// otherwise no file and the whole message.
     static func damage(of error: Error) -> (file: String?, detail: String) {
-        switch error {
+        switch lifting(error) {
         case ChainError.damaged(let f, let d), ChainError.corruptData(let f, let d): return (f, d)
         case let e as ChainError: return (nil, e.description)
         default: return (nil, "\(error)")
@@ -182,9 +182,27 @@ extension ChainError {
     static let missingDetail = "the file is missing"
 }
 
+extension ChainError {
+    /// A store's failure as a person reads it: a missing object is damage to the chain (its manifest names it),
+    /// the rest are the store's (refused, unreachable) or another writer's (changed).
+    public init(_ e: StoreError) {
+        switch e.kind {
+        case .missing: self = .damaged(file: e.object, detail: ChainError.missingDetail)
+        case .tooLarge: self = e.operation == "read" ? .damaged(file: e.object, detail: e.reason) : .storeRefused(location: e.object, reason: e.reason, todo: "keep the source below that size")
+        case .refused(let todo): self = .storeRefused(location: e.object, reason: e.reason, todo: todo)
+        case .unreachable: self = .storeUnreachable(location: e.object, reason: e.reason)
+        case .changed: self = .chainChanged(e.object)
+        }
+    }
+
+    /// Any error of the layers below as a chain error where it is one (a store's), else as it is.
+    public static func lifting(_ error: Error) -> Error { (error as? StoreError).map { ChainError($0) } ?? error }
+}
+
 /// Wraps lower layers' errors, naming the file they concern.
 func damaged(_ file: String, _ error: Error) -> ChainError {
     if let c = error as? ChainError { return c }
+    if let e = error as? StoreError { return e.kind == .missing ? .damaged(file: file, detail: ChainError.missingDetail) : ChainError(e) }
     if let f = error as? FormatError { return .damaged(file: file, detail: f.description) }
     if let e = error as? IOError {
         if e.isMissing { return .damaged(file: file, detail: ChainError.missingDetail) }

@@ -1,7 +1,6 @@
 // The user's side of an encrypted chain (docs/ENCRYPTION.md): making a key file (`strata keygen`), reading one
 // (`--key-file`), and re-wrapping a chain's master key under a new secret (`strata key change`). The chain side,
 // opening `chain.key` with the secret, is Chain's `unlock`.
-import Glibc
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -10,7 +9,7 @@ public enum ChainSecrets {
     /// Writes 32 random bytes to a new file at `path`, mode 0600, synced; refuses to replace anything.
     public static func generate(keyFile path: String) throws {
         let fd: Int32
-        do { fd = try Sys.create(path, O_WRONLY | O_CREAT | O_EXCL, mode: 0o600) } catch let e as IOError {
+        do { fd = try Sys.create(path, [.writeOnly, .exclusive], mode: 0o600) } catch let e as IOError {
             throw ChainError.keyFileUnusable(path: path, reason: e.alreadyExists ? "it exists; strata keygen never replaces a key (remove it yourself, or name another file)" : e.reason)
         }
         defer { Sys.close(fd) }
@@ -30,8 +29,8 @@ public enum ChainSecrets {
         let bytes: [UInt8]
         do {
             let st = try Sys.stat(path)
-            if st.st_mode & 0o077 != 0 {
-                warn("warning: key file \(path) can be read by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
+            if st.permissions & 0o077 != 0 {
+                warn("warning: key file \(path) can be read by others (mode \(String(st.permissions & 0o777, radix: 8))); chmod 600 it")
             }
             bytes = try DurableFiles.readAll(path, limit: 4096)
         } catch let e as IOError {
@@ -45,8 +44,8 @@ public enum ChainSecrets {
 
     /// Re-wraps the chain's master key under `new`, after checking `old` opens it: a new `chain.key` replaces the
     /// old one in one rename, under the writer's lock. No image is rewritten.
-    public static func change(chain location: String, old: UserSecret, new: UserSecret) throws {
-        let chain = try Chain(location: location, access: .write, secret: old)
+    public static func change(chain location: String, old: UserSecret, new: UserSecret, store: StoreOptions = StoreOptions()) throws {
+        let chain = try Chain(location: location, access: .write, secret: old, store: store)
         guard let m = chain.manifest, let name = m.keyFile else {
             throw ChainError.invalidOption("chain \(location) is not encrypted: there is no key to change")
         }

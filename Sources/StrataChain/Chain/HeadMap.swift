@@ -42,7 +42,10 @@ enum HeadMap {
     /// with `PriorHashes.lateNotice`). Blocks the newest point takes from recorded damaged frames read as
     /// `.damaged`. nil (after a notice) when the newest point's images cannot be read: the capture then compares
     /// nothing and stores every non-zero block.
-    static func forCapture(_ chain: Chain, _ m: ChainManifest, notice: (String) -> Void) throws -> (map: PriorHashes?, healing: UInt64) {
+    /// `maxWindowBlocks`: the rebuild's walk's windows (`Tuning`'s).
+    static func forCapture(
+        _ chain: Chain, _ m: ChainManifest, maxWindowBlocks: UInt64 = .max, notice: (String) -> Void
+    ) throws -> (map: PriorHashes?, healing: UInt64) {
         let blockCount = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
         let newest = m.images.last!.lastPoint
         let storeEverything = "this capture compares nothing and stores every non-zero block"
@@ -60,7 +63,7 @@ enum HeadMap {
         let healing = runs.reduce(0) { $0 + UInt64($1.count) }
         let damaged = runs
         let rebuild = { () throws -> RebuiltHashes in
-            let rebuilt = try RebuiltHashes(chain.store, opened ?? chain.openPoint(newest), blockCount: blockCount)
+            let rebuilt = try RebuiltHashes(chain.store, opened ?? chain.openPoint(newest), blockCount: blockCount, maxWindowBlocks: maxWindowBlocks)
             rebuilt.damagedRuns = damaged
             return rebuilt
         }
@@ -204,11 +207,11 @@ final class RebuiltHashes: PriorHashes {
     private var extent = 0
     var damagedRuns: [Range<UInt64>] = []
 
-    init(_ store: ChainStore, _ images: [ImageFile], blockCount: UInt64) throws {
+    init(_ store: ChainStore, _ images: [ImageFile], blockCount: UInt64, maxWindowBlocks: UInt64 = .max) throws {
         self.images = images
         self.store = store
         self.blockCount = blockCount
-        walk = PointWalk(images)
+        walk = PointWalk(images, maxBlocks: maxWindowBlocks)
         frames = FrameReader(images)
         buffer = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
     }
@@ -270,7 +273,7 @@ final class RebuiltHashes: PriorHashes {
 private final class HashTables {
     private let frames: FrameReader
     private let plan: FramePlan
-    private let pump: IOPump
+    private let pump: ObjectReads
     private let slab: AlignedSlab
     private var freeTags: [Int]
     private var tagFrame: [Int]
@@ -281,21 +284,20 @@ private final class HashTables {
     init(_ frames: FrameReader, _ resolved: [ResolvedExtent], _ store: ChainStore) throws {
         self.frames = frames
         plan = FramePlan(resolved)
-        let (queue, _) = try store.readQueue(engine: .auto, depth: Self.depth)
-        pump = IOPump(queue: queue, maxTags: Self.depth)
+        (pump, _) = try store.reads(engine: .auto, depth: Self.depth, tags: Self.depth)
         slab = AlignedSlab(slotSize: frames.hashesReadRoom, slotCount: Self.depth, alignment: 64)
         freeTags = Array((0..<Self.depth).reversed())
         tagFrame = Array(repeating: -1, count: Self.depth)
     }
 
-    deinit { while pump.inFlight > 0 { _ = pump.nextOutcome() } }
+    deinit { pump.drain() }
 
     /// The hashes of the frame extent `i` uses, waiting for its read (and starting those of the frames after it).
     func hashes(forExtent i: Int) throws -> [BlockHash] {
         let k = Int(plan.extentFrame[i])
         while tables[k] == nil {
             try issue(upTo: k + Self.ahead)
-            let done = pump.nextOutcome()
+            let done = pump.next()
             let f = plan.frames[tagFrame[done.tag]]
             freeTags.append(done.tag)
             try frames.arrived(f, bytes: done.bytes, error: done.error, hashesOnly: true)
@@ -315,7 +317,7 @@ private final class HashTables {
     private func issue(upTo limit: Int) throws {
         while issued < min(plan.frames.count, limit), let tag = freeTags.popLast() {
             tagFrame[tag] = issued
-            try frames.startRead(plan.frames[issued], into: slab.slot(tag), pump: pump, tag: tag, hashesOnly: true)
+            try frames.startRead(plan.frames[issued], into: slab.slot(tag), reads: pump, tag: tag, hashesOnly: true)
             issued += 1
         }
     }

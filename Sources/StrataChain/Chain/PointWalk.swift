@@ -9,8 +9,6 @@ import StrataFormat
 final class PointWalk {
     /// Extents an image may have in a window: 65536 (1.5 MiB of records).
     static let defaultExtents = 1 << 16
-    /// The most blocks a window spans: no limit; tests make it small to cross many windows.
-    nonisolated(unsafe) static var maxWindowBlocks = UInt64.max
 
     private let images: [ImageFile]
     private var cursors: [ExtentCursor]
@@ -21,10 +19,11 @@ final class PointWalk {
     /// The first block of the next window.
     private(set) var position: UInt64
 
-    /// Walks blocks `block..<end` (end nil: to the end of the source).
+    /// Walks blocks `block..<end` (end nil: to the end of the source), in windows of at most `maxBlocks` blocks
+    /// (tests make them small, through `Tuning`, to cross many windows).
     init(
         _ images: [ImageFile], from block: UInt64 = 0, to end: UInt64? = nil, extents: Int = PointWalk.defaultExtents,
-        maxBlocks: UInt64 = PointWalk.maxWindowBlocks
+        maxBlocks: UInt64 = .max
     ) {
         self.images = images
         cursors = images.map { ExtentCursor($0.index, from: block) }

@@ -21,9 +21,8 @@ final class ImageWriter {
     private var frameBytes: UInt64 = 0
     private var extents: [ExtentRecord] = []
     private var extentCount = 0
-    private var top = TopIndex(framesPerChunk: UInt32(ImageWriter.chunking.frames), extentsPerChunk: UInt32(ImageWriter.chunking.extents))
-    /// Records a chunk: the format's sizes; tests make them small to write many chunks.
-    nonisolated(unsafe) static var chunking = (frames: IndexChunks.framesPerChunk, extents: IndexChunks.extentsPerChunk)
+    /// Records a chunk: the format's sizes (`tuning`'s; tests make them small to write many chunks).
+    private var top: TopIndex
     private var failure: Error?
     private let reservedWrites = Condition()
 
@@ -31,7 +30,11 @@ final class ImageWriter {
     let keys: ChainKeys?
 
     /// `expectedSize`: the most the image may grow to (a store that uploads parts sizes them by it).
-    init(store: ChainStore, name: String, header: ImageHeader, keys: ChainKeys?, expectedSize: UInt64, engine: IOEngineChoice = .auto) throws {
+    init(
+        store: ChainStore, name: String, header: ImageHeader, keys: ChainKeys?, expectedSize: UInt64, engine: IOEngineChoice = .auto,
+        tuning: Tuning = Tuning()
+    ) throws {
+        top = TopIndex(framesPerChunk: UInt32(tuning.framesPerIndexChunk), extentsPerChunk: UInt32(tuning.extentsPerIndexChunk))
         self.name = name
         self.header = header
         self.keys = keys

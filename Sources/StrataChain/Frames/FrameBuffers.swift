@@ -35,22 +35,22 @@ final class FrameBuffers {
     /// How many blocks of `blockSize` a frame holds: 1 MiB of them (capture and merge plan with this).
     static func blocksPerFrame(blockSize: Int) -> Int { max(1, Int(ImageHeader.maxBlockSize) / blockSize) }
 
-    /// The bytes of blocks a sub-frame holds (at least one block). Readers take any size (each frame's table says
-    /// its own): chains written before 2026-12-02 have 64 KiB sub-frames, and tests write such chains.
-    nonisolated(unsafe) static var subframeBytes = 32 << 10
     /// Blocks a sub-frame holds; nil: frames are one zstd frame each.
     let blocksPerSubframe: Int?
 
-    init(blockSize: Int, count: Int, keys: ChainKeys?, subframes: Bool = false) {
+    /// `subframeBytes`: the bytes of blocks a sub-frame holds (at least one block; `Tuning`'s). Readers take any
+    /// size (each frame's table says its own): chains written before 2026-12-02 have 64 KiB sub-frames, and tests
+    /// write such chains.
+    init(blockSize: Int, count: Int, keys: ChainKeys?, subframes: Bool = false, subframeBytes: Int = Tuning().subframeBytes) {
         self.blockSize = blockSize
         self.keys = keys
         blocksPerFrame = Self.blocksPerFrame(blockSize: blockSize)
         let raw = blocksPerFrame * blockSize
         hashOffset = raw
         payloadOffset = raw + blocksPerFrame * 16
-        let per = max(1, min(blocksPerFrame, Self.subframeBytes / blockSize))
+        let per = max(1, min(blocksPerFrame, subframeBytes / blockSize))
         let n = (blocksPerFrame + per - 1) / per
-        precondition(n <= SubframeTable.mostSubframes, "sub-frames of \(Self.subframeBytes) bytes are too small")
+        precondition(n <= SubframeTable.mostSubframes, "sub-frames of \(subframeBytes) bytes are too small")
         blocksPerSubframe = subframes ? per : nil
         payloadCapacity = max(FrameCompressor.storeBound(raw), subframes ? SubframeTable.length(count: n) + n * FrameCompressor.bound(per * blockSize) : 0)
         slab = AlignedSlab(slotSize: payloadOffset + payloadCapacity + Sealing.overhead, slotCount: count, alignment: 64)

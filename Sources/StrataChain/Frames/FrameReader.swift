@@ -85,26 +85,15 @@ final class FrameReader {
         }
     }
 
-    /// Starts reading the frame's stored bytes (or, `hashesOnly`, its block hashes) on `pump` (the store's read
-    /// queue) under `tag`; the pump's completion goes to `arrived`. With `direct` (the buffer aligned to
+    /// Starts reading the frame's stored bytes (or, `hashesOnly`, its block hashes) on `reads` (the store's)
+    /// under `tag`; its completion goes to `arrived`. With `direct` (the buffer aligned to
     /// `StoredObjects.directAlignment`, with `directSlack` bytes of room beyond the frame) the read goes past
     /// the cache where the store can: it then covers the aligned pages around the frame, the frame starts the
     /// returned number of bytes into `stored`, and that number goes to `arrived`. Nil: the read was not direct.
     @discardableResult
-    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, pump: IOPump, tag: Int, hashesOnly: Bool = false, direct: Bool = false) throws -> Int? {
+    func startRead(_ f: FrameRef, into stored: UnsafeMutableRawPointer, reads: ObjectReads, tag: Int, hashesOnly: Bool = false, direct: Bool = false) throws -> Int? {
         let r = try record(f)
-        let image = image(f)
-        let length = Self.readLength(r, hashesOnly: hashesOnly)
-        if direct, let fd = image.object.directHandle {
-            let a = UInt64(StoredObjects.directAlignment)
-            let start = r.offset / a * a
-            let lead = Int(r.offset - start)
-            let span = (lead + length + Int(a) - 1) / Int(a) * Int(a)
-            pump.read(fd: fd, path: image.name, into: stored, length: span, at: start, tag: tag)
-            return lead
-        }
-        pump.read(fd: image.object.handle, path: image.name, into: stored, length: length, at: r.offset, tag: tag)
-        return nil
+        return reads.start(image(f).object, into: stored, count: Self.readLength(r, hashesOnly: hashesOnly), at: r.offset, tag: tag, direct: direct)
     }
 
     /// Room a buffer for `startRead(direct: true)` needs beyond the frame: the aligned pages around it.
@@ -113,10 +102,12 @@ final class FrameReader {
     /// Checks that a read of the frame (or of its hashes) delivered all its bytes, or names the frame that could
     /// not be read. `direct`: the read was `startRead(direct: true)`'s, whose returned lead it is (such a read
     /// covers aligned pages: it delivers the frame after `lead` bytes, and may deliver more after it).
-    func arrived(_ f: FrameRef, bytes: Int, error: IOError? = nil, hashesOnly: Bool = false, direct lead: Int? = nil) throws {
+    func arrived(_ f: FrameRef, bytes: Int, error: Error? = nil, hashesOnly: Bool = false, direct lead: Int? = nil) throws {
         let r = try record(f)
         if let error {
-            throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) cannot be read (\(error.reason))")
+            if error is StoreError || error is ChainError { throw damaged(image(f).name, error) }
+            let reason = (error as? IOError)?.reason ?? "\(error)"
+            throw ChainError.damaged(file: image(f).name, detail: "frame \(f.frame) at byte \(r.offset) cannot be read (\(reason))")
         }
         let needed = Self.readLength(r, hashesOnly: hashesOnly)
         if !(lead.map { bytes >= $0 + needed } ?? (bytes == needed)) {

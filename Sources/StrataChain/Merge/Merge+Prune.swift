@@ -49,7 +49,7 @@ extension Merge {
                 points: decisions.filter { $0.keptBy != nil }.map(\.point), bytesBefore: manifest.images.reduce(0) { $0 + $1.bytesStored },
                 bytesWritten: 0, seconds: Double(Sys.monotonicNanos() - started) / 1e9, dryRun: true)
         }
-        let chain = try Chain(location: chainPath, access: .write, secret: o.secret)
+        let chain = try Chain(location: chainPath, access: .write, secret: o.secret, store: o.store)
         guard let manifest = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         _ = try chain.dataKeys()  // merges read and write the index: an encrypted chain's key, before anything
         let (decisions, runs) = try plan(manifest, rules: rules, period: period)

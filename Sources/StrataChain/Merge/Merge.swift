@@ -11,6 +11,10 @@ import StrataIO
 public struct MergeOptions: Sendable {
     /// First point of the range; nil for the chain's first point (a synthetic full).
     public var from: UInt32? = nil
+    /// What the writer accepts of the chain's store.
+    public var store = StoreOptions()
+    /// The plan's, the workers' and the image's sizes (tests shrink them).
+    var tuning = Tuning()
     public var to: UInt32
     public var level: Int32 = 1
     public var threads: Int = Sys.onlineCores
@@ -56,7 +60,7 @@ public enum Merge {
     public static func run(chain chainPath: String, options: MergeOptions, progress: ProgressHandler? = nil) throws -> MergeResult {
         let started = Sys.monotonicNanos()
         try options.check()
-        return try merge(Chain(location: chainPath, access: .write, secret: options.secret), options: options, started: started, progress: progress)
+        return try merge(Chain(location: chainPath, access: .write, secret: options.secret, store: options.store), options: options, started: started, progress: progress)
     }
 
     /// Merges within a chain this writer has open (repair runs several merges under one lock).
@@ -111,12 +115,13 @@ public enum Merge {
         let name = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
 
         let downloadedBefore = chain.store.bytesDownloaded
-        let plan = try MergePlan(sources: sources, copiesInStore: chain.store.copiesInStore)
+        let plan = try MergePlan(sources: sources, copiesInStore: chain.store.copiesInStore, tuning: options.tuning)
         let needed = plan.bytesUpperBound + UInt64(ImageHeader.size)
         if let free = chain.store.freeSpace(), free < needed {
             throw ChainError.insufficientSpace(path: chainPath, needed: needed, available: free)
         }
-        let writer = try ImageWriter(store: chain.store, name: name, header: header, keys: keys, expectedSize: needed, engine: options.engine)
+        let writer = try ImageWriter(
+            store: chain.store, name: name, header: header, keys: keys, expectedSize: needed, engine: options.engine, tuning: options.tuning)
         let finished: ImageHeader
         do {
             try plan.write(to: writer, level: options.level, threads: options.threads, progress: progress)

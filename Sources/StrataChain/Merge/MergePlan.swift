@@ -14,6 +14,7 @@ import StrataIO
 
 final class MergePlan {
     private let sources: [ImageFile]
+    private let tuning: Tuning
     private let blockSize: Int
     private let blocksPerFrame: Int
     /// Source frames numbered across the images: image i's frame f is `frameBase[i] + f`.
@@ -42,16 +43,16 @@ final class MergePlan {
     /// Whole frames the store copied itself (never read here), and their bytes.
     private(set) var framesCopiedInStore = 0
     private(set) var bytesCopiedInStore: UInt64 = 0
-    /// `paddingAllowed` is the image's 1/paddingShare; tests make it larger.
-    nonisolated(unsafe) static var paddingShare = 32
     /// Extents an image may have in a window of the writing walk: 2^18.
     static let windowExtents = 1 << 18
 
     /// `copiesInStore`: the store copies whole frames itself (a bucket): a frame that lies within `bridge` bytes
     /// between two whole frames of its image is kept whole too, since the three go as one copy inside the store
     /// (its bytes are stored in the merged image either way, and its blocks need not be downloaded and re-packed).
-    init(sources: [ImageFile], copiesInStore: Bool = false) throws {
+    /// `tuning`: the walk's windows, the sub-frames, and the padding allowed (1/`mergePaddingShare` of the image).
+    init(sources: [ImageFile], copiesInStore: Bool = false, tuning: Tuning = Tuning()) throws {
         self.sources = sources
+        self.tuning = tuning
         blockSize = Int(sources[0].header.blockSize)
         blocksPerFrame = FrameBuffers.blocksPerFrame(blockSize: blockSize)
         var base = [Int]()
@@ -64,7 +65,7 @@ final class MergePlan {
         surviving = Array(repeating: 0, count: total)
         placement = Array(repeating: Self.repacked, count: total)
         var extents: UInt64 = 0
-        try PointWalk(sources, extents: Self.windowExtents).forEach { e in
+        try PointWalk(sources, extents: Self.windowExtents, maxBlocks: tuning.maxWindowBlocks).forEach { e in
             extents += 1
             if e.kind == .data { surviving[number(e)] += e.blockCount }
         }
@@ -107,7 +108,7 @@ final class MergePlan {
         }
         bytesUpperBound += IndexChunks.indexLength(frames: frames, extents: extents, encrypted: sources.contains { $0.header.isEncrypted })
         if copiesInStore {
-            paddingAllowed = bytesUpperBound / UInt64(Self.paddingShare)
+            paddingAllowed = bytesUpperBound / UInt64(tuning.mergePaddingShare)
             bytesUpperBound += paddingAllowed
         }
     }
@@ -122,9 +123,9 @@ final class MergePlan {
 
     func write(to writer: ImageWriter, level: Int32, threads: Int, progress: ProgressHandler?) throws {
         var done: UInt64 = 0
-        let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads), keys: writer.keys)
+        let kit = try MergeWorkers.Kit(sources: sources, level: level, threads: max(1, threads), keys: writer.keys, subframeBytes: tuning.subframeBytes)
         let reader = FrameReader(sources)
-        let walk = PointWalk(sources, extents: Self.windowExtents)
+        let walk = PointWalk(sources, extents: Self.windowExtents, maxBlocks: tuning.maxWindowBlocks)
         writer.unusedAllowed = paddingAllowed
         defer { bytesPadding = writer.unusedBytes }
         while let window = try walk.next() {

@@ -35,9 +35,9 @@ final class MergeWorkers {
         let cache: SharedFrameCache
         let copyBuffers: [AlignedSlab]
 
-        init(sources: [ImageFile], level: Int32, threads: Int, keys: ChainKeys?) throws {
+        init(sources: [ImageFile], level: Int32, threads: Int, keys: ChainKeys?, subframeBytes: Int) throws {
             let blockSize = Int(sources[0].header.blockSize)
-            buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2, keys: keys, subframes: sources.last!.header.isSeekable)
+            buffers = FrameBuffers(blockSize: blockSize, count: 2 * threads + 2, keys: keys, subframes: sources.last!.header.isSeekable, subframeBytes: subframeBytes)
             compressors = try (0..<threads).map { _ in try FrameCompressor(level: level) }
             // Surviving blocks interleave across the source images in block order, so the packed frames being
             // built draw on about one live frame per image each: room for two per image (bounded, ~1 MiB each),

@@ -10,6 +10,8 @@ import StrataIO
 
 public struct RepairOptions: Sendable {
     public var dryRun = false
+    /// What the writer accepts of the chain's store.
+    public var store = StoreOptions()
     public var dropDamaged = false
     /// An encrypted chain's secret.
     public var secret: UserSecret? = nil
@@ -30,7 +32,7 @@ public struct RepairReport: Sendable, Equatable {
 public enum Repair {
     /// `announce` receives each change before it is made.
     public static func run(chain location: String, options: RepairOptions, announce: (String) -> Void = { _ in }) throws -> RepairReport {
-        let chain = try Chain(location: location, access: .write, cleanUp: false, secret: options.secret)
+        let chain = try Chain(location: location, access: .write, cleanUp: false, secret: options.secret, store: options.store)
         _ = try chain.dataKeys()
         guard var manifest = chain.manifest else { throw ChainError.notAChain(path: location) }
         var report = RepairReport()

@@ -15,6 +15,8 @@ public struct RestoreOptions: Sendable {
     public var force = false
     /// An encrypted chain's secret.
     public var secret: UserSecret? = nil
+    /// The pipeline's sizes (tests shrink them).
+    var tuning = Tuning()
 
     public init() {}
 }
@@ -55,10 +57,11 @@ public enum Restore {
         }
         if !target.direct { notice("\(targetPath) does not support O_DIRECT; writing through the page cache") }
         let frames = FrameReader(images)
-        let (readQueue, note): (IOQueue, String?)
+        let (reads, note): (ObjectReads, String?)
         let writeQueue: IOQueue
         do {
-            (readQueue, note) = try chain.store.readQueue(engine: options.engine, depth: options.queueDepth)
+            (reads, note) = try chain.store.reads(
+                engine: options.engine, depth: options.queueDepth, tags: RestorePipeline.slotCount(images: images.count, options: options))
             (writeQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
         } catch let e as IOError {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
@@ -66,7 +69,7 @@ public enum Restore {
         if let note { notice(note) }
         let pipeline = RestorePipeline(
             frames: frames, images: images, sourceSize: manifest.sourceSize, blockSize: Int(manifest.blockSize),
-            target: target, readQueue: readQueue, writeQueue: writeQueue, options: options, progress: progress)
+            target: target, reads: reads, writeQueue: writeQueue, options: options, progress: progress)
         do {
             try pipeline.run()
             if options.verify {
@@ -85,7 +88,7 @@ public enum Restore {
         }
         return RestoreResult(
             point: point, bytesWritten: manifest.sourceSize, images: images.count,
-            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: readQueue.engineName,
+            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: reads.engineName,
             unreadableBlocks: pipeline.unreadableBlocks,
             unreadableRanges: pipeline.unreadableRanges, verified: options.verify)
     }

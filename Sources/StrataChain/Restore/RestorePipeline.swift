@@ -24,7 +24,7 @@ final class RestorePipeline {
     private let sourceSize: UInt64
     private let blockSize: Int
     private let target: RestoreTarget
-    private let readQueue: IOQueue
+    private let reads: ObjectReads
     private let writeQueue: IOQueue
     private let options: RestoreOptions
     private let progress: ProgressHandler?
@@ -57,21 +57,19 @@ final class RestorePipeline {
     private(set) var unreadableBlocks: UInt64 = 0
 
     private static let windowSize = 1 << 20
-    /// At most this many slots (tests make it small, to make frames leave their slots and come back).
-    nonisolated(unsafe) static var maxSlots = 48
     private static let batchExtents = 4096
     private static let maxQueuedBatches = 16
 
     init(
         frames: FrameReader, images: [ImageFile], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
-        readQueue: IOQueue, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?
+        reads: ObjectReads, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?
     ) {
         self.frames = frames
         self.images = images
         self.sourceSize = sourceSize
         self.blockSize = blockSize
         self.target = target
-        self.readQueue = readQueue
+        self.reads = reads
         self.writeQueue = writeQueue
         self.options = options
         self.progress = progress
@@ -81,13 +79,18 @@ final class RestorePipeline {
         decodedOffset = (maxStored + FrameReader.directSlack + 4095) / 4096 * 4096
         // Slots: a point of captures uses about one frame per image at a time (a merged image, two: its copied
         // frames and its re-packed ones), plus what the reads in flight and the workers hold.
-        let slotCount = min(max(2 * images.count, 4) + 2 * options.threads + 4, Self.maxSlots)
+        let slotCount = Self.slotCount(images: images.count, options: options)
         slots = AlignedSlab(slotSize: max(decodedOffset + maxBlocks * blockSize, 1), slotCount: slotCount)
         slotFrame = PerSlot(repeating: FrameRef(image: 0, frame: 0), count: slotCount)
         slotFetch = PerSlot(repeating: 0, count: slotCount)
         slotLead = PerSlot(repeating: nil, count: slotCount)
         lastPlannedUse = Array(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
+    }
+
+    /// The slots (and so the read tags) a restore of `images` uses.
+    static func slotCount(images: Int, options: RestoreOptions) -> Int {
+        min(max(2 * images, 4) + 2 * options.threads + 4, options.tuning.maxRestoreSlots)
     }
 
     func run() throws {
@@ -112,9 +115,9 @@ final class RestorePipeline {
     // MARK: I/O thread
 
     private func readFrames() {
-        let pump = IOPump(queue: readQueue, maxTags: slots.slotCount)
+        let pump = reads
         do {
-            let walk = PointWalk(images)
+            let walk = PointWalk(images, maxBlocks: options.tuning.maxWindowBlocks)
             var seq = 0
             var nextFetch = 0
             var batch: [(ResolvedExtent, Int)] = []
@@ -142,8 +145,8 @@ final class RestorePipeline {
                             lastPlannedUse[slot] = seq
                             slotFrame[slot] = e.frameRef
                             slotFetch[slot] = fetch
-                            slotLead[slot] = try frames.startRead(e.frameRef, into: slots.slot(slot), pump: pump, tag: slot, direct: true)
-                            if pump.inFlight >= options.queueDepth { try frameRead(pump.next()) }
+                            slotLead[slot] = try frames.startRead(e.frameRef, into: slots.slot(slot), reads: pump, tag: slot, direct: true)
+                            if pump.inFlight >= options.queueDepth { try frameRead(pump.nextOrThrow()) }
                         }
                     }
                     // (A batch may be pushed while this extent waits for a slot: it starts the next one.)
@@ -154,17 +157,17 @@ final class RestorePipeline {
                 try push()
             }
             condition.publish { planningDone = true }
-            while pump.inFlight > 0 { try frameRead(pump.next()) }
+            while pump.inFlight > 0 { try frameRead(pump.nextOrThrow()) }
         } catch {
             failure.record(wrap(error))
-            while pump.inFlight > 0 { _ = try? pump.next() }
+            pump.drain()
             condition.publish {}
         }
     }
 
     /// Waits, holding nothing, until `ready` (run under the lock) returns true, handling reads that complete
     /// meanwhile; throws when the restore is stopping.
-    private func waitLocked(_ pump: IOPump, _ ready: () -> Bool) throws {
+    private func waitLocked(_ pump: ObjectReads, _ ready: () -> Bool) throws {
         while true {
             condition.lock()
             if let e = failure.error {
@@ -181,14 +184,14 @@ final class RestorePipeline {
             }
             if pump.inFlight == 0 { condition.wait() }
             condition.unlock()
-            if pump.inFlight > 0 { try frameRead(pump.next()) }
+            if pump.inFlight > 0 { try frameRead(pump.nextOrThrow()) }
         }
     }
 
     /// A free slot, or the least recently planned one the coordinator is done with (its frame is forgotten and
     /// read again if needed later). Before waiting, the planned extents go to the coordinator (`push`): it frees
     /// slots only as it passes them.
-    private func takeSlot(_ pump: IOPump, pushing push: () throws -> Void) throws -> Int {
+    private func takeSlot(_ pump: ObjectReads, pushing push: () throws -> Void) throws -> Int {
         if let s = condition.withLock({ claimSlot() }) { return s }
         try push()
         var slot: Int?

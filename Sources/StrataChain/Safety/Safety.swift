@@ -6,9 +6,6 @@
 // promise with its test.
 import StrataIO
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 public enum Safety {
     /// Refuses a restore target that is in use, part of the chain at `chain`, or (without `force`) an existing
@@ -19,16 +16,16 @@ public enum Safety {
             throw ChainError.partOfChain(role: .target, path: target, chain: chain, detail: part)
         }
         guard let st else { return }  // a new file: nothing to protect
-        switch st.st_mode & S_IFMT {
-        case S_IFBLK:
-            if let use = BlockDevices.uses(of: UInt64(st.st_rdev), path: target).first { throw ChainError.targetInUse(path: target, use: use) }
-        case S_IFREG:
-            for loop in BlockDevices.loopDevices(backedBy: FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))) {
+        switch st.kind {
+        case .blockDevice:
+            if let use = BlockDevices.uses(of: st.deviceNumber, path: target).first { throw ChainError.targetInUse(path: target, use: use) }
+        case .regular:
+            for loop in BlockDevices.loopDevices(backedBy: st.identity) {
                 if let use = BlockDevices.uses(of: loop.rdev, path: loop.path).first {
                     throw ChainError.targetInUse(path: target, use: .backing(loop: loop.path, use: use))
                 }
             }
-            if st.st_size > 0 && !force { throw ChainError.targetExists(path: target) }
+            if st.size > 0 && !force { throw ChainError.targetExists(path: target) }
         default:
             return
         }
@@ -40,19 +37,19 @@ public enum Safety {
         if let part = chainPart(source, st, chain: chain) {
             throw ChainError.partOfChain(role: .source, path: source, chain: chain, detail: part)
         }
-        guard st.st_mode & S_IFMT == S_IFBLK, ChainStores.isLocal(chain) else { return }
+        guard st.kind == .blockDevice, ChainStores.isLocal(chain) else { return }
         let holding = BlockDevices.devicesHolding(chain)
-        if let member = BlockDevices.family(UInt64(st.st_rdev), path: source).first(where: { holding.devices.contains($0.rdev) }) {
+        if let member = BlockDevices.family(st.deviceNumber, path: source).first(where: { holding.devices.contains($0.rdev) }) {
             throw ChainError.sourceHoldsChain(path: source, device: member.name, chain: chain, mountPoint: holding.mountPoint ?? "?")
         }
     }
 
     /// How `path` (whose stat is `st`, nil when it does not exist) is part of the chain at `chain`: its directory,
     /// one of its files, inside it, or a loop device over one of those; nil when it is not.
-    static func chainPart(_ path: String, _ st: stat?, chain: String) -> String? {
+    static func chainPart(_ path: String, _ st: FileStatus?, chain: String) -> String? {
         guard let chainID = FileIdentity(path: chain) else { return nil }
         if BlockDevices.isInside(path, directory: chainID, directoryPath: chain) { return relation(path, chain: chain, chainID: chainID) }
-        if let st, st.st_mode & S_IFMT == S_IFBLK, let backing = BlockDevices.loopBackingFile(UInt64(st.st_rdev)),
+        if let st, st.kind == .blockDevice, let backing = BlockDevices.loopBackingFile(st.deviceNumber),
             BlockDevices.isInside(backing, directory: chainID, directoryPath: chain)
         {
             return "it is a loop device over \(backing)"
@@ -73,16 +70,16 @@ public enum Safety {
     /// One warning line when the chain at `chain` can be read by users other than its owner (its directory
     /// searchable by them and a file readable), with the command that makes it private; nil when it is private.
     public static func exposureWarning(chain: String) -> String? {
-        guard let dir = try? Sys.stat(chain), dir.st_mode & S_IFMT == S_IFDIR, dir.st_mode & 0o011 != 0 else { return nil }
+        guard let dir = try? Sys.stat(chain), dir.kind == .directory, dir.permissions & 0o011 != 0 else { return nil }
         var exposed = 0
         var widest: UInt32 = 0
         for name in (try? Sys.listDirectory(chain)) ?? [] {
-            guard let st = try? Sys.lstat("\(chain)/\(name)"), st.st_mode & S_IFMT == S_IFREG, st.st_mode & 0o044 != 0 else { continue }
+            guard let st = try? Sys.lstat("\(chain)/\(name)"), st.kind == .regular, st.permissions & 0o044 != 0 else { continue }
             exposed += 1
-            widest |= UInt32(st.st_mode & 0o777)
+            widest |= st.permissions & 0o777
         }
         guard exposed > 0 else { return nil }
-        return "warning: chain \(chain) is readable by other users (directory \(modeString(UInt32(dir.st_mode & 0o777), directory: true)), "
+        return "warning: chain \(chain) is readable by other users (directory \(modeString(dir.permissions & 0o777, directory: true)), "
             + "\(exposed) file\(exposed == 1 ? "" : "s") up to \(modeString(widest, directory: false))); make it private: chmod -R go= \(chain)"
     }
 

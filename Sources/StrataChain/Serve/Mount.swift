@@ -8,9 +8,6 @@
 // unmounted (LO_FLAGS_AUTOCLEAR).
 import StrataIO
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 public struct MountOptions: Sendable {
     /// The point to serve (nil: every point as files; with `files`, the newest).
@@ -62,7 +59,7 @@ public final class MountSession: @unchecked Sendable {
 
     /// Where mounts keep their state: $STRATA_RUN_DIR, or /run/strata (/tmp/strata-run on a machine without /run).
     static var runDirectory: String {
-        getenv("STRATA_RUN_DIR").map { String(cString: $0) } ?? (Sys.exists("/run") ? "/run/strata" : "/tmp/strata-run")
+        Sys.environment("STRATA_RUN_DIR") ?? (Sys.exists("/run") ? "/run/strata" : "/tmp/strata-run")
     }
 
     static func stateDirectory(for directory: String) -> String {
@@ -72,24 +69,22 @@ public final class MountSession: @unchecked Sendable {
         return "\(runDirectory)/mount-" + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
-    static func serverPid(_ state: String) -> pid_t? {
-        Sys.readSmallFile("\(state)/pid").flatMap { pid_t($0.split(separator: "\n").first ?? "") }
+    static func serverPid(_ state: String) -> Int32? {
+        Sys.readSmallFile("\(state)/pid").flatMap { Int32($0.split(separator: "\n").first ?? "") }
     }
 
     /// The canonical path of an empty directory that is not a mount point, or why it cannot be used.
     static func usableDirectory(_ path: String) throws -> String {
-        guard let p = realpath(path, nil) else {
-            let e = errno
-            switch e {
-            case ENOENT: throw ChainError.mountPointUnusable(path: path, problem: "it does not exist", todo: "create it (mkdir) or name another directory")
-            case ENOTCONN:
+        let canonical: String
+        do { canonical = try Sys.resolvedPath(path) } catch let e as IOError {
+            switch e.kind {
+            case .missing: throw ChainError.mountPointUnusable(path: path, problem: "it does not exist", todo: "create it (mkdir) or name another directory")
+            case .disconnected:
                 throw ChainError.mountPointUnusable(path: path, problem: "it is a FUSE mount whose server is gone", todo: "run strata unmount \(path)")
-            default: throw ChainError.mountPointUnusable(path: path, problem: String(cString: strerror(e)), todo: "check the path and your permissions")
+            default: throw ChainError.mountPointUnusable(path: path, problem: e.reason, todo: "check the path and your permissions")
             }
         }
-        let canonical = String(cString: p)
-        free(p)
-        guard let st = try? Sys.stat(canonical), st.st_mode & S_IFMT == S_IFDIR else {
+        guard let st = try? Sys.stat(canonical), st.kind == .directory else {
             throw ChainError.mountPointUnusable(path: path, problem: "it is not a directory", todo: "name an empty directory")
         }
         if let m = Mounts.mounted(at: canonical) {
@@ -106,12 +101,12 @@ public final class MountSession: @unchecked Sendable {
 
     /// Mounts, and returns once the directory is usable (the server runs on threads of its own until `wait`
     /// returns). On failure, undoes what it did.
-    public func mount(log: @escaping (String) -> Void) throws {
+    public func mount(log: @escaping @Sendable (String) -> Void) throws {
         do {
             try Sys.makeDirectories(MountSession.runDirectory)
             MountSession.removeState(state)
             try Sys.mkdir(state)
-            try Sys.writeNewFile("\(state)/pid", "\(getpid())\n")
+            try Sys.writeNewFile("\(state)/pid", "\(Sys.processID)\n")
             let target = fuseTarget
             if options.files { try Sys.mkdir(target) }
             let files = readers.map { (name: "point-\($0.point).img", reader: $0) }
@@ -262,13 +257,13 @@ public final class MountSession: @unchecked Sendable {
         }
         // The loop devices clear themselves once their filesystem is gone (the kernel may take a moment).
         for device in Set(loops.map(wholeLoopDevice)).sorted() {
-            for _ in 0..<200 where LoopDevices.isAttached(device) { usleep(10_000) }
+            for _ in 0..<200 where LoopDevices.isAttached(device) { Sys.sleep(seconds: 0.01) }
             if LoopDevices.isAttached(device) { LoopDevices.detach(device) }
             lines.append(LoopDevices.isAttached(device) ? "could not detach \(device): detach it with losetup -d \(device)" : "detached \(device)")
         }
         if let pid {
             if wasRunning {
-                for _ in 0..<1000 where Daemon.isRunning(pid) { usleep(10_000) }
+                for _ in 0..<1000 where Daemon.isRunning(pid) { Sys.sleep(seconds: 0.01) }
                 lines.append(Daemon.isRunning(pid) ? "the server (pid \(pid)) is still running" : "the server (pid \(pid)) stopped")
             } else {
                 lines.append("the server (pid \(pid)) was no longer running: cleaned up after it")
@@ -287,17 +282,12 @@ public final class MountSession: @unchecked Sendable {
 
     /// The canonical path of a directory, also when it is a stale FUSE mount (whose own stat fails).
     static func canonicalEvenIfStale(_ path: String) -> String {
-        if let p = realpath(path, nil) {
-            defer { free(p) }
-            return String(cString: p)
-        }
+        if let p = Sys.realPath(path) { return p }
         var trimmed = path
         while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed.removeLast() }
         let parent = BlockDevices.parentDirectory(of: trimmed)
         let last = trimmed.split(separator: "/").last.map(String.init) ?? trimmed
-        guard let p = realpath(parent, nil) else { return trimmed }
-        defer { free(p) }
-        let base = String(cString: p)
+        guard let base = Sys.realPath(parent) else { return trimmed }
         return base == "/" ? "/\(last)" : "\(base)/\(last)"
     }
 }

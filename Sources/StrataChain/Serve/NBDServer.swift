@@ -317,3 +317,29 @@ struct BigEndianReader {
         return v
     }
 }
+
+/// Where `strata serve` listens: a Unix socket or a TCP address.
+public enum NBDAddress: Sendable, Equatable {
+    case unixSocket(String)
+    case tcp(host: String, port: UInt16)
+}
+
+extension NBDServer {
+    /// Listens at `address` and serves clients until SIGINT or SIGTERM ends the process (status 0, a socket file
+    /// removed first); `listening` gets the address as clients name it once it is bound. Throws
+    /// `targetUnavailable` where the socket cannot be made (a path in use, an address taken).
+    public func serve(at address: NBDAddress, listening: (String) -> Void) throws {
+        let listener: Listener
+        do {
+            switch address {
+            case .unixSocket(let path): listener = try Listener(unixPath: path)
+            case .tcp(let host, let port): listener = try Listener(host: host, port: port)
+            }
+        } catch let e as IOError {
+            throw ChainError.targetUnavailable(path: e.path, reason: e.reason)
+        }
+        listener.exitOnTerminationSignals()
+        listening(listener.address)
+        serve(listener)
+    }
+}

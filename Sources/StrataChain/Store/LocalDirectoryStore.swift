@@ -2,13 +2,13 @@
 // seam existed. A new object is a temporary file (`.strata-tmp-PID-NAME`, mode 0600) written with O_DIRECT
 // appends through io_uring; publishing fsyncs it and renames it into place, and `syncPublished` fsyncs the
 // directory once for all of them; the manifest is replaced the same way (temporary file, fsync, rename,
-// directory fsync). The writer's lock is a `flock` on `.lock`. Every syscall is StrataIO's.
+// directory fsync). The writer's lock is a `flock` on `.lock`. Reads many at once go through StrataIO's I/O
+// engine (io_uring, or a pool of pread threads) on the objects' descriptors, which stay inside this file. A file
+// that does not exist is StoreError `.missing`; the directory's other failures are the system's IOError. Every
+// syscall is StrataIO's.
 import StrataFormat
 import StrataIO
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 public final class LocalDirectoryStore: ChainStore {
     public let path: String
@@ -18,7 +18,7 @@ public final class LocalDirectoryStore: ChainStore {
 
     public func containerExists() -> Bool {
         guard let st = try? Sys.stat(path) else { return false }
-        return st.st_mode & S_IFMT == S_IFDIR
+        return st.kind == .directory
     }
 
     public func makeContainer() throws { try DurableFiles.makeDirectory(path) }
@@ -27,10 +27,21 @@ public final class LocalDirectoryStore: ChainStore {
 
     public func isTemporary(_ name: String) -> Bool { name.hasPrefix(DurableFiles.temporaryPrefix) }
 
-    public func open(_ name: String) throws -> StoredObject { try LocalObject(path: "\(path)/\(name)", name: name) }
+    public func open(_ name: String) throws -> StoredObject {
+        try storeTerms("open", name) { try LocalObject(path: "\(path)/\(name)", name: name) }
+    }
 
     public func readSmall(_ name: String, limit: Int) throws -> [UInt8] {
-        try DurableFiles.readAll("\(path)/\(name)", limit: limit)
+        try storeTerms("read", name) { try DurableFiles.readAll("\(path)/\(name)", limit: limit) }
+    }
+
+    /// Runs `body`, its missing file and too large one as the store's errors.
+    private func storeTerms<T>(_ operation: String, _ name: String, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as IOError where e.kind == .missing {
+            throw StoreError.missing(operation, "\(path)/\(name)")
+        } catch let e as IOError where e.kind == .tooLarge {
+            throw StoreError(.tooLarge, operation, "\(path)/\(name)", reason: e.reason)
+        }
     }
 
     public func create(_ name: String, expectedSize: UInt64) throws -> NewObject { try LocalNewObject(directory: path, name: name) }
@@ -40,11 +51,13 @@ public final class LocalDirectoryStore: ChainStore {
     public func commitManifest(_ bytes: [UInt8], expected: [UInt8]?) throws {
         // Writers hold the lock, so the check and the rename cannot interleave with another writer's.
         let current = try? readSmall(ChainManifest.fileName, limit: 64 << 20)
-        guard current == expected else { throw ChainError.chainChanged(location) }
+        guard current == expected else {
+            throw StoreError(.changed, "commit", path, reason: "another writer committed first")
+        }
         try DurableFiles.publish(bytes, dir: path, name: ChainManifest.fileName)
     }
 
-    public func remove(_ name: String) throws { try Sys.unlink("\(path)/\(name)") }
+    public func remove(_ name: String) throws { try storeTerms("remove", name) { try Sys.unlink("\(path)/\(name)") } }
 
     public func lockWriter() throws -> WriterLease? { try DirectoryLock(directory: path) }
 
@@ -52,14 +65,44 @@ public final class LocalDirectoryStore: ChainStore {
 
     public var copiesInStore: Bool { false }
 
-    public func readQueue(engine: IOEngineChoice, depth: Int) throws -> (queue: IOQueue, note: String?) {
-        try IOEngine.make(engine, depth: depth)
+    public func reads(engine: IOEngineChoice, depth: Int, tags: Int) throws -> (reads: ObjectReads, note: String?) {
+        let (queue, note) = try IOEngine.make(engine, depth: depth)
+        return (LocalObjectReads(queue: queue, tags: tags), note)
+    }
+}
+
+/// A directory's reads: its files' descriptors on the I/O engine, through the one pump that finishes short reads.
+final class LocalObjectReads: ObjectReads {
+    private let pump: IOPump
+
+    init(queue: IOQueue, tags: Int) { pump = IOPump(queue: queue, maxTags: tags) }
+
+    var engineName: String { pump.queue.engineName }
+    var inFlight: Int { pump.inFlight }
+
+    func start(_ object: StoredObject, into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64, tag: Int, direct: Bool) -> Int? {
+        guard let object = object as? LocalObject else { preconditionFailure("a directory's reads take its own objects") }
+        if direct, let fd = object.directHandle {
+            let a = UInt64(StoredObjects.directAlignment)
+            let start = offset / a * a
+            let lead = Int(offset - start)
+            let span = (lead + count + Int(a) - 1) / Int(a) * Int(a)
+            pump.read(fd: fd, path: object.path, into: buffer, length: span, at: start, tag: tag)
+            return lead
+        }
+        pump.read(fd: object.handle, path: object.path, into: buffer, length: count, at: offset, tag: tag)
+        return nil
+    }
+
+    func next() -> (tag: Int, bytes: Int, error: Error?) {
+        let done = pump.nextOutcome()
+        return (done.tag, done.bytes, done.error)
     }
 }
 
 extension DirectoryLock: WriterLease {}
 
-/// A local file opened for reading; its handle is its descriptor.
+/// A local file opened for reading, with its descriptor (this file's alone).
 final class LocalObject: StoredObject {
     let name: String
     let path: String
@@ -74,8 +117,8 @@ final class LocalObject: StoredObject {
     init(path: String, name: String) throws {
         self.name = name
         self.path = path
-        handle = try Sys.open(path, O_RDONLY)
-        do { size = UInt64(try Sys.fstat(handle, path: path).st_size) } catch {
+        handle = try Sys.open(path, .readOnly)
+        do { size = try Sys.fstat(handle, path: path).size } catch {
             Sys.close(handle)
             throw error
         }
@@ -113,7 +156,7 @@ final class LocalNewObject: NewObject {
         self.name = name
         self.directory = directory
         temporaryPath = "\(directory)/\(DurableFiles.temporaryName(for: name))"
-        fd = try Sys.create(temporaryPath, O_RDWR | O_TRUNC)
+        fd = try Sys.create(temporaryPath, [.readWrite, .truncate])
     }
 
     deinit { if !closed { Sys.close(fd) } }

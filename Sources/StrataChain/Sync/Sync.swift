@@ -20,6 +20,8 @@ import StrataIO
 public struct SyncOptions: Sendable {
     /// Ranges copied at once.
     public var threads = 8
+    /// What the writer accepts of the destination's store.
+    public var store = StoreOptions()
     public init() {}
 }
 
@@ -47,7 +49,7 @@ public enum Sync {
             throw ChainError.invalidOption("\(sourcePath) and \(targetPath) are the same chain: name two places")
         }
         let source = try Chain(location: sourcePath, access: .read)
-        let target = try Chain(location: targetPath, access: .create, cleanUp: false)
+        let target = try Chain(location: targetPath, access: .create, cleanUp: false, store: options.store)
         for attempt in 0..<8 {
             do {
                 return try sync(source, into: target, options: options, started: started, progress: progress)
@@ -150,7 +152,7 @@ public enum Sync {
     private static func sameLocation(_ a: String, _ b: String) -> Bool {
         guard ChainStores.isLocal(a) && ChainStores.isLocal(b) else { return a.trimmingSlashes == b.trimmingSlashes }
         guard let x = try? Sys.stat(a), let y = try? Sys.stat(b) else { return false }
-        return x.st_dev == y.st_dev && x.st_ino == y.st_ino
+        return x.identity == y.identity
     }
 }
 

@@ -84,8 +84,8 @@ final class FrameScan {
     /// Reads and checks every frame of the work; returns the damaged ones with what is wrong with each.
     func run() throws -> [FrameRef: String] {
         guard !work.isEmpty else { return [:] }
-        let (queue, _): (IOQueue, String?)
-        do { (queue, _) = try store.readQueue(engine: options.engine, depth: options.queueDepth) } catch let e as IOError {
+        let reads: ObjectReads
+        do { (reads, _) = try store.reads(engine: options.engine, depth: options.queueDepth, tags: slots.slotCount) } catch let e as IOError {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
         let decompressors = try (0..<options.threads).map { _ in try FrameDecompressor() }  // before any thread starts
@@ -93,15 +93,14 @@ final class FrameScan {
         for (i, decompressor) in decompressors.enumerated() {
             group.spawn("strata-verify-\(i)") { self.check(decompressor) }
         }
-        readFrames(queue)
+        readFrames(reads)
         group.join()
         return damaged
     }
 
-    private func readFrames(_ queue: IOQueue) {
-        let pump = IOPump(queue: queue, maxTags: slots.slotCount)
+    private func readFrames(_ pump: ObjectReads) {
         func reap() {
-            let done = pump.nextOutcome()
+            let done = pump.next()
             let f = work[slotWork[done.tag]]
             do {
                 try frames.arrived(f, bytes: done.bytes, error: done.error)
@@ -127,7 +126,7 @@ final class FrameScan {
                 if slot < 0 && pump.inFlight > 0 { reap() }
             }
             slotWork[slot] = w
-            do { try frames.startRead(work[w], into: slots.slot(slot), pump: pump, tag: slot) } catch {
+            do { try frames.startRead(work[w], into: slots.slot(slot), reads: pump, tag: slot) } catch {
                 condition.publish {
                     damaged[work[w]] = Verify.describe(error)
                     freeSlots.append(slot)

@@ -22,6 +22,8 @@ public struct VerifyOptions: Sendable {
     public var recordDamage = true
     /// An encrypted chain's secret; without it only `checksumsOnly` runs (frames checked as stored, extents unread).
     public var secret: UserSecret? = nil
+    /// The walk's sizes (tests shrink them).
+    var tuning = Tuning()
 
     public init() {}
 }
@@ -73,7 +75,7 @@ public enum Verify {
         }
         /// Walks the resolved extents of the images a point needs, with frames named by their place in `images`.
         func walk(_ slice: ArraySlice<ImageFile?>, _ body: (ResolvedExtent) throws -> Void) throws {
-            try PointWalk(slice.map { $0! }).forEach {
+            try PointWalk(slice.map { $0! }, maxBlocks: options.tuning.maxWindowBlocks).forEach {
                 var r = $0
                 r.image += UInt32(slice.startIndex)
                 try body(r)
