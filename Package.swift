@@ -4,6 +4,8 @@
 // StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
+let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
 let package = Package(
     name: "Strata",
     platforms: [.macOS(.v13)],
@@ -31,19 +33,22 @@ let package = Package(
         .target(name: "CXXH3"),
         // AES-256-GCM from OpenSSL's libcrypto, keys from libsodium (encrypted chains; Sources/CSeal/include/CSeal.h).
         .target(name: "CSeal", linkerSettings: [.linkedLibrary("crypto"), .linkedLibrary("sodium")]),
-        .target(name: "StrataFormat"),
-        .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"]),
-        .target(name: "StrataIO", dependencies: ["CURing", "CFuse"]),
+        // Every module in Swift 6 language mode: the compiler checks what crosses threads (a thread's body is
+        // @Sendable); each @unchecked Sendable left says in a line why it is safe. The tests are in Swift 5 mode.
+        .target(name: "StrataFormat", swiftSettings: swift6),
+        .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"], swiftSettings: swift6),
+        .target(name: "StrataIO", dependencies: ["CURing", "CFuse"], swiftSettings: swift6),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
         .target(name: "StrataS3", dependencies: [
             "CSeal", "StrataIO", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-        ]),
-        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", .product(name: "NIOCore", package: "swift-nio")]),
-        .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"]),
+        ], swiftSettings: swift6),
+        .target(name: "StrataChain", dependencies: ["StrataFormat", "StrataCodec", "StrataIO", "StrataS3", .product(name: "NIOCore", package: "swift-nio")], swiftSettings: swift6),
+        .target(name: "StrataBench", dependencies: ["StrataChain", "StrataFormat", "StrataCodec", "StrataIO"], swiftSettings: swift6),
         .executableTarget(
             name: "strata",
-            dependencies: ["StrataChain", "StrataBench", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["StrataChain", "StrataBench", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swift6),
         // Child processes with deadlines and a RADOS Gateway, shared by the test targets.
         .target(name: "TestSupport", dependencies: ["StrataS3"], path: "Tests/TestSupport"),
         .testTarget(name: "StrataFormatTests", dependencies: ["StrataFormat"], exclude: ["Golden"]),

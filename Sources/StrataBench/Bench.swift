@@ -13,6 +13,7 @@
 // The data for the CPU stages is a sample of the source itself (1 MiB pieces spread over it), because
 // compression speed and ratio depend on the data.
 import StrataChain
+import Synchronization
 import StrataCodec
 import StrataFormat
 import StrataIO
@@ -149,6 +150,7 @@ public enum Bench {
             if zeros < blocksPerChunk { dataChunks.append(c) }
         }
         let zeroFraction = Double(zeroBlocks) / Double(max(sample.count * blocksPerChunk, 1))
+        let chunks = dataChunks
 
         progress?("hashing (XXH3-128)")
         let hashRate = measureCPU(threads: 1, seconds: budget * 0.05) { _, i in
@@ -165,12 +167,11 @@ public enum Bench {
         for t in counts {
             progress?("zstd -\(options.level) compression, \(t) thread\(t == 1 ? "" : "s")")
             let compressors = try (0..<t).map { _ in try FrameCompressor(level: options.level) }
-            let out = (0..<t).map { _ in UnsafeMutableRawPointer.allocate(byteCount: FrameCompressor.storeBound(Sample.chunk), alignment: 64) }
-            defer { out.forEach { $0.deallocate() } }
+            let out = AlignedSlab(slotSize: FrameCompressor.storeBound(Sample.chunk), slotCount: t, alignment: 64)  // a slot a worker
             let rate = measureCPU(threads: t, seconds: budget * 0.25 / Double(counts.count)) { worker, i in
-                guard !dataChunks.isEmpty else { return Sample.chunk }
+                guard !chunks.isEmpty else { return Sample.chunk }
                 _ = compressors[worker].compressOrStore(
-                    sample.chunk(dataChunks[i % dataChunks.count]), count: Sample.chunk, into: out[worker], capacity: FrameCompressor.storeBound(Sample.chunk))
+                    sample.chunk(chunks[i % chunks.count]), count: Sample.chunk, into: out.slot(worker), capacity: FrameCompressor.storeBound(Sample.chunk))
                 return Sample.chunk
             }
             compression.append(.init(threads: t, bytesPerSecond: rate))
@@ -178,15 +179,14 @@ public enum Bench {
         for t in counts {
             progress?("zstd decompression, \(t) thread\(t == 1 ? "" : "s")")
             let decompressors = try (0..<t).map { _ in try FrameDecompressor() }
-            let out = (0..<t).map { _ in UnsafeMutableRawPointer.allocate(byteCount: Sample.chunk, alignment: 64) }
-            defer { out.forEach { $0.deallocate() } }
+            let out = AlignedSlab(slotSize: Sample.chunk, slotCount: t, alignment: 64)  // a slot a worker
             let rate = measureCPU(threads: t, seconds: budget * 0.1 / Double(counts.count)) { worker, i in
                 guard stored.count > 0 else { return Sample.chunk }
                 let f = stored.frame(i % stored.count)
                 if f.compressed {
-                    try? decompressors[worker].decompress(f.bytes, count: f.length, into: out[worker], expected: Sample.chunk)
+                    try? decompressors[worker].decompress(f.bytes, count: f.length, into: out.slot(worker), expected: Sample.chunk)
                 } else {
-                    out[worker].copyMemory(from: f.bytes, byteCount: Sample.chunk)
+                    out.slot(worker).copyMemory(from: f.bytes, byteCount: Sample.chunk)
                 }
                 return Sample.chunk
             }
@@ -369,10 +369,9 @@ public enum Bench {
     }
 
     /// Runs `work(worker, iteration)` on `threads` threads for `seconds`; each call returns the bytes it did.
-    static func measureCPU(threads: Int, seconds: Double, _ work: @escaping (Int, Int) -> Int) -> Double {
+    static func measureCPU(threads: Int, seconds: Double, _ work: @escaping @Sendable (Int, Int) -> Int) -> Double {
         let group = ThreadGroup()
-        let lock = Condition()
-        var total = 0
+        let total = Mutex(0)
         let started = Sys.monotonicNanos()
         let deadline = started + UInt64(seconds * 1e9)
         for w in 0..<threads {
@@ -382,11 +381,11 @@ public enum Bench {
                     done += work(w, i)
                     i += 1
                 } while Sys.monotonicNanos() < deadline
-                lock.withLock { total += done }
+                total.withLock { $0 += done }
             }
         }
         group.join()
-        return Double(total) / (Double(Sys.monotonicNanos() - started) / 1e9)
+        return Double(total.withLock { $0 }) / (Double(Sys.monotonicNanos() - started) / 1e9)
     }
 
     /// Appends the compressed sample to a temporary file in `directory` with the image appender, for
@@ -417,7 +416,7 @@ public enum Bench {
 }
 
 /// 1 MiB pieces read from evenly spread places of the source.
-final class Sample {
+final class Sample: @unchecked Sendable {  // read only, once made
     static let chunk = 1 << 20
     private let slab: AlignedSlab
     let count: Int
@@ -438,7 +437,7 @@ final class Sample {
 }
 
 /// The sample's non-zero chunks compressed once, for the decompression and write stages.
-final class CompressedSample {
+final class CompressedSample: @unchecked Sendable {  // read only, once made
     private var frames: [(offset: Int, length: Int, compressed: Bool)] = []
     private let buffer: UnsafeMutableRawPointer
     let ratio: Double

@@ -8,7 +8,7 @@
 import CSeal
 import CXXH3
 
-public final class ChainKeys: @unchecked Sendable {
+public final class ChainKeys: @unchecked Sendable {  // keys are derived once in init and only read after; libsodium and OpenSSL calls on them are thread-safe
     public static let keySize = 32
     /// Subkey numbers (libsodium's crypto_kdf ids, context "strata__").
     enum Use: UInt64 {

@@ -8,7 +8,7 @@ public enum CodecError: Error, Equatable, Sendable {
 }
 
 /// Owns a `ZSTD_CCtx`. Not thread-safe: one per thread.
-public final class FrameCompressor {
+public final class FrameCompressor: @unchecked Sendable {  // a context is used by one thread at a time: each worker is handed its own
     private let context: OpaquePointer
     public let level: Int32
 
@@ -52,7 +52,7 @@ public final class FrameCompressor {
 }
 
 /// Owns a `ZSTD_DCtx`. Not thread-safe: one per thread.
-public final class FrameDecompressor {
+public final class FrameDecompressor: @unchecked Sendable {  // a context is used by one thread at a time: each worker is handed its own
     private let context: OpaquePointer
 
     public init() throws {

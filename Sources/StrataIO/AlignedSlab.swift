@@ -7,7 +7,7 @@
 import Glibc
 #endif
 
-public final class AlignedSlab {
+public final class AlignedSlab: @unchecked Sendable {  // fixed memory; who may touch a slot is the pipeline's hand-off, under its lock
     public let base: UnsafeMutableRawPointer
     public let slotSize: Int
     public let slotCount: Int

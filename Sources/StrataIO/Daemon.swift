@@ -112,7 +112,7 @@ public enum Daemon {
 
 /// Lines for the system log (the journal where there is one), as a background server's log.
 public enum Syslog {
-    nonisolated(unsafe) private static var opened = false
+    nonisolated(unsafe) private static var opened = false  // openlog once: set by the server's first log line, on its one logging path
 
     public static func line(_ s: String) {
         if !opened {

@@ -122,5 +122,5 @@ public final class FrozenFilesystem {
         }
     }
 
-    nonisolated(unsafe) static var guardedDescriptor: Int32 = -1
+    nonisolated(unsafe) static var guardedDescriptor: Int32 = -1  // the guardian process's one descriptor, set before its signal handlers are installed
 }

@@ -32,7 +32,7 @@ public final class FuseFiles: @unchecked Sendable {  // `fuse` is set once in in
 
     /// The libfuse callbacks' way back to the one file system of this process. Set in init and cleared in
     /// close, both before any callback can run and after the last one has (the loop has returned).
-    nonisolated(unsafe) private static var current: FuseFiles?
+    nonisolated(unsafe) private static var current: FuseFiles?  // set before the loop starts, cleared after it ended
 
     /// Mounts `files` read-only at `dir` (an empty directory); the file system's source shows as `source`.
     /// Throws a `FuseFiles.Failure` line saying what the machine refused.

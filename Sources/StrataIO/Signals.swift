@@ -20,7 +20,7 @@ public enum TerminationSignals {
     }
 
     /// Starts a thread that waits for one of them and calls `body` with it, once.
-    public static func onSignal(_ body: @escaping (Int32) -> Void) {
+    public static func onSignal(_ body: @escaping @Sendable (Int32) -> Void) {
         Threads.spawn("strata-signals", stackSize: 256 << 10) {
             var s = set
             var sig: Int32 = 0

@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// The socket file to remove when a signal stops the process (a C string: the handler may not allocate).
-nonisolated(unsafe) private var socketToRemove: UnsafeMutablePointer<CChar>?
+nonisolated(unsafe) private var socketToRemove: UnsafeMutablePointer<CChar>?  // set once before the handlers are installed, read only by them
 
 public final class Listener {
     public let fd: Int32
@@ -93,7 +93,7 @@ public final class Listener {
     }
 }
 
-public final class Connection {
+public final class Connection: @unchecked Sendable {  // one thread at a time: the session thread it is handed to
     public let fd: Int32
     init(fd: Int32) { self.fd = fd }
     deinit { Glibc.close(fd) }

@@ -438,7 +438,7 @@ public enum Sys {
     public static var hostName: String {
         var name = [CChar](repeating: 0, count: 256)
         guard gethostname(&name, name.count - 1) == 0 else { return "localhost" }
-        return String(cString: name)
+        return name.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
     /// Every environment variable of this process, by name.

@@ -20,7 +20,7 @@ public struct ThreadTime: Sendable, Equatable {
 }
 
 public enum ThreadTimes {
-    private final class Recorder: @unchecked Sendable {
+    private final class Recorder: @unchecked Sendable {  // every field is guarded by `lock`
         let lock = Condition()
         var recording = false
         var ended: [ThreadTime] = []

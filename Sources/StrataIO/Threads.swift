@@ -11,7 +11,7 @@ internal import CURing
 /// have several channels (condition variables on the one mutex) so that each stage of a pipeline waits on its
 /// own and is woken only by changes that concern it, not by every change to the shared state. (On 2 cores this
 /// made no measurable difference to a capture's CPU time; it is the exact protocol, and costs nothing.)
-public final class Condition: @unchecked Sendable {
+public final class Condition: @unchecked Sendable {  // a pthread mutex and its condition variables: made for threads
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let conds: UnsafeMutablePointer<pthread_cond_t>
     private let channels: Int
@@ -83,15 +83,15 @@ public final class Condition: @unchecked Sendable {
 public enum Threads {
     private final class Start {
         let name: String
-        let body: () -> Void
-        init(_ name: String, _ body: @escaping () -> Void) {
+        let body: @Sendable () -> Void
+        init(_ name: String, _ body: @escaping @Sendable () -> Void) {
             self.name = String(decoding: name.utf8.prefix(15), as: UTF8.self)  // the kernel keeps 15 bytes
             self.body = body
         }
     }
 
     /// Starts a detached thread named `name` (as `top -H` shows it) running `body`.
-    public static func spawn(_ name: String, stackSize: Int = 1 << 20, _ body: @escaping () -> Void) {
+    public static func spawn(_ name: String, stackSize: Int = 1 << 20, _ body: @escaping @Sendable () -> Void) {
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
         defer { pthread_attr_destroy(&attributes) }
@@ -111,13 +111,13 @@ public enum Threads {
 
 /// Threads started for one run and joined before the buffers they share are freed: blocking io_uring waits and
 /// CPU-bound compression do not belong in Swift concurrency's cooperative pool (they would starve it).
-public final class ThreadGroup {
+public final class ThreadGroup: @unchecked Sendable {  // `running` is guarded by `condition`
     public init() {}
 
     private let condition = Condition()
     private var running = 0
 
-    public func spawn(_ name: String, _ body: @escaping () -> Void) {
+    public func spawn(_ name: String, _ body: @escaping @Sendable () -> Void) {
         condition.lock()
         running += 1
         condition.unlock()

@@ -13,7 +13,7 @@ import NIOHTTP1
 
 import StrataIO
 
-public final class S3Client: @unchecked Sendable {
+public final class S3Client: @unchecked Sendable {  // `down` and `received` are guarded by `stateLock`; `attempts` is set before first use; HTTPClient is thread-safe
     public let config: S3Config
     private let http: HTTPClient
     private let signer: SigV4

@@ -21,7 +21,7 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
-final class CapturePipeline {
+final class CapturePipeline: @unchecked Sendable {  // shared state is guarded by the run's lock; a slot's and a frame buffer's state passes between stages only through it or a work queue
     struct Stats {
         var bytesRead: UInt64 = 0
         var blocksChanged: UInt64 = 0
@@ -61,20 +61,20 @@ final class CapturePipeline {
     // Frame buffers, and for each the frame it holds once sealed and its place in the image's order.
     private let frames: FrameBuffers
     private let frameBlocks: PerSlot<Int>
-    private let frameSlot: PerSlot<Int>  // the read slot a frame's blocks are in, or -1: in the frame buffer
+    private let frameSlot: PerSlot<Int?>  // the read slot a frame's blocks are in; nil: in the frame buffer
     private let sealed: PerSlot<SealedFrame?>  // written by workers, read by the writer
     private let frameSequence: PerSlot<Int>
 
-    // Shared state, guarded by `condition`; the coordinator, the writer and the I/O thread each wait on a channel
-    // of their own (one thread each) and are signalled only when what they wait for may have changed.
-    private let condition = Condition(channels: 3)
+    // The run's threads, its first error, and the shared state's lock: the coordinator, the writer and the I/O
+    // thread each wait on a channel of their own (one thread each) and are woken only when what they wait for may
+    // have changed. Guarded by the run's lock: the free lists, the ready maps and the counters below.
+    private let stages = PipelineRun(channels: 3)
     private static let coordinator = 0, writer = 1, reader = 2
     private var freeSlots: [Int]
     private var freeFrames: [Int]
-    private var readyChunks: [Int: Int] = [:]  // chunk -> slot, or -1 for a hole
+    private var readyChunks: [Int: Int?] = [:]  // chunk -> its slot; nil: a hole
     private var doneFrames: [Int: Int] = [:]  // frame sequence -> buffer
     private let jobs = WorkQueue<Job>()
-    private let failure = FirstError()
     private var bytesRead: UInt64 = 0
     private var consumedChunks = 0
 
@@ -108,7 +108,7 @@ final class CapturePipeline {
         let frameCount = 2 * options.threads + 2
         frames = FrameBuffers(blockSize: blockSize, count: frameCount, keys: image.keys, subframes: options.seekable == true, subframeBytes: options.tuning.subframeBytes)
         frameBlocks = PerSlot(repeating: 0, count: frameCount)
-        frameSlot = PerSlot(repeating: -1, count: frameCount)
+        frameSlot = PerSlot(repeating: nil, count: frameCount)
         sealed = PerSlot(repeating: nil, count: frameCount)
         frameSequence = PerSlot(repeating: 0, count: frameCount)
         freeFrames = Array((0..<frameCount).reversed())
@@ -122,24 +122,15 @@ final class CapturePipeline {
 
     /// Runs the capture to the end of the source; the image and map writers hold the result.
     func run() throws -> Stats {
-        let group = ThreadGroup()
         let detector = ZeroBlockDetector(blockSize: blockSize, hasher: BlockHasher(image.keys))
-        for i in 0..<options.threads {
-            let compressor = try FrameCompressor(level: options.level)
-            group.spawn("strata-worker-\(i)") { self.work(detector: detector, compressor: compressor) }
+        let compressors = try (0..<options.threads).map { _ in try FrameCompressor(level: options.level) }  // before any thread starts
+        for (i, compressor) in compressors.enumerated() {
+            stages.spawn("strata-worker-\(i)") { self.work(detector: detector, compressor: compressor) }
         }
-        group.spawn("strata-io") { self.readSource() }
-        group.spawn("strata-writer") { self.writeFrames() }
+        stages.spawn("strata-io") { try self.readSource() }
+        stages.spawn("strata-writer") { try self.writeFrames() }
         var stats = Stats()
-        do {
-            try coordinate(&stats)
-        } catch {
-            failure.record(error)
-            condition.publish {}  // wake the I/O and writer threads to see it
-        }
-        jobs.close()
-        group.join()
-        if let e = failure.error { throw e }
+        try stages.run({ try coordinate(&stats) }, finish: { jobs.close() })
         stats.bytesRead = bytesRead
         stats.unreadableBlocks = unreadableBlocks
         // Failed reads complete in any order: sort and join their ranges.
@@ -149,51 +140,27 @@ final class CapturePipeline {
 
     // MARK: I/O thread
 
-    private func readSource() {
+    private func readSource() throws {
         let pump = IOPump(queue: queue, maxTags: slots.slotCount)
         if let uring = queue as? URingQueue { uring.register(base: slots.base, length: slots.byteCount) }
         defer { (queue as? URingQueue)?.unregister(base: slots.base) }
         let size = source.size
         let alignment = UInt64(source.alignment)
         var rangeIndex = 0
+        // Reads in flight are finished while waiting: the coordinator may be waiting for one of them.
+        let inFlight = { pump.inFlight > 0 }
+        let finishOne = { try self.complete(pump.nextOutcome()) }
         do {
             for chunk in 0..<chunkCount {
                 while rangeIndex < dataChunks.count && dataChunks[rangeIndex].upperBound <= chunk { rangeIndex += 1 }
                 let isData = rangeIndex < dataChunks.count && dataChunks[rangeIndex].contains(chunk)
                 if !isData {
-                    // Holes need no slot; bound how far ahead of the coordinator they are announced. Reads in
-                    // flight must be finished while waiting: the coordinator may be waiting for one of them.
-                    condition.lock()
-                    while chunk >= consumedChunks + slots.slotCount && failure.error == nil {
-                        if pump.inFlight > 0 {
-                            condition.unlock()
-                            try complete(pump.nextOutcome())
-                            condition.lock()
-                        } else {
-                            condition.wait(on: Self.reader)
-                        }
-                    }
-                    readyChunks[chunk] = -1
-                    condition.signal(Self.coordinator)
-                    condition.unlock()
+                    // Holes need no slot; bound how far ahead of the coordinator they are announced.
+                    try stages.wait(on: Self.reader, until: { chunk < consumedChunks + slots.slotCount }, pending: inFlight, work: finishOne)
+                    stages.update(waking: Self.coordinator) { readyChunks.updateValue(nil, forKey: chunk) }
                     continue
                 }
-                var slot = -1
-                while slot < 0 {
-                    condition.lock()
-                    if failure.error != nil {
-                        condition.unlock()
-                        break
-                    }
-                    if let s = freeSlots.popLast() {
-                        slot = s
-                    } else if pump.inFlight == 0 {
-                        condition.wait(on: Self.reader)
-                    }
-                    condition.unlock()
-                    if slot < 0 && pump.inFlight > 0 { try complete(pump.nextOutcome()) }
-                }
-                if slot < 0 { break }
+                let slot = try stages.wait(on: Self.reader, for: { freeSlots.popLast() }, pending: inFlight, work: finishOne)
                 let offset = UInt64(chunk) * UInt64(requestSize)
                 let valid = Int(min(UInt64(requestSize), size - offset))
                 let length = Int((UInt64(valid) + alignment - 1) / alignment * alignment)
@@ -204,9 +171,8 @@ final class CapturePipeline {
             }
             while pump.inFlight > 0 { try complete(pump.nextOutcome()) }
         } catch {
-            failure.record(wrap(error))
-            while pump.inFlight > 0 { _ = try? pump.next() }
-            condition.publish {}
+            while pump.inFlight > 0 { _ = pump.nextOutcome() }  // before the slots can go
+            throw wrap(error)
         }
     }
 
@@ -241,7 +207,7 @@ final class CapturePipeline {
                 let blocks = (slotBytes[slot] + blockSize - 1) / blockSize
                 for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
                 for b in slotUnreadable[slot] { hashes[b] = .unreadable }
-                condition.update(waking: Self.coordinator) { readyChunks[slotChunk[slot]] = slot }
+                stages.update(waking: Self.coordinator) { readyChunks[slotChunk[slot]] = slot }
             case .compress(let buffer):
                 compressFrame(buffer, compressor: compressor)
             }
@@ -250,88 +216,61 @@ final class CapturePipeline {
 
     private func compressFrame(_ buffer: Int, compressor: FrameCompressor) {
         let slot = frameSlot[buffer]
-        let blocks = slot >= 0 ? UnsafeRawPointer(slots.slot(slot)) : nil
+        let blocks = slot.map { UnsafeRawPointer(slots.slot($0)) }
         sealed[buffer] = frames.seal(buffer, blockCount: frameBlocks[buffer], compressor: compressor, blocks: blocks)
-        condition.update(waking: Self.writer, Self.reader) {
+        stages.update(waking: Self.writer, Self.reader) {
             doneFrames[frameSequence[buffer]] = buffer
-            if slot >= 0 { freeSlots.append(slot) }
+            if let slot { freeSlots.append(slot) }
         }
     }
 
     // MARK: Writer thread
 
-    private var nextFrameToWrite = 0  // guarded by `condition`
-    private var allDispatched = false  // guarded by `condition`; framesDispatched is final once it is set
+    private var nextFrameToWrite = 0  // guarded by the run's lock
+    private var allDispatched = false  // guarded by the run's lock; framesDispatched is final once it is set
 
-    private func writeFrames() {
-        do {
-            while true {
-                condition.lock()
-                while doneFrames[nextFrameToWrite] == nil && !(allDispatched && nextFrameToWrite == framesDispatched)
-                    && failure.error == nil
-                {
-                    condition.wait(on: Self.writer)
-                }
-                guard failure.error == nil, let buffer = doneFrames.removeValue(forKey: nextFrameToWrite) else {
-                    condition.unlock()
-                    return
-                }
-                condition.unlock()
-                _ = try image.appendFrame(sealed[buffer]!)
-                condition.update(waking: Self.coordinator) {
-                    nextFrameToWrite += 1
-                    freeFrames.append(buffer)
-                }
+    private func writeFrames() throws {
+        while true {
+            // The next frame in order once sealed, or nil once every frame dispatched is written.
+            let next: Int? = try stages.wait(on: Self.writer, for: { () -> Int?? in
+                if let buffer = doneFrames.removeValue(forKey: nextFrameToWrite) { return .some(buffer) }
+                return allDispatched && nextFrameToWrite == framesDispatched ? .some(nil) : nil
+            })
+            guard let buffer = next else { return }
+            _ = try image.appendFrame(sealed[buffer]!)
+            stages.update(waking: Self.coordinator) {
+                nextFrameToWrite += 1
+                freeFrames.append(buffer)
             }
-        } catch {
-            failure.record(error)
-            condition.publish {}
         }
     }
 
     // MARK: Coordinator
 
     private var framesDispatched = 0
-    private var currentFrame = -1
+    private var currentFrame: Int?  // the frame buffer being filled
     private var currentFill = 0
-
-    /// Waits until `ready()` holds or a stage fails. Called with the lock held.
-    private func waitLocked(until ready: () -> Bool) throws {
-        while !ready() {
-            if let e = failure.error { throw e }
-            condition.wait(on: Self.coordinator)
-        }
-    }
 
     private func coordinate(_ stats: inout Stats) throws {
         let blockCount = blockCountFor(sourceSize: source.size, blockSize: UInt32(blockSize))
         let blocksPerChunk = UInt64(blocksPerSlot)
         var changed: UInt64 = 0
         for chunk in 0..<chunkCount {
-            condition.lock()
-            var slot = 0
-            do {
-                try waitLocked { readyChunks[chunk] != nil }
-            } catch {
-                condition.unlock()
-                throw error
-            }
-            slot = readyChunks.removeValue(forKey: chunk)!
-            condition.unlock()
+            let slot = try stages.wait(on: Self.coordinator, for: { readyChunks.removeValue(forKey: chunk) })
             let first = UInt64(chunk) * blocksPerChunk
             let count = Int(min(blocksPerChunk, blockCount - first))
-            let data = slot >= 0 ? slots.slot(slot) : nil
+            let data = slot.map { slots.slot($0) }
             let hashes = newMap.reserve(count)
-            if slot >= 0 {
+            if let slot {
                 hashes.update(from: slotHashes + slot * blocksPerSlot, count: count)
             } else {
                 hashes.update(repeating: .zero, count: count)
             }
             let old = try oldMap?.hashes(from: first, count: count)
-            if slot >= 0, try frameInPlace(slot: slot, first: first, count: count, hashes: hashes, old: old) {
+            if let slot, try frameInPlace(slot: slot, first: first, count: count, hashes: hashes, old: old) {
                 changed += UInt64(count)
                 try newMap.commit(count)
-                condition.update(waking: Self.reader) { consumedChunks = chunk + 1 }  // the slot is freed when its frame is sealed
+                stages.update(waking: Self.reader) { consumedChunks = chunk + 1 }  // the slot is freed when its frame is sealed
                 progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
                 continue
             }
@@ -355,18 +294,15 @@ final class CapturePipeline {
                 }
             }
             try newMap.commit(count)
-            condition.update(waking: Self.reader) {
-                if slot >= 0 { freeSlots.append(slot) }
+            stages.update(waking: Self.reader) {
+                if let slot { freeSlots.append(slot) }
                 consumedChunks = chunk + 1
             }
             progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
         }
-        if currentFrame >= 0 { try dispatchFrame() }
-        condition.lock()
-        defer { condition.unlock() }
-        allDispatched = true
-        condition.signal(Self.writer)
-        try waitLocked { nextFrameToWrite == framesDispatched }
+        if currentFrame != nil { try dispatchFrame() }
+        stages.update(waking: Self.writer) { allDispatched = true }
+        try stages.wait(on: Self.coordinator, until: { nextFrameToWrite == framesDispatched })
         stats.blocksChanged = changed
     }
 
@@ -381,44 +317,39 @@ final class CapturePipeline {
             if h == .zero || h == .unreadable { return false }
             if let old, old[i] == h { return false }
         }
-        if currentFrame >= 0 { try dispatchFrame() }
-        try takeFrame()
-        for i in 0..<count { frames.hash(currentFrame, i).storeBytes(of: hashes[i], as: BlockHash.self) }
+        if currentFrame != nil { try dispatchFrame() }
+        let frame = try takeFrame()
+        for i in 0..<count { frames.hash(frame, i).storeBytes(of: hashes[i], as: BlockHash.self) }
         try image.addExtent(block: first, count: UInt32(count), kind: .data, frame: UInt32(framesDispatched), frameBlock: 0)
-        frameSlot[currentFrame] = slot
+        frameSlot[frame] = slot
         currentFill = count
         try dispatchFrame()
         return true
     }
 
-    private func takeFrame() throws {
-        condition.lock()
-        do {
-            try waitLocked { !freeFrames.isEmpty }
-        } catch {
-            condition.unlock()
-            throw error
-        }
-        currentFrame = freeFrames.removeLast()
-        frameSequence[currentFrame] = framesDispatched
-        frameSlot[currentFrame] = -1
-        condition.unlock()
+    private func takeFrame() throws -> Int {
+        let frame = try stages.wait(on: Self.coordinator, for: { freeFrames.popLast() })
+        frameSequence[frame] = framesDispatched  // the workers read it after the job's hand-off
+        frameSlot[frame] = nil
+        currentFrame = frame
         currentFill = 0
+        return frame
     }
 
     private func appendToFrame(block: UInt64, hash: BlockHash, data: UnsafeRawPointer) throws {
-        if currentFrame < 0 { try takeFrame() }
-        frames.block(currentFrame, currentFill).copyMemory(from: data, byteCount: blockSize)
-        frames.hash(currentFrame, currentFill).storeBytes(of: hash, as: BlockHash.self)
+        let frame = try currentFrame ?? takeFrame()
+        frames.block(frame, currentFill).copyMemory(from: data, byteCount: blockSize)
+        frames.hash(frame, currentFill).storeBytes(of: hash, as: BlockHash.self)
         try image.addExtent(block: block, count: 1, kind: .data, frame: UInt32(framesDispatched), frameBlock: UInt32(currentFill))
         currentFill += 1
         if currentFill == frames.blocksPerFrame { try dispatchFrame() }
     }
 
     private func dispatchFrame() throws {
-        frameBlocks[currentFrame] = currentFill
+        guard let frame = currentFrame else { return }
+        frameBlocks[frame] = currentFill
         framesDispatched += 1  // the coordinator's own
-        jobs.post(.compress(buffer: currentFrame))
-        currentFrame = -1
+        jobs.post(.compress(buffer: frame))
+        currentFrame = nil
     }
 }

@@ -15,7 +15,7 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
-final class SharedFrameCache: @unchecked Sendable {
+final class SharedFrameCache: @unchecked Sendable {  // the entries and their pins are guarded by `lock`; an entry's bytes change only while one reader loads it
     private enum State { case empty, loading, ready }
 
     /// A frame of an opened image (images stay open as long as the cache).

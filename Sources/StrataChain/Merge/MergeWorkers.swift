@@ -12,7 +12,7 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
-final class MergeWorkers {
+final class MergeWorkers: @unchecked Sendable {  // shared state is guarded by the run's lock; a buffer is a worker's alone between taking it and publishing it
     struct Segment {
         var frame: FrameRef
         var frameBlock: Int
@@ -55,7 +55,8 @@ final class MergeWorkers {
     private let sources: FrameReader
     private let writer: ImageWriter
 
-    private let condition = Condition()
+    /// The workers, the first error, and the lock of what follows.
+    private let stages = PipelineRun()
     private var freeSlots: [Int]
     private var nextFrame = 0
     private var nextCopy = 0
@@ -63,8 +64,6 @@ final class MergeWorkers {
     private var copiesDone = 0
     private var finished: [Int: (buffer: Int, frame: SealedFrame)] = [:]
     private var stopping = false
-    private let failure = FirstError()
-    private let group = ThreadGroup()
 
     private let kit: Kit
     private var buffers: FrameBuffers { kit.buffers }
@@ -83,7 +82,7 @@ final class MergeWorkers {
     func start() throws {
         guard !frames.isEmpty || !copies.isEmpty else { return }
         for i in 0..<min(threads, frames.count + copies.count) {
-            group.spawn("strata-merge-\(i)") { self.work(i) }
+            stages.spawn("strata-merge-\(i)") { try self.work(i) }
         }
     }
 
@@ -94,26 +93,19 @@ final class MergeWorkers {
         var reported: UInt64 = 0
         var k = 0
         while true {
-            condition.lock()
-            while (k < frames.count ? finished[k] == nil : copiesDone < copies.count) && failure.error == nil
-                && copiedBytes == reported
-            {
-                condition.wait()
-            }
-            if let e = failure.error {
-                condition.unlock()
-                throw e
-            }
-            let copied = copiedBytes
-            let f = k < frames.count ? finished.removeValue(forKey: k) : nil
-            let done = k >= frames.count && copiesDone == copies.count
-            condition.unlock()
+            // The next frame in order once built, or the copies' progress, or the end.
+            let (copied, f, done) = try stages.wait(for: { () -> (UInt64, (buffer: Int, frame: SealedFrame)?, Bool)? in
+                let ready = k < frames.count ? finished[k] != nil : copiesDone == copies.count
+                guard ready || copiedBytes != reported else { return nil }
+                let f = k < frames.count ? finished.removeValue(forKey: k) : nil
+                return (copiedBytes, f, k >= frames.count && copiesDone == copies.count)
+            })
             progress(copied - reported)
             reported = copied
             if let f {
                 _ = try writer.appendFrame(f.frame)
                 progress(UInt64(f.frame.blockCount * blockSize))
-                condition.publish { freeSlots.append(f.buffer) }
+                stages.publish { freeSlots.append(f.buffer) }
                 k += 1
             }
             if done { return }
@@ -122,8 +114,8 @@ final class MergeWorkers {
 
     /// Stops the workers and waits for them; safe to call more than once.
     func stop() {
-        condition.publish { stopping = true }
-        group.join()
+        stages.publish { stopping = true }
+        stages.join()
     }
 
     private enum Job {
@@ -136,11 +128,10 @@ final class MergeWorkers {
     /// copies are done.
     private var repackers: Int { max(1, threads / 4) }
 
+    /// The worker's next job; nil once there are none, or the merge is stopping.
     private func nextJob(worker: Int) -> Job? {
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            if stopping || failure.error != nil { return nil }
+        let next = try? stages.wait(for: { () -> Job?? in
+            if stopping { return .some(nil) }
             if nextFrame < frames.count, worker < repackers || nextCopy >= copies.count, let slot = freeSlots.popLast() {
                 nextFrame += 1
                 return .repack(nextFrame - 1, slot: slot)
@@ -149,30 +140,24 @@ final class MergeWorkers {
                 nextCopy += 1
                 return .copy(nextCopy - 1)
             }
-            if nextFrame >= frames.count { return nil }
-            condition.wait()
-        }
+            return nextFrame >= frames.count ? .some(nil) : nil
+        })
+        return next ?? nil
     }
 
-    private func work(_ worker: Int) {
+    private func work(_ worker: Int) throws {
         let (compressor, copyBuffer) = (kit.compressors[worker], kit.copyBuffers[worker])
         while let job = nextJob(worker: worker) {
-            do {
-                switch job {
-                case .repack(let k, let slot):
-                    let result = try build(k, slot: slot, compressor: compressor)
-                    condition.publish { finished[k] = result }
-                case .copy(let c):
-                    try copy(copies[c], through: copyBuffer.base)
-                    condition.publish {
-                        copiedBytes += UInt64(copies[c].bytes)
-                        copiesDone += 1
-                    }
+            switch job {
+            case .repack(let k, let slot):
+                let result = try build(k, slot: slot, compressor: compressor)
+                stages.publish { finished[k] = result }
+            case .copy(let c):
+                try copy(copies[c], through: copyBuffer.base)
+                stages.publish {
+                    copiedBytes += UInt64(copies[c].bytes)
+                    copiesDone += 1
                 }
-            } catch {
-                failure.record(error)
-                condition.publish {}
-                return
             }
         }
     }

@@ -1,22 +1,12 @@
-// State the pipelines' threads share: the first error any stage hit, a work queue with a condition of its own,
-// and per-slot values handed from one stage to the next. The threads themselves (ThreadGroup) and the lock
-// (Condition) are StrataIO's Threads.swift.
+// State the pipelines' threads share beside their run (PipelineRun.swift): a work queue with a condition of its
+// own, and per-slot values handed from one stage to the next. The threads and the lock primitive are StrataIO's
+// Threads.swift.
 import StrataIO
-
-/// The first error any stage hit; once set, every stage stops at its next check.
-final class FirstError: @unchecked Sendable {
-    private let lock = Condition()
-    private var stored: Error?
-
-    var error: Error? { lock.withLock { stored } }
-
-    func record(_ e: Error) { lock.withLock { if stored == nil { stored = e } } }
-}
 
 /// The jobs of a pool of worker threads, first in first out, under a condition of its own: posting a job wakes
 /// one worker, and workers are not woken by every change of their pipeline's other shared state (measured: with
 /// one condition for everything, 16 capture workers ran slower than 8 on a 16-core machine).
-final class WorkQueue<Job>: @unchecked Sendable {
+final class WorkQueue<Job>: @unchecked Sendable {  // every field is guarded by `condition`
     private let condition = Condition()
     private var items: [Job] = []
     private var head = 0

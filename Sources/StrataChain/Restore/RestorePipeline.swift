@@ -18,7 +18,7 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
-final class RestorePipeline {
+final class RestorePipeline: @unchecked Sendable {  // shared state is guarded by the run's lock; a slot passes between stages only through it or the decode queue
     private let frames: FrameReader
     private let images: [ImageFile]
     private let sourceSize: UInt64
@@ -40,18 +40,21 @@ final class RestorePipeline {
     private var live: [FrameRef: (fetch: Int, slot: Int)] = [:]
     private var lastPlannedUse: [Int]
 
-    private let condition = Condition()
+    /// The run's threads and first error; its lock guards what follows (one channel: the three stages wake each
+    /// other on every change).
+    private let stages = PipelineRun()
     private var freeSlots: [Int]
     private var readyFetches: [Int: Int] = [:]
-    /// Planned extents, each with its fetch (-1: none), in batches; `planned` counts what is queued.
-    private var batches: [(first: Int, extents: [(ResolvedExtent, Int)])] = []
+    /// Planned extents, each with its fetch (nil: none), in batches.
+    private var batches: [(first: Int, extents: [(ResolvedExtent, Int?)])] = []
     private var batchHead = 0
     private var planningDone = false
     /// The sequence number of the last extent the coordinator has finished with (extents are numbered from 1).
     private var consumed = 0
     private let decodeJobs = WorkQueue<Int>()  // slots whose frame has been read
     private var finished = false
-    private let failure = FirstError()
+    /// The coordinator's own copy of `consumed`, the last it published.
+    private var consumedShown = 0
     /// Unreadable ranges of the point, in bytes, and their blocks (the coordinator's).
     private(set) var unreadableRanges: [Range<UInt64>] = []
     private(set) var unreadableBlocks: UInt64 = 0
@@ -95,44 +98,38 @@ final class RestorePipeline {
 
     func run() throws {
         try target.setLength(sourceSize)  // writes then never extend the file (no exclusive inode lock per write)
-        let group = ThreadGroup()
-        for i in 0..<options.threads {
-            let decompressor = try FrameDecompressor()
-            group.spawn("strata-worker-\(i)") { self.work(decompressor) }
+        let decompressors = try (0..<options.threads).map { _ in try FrameDecompressor() }  // before any thread starts
+        for (i, decompressor) in decompressors.enumerated() {
+            stages.spawn("strata-worker-\(i)") { self.work(decompressor) }
         }
-        group.spawn("strata-io") { self.readFrames() }
-        do {
-            try writeTarget()
-        } catch {
-            failure.record(error)
-        }
-        condition.publish { finished = true }
-        decodeJobs.close()
-        group.join()
-        if let e = failure.error { throw e }
+        stages.spawn("strata-io") { try self.readFrames() }
+        try stages.run({ try writeTarget() }, finish: {
+            stages.publish { finished = true }
+            decodeJobs.close()
+        })
     }
 
     // MARK: I/O thread
 
-    private func readFrames() {
+    private func readFrames() throws {
         let pump = reads
         do {
             let walk = PointWalk(images, maxBlocks: options.tuning.maxWindowBlocks)
             var seq = 0
             var nextFetch = 0
-            var batch: [(ResolvedExtent, Int)] = []
+            var batch: [(ResolvedExtent, Int?)] = []
             var batchFirst = 1
             func push() throws {
                 guard !batch.isEmpty else { return }
-                try waitLocked(pump) { batches.count - batchHead < Self.maxQueuedBatches }
-                condition.publish { batches.append((batchFirst, batch)) }
+                try waitReading(pump) { batches.count - batchHead < Self.maxQueuedBatches ? () : nil }
+                stages.publish { batches.append((batchFirst, batch)) }
                 batch = []
                 batch.reserveCapacity(Self.batchExtents)
             }
             while let window = try walk.next() {
                 for e in window {
                     seq += 1
-                    var fetch = -1
+                    var fetch: Int?
                     if e.kind == .data {
                         if let held = live[e.frameRef] {
                             fetch = held.fetch
@@ -140,11 +137,11 @@ final class RestorePipeline {
                         } else {
                             let slot = try takeSlot(pump, pushing: push)
                             fetch = nextFetch
-                            nextFetch += 1
-                            live[e.frameRef] = (fetch, slot)
+                            live[e.frameRef] = (nextFetch, slot)
                             lastPlannedUse[slot] = seq
                             slotFrame[slot] = e.frameRef
-                            slotFetch[slot] = fetch
+                            slotFetch[slot] = nextFetch
+                            nextFetch += 1
                             slotLead[slot] = try frames.startRead(e.frameRef, into: slots.slot(slot), reads: pump, tag: slot, direct: true)
                             if pump.inFlight >= options.queueDepth { try frameRead(pump.nextOrThrow()) }
                         }
@@ -156,60 +153,41 @@ final class RestorePipeline {
                 }
                 try push()
             }
-            condition.publish { planningDone = true }
+            stages.publish { planningDone = true }
             while pump.inFlight > 0 { try frameRead(pump.nextOrThrow()) }
         } catch {
-            failure.record(wrap(error))
-            pump.drain()
-            condition.publish {}
+            pump.drain()  // before the slots can go
+            throw wrap(error)
         }
     }
 
-    /// Waits, holding nothing, until `ready` (run under the lock) returns true, handling reads that complete
-    /// meanwhile; throws when the restore is stopping.
-    private func waitLocked(_ pump: ObjectReads, _ ready: () -> Bool) throws {
-        while true {
-            condition.lock()
-            if let e = failure.error {
-                condition.unlock()
-                throw e
-            }
-            if finished {
-                condition.unlock()
-                throw CancellationError()
-            }
-            if ready() {
-                condition.unlock()
-                return
-            }
-            if pump.inFlight == 0 { condition.wait() }
-            condition.unlock()
-            if pump.inFlight > 0 { try frameRead(pump.nextOrThrow()) }
-        }
+    /// Waits until `ready` (run under the lock) gives a value, handling reads that complete meanwhile; throws
+    /// when the restore is stopping.
+    private func waitReading<T>(_ pump: ObjectReads, for ready: () -> T?) throws -> T {
+        try stages.wait(
+            for: { () throws -> T? in
+                if finished { throw CancellationError() }
+                return ready()
+            }, pending: { pump.inFlight > 0 }, work: { try frameRead(pump.nextOrThrow()) })
     }
 
     /// A free slot, or the least recently planned one the coordinator is done with (its frame is forgotten and
     /// read again if needed later). Before waiting, the planned extents go to the coordinator (`push`): it frees
     /// slots only as it passes them.
     private func takeSlot(_ pump: ObjectReads, pushing push: () throws -> Void) throws -> Int {
-        if let s = condition.withLock({ claimSlot() }) { return s }
+        if let s = stages.withLock({ claimSlot() }) { return s }
         try push()
-        var slot: Int?
-        try waitLocked(pump) {
-            slot = claimSlot()
-            return slot != nil
-        }
-        return slot!
+        return try waitReading(pump) { claimSlot() }
     }
 
     /// Under the lock: a free slot, or one whose planned uses the coordinator has all passed.
     private func claimSlot() -> Int? {
         if let s = freeSlots.popLast() { return s }
-        var victim = -1
+        var victim: Int?
         for (_, held) in live where lastPlannedUse[held.slot] <= consumed {
-            if victim < 0 || lastPlannedUse[held.slot] < lastPlannedUse[victim] { victim = held.slot }
+            if victim.map({ lastPlannedUse[held.slot] < lastPlannedUse[$0] }) ?? true { victim = held.slot }
         }
-        guard victim >= 0 else { return nil }
+        guard let victim else { return nil }
         readyFetches[slotFetch[victim]] = nil
         live[slotFrame[victim]] = nil
         return victim
@@ -224,13 +202,12 @@ final class RestorePipeline {
 
     private func work(_ decompressor: FrameDecompressor) {
         while let slot = decodeJobs.next() {
-            if failure.error != nil { continue }  // drain: the restore is stopping
+            if stages.failed { continue }  // drain: the restore is stopping
             do {
                 try decode(slot, decompressor)
-                condition.publish { readyFetches[slotFetch[slot]] = slot }
+                stages.publish { readyFetches[slotFetch[slot]] = slot }
             } catch {
-                failure.record(error)
-                condition.publish {}
+                stages.fail(error)
             }
         }
     }
@@ -245,41 +222,33 @@ final class RestorePipeline {
     /// The slot holding fetch `f`, decoded and checked; tells the I/O thread how far the coordinator has come
     /// before it waits.
     private func waitForFetch(_ f: Int, consumed done: Int) throws -> Int {
-        condition.lock()
-        defer { condition.unlock() }
-        if done > consumed {
-            consumed = done
-            condition.broadcast()
-        }
-        while true {
-            if let e = failure.error { throw e }
-            if let s = readyFetches[f] { return s }
-            condition.wait()
-        }
+        show(consumed: done)
+        return try stages.wait(for: { readyFetches[f] })
+    }
+
+    /// Tells the I/O thread how far the coordinator has come (it may reuse the slots of what is behind).
+    private func show(consumed done: Int) {
+        guard done > consumedShown else { return }
+        consumedShown = done
+        stages.publish { consumed = done }
     }
 
     /// The next batch of planned extents, or nil when there are no more.
-    private func nextBatch(consumed done: Int) throws -> (first: Int, extents: [(ResolvedExtent, Int)])? {
-        condition.lock()
-        defer { condition.unlock() }
-        consumed = done
-        condition.broadcast()
-        while true {
-            if let e = failure.error { throw e }
-            if batchHead < batches.count {
-                let b = batches[batchHead]
-                batches[batchHead].extents = []
-                batchHead += 1
-                if batchHead > 64 && batchHead * 2 > batches.count {
-                    batches.removeFirst(batchHead)
-                    batchHead = 0
-                }
-                condition.broadcast()
-                return b
+    private func nextBatch(consumed done: Int) throws -> (first: Int, extents: [(ResolvedExtent, Int?)])? {
+        show(consumed: done)
+        let next = try stages.wait(for: { () -> (first: Int, extents: [(ResolvedExtent, Int?)])?? in
+            guard batchHead < batches.count else { return planningDone ? .some(nil) : nil }
+            let b = batches[batchHead]
+            batches[batchHead].extents = []
+            batchHead += 1
+            if batchHead > 64 && batchHead * 2 > batches.count {
+                batches.removeFirst(batchHead)
+                batchHead = 0
             }
-            if planningDone { return nil }
-            condition.wait()
-        }
+            return .some(b)
+        })
+        if next != nil { stages.publish {} }  // room for another batch: the I/O thread may wait for it
+        return next
     }
 
     private func writeTarget() throws {
@@ -289,20 +258,20 @@ final class RestorePipeline {
         while let batch = try nextBatch(consumed: done) {
             for (k, (e, fetch)) in batch.extents.enumerated() {
                 var block = e.firstBlock
-                let slot = fetch >= 0 ? try waitForFetch(fetch, consumed: done) : -1
+                let slot = try fetch.map { try waitForFetch($0, consumed: done) }
                 if e.kind == .unreadable {
                     unreadableRanges.appendJoining(e.firstBlock * bs..<min(sourceSize, e.endBlock * bs))
                     unreadableBlocks += UInt64(e.blockCount)
                 }
                 while block < e.endBlock {
-                    if slot < 0 {
+                    if slot == nil {
                         let skipped = try output.skipZeros(at: block * bs, upTo: (e.endBlock - block) * bs)
                         block += skipped / bs
                         if block == e.endBlock { break }
                     }
                     let (window, room) = try output.window(at: block * bs)
                     let n = min(e.endBlock - block, UInt64(room) / bs)
-                    if slot >= 0 {
+                    if let slot {
                         let from = slots.slot(slot) + decodedOffset + Int(UInt64(e.frameBlock) + block - e.firstBlock) * blockSize
                         window.copyMemory(from: from, byteCount: Int(n) * blockSize)
                         output.markData(bytes: Int(n) * blockSize)
@@ -312,7 +281,7 @@ final class RestorePipeline {
                     block += n
                     if output.windowFull {
                         try output.flush()
-                        condition.publish { consumed = max(consumed, done) }
+                        show(consumed: done)
                         progress?(min(block * bs, sourceSize), sourceSize)
                     }
                 }

@@ -4,7 +4,7 @@
 // gets EIO, never bytes, and one line on the log names the image and frame.
 import StrataIO
 
-final class FuseServer {
+final class FuseServer: Sendable {
     private let files: FuseFiles
     /// Bytes the kernel reads ahead of a sequential reader.
     static let readAheadKiB = 8192

@@ -22,7 +22,7 @@ public struct MountOptions: Sendable {
     public init() {}
 }
 
-public final class MountSession: @unchecked Sendable {
+public final class MountSession: @unchecked Sendable {  // what it mounted is changed under `ended` or before the server's threads start
     public let chain: String
     /// The mount directory, its path made canonical.
     public let directory: String

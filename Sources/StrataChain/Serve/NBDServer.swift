@@ -7,7 +7,7 @@
 import StrataFormat
 import StrataIO
 
-public final class NBDServer {
+public final class NBDServer: @unchecked Sendable {  // the points opened are guarded by `lock`; each connection is its session thread's
     public let chain: String
     private let defaultPoint: UInt32?
     private let served: ServedChain

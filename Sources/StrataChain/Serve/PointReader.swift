@@ -13,7 +13,7 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
-public final class PointReader: @unchecked Sendable {
+public final class PointReader: @unchecked Sendable {  // the window cache and the stream state are guarded by `lock`; the rest is set once
     public let point: UInt32
     public let size: UInt64
     public let blockSize: Int
@@ -132,7 +132,7 @@ public final class PointReader: @unchecked Sendable {
     /// (1 MiB each, 5 where the request straddles them), more where incrementals' frames overlay it.
     static let maxPinned = 16
     /// A MiB of zeros, which the zero runs of `withBytes` point into.
-    nonisolated(unsafe) static let zeros = UnsafeRawBufferPointer(
+    nonisolated(unsafe) static let zeros = UnsafeRawBufferPointer(  // never written after it is made
         start: UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096).initializeMemory(as: UInt8.self, repeating: 0, count: 1 << 20),
         count: 1 << 20)
 

@@ -8,7 +8,7 @@ import StrataCodec
 import StrataFormat
 import StrataIO
 
-public final class ServedChain: @unchecked Sendable {
+public final class ServedChain: @unchecked Sendable {  // the readers opened are guarded by `lock`; the rest is set once
     public let location: String
     public let sourceSize: UInt64
     public let blockSize: Int
@@ -93,7 +93,7 @@ private struct Weak<T: AnyObject> {
 
 /// Threads that read and decode frames into the cache ahead of sequential readers. The queue is bounded: when
 /// readers ask for more than the threads keep up with, the oldest wishes go (their readers have passed them).
-final class ReadAhead: @unchecked Sendable {
+final class ReadAhead: @unchecked Sendable {  // the queue is guarded by `condition`
     private let cache: SharedFrameCache
     private let condition = Condition()
     private var queue: [(FrameRef, FrameReader)] = []

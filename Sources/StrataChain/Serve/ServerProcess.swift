@@ -26,7 +26,7 @@ public enum ServerProcess {
     }
 
     /// Runs `body` on a thread of its own when SIGINT, SIGTERM or SIGHUP arrives.
-    public static func onTermination(_ body: @escaping () -> Void) { TerminationSignals.onSignal { _ in body() } }
+    public static func onTermination(_ body: @escaping @Sendable () -> Void) { TerminationSignals.onSignal { _ in body() } }
 
     /// Tells the parent waiting in `startInBackground` that the server is ready, and lets go of the terminal
     /// (standard output and error go to `logFile`, or nowhere).

@@ -4,13 +4,13 @@ import StrataIO
 import StrataS3
 
 /// The writer's lease: an object only one writer can create or take over, renewed while held.
-final class S3Lease: WriterLease {
+final class S3Lease: WriterLease, @unchecked Sendable {  // its mutable state is `State`, guarded by its lock; the client is Sendable
     static let seconds: UInt64 = 300
     private let client: S3Client
     private let bucket: String
     private let key: String
     /// Shared with the renewing thread, which holds the lease only weakly (so that dropping it releases it).
-    private final class State {
+    private final class State: @unchecked Sendable {  // every field is guarded by `lock`
         let lock = Condition()
         var etag: String
         var released = false

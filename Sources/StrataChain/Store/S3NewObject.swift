@@ -9,7 +9,7 @@ import StrataIO
 /// Parts are numbered from 1 in the order of their bytes: those below `tailNumber` have fixed places (`fixed`: a
 /// range copied inside the store, or a buffered part cut short before one), and from `tailStart` on they lie on a
 /// grid of `partSize`. A range `copyInStore` takes becomes parts of its own, UploadPartCopy from the source object.
-final class S3NewObject: NewObject {
+final class S3NewObject: NewObject, @unchecked Sendable {  // the parts, tags and counts are guarded by `lock`; the upload id's start by `starting`
     let name: String
     private let key: String
     private let store: S3ChainStore

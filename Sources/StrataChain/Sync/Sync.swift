@@ -166,7 +166,7 @@ extension String {
 
 /// Copies one object between stores: ranges of up to `Sync.rangeBytes` read and written by several threads at
 /// once, cut at frame boundaries for an image so that each frame is checked against its checksum as it passes.
-final class ObjectCopy {
+final class ObjectCopy: @unchecked Sendable {  // the position handed out is guarded by the run's lock; each buffer is its thread's
     private let name: String
     private let object: StoredObject
     private let target: NewObject
@@ -175,11 +175,11 @@ final class ObjectCopy {
     private let threads: Int
     private let copied: (UInt64) -> Void
 
-    private let condition = Condition()
+    /// The copying threads, the first error, and the lock of what follows.
+    private let stages = PipelineRun()
     /// The next byte and frame not yet given to a worker.
     private var position: UInt64 = 0
     private var nextFrame: UInt32 = 0
-    private var failure: Error?
 
     /// `object`: the source, opened; `image`: it opened as an image (its frames are then checked as they pass).
     init(name: String, object: StoredObject, image: ImageFile?, to store: ChainStore, threads: Int, copied: @escaping (UInt64) -> Void) throws {
@@ -195,25 +195,18 @@ final class ObjectCopy {
     func run() throws {
         let slack = frames?.largest.stored ?? 0
         let buffers = AlignedSlab(slotSize: Sync.rangeBytes + slack, slotCount: threads, alignment: 64)
-        let group = ThreadGroup()
         for t in 0..<threads {
-            group.spawn("strata-sync-\(t)") { [self] in
-                do {
-                    while let job = try nextJob() {
-                        try copy(job, through: buffers.slot(t))
-                        condition.withLock { copied(UInt64(job.bytes)) }
-                    }
-                } catch {
-                    condition.withLock { if failure == nil { failure = error } }
+            stages.spawn("strata-sync-\(t)") { [self] in
+                while let job = try nextJob() {
+                    try copy(job, through: buffers.slot(t))
+                    stages.withLock { copied(UInt64(job.bytes)) }
                 }
             }
         }
-        group.join()
-        if let failure = condition.withLock({ failure }) {
-            target.abandon()
-            throw failure
-        }
-        do { try target.publish() } catch {
+        do {
+            try stages.run {}  // the workers do it all
+            try target.publish()
+        } catch {
             target.abandon()
             throw error
         }
@@ -228,8 +221,9 @@ final class ObjectCopy {
     /// The next range: from where the last ended up to `rangeBytes` (more only for a frame larger than that,
     /// taken whole), never ending inside a frame that lies in file order.
     private func nextJob() throws -> Job? {
-        try condition.withLock {
-            guard failure == nil, position < object.size else { return nil }
+        guard !stages.failed else { return nil }
+        return try stages.withLock {
+            guard position < object.size else { return nil }
             let start = position, first = nextFrame
             let limit = min(object.size, start + UInt64(Sync.rangeBytes))
             var end = limit, last = first

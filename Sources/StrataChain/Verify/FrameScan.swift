@@ -45,7 +45,7 @@ struct FrameWork {
 
 /// Reads the frames to check in file order on an I/O thread (io_uring or pread, many in flight) and checks
 /// them on worker threads; a damaged frame is recorded and the scan goes on.
-final class FrameScan {
+final class FrameScan: @unchecked Sendable {  // shared state is guarded by the run's lock; a slot passes between the reader and a checker through the job queue
     private let frames: FrameReader
     private let work: FrameWork
     private let store: ChainStore
@@ -56,7 +56,8 @@ final class FrameScan {
     private let maxBlocks: Int
     private let blockSize: Int
 
-    private let condition = Condition()
+    /// The checking threads, and the lock of what follows.
+    private let stages = PipelineRun()
     private var freeSlots: [Int]
     private let jobs = WorkQueue<Int>()  // slots whose frame has been read
     private var damaged: [FrameRef: String] = [:]
@@ -89,45 +90,33 @@ final class FrameScan {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
         let decompressors = try (0..<options.threads).map { _ in try FrameDecompressor() }  // before any thread starts
-        let group = ThreadGroup()
         for (i, decompressor) in decompressors.enumerated() {
-            group.spawn("strata-verify-\(i)") { self.check(decompressor) }
+            stages.spawn("strata-verify-\(i)") { self.check(decompressor) }
         }
-        readFrames(reads)
-        group.join()
+        try stages.run({ try readFrames(reads) }, finish: { jobs.close() })
         return damaged
     }
 
-    private func readFrames(_ pump: ObjectReads) {
+    private func readFrames(_ pump: ObjectReads) throws {
         func reap() {
             let done = pump.next()
             let f = work[slotWork[done.tag]]
             do {
                 try frames.arrived(f, bytes: done.bytes, error: done.error)
-                condition.publish { bytesRead += UInt64(done.bytes) }
+                stages.publish { bytesRead += UInt64(done.bytes) }
                 jobs.post(done.tag)
             } catch {
-                condition.publish {
+                stages.publish {
                     damaged[f] = Verify.describe(error)
                     freeSlots.append(done.tag)
                 }
             }
         }
         for w in 0..<work.count {
-            var slot = -1
-            while slot < 0 {
-                condition.lock()
-                if let s = freeSlots.popLast() {
-                    slot = s
-                } else if pump.inFlight == 0 {
-                    condition.wait()
-                }
-                condition.unlock()
-                if slot < 0 && pump.inFlight > 0 { reap() }
-            }
+            let slot = try stages.wait(for: { freeSlots.popLast() }, pending: { pump.inFlight > 0 }, work: reap)
             slotWork[slot] = w
             do { try frames.startRead(work[w], into: slots.slot(slot), reads: pump, tag: slot) } catch {
-                condition.publish {
+                stages.publish {
                     damaged[work[w]] = Verify.describe(error)
                     freeSlots.append(slot)
                 }
@@ -137,7 +126,6 @@ final class FrameScan {
             if w % 64 == 0 { progress?(min(bytesRead, totalBytes), totalBytes) }
         }
         while pump.inFlight > 0 { reap() }
-        jobs.close()
         progress?(totalBytes, totalBytes)
     }
 
@@ -152,7 +140,7 @@ final class FrameScan {
             } catch {
                 problem = Verify.describe(error)
             }
-            condition.publish {
+            stages.publish {
                 if let problem { damaged[f] = problem }
                 freeSlots.append(slot)
             }
