@@ -6,6 +6,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure how fast this machine can image a source, and what bounds it. Never writes to SOURCE.",
+        usage: "strata bench [<options>] <source>",
         discussion: """
             Runs the real pipelines on a sample of SOURCE (1 GiB in 32 pieces spread over it, read as a capture \
             reads): a full capture at 1, 2, 4 ... --threads threads, an incremental capture of the same sample in \
@@ -114,35 +115,54 @@ struct BenchCommand: ParsableCommand {
         print("measured in \(Output.fixed(r.seconds, 1)) s")
     }
 
-    private func printJSON(_ r: BenchReport) {
-        let reads = r.reads.map { "{\"engine\":\"\($0.engine)\",\"queueDepth\":\($0.queueDepth),\"requestSize\":\($0.requestSize),\"bytesPerSecond\":\(Int($0.bytesPerSecond))}" }
-        let scaling = { (s: [BenchReport.Scaling]) in s.map { "{\"threads\":\($0.threads),\"bytesPerSecond\":\(Int($0.bytesPerSecond))}" } }
-        let prediction = { (p: BenchReport.Prediction) in
-            "{\"bytesPerSecond\":\(Int(p.bytesPerSecond)),\"seconds\":\(Output.fixed(p.seconds, 3)),\"bound\":\"\(Output.escape(p.bound))\"}"
-        }
-        let profile = { (p: RunProfile) -> String in
-            let stages = p.stages.map { "{\"stage\":\"\($0.name)\",\"threads\":\($0.threads),\"cpuSeconds\":\(Output.fixed($0.cpuSeconds, 3))}" }.joined(separator: ",")
-            return "{\"threads\":\(p.threads),\"seconds\":\(Output.fixed(p.seconds, 3)),\"bytes\":\(p.bytes),\"bytesPerSecond\":\(Int(p.bytesPerSecond)),"
-                + "\"userSeconds\":\(Output.fixed(p.user, 3)),\"systemSeconds\":\(Output.fixed(p.system, 3)),\"stages\":[\(stages)]}"
-        }
-        let runs = r.runs
-        let measured = "{\"sampleBytes\":\(runs.sampleBytes),\"pieces\":\(runs.pieces),\"scratch\":\"\(Output.escape(runs.scratch))\",\"scratchInRAM\":\(runs.scratchInRAM),"
-            + "\"fullCapture\":[\(runs.fullCapture.map(profile).joined(separator: ","))],\"incrementalCapture\":\(profile(runs.incrementalCapture)),\"restore\":\(profile(runs.restore))}"
-        let model = "{\"fullCapture\":\(prediction(r.model.fullCapture)),\"incrementalCapture\":\(prediction(r.model.incrementalCapture)),\"restore\":\(prediction(r.model.restore))}"
-        var fields: [(String, Any)] = [
-            ("source", r.source), ("sourceBytes", r.sourceBytes), ("cores", r.cores), ("level", Int(r.level)), ("reads", reads),
-            ("hashBytesPerSecond", Int(r.hashBytesPerSecond)), ("compression", scaling(r.compression)),
-            ("compressionRatio", r.compressionRatio), ("decompression", scaling(r.decompression)), ("zeroFraction", r.zeroFraction),
-        ]
-        if let w = r.writeBytesPerSecond { fields.append(("writeBytesPerSecond", Int(w))) }
-        fields += [
-            ("fullCapture", RawJSON(prediction(r.fullCapture))), ("incrementalCapture", RawJSON(prediction(r.incrementalCapture))),
-            ("restore", RawJSON(prediction(r.restore))), ("changedPercent", changed), ("runs", RawJSON(measured)), ("model", RawJSON(model)),
-            ("queueDepth", r.queueDepth), ("requestSize", r.requestSize),
-            ("threads", r.threads), ("seconds", r.seconds),
-        ]
-        Output.json(fields)
-    }
+    private func printJSON(_ r: BenchReport) { Output.json(Report(r, changedPercent: changed)) }
 }
 
+extension BenchCommand {
+    /// What --json prints.
+    struct Report: Encodable {
+        struct Read: Encodable { var engine: String, queueDepth, requestSize, bytesPerSecond: Int }
+        struct Scaling: Encodable { var threads, bytesPerSecond: Int }
+        struct Prediction: Encodable {
+            var bytesPerSecond: Int, seconds: Seconds, bound: String
+            init(_ p: BenchReport.Prediction) { (bytesPerSecond, seconds, bound) = (Int(p.bytesPerSecond), Seconds(p.seconds), p.bound) }
+        }
+        struct Profile: Encodable {
+            struct Stage: Encodable { var stage: String, threads: Int, cpuSeconds: Seconds }
+            var threads: Int, seconds: Seconds, bytes: UInt64, bytesPerSecond: Int, userSeconds, systemSeconds: Seconds, stages: [Stage]
+            init(_ p: RunProfile) {
+                (threads, seconds, bytes, bytesPerSecond) = (p.threads, Seconds(p.seconds), p.bytes, Int(p.bytesPerSecond))
+                (userSeconds, systemSeconds) = (Seconds(p.user), Seconds(p.system))
+                stages = p.stages.map { Stage(stage: $0.name, threads: $0.threads, cpuSeconds: Seconds($0.cpuSeconds)) }
+            }
+        }
+        struct Runs: Encodable {
+            var sampleBytes: UInt64, pieces: Int, scratch: String, scratchInRAM: Bool
+            var fullCapture: [Profile], incrementalCapture, restore: Profile
+        }
+        struct Model: Encodable { var fullCapture, incrementalCapture, restore: Prediction }
 
+        var source: String, sourceBytes: UInt64, cores, level: Int, reads: [Read], hashBytesPerSecond: Int
+        var compression: [Scaling], compressionRatio: Double, decompression: [Scaling], zeroFraction: Double
+        var writeBytesPerSecond: Int?
+        var fullCapture, incrementalCapture, restore: Prediction, changedPercent: Double, runs: Runs, model: Model
+        var queueDepth, requestSize, threads: Int, seconds: Seconds
+
+        init(_ r: BenchReport, changedPercent: Double) {
+            (source, sourceBytes, cores, level) = (r.source, r.sourceBytes, r.cores, Int(r.level))
+            reads = r.reads.map { Read(engine: $0.engine, queueDepth: $0.queueDepth, requestSize: $0.requestSize, bytesPerSecond: Int($0.bytesPerSecond)) }
+            hashBytesPerSecond = Int(r.hashBytesPerSecond)
+            let scaling = { (s: [BenchReport.Scaling]) in s.map { Scaling(threads: $0.threads, bytesPerSecond: Int($0.bytesPerSecond)) } }
+            (compression, compressionRatio, decompression, zeroFraction) = (scaling(r.compression), r.compressionRatio, scaling(r.decompression), r.zeroFraction)
+            writeBytesPerSecond = r.writeBytesPerSecond.map { Int($0) }
+            (fullCapture, incrementalCapture, restore) = (Prediction(r.fullCapture), Prediction(r.incrementalCapture), Prediction(r.restore))
+            self.changedPercent = changedPercent
+            let u = r.runs
+            runs = Runs(
+                sampleBytes: u.sampleBytes, pieces: u.pieces, scratch: u.scratch, scratchInRAM: u.scratchInRAM,
+                fullCapture: u.fullCapture.map(Profile.init), incrementalCapture: Profile(u.incrementalCapture), restore: Profile(u.restore))
+            model = Model(fullCapture: Prediction(r.model.fullCapture), incrementalCapture: Prediction(r.model.incrementalCapture), restore: Prediction(r.model.restore))
+            (queueDepth, requestSize, threads, seconds) = (r.queueDepth, r.requestSize, r.threads, Seconds(r.seconds))
+        }
+    }
+}

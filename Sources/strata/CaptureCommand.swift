@@ -59,10 +59,10 @@ struct CaptureCommand: ParsableCommand {
               strata capture /dev/sdb /backup/sdb
               strata capture disk.img /backup/vm1 --block-size 65536 --json
               strata capture /dev/nvme0n1 /backup/nvme --io-engine pread --threads 8
-              strata capture /dev/sdb /backup/sdb --max-bad-blocks 1000     # a dying disk
-              strata capture /dev/vdb /backup/data --freeze /srv/data         # /dev/vdb mounted at /srv/data
+              strata capture /dev/sdb /backup/sdb --max-bad-blocks 1000  # a dying disk
+              strata capture /dev/vdb /backup/data --freeze /srv/data   # vdb at /srv/data
               strata capture /var/lib/vm/web.img /backup/web --snapshot reflink
-              strata capture /dev/vdc /backup/vm2 --seekable                   # to be mounted and read at random
+              strata capture /dev/vdc /backup/vm2 --seekable    # to read at random later
             """)
 
     @Argument(help: "Block device or image file to read.") var source: String
@@ -117,12 +117,7 @@ struct CaptureCommand: ParsableCommand {
             progress.finish()
             metrics.record("capture", chain: chain, clock: clock, seconds: r.seconds, read: r.bytesRead, stored: r.bytesStored)
             if json {
-                Output.json([
-                    ("point", r.point), ("kind", r.kind == .full ? "full" : "incremental"), ("sourceBytes", r.sourceBytes),
-                    ("bytesRead", r.bytesRead), ("blocksChanged", r.blocksChanged), ("bytesStored", r.bytesStored),
-                    ("seconds", r.seconds), ("engine", r.engine), ("image", r.image),
-                    ("blocksHealed", r.blocksHealed), ("unreadableBlocks", r.unreadableBlocks), ("unreadableRanges", Output.ranges(r.unreadableRanges)),
-                ] + (r.frozenSeconds.map { [("frozenSeconds", $0 as Any)] } ?? []) + (r.snapshot.map { [("snapshot", $0.rawValue as Any)] } ?? []))
+                Output.json(Report(r))
             } else if !quiet {
                 let rate = Double(r.bytesRead) / max(r.seconds, 0.001)
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "recorded as unreadable") }
@@ -134,6 +129,23 @@ struct CaptureCommand: ParsableCommand {
             progress.finish()
             metrics.record("capture", chain: chain, clock: clock, failure: error)
             throw Output.fail(error)
+        }
+    }
+}
+
+extension CaptureCommand {
+    /// What --json prints (the help's JSON paragraph names each field).
+    struct Report: Encodable {
+        var point: UInt32, kind: String, sourceBytes, bytesRead, blocksChanged, bytesStored: UInt64
+        var seconds: Seconds, engine, image: String
+        var blocksHealed, unreadableBlocks: UInt64, unreadableRanges: [[UInt64]]
+        var frozenSeconds: Seconds?, snapshot: String?
+
+        init(_ r: CaptureResult) {
+            (point, kind, sourceBytes, bytesRead) = (r.point, r.kind == .full ? "full" : "incremental", r.sourceBytes, r.bytesRead)
+            (blocksChanged, bytesStored, seconds, engine, image) = (r.blocksChanged, r.bytesStored, Seconds(r.seconds), r.engine, r.image)
+            (blocksHealed, unreadableBlocks, unreadableRanges) = (r.blocksHealed, r.unreadableBlocks, Output.ranges(r.unreadableRanges))
+            (frozenSeconds, snapshot) = (r.frozenSeconds.map(Seconds.init), r.snapshot?.rawValue)
         }
     }
 }

@@ -53,6 +53,7 @@ struct KeyChangeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "change",
         abstract: "Re-wrap an encrypted chain's key under a new key file or passphrase; no image is rewritten.",
+        usage: "strata key change [<options>] <chain>",
         discussion: """
             The old secret is --key-file or STRATA_PASSPHRASE; the new one --new-key-file or STRATA_NEW_PASSPHRASE. \
             The chain's key file (chain.key) is replaced in one rename: the old secret opens the chain until then, \

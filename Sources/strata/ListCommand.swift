@@ -13,10 +13,7 @@ struct ListCommand: ParsableCommand {
         let listing: ChainListing
         do { listing = try ChainListing.read(chain: chain) } catch { throw Output.fail(error) }
         if json {
-            let points = listing.points.map { p -> String in
-                "{\"point\":\(p.point),\"firstPoint\":\(p.firstPoint),\"kind\":\"\(p.kind == .full ? "full" : "incremental")\",\"created\":\(p.createdAt),\"bytesRead\":\(p.bytesRead),\"bytesStored\":\(p.bytesStored),\"blocksChanged\":\(p.blocksChanged),\"image\":\"\(Output.escape(p.file))\"}"
-            }
-            Output.json([("chain", listing.chainID), ("blockSize", listing.blockSize), ("sourceSize", listing.sourceSize), ("points", points)])
+            Output.json(Report(listing))
             return
         }
         print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks")
@@ -32,4 +29,23 @@ struct ListCommand: ParsableCommand {
 func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
     let fill = String(repeating: " ", count: max(0, width - s.count))
     return left ? fill + s : s + fill
+}
+
+extension ListCommand {
+    /// What --json prints.
+    struct Report: Encodable {
+        struct Point: Encodable {
+            var point, firstPoint: UInt32, kind: String, created, bytesRead, bytesStored, blocksChanged: UInt64, image: String
+        }
+        var chain: String, blockSize: UInt32, sourceSize: UInt64, points: [Point]
+
+        init(_ l: ChainListing) {
+            (chain, blockSize, sourceSize) = (l.chainID, l.blockSize, l.sourceSize)
+            points = l.points.map { p in
+                Point(
+                    point: p.point, firstPoint: p.firstPoint, kind: p.kind == .full ? "full" : "incremental", created: p.createdAt,
+                    bytesRead: p.bytesRead, bytesStored: p.bytesStored, blocksChanged: p.blocksChanged, image: p.file)
+            }
+        }
+    }
 }

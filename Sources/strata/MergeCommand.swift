@@ -5,6 +5,7 @@ struct MergeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "merge",
         abstract: "Merge the images of points FROM..TO into one image.",
+        usage: "strata merge [<options>] <chain> --to <to>",
         discussion: """
             Point TO keeps its number and restores exactly as before; the points from FROM to just before TO are \
             gone. Without --from, points from the first one are merged into a new full image (a synthetic full). \
@@ -37,18 +38,7 @@ struct MergeCommand: ParsableCommand {
 
     static func report(_ r: MergeResult, json: Bool, quiet: Bool) {
         if json {
-            var fields: [(String, Any)] = [
-                ("firstPoint", r.firstPoint), ("point", r.lastPoint), ("kind", r.kind == .full ? "full" : "incremental"),
-                ("imagesMerged", r.imagesMerged), ("framesCopied", r.framesCopied), ("framesRepacked", r.framesRepacked), ("bytesRepacked", r.bytesRepacked),
-                ("framesCopiedInStore", r.framesCopiedInStore), ("bytesCopiedInStore", r.bytesCopiedInStore),
-            ]
-            if let d = r.bytesDownloaded { fields.append(("bytesDownloaded", d)) }
-            fields.append(("bytesPadding", r.bytesPadding))
-            fields += [
-                ("bytesBefore", r.bytesBefore), ("bytesStored", r.bytesStored), ("seconds", r.seconds), ("image", r.image),
-                ("points", r.points.map(String.init)),
-            ]
-            Output.json(fields)
+            Output.json(Report(r))
         } else if !quiet {
             print("merged \(r.imagesMerged) images (points \(r.firstPoint)-\(r.lastPoint)) into \(r.image): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesStored)), \(r.framesCopied) frames copied\(r.framesCopiedInStore > 0 ? " (\(r.framesCopiedInStore) inside the store)" : ""), \(r.framesRepacked) re-packed, in \(Output.fixed(r.seconds, 2)) s")
         }
@@ -71,5 +61,21 @@ struct MergeWork: ParsableArguments {
         o.threads = threads ?? Machine.onlineCores
         o.engine = ioEngine
         return o
+    }
+}
+
+extension MergeCommand {
+    /// What --json prints.
+    struct Report: Encodable {
+        var firstPoint, point: UInt32, kind: String, imagesMerged, framesCopied, framesRepacked: Int, bytesRepacked: UInt64
+        var framesCopiedInStore: Int, bytesCopiedInStore: UInt64, bytesDownloaded: UInt64?, bytesPadding: UInt64
+        var bytesBefore, bytesStored: UInt64, seconds: Seconds, image: String, points: [UInt32]
+
+        init(_ r: MergeResult) {
+            (firstPoint, point, kind, imagesMerged) = (r.firstPoint, r.lastPoint, r.kind == .full ? "full" : "incremental", r.imagesMerged)
+            (framesCopied, framesRepacked, bytesRepacked) = (r.framesCopied, r.framesRepacked, r.bytesRepacked)
+            (framesCopiedInStore, bytesCopiedInStore, bytesDownloaded, bytesPadding) = (r.framesCopiedInStore, r.bytesCopiedInStore, r.bytesDownloaded, r.bytesPadding)
+            (bytesBefore, bytesStored, seconds, image, points) = (r.bytesBefore, r.bytesStored, Seconds(r.seconds), r.image, r.points)
+        }
     }
 }

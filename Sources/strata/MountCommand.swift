@@ -5,6 +5,7 @@ struct MountCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mount",
         abstract: "Mount the points of a chain, read-only, as files or as the filesystem inside one.",
+        usage: "strata mount [<options>] <chain> <dir>",
         discussion: """
             Without --files, DIR holds one read-only file per point, point-N.img (only point N with --point), \
             each the size of the captured source: copy from it, loop-mount it, hand it to a VM. With --files, \

@@ -1,14 +1,30 @@
 // Everything the CLI prints: the progress line (stderr, terminals only), one-line notices, errors with their
-// exit codes, and the JSON objects of --json. Errors are rendered here and nowhere else.
+// exit codes, and the JSON objects of --json (each command's report an Encodable value, written compact with
+// its keys sorted). Errors are rendered here and nowhere else.
 import ArgumentParser
+// JSONEncoder only: Foundation's essentials, without ICU (the binary links them already, through the HTTP
+// client; Foundation itself, which loads ICU's data at start, it does not).
+import FoundationEssentials
 import StrataChain
 
-/// A value already in JSON (null, an object made by `Output.object`), put into `Output.json` as it is.
-struct RawJSON: CustomStringConvertible {
-    let text: String
-    init(_ text: String) { self.text = text }
-    var description: String { text }
-    static let null = RawJSON("null")
+/// Seconds in --json: to the millisecond.
+struct Seconds: Encodable {
+    let value: Double
+    init(_ value: Double) { self.value = value }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode((value * 1000).rounded() / 1000)
+    }
+}
+
+/// A value, or JSON's null where there is none (written, not left out).
+struct OrNull<T: Encodable>: Encodable {
+    let value: T?
+    init(_ value: T?) { self.value = value }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        if let value { try c.encode(value) } else { try c.encodeNil() }
+    }
 }
 
 enum Output {
@@ -57,34 +73,24 @@ enum Output {
         return 70  // EX_SOFTWARE
     }
 
-    static func json(_ fields: [(String, Any)], to emit: (String) -> Void = { print($0) }) {
-        let body = fields.map { key, value -> String in
-            let v: String
-            switch value {
-            case let s as String: v = "\"\(escape(s))\""
-            case let d as Double: v = fixed(d, 3)
-            case let a as [String]: v = "[" + a.joined(separator: ",") + "]"
-            default: v = "\(value)"
-            }
-            return "\"\(key)\":\(v)"
+    /// `value` as one line of JSON on standard output.
+    static func json<T: Encodable>(_ value: T) { print(jsonText(value)) }
+
+    static func jsonText<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        do { return String(decoding: try encoder.encode(value), as: UTF8.self) } catch {
+            preconditionFailure("strata bug: a report that does not encode: \(error)")
         }
-        emit("{" + body.joined(separator: ",") + "}")
     }
 
-    /// Byte or block ranges as JSON arrays `[start,length]`, at most the first 1000.
-    static func ranges(_ rs: [Range<UInt64>]) -> [String] { rs.prefix(1000).map { "[\($0.lowerBound),\($0.count)]" } }
+    /// Byte or block ranges as JSON arrays `[start, length]`, at most the first 1000.
+    static func ranges(_ rs: [Range<UInt64>]) -> [[UInt64]] { rs.prefix(1000).map { [$0.lowerBound, UInt64($0.count)] } }
 
     /// The warning for unreadable blocks: how many, and the first few ranges.
     static func unreadable(_ count: UInt64, _ rs: [Range<UInt64>], _ what: String) {
         let shown = rs.prefix(8).map { "\($0.lowerBound)+\($0.count)" }.joined(separator: ", ")
         notice("warning: \(count) block\(count == 1 ? "" : "s") \(what), at bytes \(shown)\(rs.count > 8 ? " and \(rs.count - 8) more ranges" : "")")
-    }
-
-    /// A JSON object as text, for arrays of objects inside `json`.
-    static func object(_ fields: [(String, Any)]) -> String {
-        var line = ""
-        json(fields) { line = $0 }
-        return line
     }
 
     static func escape(_ s: String) -> String {

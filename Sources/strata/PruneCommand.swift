@@ -23,7 +23,8 @@ struct PruneCommand: ParsableCommand {
             into, bytesStored}]), remaining, bytesBefore, bytesWritten, seconds.
 
             EXAMPLES
-              strata prune /backup/sdb --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-yearly 2
+              strata prune /backup/sdb --keep-last 3 --keep-daily 7 --keep-weekly 4 \\
+                --keep-monthly 12 --keep-yearly 2
               strata prune /backup/sdb --keep-daily 7 --keep-weekly 4 --dry-run
               strata prune /backup/sdb --keep 7          # the same as --keep-last 7
             """)
@@ -60,16 +61,7 @@ struct PruneCommand: ParsableCommand {
             throw Output.fail(error)
         }
         if work.json {
-            Output.json([
-                ("dryRun", r.dryRun),
-                ("points", r.decisions.map { d in
-                    Output.object([("point", d.point), ("created", d.createdAt), ("keep", d.keptBy != nil), ("rule", d.keptBy.map { $0.rawValue as Any } ?? RawJSON.null)])
-                }),
-                ("merges", r.merges.map { m in
-                    Output.object([("removed", m.removed.map(String.init)), ("into", m.into), ("bytesStored", m.result?.bytesStored ?? 0)])
-                }),
-                ("remaining", r.points.map(String.init)), ("bytesBefore", r.bytesBefore), ("bytesWritten", r.bytesWritten), ("seconds", r.seconds),
-            ])
+            Output.json(Report(r))
             return
         }
         if work.quiet && !dryRun { return }
@@ -83,6 +75,26 @@ struct PruneCommand: ParsableCommand {
             print("would remove \(removed) of \(r.decisions.count) points in \(r.merges.count) merge\(r.merges.count == 1 ? "" : "s") (dry run: nothing changed)")
         } else {
             print("removed \(removed) of \(r.decisions.count) points in \(r.merges.count) merge\(r.merges.count == 1 ? "" : "s"): \(Output.bytes(r.bytesBefore)) -> \(Output.bytes(r.bytesAfter)), \(Output.bytes(r.bytesWritten)) written, in \(Output.fixed(r.seconds, 2)) s")
+        }
+    }
+}
+
+extension PruneCommand {
+    /// What --json prints (`rule` null for a point removed).
+    struct Report: Encodable {
+        struct Point: Encodable {
+            var point: UInt32, created: UInt64, keep: Bool, rule: OrNull<String>
+        }
+        struct Merge: Encodable {
+            var removed: [UInt32], into: UInt32, bytesStored: UInt64
+        }
+        var dryRun: Bool, points: [Point], merges: [Merge], remaining: [UInt32], bytesBefore, bytesWritten: UInt64, seconds: Seconds
+
+        init(_ r: PruneResult) {
+            dryRun = r.dryRun
+            points = r.decisions.map { Point(point: $0.point, created: $0.createdAt, keep: $0.keptBy != nil, rule: OrNull($0.keptBy?.rawValue)) }
+            merges = r.merges.map { Merge(removed: $0.removed, into: $0.into, bytesStored: $0.result?.bytesStored ?? 0) }
+            (remaining, bytesBefore, bytesWritten, seconds) = (r.points, r.bytesBefore, r.bytesWritten, Seconds(r.seconds))
         }
     }
 }

@@ -5,6 +5,7 @@ struct RepairCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "repair",
         abstract: "Put a chain back in order: leftovers, the hash map, and (when asked) points that cannot be restored.",
+        usage: "strata repair [<options>] <chain>",
         discussion: """
             Removes what interrupted runs left behind and rebuilds a missing or damaged hash map of the newest \
             point from its images (their hash tables, not their data). With --drop-damaged it first verifies the \
@@ -47,15 +48,19 @@ struct RepairCommand: ParsableCommand {
                 if !quiet && !json { print("\(verb)\(action)") }
             }
             if json {
-                Output.json([
-                    ("dryRun", dryRun), ("actions", r.actions.map { "\"\(Output.escape($0))\"" }),
-                    ("removedPoints", r.removedPoints.map(String.init)), ("points", r.points.map(String.init)),
-                ])
+                Output.json(Report(dryRun: dryRun, actions: r.actions, removedPoints: r.removedPoints, points: r.points))
             } else if !quiet {
                 print(r.actions.isEmpty ? "nothing to repair" : "\(dryRun ? "would leave" : "repaired:") points \(r.points.map(String.init).joined(separator: ", "))")
             }
         } catch {
             throw Output.fail(error)
         }
+    }
+}
+
+extension RepairCommand {
+    /// What --json prints.
+    struct Report: Encodable {
+        var dryRun: Bool, actions: [String], removedPoints, points: [UInt32]
     }
 }

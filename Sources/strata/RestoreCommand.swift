@@ -5,6 +5,7 @@ struct RestoreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore",
         abstract: "Restore a point of a chain to a block device or a file.",
+        usage: "strata restore [<options>] <chain> <target>",
         discussion: """
             Writes the disk exactly as it was at the point, in one sequential pass. A block device must be at least \
             as large as the captured source (checked before anything is written); a file is created sparse, mode \
@@ -57,10 +58,7 @@ struct RestoreCommand: ParsableCommand {
             let r = try Restore.run(chain: chain, target: target, options: options, progress: progress.update, notice: Output.notice)
             progress.finish()
             if json {
-                Output.json([
-                    ("point", r.point), ("bytesWritten", r.bytesWritten), ("images", r.images), ("seconds", r.seconds), ("engine", r.engine),
-                    ("verified", r.verified), ("unreadableBlocks", r.unreadableBlocks), ("unreadableRanges", Output.ranges(r.unreadableRanges)),
-                ])
+                Output.json(Report(r))
             } else {
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "written as zeros (unreadable at capture)") }
                 if !quiet {
@@ -70,6 +68,19 @@ struct RestoreCommand: ParsableCommand {
         } catch {
             progress.finish()
             throw Output.fail(error)
+        }
+    }
+}
+
+extension RestoreCommand {
+    /// What --json prints.
+    struct Report: Encodable {
+        var point: UInt32, bytesWritten: UInt64, images: Int, seconds: Seconds, engine: String
+        var verified: Bool, unreadableBlocks: UInt64, unreadableRanges: [[UInt64]]
+
+        init(_ r: RestoreResult) {
+            (point, bytesWritten, images, seconds, engine) = (r.point, r.bytesWritten, r.images, Seconds(r.seconds), r.engine)
+            (verified, unreadableBlocks, unreadableRanges) = (r.verified, r.unreadableBlocks, Output.ranges(r.unreadableRanges))
         }
     }
 }

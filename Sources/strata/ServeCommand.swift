@@ -5,6 +5,7 @@ struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Serve the points of a chain, read-only, over NBD.",
+        usage: "strata serve [<options>] <chain> (--socket <path> | --port <port>)",
         discussion: """
             Each point is an NBD export named by its number; the empty name is --point, or the newest point when \
             a client connects. Clients read the point in place: nothing is restored first, every block handed out \
@@ -21,7 +22,7 @@ struct ServeCommand: ParsableCommand {
 
             EXAMPLES
               strata serve /backup/sdb --socket /run/strata.sock
-              qemu-img convert -O qcow2 'nbd+unix:///3?socket=/run/strata.sock' vm-tuesday.qcow2
+              qemu-img convert -O qcow2 'nbd+unix:///3?socket=/run/strata.sock' tue.qcow2
               nbdcopy 'nbd+unix:///?socket=/run/strata.sock' /dev/sdc
               strata serve /backup/sdb --port 10809 --point 5
             """)

@@ -18,11 +18,12 @@ struct StrataCommand: ParsableCommand {
               strata prune /backup/sdb --keep-daily 7 --keep-weekly 4 --keep-monthly 12
 
             CHAINS IN OBJECT STORAGE
-              A chain named s3://BUCKET/PREFIX lives in an S3-compatible store, for every
-              command. Credentials and endpoint as the AWS tools find them: AWS_ACCESS_KEY_ID,
-              AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL(_S3),
-              AWS_PROFILE, ~/.aws/credentials and ~/.aws/config. strata sync SRC DST copies a
-              chain between any two places (directories, buckets), only what DST lacks.
+              A chain named s3://BUCKET/PREFIX lives in an S3-compatible store, for
+              every command. Credentials and endpoint as the AWS tools find them:
+              AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+              AWS_ENDPOINT_URL(_S3), AWS_PROFILE, ~/.aws/credentials, ~/.aws/config.
+              strata sync SRC DST copies a chain between any two places (directories,
+              buckets), only what DST lacks.
 
             EXIT STATUS
               0   success

@@ -5,6 +5,7 @@ struct SyncCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sync",
         abstract: "Make DST a copy of the chain SRC, copying only what DST lacks.",
+        usage: "strata sync [<options>] <source> <destination>",
         discussion: """
             SRC and DST are chains in any two stores: directories, or s3://BUCKET/PREFIX. DST is made if it does \
             not exist. Only the images DST lacks are copied, each frame checked against its checksum on the way \
@@ -46,10 +47,9 @@ struct SyncCommand: ParsableCommand {
             throw Output.fail(error)
         }
         if json {
-            Output.json([
-                ("points", r.points.map(String.init)), ("objectsCopied", r.objectsCopied), ("bytesCopied", r.bytesCopied),
-                ("objectsKept", r.objectsKept), ("objectsRemoved", r.objectsRemoved), ("seconds", r.seconds),
-            ])
+            Output.json(Report(
+                points: r.points, objectsCopied: r.objectsCopied, bytesCopied: r.bytesCopied, objectsKept: r.objectsKept,
+                objectsRemoved: r.objectsRemoved, seconds: Seconds(r.seconds)))
         } else if !quiet {
             if r.objectsCopied == 0 && r.objectsRemoved == 0 {
                 print("\(destination) is up to date (\(r.points.count) points)")
@@ -57,5 +57,12 @@ struct SyncCommand: ParsableCommand {
                 print("synced \(r.points.count) points to \(destination): \(r.objectsCopied) objects copied (\(Output.bytes(r.bytesCopied))), \(r.objectsKept) already there, \(r.objectsRemoved) removed, in \(Output.fixed(r.seconds, 2)) s")
             }
         }
+    }
+}
+
+extension SyncCommand {
+    /// What --json prints.
+    struct Report: Encodable {
+        var points: [UInt32], objectsCopied: Int, bytesCopied: UInt64, objectsKept, objectsRemoved: Int, seconds: Seconds
     }
 }

@@ -5,6 +5,7 @@ struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
         abstract: "Check that every point of a chain restores, without restoring it.",
+        usage: "strata verify [<options>] <chain>",
         discussion: """
             Checks the manifest, each image's header and index, that each image is the one the manifest names and \
             links to the image before it, the head hash map, and every frame: its checksum, and (unless \
@@ -55,15 +56,7 @@ struct VerifyCommand: ParsableCommand {
             throw Output.fail(error)
         }
         if json {
-            let problems = r.problems.map { p in
-                "{\"file\":\"\(Output.escape(p.file))\",\"detail\":\"\(Output.escape(p.detail))\",\"blocks\":["
-                    + Output.ranges(p.blocks).joined(separator: ",") + "]}"
-            }
-            Output.json([
-                ("points", r.points.map(String.init)), ("images", r.images), ("frames", r.frames), ("bytesRead", r.bytesRead),
-                ("seconds", r.seconds), ("whole", r.isWhole), ("problems", problems),
-                ("affectedPoints", r.affectedPoints.map(String.init)), ("wholePoints", r.wholePoints.map(String.init)),
-            ])
+            Output.json(Report(r))
         } else {
             for p in r.problems {
                 let blocks = p.blocks.isEmpty ? "" : "; source blocks " + p.blocks.prefix(8).map { $0.count == 1 ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound - 1)" }.joined(separator: ", ") + (p.blocks.count > 8 ? " and \(p.blocks.count - 8) more" : "")
@@ -78,5 +71,22 @@ struct VerifyCommand: ParsableCommand {
         let damage = r.isWhole ? nil : ChainError.verifyFailed(damaged: r.problems.count, affectedPoints: r.affectedPoints)
         metrics.record("verify", chain: chain, clock: clock, failure: damage, seconds: r.seconds, read: r.bytesRead)
         if let damage { throw Output.fail(damage) }
+    }
+}
+
+extension VerifyCommand {
+    /// What --json prints.
+    struct Report: Encodable {
+        struct Problem: Encodable {
+            var file, detail: String, blocks: [[UInt64]]
+        }
+        var points: [UInt32], images, frames: Int, bytesRead: UInt64, seconds: Seconds, whole: Bool, problems: [Problem]
+        var affectedPoints, wholePoints: [UInt32]
+
+        init(_ r: VerifyReport) {
+            (points, images, frames, bytesRead, seconds, whole) = (r.points, r.images, r.frames, r.bytesRead, Seconds(r.seconds), r.isWhole)
+            problems = r.problems.map { Problem(file: $0.file, detail: $0.detail, blocks: Output.ranges($0.blocks)) }
+            (affectedPoints, wholePoints) = (r.affectedPoints, r.wholePoints)
+        }
     }
 }

@@ -23,4 +23,15 @@ final class OutputTests: XCTestCase {
         XCTAssertEqual("ab".rightPad(4), "ab  ")
         XCTAssertEqual("abcde".rightPad(4), "abcde")
     }
+
+    /// --json is JSON: strings quoted and escaped (a list of them too: the hand-built text once printed a list of
+    /// strings bare), null written where a value is absent, seconds to the millisecond, keys sorted.
+    func testReportsAreJSON() {
+        let repair = RepairCommand.Report(dryRun: true, actions: ["removed \"p2\"\n", "a/b"], removedPoints: [2], points: [1, 3])
+        XCTAssertEqual(Output.jsonText(repair), #"{"actions":["removed \"p2\"\n","a/b"],"dryRun":true,"points":[1,3],"removedPoints":[2]}"#)
+        let removed = PruneCommand.Report.Point(point: 4, created: 5, keep: false, rule: OrNull(nil))
+        XCTAssertEqual(Output.jsonText(removed), #"{"created":5,"keep":false,"point":4,"rule":null}"#)
+        XCTAssertEqual(Output.jsonText([Seconds(1.23456), Seconds(2)]), "[1.235,2]")
+        XCTAssertEqual(Output.ranges([0..<4096, 8192..<8193]), [[0, 4096], [8192, 1]])
+    }
 }
