@@ -26,11 +26,13 @@ final class FaultyDisk {
         return nil
     }
 
-    init(backing: String, bad: [(offset: Int, length: Int)], in dir: String) throws {
+    /// `stalls`: ranges whose reads wait until `release()`.
+    init(backing: String, bad: [(offset: Int, length: Int)], stalls: [(offset: Int, length: Int)] = [], in dir: String) throws {
         mountPoint = "\(dir)/fuse-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         let list = "\(mountPoint).bad"
-        try bad.map { "\($0.offset) \($0.length)\n" }.joined().write(toFile: list, atomically: true, encoding: .utf8)
+        let lines = bad.map { "\($0.offset) \($0.length)\n" } + stalls.map { "\($0.offset) \($0.length) stall\n" }
+        try lines.joined().write(toFile: list, atomically: true, encoding: .utf8)
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = ["\(fixtures)/faultyfs.py", backing, list, mountPoint]
@@ -42,7 +44,14 @@ final class FaultyDisk {
         guard access(path, R_OK) == 0 else { throw TestFailure("the FUSE fixture did not mount at \(mountPoint)") }
     }
 
+    /// Whether a read has reached a stalled range (and waits there).
+    var stalled: Bool { access("\(mountPoint).stalled", F_OK) == 0 }
+
+    /// Lets the reads waiting on a stalled range go on, and every later one.
+    func release() { FileManager.default.createFile(atPath: "\(mountPoint).release", contents: Data()) }
+
     deinit {
+        release()
         _ = runTool("/usr/bin/env", ["fusermount", "-u", mountPoint])
         process.terminate()
         process.waitUntilExit()
