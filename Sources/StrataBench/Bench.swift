@@ -388,19 +388,19 @@ public enum Bench {
         return Double(total.withLock { $0 }) / (Double(Sys.monotonicNanos() - started) / 1e9)
     }
 
+    private static func scratchFile(_ path: String, in directory: String) throws -> FileDescriptor {
+        do { return try Sys.create(path, [.readWrite, .truncate]) } catch let e as IOError {
+            throw ChainError.targetUnavailable(path: directory, reason: e.reason)
+        }
+    }
+
     /// Appends the compressed sample to a temporary file in `directory` with the image appender, for
     /// `seconds`, then fsyncs and removes it; compressed bytes per second including the fsync.
     static func measureWrites(directory: String, stored: CompressedSample, seconds: Double) throws -> Double {
         let path = "\(directory)/\(DurableFiles.temporaryName(for: "bench.strata"))"
-        let fd: Int32
-        do { fd = try Sys.create(path, [.readWrite, .truncate]) } catch let e as IOError {
-            throw ChainError.targetUnavailable(path: directory, reason: e.reason)
-        }
-        defer {
-            Sys.close(fd)
-            try? Sys.unlink(path)
-        }
-        let writer = try AppendWriter(path: path, fd: fd, start: 0, engine: .auto)
+        let file = try scratchFile(path, in: directory)
+        defer { try? Sys.unlink(path) }  // (the descriptor closes as `file` goes)
+        let writer = try AppendWriter(path: path, fd: file.rawValue, start: 0, engine: .auto)
         let started = Sys.monotonicNanos()
         let deadline = started + UInt64(seconds * 1e9)
         var i = 0
@@ -410,7 +410,7 @@ public enum Bench {
             i += 1
         } while Sys.monotonicNanos() < deadline && stored.count > 0
         try writer.finish()
-        try Sys.fsync(fd, path: path)
+        try Sys.fsync(file.rawValue, path: path)
         return Double(writer.offset) / (Double(Sys.monotonicNanos() - started) / 1e9)
     }
 }

@@ -69,9 +69,8 @@ public enum BenchChart {
         try checkPath(path)
         let bytes = Array(svg(r).utf8)
         do {
-            let fd = try Sys.create(path, [.writeOnly, .truncate])
-            defer { Sys.close(fd) }
-            try bytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: path) }
+            let file = try Sys.create(path, [.writeOnly, .truncate])
+            try bytes.withUnsafeBytes { try Sys.pwriteAll(file.rawValue, $0.baseAddress!, $0.count, 0, path: path) }
         } catch let e as IOError {
             throw ChainError.targetUnavailable(path: path, reason: e.reason)
         }

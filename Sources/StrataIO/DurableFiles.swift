@@ -12,9 +12,8 @@ public enum DurableFiles {
     public static func temporaryName(for name: String) -> String { "\(temporaryPrefix)\(getpid())-\(name)" }
 
     public static func fsyncDirectory(_ dir: String) throws {
-        let fd = try Sys.open(dir, O_RDONLY | O_DIRECTORY)
-        defer { Sys.close(fd) }
-        try Sys.fsync(fd, path: dir)
+        let directory = try Sys.descriptor(dir, O_RDONLY | O_DIRECTORY)
+        try Sys.fsync(directory.rawValue, path: dir)
     }
 
     /// Makes a private directory (0700) and fsyncs the directory holding it, so that the new name survives a
@@ -27,13 +26,11 @@ public enum DurableFiles {
     /// Atomically replaces `dir/name` with `bytes` (the file made with `mode`).
     public static func publish(_ bytes: [UInt8], dir: String, name: String, mode: mode_t = 0o600) throws {
         let tmp = "\(dir)/\(temporaryName(for: name))"
-        let fd = try Sys.create(tmp, O_WRONLY | O_TRUNC, mode: mode)
         do {
-            try bytes.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: tmp) }
-            try Sys.fsync(fd, path: tmp)
-            Sys.close(fd)
+            let file = try Sys.newDescriptor(tmp, O_WRONLY | O_TRUNC, mode: mode)
+            try bytes.withUnsafeBytes { try Sys.pwriteAll(file.rawValue, $0.baseAddress!, $0.count, 0, path: tmp) }
+            try Sys.fsync(file.rawValue, path: tmp)
         } catch {
-            Sys.close(fd)
             try? Sys.unlink(tmp)
             throw error
         }
@@ -43,8 +40,8 @@ public enum DurableFiles {
 
     /// Reads a whole small file (manifest, header); refuses files larger than `limit`.
     public static func readAll(_ path: String, limit: Int) throws -> [UInt8] {
-        let fd = try Sys.open(path, O_RDONLY)
-        defer { Sys.close(fd) }
+        let file = try Sys.descriptor(path, O_RDONLY)
+        let fd = file.rawValue
         let size = Int(try Sys.fstat(fd, path: path).size)
         guard size <= limit else { throw IOError("read", path: path, errno: EFBIG) }
         var bytes = [UInt8](repeating: 0, count: size)

@@ -43,15 +43,20 @@ public enum Mounts {
 
     /// Mounts `source` (a block device, or a name for a virtual filesystem) of `type` at `target`, read-only.
     public static func mountReadOnly(_ source: String, at target: String, type: String, options: String) throws {
-        guard Glibc.mount(source, target, type, UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), options) == 0 else {
-            throw IOError("mount \(type) from \(source) at", path: target, errno: errno)
-        }
+        try Sys.mount(source, at: target, type: type, flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), options: options)
     }
 
     /// Unmounts `path`; `lazy` detaches it now and lets it go when its last user does (MNT_DETACH).
     public static func unmount(_ path: String, lazy: Bool = false) throws {
-        guard umount2(path, lazy ? Int32(MNT_DETACH) : 0) == 0 else { throw IOError("unmount", path: path, errno: errno) }
+        try Sys.unmount(path, flags: lazy ? Int32(MNT_DETACH) : 0)
     }
+}
+
+/// A loop device attached by `LoopDevices.attachReadOnly`, held open: it clears itself once this value and every
+/// filesystem mounted from it are gone.
+public struct AttachedLoop: ~Copyable {
+    public let path: String
+    let descriptor: FileDescriptor
 }
 
 /// A read-only loop device over a file.
@@ -62,42 +67,33 @@ public enum LoopDevices {
     private static let flagsReadOnly: UInt32 = 1, flagsAutoClear: UInt32 = 4, flagsPartScan: UInt32 = 8
 
     /// Attaches a free loop device to `file`, read-only, its partitions scanned; it detaches itself when the
-    /// last holder closes it (the returned descriptor, then any filesystem mounted from it). Returns its path and
-    /// an open descriptor the caller closes once the device is in use (or to let it go).
-    public static func attachReadOnly(_ file: String) throws -> (path: String, fd: Int32) {
-        let backing = try Sys.open(file, O_RDONLY | O_CLOEXEC)
-        defer { Sys.close(backing) }
-        let control = Glibc.open("/dev/loop-control", O_RDWR | O_CLOEXEC)
-        guard control >= 0 else { throw IOError("open", path: "/dev/loop-control", errno: errno) }
-        defer { Sys.close(control) }
+    /// last holder lets go (the returned value, then any filesystem mounted from it).
+    public static func attachReadOnly(_ file: String) throws -> AttachedLoop {
+        let backing = try Sys.descriptor(file, O_RDONLY)
+        let control = try Sys.descriptor("/dev/loop-control", O_RDWR)
         // Another program may take the device between asking and configuring it: ask again.
         for _ in 0..<16 {
-            let n = ioctl(control, ctlGetFree)
-            guard n >= 0 else { throw IOError("find a free loop device through", path: "/dev/loop-control", errno: errno) }
+            let n = try Sys.deviceControl(control.rawValue, ctlGetFree, nil, "find a free loop device through", path: "/dev/loop-control")
             let path = "/dev/loop\(n)"
-            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw IOError("open", path: path, errno: errno) }
+            let device = try Sys.descriptor(path, O_RDONLY)
             // struct loop_config: fd, block_size, struct loop_info64 (232 bytes: lo_flags at 52), 64 reserved.
             var config = [UInt8](repeating: 0, count: 8 + 232 + 64)
             config.withUnsafeMutableBytes { c in
-                c.storeBytes(of: UInt32(backing), toByteOffset: 0, as: UInt32.self)
+                c.storeBytes(of: UInt32(backing.rawValue), toByteOffset: 0, as: UInt32.self)
                 c.storeBytes(of: flagsReadOnly | flagsAutoClear | flagsPartScan, toByteOffset: 8 + 52, as: UInt32.self)
             }
-            let r = config.withUnsafeMutableBytes { ioctl(fd, configure, $0.baseAddress!) }
-            if r == 0 { return (path, fd) }
-            let e = errno
-            Sys.close(fd)
-            guard e == EBUSY else { throw IOError("attach a loop device to", path: file, errno: e) }
+            do {
+                try config.withUnsafeMutableBytes { _ = try Sys.deviceControl(device.rawValue, configure, $0.baseAddress!, "attach a loop device to", path: file) }
+                return AttachedLoop(path: path, descriptor: device)
+            } catch let e as IOError where e.isBusy {}
         }
         throw IOError("attach a loop device to", path: file, errno: EBUSY)
     }
 
     /// Detaches a loop device (one set to clear itself may already be gone: not an error).
     public static func detach(_ path: String) {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        _ = ioctl(fd, clearFD, 0)
-        Sys.close(fd)
+        guard let device = try? Sys.descriptor(path, O_RDONLY) else { return }
+        _ = try? Sys.deviceControl(device.rawValue, clearFD, value: 0, "detach", path: path)
     }
 
     /// The partitions the kernel found on a block device, as /dev paths, in order (empty for none).
@@ -123,8 +119,8 @@ public enum FilesystemSignature: Equatable, Sendable {
 
     /// Reads the signature at the start of `path`.
     public static func of(_ path: String) -> FilesystemSignature {
-        guard let fd = try? Sys.open(path, O_RDONLY | O_CLOEXEC) else { return .none }
-        defer { Sys.close(fd) }
+        guard let file = try? Sys.descriptor(path, O_RDONLY) else { return .none }
+        let fd = file.rawValue
         var b = [UInt8](repeating: 0, count: 70 << 10)
         let n = b.withUnsafeMutableBytes { Sys.preadOnce(fd, $0.baseAddress!, $0.count, 0) }
         guard n > 0 else { return .none }  // (past a short read the buffer stays zero)

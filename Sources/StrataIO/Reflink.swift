@@ -15,15 +15,12 @@ public enum ReflinkClone {
     public static func clone(_ file: String) throws -> String {
         let (dir, name) = split(file)
         let target = "\(dir)/\(prefix)\(getpid())-\(name)"
-        let source = try Sys.open(file, O_RDONLY)
-        defer { Sys.close(source) }
+        let source = try Sys.descriptor(file, O_RDONLY)
         try? Sys.unlink(target)
-        let fd = try Sys.create(target, O_WRONLY | O_EXCL)
-        defer { Sys.close(fd) }
-        if ioctl(fd, ficlone, source) != 0 {
-            let e = errno
+        let clone = try Sys.newDescriptor(target, O_WRONLY | O_EXCL)
+        do { try Sys.deviceControl(clone.rawValue, ficlone, value: source.rawValue, "clone", path: file) } catch {
             try? Sys.unlink(target)
-            throw IOError("clone", path: file, errno: e)
+            throw error
         }
         return target
     }

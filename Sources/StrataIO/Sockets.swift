@@ -1,5 +1,6 @@
 // Stream sockets for the servers (`strata serve`): listening on a Unix socket or a TCP address, accepting, and
-// reading and writing whole messages. Blocking descriptors, one thread a connection.
+// reading and writing whole messages. Blocking descriptors, one thread a connection. The system calls, with
+// their EINTR retries, are Syscalls.swift's; here are the addresses and the loops that finish a transfer.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,15 +24,9 @@ public final class Listener {
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, b) in bytes.enumerated() { raw[i] = b }
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw IOError("open a socket for", path: path, errno: errno) }
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard r == 0, listen(fd, 64) == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw IOError("listen on", path: path, errno: e)
-        }
-        self.fd = fd
+        let socket = try Sys.streamSocket(AF_UNIX, path: path)
+        try withUnsafeBytes(of: &addr) { try Sys.bindAndListen(socket.rawValue, $0.baseAddress!, length: $0.count, backlog: 64, path: path) }
+        fd = socket.release()
         address = path
         socketPath = path
     }
@@ -42,34 +37,19 @@ public final class Listener {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
         guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else { throw IOError("listen on", path: host, errno: EINVAL) }
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw IOError("open a socket for", path: host, errno: errno) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard r == 0, listen(fd, 64) == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw IOError("listen on", path: "\(host):\(port)", errno: e)
-        }
-        self.fd = fd
+        let socket = try Sys.streamSocket(AF_INET, path: host)
+        Sys.setSocketOption(socket.rawValue, SOL_SOCKET, SO_REUSEADDR, 1)
+        try withUnsafeBytes(of: &addr) { try Sys.bindAndListen(socket.rawValue, $0.baseAddress!, length: $0.count, backlog: 64, path: "\(host):\(port)") }
+        fd = socket.release()
         address = "\(host):\(port)"
         socketPath = nil
     }
 
     /// The next connection; nil once the listener is closed.
     public func accept() -> Connection? {
-        while true {
-            let c = Glibc.accept(fd, nil, nil)
-            if c >= 0 {
-                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-                var one: Int32 = 1
-                setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-                return Connection(fd: c)
-            }
-            if errno == EINTR || errno == ECONNABORTED { continue }
-            return nil
-        }
+        guard let c = Sys.accept(fd) else { return nil }
+        Sys.setSocketOption(c, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+        return Connection(fd: c)
     }
 
     /// Makes SIGINT and SIGTERM end the process with status 0, removing the socket file first (a server runs
@@ -87,8 +67,8 @@ public final class Listener {
 
     /// Stops accepting and removes the socket file.
     public func close() {
-        shutdown(fd, Int32(SHUT_RDWR))
-        Glibc.close(fd)
+        Sys.shutdownSocket(fd)
+        Sys.close(fd)
         if let socketPath { unlink(socketPath) }
     }
 }
@@ -96,11 +76,11 @@ public final class Listener {
 public final class Connection: @unchecked Sendable {  // one thread at a time: the session thread it is handed to
     public let fd: Int32
     init(fd: Int32) { self.fd = fd }
-    deinit { Glibc.close(fd) }
+    deinit { Sys.close(fd) }
 
     /// Reads exactly `count` bytes; false when the peer closed the connection or it failed first.
     public func read(into buffer: UnsafeMutableRawPointer, count: Int) -> Bool {
-        whole(count) { recv(fd, buffer + $0, count - $0, 0) }
+        whole(count) { Sys.receive(fd, buffer + $0, count - $0) }
     }
 
     public func read(_ count: Int) -> [UInt8]? {
@@ -111,7 +91,7 @@ public final class Connection: @unchecked Sendable {  // one thread at a time: t
 
     /// Writes all of `count` bytes; false when the connection failed.
     public func write(_ buffer: UnsafeRawPointer, count: Int) -> Bool {
-        whole(count) { send(fd, buffer + $0, count - $0, Int32(MSG_NOSIGNAL)) }
+        whole(count) { Sys.send(fd, buffer + $0, count - $0) }
     }
 
     /// Writes `head` and then each of `parts`, in order, gathered into as few messages as the socket takes (a
@@ -127,12 +107,9 @@ public final class Connection: @unchecked Sendable {  // one thread at a time: t
             return iov.withUnsafeMutableBufferPointer { v in
                 var first = 0
                 while first < v.count {
-                    var m = msghdr()
-                    m.msg_iov = v.baseAddress! + first
-                    m.msg_iovlen = min(v.count - first, Self.maxParts)
-                    let n = sendmsg(fd, &m, Int32(MSG_NOSIGNAL))
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else { return false }
+                    guard let n = Sys.sendGathered(fd, v.baseAddress! + first, count: min(v.count - first, Self.maxParts)), n > 0 else {
+                        return false
+                    }
                     // Past what went: whole parts, then into the part it stopped in.
                     var left = n
                     while left > 0 {
@@ -154,18 +131,13 @@ public final class Connection: @unchecked Sendable {  // one thread at a time: t
     /// The parts one sendmsg takes (Linux's UIO_MAXIOV).
     static let maxParts = 1024
 
-    /// Repeats `transfer` (given the bytes done so far) until `count` bytes are through, retrying EINTR.
-    private func whole(_ count: Int, _ transfer: (Int) -> Int) -> Bool {
+    /// Repeats `transfer` (given the bytes done so far) until `count` bytes are through; false when one moved
+    /// nothing (the peer gone) or failed.
+    private func whole(_ count: Int, _ transfer: (Int) -> Int?) -> Bool {
         var done = 0
         while done < count {
-            let n = transfer(done)
-            if n > 0 {
-                done += n
-            } else if n < 0 && errno == EINTR {
-                continue
-            } else {
-                return false
-            }
+            guard let n = transfer(done), n > 0 else { return false }
+            done += n
         }
         return true
     }

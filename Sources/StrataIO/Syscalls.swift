@@ -120,6 +120,24 @@ public struct FileStatus: Sendable, Equatable {
     }
 }
 
+/// An open file descriptor that closes itself when it goes: it cannot be copied, so nothing closes it twice or
+/// forgets to (swift-system's FileDescriptor, with the ownership in the type). `rawValue` is for the calls of
+/// this module that take one; it is valid as long as the value lives.
+public struct FileDescriptor: ~Copyable {
+    public let rawValue: Int32
+
+    public init(owning rawValue: Int32) { self.rawValue = rawValue }
+
+    deinit { _ = Glibc.close(rawValue) }
+
+    /// Hands the descriptor to an owner that closes it itself (a class's deinit).
+    public consuming func release() -> Int32 {
+        let raw = rawValue
+        discard self
+        return raw
+    }
+}
+
 /// How a file is opened, for callers above StrataIO (which pass no O_ flags).
 public struct OpenFlags: OptionSet, Sendable {
     public let rawValue: Int32
@@ -155,11 +173,22 @@ public enum Sys {
         try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }
 
-    public static func open(_ path: String, _ flags: OpenFlags) throws -> Int32 { try open(path, flags.rawValue) }
+    /// Opens `path`; the descriptor closes when the value goes.
+    public static func open(_ path: String, _ flags: OpenFlags) throws -> FileDescriptor { FileDescriptor(owning: try open(path, flags.rawValue)) }
 
-    /// `create` for callers above StrataIO.
-    public static func create(_ path: String, _ flags: OpenFlags, mode: UInt32 = 0o600) throws -> Int32 {
-        try create(path, flags.rawValue, mode: Glibc.mode_t(mode))
+    /// `create` for callers above StrataIO; the descriptor closes when the value goes.
+    public static func create(_ path: String, _ flags: OpenFlags, mode: UInt32 = 0o600) throws -> FileDescriptor {
+        FileDescriptor(owning: try create(path, flags.rawValue, mode: Glibc.mode_t(mode)))
+    }
+
+    /// `open` for this module's own scoped uses: the descriptor closes when the value goes.
+    static func descriptor(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> FileDescriptor {
+        FileDescriptor(owning: try open(path, flags, mode: mode))
+    }
+
+    /// `create` for this module's own scoped uses.
+    static func newDescriptor(_ path: String, _ flags: Int32, mode: Glibc.mode_t = 0o600) throws -> FileDescriptor {
+        FileDescriptor(owning: try create(path, flags, mode: mode))
     }
 
     /// Opens `path` with O_CREAT and sets its mode to exactly `mode`, whatever the umask: Strata's own files
@@ -312,6 +341,93 @@ public enum Sys {
             out.append(contentsOf: buf[0..<n])
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// An ioctl whose argument is a pointer (or nil); returns its result, throwing `operation`'s IOError on failure.
+    @discardableResult
+    static func deviceControl(_ fd: Int32, _ request: UInt, _ argument: UnsafeMutableRawPointer?, _ operation: String, path: String) throws -> Int32 {
+        try retrying(operation, path) { argument.map { ioctl(fd, request, $0) } ?? ioctl(fd, request) }
+    }
+
+    /// An ioctl whose argument is an integer (a descriptor, a number).
+    @discardableResult
+    static func deviceControl(_ fd: Int32, _ request: UInt, value: Int32, _ operation: String, path: String) throws -> Int32 {
+        try retrying(operation, path) { ioctl(fd, request, value) }
+    }
+
+    /// mount(2).
+    static func mount(_ source: String, at target: String, type: String, flags: UInt, options: String) throws {
+        _ = try retrying("mount \(type) from \(source) at", target) { Glibc.mount(source, target, type, flags, options) }
+    }
+
+    /// umount2(2).
+    static func unmount(_ path: String, flags: Int32) throws {
+        _ = try retrying("unmount", path) { umount2(path, flags) }
+    }
+
+    // MARK: Sockets
+
+    /// A stream socket of `domain` (AF_UNIX, AF_INET), close-on-exec.
+    static func streamSocket(_ domain: Int32, path: String) throws -> FileDescriptor {
+        FileDescriptor(owning: try retrying("open a socket for", path) { socket(domain, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+    }
+
+    /// setsockopt(2) of an Int32 option (SO_REUSEADDR, TCP_NODELAY...); failures are ignored (a tuning).
+    static func setSocketOption(_ fd: Int32, _ level: Int32, _ option: Int32, _ value: Int32) {
+        var v = value
+        _ = setsockopt(fd, level, option, &v, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Binds `fd` to the address at `address` (`length` bytes) and listens.
+    static func bindAndListen(_ fd: Int32, _ address: UnsafeRawPointer, length: Int, backlog: Int32, path: String) throws {
+        _ = try retrying("listen on", path) { bind(fd, address.assumingMemoryBound(to: sockaddr.self), socklen_t(length)) }
+        _ = try retrying("listen on", path) { listen(fd, backlog) }
+    }
+
+    /// The next connection on a listening socket, close-on-exec; nil once the socket is shut down.
+    static func accept(_ fd: Int32) -> Int32? {
+        while true {
+            let c = Glibc.accept(fd, nil, nil)
+            if c >= 0 {
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                return c
+            }
+            if Glibc.errno == EINTR || Glibc.errno == ECONNABORTED { continue }
+            return nil
+        }
+    }
+
+    /// shutdown(2) of both directions.
+    static func shutdownSocket(_ fd: Int32) { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// One recv(2) into `buffer`, retried on EINTR: the bytes received (0 at the peer's end), or nil on a failure.
+    static func receive(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int? {
+        while true {
+            let n = recv(fd, buffer, count, 0)
+            if n >= 0 { return n }
+            if Glibc.errno != EINTR { return nil }
+        }
+    }
+
+    /// One send(2) of `buffer`, retried on EINTR, without SIGPIPE: the bytes sent, or nil on a failure.
+    static func send(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int? {
+        while true {
+            let n = Glibc.send(fd, buffer, count, Int32(MSG_NOSIGNAL))
+            if n >= 0 { return n }
+            if Glibc.errno != EINTR { return nil }
+        }
+    }
+
+    /// One sendmsg(2) of `parts` (an iovec array), retried on EINTR, without SIGPIPE: the bytes sent, or nil.
+    static func sendGathered(_ fd: Int32, _ parts: UnsafeMutablePointer<iovec>, count: Int) -> Int? {
+        var message = msghdr()
+        message.msg_iov = parts
+        message.msg_iovlen = count
+        while true {
+            let n = sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+            if n >= 0 { return n }
+            if Glibc.errno != EINTR { return nil }
+        }
     }
 
     /// Device size in bytes of a block device (BLKGETSIZE64).

@@ -8,19 +8,22 @@ import StrataIO
 public enum ChainSecrets {
     /// Writes 32 random bytes to a new file at `path`, mode 0600, synced; refuses to replace anything.
     public static func generate(keyFile path: String) throws {
-        let fd: Int32
-        do { fd = try Sys.create(path, [.writeOnly, .exclusive], mode: 0o600) } catch let e as IOError {
-            throw ChainError.keyFileUnusable(path: path, reason: e.alreadyExists ? "it exists; strata keygen never replaces a key (remove it yourself, or name another file)" : e.reason)
-        }
-        defer { Sys.close(fd) }
+        let file = try newKeyFile(path)
         let key = KeyWrapping.random(ChainKeys.keySize)
         do {
-            try key.withUnsafeBytes { try Sys.pwriteAll(fd, $0.baseAddress!, $0.count, 0, path: path) }
-            try Sys.fsync(fd, path: path)
+            try key.withUnsafeBytes { try Sys.pwriteAll(file.rawValue, $0.baseAddress!, $0.count, 0, path: path) }
+            try Sys.fsync(file.rawValue, path: path)
             try? DurableFiles.fsyncDirectory(BlockDevices.parentDirectory(of: path))
         } catch let e as IOError {
             try? Sys.unlink(path)
             throw ChainError.keyFileUnusable(path: path, reason: e.reason)
+        }
+    }
+
+    /// A new key file, private; refused where one exists.
+    private static func newKeyFile(_ path: String) throws -> FileDescriptor {
+        do { return try Sys.create(path, [.writeOnly, .exclusive], mode: 0o600) } catch let e as IOError {
+            throw ChainError.keyFileUnusable(path: path, reason: e.alreadyExists ? "it exists; strata keygen never replaces a key (remove it yourself, or name another file)" : e.reason)
         }
     }
 

@@ -161,16 +161,19 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
         }
     }
 
-    private func mountFilesystem(of point: UInt32, file: String) throws {
-        let loop: (path: String, fd: Int32)
-        do { loop = try LoopDevices.attachReadOnly(file) } catch let e as IOError {
+    private static func attachLoop(_ file: String, point: UInt32) throws -> AttachedLoop {
+        do { return try LoopDevices.attachReadOnly(file) } catch let e as IOError {
             if e.path == "/dev/loop-control" && e.isMissing {
                 throw ChainError.machineLacks("this machine has no loop devices (/dev/loop-control): load the loop module (modprobe loop); nothing was mounted")
             }
             throw ChainError.machineLacks("cannot attach a loop device to point \(point): \(e.reason); nothing was mounted")
         }
-        // The loop device clears itself once the last holder lets go: this descriptor, then the mounts.
-        defer { Sys.close(loop.fd) }
+    }
+
+    private func mountFilesystem(of point: UInt32, file: String) throws {
+        let loop = try Self.attachLoop(file, point: point)
+        // The loop device clears itself once the last holder lets go: `loop` (held to the end), then the mounts.
+        defer { withExtendedLifetime(loop) {} }
         var found: [String] = []
         func tryMount(_ device: String, at dir: String, label: String) -> Bool {
             switch FilesystemSignature.of(device) {

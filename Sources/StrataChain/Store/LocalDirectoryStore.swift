@@ -117,7 +117,7 @@ final class LocalObject: StoredObject {
     init(path: String, name: String) throws {
         self.name = name
         self.path = path
-        handle = try Sys.open(path, .readOnly)
+        handle = try Sys.open(path, .readOnly).release()  // closed in deinit
         do { size = try Sys.fstat(handle, path: path).size } catch {
             Sys.close(handle)
             throw error
@@ -156,7 +156,7 @@ final class LocalNewObject: NewObject {
         self.name = name
         self.directory = directory
         temporaryPath = "\(directory)/\(DurableFiles.temporaryName(for: name))"
-        fd = try Sys.create(temporaryPath, [.readWrite, .truncate])
+        fd = try Sys.create(temporaryPath, [.readWrite, .truncate]).release()  // closed in deinit
     }
 
     deinit { if !closed { Sys.close(fd) } }
