@@ -1,4 +1,4 @@
-// Chains in a bucket (issue 12), through the strata binary against a real store (Ceph's RADOS Gateway, started
+// Chains in a bucket, through the strata binary against a real store (Ceph's RADOS Gateway, started
 // for this suite): every command on an s3:// chain, every point restored bit for bit after captures, a merge and
 // a prune; an encrypted chain in a bucket; a second writer, wrong credentials, an unreachable store, a missing
 // bucket and a prefix that holds no chain: one line each, their exit codes, the chain untouched.

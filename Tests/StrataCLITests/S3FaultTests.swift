@@ -1,4 +1,4 @@
-// Chains in a bucket under faults (issue 12), through the strata binary against a real store (Ceph's RADOS
+// Chains in a bucket under faults, through the strata binary against a real store (Ceph's RADOS
 // Gateway, started for this suite): writers killed at random moments (capture mid-upload, merge, sync), two
 // captures at once, and the gateway killed mid-capture and started again. After each, every point the chain
 // names restores bit for bit and verify passes; the next writer removes what the dead one left.

@@ -1,4 +1,4 @@
-// `strata sync SRC DST` (issue 12): a chain copied between a directory and a bucket and back, only what DST lacks,
+// `strata sync SRC DST`: a chain copied between a directory and a bucket and back, only what DST lacks,
 // every point of the last copy restored bit for bit; a second sync copies nothing; refusals (another chain, a
 // copy with points of its own, a damaged source) change nothing; what an interrupted sync published is kept.
 import Foundation

@@ -1,4 +1,4 @@
-// Encrypted chains (issue 13): every point restores bit for bit with the key, through captures, merges, prunes,
+// Encrypted chains: every point restores bit for bit with the key, through captures, merges, prunes,
 // a rebuilt head map and a served point; without it nothing of the source is in any file; a wrong, missing or
 // foreign secret changes nothing; tampering is named as damage, never restored.
 import Foundation

@@ -1,4 +1,4 @@
-// patternfs: a FUSE filesystem serving disks of any size that cost no storage, for Tools/scale-check (issue 17).
+// patternfs: a FUSE filesystem serving disks of any size that cost no storage, for Tools/scale-check.
 // Files (all SIZE bytes):
 //   night0, night1   read-only: 4 KiB blocks alternating data and zero (the worst case for extents); a data
 //                    block holds its number and version in a compressible pattern; night1 changes version of

@@ -1,6 +1,6 @@
 // Everything that can stop a chain operation, as values a person can act on. The CLI renders each as one line
 // (what failed, why, what to do) and maps it to a documented exit code: see `exitCode`, the EXIT STATUS of
-// `strata --help` and the README.
+// `strata --help` and docs/MANUAL.md.
 import StrataFormat
 import StrataIO
 

@@ -1,4 +1,4 @@
-// The frame cache of a chain being served (issue 11): like FrameCache, a bounded set of decoded frames, least
+// The frame cache of a chain being served: a bounded set of decoded frames, least
 // recently used out, but shared by every point served, every thread serving reads and read-ahead (frames are
 // known by their image, opened once for all points, and their number). A frame is read and decoded
 // once however many threads want it (the others wait for it), outside the lock, so reads of different frames

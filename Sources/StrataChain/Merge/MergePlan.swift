@@ -3,7 +3,7 @@
 // Each source frame is either copied whole or re-packed. A frame is copied whole, byte for byte, when at least
 // `keepWholeLive` of its blocks survive (the dead ones stay in it unused: the image says so with the
 // sparseFrames feature bit), and re-packed otherwise: nightly rewrites leave a few dead pages in most frames,
-// and re-compressing all the live blocks around them made a merge cost CPU, not I/O (12x a copy, issue #3).
+// and re-compressing all the live blocks around them made a merge cost CPU, not I/O (12x a copy).
 // So a merged image holds at most 1/3 more than its live data. In each window, the whole frames first used
 // there are placed first, in order of first use, then the frames re-packed from the window's other blocks, so
 // every frame's number is known when the window's extents are written. Memory: one window's extents, and eight

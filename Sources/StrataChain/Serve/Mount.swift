@@ -1,4 +1,4 @@
-// `strata mount` and `strata unmount` (issue 11). A mount is one server process: it opens the chain (every
+// `strata mount` and `strata unmount`. A mount is one server process: it opens the chain (every
 // point, or the one asked for), mounts the point files with FUSE, and with --files attaches a read-only loop
 // device over the point's file and mounts the filesystem inside it (each mountable partition of a partitioned
 // disk at DIR/pN) with the options that keep a read-only mount from replaying a journal. What it made is found

@@ -1,4 +1,4 @@
-// Any byte range of a point, read in place: what `mount` and `serve` serve (issue 11). A read finds its blocks in
+// Any byte range of a point, read in place: what `mount` and `serve` serve. A read finds its blocks in
 // a resolved window of the point (PointWalk from the block asked for: each image's extent chunk holding it is
 // found by a binary search of its chunk table): a sequential reader's windows are wide (thousands of extents an
 // image, the last two kept, so that the reads that follow resolve nothing), a random read's narrow (the blocks
