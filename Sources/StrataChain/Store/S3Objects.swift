@@ -50,16 +50,19 @@ extension S3ChainStore {
 }
 
 /// Reads carried out by blocking calls on a pool of threads, completed in any order: a store whose reads are
-/// requests over a network. The threads hold only the pool's shared state, not the pool, so dropping the
-/// pool stops them (each ends once its request in hand is done).
+/// requests over a network. The workers wait on one channel (a request wakes one of them) and the reader on
+/// the other (a completion wakes it alone). The threads hold only the pool's shared state, not the pool, so
+/// dropping the pool stops them (each ends once its request in hand is done).
 final class BlockingReads {
     typealias Perform = @Sendable (StoredObject, UnsafeMutableRawPointer, Int, UInt64) throws -> Int
 
     private final class State: @unchecked Sendable {  // every field is guarded by `lock`
-        let lock = Condition()
+        let lock = Condition(channels: 2)
+        static let workers = 0, reader = 1
         var requests: [(tag: Int, object: StoredObject, buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64)] = []
         var head = 0
         var done: [(tag: Int, bytes: Int, error: Error?)] = []
+        var doneHead = 0
         var stopping = false
     }
 
@@ -72,7 +75,7 @@ final class BlockingReads {
             Threads.spawn("strata-\(name)-\(i)", stackSize: 512 << 10) {
                 while true {
                     state.lock.lock()
-                    while state.head == state.requests.count && !state.stopping { state.lock.wait() }
+                    while state.head == state.requests.count && !state.stopping { state.lock.wait(on: State.workers) }
                     if state.stopping {  // requests still queued are dropped: their buffers may be gone with the owner
                         state.lock.unlock()
                         return
@@ -86,7 +89,7 @@ final class BlockingReads {
                     state.lock.unlock()
                     let outcome: (tag: Int, bytes: Int, error: Error?)
                     do { outcome = (r.tag, try perform(r.object, r.buffer, r.count, r.offset), nil) } catch { outcome = (r.tag, 0, error) }
-                    state.lock.publish { state.done.append(outcome) }
+                    state.lock.update(waking: State.reader) { state.done.append(outcome) }
                 }
             }
         }
@@ -96,15 +99,22 @@ final class BlockingReads {
 
     func start(_ object: StoredObject, into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64, tag: Int) {
         inFlight += 1
-        state.lock.publish { state.requests.append((tag, object, buffer, count, offset)) }
+        state.lock.update(waking: State.workers) { state.requests.append((tag, object, buffer, count, offset)) }
     }
 
     func next() -> (tag: Int, bytes: Int, error: Error?) {
         precondition(inFlight > 0, "waiting with nothing in flight")
         inFlight -= 1
+        let state = self.state
         return state.lock.withLock {
-            while state.done.isEmpty { state.lock.wait() }
-            return state.done.removeFirst()
+            while state.doneHead == state.done.count { state.lock.wait(on: State.reader) }
+            let outcome = state.done[state.doneHead]
+            state.doneHead += 1
+            if state.doneHead == state.done.count {
+                state.done.removeAll(keepingCapacity: true)
+                state.doneHead = 0
+            }
+            return outcome
         }
     }
 }
