@@ -67,51 +67,66 @@ public final class PreadQueue: ThreadPoolQueue {
 }
 
 /// Requests carried out by blocking calls on a pool of threads (the pread engine). `perform` returns what
-/// `IOCompletion.result` says. The threads hold only the queue's shared state, never the queue, so dropping the
-/// queue stops them (each ends once its request in hand is done); they held the queue itself once, which kept
-/// every queue and its threads alive for the life of the process.
+/// `IOCompletion.result` says.
 open class ThreadPoolQueue: IOQueue {
     public let engineName: String
+    private let pool: BlockingPool<IORequest, IOCompletion>
 
+    public init(engineName: String, threads count: Int, perform: @escaping @Sendable (IORequest) -> Int) {
+        self.engineName = engineName
+        pool = BlockingPool(name: engineName, threads: count) { r in IOCompletion(tag: r.tag, result: perform(r)) }
+    }
+
+    public func submit(_ request: IORequest) { pool.submit(request) }
+
+    public func wait(into completions: inout [IOCompletion]) { pool.wait(into: &completions) }
+}
+
+/// Blocking calls on a pool of threads, their results taken in the order they finish: the pread engine, and a
+/// store whose reads are requests over a network. The workers wait on one channel (a request wakes one of them)
+/// and the taker on the other (a result wakes it alone). The threads hold only the pool's shared state, never
+/// the pool, so dropping the pool stops them (each ends once its request in hand is done; requests still queued
+/// are dropped, their buffers may be gone with the owner). They held the pool itself once, which kept every
+/// pool and its threads alive for the life of the process.
+public final class BlockingPool<Request, Result>: @unchecked Sendable {  // the queues are guarded by `state.lock`
     private final class State: @unchecked Sendable {  // every field is guarded by `lock`
-        let lock = Condition()
-        var requests: [IORequest] = []
+        let lock = Condition(channels: 2)
+        static var workers: Int { 0 }
+        static var taker: Int { 1 }
+        var requests: [Request] = []
         var head = 0
-        var done: [IOCompletion] = []
+        var done: [Result] = []
         var stopping = false
     }
     private let state = State()
 
-    public init(engineName: String, threads count: Int, perform: @escaping @Sendable (IORequest) -> Int) {
-        self.engineName = engineName
+    public init(name: String, threads count: Int, perform: @escaping @Sendable (Request) -> Result) {
         let state = self.state
         for i in 0..<max(1, min(count, 64)) {
-            Threads.spawn("strata-\(engineName)-\(i)", stackSize: 512 << 10) { ThreadPoolQueue.serve(state, perform) }
+            Threads.spawn("strata-\(name)-\(i)", stackSize: 512 << 10) { BlockingPool.serve(state, perform) }
         }
     }
 
     deinit { state.lock.publish { state.stopping = true } }
 
-    public func submit(_ request: IORequest) {
-        state.lock.lock()
-        state.requests.append(request)
-        state.lock.signal()
-        state.lock.unlock()
+    public func submit(_ request: Request) {
+        state.lock.update(waking: State.workers) { state.requests.append(request) }
     }
 
-    public func wait(into completions: inout [IOCompletion]) {
+    /// Waits for at least one result; appends every result there is.
+    public func wait(into results: inout [Result]) {
         state.lock.lock()
-        while state.done.isEmpty { state.lock.wait() }
-        completions.append(contentsOf: state.done)
+        while state.done.isEmpty { state.lock.wait(on: State.taker) }
+        results.append(contentsOf: state.done)
         state.done.removeAll(keepingCapacity: true)
         state.lock.unlock()
     }
 
-    private static func serve(_ state: State, _ perform: (IORequest) -> Int) {
+    private static func serve(_ state: State, _ perform: (Request) -> Result) {
         while true {
             state.lock.lock()
-            while state.head == state.requests.count && !state.stopping { state.lock.wait() }
-            if state.stopping {  // requests still queued are dropped: their buffers may be gone with the owner
+            while state.head == state.requests.count && !state.stopping { state.lock.wait(on: State.workers) }
+            if state.stopping {
                 state.lock.unlock()
                 return
             }
@@ -123,10 +138,7 @@ open class ThreadPoolQueue: IOQueue {
             }
             state.lock.unlock()
             let result = perform(r)
-            state.lock.lock()
-            state.done.append(IOCompletion(tag: r.tag, result: result))
-            state.lock.broadcast()
-            state.lock.unlock()
+            state.lock.update(waking: State.taker) { state.done.append(result) }
         }
     }
 }
