@@ -9,7 +9,7 @@ public enum DurableFiles {
     /// Temporary files start with this prefix; a later run removes any it finds (left by a killed run).
     public static let temporaryPrefix = ".strata-tmp-"
 
-    public static func temporaryName(for name: String) -> String { "\(temporaryPrefix)\(getpid())-\(name)" }
+    public static func temporaryName(for name: String) -> String { "\(temporaryPrefix)\(Sys.processID)-\(name)" }
 
     public static func fsyncDirectory(_ dir: String) throws {
         let directory = try Sys.descriptor(dir, O_RDONLY | O_DIRECTORY)

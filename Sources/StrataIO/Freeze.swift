@@ -11,6 +11,10 @@
 import Glibc
 #endif
 
+extension Result {
+    var isSuccess: Bool { if case .success = self { true } else { false } }
+}
+
 /// A filesystem frozen for as long as the value lives (or until `thaw`), watched by a guardian process.
 public final class FrozenFilesystem {
     public let mountPoint: String
@@ -32,44 +36,36 @@ public final class FrozenFilesystem {
     /// it has no freeze; EPERM: not root; EBUSY: frozen already).
     public init(mountPoint: String) throws {
         self.mountPoint = mountPoint
-        fd = try Sys.open(mountPoint, O_RDONLY | O_DIRECTORY)
-        var control: [Int32] = [0, 0], ready: [Int32] = [0, 0]
-        guard pipe(&control) == 0, pipe(&ready) == 0 else {
-            Glibc.close(fd)
-            throw IOError("create a pipe for the freeze guardian of", path: mountPoint, errno: errno)
+        let directory = try Sys.descriptor(mountPoint, O_RDONLY | O_DIRECTORY)
+        let controlEnds = try Sys.pipe(for: "the freeze guardian of \(mountPoint)")
+        let controlWrite = FileDescriptor(owning: controlEnds.write)
+        let readyEnds: (read: Int32, write: Int32)
+        do { readyEnds = try Sys.pipe(for: "the freeze guardian of \(mountPoint)") } catch {
+            Sys.close(controlEnds.read)
+            throw error
         }
-        for f in control + ready { _ = fcntl(f, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, control[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, ready[1], 1)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, 0x80)  // POSIX_SPAWN_SETSID
-        let spawned = Daemon.spawnSelf([Self.guardianCommand, mountPoint], &actions, &attributes)
-        Glibc.close(control[0])
-        Glibc.close(ready[1])
-        var word: UInt8 = 0
-        var n = -1
-        if case .success = spawned { repeat { n = Glibc.read(ready[0], &word, 1) } while n < 0 && errno == EINTR }
-        Glibc.close(ready[0])
-        guard case .success(let pid) = spawned, n == 1, word == UInt8(ascii: "R") else {
-            Glibc.close(control[1])
-            Glibc.close(fd)
-            if case .success(let pid) = spawned { _ = Daemon.waitExit(pid) }
+        let readyRead = FileDescriptor(owning: readyEnds.read)
+        let spawned: Result<Int32, IOError>
+        do {
+            // The guardian's ends, closed here once it holds its copies: its stdin and stdout.
+            let controlRead = FileDescriptor(owning: controlEnds.read), readyWrite = FileDescriptor(owning: readyEnds.write)
+            spawned = Daemon.spawnSelf(
+                [Self.guardianCommand, mountPoint],
+                descriptors: ChildDescriptors(nullError: true, dups: [(controlRead.rawValue, 0), (readyWrite.rawValue, 1)]))
+        }
+        let word = spawned.isSuccess ? Sys.readByte(readyRead.rawValue) : nil
+        guard case .success(let pid) = spawned, word == UInt8(ascii: "R") else {
+            if case .success(let pid) = spawned { _ = Sys.waitExit(pid) }
             if case .failure(let e) = spawned { throw e }
             throw IOError("start the freeze guardian of", path: mountPoint, errno: ECHILD)
         }
         guardian = pid
-        self.control = control[1]
+        control = controlWrite.release()
+        fd = directory.release()
         frozenAt = Sys.monotonicNanos()
-        if ioctl(fd, Self.fifreeze, 0) != 0 {
-            let e = errno
+        do { try Sys.deviceControl(fd, Self.fifreeze, value: 0, "freeze", path: mountPoint) } catch {
             release()
-            throw IOError("freeze", path: mountPoint, errno: e)
+            throw error
         }
     }
 
@@ -77,21 +73,21 @@ public final class FrozenFilesystem {
     @discardableResult
     public func thaw() throws -> Double {
         guard control >= 0 else { return frozenSeconds }
-        let failed = ioctl(fd, Self.fithaw, 0) != 0 ? errno : 0
+        var failure: IOError?
+        do { try Sys.deviceControl(fd, Self.fithaw, value: 0, "thaw", path: mountPoint) } catch let e as IOError { failure = e }
         frozenSeconds = Double(Sys.monotonicNanos() - frozenAt) / 1e9
         release()
-        if failed != 0 && failed != EINVAL { throw IOError("thaw", path: mountPoint, errno: failed) }
+        if let failure, failure.kind != .invalid { throw failure }  // EINVAL: not frozen (the guardian thawed it)
         return frozenSeconds
     }
 
     /// Tells the guardian the filesystem is thawed and waits for it to leave.
     private func release() {
-        var word = UInt8(ascii: "T")
-        _ = Glibc.write(control, &word, 1)
-        Glibc.close(control)
+        Sys.writeByte(control, UInt8(ascii: "T"))
+        Sys.close(control)
         control = -1
-        _ = Daemon.waitExit(guardian)
-        Glibc.close(fd)
+        _ = Sys.waitExit(guardian)
+        Sys.close(fd)
     }
 
     deinit { try? thaw() }
@@ -99,28 +95,13 @@ public final class FrozenFilesystem {
     /// The guardian's whole life (the hidden subcommand): says it is ready on stdout, then waits on stdin. "T"
     /// means strata thawed: leave. End of file, an error, or SIGTERM/SIGINT/SIGHUP: thaw, then leave.
     public static func watch(mountPoint: String) -> Never {
-        let fd = Glibc.open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { exit(1) }
-        guardedDescriptor = fd
-        for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] {
-            signal(s) { _ in
-                _ = ioctl(FrozenFilesystem.guardedDescriptor, FrozenFilesystem.fithaw, 0)
-                _exit(0)
-            }
-        }
-        var ready = UInt8(ascii: "R")
-        _ = Glibc.write(1, &ready, 1)
-        Glibc.close(1)
-        _ = chdir("/")
-        var word: UInt8 = 0
-        while true {
-            let n = Glibc.read(0, &word, 1)
-            if n < 0 && errno == EINTR { continue }
-            if n == 1 && word == UInt8(ascii: "T") { exit(0) }
-            _ = ioctl(fd, fithaw, 0)
-            exit(0)
-        }
+        guard let directory = try? Sys.descriptor(mountPoint, O_RDONLY | O_DIRECTORY) else { Sys.exitNow(1) }
+        let fd = directory.release()  // held until the process ends
+        Sys.thawOnTermination(fd, request: fithaw)
+        Sys.writeByte(1, UInt8(ascii: "R"))
+        Sys.closeNumber(1)
+        Sys.leaveWorkingDirectory()
+        if Sys.readByte(0) != UInt8(ascii: "T") { _ = try? Sys.deviceControl(fd, fithaw, value: 0, "thaw", path: mountPoint) }
+        Sys.exitNow(0)
     }
-
-    nonisolated(unsafe) static var guardedDescriptor: Int32 = -1  // the guardian process's one descriptor, set before its signal handlers are installed
 }

@@ -14,7 +14,7 @@ public enum ReflinkClone {
     /// EINVAL where the filesystem cannot share blocks, EXDEV across filesystems.
     public static func clone(_ file: String) throws -> String {
         let (dir, name) = split(file)
-        let target = "\(dir)/\(prefix)\(getpid())-\(name)"
+        let target = "\(dir)/\(prefix)\(Sys.processID)-\(name)"
         let source = try Sys.descriptor(file, O_RDONLY)
         try? Sys.unlink(target)
         let clone = try Sys.newDescriptor(target, O_WRONLY | O_EXCL)
@@ -33,7 +33,7 @@ public enum ReflinkClone {
         for entry in (try? Sys.listDirectory(dir)) ?? [] where entry.hasPrefix(prefix) && entry.hasSuffix("-\(name)") {
             let rest = entry.dropFirst(prefix.count)
             guard let dash = rest.firstIndex(of: "-"), let pid = pid_t(rest[..<dash]), String(rest[rest.index(after: dash)...]) == name else { continue }
-            if pid != getpid() && Daemon.isRunning(pid) { continue }
+            if pid != Sys.processID && Daemon.isRunning(pid) { continue }
             if (try? Sys.unlink("\(dir)/\(entry)")) != nil { removed.append("\(dir)/\(entry)") }
         }
         return removed

@@ -5,9 +5,6 @@
 import Glibc
 #endif
 
-/// The socket file to remove when a signal stops the process (a C string: the handler may not allocate).
-nonisolated(unsafe) private var socketToRemove: UnsafeMutablePointer<CChar>?  // set once before the handlers are installed, read only by them
-
 public final class Listener {
     public let fd: Int32
     public let address: String
@@ -54,22 +51,13 @@ public final class Listener {
 
     /// Makes SIGINT and SIGTERM end the process with status 0, removing the socket file first (a server runs
     /// until one of them); SIGPIPE from a client gone mid-reply is ignored (the write fails instead).
-    public func exitOnTerminationSignals() {
-        if let socketPath { socketToRemove = strdup(socketPath) }
-        let stop: @convention(c) (Int32) -> Void = { _ in
-            if let p = socketToRemove { unlink(p) }
-            _exit(0)
-        }
-        signal(SIGINT, stop)
-        signal(SIGTERM, stop)
-        signal(SIGPIPE, SIG_IGN)
-    }
+    public func exitOnTerminationSignals() { Sys.exitOnTermination(unlinking: socketPath) }
 
     /// Stops accepting and removes the socket file.
     public func close() {
         Sys.shutdownSocket(fd)
         Sys.close(fd)
-        if let socketPath { unlink(socketPath) }
+        if let socketPath { try? Sys.unlink(socketPath) }
     }
 }
 

@@ -1,5 +1,7 @@
 // Every raw libc call Strata makes, in one file, one small function each (as swift-system's Syscalls.swift
-// and swift-nio's System.swift do). Each retries EINTR here so no caller has to, traps on errnos that can
+// and swift-nio's System.swift do): files, devices, mounts, sockets, processes, signals, the clock. Each C
+// library's binding keeps a file of its own: pthreads (Threads.swift), liburing (URingQueue.swift), libfuse
+// (FuseFiles.swift), the C library's calendar (LocalCalendar.swift), aligned memory (AlignedSlab.swift). Each retries EINTR here so no caller has to, traps on errnos that can
 // only mean a bug in Strata (EBADF, EFAULT), and throws `IOError` for everything the world can cause (EIO,
 // ENOSPC, EACCES...). Callers above this file never see errno.
 #if canImport(Glibc)
@@ -592,6 +594,180 @@ public enum Sys {
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }
+
+/// How a child `Sys.spawn` starts holds its descriptors: each of 0, 1, 2 from /dev/null, or a copy of one of
+/// this process's (`dups`: from, to).
+struct ChildDescriptors {
+    var nullInput = false, nullOutput = false, nullError = false
+    var dups: [(from: Int32, to: Int32)] = []
+}
+
+/// The one path a signal handler may take: async-signal-safe calls on values set before it was installed.
+nonisolated(unsafe) private var terminationThaw: Int32 = -1  // set once, before the handlers are installed
+nonisolated(unsafe) private var terminationUnlink: UnsafeMutablePointer<CChar>?  // likewise
+
+extension Sys {
+    // MARK: Processes and signals
+
+    /// A pipe, both ends close-on-exec: its read and write ends, for the caller to own (`FileDescriptor`).
+    static func pipe(for what: String) throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [0, 0]
+        _ = try retrying("create a pipe for", what) { Glibc.pipe(&fds) }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        return (fds[0], fds[1])
+    }
+
+    /// One byte read from a pipe, EINTR retried; nil at its end or on a failure.
+    static func readByte(_ fd: Int32) -> UInt8? {
+        var b: UInt8 = 0
+        while true {
+            let n = Glibc.read(fd, &b, 1)
+            if n == 1 { return b }
+            if n < 0 && Glibc.errno == EINTR { continue }
+            return nil
+        }
+    }
+
+    /// One byte written to a pipe, EINTR retried; false when it could not be.
+    @discardableResult
+    static func writeByte(_ fd: Int32, _ byte: UInt8) -> Bool {
+        var b = byte
+        while true {
+            let n = Glibc.write(fd, &b, 1)
+            if n == 1 { return true }
+            if n < 0 && Glibc.errno == EINTR { continue }
+            return false
+        }
+    }
+
+    /// Starts `executable` with `arguments` (argv[1...]; argv[0] is "strata") and `environment` (NAME=VALUE), in a
+    /// session of its own, its descriptors as `descriptors` says. Returns its pid.
+    static func spawn(
+        _ executable: String, arguments: [String], environment: [String], descriptors: ChildDescriptors
+    ) -> Result<Int32, IOError> {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if descriptors.nullInput { posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0) }
+        if descriptors.nullOutput { posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0) }
+        if descriptors.nullError { posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0) }
+        for d in descriptors.dups { posix_spawn_file_actions_adddup2(&actions, d.from, d.to) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setflags(&attributes, 0x80)  // POSIX_SPAWN_SETSID (glibc; needs _GNU_SOURCE in C)
+        let argv: [UnsafeMutablePointer<CChar>?] = (["strata"] + arguments).map { w in w.withCString { strdup($0) } } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { w in w.withCString { strdup($0) } } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid = pid_t()
+        let r = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        return r == 0 ? .success(pid) : .failure(IOError("start", path: executable, errno: r))
+    }
+
+    /// Waits for a child to exit: its exit status (128 + the signal that killed it).
+    public static func waitExit(_ pid: Int32) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
+        let signal = status & 0x7F
+        return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
+    }
+
+    /// Whether process `pid` exists.
+    public static func isRunning(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || Glibc.errno == EPERM }
+
+    /// Every environment entry (NAME=VALUE), in order.
+    static func environmentEntries() -> [String] {
+        var out = [String]()
+        var e = environ
+        while let p = e.pointee {
+            out.append(String(cString: p))
+            e += 1
+        }
+        return out
+    }
+
+    static func unsetEnvironment(_ name: String) { unsetenv(name) }
+
+    /// The termination signals a server takes on one thread: SIGINT, SIGTERM, SIGHUP.
+    private static var terminationSignals: sigset_t {
+        var s = sigset_t()
+        sigemptyset(&s)
+        for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&s, sig) }
+        return s
+    }
+
+    /// Blocks the termination signals in the calling thread and in the threads it starts from then on.
+    static func blockTerminationSignals() {
+        var s = terminationSignals
+        pthread_sigmask(SIG_BLOCK, &s, nil)
+    }
+
+    /// Waits until a termination signal arrives (they must be blocked) and returns it.
+    static func waitForTerminationSignal() -> Int32 {
+        var s = terminationSignals
+        var sig: Int32 = 0
+        while sigwait(&s, &sig) != 0 {}
+        return sig
+    }
+
+    /// CPU seconds, user and system: of the process (`who` 0, RUSAGE_SELF) or the calling thread (1, RUSAGE_THREAD).
+    static func cpuSeconds(_ who: Int32) -> (user: Double, system: Double) {
+        var r = rusage()
+        getrusage(__rusage_who_t(UInt32(who)), &r)
+        return (Double(r.ru_utime.tv_sec) + Double(r.ru_utime.tv_usec) / 1e6, Double(r.ru_stime.tv_sec) + Double(r.ru_stime.tv_usec) / 1e6)
+    }
+
+    /// openlog(3) for this process's lines, as a daemon's, with its pid (`identity` is static: openlog keeps it).
+    static func openSystemLog(_ identity: StaticString) {
+        openlog(UnsafeRawPointer(identity.utf8Start).assumingMemoryBound(to: CChar.self), LOG_PID, LOG_DAEMON)
+    }
+
+    /// One line to the system log (the journal where there is one), at warning level.
+    static func systemLog(_ line: String) { line.withCString { p in withVaList([p]) { vsyslog(LOG_WARNING, "%s", $0) } } }
+
+    /// Makes `fd` this process's descriptor `target` (dup2), and closes `fd`.
+    static func moveDescriptor(_ fd: Int32, to target: Int32) {
+        _ = dup2(fd, target)
+        _ = Glibc.close(fd)
+    }
+
+    /// Closes one of this process's descriptors by number (an inherited one, standard output).
+    static func closeNumber(_ fd: Int32) { _ = Glibc.close(fd) }
+
+    /// chdir("/"): a server or guardian keeps no directory busy.
+    static func leaveWorkingDirectory() { _ = chdir("/") }
+
+    /// Ends the process at once (no atexit handlers, no flushing): what a signal handler may call.
+    static func exitNow(_ status: Int32) -> Never { _exit(status) }
+
+    /// SIGINT and SIGTERM end the process with status 0, removing `unlinking` first (a socket file); SIGPIPE is
+    /// ignored (a write to a client gone fails instead).
+    static func exitOnTermination(unlinking path: String?) {
+        if let path { terminationUnlink = strdup(path) }
+        let stop: @convention(c) (Int32) -> Void = { _ in
+            if let p = terminationUnlink { Glibc.unlink(p) }
+            _exit(0)
+        }
+        signal(SIGINT, stop)
+        signal(SIGTERM, stop)
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// SIGTERM, SIGINT, SIGHUP and SIGPIPE thaw the filesystem open at `fd` (FITHAW) and end the process: the
+    /// freeze guardian's last word, whatever stops it.
+    static func thawOnTermination(_ fd: Int32, request: UInt) {
+        terminationThaw = fd
+        terminationThawRequest = request
+        for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] {
+            signal(s) { _ in
+                _ = ioctl(terminationThaw, terminationThawRequest, 0)
+                _exit(0)
+            }
+        }
+    }
+}
+
+nonisolated(unsafe) private var terminationThawRequest: UInt = 0  // set with `terminationThaw`
 
 extension Sys {
     /// Makes glibc serve allocations of `bytes` and more from mmap, and give them back when freed: its sliding

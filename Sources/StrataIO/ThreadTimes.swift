@@ -59,9 +59,5 @@ public enum ThreadTimes {
     public static func process() -> ThreadTime { let t = usage(0); return ThreadTime(name: "", user: t.user, system: t.system) }
 
     /// 0: the process (RUSAGE_SELF); 1: the calling thread (RUSAGE_THREAD).
-    private static func usage(_ who: Int32) -> (user: Double, system: Double) {
-        var r = rusage()
-        getrusage(__rusage_who_t(UInt32(who)), &r)
-        return (Double(r.ru_utime.tv_sec) + Double(r.ru_utime.tv_usec) / 1e6, Double(r.ru_stime.tv_sec) + Double(r.ru_stime.tv_usec) / 1e6)
-    }
+    private static func usage(_ who: Int32) -> (user: Double, system: Double) { Sys.cpuSeconds(who) }
 }
