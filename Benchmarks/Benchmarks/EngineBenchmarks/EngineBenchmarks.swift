@@ -8,7 +8,7 @@ import StrataIO
 let benchmarks: @Sendable () -> Void = {
     let size = 256 << 20, request = 1 << 20, depth = 32
     let path = "/var/tmp/strata-engine-bench.img"
-    if (try? Sys.stat(path)).map({ $0.st_size }) != off_t(size) {
+    if (try? Sys.stat(path)).map({ $0.size }) != UInt64(size) {
         var block = [UInt8](repeating: 0, count: request)
         for i in block.indices { block[i] = UInt8(truncatingIfNeeded: i &* 31 &+ i >> 12) }
         FileManager.default.createFile(atPath: path, contents: nil)
