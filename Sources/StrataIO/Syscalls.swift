@@ -509,15 +509,14 @@ public enum Sys {
 
     /// Writes all of `text` to standard error, unbuffered (a progress line, a notice).
     public static func writeStandardError(_ text: String) {
-        var bytes = Array(text.utf8)
+        let bytes = Array(text.utf8)
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + done, $0.count - done) }
+            let n = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress! + done, $0.count - done) }
             if n < 0 && Glibc.errno == EINTR { continue }
             guard n > 0 else { return }
             done += n
         }
-        bytes.removeAll()
     }
 
     public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
@@ -527,11 +526,7 @@ public enum Sys {
     public static func openDirectForReading(_ path: String) -> Int32? { try? open(path, O_RDONLY | strata_O_DIRECT) }
 
     /// `path` with every symbolic link, "." and ".." resolved; nil when it does not exist.
-    public static func realPath(_ path: String) -> String? {
-        guard let p = realpath(path, nil) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
-    }
+    public static func realPath(_ path: String) -> String? { try? resolvedPath(path) }
 
     /// `path` resolved as `realPath` does; throws (missing, wrongType, disconnected...) where it cannot be.
     public static func resolvedPath(_ path: String) throws -> String {
@@ -562,11 +557,8 @@ public enum Sys {
     /// Every environment variable of this process, by name.
     public static func environmentVariables() -> [String: String] {
         var out: [String: String] = [:]
-        var p = environ
-        while let entry = p.pointee {
-            let s = String(cString: entry)
+        for s in environmentEntries() {
             if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            p += 1
         }
         return out
     }
