@@ -43,8 +43,17 @@ public struct ChainManifest: Equatable, Sendable {
     public var nextPoint: UInt32
     /// Oldest first; the first is always full.
     public var images: [ManifestEntry]
-    /// File name of the hash map of the newest point.
+    /// File name of the chain's hash map: the newest point's, or (`hashMapPoint`) an older point's that the images
+    /// after it overlay.
     public var hashMapFile: String
+    /// The point the hash map holds when it is older than the newest: a capture whose change source said what
+    /// changed writes no map (docs/FORMAT.md, "Hash map"). Nil: the newest point's.
+    public var hashMapPoint: UInt32? = nil
+    /// What found each point's changes (`scan`, `rescan`, `reflink`, ...), by point; points captured before this
+    /// was recorded have none. Only the points of the listed images are kept.
+    public var changeSources: [UInt32: String] = [:]
+    /// What identifies the reflink clone kept as the next capture's baseline (`--snapshot reflink`): opaque here.
+    public var reflinkBaseline: String? = nil
     /// An encrypted chain's key file (`chain.key`): its master key, wrapped by the user's secret. Nil: not encrypted.
     public var keyFile: String? = nil
 
@@ -62,6 +71,12 @@ public struct ChainManifest: Equatable, Sendable {
 
     public var points: [UInt32] { images.map(\.point) }
 
+    /// Drops what is recorded of points no image makes any more (merged or pruned away): what `encode` writes.
+    public mutating func dropRecordsOfUnlistedPoints() {
+        let listed = Set(points)
+        changeSources = changeSources.filter { listed.contains($0.key) }
+    }
+
     /// The images needed to restore `point`, oldest first, or nil when no image makes that point.
     public func images(forPoint point: UInt32) -> ArraySlice<ManifestEntry>? {
         guard let i = images.firstIndex(where: { $0.point == point }) else { return nil }
@@ -71,7 +86,10 @@ public struct ChainManifest: Equatable, Sendable {
     public func encode() -> [UInt8] {
         var text = "\(Self.header)\nchain \(chainID)\nblock-size \(blockSize)\nsource-size \(sourceSize)\n"
         text += "next-point \(nextPoint)\nhash-map \(hashMapFile)\n"
+        if let hashMapPoint { text += "hash-map-point \(hashMapPoint)\n" }
         if let keyFile { text += "key \(keyFile)\n" }
+        if let reflinkBaseline { text += "reflink-baseline \(reflinkBaseline)\n" }
+        for p in points where changeSources[p] != nil { text += "changes-\(p) \(changeSources[p]!)\n" }
         for e in images {
             text += "image \(e.firstPoint) \(e.lastPoint) \(e.kind == .full ? "full" : "incremental") \(e.imageID) "
             text += "\(e.createdAt) \(e.bytesRead) \(e.bytesStored) \(e.blocksChanged) \(e.file)\n"
@@ -126,6 +144,15 @@ public struct ChainManifest: Equatable, Sendable {
         if let key = fields["key"] {
             guard isPlainFileName(key) else { throw FormatError.invalid("chain manifest names a malformed key file") }
             m.keyFile = key
+        }
+        if let text = fields["hash-map-point"] {
+            guard let p = UInt32(text), p >= 1, p <= previous else { throw FormatError.invalid("chain manifest names a malformed hash map point") }
+            m.hashMapPoint = p
+        }
+        m.reflinkBaseline = fields["reflink-baseline"]
+        for (key, value) in fields where key.hasPrefix("changes-") {
+            guard let p = UInt32(key.dropFirst("changes-".count)) else { throw FormatError.invalid("chain manifest has a malformed line") }
+            m.changeSources[p] = value
         }
         return m
     }

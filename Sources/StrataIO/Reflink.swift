@@ -15,15 +15,32 @@ public enum ReflinkClone {
     public static func clone(_ file: String) throws -> String {
         let (dir, name) = split(file)
         let target = "\(dir)/\(prefix)\(Sys.processID)-\(name)"
-        let source = try Sys.descriptor(file, O_RDONLY)
         try? Sys.unlink(target)
+        try clone(file, to: target)
+        return target
+    }
+
+    /// Clones `file` as the new file `target` (on the same filesystem), 0600. A btrfs NOCOW file (`chattr +C`,
+    /// common for VM images) can only be cloned into a NOCOW file: the clone is made NOCOW first.
+    public static func clone(_ file: String, to target: String) throws {
+        let source = try Sys.descriptor(file, O_RDONLY)
         let clone = try Sys.newDescriptor(target, O_WRONLY | O_EXCL)
-        do { try Sys.deviceControl(clone.rawValue, ficlone, value: source.rawValue, "clone", path: file) } catch {
+        do {
+            var flags: Int32 = 0
+            if (try? Sys.deviceControl(source.rawValue, getFlags, &flags, "read attributes of", path: file)) != nil, flags & noCopyOnWrite != 0 {
+                var set = noCopyOnWrite
+                _ = try Sys.deviceControl(clone.rawValue, setFlags, &set, "set the NOCOW attribute of", path: target)
+            }
+            _ = try Sys.deviceControl(clone.rawValue, ficlone, value: source.rawValue, "clone", path: file)
+        } catch {
             try? Sys.unlink(target)
             throw error
         }
-        return target
     }
+
+    static let getFlags: UInt = 0x8008_6601  // FS_IOC_GETFLAGS
+    static let setFlags: UInt = 0x4008_6602  // FS_IOC_SETFLAGS
+    static let noCopyOnWrite: Int32 = 0x0080_0000  // FS_NOCOW_FL
 
     /// Removes the clones of `file` that runs no longer alive left behind. Returns their paths.
     @discardableResult

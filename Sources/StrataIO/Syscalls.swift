@@ -101,6 +101,8 @@ public struct FileStatus: Sendable, Equatable {
     /// For a block or character device: its device number.
     public var deviceNumber: UInt64
     public var owner: UInt32
+    /// The last change of the file's content (mtime), in nanoseconds since the epoch.
+    public var modifiedNanos: UInt64
 
     public var identity: FileIdentity { FileIdentity(device: device, inode: inode) }
 
@@ -119,6 +121,7 @@ public struct FileStatus: Sendable, Equatable {
         inode = UInt64(st.st_ino)
         deviceNumber = UInt64(st.st_rdev)
         owner = UInt32(st.st_uid)
+        modifiedNanos = UInt64(max(0, st.st_mtim.tv_sec)) * 1_000_000_000 + UInt64(max(0, st.st_mtim.tv_nsec))
     }
 }
 

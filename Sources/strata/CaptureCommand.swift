@@ -39,6 +39,18 @@ struct CaptureCommand: ParsableCommand {
             cannot be done (no freeze on that filesystem, no reflinks, the chain on the frozen filesystem) is \
             refused before anything is read (exit 69).
 
+            CHANGES: an incremental reads the whole source and compares every block's hash with the chain's, \
+            unless something can say what changed since the newest point. With --snapshot reflink it can: the \
+            clone is kept as the next capture's baseline (in .strata-baselines/ beside the image, 0700, named by \
+            the chain; it pins the blocks changed since, on the image's filesystem), and the next capture reads \
+            only the ranges whose extents differ between the baseline and the new clone. A change source is \
+            checked, not trusted: --check-unchanged PERCENT of what it calls unchanged (default 0.1, in runs of \
+            4 MiB; 0 turns it off) is read too, and a block there that differs from the chain's means the source \
+            missed writes: the capture says so and scans the whole source in the same run. Where nothing can \
+            answer (a first capture, a baseline missing or changed since), the capture says why and scans; \
+            --require-change-source makes that an error (exit 69, nothing written). --rescan reads and compares \
+            everything this time (a weekly safety net). `strata list` shows what found each point's changes.
+
             A read error on the source stops the capture (exit 74) and leaves the chain unchanged, unless \
             --max-bad-blocks allows some: then a failed read is retried in smaller reads down to the device's \
             logical block size, and the blocks that still fail are recorded as unreadable (restored as zeros, \
@@ -53,7 +65,9 @@ struct CaptureCommand: ParsableCommand {
 
             --json prints one object: point, kind (full or incremental), sourceBytes, bytesRead, blocksChanged, \
             bytesStored, seconds, engine, image, blocksHealed, unreadableBlocks, unreadableRanges ([offset, length] in bytes, \
-            the first 1000), frozenSeconds (with --freeze), snapshot (with --snapshot).
+            the first 1000), frozenSeconds (with --freeze), snapshot (with --snapshot), changeSource (scan, rescan, \
+            reflink, scan-after-missed-writes), bytesSampled (of bytesRead, read to check the change source), \
+            missedChangeAt (the byte where the check found a missed write, else null).
 
             EXAMPLES
               strata capture /dev/sdb /backup/sdb
@@ -61,7 +75,8 @@ struct CaptureCommand: ParsableCommand {
               strata capture /dev/nvme0n1 /backup/nvme --io-engine pread --threads 8
               strata capture /dev/sdb /backup/sdb --max-bad-blocks 1000  # a dying disk
               strata capture /dev/vdb /backup/data --freeze /srv/data   # vdb at /srv/data
-              strata capture /var/lib/vm/web.img /backup/web --snapshot reflink
+              strata capture /var/lib/vm/web.img /backup/web --snapshot reflink  # reads what changed
+              strata capture /var/lib/vm/web.img /backup/web --snapshot reflink --rescan
               strata capture /dev/vdc /backup/vm2 --seekable    # to read at random later
             """)
 
@@ -79,6 +94,11 @@ struct CaptureCommand: ParsableCommand {
     var freeze: String?
     @Option(help: ArgumentHelp("Capture a snapshot of the source instead: reflink (an image file on XFS or btrfs).", valueName: "method"))
     var snapshot: SnapshotMethod?
+    @Flag(help: "Read and compare the whole source this time, whatever a change source could say.") var rescan = false
+    @Flag(help: "Fail (exit 69, nothing written) where nothing can say what changed, instead of scanning.")
+    var requireChangeSource = false
+    @Option(help: ArgumentHelp("Share of what a change source calls unchanged to read anyway, as a check (default 0.1).", valueName: "percent"))
+    var checkUnchanged: Double = Capture.defaultCheckUnchanged
     @Option(help: .hidden) var createdAt: UInt64?
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
@@ -111,11 +131,14 @@ struct CaptureCommand: ParsableCommand {
         options.seekable = seekable
         options.secret = try key.secret()
         options.store = store.value
+        options.rescan = rescan
+        options.requireChangeSource = requireChangeSource
+        options.checkUnchanged = checkUnchanged
         let progress = ProgressLine(verb: "capture", quiet: quiet)
         do {
             let r = try Capture.run(source: source, chain: chain, options: options, progress: progress.update, notice: Output.notice)
             progress.finish()
-            metrics.record("capture", chain: chain, clock: clock, seconds: r.seconds, read: r.bytesRead, stored: r.bytesStored)
+            metrics.record("capture", chain: chain, clock: clock, seconds: r.seconds, read: r.bytesRead, stored: r.bytesStored, capture: r)
             if json {
                 Output.json(Report(r))
             } else if !quiet {
@@ -123,7 +146,8 @@ struct CaptureCommand: ParsableCommand {
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "recorded as unreadable") }
                 if r.blocksHealed > 0 { Output.notice("healed \(r.blocksHealed) block\(r.blocksHealed == 1 ? "" : "s") the last verify found damaged: stored anew, so point \(r.point) is whole") }
                 if let f = r.frozenSeconds { Output.notice("\(freeze ?? "the filesystem") was frozen for \(Output.fixed(f, 3)) s") }
-                print("point \(r.point) (\(r.kind == .full ? "full" : "incremental")): read \(Output.bytes(r.bytesRead)), \(r.blocksChanged) blocks changed, stored \(Output.bytes(r.bytesStored)) in \(Output.fixed(r.seconds, 2)) s (\(Output.bytes(UInt64(rate)))/s)")
+                let found = r.bytesSampled > 0 || r.changeSource != ChangeSources.scan ? ", changes found by \(r.changeSource)\(r.bytesSampled > 0 ? " (checked \(Output.bytes(r.bytesSampled)) of the rest)" : "")" : ""
+                print("point \(r.point) (\(r.kind == .full ? "full" : "incremental")): read \(Output.bytes(r.bytesRead))\(found), \(r.blocksChanged) blocks changed, stored \(Output.bytes(r.bytesStored)) in \(Output.fixed(r.seconds, 2)) s (\(Output.bytes(UInt64(rate)))/s)")
             }
         } catch {
             progress.finish()
@@ -140,12 +164,14 @@ extension CaptureCommand {
         var seconds: Seconds, engine, image: String
         var blocksHealed, unreadableBlocks: UInt64, unreadableRanges: [[UInt64]]
         var frozenSeconds: Seconds?, snapshot: String?
+        var changeSource: String, bytesSampled: UInt64, missedChangeAt: OrNull<UInt64>
 
         init(_ r: CaptureResult) {
             (point, kind, sourceBytes, bytesRead) = (r.point, r.kind == .full ? "full" : "incremental", r.sourceBytes, r.bytesRead)
             (blocksChanged, bytesStored, seconds, engine, image) = (r.blocksChanged, r.bytesStored, Seconds(r.seconds), r.engine, r.image)
             (blocksHealed, unreadableBlocks, unreadableRanges) = (r.blocksHealed, r.unreadableBlocks, Output.ranges(r.unreadableRanges))
             (frozenSeconds, snapshot) = (r.frozenSeconds.map(Seconds.init), r.snapshot?.rawValue)
+            (changeSource, bytesSampled, missedChangeAt) = (r.changeSource, r.bytesSampled, OrNull(r.missedChangeAt))
         }
     }
 }

@@ -3,7 +3,7 @@ import StrataChain
 
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "list", abstract: "List the points of a chain: number, time, kind, bytes read and stored.")
+        commandName: "list", abstract: "List the points of a chain: number, time, kind, bytes read and stored, what found the changes.")
 
     @Argument(help: "Chain directory.") var chain: String
     @Flag(help: "Print one JSON object on stdout.") var json = false
@@ -17,11 +17,11 @@ struct ListCommand: ParsableCommand {
             return
         }
         print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks")
-        print("point  created              kind         read        stored      changed blocks")
+        print("point  created              kind         read        stored      changed blocks  found by")
         for p in listing.points {
             let created = ChainListing.localTime(p.createdAt)
             let kind = p.kind == .full ? "full" : (p.firstPoint == p.point ? "incremental" : "merged \(p.firstPoint)-\(p.point)")
-            print("\(pad(String(p.point), 5, left: true))  \(created)  \(pad(kind, 11))  \(pad(Output.bytes(p.bytesRead), 10))  \(pad(Output.bytes(p.bytesStored), 10))  \(p.blocksChanged)")
+            print("\(pad(String(p.point), 5, left: true))  \(created)  \(pad(kind, 11))  \(pad(Output.bytes(p.bytesRead), 10))  \(pad(Output.bytes(p.bytesStored), 10))  \(pad(String(p.blocksChanged), 14))  \(p.changeSource ?? ChangeSources.scan)")
         }
     }
 }
@@ -36,6 +36,7 @@ extension ListCommand {
     struct Report: Encodable {
         struct Point: Encodable {
             var point, firstPoint: UInt32, kind: String, created, bytesRead, bytesStored, blocksChanged: UInt64, image: String
+            var changeSource: String
         }
         var chain: String, blockSize: UInt32, sourceSize: UInt64, points: [Point]
 
@@ -44,7 +45,8 @@ extension ListCommand {
             points = l.points.map { p in
                 Point(
                     point: p.point, firstPoint: p.firstPoint, kind: p.kind == .full ? "full" : "incremental", created: p.createdAt,
-                    bytesRead: p.bytesRead, bytesStored: p.bytesStored, blocksChanged: p.blocksChanged, image: p.file)
+                    bytesRead: p.bytesRead, bytesStored: p.bytesStored, blocksChanged: p.blocksChanged, image: p.file,
+                    changeSource: p.changeSource ?? ChangeSources.scan)
             }
         }
     }

@@ -16,11 +16,17 @@ struct MetricsFile: ParsableArguments {
     }
 
     /// Records the run; a file that cannot be written costs a warning line, not the run's outcome.
-    func record(_ command: String, chain: String, clock: RunMetrics.Stopwatch, failure: Error? = nil, seconds: Double? = nil, read: UInt64 = 0, stored: UInt64 = 0) {
+    func record(
+        _ command: String, chain: String, clock: RunMetrics.Stopwatch, failure: Error? = nil, seconds: Double? = nil, read: UInt64 = 0,
+        stored: UInt64 = 0, capture: CaptureResult? = nil
+    ) {
         guard let metricsFile else { return }
-        let m = RunMetrics(
+        var m = RunMetrics(
             command: command, chain: chain, success: failure == nil, exitCode: failure.map(Output.exitCode(of:)) ?? 0,
             seconds: seconds ?? clock.seconds, bytesRead: read, bytesStored: stored)
+        if let capture {
+            (m.changeSource, m.bytesSampled, m.missedChanges) = (capture.changeSource, capture.bytesSampled, capture.missedChangeAt != nil)
+        }
         do { try m.write(to: metricsFile) } catch ChainError.outputUnwritable(_, let reason) {
             Output.notice("warning: cannot write the metrics file \(metricsFile): \(reason)")
         } catch {

@@ -74,29 +74,37 @@ extension Capture {
     }
 
     /// Captures a reflink clone of the image file `sourcePath` (frozen, if `freeze`, only while it is cloned),
-    /// then removes the clone.
+    /// reading only what changed since the last one where the chain's record and the kept baseline agree
+    /// (ReflinkDeltas.swift); the clone becomes the next capture's baseline once the point is committed.
     static func captureSnapshot(
         of sourcePath: String, chain: String, options: CaptureOptions, freeze: FreezeWindow?, started: UInt64,
         progress: ProgressHandler?, notice: (String) -> Void
     ) throws -> CaptureResult {
         try freeze?.begin()
-        let clone: String
-        do { clone = try ReflinkClone.clone(sourcePath) } catch let e as IOError {
+        let baseline: ReflinkBaseline
+        do { baseline = try ReflinkBaseline(image: sourcePath) } catch let e as IOError {
             freeze?.end()
             let unsupported = [.unsupported, .invalid, .crossDevice].contains(e.kind)
             throw ChainError.cannotSnapshot(
                 path: sourcePath, reason: unsupported ? "its filesystem cannot make reflink clones" : "the clone failed: \(e.reason)",
                 todo: unsupported ? "keep the image on XFS (reflink=1) or btrfs, or capture without --snapshot" : "check the directory holding it has room and is writable")
+        } catch {
+            freeze?.end()
+            throw error
         }
         freeze?.end()
-        defer { try? Sys.unlink(clone) }
-        let source: BlockSource
-        do { source = try BlockSource(path: clone) } catch let e as IOError {
-            throw ChainError.sourceUnavailable(path: clone, reason: e.reason)
+        do {
+            let source: BlockSource
+            do { source = try BlockSource(path: baseline.clonePath) } catch let e as IOError {
+                throw ChainError.sourceUnavailable(path: baseline.clonePath, reason: e.reason)
+            }
+            var r = try capture(source, chain: chain, options: options, started: started, progress: progress, notice: notice, reading: nil, changeSource: baseline)
+            r.snapshot = .reflink
+            return r
+        } catch {
+            baseline.abandon()
+            throw error
         }
-        var r = try capture(source, chain: chain, options: options, started: started, progress: progress, notice: notice)
-        r.snapshot = .reflink
-        return r
     }
 }
 

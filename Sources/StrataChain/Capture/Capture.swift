@@ -39,6 +39,14 @@ public struct CaptureOptions: Sendable {
     /// Store frames in independent 32 KiB sub-frames, so that a point read in place at random decodes 32 KiB,
     /// not 1 MiB (images grow: docs/DESIGN.md, "Random reads"). Nil: as the chain's newest image (a new chain: no).
     public var seekable: Bool? = nil
+    /// Read and compare the whole source this time, whatever a change source could say (the weekly safety net).
+    public var rescan = false
+    /// Fail (exit 69, nothing written) where no change source can say what changed, instead of scanning.
+    public var requireChangeSource = false
+    /// The share of the blocks a change source calls unchanged that is read anyway to check it, in percent.
+    public var checkUnchanged: Double = Capture.defaultCheckUnchanged
+    /// The sample's seed (tests); nil: a new random one each capture.
+    var sampleSeed: UInt64? = nil
 
     public init() {}
 }
@@ -62,12 +70,22 @@ public struct CaptureResult: Sendable, Equatable {
     public var frozenSeconds: Double? = nil
     /// The snapshot the capture read instead of the source, if any.
     public var snapshot: SnapshotMethod? = nil
+    /// What found the changes (`scan`, `rescan`, `reflink`, `scan-after-missed-writes`).
+    public var changeSource: String = ChangeSources.scan
+    /// Of `bytesRead`, the bytes read to check the change source's answer.
+    public var bytesSampled: UInt64 = 0
+    /// Where the sample found a block the change source had called unchanged (the capture then scanned).
+    public var missedChangeAt: UInt64? = nil
 }
 
 /// Called with bytes done and bytes total, from the pipeline's coordinating thread.
 public typealias ProgressHandler = (_ done: UInt64, _ total: UInt64) -> Void
 
 public enum Capture {
+    /// --check-unchanged's default: 0.1% of what a change source calls unchanged, in runs of 4 MiB (4 GB of a
+    /// 4 TB disk: about 25 s on a hard disk, 2 s on NVMe; docs/CHANGES.md).
+    public static let defaultCheckUnchanged = 0.1
+
     /// Captures `sourcePath` into the chain at `chainPath`. `notice` receives one-line remarks (engine fallback).
     public static func run(
         source sourcePath: String, chain chainPath: String, options: CaptureOptions,
@@ -80,6 +98,7 @@ public enum Capture {
         guard options.level >= 1 && options.level <= 19 else { throw ChainError.invalidOption("level \(options.level) is not between 1 and 19") }
         guard options.threads >= 1 && options.threads <= 1024 else { throw ChainError.invalidOption("threads must be between 1 and 1024") }
         guard options.queueDepth >= 1 && options.queueDepth <= 1024 else { throw ChainError.invalidOption("queue depth must be between 1 and 1024") }
+        guard options.checkUnchanged >= 0 && options.checkUnchanged <= 100 else { throw ChainError.invalidOption("--check-unchanged must be a percentage between 0 and 100") }
         guard options.maxBadBlocks >= 0 else { throw ChainError.invalidOption("--max-bad-blocks must not be negative") }
         if options.encrypt && options.secret == nil { throw Chain.encryptWithoutKey }
 
@@ -95,7 +114,11 @@ public enum Capture {
             notice("warning: \(sourcePath) is mounted read-write at \(mount); the image may be inconsistent (a snapshot is the safe way)")
         }
         if !source.isBlockDevice {
-            for stale in ReflinkClone.removeStale(besides: sourcePath) { notice("removed \(stale), a snapshot a killed run left") }
+            // (A reflink capture recovers a committed clone a killed run did not rename before it removes the rest.)
+            let baselines = options.snapshot == .reflink ? [] : ReflinkBaseline.removeStale(besides: sourcePath)
+            for stale in ReflinkClone.removeStale(besides: sourcePath) + baselines {
+                notice("removed \(stale), a snapshot a killed run left")
+            }
         }
         let freeze = freezePoint.map(FreezeWindow.init)
         var r = options.snapshot == .reflink
@@ -113,10 +136,10 @@ public enum Capture {
         try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice, reading: nil)
     }
 
-    /// `capture`, with `window` frozen while the source is read.
+    /// `capture`, with `window` frozen while the source is read, and `changeSource` to say what changed.
     static func capture(
         _ source: BlockSource, chain chainPath: String, options: CaptureOptions, started: UInt64,
-        progress: ProgressHandler?, notice: (String) -> Void, reading window: FreezeWindow?
+        progress: ProgressHandler?, notice: (String) -> Void, reading window: FreezeWindow?, changeSource: ChangeSource? = nil
     ) throws -> CaptureResult {
         let sourcePath = source.path
         let chain = try Chain(location: chainPath, access: .create, secret: options.secret, store: options.store)
@@ -154,10 +177,6 @@ public enum Capture {
         let imageName = Chain.imageName(first: point, last: point)
         let mapName = Chain.hashMapName(point: point)
 
-        var oldMap: PriorHashes?
-        var healing: UInt64 = 0
-        if let m = previous { (oldMap, healing) = try HeadMap.forCapture(chain, m, maxWindowBlocks: options.tuning.maxWindowBlocks, notice: notice) }
-
         var engine = options.engine
         if source.onFUSE && engine == .auto {
             engine = .pread
@@ -169,55 +188,142 @@ public enum Capture {
         }
         if let engineNote { notice(engineNote) }
 
-        // At most every block stored raw, with its hash, plus the index: the source's size and a little.
-        let writer = try ImageWriter(
-            store: chain.store, name: imageName, header: header, keys: keys, expectedSize: header.sourceSize + header.sourceSize / 64 + (64 << 20),
-            engine: options.engine, tuning: options.tuning)
-        let mapWriter: HashMapWriter
+        // What can say what changed: its answer, or why it cannot (then the source is scanned).
+        var found = options.rescan && previous != nil ? ChangeSources.rescan : ChangeSources.scan
+        var answer: (any ChangedRanges)?
+        var cannot: String?
+        var oldMap: PriorHashes?
+        var healing: [Range<UInt64>] = []
+        if let m = previous { (oldMap, healing) = try HeadMap.forCapture(chain, m, maxWindowBlocks: options.tuning.maxWindowBlocks, notice: notice) }
+        if previous == nil {
+            cannot = "this is the chain's first capture"
+        } else if options.rescan {
+            cannot = nil
+        } else if let changeSource, let m = previous {
+            if oldMap == nil {
+                cannot = "the newest point's hashes cannot be read"
+            } else {
+                switch try changeSource.changes(since: m) {
+                case .changes(let ranges): answer = ranges
+                case .cannot(let why): cannot = why
+                }
+            }
+        } else {
+            cannot = "nothing says what changed in \(sourcePath) (--snapshot reflink does, for an image file on XFS or btrfs)"
+        }
+        if answer == nil, !options.rescan, let cannot {
+            if options.requireChangeSource {
+                changeSource?.abandon()
+                throw ChainError.noChangeSource(cannot)
+            }
+            if previous != nil && changeSource != nil { notice("\(cannot): scanning the whole source") }
+        }
+        if answer != nil, let changeSource { found = changeSource.name }
+
+        var missedAt: UInt64?
+        var attempt: (finished: ImageHeader, stats: CapturePipeline.Stats)?
         do {
-            mapWriter = try HashMapWriter(
-                store: chain.store, name: mapName,
-                header: HashMapHeader(blockSize: blockSize, sourceSize: source.size, chainID: chainID, imageID: header.imageID, point: point),
-                keys: keys)
+            if let answer {
+                let plan = ChangePlan(
+                    size: source.size, requestSize: max(options.requestSize / Int(blockSize), 1) * Int(blockSize),
+                    unit: max(Int(blockSize), source.alignment), changed: answer,
+                    heal: healing.map { $0.lowerBound * UInt64(blockSize)..<min($0.upperBound * UInt64(blockSize), source.size) },
+                    samplePercent: options.checkUnchanged, seed: options.sampleSeed ?? UInt64.random(in: 0...UInt64.max))
+                do {
+                    attempt = try captureOnce(
+                        source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,
+                        map: nil, plan: plan, progress: progress, window: window)
+                } catch let miss as CapturePipeline.MissedChange {
+                    missedAt = miss.offset
+                    notice("\(found) called the block at byte \(miss.offset) unchanged, and it changed: it missed writes; scanning the whole source")
+                    found = ChangeSources.scanAfterMiss
+                    (oldMap, _) = try HeadMap.forCapture(chain, previous!, maxWindowBlocks: options.tuning.maxWindowBlocks, notice: { _ in })
+                }
+            }
+            if answer == nil || missedAt != nil {
+                let map = HashMapHeader(blockSize: blockSize, sourceSize: source.size, chainID: chainID, imageID: header.imageID, point: point)
+                attempt = try captureOnce(
+                    source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,
+                    map: map, plan: nil, progress: progress, window: window)
+            }
         } catch {
-            writer.abandon()
+            changeSource?.abandon()
             throw error
         }
-        let finished: ImageHeader
-        let stats: CapturePipeline.Stats
-        do {
-            let pipeline = try CapturePipeline(
-                source: source, queue: queue, blockSize: Int(blockSize), options: options, oldMap: oldMap,
-                image: writer, newMap: mapWriter, progress: progress)
-            try window?.begin()
-            defer { window?.end() }
-            stats = try pipeline.run()
-            window?.end()
-            finished = try writer.finish()
-            try mapWriter.finish()
-            try chain.store.syncPublished()
-        } catch {
-            writer.abandon()
-            mapWriter.abandon()
-            throw wrap(error)
-        }
+        let (finished, stats) = attempt!
         if let late = oldMap?.lateNotice { notice(late) }
         let entry = ManifestEntry(
             file: imageName, imageID: finished.imageID, kind: finished.kind, firstPoint: point, lastPoint: point,
             createdAt: finished.createdAt, bytesRead: stats.bytesRead, bytesStored: finished.fileSize,
             blocksChanged: stats.blocksChanged)
-        var next = ChainManifest(
-            chainID: chainID, blockSize: blockSize, sourceSize: source.size, nextPoint: point + 1,
-            images: (previous?.images ?? []) + [entry], hashMapFile: mapName)
+        var next = previous ?? ChainManifest(chainID: chainID, blockSize: blockSize, sourceSize: source.size, nextPoint: point, images: [], hashMapFile: mapName)
+        next.nextPoint = point + 1
+        next.images.append(entry)
+        if found == changeSource?.name, let m = previous {
+            // No map written: the map stays, and this image lies over it with the others after its point.
+            next.hashMapPoint = m.hashMapPoint ?? m.images.last!.lastPoint
+        } else {
+            next.hashMapFile = mapName
+            next.hashMapPoint = nil
+        }
+        next.changeSources[point] = found
         next.keyFile = keys == nil ? nil : ChainKeyFile.fileName
-        do { try chain.commit(next) } catch { throw wrap(error) }
-        return CaptureResult(
+        changeSource?.willCommit(&next)
+        do { try chain.commit(next) } catch {
+            changeSource?.abandon()
+            throw wrap(error)
+        }
+        changeSource?.didCommit(next)
+        var result = CaptureResult(
             point: point, kind: finished.kind, sourceBytes: source.size, bytesRead: stats.bytesRead,
             blocksChanged: stats.blocksChanged, bytesStored: finished.fileSize,
             seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: queue.engineName, image: imageName,
             unreadableBlocks: stats.unreadableBlocks,
             unreadableRanges: stats.unreadableRanges.map { $0.lowerBound * UInt64(blockSize)..<min(source.size, $0.upperBound * UInt64(blockSize)) },
-            blocksHealed: healing)
+            blocksHealed: healing.reduce(0) { $0 + UInt64($1.count) })
+        result.changeSource = found
+        result.bytesSampled = stats.bytesSampled
+        result.missedChangeAt = missedAt
+        return result
+    }
+
+    /// One pass of the pipeline into a new image (and, with `map`, a new hash map), both published but not yet
+    /// committed; on failure both are abandoned. The bytes read by a pass abandoned for a missed change are
+    /// not counted in the next.
+    private static func captureOnce(
+        _ source: BlockSource, chain: Chain, header: ImageHeader, keys: ChainKeys?, queue: IOQueue, options: CaptureOptions,
+        oldMap: PriorHashes?, map: HashMapHeader?, plan: ReadPlan?, progress: ProgressHandler?, window: FreezeWindow?
+    ) throws -> (ImageHeader, CapturePipeline.Stats) {
+        let imageName = Chain.imageName(first: header.firstPoint, last: header.lastPoint)
+        // At most every block stored raw, with its hash, plus the index: the source's size and a little.
+        let writer = try ImageWriter(
+            store: chain.store, name: imageName, header: header, keys: keys, expectedSize: header.sourceSize + header.sourceSize / 64 + (64 << 20),
+            engine: options.engine, tuning: options.tuning)
+        let mapWriter: HashMapWriter?
+        do {
+            mapWriter = try map.map { try HashMapWriter(store: chain.store, name: Chain.hashMapName(point: $0.point), header: $0, keys: keys) }
+        } catch {
+            writer.abandon()
+            throw error
+        }
+        do {
+            let pipeline = try CapturePipeline(
+                source: source, queue: queue, blockSize: Int(header.blockSize), options: options, oldMap: oldMap,
+                image: writer, newMap: mapWriter, plan: plan, progress: progress)
+            try window?.begin()
+            defer { window?.end() }
+            let stats = try pipeline.run()
+            window?.end()
+            let finished = try writer.finish()
+            try mapWriter?.finish()
+            try chain.store.syncPublished()
+            return (finished, stats)
+        } catch {
+            writer.abandon()
+            mapWriter?.abandon()
+            if error is CapturePipeline.MissedChange { throw error }
+            throw wrap(error)
+        }
     }
 }
 

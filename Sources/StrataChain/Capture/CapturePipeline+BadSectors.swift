@@ -9,7 +9,7 @@ extension CapturePipeline {
     /// Reads a chunk whose read failed again, in halves down to the source's logical block size, and records
     /// the blocks that stay unreadable (zeroed in the slot). Synchronous: bad sectors are rare and slow anyway.
     func rescue(_ slot: Int) throws {
-        let chunkOffset = UInt64(slotChunk[slot]) * UInt64(requestSize)
+        let chunkOffset = slotOffset[slot]
         let valid = slotBytes[slot]
         let unit = source.alignment
         let base = slots.slot(slot)

@@ -28,7 +28,17 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         /// Blocks the source could not deliver, and where (block ranges, merged).
         var unreadableBlocks: UInt64 = 0
         var unreadableRanges: [Range<UInt64>] = []
+        /// Bytes read to check the change source's answer.
+        var bytesSampled: UInt64 = 0
     }
+
+    /// A sampled block's hash differs from the map's: the change source called it unchanged and it is not.
+    struct MissedChange: Error {
+        var offset: UInt64
+    }
+
+    /// A piece of the plan, ready for the coordinator: read into a slot, or a hole (no slot); nil: the plan's end.
+    private typealias Ready = (piece: ReadPiece, slot: Int?)?
 
     private enum Job {
         case hash(slot: Int)
@@ -43,14 +53,18 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
     private let oldMap: PriorHashes?
     private let forcedChange: (@Sendable (UInt64) -> Bool)?
     private let image: ImageWriter
-    private let newMap: HashMapWriter
+    private let newMap: HashMapWriter?
+    private let plan: ReadPlan
     private let progress: ProgressHandler?
 
     // Read slots: one chunk of the source each, plus the hashes of its blocks.
     let slots: AlignedSlab
     private let slotHashes: UnsafeMutablePointer<BlockHash>
+    private let holeHashes: UnsafeMutablePointer<BlockHash>  // a hole's, where no map is written
     private let blocksPerSlot: Int
-    let slotChunk: PerSlot<Int>
+    let slotOffset: PerSlot<UInt64>  // where in the source the slot's piece starts
+    private let slotSequence: PerSlot<Int>
+    private let slotPiece: PerSlot<ReadPiece>
     let slotBytes: PerSlot<Int>
     let slotUnreadable: PerSlot<[Int]>  // blocks of the slot's chunk that could not be read
 
@@ -72,18 +86,18 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
     private static let coordinator = 0, writer = 1, reader = 2
     private var freeSlots: [Int]
     private var freeFrames: [Int]
-    private var readyChunks: [Int: Int?] = [:]  // chunk -> its slot; nil: a hole
+    private var readyPieces: [Int: Ready] = [:]  // by the piece's place in the plan
     private var doneFrames: [Int: Int] = [:]  // frame sequence -> buffer
     private let jobs = WorkQueue<Job>()
     private var bytesRead: UInt64 = 0
-    private var consumedChunks = 0
+    private var consumedPieces = 0
 
-    private let chunkCount: Int
-    private let dataChunks: [Range<Int>]
-
+    /// `plan`: what to read (nil: the whole source, holes skipped). `newMap`: nil when the capture writes no map
+    /// (a change source's capture: docs/FORMAT.md, "Hash map"); then a sampled block that differs from `oldMap`
+    /// fails the run with `MissedChange`.
     init(
         source: BlockSource, queue: IOQueue, blockSize: Int, options: CaptureOptions, oldMap: PriorHashes?,
-        image: ImageWriter, newMap: HashMapWriter, progress: ProgressHandler?
+        image: ImageWriter, newMap: HashMapWriter?, plan: ReadPlan? = nil, progress: ProgressHandler?
     ) throws {
         self.source = source
         self.queue = queue
@@ -100,7 +114,10 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         slots = AlignedSlab(slotSize: requestSize, slotCount: slotCount, alignment: alignment)
         blocksPerSlot = requestSize / blockSize
         slotHashes = .allocate(capacity: slotCount * blocksPerSlot)
-        slotChunk = PerSlot(repeating: 0, count: slotCount)
+        holeHashes = .allocate(capacity: blocksPerSlot)
+        slotOffset = PerSlot(repeating: 0, count: slotCount)
+        slotSequence = PerSlot(repeating: 0, count: slotCount)
+        slotPiece = PerSlot(repeating: ReadPiece(offset: 0, length: 0), count: slotCount)
         slotBytes = PerSlot(repeating: 0, count: slotCount)
         slotUnreadable = PerSlot(repeating: [], count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
@@ -113,12 +130,19 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         frameSequence = PerSlot(repeating: 0, count: frameCount)
         freeFrames = Array((0..<frameCount).reversed())
 
-        chunkCount = Int((source.size + UInt64(requestSize) - 1) / UInt64(requestSize))
-        let rs = UInt64(requestSize)
-        dataChunks = try source.dataRanges(granule: rs).map { Int($0.lowerBound / rs)..<Int(($0.upperBound + rs - 1) / rs) }
+        if let plan {
+            self.plan = plan
+        } else {
+            let rs = UInt64(requestSize)
+            let data = try source.dataRanges(granule: rs).map { Int($0.lowerBound / rs)..<Int(($0.upperBound + rs - 1) / rs) }
+            self.plan = ScanPlan(size: source.size, requestSize: requestSize, dataChunks: data)
+        }
     }
 
-    deinit { slotHashes.deallocate() }
+    deinit {
+        slotHashes.deallocate()
+        holeHashes.deallocate()
+    }
 
     /// Runs the capture to the end of the source; the image and map writers hold the result.
     func run() throws -> Stats {
@@ -144,32 +168,33 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         let pump = IOPump(queue: queue, maxTags: slots.slotCount)
         if let uring = queue as? URingQueue { uring.register(base: slots.base, length: slots.byteCount) }
         defer { (queue as? URingQueue)?.unregister(base: slots.base) }
-        let size = source.size
         let alignment = UInt64(source.alignment)
-        var rangeIndex = 0
         // Reads in flight are finished while waiting: the coordinator may be waiting for one of them.
         let inFlight = { pump.inFlight > 0 }
         let finishOne = { try self.complete(pump.nextOutcome()) }
         do {
-            for chunk in 0..<chunkCount {
-                while rangeIndex < dataChunks.count && dataChunks[rangeIndex].upperBound <= chunk { rangeIndex += 1 }
-                let isData = rangeIndex < dataChunks.count && dataChunks[rangeIndex].contains(chunk)
-                if !isData {
+            var seq = 0
+            while let piece = try plan.next() {
+                defer { seq += 1 }
+                if piece.hole {
                     // Holes need no slot; bound how far ahead of the coordinator they are announced.
-                    try stages.wait(on: Self.reader, until: { chunk < consumedChunks + slots.slotCount }, pending: inFlight, work: finishOne)
-                    stages.update(waking: Self.coordinator) { readyChunks.updateValue(nil, forKey: chunk) }
+                    try stages.wait(on: Self.reader, until: { seq < consumedPieces + slots.slotCount }, pending: inFlight, work: finishOne)
+                    stages.update(waking: Self.coordinator) { readyPieces.updateValue((piece, nil), forKey: seq) }
                     continue
                 }
                 let slot = try stages.wait(on: Self.reader, for: { freeSlots.popLast() }, pending: inFlight, work: finishOne)
-                let offset = UInt64(chunk) * UInt64(requestSize)
-                let valid = Int(min(UInt64(requestSize), size - offset))
-                let length = Int((UInt64(valid) + alignment - 1) / alignment * alignment)
-                slotChunk[slot] = chunk
-                slotBytes[slot] = valid
-                pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: source.physical(offset), tag: slot)
+                let length = Int((UInt64(piece.length) + alignment - 1) / alignment * alignment)
+                slotOffset[slot] = piece.offset
+                slotBytes[slot] = piece.length
+                slotPiece[slot] = piece
+                slotSequence[slot] = seq
+                pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: source.physical(piece.offset), tag: slot)
                 if pump.inFlight >= options.queueDepth { try complete(pump.nextOutcome()) }
             }
             while pump.inFlight > 0 { try complete(pump.nextOutcome()) }
+            let end = seq
+            try stages.wait(on: Self.reader, until: { end < consumedPieces + slots.slotCount })
+            stages.update(waking: Self.coordinator) { readyPieces.updateValue(nil, forKey: end) }
         } catch {
             while pump.inFlight > 0 { _ = pump.nextOutcome() }  // before the slots can go
             throw wrap(error)
@@ -181,14 +206,14 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         let valid = slotBytes[slot]
         slotUnreadable[slot].removeAll()
         if let error = done.error {
-            let at = UInt64(slotChunk[slot]) * UInt64(requestSize) + UInt64(done.bytes)
+            let at = slotOffset[slot] + UInt64(done.bytes)
             guard error.isMediaError else { throw error }
             guard options.maxBadBlocks > 0 else {
                 throw ChainError.sourceReadError(path: source.path, offset: at / UInt64(source.alignment) * UInt64(source.alignment), reason: error.reason)
             }
             try rescue(slot)
         } else if done.bytes < valid {
-            throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(UInt64(slotChunk[slot]) * UInt64(requestSize) + UInt64(done.bytes))")
+            throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(slotOffset[slot] + UInt64(done.bytes))")
         }
         let tail = (valid + blockSize - 1) / blockSize * blockSize
         if tail > valid { (slots.slot(slot) + valid).initializeMemory(as: UInt8.self, repeating: 0, count: tail - valid) }
@@ -207,7 +232,7 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                 let blocks = (slotBytes[slot] + blockSize - 1) / blockSize
                 for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
                 for b in slotUnreadable[slot] { hashes[b] = .unreadable }
-                stages.update(waking: Self.coordinator) { readyChunks[slotChunk[slot]] = slot }
+                stages.update(waking: Self.coordinator) { readyPieces[slotSequence[slot]] = (slotPiece[slot], slot) }
             case .compress(let buffer):
                 compressFrame(buffer, compressor: compressor)
             }
@@ -252,31 +277,41 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
     private var currentFill = 0
 
     private func coordinate(_ stats: inout Stats) throws {
-        let blockCount = blockCountFor(sourceSize: source.size, blockSize: UInt32(blockSize))
-        let blocksPerChunk = UInt64(blocksPerSlot)
-        var changed: UInt64 = 0
-        for chunk in 0..<chunkCount {
-            let slot = try stages.wait(on: Self.coordinator, for: { readyChunks.removeValue(forKey: chunk) })
-            let first = UInt64(chunk) * blocksPerChunk
-            let count = Int(min(blocksPerChunk, blockCount - first))
+        let checking = newMap == nil
+        var changed: UInt64 = 0, sampled: UInt64 = 0
+        var seq = 0
+        while true {
+            let ready: Ready = try stages.wait(on: Self.coordinator, for: { readyPieces.removeValue(forKey: seq) })
+            guard let (piece, slot) = ready else { break }
+            let first = piece.offset / UInt64(blockSize)
+            let count = (piece.length + blockSize - 1) / blockSize
             let data = slot.map { slots.slot($0) }
-            let hashes = newMap.reserve(count)
+            // The piece's hashes: in the new map where one is written, else in the slot's own room.
+            let hashes: UnsafeMutablePointer<BlockHash>
+            if let newMap { hashes = newMap.reserve(count) } else { hashes = slot.map { slotHashes + $0 * blocksPerSlot } ?? holeHashes }
             if let slot {
-                hashes.update(from: slotHashes + slot * blocksPerSlot, count: count)
+                if newMap != nil { hashes.update(from: slotHashes + slot * blocksPerSlot, count: count) }
             } else {
                 hashes.update(repeating: .zero, count: count)
             }
             let old = try oldMap?.hashes(from: first, count: count)
+            if piece.sample {
+                sampled += UInt64(piece.length)
+                if let old, let miss = (0..<count).first(where: { old[$0] != hashes[$0] && old[$0] != .damaged && old[$0] != .unreadable }) {
+                    throw MissedChange(offset: (first + UInt64(miss)) * UInt64(blockSize))
+                }
+            }
             if let slot, try frameInPlace(slot: slot, first: first, count: count, hashes: hashes, old: old) {
                 changed += UInt64(count)
-                try newMap.commit(count)
-                stages.update(waking: Self.reader) { consumedChunks = chunk + 1 }  // the slot is freed when its frame is sealed
-                progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
+                try newMap?.commit(count)
+                stages.update(waking: Self.reader) { consumedPieces = seq + 1 }  // the slot is freed when its frame is sealed
+                progress?(min(piece.offset + UInt64(piece.length), source.size), source.size)
+                seq += 1
                 continue
             }
             var i = 0
             while i < count {
-                if let old, old[i] == hashes[i], forcedChange.map({ !$0(first + UInt64(i)) }) ?? true {
+                if let old, old[i] == hashes[i], checking || (forcedChange.map({ !$0(first + UInt64(i)) }) ?? true) {
                     i += 1
                     continue
                 }
@@ -293,17 +328,19 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                     i += 1
                 }
             }
-            try newMap.commit(count)
+            try newMap?.commit(count)
             stages.update(waking: Self.reader) {
                 if let slot { freeSlots.append(slot) }
-                consumedChunks = chunk + 1
+                consumedPieces = seq + 1
             }
-            progress?(min(UInt64(chunk + 1) * UInt64(requestSize), source.size), source.size)
+            progress?(min(piece.offset + UInt64(piece.length), source.size), source.size)
+            seq += 1
         }
         if currentFrame != nil { try dispatchFrame() }
         stages.update(waking: Self.writer) { allDispatched = true }
         try stages.wait(on: Self.coordinator, until: { nextFrameToWrite == framesDispatched })
         stats.blocksChanged = changed
+        stats.bytesSampled = sampled
     }
 
     /// When the chunk is exactly one frame of changed, non-zero, readable blocks, dispatches a frame whose blocks

@@ -186,6 +186,8 @@ public final class Chain {
     /// no longer names. Every object `next` names must have been published and `syncPublished` called.
     func commit(_ next: ChainManifest) throws {
         precondition(access != .read, "readers change nothing")
+        var next = next
+        next.dropRecordsOfUnlistedPoints()
         let bytes = next.encode()
         // A manifest this run could not read back is a bug in this run: refuse it rather than commit it.
         guard (try? ChainManifest.decode(bytes)) == next else {

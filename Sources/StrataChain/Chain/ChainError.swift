@@ -65,6 +65,8 @@ public enum ChainError: Error, Equatable, Sendable {
     case storeRefused(location: String, reason: String, todo: String)
     /// `sync` into a place that is not an earlier copy of the source.
     case syncRefused(target: String, detail: String)
+    /// `--require-change-source`, and nothing could say what changed: why.
+    case noChangeSource(String)
     public enum Role: String, Sendable { case source, target }
 }
 
@@ -144,6 +146,8 @@ extension ChainError: CustomStringConvertible {
         case .storeUnreachable(let l, let r):
             return "cannot reach the store of \(l): \(r); the chain was not changed: check the endpoint (AWS_ENDPOINT_URL) and the network, and try again"
         case .storeRefused(let l, let r, let t): return "the store of \(l) refused: \(r); nothing was done: \(t)"
+        case .noChangeSource(let why):
+            return "cannot read only what changed: \(why); with --require-change-source nothing was written: capture without it to scan the whole source"
         case .syncRefused(let t, let d):
             return "will not sync into \(t): \(d); nothing was changed: sync into an empty place, or remove what is there first"
         }
@@ -159,7 +163,7 @@ extension ChainError: CustomStringConvertible {
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
         case .chainInUse, .chainChanged, .mountBusy: return 75  // EX_TEMPFAIL
         case .sourceMounted, .targetInUse, .partOfChain, .sourceHoldsChain, .targetExists, .syncRefused: return 77  // refused for safety
-        case .engineUnavailable, .machineLacks, .cannotFreeze, .cannotSnapshot: return 69  // EX_UNAVAILABLE
+        case .engineUnavailable, .machineLacks, .cannotFreeze, .cannotSnapshot, .noChangeSource: return 69  // EX_UNAVAILABLE
         case .keyNeeded, .wrongKey, .keyFileUnusable: return 67  // EX_NOUSER: "no such key"; not damage
         case .storeUnreachable: return 69  // EX_UNAVAILABLE
         case .storeRefused: return 77  // EX_NOPERM

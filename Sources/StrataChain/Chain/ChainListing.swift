@@ -12,6 +12,9 @@ public struct PointInfo: Sendable, Equatable {
     public var bytesStored: UInt64
     public var blocksChanged: UInt64
     public var file: String
+    /// What found the point's changes (`scan`, `rescan`, `reflink`, ...); nil where the chain does not say
+    /// (points captured before it was recorded: scans).
+    public var changeSource: String? = nil
 }
 
 public struct ChainListing: Sendable, Equatable {
@@ -27,7 +30,7 @@ public struct ChainListing: Sendable, Equatable {
             points: m.images.map {
                 PointInfo(
                     point: $0.point, kind: $0.kind, firstPoint: $0.firstPoint, createdAt: $0.createdAt, bytesRead: $0.bytesRead,
-                    bytesStored: $0.bytesStored, blocksChanged: $0.blocksChanged, file: $0.file)
+                    bytesStored: $0.bytesStored, blocksChanged: $0.blocksChanged, file: $0.file, changeSource: m.changeSources[$0.point])
             })
     }
 }

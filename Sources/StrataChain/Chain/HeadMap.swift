@@ -27,16 +27,32 @@ enum HeadMap {
         }
     }
 
-    /// The head map's file, its header checked: it must be the newest point's, of this chain and source.
+    /// The map's file, its header checked: it must be of this chain and source, and of the newest point, or of
+    /// the point the manifest names (`hashMapPoint`; where that point's image is still listed, of that image).
     static func open(_ store: ChainStore, _ m: ChainManifest, keys: ChainKeys?) throws -> HashMapReader {
         let file = try HashMapReader(store: store, name: m.hashMapFile, keys: keys)
-        guard file.header.imageID == m.images.last!.imageID, file.header.chainID == m.chainID,
-            file.header.sourceSize == m.sourceSize, file.header.blockSize == m.blockSize
-        else { throw ChainError.damaged(file: m.hashMapFile, detail: "it is not the newest point's") }
+        let h = file.header
+        guard h.chainID == m.chainID, h.sourceSize == m.sourceSize, h.blockSize == m.blockSize else {
+            throw ChainError.damaged(file: m.hashMapFile, detail: "it is not this chain's")
+        }
+        if let point = m.hashMapPoint {
+            let image = m.images.first { $0.lastPoint == point }
+            guard h.point == point, image.map({ $0.imageID == h.imageID }) ?? true else {
+                throw ChainError.damaged(file: m.hashMapFile, detail: "it is not point \(point)'s")
+            }
+        } else {
+            guard h.imageID == m.images.last!.imageID else { throw ChainError.damaged(file: m.hashMapFile, detail: "it is not the newest point's") }
+        }
         return file
     }
 
-    /// What a capture compares with, and how many blocks it will heal: the head map's file, its header checked
+    /// The images that lie over the map: those of the points after the map's (none when it is the newest point's).
+    static func overlay(_ m: ChainManifest) -> ArraySlice<ManifestEntry> {
+        guard let point = m.hashMapPoint else { return [] }
+        return m.images.drop { $0.lastPoint <= point }
+    }
+
+    /// What a capture compares with, and the blocks it will heal: the head map's file, its header checked
     /// now and each chunk's checksum as the capture reads it, and where either fails, the newest point's hashes
     /// rebuilt from its images (one notice; a map found damaged mid-way switches there, and its notice comes
     /// with `PriorHashes.lateNotice`). Blocks the newest point takes from recorded damaged frames read as
@@ -45,7 +61,7 @@ enum HeadMap {
     /// `maxWindowBlocks`: the rebuild's walk's windows (`Tuning`'s).
     static func forCapture(
         _ chain: Chain, _ m: ChainManifest, maxWindowBlocks: UInt64 = .max, notice: (String) -> Void
-    ) throws -> (map: PriorHashes?, healing: UInt64) {
+    ) throws -> (map: PriorHashes?, healing: [Range<UInt64>]) {
         let blockCount = blockCountFor(sourceSize: m.sourceSize, blockSize: m.blockSize)
         let newest = m.images.last!.lastPoint
         let storeEverything = "this capture compares nothing and stores every non-zero block"
@@ -57,10 +73,10 @@ enum HeadMap {
                 runs = try damagedRuns(opened!, record)
             } catch {
                 notice("the newest point's images cannot be read (\(Verify.describe(error))): \(storeEverything)")
-                return (nil, 0)
+                return (nil, [])
             }
         }
-        let healing = runs.reduce(0) { $0 + UInt64($1.count) }
+        let healing = runs
         let damaged = runs
         let rebuild = { () throws -> RebuiltHashes in
             let rebuilt = try RebuiltHashes(chain.store, opened ?? chain.openPoint(newest), blockCount: blockCount, maxWindowBlocks: maxWindowBlocks)
@@ -70,7 +86,13 @@ enum HeadMap {
         do {
             let file = try open(chain.store, m, keys: chain.keys)
             file.damagedRuns = damaged
-            return (HeadMapHashes(file: file, name: m.hashMapFile, rebuild: rebuild), healing)
+            let map = HeadMapHashes(file: file, name: m.hashMapFile, rebuild: rebuild)
+            guard let point = m.hashMapPoint, !overlay(m).isEmpty else { return (map, healing) }
+            // The images after the map's point, newest winning, over it: the newest point's hashes.
+            let images = try chain.openImages(forPoint: newest, from: point + 1)
+            let overlaid = try RebuiltHashes(chain.store, images, blockCount: blockCount, maxWindowBlocks: maxWindowBlocks, base: map)
+            overlaid.damagedRuns = damaged
+            return (overlaid, healing)
         } catch {
             let problem = "\(m.hashMapFile): \(Verify.describe(error))"
             do {
@@ -79,7 +101,7 @@ enum HeadMap {
                 return (rebuilt, healing)
             } catch {
                 notice("\(problem), and the newest point's images cannot be read (\(Verify.describe(error))): \(storeEverything)")
-                return (nil, 0)
+                return (nil, [])
             }
         }
     }
@@ -106,11 +128,16 @@ enum HeadMap {
         return runs
     }
 
-    /// Writes the head map of `m`'s newest point anew from that point's images and publishes it under the name
-    /// `m` gives it (replacing a damaged one in one rename).
-    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ images: [ImageFile], keys: ChainKeys?) throws {
+    /// Writes the head map of `m`'s newest point anew from that point's images and publishes it (replacing a
+    /// damaged one in one rename). Returns the manifest that names it: `m` itself where `m` named the newest
+    /// point's map, else one to commit (the old map then goes as a leftover).
+    @discardableResult
+    static func rebuild(_ store: ChainStore, _ m: ChainManifest, _ images: [ImageFile], keys: ChainKeys?) throws -> ChainManifest {
         let newest = m.images.last!
-        let name = m.hashMapFile
+        var next = m
+        next.hashMapPoint = nil
+        if m.hashMapPoint != nil { next.hashMapFile = Chain.hashMapName(point: newest.lastPoint) }
+        let name = next.hashMapFile
         let header = HashMapHeader(blockSize: m.blockSize, sourceSize: m.sourceSize, chainID: m.chainID, imageID: newest.imageID, point: newest.lastPoint)
         let hashes = try RebuiltHashes(store, images, blockCount: header.blockCount)
         let writer = try HashMapWriter(store: store, name: name, header: header, keys: keys)
@@ -129,6 +156,7 @@ enum HeadMap {
             writer.abandon()
             throw error
         }
+        return next
     }
 }
 
@@ -192,9 +220,10 @@ func markDamaged(_ hashes: UnsafeMutablePointer<BlockHash>, first: UInt64, end: 
 
 /// The newest point's block hashes produced from its images, chunk by chunk, as a map file would give them:
 /// zero and unreadable extents from the index, data extents from the hash table at the head of their frame. The
-/// point is walked a window at a time (PointWalk), its frames' tables read ahead within the window.
+/// point is walked a window at a time (PointWalk), its frames' tables read ahead within the window. With a
+/// `base` (an older point's map), the images are those after it, and blocks none of them holds take the base's.
 final class RebuiltHashes: PriorHashes {
-    var lateNotice: String? { nil }
+    var lateNotice: String? { base?.lateNotice }
     private let walk: PointWalk
     private let frames: FrameReader
     private let store: ChainStore
@@ -205,13 +234,15 @@ final class RebuiltHashes: PriorHashes {
     private let buffer: UnsafeMutablePointer<BlockHash>
     private var chunk = -1
     private var extent = 0
+    private let base: PriorHashes?
     var damagedRuns: [Range<UInt64>] = []
 
-    init(_ store: ChainStore, _ images: [ImageFile], blockCount: UInt64, maxWindowBlocks: UInt64 = .max) throws {
+    init(_ store: ChainStore, _ images: [ImageFile], blockCount: UInt64, maxWindowBlocks: UInt64 = .max, base: PriorHashes? = nil) throws {
         self.images = images
         self.store = store
         self.blockCount = blockCount
-        walk = PointWalk(images, maxBlocks: maxWindowBlocks)
+        self.base = base
+        walk = PointWalk(images, maxBlocks: maxWindowBlocks, underlay: base != nil)
         frames = FrameReader(images)
         buffer = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
     }
@@ -244,6 +275,12 @@ final class RebuiltHashes: PriorHashes {
             let e = window[extent]
             let n = Int(min(e.endBlock, end) - b)
             let out = buffer + Int(b - first)
+            if e.image == PointWalk.base {
+                out.update(from: try base!.hashes(from: b, count: n), count: n)
+                b += UInt64(n)
+                if b == e.endBlock { extent += 1 }
+                continue
+            }
             switch e.kind {
             case .zero: out.update(repeating: .zero, count: n)
             case .unreadable: out.update(repeating: .unreadable, count: n)

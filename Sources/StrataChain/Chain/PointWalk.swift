@@ -18,13 +18,18 @@ final class PointWalk {
     private var layers: [[ExtentRecord]]
     /// The first block of the next window.
     private(set) var position: UInt64
+    /// Whether the images lie over a base that covers every block (an older point's hash map): the first image
+    /// need not be full, and blocks no image covers resolve to `image == PointWalk.base`.
+    private let underlay: Bool
+    static let base = UInt32.max
 
     /// Walks blocks `block..<end` (end nil: to the end of the source), in windows of at most `maxBlocks` blocks
     /// (tests make them small, through `Tuning`, to cross many windows).
     init(
         _ images: [ImageFile], from block: UInt64 = 0, to end: UInt64? = nil, extents: Int = PointWalk.defaultExtents,
-        maxBlocks: UInt64 = .max
+        maxBlocks: UInt64 = .max, underlay: Bool = false
     ) {
+        self.underlay = underlay
         self.images = images
         cursors = images.map { ExtentCursor($0.index, from: block) }
         let blocks = images.first?.header.blockCount ?? 0
@@ -44,8 +49,21 @@ final class PointWalk {
             layers[k].removeAll(keepingCapacity: true)
             try cursors[k].take(upTo: end, into: &layers[k])
         }
+        let start = position
         position = end
-        return ExtentResolver.resolve(layers)
+        guard underlay else { return ExtentResolver.resolve(layers) }
+        var base: [ExtentRecord] = []
+        var at = start
+        while at < end {
+            let n = UInt32(min(end - at, UInt64(UInt32.max)))
+            base.append(ExtentRecord(firstBlock: at, blockCount: n, kind: .zero))
+            at += UInt64(n)
+        }
+        return ExtentResolver.resolve([base] + layers).map {
+            var e = $0
+            e.image = e.image == 0 ? Self.base : e.image - 1
+            return e
+        }
     }
 
     /// Calls `body` with every resolved extent of the point, in block order.

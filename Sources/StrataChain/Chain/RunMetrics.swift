@@ -17,6 +17,11 @@ public struct RunMetrics: Sendable {
     public var seconds: Double
     public var bytesRead: UInt64
     public var bytesStored: UInt64
+    /// A capture's: what found its changes, the bytes it read to check them, and whether that check found writes
+    /// the change source missed.
+    public var changeSource: String? = nil
+    public var bytesSampled: UInt64? = nil
+    public var missedChanges: Bool? = nil
 
     public init(command: String, chain: String, success: Bool, exitCode: Int32, seconds: Double, bytesRead: UInt64 = 0, bytesStored: UInt64 = 0, finishedAt: UInt64 = Sys.wallClockSeconds) {
         (self.command, self.chain, self.success, self.exitCode) = (command, chain, success, exitCode)
@@ -38,6 +43,9 @@ public struct RunMetrics: Sendable {
         ("strata_last_run_duration_seconds", "How long the last run took."),
         ("strata_last_run_bytes_read", "Bytes the last run read (capture: of the source; verify: of the chain)."),
         ("strata_last_run_bytes_stored", "Bytes the last run wrote into the chain (capture: the new image; prune: the merged images)."),
+        ("strata_last_capture_change_source", "What found the last capture's changes (label source: scan, rescan, reflink, scan-after-missed-writes)."),
+        ("strata_last_capture_bytes_sampled", "Bytes the last capture read to check what its change source called unchanged."),
+        ("strata_last_capture_missed_changes", "1 if the last capture's check found writes its change source missed (it then scanned the whole source)."),
         ("strata_last_success_timestamp_seconds", "When the last successful run ended, seconds since the epoch (0: none recorded)."),
         ("strata_chain_points", "Points in the chain."),
         ("strata_chain_bytes_stored", "Bytes of the chain's images."),
@@ -75,7 +83,7 @@ public struct RunMetrics: Sendable {
             guard let brace = line.firstIndex(of: "{"), let close = line.lastIndex(of: "}"), let space = line.lastIndex(of: " "), close < space else { continue }
             let name = String(line[..<brace]), labels = String(line[line.index(after: brace)..<close]), value = String(line[line.index(after: space)...])
             if labels == mine && name == "strata_last_success_timestamp_seconds" { lastSuccess = value }
-            if labels == mine || labels == chainLabel { continue }
+            if labels == mine || labels.hasPrefix(mine + ",") || labels == chainLabel { continue }
             samples[name, default: []].append((labels, value))
         }
         func put(_ name: String, _ labels: String, _ value: String) { samples[name, default: []].append((labels, value)) }
@@ -85,6 +93,9 @@ public struct RunMetrics: Sendable {
         put("strata_last_run_duration_seconds", mine, Self.decimal(seconds))
         put("strata_last_run_bytes_read", mine, "\(bytesRead)")
         put("strata_last_run_bytes_stored", mine, "\(bytesStored)")
+        if let changeSource { put("strata_last_capture_change_source", mine + ",source=\"\(Self.escape(changeSource))\"", "1") }
+        if let bytesSampled { put("strata_last_capture_bytes_sampled", mine, "\(bytesSampled)") }
+        if let missedChanges { put("strata_last_capture_missed_changes", mine, missedChanges ? "1" : "0") }
         put("strata_last_success_timestamp_seconds", mine, success ? "\(finishedAt)" : (lastSuccess ?? "0"))
         if let listing {
             put("strata_chain_points", chainLabel, "\(listing.points.count)")

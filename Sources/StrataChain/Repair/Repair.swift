@@ -85,7 +85,8 @@ public enum Repair {
         }
         if !(options.dropDamaged && options.dryRun), let problem = HeadMap.problem(chain.store, manifest, keys: chain.keys) {
             try act("rebuild \(manifest.hashMapFile) (\(problem)) from the newest point's images") {
-                try HeadMap.rebuild(chain.store, manifest, chain.openPoint(manifest.images.last!.lastPoint), keys: chain.keys)
+                let next = try HeadMap.rebuild(chain.store, manifest, chain.openPoint(manifest.images.last!.lastPoint), keys: chain.keys)
+                if next != manifest { try chain.commit(next) }
             }
         }
         report.points = points
@@ -100,6 +101,7 @@ public enum Repair {
         }
         next.images.removeSubrange((end + 1)...)
         next.hashMapFile = Chain.hashMapName(point: kept)
+        next.hashMapPoint = nil
         next.nextPoint = kept + 1  // points follow on without a gap (the manifest's rule): the next capture is kept + 1
         try HeadMap.rebuild(chain.store, next, chain.openPoint(kept), keys: chain.keys)
         try chain.commit(next)

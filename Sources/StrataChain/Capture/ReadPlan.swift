@@ -1,0 +1,171 @@
+// What a capture reads, in order, as pieces of at most one request that never cross the request grid (so a
+// piece's hashes never straddle a hash-map chunk). A scan reads every chunk of the source, holes of a sparse file
+// announced as zeros without a read. With a change source's answer, it reads the ranges that can have changed
+// (widened to whole blocks and O_DIRECT units), the blocks the last verify found damaged, and a sample of the
+// rest: runs of `sampleRun` bytes chosen at random, each with the chance `--check-unchanged` gives, whose
+// hashes must equal the map's, or the source missed writes.
+import StrataIO
+
+struct ReadPiece: Equatable {
+    var offset: UInt64
+    var length: Int
+    /// A hole of a sparse file: zeros, not read.
+    var hole = false
+    /// Read to check blocks the change source called unchanged.
+    var sample = false
+}
+
+protocol ReadPlan: AnyObject {
+    /// The next piece in source order, or nil at the end.
+    func next() throws -> ReadPiece?
+}
+
+/// Every chunk of the source, holes (`dataChunks`, in chunks) announced without a read.
+final class ScanPlan: ReadPlan {
+    private let size: UInt64
+    private let requestSize: Int
+    private let dataChunks: [Range<Int>]
+    private let chunkCount: Int
+    private var chunk = 0
+    private var rangeIndex = 0
+
+    init(size: UInt64, requestSize: Int, dataChunks: [Range<Int>]) {
+        self.size = size
+        self.requestSize = requestSize
+        self.dataChunks = dataChunks
+        chunkCount = Int((size + UInt64(requestSize) - 1) / UInt64(requestSize))
+    }
+
+    func next() throws -> ReadPiece? {
+        guard chunk < chunkCount else { return nil }
+        defer { chunk += 1 }
+        while rangeIndex < dataChunks.count && dataChunks[rangeIndex].upperBound <= chunk { rangeIndex += 1 }
+        let isData = rangeIndex < dataChunks.count && dataChunks[rangeIndex].contains(chunk)
+        let offset = UInt64(chunk) * UInt64(requestSize)
+        return ReadPiece(offset: offset, length: Int(min(UInt64(requestSize), size - offset)), hole: !isData)
+    }
+}
+
+/// The changed ranges (and the damaged blocks to heal), widened to `unit`, and a sample of the rest.
+final class ChangePlan: ReadPlan {
+    static let sampleRun: UInt64 = 4 << 20
+
+    private let size: UInt64
+    private let requestSize: UInt64
+    private let unit: UInt64
+    private let changed: any ChangedRanges
+    private var heal: [Range<UInt64>]
+    private let threshold: UInt64  // a run is sampled when its hash is below this
+    private let seed: UInt64
+    private var position: UInt64 = 0
+    private var current: Range<UInt64>?  // the changed range at or after `position`
+    private var pendingChanged: Range<UInt64>?
+    private var changedDone = false
+    private var run: UInt64 = 0  // the next sample run to consider
+    private var sampleRange: Range<UInt64>?
+    /// Bytes planned: changed (with healing) and sampled.
+    private(set) var changedBytes: UInt64 = 0
+    private(set) var sampledBytes: UInt64 = 0
+
+    /// `samplePercent`: the share of the unchanged bytes to read as a check, 0-100. `heal`: byte ranges, sorted.
+    init(size: UInt64, requestSize: Int, unit: Int, changed: any ChangedRanges, heal: [Range<UInt64>], samplePercent: Double, seed: UInt64) {
+        self.size = size
+        self.requestSize = UInt64(requestSize)
+        self.unit = UInt64(unit)
+        self.changed = changed
+        self.heal = heal.reversed()
+        let share = min(max(samplePercent, 0), 100) / 100
+        threshold = share >= 1 ? .max : UInt64(share * Double(UInt64(1) << 53)) << 11
+        self.seed = seed
+    }
+
+    func next() throws -> ReadPiece? {
+        guard position < size else { return nil }
+        let c = try nextChanged()
+        let s = nextSample()
+        guard let start = [c?.lowerBound, s?.lowerBound].compactMap({ $0 }).min() else { return nil }
+        let gridEnd = (start / requestSize + 1) * requestSize
+        let piece: ReadPiece
+        if let c, c.contains(start) {
+            piece = ReadPiece(offset: start, length: Int(min(c.upperBound, gridEnd) - start))
+            changedBytes += UInt64(piece.length)
+        } else {
+            let end = min(s!.upperBound, c?.lowerBound ?? .max, gridEnd)
+            piece = ReadPiece(offset: start, length: Int(end - start), sample: true)
+            sampledBytes += UInt64(piece.length)
+        }
+        position = piece.offset + UInt64(piece.length)
+        return piece
+    }
+
+    /// The changed range at or after `position` (clipped to start there), widened to whole units.
+    private func nextChanged() throws -> Range<UInt64>? {
+        while true {
+            if let r = current, r.upperBound > position { return max(r.lowerBound, position)..<r.upperBound }
+            current = nil
+            guard var r = try pull() else { return nil }
+            // Join what touches or overlaps after widening: one range, so pieces never overlap.
+            while let following = try pull() {
+                if following.lowerBound <= r.upperBound {
+                    r = r.lowerBound..<max(r.upperBound, following.upperBound)
+                } else {
+                    pendingChanged = following
+                    break
+                }
+            }
+            current = r
+        }
+    }
+
+    /// The next changed or damaged range, widened, in order (both lists are sorted).
+    private func pull() throws -> Range<UInt64>? {
+        if pendingChanged == nil && !changedDone {
+            if let r = try changed.next() {
+                guard r.lowerBound <= r.upperBound, r.upperBound <= size else {
+                    throw ChainError.sourceUnavailable(path: "the change source", reason: "it named bytes \(r.lowerBound)..<\(r.upperBound), beyond the source's \(size)")
+                }
+                pendingChanged = r
+            } else {
+                changedDone = true
+            }
+        }
+        let pick: Range<UInt64>
+        if let h = heal.last, pendingChanged.map({ h.lowerBound <= $0.lowerBound }) ?? true {
+            pick = heal.removeLast()
+        } else if let p = pendingChanged {
+            pick = p
+            pendingChanged = nil
+        } else {
+            return nil
+        }
+        if pick.isEmpty { return try pull() }
+        let lo = pick.lowerBound / unit * unit
+        let hi = min((pick.upperBound + unit - 1) / unit * unit, size)
+        return lo..<hi
+    }
+
+    /// The sampled run at or after `position`, clipped to start there.
+    private func nextSample() -> Range<UInt64>? {
+        guard threshold > 0 else { return nil }
+        if let r = sampleRange, r.upperBound > position { return max(r.lowerBound, position)..<r.upperBound }
+        sampleRange = nil
+        run = max(run, position / Self.sampleRun)
+        while run * Self.sampleRun < size {
+            let k = run
+            run += 1
+            if mix(seed ^ k) <= threshold {
+                sampleRange = k * Self.sampleRun..<min((k + 1) * Self.sampleRun, size)
+                if sampleRange!.upperBound > position { return max(sampleRange!.lowerBound, position)..<sampleRange!.upperBound }
+            }
+        }
+        return nil
+    }
+
+    /// splitmix64's finaliser: a well-spread 64-bit hash of a run's number.
+    private func mix(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
