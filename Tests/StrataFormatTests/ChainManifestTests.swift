@@ -58,4 +58,26 @@ final class ChainManifestTests: XCTestCase {
             XCTAssertEqual($0 as? FormatError, .invalid("chain manifest source size is implausible"))
         }
     }
+
+    /// What a change source's captures add: the map's own point, what found each point's changes, the reflink
+    /// baseline's record. Written only where set (the v1 golden above has none of them); what is recorded of a
+    /// point no image makes any more is not written.
+    func testChangeRecordsRoundTripAndOlderManifestsHaveNone() throws {
+        var m = Fixtures.manifest
+        XCTAssertNil(m.hashMapPoint)
+        XCTAssertEqual(m.changeSources, [:])
+        m.hashMapPoint = 1
+        m.changeSources = [1: "scan", 2: "gone", 3: "reflink"]
+        m.reflinkBaseline = "3:131:40000:1796603683301309538"
+        let text = String(decoding: m.encode(), as: UTF8.self)
+        XCTAssertTrue(text.contains("\nhash-map-point 1\n"), text)
+        XCTAssertTrue(text.contains("\nreflink-baseline 3:131:40000:1796603683301309538\nchanges-1 scan\nchanges-3 reflink\nimage "), text)
+        XCTAssertFalse(text.contains("changes-2"), text)
+        m.dropRecordsOfUnlistedPoints()
+        XCTAssertEqual(try ChainManifest.decode(m.encode()), m)
+        m.hashMapPoint = 4
+        XCTAssertThrowsError(try ChainManifest.decode(m.encode())) {
+            XCTAssertEqual($0 as? FormatError, .invalid("chain manifest names a malformed hash map point"))
+        }
+    }
 }
