@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
 // Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
-// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount)}. The CLI imports StrataChain's and StrataBench's API only.
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount), CNBD (libnbd, NBD sources)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -29,6 +29,8 @@ let package = Package(
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // libnbd, the NBD client nbdcopy and virt-v2v use: captures from NBD exports (qemu-nbd, qemu-storage-daemon, nbdkit).
+        .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
         .target(name: "CXXH3"),
         // AES-256-GCM from OpenSSL's libcrypto, keys from libsodium (encrypted chains; Sources/CSeal/include/CSeal.h).
@@ -37,7 +39,7 @@ let package = Package(
         // @Sendable); each @unchecked Sendable left says in a line why it is safe. The tests are in Swift 5 mode.
         .target(name: "StrataFormat", swiftSettings: swift6),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"], swiftSettings: swift6),
-        .target(name: "StrataIO", dependencies: ["CURing", "CFuse"], swiftSettings: swift6),
+        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD"], swiftSettings: swift6),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
         .target(name: "StrataS3", dependencies: [
             "CSeal", "StrataIO", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),

@@ -54,6 +54,8 @@ public struct ChainManifest: Equatable, Sendable {
     public var changeSources: [UInt32: String] = [:]
     /// What identifies the reflink clone kept as the next capture's baseline (`--snapshot reflink`): opaque here.
     public var reflinkBaseline: String? = nil
+    /// The dirty bitmap started when the newest point was captured (`NAME@POINT`): opaque here.
+    public var dirtyBitmap: String? = nil
     /// An encrypted chain's key file (`chain.key`): its master key, wrapped by the user's secret. Nil: not encrypted.
     public var keyFile: String? = nil
 
@@ -89,6 +91,7 @@ public struct ChainManifest: Equatable, Sendable {
         if let hashMapPoint { text += "hash-map-point \(hashMapPoint)\n" }
         if let keyFile { text += "key \(keyFile)\n" }
         if let reflinkBaseline { text += "reflink-baseline \(reflinkBaseline)\n" }
+        if let dirtyBitmap { text += "dirty-bitmap \(dirtyBitmap)\n" }
         for p in points where changeSources[p] != nil { text += "changes-\(p) \(changeSources[p]!)\n" }
         for e in images {
             text += "image \(e.firstPoint) \(e.lastPoint) \(e.kind == .full ? "full" : "incremental") \(e.imageID) "
@@ -150,6 +153,7 @@ public struct ChainManifest: Equatable, Sendable {
             m.hashMapPoint = p
         }
         m.reflinkBaseline = fields["reflink-baseline"]
+        m.dirtyBitmap = fields["dirty-bitmap"]
         for (key, value) in fields where key.hasPrefix("changes-") {
             guard let p = UInt32(key.dropFirst("changes-".count)) else { throw FormatError.invalid("chain manifest has a malformed line") }
             m.changeSources[p] = value

@@ -24,6 +24,8 @@ public final class BlockSource {
     private let pieceSize: UInt64
     /// The source a sample reads through (its descriptor is that source's).
     private let owner: BlockSource?
+    /// An NBD export's connection, where the source is one (`fd` is then -1: NBDQueue reads it).
+    public let export: NBDExport?
 
     /// Opens `path` read-only, with O_DIRECT when `direct` and the filesystem allows it.
     public init(path: String, direct: Bool = true) throws {
@@ -59,6 +61,23 @@ public final class BlockSource {
         pieces = nil
         pieceSize = 0
         owner = nil
+        export = nil
+    }
+
+    /// An NBD export, read through its connections (NBDQueue); `path` is its URI.
+    public init(export: NBDExport) {
+        path = export.uri
+        fd = -1
+        size = export.size
+        isBlockDevice = false
+        direct = true
+        alignment = max(512, export.minimumBlockSize)
+        onFUSE = false
+        rdev = 0
+        pieces = nil
+        pieceSize = 0
+        owner = nil
+        self.export = export
     }
 
     /// `count` pieces of `source`, `pieceSize` bytes each (a multiple of the reads that will be made of it),
@@ -79,9 +98,19 @@ public final class BlockSource {
         self.pieceSize = pieceSize
         size = min(n * pieceSize, source.size)
         owner = source
+        export = source.export
     }
 
-    deinit { if owner == nil { Sys.close(fd) } }
+    deinit { if owner == nil && fd >= 0 { Sys.close(fd) } }
+
+    /// Reads `count` bytes at `offset` of the source (not of a sample), waiting for them: the bad-sector
+    /// rescue's reads. Returns the bytes read (fewer only at the end of a file).
+    public func readSynchronously(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
+        guard let export else { return try Sys.preadFully(fd, buffer, count, offset, path: path) }
+        let n = Int(min(UInt64(count), size - min(offset, size)))
+        try export.read(into: buffer, count: n, at: offset)
+        return n
+    }
 
     /// Where byte `offset` of this source lies on the file or device (the same offset but for a sample). A read
     /// of a sample never crosses a piece: pieces are multiples of the reads made of them.
@@ -94,6 +123,7 @@ public final class BlockSource {
     /// The byte ranges that may hold data, in order, each aligned outward to `granule`. A block device is
     /// one range; a sparse file skips its holes.
     public func dataRanges(granule: UInt64) throws -> [Range<UInt64>] {
+        if let export, pieces == nil { return try nbdDataRanges(export, granule: granule) }
         if isBlockDevice || size == 0 || pieces != nil { return size == 0 ? [] : [0..<size] }
         var ranges = [Range<UInt64>]()
         var at: UInt64 = 0
@@ -107,6 +137,28 @@ public final class BlockSource {
                 ranges.append(lo..<hi)
             }
             at = max(end, start + 1)
+        }
+        return ranges
+    }
+
+    /// An export's ranges that are neither holes nor zeros (base:allocation: bit 0 hole, bit 1 reads as zeros), or
+    /// the whole export where the server does not say.
+    private func nbdDataRanges(_ export: NBDExport, granule: UInt64) throws -> [Range<UInt64>] {
+        guard export.has(nbdAllocationContext) else { return size == 0 ? [] : [0..<size] }
+        var ranges = [Range<UInt64>]()
+        var at: UInt64 = 0
+        while at < size {
+            for e in try export.blockStatus(nbdAllocationContext, offset: at, length: size - at) {
+                if e.flags & 2 == 0 {
+                    let lo = at / granule * granule, hi = min(size, (at + e.length + granule - 1) / granule * granule)
+                    if let last = ranges.last, last.upperBound >= lo {
+                        ranges[ranges.count - 1] = last.lowerBound..<max(last.upperBound, hi)
+                    } else {
+                        ranges.append(lo..<hi)
+                    }
+                }
+                at += e.length
+            }
         }
         return ranges
     }

@@ -80,7 +80,7 @@ struct CaptureCommand: ParsableCommand {
               strata capture /dev/vdc /backup/vm2 --seekable    # to read at random later
             """)
 
-    @Argument(help: "Block device or image file to read.") var source: String
+    @Argument(help: "Block device, image file or NBD URI (nbd://, nbds://, nbd+unix://) to read.") var source: String
     @Argument(help: "Chain directory.") var chain: String
     @Option(help: "Block size for a new chain: a power of two from 512 to 1048576 (default 4096).") var blockSize: UInt32?
     @Option(help: "zstd compression level, 1-19.") var level: Int32 = 1
@@ -94,6 +94,11 @@ struct CaptureCommand: ParsableCommand {
     var freeze: String?
     @Option(help: ArgumentHelp("Capture a snapshot of the source instead: reflink (an image file on XFS or btrfs).", valueName: "method"))
     var snapshot: SnapshotMethod?
+    @Option(help: ArgumentHelp("Read only what this dirty bitmap of the NBD source marks (started when the newest point was captured).", valueName: "name"))
+    var dirtyBitmap: String?
+    @Option(help: ArgumentHelp("The dirty bitmap started for the next capture, at this capture's snapshot (recorded with the point).", valueName: "name"))
+    var nextDirtyBitmap: String?
+    @Option(help: "Connections to an NBD server that allows several (multi-conn).") var connections: Int = 4
     @Flag(help: "Read and compare the whole source this time, whatever a change source could say.") var rescan = false
     @Flag(help: "Fail (exit 69, nothing written) where nothing can say what changed, instead of scanning.")
     var requireChangeSource = false
@@ -132,6 +137,9 @@ struct CaptureCommand: ParsableCommand {
         options.secret = try key.secret()
         options.store = store.value
         options.rescan = rescan
+        options.dirtyBitmap = dirtyBitmap
+        options.nextDirtyBitmap = nextDirtyBitmap
+        options.nbdConnections = connections
         options.requireChangeSource = requireChangeSource
         options.checkUnchanged = checkUnchanged
         let progress = ProgressLine(verb: "capture", quiet: quiet)

@@ -39,9 +39,10 @@ extension ListCommand {
             var changeSource: String
         }
         var chain: String, blockSize: UInt32, sourceSize: UInt64, points: [Point]
+        var dirtyBitmap: OrNull<String>
 
         init(_ l: ChainListing) {
-            (chain, blockSize, sourceSize) = (l.chainID, l.blockSize, l.sourceSize)
+            (chain, blockSize, sourceSize, dirtyBitmap) = (l.chainID, l.blockSize, l.sourceSize, OrNull(l.dirtyBitmap))
             points = l.points.map { p in
                 Point(
                     point: p.point, firstPoint: p.firstPoint, kind: p.kind == .full ? "full" : "incremental", created: p.createdAt,

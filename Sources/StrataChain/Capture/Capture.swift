@@ -45,6 +45,12 @@ public struct CaptureOptions: Sendable {
     public var requireChangeSource = false
     /// The share of the blocks a change source calls unchanged that is read anyway to check it, in percent.
     public var checkUnchanged: Double = Capture.defaultCheckUnchanged
+    /// An NBD source's dirty bitmap to read (the one started when the newest point was captured), and the one
+    /// started for the next capture (recorded with this point).
+    public var dirtyBitmap: String? = nil
+    public var nextDirtyBitmap: String? = nil
+    /// Connections to an NBD server that allows several (multi-conn).
+    public var nbdConnections = 4
     /// The sample's seed (tests); nil: a new random one each capture.
     var sampleSeed: UInt64? = nil
 
@@ -102,6 +108,14 @@ public enum Capture {
         guard options.maxBadBlocks >= 0 else { throw ChainError.invalidOption("--max-bad-blocks must not be negative") }
         if options.encrypt && options.secret == nil { throw Chain.encryptWithoutKey }
 
+        for name in [options.dirtyBitmap, options.nextDirtyBitmap].compactMap({ $0 }) where !DirtyBitmapChanges.isValidName(name) {
+            throw ChainError.invalidOption("dirty bitmap name \(name) has characters other than letters, digits and . _ + -")
+        }
+        guard options.nbdConnections >= 1 && options.nbdConnections <= 64 else { throw ChainError.invalidOption("--connections must be between 1 and 64") }
+        if NBDExport.isURI(sourcePath) { return try captureExport(sourcePath, chain: chainPath, options: options, started: started, progress: progress, notice: notice) }
+        if options.dirtyBitmap != nil || options.nextDirtyBitmap != nil {
+            throw ChainError.invalidOption("dirty bitmaps are read through NBD: name the source by an NBD URI (nbd://, nbd+unix://), served with the bitmap (qemu-nbd -B NAME)")
+        }
         let source: BlockSource
         do { source = try BlockSource(path: sourcePath) } catch let e as IOError {
             throw ChainError.sourceUnavailable(path: sourcePath, reason: e.reason)
@@ -134,6 +148,28 @@ public enum Capture {
         progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
     ) throws -> CaptureResult {
         try capture(source, chain: chainPath, options: options, started: started, progress: progress, notice: notice, reading: nil)
+    }
+
+    /// Captures the NBD export `uri`: read through libnbd, its holes and zeros (base:allocation) not read, and
+    /// with --dirty-bitmap only what its bitmap marks.
+    static func captureExport(
+        _ uri: String, chain: String, options: CaptureOptions, started: UInt64, progress: ProgressHandler?, notice: (String) -> Void
+    ) throws -> CaptureResult {
+        guard options.snapshot == nil, options.freeze == nil else {
+            throw ChainError.invalidOption("--snapshot and --freeze are for local files and devices; an NBD export is as consistent as its server makes it (a point-in-time export: docs/CHANGES.md)")
+        }
+        let contexts = [nbdAllocationContext] + (options.dirtyBitmap.map { [DirtyBitmapChanges.context($0)] } ?? [])
+        let export: NBDExport
+        do { export = try NBDExport(uri: uri, contexts: contexts, connections: options.nbdConnections) } catch let e as NBDError {
+            throw ChainError.sourceUnavailable(path: uri, reason: e.message)
+        }
+        let bitmaps = options.dirtyBitmap != nil || options.nextDirtyBitmap != nil
+        let changes = bitmaps ? DirtyBitmapChanges(export: export, bitmap: options.dirtyBitmap, next: options.nextDirtyBitmap) : nil
+        do {
+            return try capture(BlockSource(export: export), chain: chain, options: options, started: started, progress: progress, notice: notice, reading: nil, changeSource: changes)
+        } catch let e as NBDError {
+            throw ChainError.sourceUnavailable(path: uri, reason: e.message)
+        }
     }
 
     /// `capture`, with `window` frozen while the source is read, and `changeSource` to say what changed.
@@ -183,8 +219,12 @@ public enum Capture {
             notice("\(sourcePath) is on a FUSE filesystem, where io_uring can miss a failed read; reading with pread threads")
         }
         let (queue, engineNote): (IOQueue, String?)
-        do { (queue, engineNote) = try IOEngine.make(engine, depth: options.queueDepth) } catch let e as IOError {
-            throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
+        if let export = source.export {
+            (queue, engineNote) = (NBDQueue(export), nil)
+        } else {
+            do { (queue, engineNote) = try IOEngine.make(engine, depth: options.queueDepth) } catch let e as IOError {
+                throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
+            }
         }
         if let engineNote { notice(engineNote) }
 

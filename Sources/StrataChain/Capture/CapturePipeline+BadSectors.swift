@@ -16,7 +16,7 @@ extension CapturePipeline {
         var bad: [Int] = []
         func read(_ lo: Int, _ hi: Int) throws {
             do {
-                let n = try Sys.preadFully(source.fd, base + lo, hi - lo, source.physical(chunkOffset + UInt64(lo)), path: source.path)
+                let n = try source.readSynchronously(into: base + lo, count: hi - lo, at: source.physical(chunkOffset + UInt64(lo)))
                 if lo + n < min(hi, valid) {
                     throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(chunkOffset + UInt64(lo + n))")
                 }

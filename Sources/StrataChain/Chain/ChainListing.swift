@@ -22,16 +22,21 @@ public struct ChainListing: Sendable, Equatable {
     public var blockSize: UInt32
     public var sourceSize: UInt64
     public var points: [PointInfo]
+    /// The dirty bitmap recorded as started when the newest point was captured (--next-dirty-bitmap), if any: what
+    /// the next capture's --dirty-bitmap must name.
+    public var dirtyBitmap: String? = nil
 
     public static func read(chain path: String) throws -> ChainListing {
         let m = try Chain(location: path, access: .read).manifest!
-        return ChainListing(
+        var listing = ChainListing(
             chainID: m.chainID.description, blockSize: m.blockSize, sourceSize: m.sourceSize,
             points: m.images.map {
                 PointInfo(
                     point: $0.point, kind: $0.kind, firstPoint: $0.firstPoint, createdAt: $0.createdAt, bytesRead: $0.bytesRead,
                     bytesStored: $0.bytesStored, blocksChanged: $0.blocksChanged, file: $0.file, changeSource: m.changeSources[$0.point])
             })
+        if let r = m.dirtyBitmap.flatMap(DirtyBitmapChanges.Record.init), r.point == m.images.last!.lastPoint { listing.dirtyBitmap = r.name }
+        return listing
     }
 }
 

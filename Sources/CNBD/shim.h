@@ -1,0 +1,2 @@
+#include <libnbd.h>
+#include <poll.h>

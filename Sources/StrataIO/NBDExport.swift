@@ -1,0 +1,244 @@
+// NBD exports read through libnbd (the library nbdcopy and virt-v2v use): a connection (or several, where the
+// server allows multi-conn) named by an NBD URI (nbd://, nbds:// with TLS, nbd+unix://), the export's size from
+// the handshake, block status in a meta context (`base:allocation`: holes and zeros; `qemu:dirty-bitmap:NAME`:
+// what was written since the bitmap started), and reads many in flight on libnbd's asynchronous API (NBDQueue).
+// Everything a server sends is checked before it is used: extents past what was asked, zero-length or
+// missing extents, a size that changed, a reply that never comes (no answer for `stallSeconds`).
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CNBD
+
+/// What went wrong with an NBD server, in libnbd's words.
+public struct NBDError: Error, CustomStringConvertible, Sendable {
+    public var operation: String
+    public var uri: String
+    public var message: String
+
+    init(_ operation: String, _ uri: String, _ message: String? = nil) {
+        self.operation = operation
+        self.uri = uri
+        self.message = message ?? (nbd_get_error().map { String(cString: $0) } ?? "unknown error")
+    }
+
+    public var description: String { "\(operation) \(uri): \(message)" }
+}
+
+/// The meta context that says which blocks are holes or read as zeros.
+public let nbdAllocationContext = "base:allocation"
+
+/// An open NBD export: one connection, or `connections` where the server says several are safe (multi-conn).
+public final class NBDExport: @unchecked Sendable {  // libnbd handles are thread-safe (each call locks its handle)
+    public let uri: String
+    public let size: UInt64
+    /// The server's preferred and minimum block sizes (1 and 512 where it says none).
+    public let minimumBlockSize: Int
+    let handles: [OpaquePointer]
+    /// How long a read may wait for any answer before the connection counts as lost.
+    public var stallSeconds: Int32 = 120
+
+    public static func isURI(_ s: String) -> Bool {
+        ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://"].contains { s.hasPrefix($0) }
+    }
+
+    /// Connects to `uri`, asking for `contexts` (meta contexts for block status), read-only.
+    public init(uri: String, contexts: [String] = [nbdAllocationContext], connections: Int = 1) throws {
+        self.uri = uri
+        func open() throws -> OpaquePointer {
+            guard let h = nbd_create() else { throw NBDError("connect to", uri) }
+            _ = nbd_set_uri_allow_local_file(h, false)
+            for c in contexts where nbd_add_meta_context(h, c) == -1 {
+                nbd_close(h)
+                throw NBDError("connect to", uri)
+            }
+            guard nbd_connect_uri(h, uri) != -1 else {
+                let e = NBDError("connect to", uri)
+                nbd_close(h)
+                throw e
+            }
+            return h
+        }
+        let first = try open()
+        let size = nbd_get_size(first)
+        guard size >= 0 else {
+            let e = NBDError("read the size of", uri)
+            nbd_close(first)
+            throw e
+        }
+        self.size = UInt64(size)
+        let minimum = nbd_get_block_size(first, Int32(LIBNBD_SIZE_MINIMUM))
+        minimumBlockSize = minimum > 0 && minimum <= 65536 && minimum & (minimum - 1) == 0 ? Int(minimum) : 512
+        var handles = [first]
+        if connections > 1 && nbd_can_multi_conn(first) == 1 {
+            do {
+                for _ in 1..<connections { handles.append(try open()) }
+            } catch {
+                for h in handles { nbd_close(h) }
+                throw error
+            }
+        }
+        self.handles = handles
+        for h in handles.dropFirst() where nbd_get_size(h) != size {
+            for h in handles { nbd_close(h) }
+            throw NBDError("connect to", uri, "its connections report different sizes")
+        }
+    }
+
+    deinit { for h in handles { nbd_close(h) } }
+
+    public var connections: Int { handles.count }
+
+    /// Whether the server agreed to `context` in the handshake.
+    public func has(_ context: String) -> Bool { nbd_can_meta_context(handles[0], context) == 1 }
+
+    /// The extents of `context` from `offset`, as the server describes them for up to `length` bytes: each a
+    /// length and the context's flags, together covering `offset..<offset + their total` (at least one byte,
+    /// never more than asked). A reply that breaks that is refused.
+    public func blockStatus(_ context: String, offset: UInt64, length: UInt64) throws -> [(length: UInt64, flags: UInt32)] {
+        final class Box {
+            let context: String
+            var extents: [(length: UInt64, flags: UInt32)] = []
+            var bad: String?
+            init(_ c: String) { context = c }
+        }
+        let box = Box(context)
+        let asked = min(length, UInt64(UInt32.max) & ~UInt64(65535), size - min(offset, size))
+        guard asked > 0 else { return [] }
+        let cb: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UInt64, UnsafeMutablePointer<UInt32>?, Int, UnsafeMutablePointer<Int32>?) -> Int32 = {
+            user, name, _, entries, count, _ in
+            let box = Unmanaged<Box>.fromOpaque(user!).takeUnretainedValue()
+            guard let name, String(cString: name) == box.context, let entries else { return 0 }
+            guard count % 2 == 0 else { box.bad = "an odd number of extent words"; return 0 }
+            for i in stride(from: 0, to: count, by: 2) { box.extents.append((UInt64(entries[i]), entries[i + 1])) }
+            return 0
+        }
+        let user = Unmanaged.passUnretained(box).toOpaque()
+        let r = withExtendedLifetime(box) {
+            nbd_block_status(handles[0], asked, offset, nbd_extent_callback(callback: cb, user_data: user, free: nil), 0)
+        }
+        guard r != -1 else { throw NBDError("read block status of", uri) }
+        if let bad = box.bad { throw NBDError("read block status of", uri, "the server sent \(bad)") }
+        guard !box.extents.isEmpty else { throw NBDError("read block status of", uri, "the server sent no extents for \(context) at byte \(offset)") }
+        var total: UInt64 = 0
+        for e in box.extents {
+            guard e.length > 0 else { throw NBDError("read block status of", uri, "the server sent an empty extent at byte \(offset + total)") }
+            total += e.length
+        }
+        // The last extent may go past the request (and so past the export): it is cut to what was asked. One
+        // before it that does is a server describing what it was not asked.
+        if total > asked {
+            guard total - box.extents.last!.length < asked else {
+                throw NBDError("read block status of", uri, "the server described more than was asked (\(total) bytes from \(offset), past \(offset + asked))")
+            }
+            box.extents[box.extents.count - 1].length -= total - asked
+        }
+        return box.extents
+    }
+
+    /// Reads `count` bytes at `offset` on the first connection, waiting for them (the bad-sector rescue's reads).
+    public func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws {
+        guard nbd_pread(handles[0], buffer, count, offset, 0) != -1 else {
+            throw IOError("read", path: uri, errno: nbd_get_errno() == 0 ? EIO : nbd_get_errno())
+        }
+    }
+}
+
+/// Reads from an NBD export on libnbd's asynchronous API, many in flight, spread over its connections: the
+/// IOQueue capture's I/O thread drives (a request's `fd` is ignored). A failed read completes with its errno.
+public final class NBDQueue: IOQueue {
+    public let engineName = "nbd"
+    private let export: NBDExport
+    private var inFlight: [[Int64: (tag: UInt64, length: Int)]]
+    private var ready: [IOCompletion] = []
+    private var next = 0
+
+    public init(_ export: NBDExport) {
+        self.export = export
+        inFlight = Array(repeating: [:], count: export.handles.count)
+    }
+
+    public func submit(_ request: IORequest) {
+        precondition(request.op == .read, "NBD sources are only read")
+        let k = next
+        next = (next + 1) % export.handles.count
+        let cookie = nbd_aio_pread(export.handles[k], request.buffer, request.length, request.offset, nbd_completion_callback(callback: nil, user_data: nil, free: nil), 0)
+        if cookie == -1 {
+            ready.append(IOCompletion(tag: request.tag, result: -Int(errnoOr(EIO))))
+        } else {
+            inFlight[k][cookie] = (request.tag, request.length)
+        }
+    }
+
+    public func wait(into completions: inout [IOCompletion]) {
+        while true {
+            retire()
+            if !ready.isEmpty {
+                completions += ready
+                ready.removeAll(keepingCapacity: true)
+                return
+            }
+            guard inFlight.contains(where: { !$0.isEmpty }) else { return }
+            poll()
+        }
+    }
+
+    /// Moves the commands libnbd has finished into `ready`.
+    private func retire() {
+        for k in export.handles.indices where !inFlight[k].isEmpty {
+            let h = export.handles[k]
+            while true {
+                let cookie = nbd_aio_peek_command_completed(h)
+                guard cookie > 0, let r = inFlight[k].removeValue(forKey: cookie) else { break }
+                let ok = nbd_aio_command_completed(h, UInt64(cookie)) == 1
+                ready.append(IOCompletion(tag: r.tag, result: ok ? r.length : -Int(errnoOr(EIO))))
+            }
+            if nbd_aio_is_dead(h) != 0 || nbd_aio_is_closed(h) != 0 {
+                fail(k, ENOTCONN)
+            }
+        }
+    }
+
+    /// Waits until a connection with reads in flight can move, then lets libnbd move it; a wait of
+    /// `stallSeconds` without any answer fails every read in flight.
+    private func poll() {
+        var fds: [pollfd] = []
+        var which: [Int] = []
+        for k in export.handles.indices where !inFlight[k].isEmpty {
+            let h = export.handles[k]
+            let fd = nbd_aio_get_fd(h)
+            guard fd >= 0 else {
+                fail(k, ENOTCONN)
+                continue
+            }
+            let dir = nbd_aio_get_direction(h)
+            var events: Int16 = 0
+            if dir & UInt32(LIBNBD_AIO_DIRECTION_READ) != 0 { events |= Int16(POLLIN) }
+            if dir & UInt32(LIBNBD_AIO_DIRECTION_WRITE) != 0 { events |= Int16(POLLOUT) }
+            fds.append(pollfd(fd: fd, events: events, revents: 0))
+            which.append(k)
+        }
+        guard !fds.isEmpty else { return }
+        let n = Glibc.poll(&fds, nfds_t(fds.count), export.stallSeconds * 1000)
+        if n == 0 {
+            for k in which { fail(k, ETIMEDOUT) }
+            return
+        }
+        guard n > 0 else { return }  // EINTR: the caller polls again
+        for (i, k) in which.enumerated() {
+            let h = export.handles[k], r = fds[i].revents
+            if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 { _ = nbd_aio_notify_read(h) }
+            if r & Int16(POLLOUT) != 0 { _ = nbd_aio_notify_write(h) }
+        }
+    }
+
+    /// Every read in flight on connection `k` fails with `error` (the connection is gone or silent).
+    private func fail(_ k: Int, _ error: Int32) {
+        for (_, r) in inFlight[k] { ready.append(IOCompletion(tag: r.tag, result: -Int(error))) }
+        inFlight[k].removeAll()
+    }
+
+    private func errnoOr(_ fallback: Int32) -> Int32 {
+        let e = nbd_get_errno()
+        return e == 0 ? fallback : e
+    }
+}
