@@ -161,14 +161,14 @@ public enum Capture {
         let contexts = [nbdAllocationContext] + (options.dirtyBitmap.map { [DirtyBitmapChanges.context($0)] } ?? [])
         let export: NBDExport
         do { export = try NBDExport(uri: uri, contexts: contexts, connections: options.nbdConnections) } catch let e as NBDError {
-            throw ChainError.sourceUnavailable(path: uri, reason: e.message)
+            throw ChainError.nbdUnusable(uri: uri, reason: e.message)
         }
         let bitmaps = options.dirtyBitmap != nil || options.nextDirtyBitmap != nil
         let changes = bitmaps ? DirtyBitmapChanges(export: export, bitmap: options.dirtyBitmap, next: options.nextDirtyBitmap) : nil
         do {
             return try capture(BlockSource(export: export), chain: chain, options: options, started: started, progress: progress, notice: notice, reading: nil, changeSource: changes)
         } catch let e as NBDError {
-            throw ChainError.sourceUnavailable(path: uri, reason: e.message)
+            throw ChainError.nbdUnusable(uri: uri, reason: e.message)
         }
     }
 

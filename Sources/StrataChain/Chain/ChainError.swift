@@ -65,6 +65,8 @@ public enum ChainError: Error, Equatable, Sendable {
     case storeRefused(location: String, reason: String, todo: String)
     /// `sync` into a place that is not an earlier copy of the source.
     case syncRefused(target: String, detail: String)
+    /// An NBD source that cannot be connected to or read as the protocol says: what went wrong.
+    case nbdUnusable(uri: String, reason: String)
     /// `--require-change-source`, and nothing could say what changed: why.
     case noChangeSource(String)
     public enum Role: String, Sendable { case source, target }
@@ -146,6 +148,8 @@ extension ChainError: CustomStringConvertible {
         case .storeUnreachable(let l, let r):
             return "cannot reach the store of \(l): \(r); the chain was not changed: check the endpoint (AWS_ENDPOINT_URL) and the network, and try again"
         case .storeRefused(let l, let r, let t): return "the store of \(l) refused: \(r); nothing was done: \(t)"
+        case .nbdUnusable(let u, let r):
+            return "cannot read NBD export \(u): \(r); the chain was not changed: check that the server runs and exports it to this host"
         case .noChangeSource(let why):
             return "cannot read only what changed: \(why); with --require-change-source nothing was written: capture without it to scan the whole source"
         case .syncRefused(let t, let d):
@@ -158,7 +162,7 @@ extension ChainError: CustomStringConvertible {
         switch self {
         case .invalidOption, .noSuchPoint, .notMounted: return 64  // EX_USAGE
         case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed, .nothingRestorable, .noFilesystem: return 65  // EX_DATAERR
-        case .sourceUnavailable: return 66  // EX_NOINPUT
+        case .sourceUnavailable, .nbdUnusable: return 66  // EX_NOINPUT
         case .targetTooSmall, .targetUnavailable, .insufficientSpace, .mountPointUnusable, .outputUnwritable: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR
         case .chainInUse, .chainChanged, .mountBusy: return 75  // EX_TEMPFAIL
