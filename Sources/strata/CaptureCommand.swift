@@ -49,7 +49,17 @@ struct CaptureCommand: ParsableCommand {
             missed writes: the capture says so and scans the whole source in the same run. Where nothing can \
             answer (a first capture, a baseline missing or changed since), the capture says why and scans; \
             --require-change-source makes that an error (exit 69, nothing written). --rescan reads and compares \
-            everything this time (a weekly safety net). `strata list` shows what found each point's changes.
+            everything this time; --rescan-after DAYS does so when the last capture that did is that old (the \
+            weekly safety net: --rescan-after 7). `strata list` shows what found each point's changes.
+
+            NBD: a source named by an NBD URI (nbd://HOST[:PORT]/EXPORT, nbds:// with TLS, \
+            nbd+unix:///EXPORT?socket=PATH) is read through libnbd, many reads in flight on up to --connections \
+            connections (where the server allows multi-conn); its holes and zeros are not read. --dirty-bitmap \
+            NAME reads only what QEMU's bitmap NAME marks, where the chain records NAME as started when its \
+            newest point was captured (--next-dirty-bitmap names the bitmap started at this capture's instant, \
+            for the next one). strata-qemu-capture(1) rotates the bitmaps for a QEMU image at rest or a disk in \
+            use (docs/CHANGES.md). A server that cannot be reached, refuses the export or breaks the protocol: \
+            exit 66; one that drops the connection mid-capture: exit 74; the chain as it was.
 
             A read error on the source stops the capture (exit 74) and leaves the chain unchanged, unless \
             --max-bad-blocks allows some: then a failed read is retried in smaller reads down to the device's \
@@ -75,8 +85,10 @@ struct CaptureCommand: ParsableCommand {
               strata capture /dev/nvme0n1 /backup/nvme --io-engine pread --threads 8
               strata capture /dev/sdb /backup/sdb --max-bad-blocks 1000  # a dying disk
               strata capture /dev/vdb /backup/data --freeze /srv/data   # vdb at /srv/data
-              strata capture /var/lib/vm/web.img /backup/web --snapshot reflink  # reads what changed
-              strata capture /var/lib/vm/web.img /backup/web --snapshot reflink --rescan
+              strata capture /var/lib/vm/web.img /backup/web --snapshot reflink
+              strata capture 'nbd+unix:///?socket=/run/vm1.sock' /backup/vm1
+              strata capture nbd://10.0.0.5:10809/disk0 /backup/host5 --dirty-bitmap b7 \\
+                  --next-dirty-bitmap b8    # a bitmap rotation: strata-qemu-capture(1)
               strata capture /dev/vdc /backup/vm2 --seekable    # to read at random later
             """)
 
@@ -100,6 +112,8 @@ struct CaptureCommand: ParsableCommand {
     var nextDirtyBitmap: String?
     @Option(help: "Connections to an NBD server that allows several (multi-conn).") var connections: Int = 4
     @Flag(help: "Read and compare the whole source this time, whatever a change source could say.") var rescan = false
+    @Option(help: ArgumentHelp("Rescan when the last capture that read the whole source is this many days old (a weekly net: 7).", valueName: "days"))
+    var rescanAfter: UInt64?
     @Flag(help: "Fail (exit 69, nothing written) where nothing can say what changed, instead of scanning.")
     var requireChangeSource = false
     @Option(help: ArgumentHelp("Share of what a change source calls unchanged to read anyway, as a check (default 0.1).", valueName: "percent"))
@@ -137,6 +151,7 @@ struct CaptureCommand: ParsableCommand {
         options.secret = try key.secret()
         options.store = store.value
         options.rescan = rescan
+        options.rescanAfter = rescanAfter.map { $0 * 86400 }
         options.dirtyBitmap = dirtyBitmap
         options.nextDirtyBitmap = nextDirtyBitmap
         options.nbdConnections = connections

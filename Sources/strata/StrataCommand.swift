@@ -32,14 +32,16 @@ struct StrataCommand: ParsableCommand {
               65  the chain is damaged, foreign, or does not match the source
                   (nothing was changed); verify found damage; mount --files on a
                   point holding no filesystem it can mount
-              66  the source cannot be opened
+              66  the source cannot be opened (an NBD server unreachable or broken)
               67  an encrypted chain and no key given, a key or passphrase that
                   does not open it (or is another chain's), a key file that
                   cannot be read or that keygen would overwrite (nothing was done)
               69  the requested I/O engine is unavailable; no FUSE or no loop
                   devices for mount; capture --freeze or --snapshot cannot be
-                  done on that filesystem (nothing was read); an object store
-                  that cannot be reached (after retries; the chain unchanged)
+                  done on that filesystem (nothing was read); capture
+                  --require-change-source where nothing can say what changed
+                  (nothing was written); an object store that cannot be reached
+                  (after retries; the chain unchanged)
               70  an internal error (a bug in strata; the message says what failed)
               73  the target cannot be written, or is too small; a mount directory
                   that is missing, not an empty directory, or already a mount

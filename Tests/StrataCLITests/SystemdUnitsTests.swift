@@ -106,6 +106,42 @@ final class SystemdUnitsTests: XCTestCase {
         XCTAssertTrue(failed.contains("strata_last_run_exit_code{command=\"capture\",chain=\"\(chain)\"} 66"), failed)
     }
 
+    /// The QEMU disk's unit: its command, expanded from a configuration naming an image at rest, rotates the
+    /// bitmaps around each capture (the second night reads only what the bitmap marks), then prunes.
+    func testTheQemuDiskUnitCapturesThroughTheBitmapRotation() throws {
+        for tool in ["qemu-img", "qemu-nbd", "qemu-io"] where runProcess("/usr/bin/env", ["sh", "-c", "command -v \(tool)"]).status != 0 {
+            throw XCTSkip("\(tool) is not installed (Tools/setup installs qemu-utils)")
+        }
+        let units = try install()
+        let names = ["strata-qemu-capture@vm.service", "strata-qemu-capture@vm.timer"]
+        let verify = runProcess("/usr/bin/env", ["sh", "-c", "cd \(units) && systemd-analyze verify --man=no " + names.joined(separator: " ")])
+        XCTAssertEqual(verify.status, 0, verify.stdout + verify.stderr)
+        let image = "\(dir)/vm.qcow2", chain = "\(dir)/chain"
+        XCTAssertEqual(runProcess("/usr/bin/env", ["sh", "-c", "qemu-img create -q -f qcow2 \(image) 8M && qemu-io -f qcow2 -c 'write -P 7 0 4M' \(image) >/dev/null"]).status, 0)
+        var example = try String(contentsOfFile: "\(dir)/etc/strata/strata.conf.example", encoding: .utf8)
+        example = example.replacingOccurrences(of: "CHAIN=/backup/sdb", with: "CHAIN=\(chain)")
+            .replacingOccurrences(of: "#QEMU_DISK=--image /var/lib/libvirt/images/vm1.qcow2", with: "QEMU_DISK=--image \(image)")
+            .replacingOccurrences(of: "CAPTURE_OPTIONS=\n", with: "CAPTURE_OPTIONS=--json\n")
+            .replacingOccurrences(of: "PRUNE_RULES=--keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-yearly 2", with: "PRUNE_RULES=--keep-last 5")
+            .replacingOccurrences(of: "METRICS=--metrics-file /var/lib/prometheus/node-exporter/strata-sdb.prom", with: "METRICS=")
+        try example.write(toFile: "\(dir)/etc/strata/vm.conf", atomically: true, encoding: .utf8)
+        let env = try environment("\(dir)/etc/strata/vm.conf")
+        let service = try String(contentsOfFile: "\(units)/strata-qemu-capture@.service", encoding: .utf8)
+        XCTAssertTrue(service.contains("Environment=STRATA=\(dir)/usr/bin/strata"), service)
+        let nightly = try commands("\(units)/strata-qemu-capture@.service", ["ExecStart", "ExecStartPost"], environment: env)
+        XCTAssertEqual(nightly.map { $0[0] }, ["\(dir)/usr/bin/strata-qemu-capture", "\(dir)/usr/bin/strata"])
+        setenv("STRATA", "\(dir)/usr/bin/strata", 1)
+        XCTAssertEqual(runUnit(nightly), 0)
+        XCTAssertEqual(runProcess("/usr/bin/env", ["qemu-io", "-f", "qcow2", "-c", "write -P 9 1M 8k", image]).status, 0)
+        let second = runProcess(nightly[0][0], Array(nightly[0].dropFirst()))
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertTrue((jsonObject(second.stdout)["changeSource"] as? String ?? "").hasPrefix("dirty-bitmap:"), second.stdout)
+        XCTAssertEqual(jsonObject(second.stdout)["bytesRead"] as? Int, 8192)
+        XCTAssertEqual(runProcess("/usr/bin/env", ["qemu-img", "convert", "-O", "raw", image, "\(dir)/now.raw"]).status, 0)
+        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--force", "--quiet").status, 0)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out")), try Data(contentsOf: URL(fileURLWithPath: "\(dir)/now.raw")))
+    }
+
     func testVerifyRejectsAUnitWhoseCommandIsMissing() throws {
         let units = try install()
         try FileManager.default.removeItem(atPath: "\(dir)/usr/bin/strata")

@@ -177,6 +177,18 @@ final class ChangeSourceTests: XCTestCase {
         XCTAssertEqual(try manifest(nights.chain).changeSources[rescan.point], ChangeSources.rescan)
     }
 
+    func testRescanAfterScansOnceTheLastScanIsThatOld() throws {
+        let nights = Nights(chain: "\(dir)/chain", source: "\(dir)/disk.img", seed: 13, size: 4 << 20, random: 1 << 20)
+        try nights.disk.writeSparse(to: nights.source)
+        let day: UInt64 = 86400, t0: UInt64 = 1_800_000_000
+        func at(_ days: UInt64) -> (inout CaptureOptions) -> Void { { $0.createdAt = t0 + days * day; $0.rescanAfter = 7 * day } }
+        XCTAssertEqual(try capture(nights.source, nights.chain, nil, at(0)).changeSource, ChangeSources.scan)
+        XCTAssertEqual(try capture(nights.source, nights.chain, GivenChanges([]), at(3)).changeSource, "given")
+        XCTAssertEqual(try capture(nights.source, nights.chain, GivenChanges([]), at(6)).changeSource, "given")
+        XCTAssertEqual(try capture(nights.source, nights.chain, GivenChanges([]), at(7)).changeSource, ChangeSources.rescan, "7 days after the last scan")
+        XCTAssertEqual(try capture(nights.source, nights.chain, GivenChanges([]), at(8)).changeSource, "given", "the rescan counts as a scan")
+    }
+
     func testADamagedMapUnderTheImagesIsRebuiltAndRepairWritesTheNewestPointsMap() throws {
         let nights = Nights(chain: "\(dir)/chain", source: "\(dir)/disk.img", seed: 21, size: 12 << 20, random: 2 << 20)
         try nights.capture()

@@ -41,6 +41,9 @@ public struct CaptureOptions: Sendable {
     public var seekable: Bool? = nil
     /// Read and compare the whole source this time, whatever a change source could say (the weekly safety net).
     public var rescan = false
+    /// Rescan when the newest point that scanned the whole source is at least this many seconds old (the shipped
+    /// timer's weekly safety net: `--rescan-after 7`, in days, on the command line). Nil: never by age.
+    public var rescanAfter: UInt64? = nil
     /// Fail (exit 69, nothing written) where no change source can say what changed, instead of scanning.
     public var requireChangeSource = false
     /// The share of the blocks a change source calls unchanged that is read anyway to check it, in percent.
@@ -229,6 +232,17 @@ public enum Capture {
         if let engineNote { notice(engineNote) }
 
         // What can say what changed: its answer, or why it cannot (then the source is scanned).
+        if let m = previous, let age = options.rescanAfter, !options.rescan, changeSource != nil {
+            // The newest point that read everything (points from before change sources were recorded did).
+            let scans: Set<String> = [ChangeSources.scan, ChangeSources.rescan, ChangeSources.scanAfterMiss]
+            let lastScan = m.images.last { m.changeSources[$0.point].map(scans.contains) ?? true }
+            let now = options.createdAt ?? Sys.wallClockSeconds
+            if let last = lastScan?.createdAt, now >= last, now - last < age {
+            } else {
+                notice("the last capture that read the whole source is older than --rescan-after: scanning it all")
+                options.rescan = true
+            }
+        }
         var found = options.rescan && previous != nil ? ChangeSources.rescan : ChangeSources.scan
         var answer: (any ChangedRanges)?
         var cannot: String?
