@@ -29,8 +29,9 @@ let package = Package(
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
-        // libnbd, the NBD client nbdcopy and virt-v2v use: captures from NBD exports (qemu-nbd, qemu-storage-daemon, nbdkit).
-        .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
+        // libnbd's header, the NBD client nbdcopy and virt-v2v use: captures from NBD exports (qemu-nbd,
+        // qemu-storage-daemon, nbdkit). Not linked: StrataIO/LibNBD.swift loads it when an NBD source is opened.
+        .systemLibrary(name: "CNBD", providers: [.apt(["libnbd-dev"])]),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
         .target(name: "CXXH3"),
         // AES-256-GCM from OpenSSL's libcrypto, keys from libsodium (encrypted chains; Sources/CSeal/include/CSeal.h).

@@ -14,11 +14,17 @@ public struct NBDError: Error, CustomStringConvertible, Sendable {
     public var operation: String
     public var uri: String
     public var message: String
+    /// libnbd itself is missing or too old on this machine (not the server's fault).
+    public var libraryMissing = false
 
     init(_ operation: String, _ uri: String, _ message: String? = nil) {
         self.operation = operation
         self.uri = uri
-        self.message = message ?? (nbd_get_error().map { String(cString: $0) } ?? "unknown error")
+        self.message = message ?? ((try? LibNBD.shared.get())?.lastError ?? "unknown error")
+    }
+
+    init(loading message: String) {
+        (operation, uri, self.message, libraryMissing) = ("load", "", message, true)
     }
 
     public var description: String { "\(operation) \(uri): \(message)" }
@@ -34,6 +40,7 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
     /// The server's preferred and minimum block sizes (1 and 512 where it says none).
     public let minimumBlockSize: Int
     let handles: [OpaquePointer]
+    let lib: LibNBD
     /// How long a read may wait for any answer before the connection counts as lost.
     public var stallSeconds: Int32 = 120
 
@@ -44,52 +51,54 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
     /// Connects to `uri`, asking for `contexts` (meta contexts for block status), read-only.
     public init(uri: String, contexts: [String] = [nbdAllocationContext], connections: Int = 1) throws {
         self.uri = uri
+        let lib = try LibNBD.get(for: uri)
+        self.lib = lib
         func open() throws -> OpaquePointer {
-            guard let h = nbd_create() else { throw NBDError("connect to", uri) }
-            _ = nbd_set_uri_allow_local_file(h, false)
-            for c in contexts where nbd_add_meta_context(h, c) == -1 {
-                nbd_close(h)
+            guard let h = lib.create() else { throw NBDError("connect to", uri) }
+            _ = lib.setURIAllowLocalFile(h, false)
+            for c in contexts where lib.addMetaContext(h, c) == -1 {
+                lib.close(h)
                 throw NBDError("connect to", uri)
             }
-            guard nbd_connect_uri(h, uri) != -1 else {
+            guard lib.connectURI(h, uri) != -1 else {
                 let e = NBDError("connect to", uri)
-                nbd_close(h)
+                lib.close(h)
                 throw e
             }
             return h
         }
         let first = try open()
-        let size = nbd_get_size(first)
+        let size = lib.getSize(first)
         guard size >= 0 else {
             let e = NBDError("read the size of", uri)
-            nbd_close(first)
+            lib.close(first)
             throw e
         }
         self.size = UInt64(size)
-        let minimum = nbd_get_block_size(first, Int32(LIBNBD_SIZE_MINIMUM))
+        let minimum = lib.getBlockSize(first, LibNBD.sizeMinimum)
         minimumBlockSize = minimum > 0 && minimum <= 65536 && minimum & (minimum - 1) == 0 ? Int(minimum) : 512
         var handles = [first]
-        if connections > 1 && nbd_can_multi_conn(first) == 1 {
+        if connections > 1 && lib.canMultiConn(first) == 1 {
             do {
                 for _ in 1..<connections { handles.append(try open()) }
             } catch {
-                for h in handles { nbd_close(h) }
+                for h in handles { lib.close(h) }
                 throw error
             }
         }
         self.handles = handles
-        for h in handles.dropFirst() where nbd_get_size(h) != size {
-            for h in handles { nbd_close(h) }
+        for h in handles.dropFirst() where lib.getSize(h) != size {
+            for h in handles { lib.close(h) }
             throw NBDError("connect to", uri, "its connections report different sizes")
         }
     }
 
-    deinit { for h in handles { nbd_close(h) } }
+    deinit { for h in handles { lib.close(h) } }
 
     public var connections: Int { handles.count }
 
     /// Whether the server agreed to `context` in the handshake.
-    public func has(_ context: String) -> Bool { nbd_can_meta_context(handles[0], context) == 1 }
+    public func has(_ context: String) -> Bool { lib.canMetaContext(handles[0], context) == 1 }
 
     /// The extents of `context` from `offset`, as the server describes them for up to `length` bytes: each a
     /// length and the context's flags, together covering `offset..<offset + their total` (at least one byte,
@@ -114,7 +123,7 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
         }
         let user = Unmanaged.passUnretained(box).toOpaque()
         let r = withExtendedLifetime(box) {
-            nbd_block_status(handles[0], asked, offset, nbd_extent_callback(callback: cb, user_data: user, free: nil), 0)
+            lib.blockStatus(handles[0], asked, offset, nbd_extent_callback(callback: cb, user_data: user, free: nil), 0)
         }
         guard r != -1 else { throw NBDError("read block status of", uri) }
         if let bad = box.bad { throw NBDError("read block status of", uri, "the server sent \(bad)") }
@@ -137,8 +146,8 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
 
     /// Reads `count` bytes at `offset` on the first connection, waiting for them (the bad-sector rescue's reads).
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws {
-        guard nbd_pread(handles[0], buffer, count, offset, 0) != -1 else {
-            throw IOError("read", path: uri, errno: nbd_get_errno() == 0 ? EIO : nbd_get_errno())
+        guard lib.pread(handles[0], buffer, count, offset, 0) != -1 else {
+            throw IOError("read", path: uri, errno: lib.getErrno() == 0 ? EIO : lib.getErrno())
         }
     }
 }
@@ -161,7 +170,7 @@ public final class NBDQueue: IOQueue {
         precondition(request.op == .read, "NBD sources are only read")
         let k = next
         next = (next + 1) % export.handles.count
-        let cookie = nbd_aio_pread(export.handles[k], request.buffer, request.length, request.offset, nbd_completion_callback(callback: nil, user_data: nil, free: nil), 0)
+        let cookie = export.lib.aioPread(export.handles[k], request.buffer, request.length, request.offset, LibNBD.noCompletion, 0)
         if cookie == -1 {
             ready.append(IOCompletion(tag: request.tag, result: -Int(errnoOr(EIO))))
         } else {
@@ -187,12 +196,12 @@ public final class NBDQueue: IOQueue {
         for k in export.handles.indices where !inFlight[k].isEmpty {
             let h = export.handles[k]
             while true {
-                let cookie = nbd_aio_peek_command_completed(h)
+                let cookie = export.lib.aioPeekCommandCompleted(h)
                 guard cookie > 0, let r = inFlight[k].removeValue(forKey: cookie) else { break }
-                let ok = nbd_aio_command_completed(h, UInt64(cookie)) == 1
+                let ok = export.lib.aioCommandCompleted(h, UInt64(cookie)) == 1
                 ready.append(IOCompletion(tag: r.tag, result: ok ? r.length : -Int(errnoOr(EIO))))
             }
-            if nbd_aio_is_dead(h) != 0 || nbd_aio_is_closed(h) != 0 {
+            if export.lib.aioIsDead(h) != 0 || export.lib.aioIsClosed(h) != 0 {
                 fail(k, ENOTCONN)
             }
         }
@@ -205,15 +214,15 @@ public final class NBDQueue: IOQueue {
         var which: [Int] = []
         for k in export.handles.indices where !inFlight[k].isEmpty {
             let h = export.handles[k]
-            let fd = nbd_aio_get_fd(h)
+            let fd = export.lib.aioGetFd(h)
             guard fd >= 0 else {
                 fail(k, ENOTCONN)
                 continue
             }
-            let dir = nbd_aio_get_direction(h)
+            let dir = export.lib.aioGetDirection(h)
             var events: Int16 = 0
-            if dir & UInt32(LIBNBD_AIO_DIRECTION_READ) != 0 { events |= Int16(POLLIN) }
-            if dir & UInt32(LIBNBD_AIO_DIRECTION_WRITE) != 0 { events |= Int16(POLLOUT) }
+            if dir & LibNBD.directionRead != 0 { events |= Int16(POLLIN) }
+            if dir & LibNBD.directionWrite != 0 { events |= Int16(POLLOUT) }
             fds.append(pollfd(fd: fd, events: events, revents: 0))
             which.append(k)
         }
@@ -226,8 +235,8 @@ public final class NBDQueue: IOQueue {
         guard n > 0 else { return }  // EINTR: the caller polls again
         for (i, k) in which.enumerated() {
             let h = export.handles[k], r = fds[i].revents
-            if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 { _ = nbd_aio_notify_read(h) }
-            if r & Int16(POLLOUT) != 0 { _ = nbd_aio_notify_write(h) }
+            if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 { _ = export.lib.aioNotifyRead(h) }
+            if r & Int16(POLLOUT) != 0 { _ = export.lib.aioNotifyWrite(h) }
         }
     }
 
@@ -238,7 +247,7 @@ public final class NBDQueue: IOQueue {
     }
 
     private func errnoOr(_ fallback: Int32) -> Int32 {
-        let e = nbd_get_errno()
+        let e = export.lib.getErrno()
         return e == 0 ? fallback : e
     }
 }

@@ -2,6 +2,7 @@
 // written again (the images after it lie over it), a lying source is caught by the sample and the point is still
 // exact, and what reads the map (a full scan after, verify, repair, merge) reads the layered map.
 import Foundation
+import StrataCodec
 import StrataFormat
 import StrataIO
 import TestSupport
@@ -175,6 +176,31 @@ final class ChangeSourceTests: XCTestCase {
         XCTAssertEqual(rescan.changeSource, ChangeSources.rescan)
         XCTAssertEqual(rescan.bytesRead, scanned)
         XCTAssertEqual(try manifest(nights.chain).changeSources[rescan.point], ChangeSources.rescan)
+    }
+
+    /// An encrypted chain: the map's hashes are keyed, and the sample compares keyed hashes.
+    func testAnEncryptedChainReadsOnlyWhatChangedAndCatchesALie() throws {
+        let key = UserSecret.keyFile(KeyWrapping.random(32))
+        let nights = Nights(chain: "\(dir)/chain", source: "\(dir)/disk.img", seed: 17, size: 8 << 20, random: 2 << 20)
+        try nights.disk.writeSparse(to: nights.source)
+        let keyed: (inout CaptureOptions) -> Void = { $0.encrypt = true; $0.secret = key }
+        _ = try capture(nights.source, nights.chain, nil, keyed)
+        let before = nights.disk.bytes
+        nights.overwrite(at: 1 << 20, count: 9000)
+        nights.overwrite(at: 6 << 20, count: 100)
+        try nights.disk.writeSparse(to: nights.source)
+        let changed = differingRanges(before, nights.disk.bytes)
+        let honest = try capture(nights.source, nights.chain, GivenChanges(changed)) { keyed(&$0); $0.checkUnchanged = 100 }
+        XCTAssertNil(honest.missedChangeAt, "a keyed map agrees with keyed hashes of what did not change")
+        XCTAssertEqual(honest.changeSource, "given")
+        nights.overwrite(at: 3 << 20, count: 100)
+        try nights.disk.writeSparse(to: nights.source)
+        let lie = try capture(nights.source, nights.chain, GivenChanges([])) { keyed(&$0); $0.checkUnchanged = 100 }
+        XCTAssertEqual(lie.missedChangeAt, 3 << 20)
+        var o = RestoreOptions.overwriting
+        o.secret = key
+        _ = try Restore.run(chain: nights.chain, target: "\(dir)/out.img", options: o)
+        XCTAssertEqual(try readFile("\(dir)/out.img"), nights.disk.bytes)
     }
 
     func testRescanAfterScansOnceTheLastScanIsThatOld() throws {

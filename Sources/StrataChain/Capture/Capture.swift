@@ -164,7 +164,7 @@ public enum Capture {
         let contexts = [nbdAllocationContext] + (options.dirtyBitmap.map { [DirtyBitmapChanges.context($0)] } ?? [])
         let export: NBDExport
         do { export = try NBDExport(uri: uri, contexts: contexts, connections: options.nbdConnections) } catch let e as NBDError {
-            throw ChainError.nbdUnusable(uri: uri, reason: e.message)
+            throw e.libraryMissing ? ChainError.machineLacks(e.message) : ChainError.nbdUnusable(uri: uri, reason: e.message)
         }
         let bitmaps = options.dirtyBitmap != nil || options.nextDirtyBitmap != nil
         let changes = bitmaps ? DirtyBitmapChanges(export: export, bitmap: options.dirtyBitmap, next: options.nextDirtyBitmap) : nil
