@@ -55,7 +55,7 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
         self.lib = lib
         func open() throws -> OpaquePointer {
             guard let h = lib.create() else { throw NBDError("connect to", uri) }
-            _ = lib.setURIAllowLocalFile(h, false)
+            _ = lib.setURIAllowLocalFile(h, true)  // the URI is the user's: its tls-certificates or tls-psk-file may name files
             for c in contexts where lib.addMetaContext(h, c) == -1 {
                 lib.close(h)
                 throw NBDError("connect to", uri)

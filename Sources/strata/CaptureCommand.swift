@@ -54,7 +54,8 @@ struct CaptureCommand: ParsableCommand {
 
             NBD: a source named by an NBD URI (nbd://HOST[:PORT]/EXPORT, nbds:// with TLS, \
             nbd+unix:///EXPORT?socket=PATH) is read through libnbd, many reads in flight on up to --connections \
-            connections (where the server allows multi-conn); its holes and zeros are not read. --dirty-bitmap \
+            connections (where the server allows multi-conn); its holes and zeros are not read, but for \
+            --check-unchanged of them, which must read as zeros (else every block is read). --dirty-bitmap \
             NAME reads only what QEMU's bitmap NAME marks, where the chain records NAME as started when its \
             newest point was captured (--next-dirty-bitmap names the bitmap started at this capture's instant, \
             for the next one). strata-qemu-capture(1) rotates the bitmaps for a QEMU image at rest or a disk in \

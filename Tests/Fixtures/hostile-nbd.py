@@ -9,6 +9,7 @@ socket, one client at a time, and misbehaves as MODE says:
   extents-empty   block status sends an extent of length 0
   drop-after N    close the connection after answering N reads
   read-error      answer every read with EIO
+  zero-lie        block status calls everything zeros (it is not: reads give the pattern)
 
 usage: hostile-nbd.py SOCKET SIZE MODE [N]
 """
@@ -95,6 +96,8 @@ def serve(conn, size, mode, n):
                 extents = [(length + 65536, 0), (length, 0), (length, 0)]
             elif mode == "extents-empty":
                 extents = [(0, 0), (length, 0)]
+            elif mode == "zero-lie":
+                extents = [(length, 3)]  # a hole, reading as zeros
             else:
                 extents = [(length, 0)]
             payload = struct.pack(">I", CONTEXT_ID) + b"".join(struct.pack(">II", l, f) for l, f in extents)

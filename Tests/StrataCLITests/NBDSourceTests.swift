@@ -190,11 +190,57 @@ final class NBDSourceTests: XCTestCase {
         try run(["extents-empty"], 66, "the server sent an empty extent at byte 0")
         try run(["drop-after", "3"], 74, "Transport endpoint is not connected")
         try run(["read-error"], 74, "Input/output error")
+        // A server whose block status calls its data zeros: the share of its "zeros" read as a check finds data,
+        // and the capture reads every block instead (the test reads all of them, so it must be caught).
+        let liar = "\(dir)/liar.sock"
+        children.append(try ChildProcess("/usr/bin/python3", [Self.hostile, liar, String(8 << 20), "zero-lie"], quiet: true))
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: liar) { usleep(20_000) }
+        let lied = try strata("capture", "nbd+unix:///?socket=\(liar)", "\(dir)/lied", "--check-unchanged", "100", "--json")
+        XCTAssertEqual(lied.status, 0, lied.stderr)
+        XCTAssertEqual(lied.stderr, "strata: nbd+unix:///?socket=\(liar): the server called the bytes at 0 zeros (block status), and they are not; reading every block\n")
+        XCTAssertEqual(jsonObject(lied.stdout)["bytesRead"] as? Int, 8 << 20)
+        let pattern = Data((0..<(8 << 20)).map { UInt8($0 % 251) })
+        try pattern.write(to: URL(fileURLWithPath: "\(dir)/pattern.raw"))
+        try restores("\(dir)/lied", point: 1, to: "\(dir)/pattern.raw")
         let missing = try strata("capture", "nbd+unix:///?socket=\(dir)/nothing.sock", "\(dir)/c")
         XCTAssertEqual(missing.status, 66)
         XCTAssertEqual(missing.stderr, "strata: error: cannot read NBD export nbd+unix:///?socket=\(dir)/nothing.sock: nbd_connect_uri: connect: No such file or directory; the chain was not changed: check that the server runs and exports it to this host\n")
         let bitmapOnAFile = try strata("capture", "\(dir)/x.img", "\(dir)/c", "--dirty-bitmap", "b")
         XCTAssertEqual(bitmapOnAFile.status, 64, bitmapOnAFile.stderr)
+    }
+
+    /// nbds://: qemu-nbd with an X.509 certificate (a CA this test makes) on 127.0.0.1; the client trusts that CA
+    /// (tls-certificates in the URI). Plain nbd:// to the same server is refused by it, and so is TLS to a server
+    /// whose certificate no trusted CA signed.
+    func testTLSExportsAreReadOverNBDS() throws {
+        if toolOutput(["sh", "-c", "command -v openssl"]).isEmpty { throw XCTSkip("openssl is not installed (Tools/setup installs it)") }
+        let tls = "\(dir)/tls", client = "\(dir)/client", stranger = "\(dir)/stranger"
+        sh("""
+            mkdir -p \(tls) \(client) \(stranger) && cd \(tls) && \
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem -days 2 -subj '/CN=strata test CA' 2>/dev/null && \
+            openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj '/CN=localhost' 2>/dev/null && \
+            printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > ext.cnf && \
+            openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial -out server-cert.pem -days 2 -extfile ext.cnf 2>/dev/null && \
+            cp ca-cert.pem \(client)/ && \
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout \(stranger)/key.pem -out \(stranger)/ca-cert.pem -days 2 -subj '/CN=another CA' 2>/dev/null
+            """)
+        let raw = "\(dir)/disk.raw"
+        try makeDisk(raw, size: 8 << 20, seed: 6)
+        let port = 20000 + Int(getpid() % 20000)
+        children.append(try ChildProcess("/usr/bin/env", [
+            "qemu-nbd", "-r", "-t", "-f", "raw", "--object", "tls-creds-x509,id=tls0,endpoint=server,dir=\(tls),verify-peer=no",
+            "--tls-creds", "tls0", "-b", "127.0.0.1", "-p", String(port), raw,
+        ], quiet: true))
+        for _ in 0..<200 where runProcess("/bin/sh", ["-c", "nbdinfo --size 'nbds://localhost:\(port)/?tls-certificates=\(client)' >/dev/null 2>&1"]).status != 0 { usleep(20_000) }
+        let r = try strata("capture", "nbds://localhost:\(port)/?tls-certificates=\(client)", "\(dir)/chain", "--json")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        try restores("\(dir)/chain", point: 1, to: raw)
+        let plain = try strata("capture", "nbd://localhost:\(port)/", "\(dir)/plain")
+        XCTAssertEqual(plain.status, 66, plain.stderr)
+        XCTAssertTrue(plain.stderr.contains("server requires TLS encryption first"), plain.stderr)
+        let untrusted = try strata("capture", "nbds://localhost:\(port)/?tls-certificates=\(stranger)", "\(dir)/untrusted")
+        XCTAssertEqual(untrusted.status, 66, untrusted.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/untrusted/chain.manifest"))
     }
 
     func testACaptureOfAnExportCostsAboutWhatAFileDoesAndMatchesIt() throws {
@@ -208,5 +254,11 @@ final class NBDSourceTests: XCTestCase {
         XCTAssertEqual(jsonObject(nbd.stdout)["engine"] as? String, "nbd")
         XCTAssertEqual(jsonObject(nbd.stdout)["bytesRead"] as? Int, jsonObject(direct.stdout)["bytesRead"] as? Int, "holes are not read through NBD either")
         try restores("\(dir)/nbd", point: 1, to: raw)
+        // Every hole read as a check: an honest server's zeros are zeros (no notice), and the image is the same.
+        let checked = try strata("capture", try serve(raw, format: "raw"), "\(dir)/checked", "--check-unchanged", "100", "--json")
+        XCTAssertEqual(checked.status, 0, checked.stderr)
+        XCTAssertEqual(checked.stderr, "")
+        XCTAssertEqual(jsonObject(checked.stdout)["bytesRead"] as? Int, 40 << 20)
+        try restores("\(dir)/checked", point: 1, to: raw)
     }
 }

@@ -296,9 +296,20 @@ public enum Capture {
             }
             if answer == nil || missedAt != nil {
                 let map = HashMapHeader(blockSize: blockSize, sourceSize: source.size, chainID: chainID, imageID: header.imageID, point: point)
-                attempt = try captureOnce(
-                    source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,
-                    map: map, plan: nil, progress: progress, window: window)
+                do {
+                    attempt = try captureOnce(
+                        source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,
+                        map: map, plan: nil, progress: progress, window: window)
+                } catch let miss as CapturePipeline.MissedChange {
+                    // Only an NBD server's word on holes is sampled in a scan: it called data zeros.
+                    notice("\(sourcePath): the server called the bytes at \(miss.offset) zeros (block status), and they are not; reading every block")
+                    if let m = previous { (oldMap, _) = try HeadMap.forCapture(chain, m, maxWindowBlocks: options.tuning.maxWindowBlocks, notice: { _ in }) }
+                    let requestSize = max(options.requestSize / Int(blockSize), 1) * Int(blockSize)
+                    let chunks = Int((source.size + UInt64(requestSize) - 1) / UInt64(requestSize))
+                    attempt = try captureOnce(
+                        source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,
+                        map: map, plan: ScanPlan(size: source.size, requestSize: requestSize, dataChunks: [0..<chunks]), progress: progress, window: window)
+                }
             }
         } catch {
             changeSource?.abandon()

@@ -135,7 +135,10 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         } else {
             let rs = UInt64(requestSize)
             let data = try source.dataRanges(granule: rs).map { Int($0.lowerBound / rs)..<Int(($0.upperBound + rs - 1) / rs) }
-            self.plan = ScanPlan(size: source.size, requestSize: requestSize, dataChunks: data)
+            // An NBD server's holes and zeros are its word: a share of them is read, and must be zeros.
+            self.plan = ScanPlan(
+                size: source.size, requestSize: requestSize, dataChunks: data, checkHoles: source.export == nil ? 0 : options.checkUnchanged,
+                seed: options.sampleSeed ?? UInt64.random(in: 0...UInt64.max))
         }
     }
 
@@ -295,6 +298,9 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                 hashes.update(repeating: .zero, count: count)
             }
             let old = try oldMap?.hashes(from: first, count: count)
+            if piece.expectZero, let nonzero = (0..<count).first(where: { hashes[$0] != .zero }) {
+                throw MissedChange(offset: (first + UInt64(nonzero)) * UInt64(blockSize))
+            }
             if piece.sample {
                 sampled += UInt64(piece.length)
                 if let old, let miss = (0..<count).first(where: { old[$0] != hashes[$0] && old[$0] != .damaged && old[$0] != .unreadable }) {

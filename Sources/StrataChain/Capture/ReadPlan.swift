@@ -13,6 +13,8 @@ struct ReadPiece: Equatable {
     var hole = false
     /// Read to check blocks the change source called unchanged.
     var sample = false
+    /// Read to check a range the source called zeros (an NBD server's block status): every block must be zero.
+    var expectZero = false
 }
 
 protocol ReadPlan: AnyObject {
@@ -20,7 +22,10 @@ protocol ReadPlan: AnyObject {
     func next() throws -> ReadPiece?
 }
 
-/// Every chunk of the source, holes (`dataChunks`, in chunks) announced without a read.
+/// Every chunk of the source, holes (`dataChunks`, in chunks) announced without a read. Where the holes are a
+/// server's word (an NBD export's block status) rather than the kernel's, `checkHoles` is the share of them to
+/// read anyway, chosen as ChangePlan chooses its sample (whole runs of `ChangePlan.sampleRun`): each must read
+/// as zeros.
 final class ScanPlan: ReadPlan {
     private let size: UInt64
     private let requestSize: Int
@@ -28,12 +33,16 @@ final class ScanPlan: ReadPlan {
     private let chunkCount: Int
     private var chunk = 0
     private var rangeIndex = 0
+    private let threshold: UInt64
+    private let seed: UInt64
 
-    init(size: UInt64, requestSize: Int, dataChunks: [Range<Int>]) {
+    init(size: UInt64, requestSize: Int, dataChunks: [Range<Int>], checkHoles percent: Double = 0, seed: UInt64 = 0) {
         self.size = size
         self.requestSize = requestSize
         self.dataChunks = dataChunks
         chunkCount = Int((size + UInt64(requestSize) - 1) / UInt64(requestSize))
+        threshold = sampleThreshold(percent)
+        self.seed = seed
     }
 
     func next() throws -> ReadPiece? {
@@ -42,8 +51,26 @@ final class ScanPlan: ReadPlan {
         while rangeIndex < dataChunks.count && dataChunks[rangeIndex].upperBound <= chunk { rangeIndex += 1 }
         let isData = rangeIndex < dataChunks.count && dataChunks[rangeIndex].contains(chunk)
         let offset = UInt64(chunk) * UInt64(requestSize)
-        return ReadPiece(offset: offset, length: Int(min(UInt64(requestSize), size - offset)), hole: !isData)
+        let piece = ReadPiece(offset: offset, length: Int(min(UInt64(requestSize), size - offset)), hole: !isData)
+        if piece.hole && threshold > 0 && sampleMix(seed ^ (offset / ChangePlan.sampleRun)) <= threshold {
+            return ReadPiece(offset: piece.offset, length: piece.length, expectZero: true)
+        }
+        return piece
     }
+}
+
+/// The hash value below which a run is sampled, for a share of `percent`.
+func sampleThreshold(_ percent: Double) -> UInt64 {
+    let share = min(max(percent, 0), 100) / 100
+    return share >= 1 ? .max : UInt64(share * Double(UInt64(1) << 53)) << 11
+}
+
+/// splitmix64's finaliser: a well-spread 64-bit hash of a run's number.
+func sampleMix(_ x: UInt64) -> UInt64 {
+    var z = x &+ 0x9E37_79B9_7F4A_7C15
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
 }
 
 /// The changed ranges (and the damaged blocks to heal), widened to `unit`, and a sample of the rest.
@@ -74,8 +101,7 @@ final class ChangePlan: ReadPlan {
         self.unit = UInt64(unit)
         self.changed = changed
         self.heal = heal.reversed()
-        let share = min(max(samplePercent, 0), 100) / 100
-        threshold = share >= 1 ? .max : UInt64(share * Double(UInt64(1) << 53)) << 11
+        threshold = sampleThreshold(samplePercent)
         self.seed = seed
     }
 
@@ -153,19 +179,12 @@ final class ChangePlan: ReadPlan {
         while run * Self.sampleRun < size {
             let k = run
             run += 1
-            if mix(seed ^ k) <= threshold {
+            if sampleMix(seed ^ k) <= threshold {
                 sampleRange = k * Self.sampleRun..<min((k + 1) * Self.sampleRun, size)
                 if sampleRange!.upperBound > position { return max(sampleRange!.lowerBound, position)..<sampleRange!.upperBound }
             }
         }
         return nil
     }
-
-    /// splitmix64's finaliser: a well-spread 64-bit hash of a run's number.
-    private func mix(_ x: UInt64) -> UInt64 {
-        var z = x &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
+
