@@ -46,12 +46,20 @@ public enum ReflinkClone {
     @discardableResult
     public static func removeStale(besides file: String) -> [String] {
         let (dir, name) = split(file)
+        return removeStale(in: dir, prefix: prefix, name: name, keepingOwn: false)  // called before this run clones
+    }
+
+    /// Removes the entries `PREFIXPID-NAME` of `directory` whose process is gone; returns their paths. What a run
+    /// names after its process id, so that the next run can tell a killed run's leftovers. `keepingOwn`: this
+    /// process's entry is its own (else it is a leftover of an earlier process that had the same id).
+    @discardableResult
+    public static func removeStale(in directory: String, prefix: String, name: String, keepingOwn: Bool) -> [String] {
         var removed: [String] = []
-        for entry in (try? Sys.listDirectory(dir)) ?? [] where entry.hasPrefix(prefix) && entry.hasSuffix("-\(name)") {
+        for entry in (try? Sys.listDirectory(directory)) ?? [] where entry.hasPrefix(prefix) && entry.hasSuffix("-\(name)") {
             let rest = entry.dropFirst(prefix.count)
             guard let dash = rest.firstIndex(of: "-"), let pid = pid_t(rest[..<dash]), String(rest[rest.index(after: dash)...]) == name else { continue }
-            if pid != Sys.processID && Daemon.isRunning(pid) { continue }
-            if (try? Sys.unlink("\(dir)/\(entry)")) != nil { removed.append("\(dir)/\(entry)") }
+            if pid == Sys.processID ? keepingOwn : Daemon.isRunning(pid) { continue }
+            if (try? Sys.unlink("\(directory)/\(entry)")) != nil { removed.append("\(directory)/\(entry)") }
         }
         return removed
     }

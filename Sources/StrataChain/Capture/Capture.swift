@@ -237,8 +237,8 @@ public enum Capture {
             let scans: Set<String> = [ChangeSources.scan, ChangeSources.rescan, ChangeSources.scanAfterMiss]
             let lastScan = m.images.last { m.changeSources[$0.point].map(scans.contains) ?? true }
             let now = options.createdAt ?? Sys.wallClockSeconds
-            if let last = lastScan?.createdAt, now >= last, now - last < age {
-            } else {
+            let recent = lastScan.map { now >= $0.createdAt && now - $0.createdAt < age } ?? false
+            if !recent {
                 notice("the last capture that read the whole source is older than --rescan-after: scanning it all")
                 options.rescan = true
             }
@@ -276,10 +276,11 @@ public enum Capture {
 
         var missedAt: UInt64?
         var attempt: (finished: ImageHeader, stats: CapturePipeline.Stats)?
+        let requestSize = max(options.requestSize / Int(blockSize), 1) * Int(blockSize)
         do {
             if let answer {
                 let plan = ChangePlan(
-                    size: source.size, requestSize: max(options.requestSize / Int(blockSize), 1) * Int(blockSize),
+                    size: source.size, requestSize: requestSize,
                     unit: max(Int(blockSize), source.alignment), changed: answer,
                     heal: healing.map { $0.lowerBound * UInt64(blockSize)..<min($0.upperBound * UInt64(blockSize), source.size) },
                     samplePercent: options.checkUnchanged, seed: options.sampleSeed ?? UInt64.random(in: 0...UInt64.max))
@@ -304,7 +305,6 @@ public enum Capture {
                     // Only an NBD server's word on holes is sampled in a scan: it called data zeros.
                     notice("\(sourcePath): the server called the bytes at \(miss.offset) zeros (block status), and they are not; reading every block")
                     if let m = previous { (oldMap, _) = try HeadMap.forCapture(chain, m, maxWindowBlocks: options.tuning.maxWindowBlocks, notice: { _ in }) }
-                    let requestSize = max(options.requestSize / Int(blockSize), 1) * Int(blockSize)
                     let chunks = Int((source.size + UInt64(requestSize) - 1) / UInt64(requestSize))
                     attempt = try captureOnce(
                         source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,

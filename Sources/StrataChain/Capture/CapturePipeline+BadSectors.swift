@@ -9,8 +9,8 @@ extension CapturePipeline {
     /// Reads a chunk whose read failed again, in halves down to the source's logical block size, and records
     /// the blocks that stay unreadable (zeroed in the slot). Synchronous: bad sectors are rare and slow anyway.
     func rescue(_ slot: Int) throws {
-        let chunkOffset = slotOffset[slot]
-        let valid = slotBytes[slot]
+        let chunkOffset = slotPiece[slot].offset
+        let valid = slotPiece[slot].length
         let unit = source.alignment
         let base = slots.slot(slot)
         var bad: [Int] = []

@@ -62,10 +62,8 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
     private let slotHashes: UnsafeMutablePointer<BlockHash>
     private let holeHashes: UnsafeMutablePointer<BlockHash>  // a hole's, where no map is written
     private let blocksPerSlot: Int
-    let slotOffset: PerSlot<UInt64>  // where in the source the slot's piece starts
     private let slotSequence: PerSlot<Int>
-    private let slotPiece: PerSlot<ReadPiece>
-    let slotBytes: PerSlot<Int>
+    let slotPiece: PerSlot<ReadPiece>  // the piece of the source read into the slot (its offset and valid bytes)
     let slotUnreadable: PerSlot<[Int]>  // blocks of the slot's chunk that could not be read
 
     // Unreadable blocks found so far (I/O thread only until the workers are joined).
@@ -115,10 +113,8 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         blocksPerSlot = requestSize / blockSize
         slotHashes = .allocate(capacity: slotCount * blocksPerSlot)
         holeHashes = .allocate(capacity: blocksPerSlot)
-        slotOffset = PerSlot(repeating: 0, count: slotCount)
         slotSequence = PerSlot(repeating: 0, count: slotCount)
         slotPiece = PerSlot(repeating: ReadPiece(offset: 0, length: 0), count: slotCount)
-        slotBytes = PerSlot(repeating: 0, count: slotCount)
         slotUnreadable = PerSlot(repeating: [], count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
 
@@ -187,8 +183,6 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                 }
                 let slot = try stages.wait(on: Self.reader, for: { freeSlots.popLast() }, pending: inFlight, work: finishOne)
                 let length = Int((UInt64(piece.length) + alignment - 1) / alignment * alignment)
-                slotOffset[slot] = piece.offset
-                slotBytes[slot] = piece.length
                 slotPiece[slot] = piece
                 slotSequence[slot] = seq
                 pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: source.physical(piece.offset), tag: slot)
@@ -206,17 +200,17 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
 
     private func complete(_ done: (tag: Int, bytes: Int, error: IOError?)) throws {
         let slot = done.tag
-        let valid = slotBytes[slot]
+        let valid = slotPiece[slot].length
         slotUnreadable[slot].removeAll()
         if let error = done.error {
-            let at = slotOffset[slot] + UInt64(done.bytes)
+            let at = slotPiece[slot].offset + UInt64(done.bytes)
             guard error.isMediaError else { throw error }
             guard options.maxBadBlocks > 0 else {
                 throw ChainError.sourceReadError(path: source.path, offset: at / UInt64(source.alignment) * UInt64(source.alignment), reason: error.reason)
             }
             try rescue(slot)
         } else if done.bytes < valid {
-            throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(slotOffset[slot] + UInt64(done.bytes))")
+            throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(slotPiece[slot].offset + UInt64(done.bytes))")
         }
         let tail = (valid + blockSize - 1) / blockSize * blockSize
         if tail > valid { (slots.slot(slot) + valid).initializeMemory(as: UInt8.self, repeating: 0, count: tail - valid) }
@@ -232,7 +226,7 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
             case .hash(let slot):
                 let base = slots.slot(slot)
                 let hashes = slotHashes + slot * blocksPerSlot
-                let blocks = (slotBytes[slot] + blockSize - 1) / blockSize
+                let blocks = (slotPiece[slot].length + blockSize - 1) / blockSize
                 for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
                 for b in slotUnreadable[slot] { hashes[b] = .unreadable }
                 stages.update(waking: Self.coordinator) { readyPieces[slotSequence[slot]] = (slotPiece[slot], slot) }

@@ -102,15 +102,7 @@ final class ReflinkBaseline: ChangeSource {
     @discardableResult
     static func removeStale(besides image: String) -> [String] {
         let (dir, name) = (BlockDevices.parentDirectory(of: image), BlockDevices.lastComponent(of: image))
-        let directory = "\(dir)/\(directoryName)"
-        var removed: [String] = []
-        for entry in (try? Sys.listDirectory(directory)) ?? [] where entry.hasPrefix(nextPrefix) && entry.hasSuffix("-\(name)") {
-            let rest = entry.dropFirst(nextPrefix.count)
-            guard let dash = rest.firstIndex(of: "-"), let pid = Int32(rest[..<dash]), String(rest[rest.index(after: dash)...]) == name else { continue }
-            if pid == Sys.processID || Daemon.isRunning(pid) { continue }
-            if (try? Sys.unlink("\(directory)/\(entry)")) != nil { removed.append("\(directory)/\(entry)") }
-        }
-        return removed
+        return ReflinkClone.removeStale(in: "\(dir)/\(directoryName)", prefix: nextPrefix, name: name, keepingOwn: true)
     }
 
     /// What identifies a baseline, as the manifest keeps it: `POINT:INODE:SIZE:MTIME` (mtime in nanoseconds).
