@@ -33,6 +33,12 @@ static inline long strata_fstatfs_type(int fd) {
     if (fstatfs(fd, &s) != 0) return -1;
     return (long)s.f_type;
 }
+/* fallocate(2) needs _GNU_SOURCE; the system call does not. */
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline int strata_fallocate(int fd, int mode, int64_t offset, int64_t length) {
+    return (int)syscall(SYS_fallocate, fd, mode, (off_t)offset, (off_t)length);
+}
 /* Names the calling thread (prctl is variadic, pthread_setname_np needs _GNU_SOURCE: neither imports). */
 #include <sys/prctl.h>
 static inline void strata_name_thread(const char *name) { prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }

@@ -16,10 +16,11 @@ public final class RestoreTarget {
     public let deviceSize: UInt64
 
     /// Opens `path` for writing: a block device exclusively (O_EXCL: the kernel refuses one that is mounted,
-    /// swap or held, and nothing can mount it while the restore runs); a file created (mode 0600 when new) or
-    /// truncated.
-    public init(path: String) throws {
+    /// swap or held, and nothing can mount it while the restore runs); a file created (mode 0600 when new) and
+    /// truncated, or with `keepingContent` (a restore that writes only what differs) kept as it is.
+    public init(path: String, keepingContent: Bool = false) throws {
         self.path = path
+        self.keepsContent = keepingContent
         var isDevice = false
         var isSink = false
         let st = try? Sys.stat(path)
@@ -32,7 +33,7 @@ public final class RestoreTarget {
         isBlockDevice = isDevice
         isCharacterDevice = isSink
         func open(_ flags: Int32) throws -> Int32 {
-            isDevice ? try Sys.openExclusive(path, O_WRONLY | flags) : try Sys.open(path, O_WRONLY | O_CREAT | O_TRUNC | flags)
+            isDevice ? try Sys.openExclusive(path, O_WRONLY | flags) : try Sys.open(path, O_WRONLY | O_CREAT | (keepingContent ? 0 : O_TRUNC) | flags)
         }
         var direct = true
         var fd: Int32
@@ -70,9 +71,17 @@ public final class RestoreTarget {
         if !isBlockDevice && !isCharacterDevice { try Sys.ftruncate(fd, size, path: path) }
     }
 
-    /// Makes a range read back as zeros: a hole in a file (nothing to do after truncation), BLKZEROOUT on a device.
+    /// Whether the file was opened with its content kept (its zero ranges must then be made, not assumed).
+    public let keepsContent: Bool
+
+    /// Makes a range read back as zeros: BLKZEROOUT on a device; in a file kept with its content, a hole punched;
+    /// in a truncated one nothing (it is a hole already).
     public func zero(offset: UInt64, length: UInt64) throws {
-        if isBlockDevice { try Sys.zeroOut(fd, offset: offset, length: length, path: path) }
+        if isBlockDevice {
+            try Sys.zeroOut(fd, offset: offset, length: length, path: path)
+        } else if keepsContent && !isCharacterDevice {
+            try Sys.punchHole(fd, offset: offset, length: length, path: path)
+        }
     }
 
     public func sync() throws { if !isCharacterDevice { try Sys.fdatasync(fd, path: path) } }

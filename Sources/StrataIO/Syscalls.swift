@@ -455,6 +455,25 @@ public enum Sys {
         _ = try retrying("zero range of", path) { ioctl(fd, strata_BLKZEROOUT, &range) }
     }
 
+    /// Makes a byte range of a file read as zeros without changing its length: a hole punched
+    /// (FALLOC_FL_PUNCH_HOLE), or zeros written where the filesystem cannot punch one.
+    public static func punchHole(_ fd: Int32, offset: UInt64, length: UInt64, path: String) throws {
+        let punch: Int32 = 0x02 | 0x01  // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        if strata_fallocate(fd, punch, Int64(offset), Int64(length)) == 0 { return }
+        let e = Glibc.errno
+        guard e == EOPNOTSUPP || e == ENOSYS || e == EINVAL else { throw IOError("punch a hole in", path: path, errno: e) }
+        let chunk = 1 << 20
+        let zeros = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: chunk)
+        var at: UInt64 = 0
+        while at < length {
+            let n = Int(min(UInt64(chunk), length - at))
+            try pwriteAll(fd, zeros, n, offset + at, path: path)
+            at += UInt64(n)
+        }
+    }
+
     /// The next data offset at or after `offset` (SEEK_DATA), or nil at end of file / no more data.
     public static func seekData(_ fd: Int32, from offset: UInt64, path: String) throws -> UInt64? {
         let r = lseek(fd, off_t(offset), SEEK_DATA)

@@ -23,13 +23,25 @@ struct RestoreCommand: ParsableCommand {
             device) and every block compared with the chain's hash for it; a difference fails with exit 74. \
             Blocks that were unreadable when the point was captured are written as zeros and reported.
 
-            --json prints one object: point, bytesWritten, images, seconds, engine, verified, unreadableBlocks, \
-            unreadableRanges ([offset, length] in bytes, the first 1000).
+            DELTA: with --delta the target is read first (in parallel, direct I/O) and each block compared with \
+            the point's hash for it, from the images' hash tables; only the blocks that differ are written (zeros \
+            that differ become holes in a file, BLKZEROOUT on a device), and only the frames holding them are \
+            read from the chain. For rolling a disk or a VM image back to a point when it holds a later (or \
+            earlier) state of the same disk: the result is the same as a full restore, byte for byte. Killed \
+            part way, the target is part old, part new, as after a killed full restore: run the same command \
+            again and it writes only what is still different. An existing file still needs --force, and a \
+            device in use is refused as without --delta.
+
+            --json prints one object: point, bytesWritten (with --delta only what was written or zeroed), \
+            bytesCompared and blocksDiffering (with --delta), images, seconds, engine, verified, \
+            unreadableBlocks, unreadableRanges ([offset, length] in bytes, the first 1000).
 
             EXAMPLES
               strata restore /backup/sdb /dev/sdc --point 2
               strata restore /backup/sdb disk.img
               strata restore /backup/sdb /dev/sdc --verify
+              strata restore /backup/sda /dev/sda --point 12 --delta   # roll back
+              strata restore /backup/web /var/lib/libvirt/images/web.img --delta --force
             """)
 
     @Argument(help: "Chain directory.") var chain: String
@@ -38,6 +50,7 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "Decompression threads (default: one per core).") var threads: Int?
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Read the target back after writing and check every block against the chain.") var verify = false
+    @Flag(help: "Read the target and write only the blocks that differ from the point.") var delta = false
     @Flag(help: "Replace an existing, non-empty target file (never overrides a device in use).") var force = false
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
@@ -53,16 +66,20 @@ struct RestoreCommand: ParsableCommand {
         options.secret = try key.secret()
         options.verify = verify
         options.force = force
+        options.delta = delta
         let progress = ProgressLine(verb: "restore", quiet: quiet)
         do {
             let r = try Restore.run(chain: chain, target: target, options: options, progress: progress.update, notice: Output.notice)
             progress.finish()
             if json {
-                Output.json(Report(r))
+                Output.json(Report(r, delta: delta))
             } else {
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "written as zeros (unreadable at capture)") }
                 if !quiet {
-                    print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(Output.bytes(r.bytesWritten)) in \(Output.fixed(r.seconds, 2)) s\(r.verified ? ", read back and verified" : "")")
+                    let written = delta
+                        ? "\(r.blocksDiffering) block\(r.blocksDiffering == 1 ? "" : "s") differed, \(Output.bytes(r.bytesWritten)) written of \(Output.bytes(r.bytesCompared)) compared"
+                        : Output.bytes(r.bytesWritten)
+                    print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(written) in \(Output.fixed(r.seconds, 2)) s\(r.verified ? ", read back and verified" : "")")
                 }
             }
         } catch {
@@ -76,10 +93,12 @@ extension RestoreCommand {
     /// What --json prints.
     struct Report: Encodable {
         var point: UInt32, bytesWritten: UInt64, images: Int, seconds: Seconds, engine: String
+        var bytesCompared: UInt64?, blocksDiffering: UInt64?
         var verified: Bool, unreadableBlocks: UInt64, unreadableRanges: [[UInt64]]
 
-        init(_ r: RestoreResult) {
+        init(_ r: RestoreResult, delta: Bool) {
             (point, bytesWritten, images, seconds, engine) = (r.point, r.bytesWritten, r.images, Seconds(r.seconds), r.engine)
+            if delta { (bytesCompared, blocksDiffering) = (r.bytesCompared, r.blocksDiffering) }
             (verified, unreadableBlocks, unreadableRanges) = (r.verified, r.unreadableBlocks, Output.ranges(r.unreadableRanges))
         }
     }

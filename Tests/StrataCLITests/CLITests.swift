@@ -236,6 +236,51 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// `restore --delta` killed at writes spread over its run: the target is part old, part new; the same command
+    /// run again gives exactly the point and writes exactly the blocks still different (counted here from the
+    /// target as the kill left it). --json carries the delta's counts.
+    func testKilledDeltaRestoreFinishesOnTheNextRun() throws {
+        if let reason = CrashDisk.unavailableReason() { throw XCTSkip(reason) }
+        let disk = try CrashDisk(in: dir)
+        let chain = "\(dir)/chain"
+        var states: [[UInt8]] = []
+        for night in 0..<2 {
+            try makeDisk("\(dir)/disk", size: 16 << 20, seed: 5, changes: 600 * night)
+            XCTAssertEqual(try strata("capture", "\(dir)/disk", chain, "--quiet").status, 0)
+            states.append([UInt8](try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk"))))
+        }
+        func differing(_ a: [UInt8], _ b: [UInt8]) -> Int {
+            stride(from: 0, to: a.count, by: 4096).filter { a[$0..<($0 + 4096)] != b[$0..<($0 + 4096)] }.count
+        }
+        let target = "\(disk.mountPoint)/vm.img"
+        let delta = ["restore", chain, target, "--point", "2", "--delta", "--force", "--quiet"]
+        XCTAssertEqual(try strata("restore", chain, target, "--point", "1", "--quiet").status, 0)
+        try disk.command("count")
+        XCTAssertEqual(try strata(delta).status, 0)
+        let writes = disk.status().writes
+        XCTAssertGreaterThan(writes, 4, "the delta makes several writes")
+        let all = differing(states[0], states[1])
+        var partial = 0
+        for n in [1, writes / 4, writes / 2, writes * 3 / 4, writes - 1] where n >= 1 {
+            XCTAssertEqual(try strata("restore", chain, target, "--point", "1", "--force", "--quiet").status, 0)
+            var finished: Run?
+            let at = try disk.run(delta, stoppingAt: "writes", n, crash: .kill, finished: &finished)
+            XCTAssertNotNil(at, "the kill at write \(n) of \(writes) landed mid-run")
+            let left = [UInt8](try Data(contentsOf: URL(fileURLWithPath: target)))
+            XCTAssertEqual(left.count, states[1].count, "the target has the point's length from the start")
+            let still = differing(left, states[1])
+            if still > 0 && still < all { partial += 1 }
+            let again = try strata(delta.filter { $0 != "--quiet" } + ["--json"])
+            XCTAssertEqual(again.status, 0, again.stderr)
+            let report = try JSONSerialization.jsonObject(with: Data(again.stdout.utf8)) as? [String: Any] ?? [:]
+            XCTAssertEqual(report["blocksDiffering"] as? Int, still, "killed at \(at ?? "-"): the second run finds what was left")
+            XCTAssertEqual(report["bytesWritten"] as? Int, still * 4096)
+            XCTAssertEqual(report["bytesCompared"] as? Int, 16 << 20)
+            XCTAssertTrue([UInt8](try Data(contentsOf: URL(fileURLWithPath: target))) == states[1], "killed at \(at ?? "-"): then point 2 exactly")
+        }
+        XCTAssertGreaterThan(partial, 1, "kills left the target part written")
+    }
+
     /// A restore killed at writes spread over its run (the target on the crash disk) leaves the chain untouched:
     /// the next restore works.
     func testKilledRestoreLeavesChainIntact() throws {

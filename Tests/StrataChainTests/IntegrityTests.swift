@@ -99,11 +99,13 @@ final class IntegrityTests: XCTestCase {
         try Data(bytes).write(to: URL(fileURLWithPath: target))
         let c = try Chain(location: chain, access: .read)
         let images = try c.openImages(forPoint: 2)
-        let check = RestoreReadBack(
-            frames: FrameReader(images), images: images, blockSize: 4096,
-            sourceSize: UInt64(bytes.count), queue: PreadQueue(threads: 4))
-        try check.run(try BlockSource(path: target), depth: 4, progress: nil)
-        XCTAssertEqual(check.mismatchedBlocks, 2)
-        XCTAssertEqual(check.firstMismatch, UInt64(min(zeroBlock, dataBlock) / 4096))
+        let check = try TargetCompare(
+            store: c.store, images: images, blockSize: 4096, sourceSize: UInt64(bytes.count), queue: PreadQueue(threads: 4))
+        var runs: [Range<UInt64>] = []
+        try check.run(try BlockSource(path: target), depth: 4, progress: nil) { runs += $0 }
+        XCTAssertEqual(check.differingBlocks, 2)
+        XCTAssertEqual(check.firstDiffering, UInt64(min(zeroBlock, dataBlock) / 4096))
+        let (a, b) = (UInt64(min(zeroBlock, dataBlock) / 4096), UInt64(max(zeroBlock, dataBlock) / 4096))
+        XCTAssertEqual(runs, b == a + 1 ? [a..<(b + 1)] : [a..<(a + 1), b..<(b + 1)])  // the runs given, joined
     }
 }

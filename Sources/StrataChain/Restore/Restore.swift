@@ -11,6 +11,9 @@ public struct RestoreOptions: Sendable {
     public var engine: IOEngineChoice = .auto
     /// After writing, read the target back and check every block against the chain's hashes.
     public var verify = false
+    /// Read the target first and write only the blocks that differ from the point (the target keeps its content
+    /// where it already holds the point's).
+    public var delta = false
     /// Replace an existing non-empty target file (a device in use is refused whatever this says).
     public var force = false
     /// An encrypted chain's secret.
@@ -23,7 +26,12 @@ public struct RestoreOptions: Sendable {
 
 public struct RestoreResult: Sendable, Equatable {
     public var point: UInt32
+    /// Bytes given to the target: with --delta only the blocks that differed (written, or zeroed), otherwise the
+    /// source's size.
     public var bytesWritten: UInt64
+    /// --delta: bytes of the target read and compared, and the blocks that differed from the point.
+    public var bytesCompared: UInt64 = 0
+    public var blocksDiffering: UInt64 = 0
     public var images: Int
     public var seconds: Double
     public var engine: String
@@ -48,12 +56,15 @@ public enum Restore {
         let manifest = chain.manifest!  // the one the images were opened under
         try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
         let target: RestoreTarget
-        do { target = try RestoreTarget(path: targetPath) } catch let e as IOError {
+        do { target = try RestoreTarget(path: targetPath, keepingContent: options.delta) } catch let e as IOError {
             if e.isBusy { throw ChainError.targetInUse(path: targetPath, use: .exclusive(device: targetPath)) }
             throw ChainError.targetUnavailable(path: targetPath, reason: e.reason)
         }
         if target.isBlockDevice && target.deviceSize < manifest.sourceSize {
             throw ChainError.targetTooSmall(path: targetPath, size: target.deviceSize, needed: manifest.sourceSize)
+        }
+        if options.delta && target.isCharacterDevice {
+            throw ChainError.targetUnavailable(path: targetPath, reason: "--delta reads the target, and a character device cannot be read back")
         }
         if !target.direct { notice("\(targetPath) does not support O_DIRECT; writing through the page cache") }
         let frames = FrameReader(images)
@@ -67,29 +78,43 @@ public enum Restore {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
         if let note { notice(note) }
-        let pipeline = RestorePipeline(
-            frames: frames, images: images, sourceSize: manifest.sourceSize, blockSize: Int(manifest.blockSize),
-            target: target, reads: reads, writeQueue: writeQueue, options: options, progress: progress)
+        let blockSize = Int(manifest.blockSize)
+        /// What reads the target back and compares it with the point (before writing for --delta, after for --verify).
+        func comparer(unitBlocks: Int = 1) throws -> (TargetCompare, BlockSource) {
+            let source = try BlockSource(path: targetPath)
+            if !source.direct { notice("\(targetPath) does not support O_DIRECT; it is read back through the page cache") }
+            let (localQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)  // the target is local
+            let compare = try TargetCompare(
+                store: chain.store, images: images, blockSize: blockSize, sourceSize: manifest.sourceSize, queue: localQueue,
+                unitBlocks: unitBlocks, maxWindowBlocks: options.tuning.maxWindowBlocks)
+            return (compare, source)
+        }
+        var result = RestoreResult(point: point, bytesWritten: manifest.sourceSize, images: images.count, seconds: 0, engine: reads.engineName)
         do {
+            // A block smaller than the target's direct I/O unit is compared and written a unit at a time.
+            let delta = try options.delta ? comparer(unitBlocks: target.direct ? max(1, target.alignment / blockSize) : 1) : nil
+            let pipeline = RestorePipeline(
+                frames: frames, images: images, sourceSize: manifest.sourceSize, blockSize: blockSize,
+                target: target, reads: reads, writeQueue: writeQueue, options: options, progress: progress, delta: delta)
             try pipeline.run()
+            if let (compare, _) = delta {
+                (result.bytesWritten, result.bytesCompared, result.blocksDiffering) = (pipeline.bytesWritten, compare.bytesCompared, compare.differingBlocks)
+                (result.unreadableBlocks, result.unreadableRanges) = (compare.unreadableBlocks, compare.unreadableRanges)
+            } else {
+                (result.unreadableBlocks, result.unreadableRanges) = (pipeline.unreadableBlocks, pipeline.unreadableRanges)
+            }
             if options.verify {
-                let source = try BlockSource(path: targetPath)
-                if !source.direct { notice("\(targetPath) does not support O_DIRECT; the read-back goes through the page cache") }
-                let (localQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)  // the target is local
-                let check = RestoreReadBack(
-                    frames: frames, images: images, blockSize: Int(manifest.blockSize), sourceSize: manifest.sourceSize, queue: localQueue)
+                let (check, source) = try comparer()
                 try check.run(source, depth: options.queueDepth, progress: progress)
-                if let first = check.firstMismatch {
-                    throw ChainError.targetMismatch(path: targetPath, block: first, count: check.mismatchedBlocks)
+                if let first = check.firstDiffering {
+                    throw ChainError.targetMismatch(path: targetPath, block: first, count: check.differingBlocks)
                 }
+                result.verified = true
             }
         } catch {
             throw wrap(error)
         }
-        return RestoreResult(
-            point: point, bytesWritten: manifest.sourceSize, images: images.count,
-            seconds: Double(Sys.monotonicNanos() - started) / 1e9, engine: reads.engineName,
-            unreadableBlocks: pipeline.unreadableBlocks,
-            unreadableRanges: pipeline.unreadableRanges, verified: options.verify)
+        result.seconds = Double(Sys.monotonicNanos() - started) / 1e9
+        return result
     }
 }

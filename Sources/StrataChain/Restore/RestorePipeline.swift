@@ -1,5 +1,8 @@
 // The restore data path, one pass in block order:
 //
+//   compare        (--delta only) reads the target ahead of everything else and gives the runs of blocks that
+//                  differ from the point (TargetCompare); the I/O thread plans only those, so the frames of
+//                  blocks the target already holds are never read and those blocks never written.
 //   I/O thread     walks the point a window at a time (PointWalk), plans each extent (which read of which frame
 //                  it takes its blocks from) and hands the planned extents to the coordinator in batches; reads
 //                  the frames they need into slots (io_uring or pread), never more than the slots allow.
@@ -28,6 +31,8 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     private let writeQueue: IOQueue
     private let options: RestoreOptions
     private let progress: ProgressHandler?
+    /// --delta: what reads and compares the target, and the target opened for reading.
+    private let delta: (compare: TargetCompare, source: BlockSource)?
 
     private let slots: AlignedSlab
     private let decodedOffset: Int
@@ -53,6 +58,17 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     private var consumed = 0
     private let decodeJobs = WorkQueue<Int>()  // slots whose frame has been read
     private var finished = false
+    /// --delta: the runs of differing blocks the compare has found and the I/O thread has not yet taken, and
+    /// whether the compare is over.
+    private var differing: [Range<UInt64>] = []
+    private var differingHead = 0
+    private var compareDone = false
+    /// The I/O thread's own: the run it is planning from, and the parts of an extent it plans.
+    private var heldRun: Range<UInt64>?
+    private var parts: [ResolvedExtent] = []
+    private static let maxQueuedRuns = 1 << 16
+    /// Bytes written (data) and zeroed on the target.
+    private(set) var bytesWritten: UInt64 = 0
     /// The coordinator's own copy of `consumed`, the last it published.
     private var consumedShown = 0
     /// Unreadable ranges of the point, in bytes, and their blocks (the coordinator's).
@@ -65,8 +81,10 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
 
     init(
         frames: FrameReader, images: [ImageFile], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
-        reads: ObjectReads, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?
+        reads: ObjectReads, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?,
+        delta: (compare: TargetCompare, source: BlockSource)? = nil
     ) {
+        self.delta = delta
         self.frames = frames
         self.images = images
         self.sourceSize = sourceSize
@@ -102,6 +120,9 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
         for (i, decompressor) in decompressors.enumerated() {
             stages.spawn("strata-worker-\(i)") { self.work(decompressor) }
         }
+        if delta != nil {
+            stages.spawn("strata-compare") { try self.compareTarget() }
+        }
         stages.spawn("strata-io") { try self.readFrames() }
         try stages.run({ try writeTarget() }, finish: {
             stages.publish { finished = true }
@@ -127,31 +148,39 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
                 batch.reserveCapacity(Self.batchExtents)
             }
             while let window = try walk.next() {
-                for e in window {
-                    seq += 1
-                    var fetch: Int?
-                    if e.kind == .data {
-                        if let held = live[e.frameRef] {
-                            fetch = held.fetch
-                            lastPlannedUse[held.slot] = seq
-                        } else {
-                            let slot = try takeSlot(pump, pushing: push)
-                            fetch = nextFetch
-                            live[e.frameRef] = (nextFetch, slot)
-                            lastPlannedUse[slot] = seq
-                            slotFrame[slot] = e.frameRef
-                            slotFetch[slot] = nextFetch
-                            nextFetch += 1
-                            slotLead[slot] = try frames.startRead(e.frameRef, into: slots.slot(slot), reads: pump, tag: slot, direct: true)
-                            if pump.inFlight >= options.queueDepth { try frameRead(pump.nextOrThrow()) }
+                for whole in window {
+                    try takeParts(of: whole, pushing: push)
+                    for e in parts {
+                        seq += 1
+                        var fetch: Int?
+                        if e.kind == .data {
+                            if let held = live[e.frameRef] {
+                                fetch = held.fetch
+                                lastPlannedUse[held.slot] = seq
+                            } else {
+                                let slot = try takeSlot(pump, pushing: push)
+                                fetch = nextFetch
+                                live[e.frameRef] = (nextFetch, slot)
+                                lastPlannedUse[slot] = seq
+                                slotFrame[slot] = e.frameRef
+                                slotFetch[slot] = nextFetch
+                                nextFetch += 1
+                                slotLead[slot] = try frames.startRead(e.frameRef, into: slots.slot(slot), reads: pump, tag: slot, direct: true)
+                                if pump.inFlight >= options.queueDepth { try frameRead(pump.nextOrThrow()) }
+                            }
                         }
+                        // (A batch may be pushed while this extent waits for a slot: it starts the next one.)
+                        if batch.isEmpty { batchFirst = seq }
+                        batch.append((e, fetch))
+                        if batch.count == Self.batchExtents { try push() }
                     }
-                    // (A batch may be pushed while this extent waits for a slot: it starts the next one.)
-                    if batch.isEmpty { batchFirst = seq }
-                    batch.append((e, fetch))
-                    if batch.count == Self.batchExtents { try push() }
                 }
                 try push()
+                if delta != nil, heldRun.map({ $0.upperBound <= walk.position }) ?? true,
+                    stages.withLock({ compareDone && differingHead == differing.count })
+                {
+                    break  // nothing more differs: the rest of the point is not walked
+                }
             }
             stages.publish { planningDone = true }
             while pump.inFlight > 0 { try frameRead(pump.nextOrThrow()) }
@@ -196,6 +225,70 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     private func frameRead(_ done: (tag: Int, bytes: Int)) throws {
         try frames.arrived(slotFrame[done.tag], bytes: done.bytes, direct: slotLead[done.tag])
         decodeJobs.post(done.tag)
+    }
+
+    // MARK: --delta
+
+    /// The compare stage: runs of differing blocks go to the I/O thread, never more than `maxQueuedRuns` waiting.
+    private func compareTarget() throws {
+        struct Finished: Error {}  // the coordinator is done: nothing more is wanted
+        let (compare, source) = delta!
+        do {
+            try compare.run(source, depth: options.queueDepth, progress: progress) { runs in
+                try stages.wait(until: { finished || differing.count - differingHead < Self.maxQueuedRuns })
+                try stages.publish {
+                    if finished { throw Finished() }
+                    if differingHead > 0 && differingHead * 2 > differing.count {
+                        differing.removeFirst(differingHead)
+                        differingHead = 0
+                    }
+                    differing.append(contentsOf: runs)
+                }
+            }
+        } catch is Finished {
+            return
+        }
+        stages.publish { compareDone = true }
+    }
+
+    /// Sets `parts` to the parts of `e` to write: all of it in a full restore; with --delta, its blocks in the
+    /// differing runs (waiting for the compare to get past it, the planned extents handed on first so the
+    /// coordinator is not kept waiting meanwhile).
+    private func takeParts(of e: ResolvedExtent, pushing push: () throws -> Void) throws {
+        parts.removeAll(keepingCapacity: true)
+        guard delta != nil else { return parts.append(e) }
+        var b = e.firstBlock
+        while b < e.endBlock, let run = try differingRun(endingAfter: b, pushing: push), run.lowerBound < e.endBlock {
+            let start = max(b, run.lowerBound), end = min(e.endBlock, run.upperBound)
+            var part = e
+            part.firstBlock = start
+            part.blockCount = UInt32(end - start)
+            part.frameBlock = e.frameBlock + UInt32(start - e.firstBlock)
+            parts.append(part)
+            b = end
+        }
+    }
+
+    /// The first differing run that ends after `block`, or nil when the compare found no more.
+    private func differingRun(endingAfter block: UInt64, pushing push: () throws -> Void) throws -> Range<UInt64>? {
+        while true {
+            if let run = heldRun, run.upperBound > block { return run }
+            func take() -> Range<UInt64>?? {
+                if differingHead < differing.count {
+                    differingHead += 1
+                    return .some(differing[differingHead - 1])
+                }
+                return compareDone ? .some(nil) : nil
+            }
+            if let run = stages.withLock({ take() }) {
+                heldRun = run
+            } else {
+                try push()
+                heldRun = try waitReading(reads) { take() }
+            }
+            guard heldRun != nil else { return nil }
+            stages.publish {}  // room for more runs: the compare may wait for it
+        }
     }
 
     // MARK: Workers
@@ -252,7 +345,10 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     }
 
     private func writeTarget() throws {
-        let output = TargetWindows(target: target, queue: writeQueue, depth: options.queueDepth, windowSize: Self.windowSize, sourceSize: sourceSize)
+        let output = TargetWindows(
+            target: target, queue: writeQueue, depth: options.queueDepth, windowSize: Self.windowSize, sourceSize: sourceSize, sparse: delta != nil)
+        defer { bytesWritten = output.bytesWritten }
+        let progress = delta == nil ? self.progress : nil  // with --delta the compare tells how far the restore has come
         let bs = UInt64(blockSize)
         var done = 0
         while let batch = try nextBatch(consumed: done) {
@@ -263,8 +359,15 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
                     unreadableRanges.appendJoining(e.firstBlock * bs..<min(sourceSize, e.endBlock * bs))
                     unreadableBlocks += UInt64(e.blockCount)
                 }
+                if delta != nil && slot == nil {  // zeros that differ: a hole punched, or the device's range cleared
+                    let range = e.firstBlock * bs..<min(sourceSize, e.endBlock * bs)
+                    if output.canClear(range) {
+                        try output.clear(range)
+                        block = e.endBlock
+                    }
+                }
                 while block < e.endBlock {
-                    if slot == nil {
+                    if slot == nil && delta == nil {
                         let skipped = try output.skipZeros(at: block * bs, upTo: (e.endBlock - block) * bs)
                         block += skipped / bs
                         if block == e.endBlock { break }

@@ -1,6 +1,8 @@
 // The write side of a restore: 1 MiB output windows, filled in order and written with aligned writes, several in
 // flight. A file target gets only its data runs written (zeros stay holes; the file is truncated to size at the
-// end); a device gets every data window written and all-zero windows cleared with BLKZEROOUT.
+// end); a device gets every data window written and all-zero windows cleared with BLKZEROOUT. A sparse output
+// (restore --delta) is given only the runs that differ: a window ends where a run does, and zero runs are
+// cleared (a hole punched in the file, BLKZEROOUT on a device) rather than assumed.
 import StrataIO
 
 final class TargetWindows {
@@ -22,8 +24,12 @@ final class TargetWindows {
     private var runs: [(start: Int, end: Int)] = []
     private var writes: [(Int, Int)] = []  // reused by every flush: no allocation per window
     private var zeroRange: Range<UInt64>? = nil
+    private let sparse: Bool
+    /// Bytes given to writes and to zeroing so far.
+    private(set) var bytesWritten: UInt64 = 0
 
-    init(target: RestoreTarget, queue: IOQueue, depth: Int, windowSize: Int, sourceSize: UInt64) {
+    init(target: RestoreTarget, queue: IOQueue, depth: Int, windowSize: Int, sourceSize: UInt64, sparse: Bool = false) {
+        self.sparse = sparse
         self.target = target
         self.windowSize = windowSize
         self.sourceSize = sourceSize
@@ -43,8 +49,10 @@ final class TargetWindows {
 
     deinit { (pump.queue as? URingQueue)?.unregister(base: windows.base) }
 
-    /// Where to put the bytes for `offset` (which continues the previous call's), and how much room is left.
+    /// Where to put the bytes for `offset` (which continues the previous call's, unless the output is sparse),
+    /// and how much room is left.
     func window(at offset: UInt64) throws -> (UnsafeMutableRawPointer, Int) {
+        if sparse && current >= 0 && offset != windowOffset + UInt64(fill) { try flush() }
         if current < 0 {
             while freeWindows.isEmpty { try reapOne() }
             current = freeWindows.removeLast()
@@ -77,8 +85,10 @@ final class TargetWindows {
         fill += bytes
     }
 
+    /// Zeros in the window: left as holes in a new file, written in a sparse output (the file holds old data).
     func markZero(bytes: Int) {
         (windows.slot(current) + fill).initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        if sparse { return markData(bytes: bytes) }
         fill += bytes
     }
 
@@ -113,7 +123,21 @@ final class TargetWindows {
             tagWindow[tag] = window
             pendingWrites[window] += 1
             pump.write(fd: target.fd, path: target.path, from: base + start, length: end - start, at: windowOffset + UInt64(start), tag: tag)
+            bytesWritten += UInt64(end - start)
         }
+    }
+
+    /// Whether `clear` can take `range`: its ends on the target's units (or the end of the source). A zero run
+    /// that is not goes through a window as zeros.
+    func canClear(_ range: Range<UInt64>) -> Bool {
+        let unit = UInt64(target.isBlockDevice ? max(alignment, 512) : alignment)
+        return range.lowerBound % unit == 0 && (range.upperBound % unit == 0 || range.upperBound == sourceSize)
+    }
+
+    /// Makes `range` read as zeros (a sparse output's zero runs).
+    func clear(_ range: Range<UInt64>) throws {
+        precondition(sparse && canClear(range), "only a sparse output clears ranges, on the target's units")
+        try zeroLater(range)
     }
 
     /// Adds a range to the pending BLKZEROOUT, issuing the pending one first if the two do not touch.
@@ -127,7 +151,10 @@ final class TargetWindows {
     }
 
     private func flushZeroRange() throws {
-        if let z = zeroRange, !z.isEmpty { try target.zero(offset: z.lowerBound, length: UInt64(z.count)) }
+        if let z = zeroRange, !z.isEmpty {
+            try target.zero(offset: z.lowerBound, length: UInt64(z.count))
+            if target.isBlockDevice || target.keepsContent { bytesWritten += UInt64(z.count) }
+        }
         zeroRange = nil
     }
 
