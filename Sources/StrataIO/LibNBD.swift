@@ -25,7 +25,13 @@ struct LibNBD: @unchecked Sendable {  // function pointers and nothing else; lib
     let blockStatus: @convention(c) (Handle?, UInt64, UInt64, nbd_extent_callback, UInt32) -> Int32
     let pread: @convention(c) (Handle?, UnsafeMutableRawPointer?, Int, UInt64, UInt32) -> Int32
     let aioPread: @convention(c) (Handle?, UnsafeMutableRawPointer?, Int, UInt64, nbd_completion_callback, UInt32) -> Int64
-    let aioPeekCommandCompleted: @convention(c) (Handle?) -> Int64
+    let aioPwrite: @convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, nbd_completion_callback, UInt32) -> Int64
+    let pwrite: @convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, UInt32) -> Int32
+    let zero: @convention(c) (Handle?, UInt64, UInt64, UInt32) -> Int32
+    let flush: @convention(c) (Handle?, UInt32) -> Int32
+    let isReadOnly: @convention(c) (Handle?) -> Int32
+    let canZero: @convention(c) (Handle?) -> Int32
+    let canFlush: @convention(c) (Handle?) -> Int32
     let aioCommandCompleted: @convention(c) (Handle?, UInt64) -> Int32
     let aioIsDead: @convention(c) (Handle?) -> Int32
     let aioIsClosed: @convention(c) (Handle?) -> Int32
@@ -79,7 +85,13 @@ struct LibNBD: @unchecked Sendable {  // function pointers and nothing else; lib
             blockStatus: symbol("nbd_block_status", as: (@convention(c) (Handle?, UInt64, UInt64, nbd_extent_callback, UInt32) -> Int32).self),
             pread: symbol("nbd_pread", as: (@convention(c) (Handle?, UnsafeMutableRawPointer?, Int, UInt64, UInt32) -> Int32).self),
             aioPread: symbol("nbd_aio_pread", as: (@convention(c) (Handle?, UnsafeMutableRawPointer?, Int, UInt64, nbd_completion_callback, UInt32) -> Int64).self),
-            aioPeekCommandCompleted: symbol("nbd_aio_peek_command_completed", as: (@convention(c) (Handle?) -> Int64).self),
+            aioPwrite: symbol("nbd_aio_pwrite", as: (@convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, nbd_completion_callback, UInt32) -> Int64).self),
+            pwrite: symbol("nbd_pwrite", as: (@convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, UInt32) -> Int32).self),
+            zero: symbol("nbd_zero", as: (@convention(c) (Handle?, UInt64, UInt64, UInt32) -> Int32).self),
+            flush: symbol("nbd_flush", as: (@convention(c) (Handle?, UInt32) -> Int32).self),
+            isReadOnly: symbol("nbd_is_read_only", as: (@convention(c) (Handle?) -> Int32).self),
+            canZero: symbol("nbd_can_zero", as: (@convention(c) (Handle?) -> Int32).self),
+            canFlush: symbol("nbd_can_flush", as: (@convention(c) (Handle?) -> Int32).self),
             aioCommandCompleted: symbol("nbd_aio_command_completed", as: (@convention(c) (Handle?, UInt64) -> Int32).self),
             aioIsDead: symbol("nbd_aio_is_dead", as: (@convention(c) (Handle?) -> Int32).self),
             aioIsClosed: symbol("nbd_aio_is_closed", as: (@convention(c) (Handle?) -> Int32).self),
@@ -97,4 +109,15 @@ struct LibNBD: @unchecked Sendable {  // function pointers and nothing else; lib
     var lastError: String { getError().map { String(cString: $0) } ?? "unknown error" }
 
     static var noCompletion: nbd_completion_callback { nbd_completion_callback(callback: nil, user_data: nil, free: nil) }
+
+    /// A completion that wakes whoever waits on the eventfd `fd` (the command stays for its owner to retire):
+    /// another thread driving the same connection may be the one that reads the reply.
+    static func waking(_ fd: Int32) -> nbd_completion_callback {
+        let cb: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<Int32>?) -> Int32 = { user, _ in
+            var one: UInt64 = 1
+            _ = Glibc.write(Int32(Int(bitPattern: user)), &one, 8)
+            return 0
+        }
+        return nbd_completion_callback(callback: cb, user_data: UnsafeMutableRawPointer(bitPattern: Int(fd)), free: nil)
+    }
 }

@@ -1,7 +1,8 @@
 // NBD exports read through libnbd (the library nbdcopy and virt-v2v use): a connection (or several, where the
 // server allows multi-conn) named by an NBD URI (nbd://, nbds:// with TLS, nbd+unix://), the export's size from
 // the handshake, block status in a meta context (`base:allocation`: holes and zeros; `qemu:dirty-bitmap:NAME`:
-// what was written since the bitmap started), and reads many in flight on libnbd's asynchronous API (NBDQueue).
+// what was written since the bitmap started), and reads and writes many in flight on libnbd's asynchronous API
+// (NBDQueue; a restore's target is written the same way, its zeros sent as write-zeroes).
 // Everything a server sends is checked before it is used: extents past what was asked, zero-length or
 // missing extents, a size that changed, a reply that never comes (no answer for `stallSeconds`).
 #if canImport(Glibc)
@@ -48,7 +49,7 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
         ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://"].contains { s.hasPrefix($0) }
     }
 
-    /// Connects to `uri`, asking for `contexts` (meta contexts for block status), read-only.
+    /// Connects to `uri`, asking for `contexts` (meta contexts for block status).
     public init(uri: String, contexts: [String] = [nbdAllocationContext], connections: Int = 1) throws {
         self.uri = uri
         let lib = try LibNBD.get(for: uri)
@@ -96,6 +97,51 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
     deinit { for h in handles { lib.close(h) } }
 
     public var connections: Int { handles.count }
+
+    /// Whether the server refuses writes; whether it takes write-zeroes and flush.
+    public var isReadOnly: Bool { lib.isReadOnly(handles[0]) == 1 }
+    public var canZero: Bool { lib.canZero(handles[0]) == 1 }
+    public var canFlush: Bool { lib.canFlush(handles[0]) == 1 }
+
+    /// Makes `length` bytes at `offset` read as zeros: write-zeroes (the server may leave a hole), in requests of
+    /// at most 1 GiB; where the server has no write-zeroes, zeros written.
+    public func zero(offset: UInt64, length: UInt64) throws {
+        var at: UInt64 = 0
+        if canZero {
+            while at < length {
+                let n = min(length - at, 1 << 30)
+                guard lib.zero(handles[0], n, offset + at, 0) != -1 else {
+                    throw IOError("zero a range of", path: uri, errno: lib.getErrno() == 0 ? EIO : lib.getErrno())
+                }
+                at += n
+            }
+            return
+        }
+        let chunk = 1 << 20
+        let zeros = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: chunk)
+        while at < length {
+            let n = Int(min(UInt64(chunk), length - at))
+            try write(zeros, count: n, at: offset + at)
+            at += UInt64(n)
+        }
+    }
+
+    /// Writes `count` bytes at `offset` on the first connection, waiting for the server's answer.
+    public func write(_ buffer: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
+        guard lib.pwrite(handles[0], buffer, count, offset, 0) != -1 else {
+            throw IOError("write", path: uri, errno: lib.getErrno() == 0 ? EIO : lib.getErrno())
+        }
+    }
+
+    /// Makes what was written durable on the server (NBD flush on every connection), where it has flush.
+    public func flush() throws {
+        guard canFlush else { return }
+        for h in handles where lib.flush(h, 0) == -1 {
+            throw IOError("flush", path: uri, errno: lib.getErrno() == 0 ? EIO : lib.getErrno())
+        }
+    }
 
     /// Whether the server agreed to `context` in the handshake.
     public func has(_ context: String) -> Bool { lib.canMetaContext(handles[0], context) == 1 }
@@ -152,25 +198,35 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
     }
 }
 
-/// Reads from an NBD export on libnbd's asynchronous API, many in flight, spread over its connections: the
-/// IOQueue capture's I/O thread drives (a request's `fd` is ignored). A failed read completes with its errno.
+/// Reads and writes an NBD export on libnbd's asynchronous API, many in flight, spread over its connections: the
+/// IOQueue a pipeline's I/O thread drives (a request's `fd` is ignored). A failed request completes with its errno.
+/// Two queues may drive one connection from two threads (a restore --delta reads the target while it writes
+/// it): each retires only its own commands, and a reply read by the other thread wakes this one through the
+/// command's completion callback (an eventfd it polls beside the sockets).
 public final class NBDQueue: IOQueue {
     public let engineName = "nbd"
     private let export: NBDExport
     private var inFlight: [[Int64: (tag: UInt64, length: Int)]]
     private var ready: [IOCompletion] = []
     private var next = 0
+    private let wake: Int32
 
     public init(_ export: NBDExport) {
         self.export = export
         inFlight = Array(repeating: [:], count: export.handles.count)
+        wake = strata_nbd_eventfd()
     }
 
+    deinit { if wake >= 0 { Glibc.close(wake) } }
+
     public func submit(_ request: IORequest) {
-        precondition(request.op == .read, "NBD sources are only read")
         let k = next
         next = (next + 1) % export.handles.count
-        let cookie = export.lib.aioPread(export.handles[k], request.buffer, request.length, request.offset, LibNBD.noCompletion, 0)
+        let h = export.handles[k], done = wake >= 0 ? LibNBD.waking(wake) : LibNBD.noCompletion
+        let cookie =
+            request.op == .read
+            ? export.lib.aioPread(h, request.buffer, request.length, request.offset, done, 0)
+            : export.lib.aioPwrite(h, request.buffer, request.length, request.offset, done, 0)
         if cookie == -1 {
             ready.append(IOCompletion(tag: request.tag, result: -Int(errnoOr(EIO))))
         } else {
@@ -191,24 +247,24 @@ public final class NBDQueue: IOQueue {
         }
     }
 
-    /// Moves the commands libnbd has finished into `ready`.
+    /// Moves this queue's commands that libnbd has finished into `ready`.
     private func retire() {
         for k in export.handles.indices where !inFlight[k].isEmpty {
             let h = export.handles[k]
-            while true {
-                let cookie = export.lib.aioPeekCommandCompleted(h)
-                guard cookie > 0, let r = inFlight[k].removeValue(forKey: cookie) else { break }
-                let ok = export.lib.aioCommandCompleted(h, UInt64(cookie)) == 1
-                ready.append(IOCompletion(tag: r.tag, result: ok ? r.length : -Int(errnoOr(EIO))))
+            for (cookie, r) in inFlight[k] {
+                let state = export.lib.aioCommandCompleted(h, UInt64(cookie))
+                guard state != 0 else { continue }  // still in flight
+                inFlight[k][cookie] = nil
+                ready.append(IOCompletion(tag: r.tag, result: state == 1 ? r.length : -Int(errnoOr(EIO))))
             }
-            if export.lib.aioIsDead(h) != 0 || export.lib.aioIsClosed(h) != 0 {
+            if !inFlight[k].isEmpty && (export.lib.aioIsDead(h) != 0 || export.lib.aioIsClosed(h) != 0) {
                 fail(k, ENOTCONN)
             }
         }
     }
 
-    /// Waits until a connection with reads in flight can move, then lets libnbd move it; a wait of
-    /// `stallSeconds` without any answer fails every read in flight.
+    /// Waits until a connection with commands in flight can move (or another thread finished one of ours), then
+    /// lets libnbd move it; a wait of `stallSeconds` without any answer fails every command in flight.
     private func poll() {
         var fds: [pollfd] = []
         var which: [Int] = []
@@ -227,12 +283,17 @@ public final class NBDQueue: IOQueue {
             which.append(k)
         }
         guard !fds.isEmpty else { return }
+        if wake >= 0 { fds.append(pollfd(fd: wake, events: Int16(POLLIN), revents: 0)) }
         let n = Glibc.poll(&fds, nfds_t(fds.count), export.stallSeconds * 1000)
         if n == 0 {
             for k in which { fail(k, ETIMEDOUT) }
             return
         }
         guard n > 0 else { return }  // EINTR: the caller polls again
+        if wake >= 0 && fds[which.count].revents != 0 {
+            var count: UInt64 = 0
+            _ = Glibc.read(wake, &count, 8)
+        }
         for (i, k) in which.enumerated() {
             let h = export.handles[k], r = fds[i].revents
             if r & Int16(POLLIN | POLLHUP | POLLERR) != 0 { _ = export.lib.aioNotifyRead(h) }
@@ -240,7 +301,7 @@ public final class NBDQueue: IOQueue {
         }
     }
 
-    /// Every read in flight on connection `k` fails with `error` (the connection is gone or silent).
+    /// Every command in flight on connection `k` fails with `error` (the connection is gone or silent).
     private func fail(_ k: Int, _ error: Int32) {
         for (_, r) in inFlight[k] { ready.append(IOCompletion(tag: r.tag, result: -Int(error))) }
         inFlight[k].removeAll()

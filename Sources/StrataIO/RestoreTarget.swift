@@ -21,6 +21,7 @@ public final class RestoreTarget {
     public init(path: String, keepingContent: Bool = false) throws {
         self.path = path
         self.keepsContent = keepingContent
+        export = nil
         var isDevice = false
         var isSink = false
         let st = try? Sys.stat(path)
@@ -60,7 +61,28 @@ public final class RestoreTarget {
         }
     }
 
-    deinit { Sys.close(fd) }
+    /// An NBD export opened for writing (`fd` is then -1: NBDQueue writes it): written as a device is (every
+    /// window, zeros sent as write-zeroes), its size the export's.
+    public init(export: NBDExport) {
+        path = export.uri
+        fd = -1
+        isBlockDevice = false
+        isCharacterDevice = false
+        direct = true
+        alignment = max(512, export.minimumBlockSize)
+        deviceSize = export.size
+        keepsContent = true
+        self.export = export
+    }
+
+    deinit { if fd >= 0 { Sys.close(fd) } }
+
+    /// The NBD export written, where the target is one.
+    public let export: NBDExport?
+
+    /// Whether the target holds content before the restore that zeros must replace (a device or an export):
+    /// every window is written whole and zero windows are cleared, where a new file leaves them as holes.
+    public var isDeviceLike: Bool { isBlockDevice || export != nil }
 
     /// A character device (/dev/null: a restore that measures everything but the writes' cost): written as a
     /// file is, without its length set or synced.
@@ -68,7 +90,7 @@ public final class RestoreTarget {
 
     /// Sets a file's final length (its unwritten ranges read as zeros). No-op for a device.
     public func setLength(_ size: UInt64) throws {
-        if !isBlockDevice && !isCharacterDevice { try Sys.ftruncate(fd, size, path: path) }
+        if !isDeviceLike && !isCharacterDevice { try Sys.ftruncate(fd, size, path: path) }
     }
 
     /// Whether the file was opened with its content kept (its zero ranges must then be made, not assumed).
@@ -77,12 +99,17 @@ public final class RestoreTarget {
     /// Makes a range read back as zeros: BLKZEROOUT on a device; in a file kept with its content, a hole punched;
     /// in a truncated one nothing (it is a hole already).
     public func zero(offset: UInt64, length: UInt64) throws {
-        if isBlockDevice {
+        if let export {
+            try export.zero(offset: offset, length: length)
+        } else if isBlockDevice {
             try Sys.zeroOut(fd, offset: offset, length: length, path: path)
         } else if keepsContent && !isCharacterDevice {
             try Sys.punchHole(fd, offset: offset, length: length, path: path)
         }
     }
 
-    public func sync() throws { if !isCharacterDevice { try Sys.fdatasync(fd, path: path) } }
+    public func sync() throws {
+        if let export { return try export.flush() }
+        if !isCharacterDevice { try Sys.fdatasync(fd, path: path) }
+    }
 }

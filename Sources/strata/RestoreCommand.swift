@@ -45,7 +45,7 @@ struct RestoreCommand: ParsableCommand {
             """)
 
     @Argument(help: "Chain directory.") var chain: String
-    @Argument(help: "Block device or file to write.") var target: String
+    @Argument(help: "Block device, file, or NBD URI (nbd://, nbds://, nbd+unix://) to write.") var target: String
     @Option(help: "Point to restore (default: the newest).") var point: UInt32?
     @Option(help: "Decompression threads (default: one per core).") var threads: Int?
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto

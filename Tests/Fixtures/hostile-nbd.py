@@ -113,8 +113,11 @@ def main():
     if os.path.exists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+    # Bound and listening under another name first: a client that sees the path can connect at once (between
+    # bind and listen a connect is refused, and a test waiting for the path raced that).
+    server.bind(path + ".new")
     server.listen(8)
+    os.rename(path + ".new", path)
     while True:
         conn, _ = server.accept()
         try:

@@ -18,6 +18,8 @@ public struct RestoreOptions: Sendable {
     public var force = false
     /// An encrypted chain's secret.
     public var secret: UserSecret? = nil
+    /// Connections to an NBD target, where its server allows several (multi-conn).
+    public var nbdConnections = 4
     /// The pipeline's sizes (tests shrink them).
     var tuning = Tuning()
 
@@ -54,13 +56,17 @@ public enum Restore {
         let point = options.point ?? first.points.last!
         let images = try chain.openPoint(point)
         let manifest = chain.manifest!  // the one the images were opened under
-        try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
         let target: RestoreTarget
-        do { target = try RestoreTarget(path: targetPath, keepingContent: options.delta) } catch let e as IOError {
-            if e.isBusy { throw ChainError.targetInUse(path: targetPath, use: .exclusive(device: targetPath)) }
-            throw ChainError.targetUnavailable(path: targetPath, reason: e.reason)
+        if NBDExport.isURI(targetPath) {
+            target = RestoreTarget(export: try openExport(targetPath, options))
+        } else {
+            try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
+            do { target = try RestoreTarget(path: targetPath, keepingContent: options.delta) } catch let e as IOError {
+                if e.isBusy { throw ChainError.targetInUse(path: targetPath, use: .exclusive(device: targetPath)) }
+                throw ChainError.targetUnavailable(path: targetPath, reason: e.reason)
+            }
         }
-        if target.isBlockDevice && target.deviceSize < manifest.sourceSize {
+        if target.isDeviceLike && target.deviceSize < manifest.sourceSize {
             throw ChainError.targetTooSmall(path: targetPath, size: target.deviceSize, needed: manifest.sourceSize)
         }
         if options.delta && target.isCharacterDevice {
@@ -73,7 +79,11 @@ public enum Restore {
         do {
             (reads, note) = try chain.store.reads(
                 engine: options.engine, depth: options.queueDepth, tags: RestorePipeline.slotCount(images: images.count, options: options))
-            (writeQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
+            if let export = target.export {
+                writeQueue = NBDQueue(export)
+            } else {
+                (writeQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
+            }
         } catch let e as IOError {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
@@ -81,11 +91,16 @@ public enum Restore {
         let blockSize = Int(manifest.blockSize)
         /// What reads the target back and compares it with the point (before writing for --delta, after for --verify).
         func comparer(unitBlocks: Int = 1) throws -> (TargetCompare, BlockSource) {
-            let source = try BlockSource(path: targetPath)
-            if !source.direct { notice("\(targetPath) does not support O_DIRECT; it is read back through the page cache") }
-            let (localQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)  // the target is local
+            let source: BlockSource, queue: IOQueue
+            if let export = target.export {  // read through the connections the restore writes on
+                (source, queue) = (BlockSource(export: export), NBDQueue(export))
+            } else {
+                source = try BlockSource(path: targetPath)
+                if !source.direct { notice("\(targetPath) does not support O_DIRECT; it is read back through the page cache") }
+                (queue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
+            }
             let compare = try TargetCompare(
-                store: chain.store, images: images, blockSize: blockSize, sourceSize: manifest.sourceSize, queue: localQueue,
+                store: chain.store, images: images, blockSize: blockSize, sourceSize: manifest.sourceSize, queue: queue,
                 unitBlocks: unitBlocks, maxWindowBlocks: options.tuning.maxWindowBlocks)
             return (compare, source)
         }
@@ -116,5 +131,17 @@ public enum Restore {
         }
         result.seconds = Double(Sys.monotonicNanos() - started) / 1e9
         return result
+    }
+
+    /// The NBD export at `uri`, connected for writing.
+    private static func openExport(_ uri: String, _ options: RestoreOptions) throws -> NBDExport {
+        let export: NBDExport
+        do { export = try NBDExport(uri: uri, contexts: [], connections: options.nbdConnections) } catch let e as NBDError {
+            throw e.libraryMissing ? ChainError.machineLacks(e.message) : ChainError.targetUnavailable(path: uri, reason: e.message)
+        }
+        if export.isReadOnly {
+            throw ChainError.targetUnavailable(path: uri, reason: "its server exports it read-only (serve it writable: qemu-nbd without -r)")
+        }
+        return export
     }
 }

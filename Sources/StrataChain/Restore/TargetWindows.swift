@@ -72,7 +72,7 @@ final class TargetWindows {
         guard current < 0, offset % UInt64(windowSize) == 0, offset + UInt64(windowSize) <= sourceSize else { return 0 }
         let n = min(length, sourceSize - offset) / UInt64(windowSize) * UInt64(windowSize)
         guard n > 0 else { return 0 }
-        if target.isBlockDevice { try zeroLater(offset..<(offset + n)) }
+        if target.isDeviceLike { try zeroLater(offset..<(offset + n)) }
         return n
     }
 
@@ -102,13 +102,13 @@ final class TargetWindows {
         let roundedLimit = (limit + alignment - 1) / alignment * alignment
         if roundedLimit > fill { (base + fill).initializeMemory(as: UInt8.self, repeating: 0, count: roundedLimit - fill) }
         if runs.isEmpty {
-            if target.isBlockDevice { try zeroLater(windowOffset..<(windowOffset + UInt64(roundedLimit))) }
+            if target.isDeviceLike { try zeroLater(windowOffset..<(windowOffset + UInt64(roundedLimit))) }
             freeWindows.append(window)
             return
         }
         try flushZeroRange()
         writes.removeAll(keepingCapacity: true)
-        if target.isBlockDevice {
+        if target.isDeviceLike {
             writes.append((0, roundedLimit))
         } else {
             for r in runs where r.start < limit {
@@ -130,7 +130,7 @@ final class TargetWindows {
     /// Whether `clear` can take `range`: its ends on the target's units (or the end of the source). A zero run
     /// that is not goes through a window as zeros.
     func canClear(_ range: Range<UInt64>) -> Bool {
-        let unit = UInt64(target.isBlockDevice ? max(alignment, 512) : alignment)
+        let unit = UInt64(target.isDeviceLike ? max(alignment, 512) : alignment)
         return range.lowerBound % unit == 0 && (range.upperBound % unit == 0 || range.upperBound == sourceSize)
     }
 
@@ -153,7 +153,7 @@ final class TargetWindows {
     private func flushZeroRange() throws {
         if let z = zeroRange, !z.isEmpty {
             try target.zero(offset: z.lowerBound, length: UInt64(z.count))
-            if target.isBlockDevice || target.keepsContent { bytesWritten += UInt64(z.count) }
+            if target.isDeviceLike || target.keepsContent { bytesWritten += UInt64(z.count) }
         }
         zeroRange = nil
     }
