@@ -52,17 +52,9 @@ final class NBDSourceTests: XCTestCase {
 
     /// qemu-nbd serving `image` read-only on a unix socket (with the bitmaps given); returns the URI.
     private func serve(_ image: String, bitmaps: [String] = [], format: String = "qcow2") throws -> String {
-        let sock = "\(dir)/nbd-\(children.count).sock"
-        children.append(try ChildProcess("/usr/bin/env", ["qemu-nbd", "-r", "-t", "-k", sock, "-f", format] + bitmaps.flatMap { ["-B", $0] } + [image], quiet: true))
-        for _ in 0..<200 where !FileManager.default.fileExists(atPath: sock) { usleep(20_000) }
+        let sock = "\(dir)/nbd-\(UUID().uuidString.prefix(8)).sock"
+        children.append(try startQemuNBD(image, socket: sock, ["-r", "-t", "-f", format] + bitmaps.flatMap { ["-B", $0] }))
         return "nbd+unix:///?socket=\(sock)"
-    }
-
-    private func stopServers() {
-        for c in children where c.isRunning {
-            kill(c.pid, SIGTERM)
-            _ = c.finish()
-        }
     }
 
     func testNightsThroughQemuNBDWithTheBitmapRotation() throws {
@@ -105,7 +97,7 @@ final class NBDSourceTests: XCTestCase {
         sh("qemu-img create -q -f qcow2 \(image) 16M && qemu-io -f qcow2 -c 'write -P 0x21 0 12M' \(image) >/dev/null")
         var uri = try serve(image)
         XCTAssertEqual(try strata("capture", uri, chain, "--next-dirty-bitmap", "b1", "--quiet").status, 0)
-        stopServers()
+        terminate(&children)
         // A write before the bitmap started: b1 misses it (a workflow that lost the handshake).
         sh("qemu-io -f qcow2 -c 'write -P 0x55 9M 4k' \(image) >/dev/null && qemu-img bitmap --add -g 4096 \(image) b1 && qemu-io -f qcow2 -c 'write -P 0x66 1M 4k' \(image) >/dev/null")
         uri = try serve(image, bitmaps: ["b1"])
@@ -130,7 +122,7 @@ final class NBDSourceTests: XCTestCase {
         XCTAssertEqual(r.stderr, "strata: error: cannot read only what changed: \(uri) exports no dirty bitmap b3 (missing, or inconsistent after a crash); with --require-change-source nothing was written: capture without it to scan the whole source\n")
         XCTAssertEqual(try strata("verify", chain, "--quiet").status, 0)
         // An export of another size than the chain's source is refused.
-        stopServers()
+        terminate(&children)
         sh("qemu-img create -q -f qcow2 \(dir)/other.qcow2 8M")
         r = try strata("capture", try serve("\(dir)/other.qcow2"), chain)
         XCTAssertEqual(r.status, 65, r.stderr)

@@ -23,25 +23,16 @@ final class NBDTargetTests: XCTestCase {
     }
 
     override func tearDown() {
-        stopServers()
+        terminate(&children)
         try? FileManager.default.removeItem(atPath: dir)
     }
 
     /// qemu-nbd serving `image` (writable unless `readOnly`) on a unix socket; returns the URI.
     private func serve(_ image: String, format: String, readOnly: Bool = false, shared: Int = 1) throws -> String {
-        let sock = "\(dir)/nbd-\(children.count).sock"
-        let args = ["qemu-nbd", "-t", "-k", sock, "-f", format, "--shared=\(shared)", "--cache=none", "--aio=threads"] + (readOnly ? ["-r"] : []) + [image]
-        children.append(try ChildProcess("/usr/bin/env", args, quiet: true))
-        for _ in 0..<200 where !FileManager.default.fileExists(atPath: sock) { usleep(20_000) }
+        let sock = "\(dir)/nbd-\(UUID().uuidString.prefix(8)).sock"
+        let options = ["-t", "-f", format, "--shared=\(shared)", "--cache=none", "--aio=threads"] + (readOnly ? ["-r"] : [])
+        children.append(try startQemuNBD(image, socket: sock, options))
         return "nbd+unix:///?socket=\(sock)"
-    }
-
-    private func stopServers() {
-        for c in children where c.isRunning {
-            kill(c.pid, SIGTERM)
-            _ = c.finish()
-        }
-        children = []
     }
 
     /// A chain of two nights of a 16 MiB disk (half of it zeros); the raw file of each night.
@@ -76,7 +67,7 @@ final class NBDTargetTests: XCTestCase {
             let full = try strata("restore", chain, uri, "--point", "1", "--json", "--verify")
             XCTAssertEqual(full.status, 0, "\(format): \(full.stderr)")
             XCTAssertEqual(json(full)["verified"] as? Bool, true)
-            stopServers()
+            terminate(&children)
             compare(image, format: format, with: nights[0])
             if format == "qcow2" {
                 // Zeros went as write-zeroes: the qcow2 holds about the data, not the disk's 16 MiB.
@@ -88,7 +79,7 @@ final class NBDTargetTests: XCTestCase {
             uri = try serve(image, format: format, shared: shared)
             let delta = try strata("restore", chain, uri, "--point", "2", "--delta", "--json", "--verify")
             XCTAssertEqual(delta.status, 0, "\(format): \(delta.stderr)")
-            stopServers()
+            terminate(&children)
             compare(image, format: format, with: nights[1])
             let a = try Data(contentsOf: URL(fileURLWithPath: nights[0])), b = try Data(contentsOf: URL(fileURLWithPath: nights[1]))
             let differing = stride(from: 0, to: Self.size, by: 4096).filter { a[$0..<($0 + 4096)] != b[$0..<($0 + 4096)] }.count
@@ -107,13 +98,13 @@ final class NBDTargetTests: XCTestCase {
         XCTAssertEqual(ro.status, 73, ro.stderr)
         XCTAssertTrue(ro.stderr.contains("read-only"), ro.stderr)
         XCTAssertEqual(ro.stderr.split(separator: "\n").count, 1, ro.stderr)
-        stopServers()
+        terminate(&children)
         let small = "\(dir)/small.raw"
         try Data(repeating: 7, count: Self.size / 2).write(to: URL(fileURLWithPath: small))
         let r = try strata("restore", chain, try serve(small, format: "raw"))
         XCTAssertEqual(r.status, 73, r.stderr)
         XCTAssertTrue(r.stderr.contains("is too small"), r.stderr)
-        stopServers()
+        terminate(&children)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: image)), Data(repeating: 7, count: Self.size), "nothing written")
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: small)), Data(repeating: 7, count: Self.size / 2), "nothing written")
     }

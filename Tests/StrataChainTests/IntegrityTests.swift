@@ -100,9 +100,10 @@ final class IntegrityTests: XCTestCase {
         let c = try Chain(location: chain, access: .read)
         let images = try c.openImages(forPoint: 2)
         let check = try TargetCompare(
-            store: c.store, images: images, blockSize: 4096, sourceSize: UInt64(bytes.count), queue: PreadQueue(threads: 4))
+            try BlockSource(path: target), store: c.store, images: images, blockSize: 4096, sourceSize: UInt64(bytes.count),
+            queue: PreadQueue(threads: 4))
         var runs: [Range<UInt64>] = []
-        try check.run(try BlockSource(path: target), depth: 4, progress: nil) { runs += $0 }
+        try check.run(depth: 4, progress: nil) { runs += $0 }
         XCTAssertEqual(check.differingBlocks, 2)
         XCTAssertEqual(check.firstDiffering, UInt64(min(zeroBlock, dataBlock) / 4096))
         let (a, b) = (UInt64(min(zeroBlock, dataBlock) / 4096), UInt64(max(zeroBlock, dataBlock) / 4096))

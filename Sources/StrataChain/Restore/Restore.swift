@@ -90,7 +90,7 @@ public enum Restore {
         if let note { notice(note) }
         let blockSize = Int(manifest.blockSize)
         /// What reads the target back and compares it with the point (before writing for --delta, after for --verify).
-        func comparer(unitBlocks: Int = 1) throws -> (TargetCompare, BlockSource) {
+        func comparer(unitBlocks: Int = 1) throws -> TargetCompare {
             let source: BlockSource, queue: IOQueue
             if let export = target.export {  // read through the connections the restore writes on
                 (source, queue) = (BlockSource(export: export), NBDQueue(export))
@@ -99,10 +99,9 @@ public enum Restore {
                 if !source.direct { notice("\(targetPath) does not support O_DIRECT; it is read back through the page cache") }
                 (queue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
             }
-            let compare = try TargetCompare(
-                store: chain.store, images: images, blockSize: blockSize, sourceSize: manifest.sourceSize, queue: queue,
+            return try TargetCompare(
+                source, store: chain.store, images: images, blockSize: blockSize, sourceSize: manifest.sourceSize, queue: queue,
                 unitBlocks: unitBlocks, maxWindowBlocks: options.tuning.maxWindowBlocks)
-            return (compare, source)
         }
         var result = RestoreResult(point: point, bytesWritten: manifest.sourceSize, images: images.count, seconds: 0, engine: reads.engineName)
         do {
@@ -112,15 +111,15 @@ public enum Restore {
                 frames: frames, images: images, sourceSize: manifest.sourceSize, blockSize: blockSize,
                 target: target, reads: reads, writeQueue: writeQueue, options: options, progress: progress, delta: delta)
             try pipeline.run()
-            if let (compare, _) = delta {
+            if let compare = delta {
                 (result.bytesWritten, result.bytesCompared, result.blocksDiffering) = (pipeline.bytesWritten, compare.bytesCompared, compare.differingBlocks)
                 (result.unreadableBlocks, result.unreadableRanges) = (compare.unreadableBlocks, compare.unreadableRanges)
             } else {
                 (result.unreadableBlocks, result.unreadableRanges) = (pipeline.unreadableBlocks, pipeline.unreadableRanges)
             }
             if options.verify {
-                let (check, source) = try comparer()
-                try check.run(source, depth: options.queueDepth, progress: progress)
+                let check = try comparer()
+                try check.run(depth: options.queueDepth, progress: progress)
                 if let first = check.firstDiffering {
                     throw ChainError.targetMismatch(path: targetPath, block: first, count: check.differingBlocks)
                 }

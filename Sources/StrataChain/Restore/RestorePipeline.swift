@@ -31,8 +31,8 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     private let writeQueue: IOQueue
     private let options: RestoreOptions
     private let progress: ProgressHandler?
-    /// --delta: what reads and compares the target, and the target opened for reading.
-    private let delta: (compare: TargetCompare, source: BlockSource)?
+    /// --delta: what reads the target and compares it with the point.
+    private let delta: TargetCompare?
 
     private let slots: AlignedSlab
     private let decodedOffset: Int
@@ -82,7 +82,7 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     init(
         frames: FrameReader, images: [ImageFile], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
         reads: ObjectReads, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?,
-        delta: (compare: TargetCompare, source: BlockSource)? = nil
+        delta: TargetCompare? = nil
     ) {
         self.delta = delta
         self.frames = frames
@@ -232,9 +232,8 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     /// The compare stage: runs of differing blocks go to the I/O thread, never more than `maxQueuedRuns` waiting.
     private func compareTarget() throws {
         struct Finished: Error {}  // the coordinator is done: nothing more is wanted
-        let (compare, source) = delta!
         do {
-            try compare.run(source, depth: options.queueDepth, progress: progress) { runs in
+            try delta!.run(depth: options.queueDepth, progress: progress) { runs in
                 try stages.wait(until: { finished || differing.count - differingHead < Self.maxQueuedRuns })
                 try stages.publish {
                     if finished { throw Finished() }
@@ -359,15 +358,8 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
                     unreadableRanges.appendJoining(e.firstBlock * bs..<min(sourceSize, e.endBlock * bs))
                     unreadableBlocks += UInt64(e.blockCount)
                 }
-                if delta != nil && slot == nil {  // zeros that differ: a hole punched, or the device's range cleared
-                    let range = e.firstBlock * bs..<min(sourceSize, e.endBlock * bs)
-                    if output.canClear(range) {
-                        try output.clear(range)
-                        block = e.endBlock
-                    }
-                }
                 while block < e.endBlock {
-                    if slot == nil && delta == nil {
+                    if slot == nil {
                         let skipped = try output.skipZeros(at: block * bs, upTo: (e.endBlock - block) * bs)
                         block += skipped / bs
                         if block == e.endBlock { break }

@@ -10,6 +10,8 @@ import StrataFormat
 import StrataIO
 
 final class TargetCompare {
+    /// The target, opened for reading.
+    private let source: BlockSource
     private let hashes: RebuiltHashes
     private let hasher: BlockHasher
     private let blockSize: Int
@@ -30,9 +32,10 @@ final class TargetCompare {
     private(set) var bytesCompared: UInt64 = 0
 
     init(
-        store: ChainStore, images: [ImageFile], blockSize: Int, sourceSize: UInt64, queue: IOQueue, unitBlocks: Int = 1,
-        maxWindowBlocks: UInt64 = .max
+        _ source: BlockSource, store: ChainStore, images: [ImageFile], blockSize: Int, sourceSize: UInt64, queue: IOQueue,
+        unitBlocks: Int = 1, maxWindowBlocks: UInt64 = .max
     ) throws {
+        self.source = source
         blockCount = images.first?.header.blockCount ?? 0
         hashes = try RebuiltHashes(store, images, blockCount: blockCount, maxWindowBlocks: maxWindowBlocks)
         hasher = images.last?.hasher ?? .plain
@@ -42,12 +45,10 @@ final class TargetCompare {
         self.unitBlocks = UInt64(max(1, unitBlocks))
     }
 
-    /// Reads `source` (the target, opened for reading) from the start to `sourceSize` and compares every block;
-    /// gives the runs of differing blocks (in order, joined, widened to units) to `differing` as each 1 MiB is
-    /// compared, the last run once it has ended.
-    func run(
-        _ source: BlockSource, depth: Int, progress: ProgressHandler?, differing: ([Range<UInt64>]) throws -> Void = { _ in }
-    ) throws {
+    /// Reads the target from the start to `sourceSize` and compares every block; gives the runs of differing
+    /// blocks (in order, joined, widened to units) to `differing` as each 1 MiB is compared, the last run once
+    /// it has ended.
+    func run(depth: Int, progress: ProgressHandler?, differing: ([Range<UInt64>]) throws -> Void = { _ in }) throws {
         let chunk = max(1 << 20, blockSize)
         let slots = AlignedSlab(slotSize: chunk, slotCount: depth, alignment: max(4096, source.alignment))
         let pump = IOPump(queue: queue, maxTags: depth)

@@ -67,8 +67,16 @@ final class TargetWindows {
     var windowFull: Bool { fill == windowSize }
 
     /// Skips whole windows of zeros starting at `offset` (at a window boundary, between windows) without
-    /// touching memory: nothing for a file (a hole), one BLKZEROOUT range for a device. Returns bytes skipped.
+    /// touching memory: nothing for a file (a hole), one BLKZEROOUT range for a device. A sparse output clears
+    /// the whole range instead, wherever its ends lie on the target's units (a hole punched, BLKZEROOUT, or
+    /// write-zeroes). Returns bytes skipped; what is not skipped goes through a window as zeros.
     func skipZeros(at offset: UInt64, upTo length: UInt64) throws -> UInt64 {
+        if sparse {
+            let range = offset..<min(sourceSize, offset + length)
+            guard canClear(range) else { return 0 }
+            try zeroLater(range)
+            return length
+        }
         guard current < 0, offset % UInt64(windowSize) == 0, offset + UInt64(windowSize) <= sourceSize else { return 0 }
         let n = min(length, sourceSize - offset) / UInt64(windowSize) * UInt64(windowSize)
         guard n > 0 else { return 0 }
@@ -127,17 +135,10 @@ final class TargetWindows {
         }
     }
 
-    /// Whether `clear` can take `range`: its ends on the target's units (or the end of the source). A zero run
-    /// that is not goes through a window as zeros.
-    func canClear(_ range: Range<UInt64>) -> Bool {
+    /// Whether a sparse output can clear `range`: its ends on the target's units (or the end of the source).
+    private func canClear(_ range: Range<UInt64>) -> Bool {
         let unit = UInt64(target.isDeviceLike ? max(alignment, 512) : alignment)
         return range.lowerBound % unit == 0 && (range.upperBound % unit == 0 || range.upperBound == sourceSize)
-    }
-
-    /// Makes `range` read as zeros (a sparse output's zero runs).
-    func clear(_ range: Range<UInt64>) throws {
-        precondition(sparse && canClear(range), "only a sparse output clears ranges, on the target's units")
-        try zeroLater(range)
     }
 
     /// Adds a range to the pending BLKZEROOUT, issuing the pending one first if the two do not touch.
