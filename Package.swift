@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
 // Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
-// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount), CNBD (libnbd, NBD sources)}. The CLI imports StrataChain's and StrataBench's API only.
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount), CNBD (libnbd, NBD sources), CBlkid (libblkid, partition tables)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -32,6 +32,9 @@ let package = Package(
         // libnbd's header, the NBD client nbdcopy and virt-v2v use: captures from NBD exports (qemu-nbd,
         // qemu-storage-daemon, nbdkit). Not linked: StrataIO/LibNBD.swift loads it when an NBD source is opened.
         .systemLibrary(name: "CNBD", providers: [.apt(["libnbd-dev"])]),
+        // util-linux's libblkid: partition tables and superblocks (StrataIO/DiskProbe.swift). Linked: Debian's
+        // libblkid1 is essential, on every machine.
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
         .target(name: "CXXH3"),
         // AES-256-GCM from OpenSSL's libcrypto, keys from libsodium (encrypted chains; Sources/CSeal/include/CSeal.h).
@@ -40,7 +43,7 @@ let package = Package(
         // @Sendable); each @unchecked Sendable left says in a line why it is safe. The tests are in Swift 5 mode.
         .target(name: "StrataFormat", swiftSettings: swift6),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"], swiftSettings: swift6),
-        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD"], swiftSettings: swift6),
+        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD", "CBlkid"], swiftSettings: swift6),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
         .target(name: "StrataS3", dependencies: [
             "CSeal", "StrataIO", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),

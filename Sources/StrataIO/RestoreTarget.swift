@@ -1,5 +1,6 @@
-// What a restore writes: a block device, written in place (zero ranges with BLKZEROOUT), or a regular file,
-// created anew and sparse (zero ranges are left as holes). O_DIRECT where the filesystem allows it; a file's
+// What a restore writes: a block device, written in place (zero ranges with BLKZEROOUT), a regular file,
+// created anew and sparse (zero ranges are left as holes), an NBD export, or a stream (standard output: every
+// byte written in order, zeros too, by `StreamQueue`). O_DIRECT where the filesystem allows it; a file's
 // length is set by truncation at the end, so writes may round up to the alignment O_DIRECT needs.
 #if canImport(Glibc)
 import Glibc
@@ -22,6 +23,7 @@ public final class RestoreTarget {
         self.path = path
         self.keepsContent = keepingContent
         export = nil
+        stream = nil
         var isDevice = false
         var isSink = false
         let st = try? Sys.stat(path)
@@ -73,7 +75,26 @@ public final class RestoreTarget {
         deviceSize = export.size
         keepsContent = true
         self.export = export
+        stream = nil
     }
+
+    /// A stream (a pipe, a socket: standard output), written from the start to the end in order, zeros written
+    /// out, with no O_DIRECT, no length set and no sync: written as a device is, through `StreamQueue`.
+    public init(stream fd: Int32, name: String) {
+        path = name
+        self.fd = fd
+        isBlockDevice = false
+        isCharacterDevice = false
+        direct = false
+        alignment = 1
+        deviceSize = .max
+        keepsContent = true
+        export = nil
+        stream = StreamWriter(fd: fd, name: name)
+    }
+
+    /// The stream written in order, where the target is one.
+    public let stream: StreamWriter?
 
     deinit { if fd >= 0 { Sys.close(fd) } }
 
@@ -82,7 +103,7 @@ public final class RestoreTarget {
 
     /// Whether the target holds content before the restore that zeros must replace (a device or an export):
     /// every window is written whole and zero windows are cleared, where a new file leaves them as holes.
-    public var isDeviceLike: Bool { isBlockDevice || export != nil }
+    public var isDeviceLike: Bool { isBlockDevice || export != nil || stream != nil }
 
     /// A character device (/dev/null: a restore that measures everything but the writes' cost): written as a
     /// file is, without its length set or synced.
@@ -101,6 +122,8 @@ public final class RestoreTarget {
     public func zero(offset: UInt64, length: UInt64) throws {
         if let export {
             try export.zero(offset: offset, length: length)
+        } else if let stream {
+            try stream.writeZeros(at: offset, length: length)
         } else if isBlockDevice {
             try Sys.zeroOut(fd, offset: offset, length: length, path: path)
         } else if keepsContent && !isCharacterDevice {
@@ -110,6 +133,84 @@ public final class RestoreTarget {
 
     public func sync() throws {
         if let export { return try export.flush() }
-        if !isCharacterDevice { try Sys.fdatasync(fd, path: path) }
+        if !isCharacterDevice && stream == nil { try Sys.fdatasync(fd, path: path) }
+    }
+}
+
+/// A stream written in order from its start: every write must begin where the one before ended (a restore's
+/// windows and zero ranges come in order), and returns once all of it is written.
+public final class StreamWriter {
+    public let fd: Int32
+    public let name: String
+    /// Bytes written so far: where the next write must begin.
+    public private(set) var position: UInt64 = 0
+
+    /// SIGPIPE is ignored from here on: a reader that goes makes the next write fail (EPIPE), and the restore
+    /// stops with a message, where the signal would end the process without a word.
+    init(fd: Int32, name: String) {
+        (self.fd, self.name) = (fd, name)
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Writes `count` bytes that belong at `offset`; a reader that has gone (EPIPE) is a failure like any other.
+    public func write(_ buffer: UnsafeRawPointer, count: Int, at offset: UInt64) throws {
+        // Once a write has failed, the stream is broken: every later one fails the same way (those already
+        // submitted behind it are not out of order, only too late).
+        if let failed { throw IOError("write", path: name, errno: failed) }
+        precondition(offset == position, "strata bug: a stream written out of order (at \(offset), after \(position))")
+        var done = 0
+        while done < count {
+            let n = Glibc.write(fd, buffer + done, count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                failed = errno
+                throw IOError("write", path: name, errno: errno)
+            }
+            done += n
+            position += UInt64(n)
+        }
+    }
+
+    private var failed: Int32?
+
+    /// Writes `length` zeros at `offset`.
+    public func writeZeros(at offset: UInt64, length: UInt64) throws {
+        let chunk = 1 << 20
+        let zeros = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0, count: chunk)
+        var left = length
+        while left > 0 {
+            let n = Int(min(UInt64(chunk), left))
+            try write(zeros, count: n, at: offset + (length - left))
+            left -= UInt64(n)
+        }
+    }
+}
+
+/// The write queue of a stream target: each write is done, in order, when it is submitted (a pipe takes its
+/// bytes in the order they come; io_uring or a pool of threads would reorder them).
+public final class StreamQueue: IOQueue {
+    public var engineName: String { "stream" }
+    private let stream: StreamWriter
+    private var done: [IOCompletion] = []
+
+    public init(_ stream: StreamWriter) { self.stream = stream }
+
+    public func submit(_ request: IORequest) {
+        precondition(request.op == .write, "strata bug: a stream read")
+        do {
+            try stream.write(request.buffer, count: request.length, at: request.offset)
+            done.append(IOCompletion(tag: request.tag, result: request.length))
+        } catch let e as IOError {
+            done.append(IOCompletion(tag: request.tag, result: -Int(e.errno)))
+        } catch {
+            done.append(IOCompletion(tag: request.tag, result: -Int(EIO)))
+        }
+    }
+
+    public func wait(into completions: inout [IOCompletion]) {
+        completions.append(contentsOf: done)
+        done.removeAll(keepingCapacity: true)
     }
 }

@@ -4,7 +4,7 @@ import StrataChain
 struct RestoreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore",
-        abstract: "Restore a point of a chain to a block device or a file.",
+        abstract: "Restore a point of a chain (or one of its partitions) to a block device, a file, an NBD export or a pipe.",
         usage: "strata restore [<options>] <chain> <target>",
         discussion: """
             Writes the disk exactly as it was at the point, in one sequential pass. A block device must be at least \
@@ -32,8 +32,21 @@ struct RestoreCommand: ParsableCommand {
             again and it writes only what is still different. An existing file still needs --force, and a \
             device in use is refused as without --delta.
 
+            PARTITIONS: with --partition N only partition N of the point is restored (found in the point's own \
+            partition table, GPT or MBR, read with libblkid; `strata list CHAIN --partitions` shows it), onto a \
+            partition, a device, a file or a pipe of at least its size: the target's byte 0 is the partition's \
+            first byte. --delta and --verify work on it as on a whole disk. A partition that does not start on \
+            one of the chain's blocks (an old MBR disk's 63-sector start under 4096-byte blocks) is refused: \
+            restore the whole point, or capture such a disk with --block-size 512.
+
+            STREAMS: a target of - writes the point (or the partition) to standard output, in order, zeros \
+            written out: for | ssh host dd of=/dev/sdb bs=1M, or | qemu-img dd. A terminal is refused, and so \
+            are --delta and --verify (standard output cannot be read back); the summary and --json then go to \
+            standard error.
+
             --json prints one object: point, bytesWritten (with --delta only what was written or zeroed), \
-            bytesCompared and blocksDiffering (with --delta), images, seconds, engine, verified, \
+            bytesCompared and blocksDiffering (with --delta), partition (with --partition: number, offset, size, \
+            type), images, seconds, engine, verified, \
             unreadableBlocks, unreadableRanges ([offset, length] in bytes, the first 1000).
 
             EXAMPLES
@@ -42,11 +55,15 @@ struct RestoreCommand: ParsableCommand {
               strata restore /backup/sdb /dev/sdc --verify
               strata restore /backup/sda /dev/sda --point 12 --delta   # roll back
               strata restore /backup/web /var/lib/libvirt/images/web.img --delta --force
+              strata restore /backup/sda /dev/sdb2 --partition 2
+              strata restore /backup/sda - | ssh host dd of=/dev/sdb bs=1M
             """)
 
     @Argument(help: "Chain directory.") var chain: String
-    @Argument(help: "Block device, file, or NBD URI (nbd://, nbds://, nbd+unix://) to write.") var target: String
+    @Argument(help: "Block device, file, NBD URI (nbd://, nbds://, nbd+unix://), or - for standard output.") var target: String
     @Option(help: "Point to restore (default: the newest).") var point: UInt32?
+    @Option(help: ArgumentHelp("Restore only this partition of the point (its number in the point's partition table).", valueName: "n"))
+    var partition: Int?
     @Option(help: "Decompression threads (default: one per core).") var threads: Int?
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Read the target back after writing and check every block against the chain.") var verify = false
@@ -67,19 +84,24 @@ struct RestoreCommand: ParsableCommand {
         options.verify = verify
         options.force = force
         options.delta = delta
+        options.partition = partition
+        // Restored to standard output, the point is the output: the summary goes to standard error.
+        let toStream = target == Restore.standardOutput
+        func say(_ line: String) { if toStream { Output.toStderr(line + "\n") } else { print(line) } }
         let progress = ProgressLine(verb: "restore", quiet: quiet)
         do {
             let r = try Restore.run(chain: chain, target: target, options: options, progress: progress.update, notice: Output.notice)
             progress.finish()
             if json {
-                Output.json(Report(r, delta: delta))
+                say(Output.jsonText(Report(r, delta: delta)))
             } else {
                 if r.unreadableBlocks > 0 { Output.unreadable(r.unreadableBlocks, r.unreadableRanges, "written as zeros (unreadable at capture)") }
                 if !quiet {
                     let written = delta
                         ? "\(r.blocksDiffering) block\(r.blocksDiffering == 1 ? "" : "s") differed, \(Output.bytes(r.bytesWritten)) written of \(Output.bytes(r.bytesCompared)) compared"
                         : Output.bytes(r.bytesWritten)
-                    print("restored point \(r.point) (\(r.images) image\(r.images == 1 ? "" : "s")): \(written) in \(Output.fixed(r.seconds, 2)) s\(r.verified ? ", read back and verified" : "")")
+                    let what = r.partition.map { "partition \($0.number) of point \(r.point)" } ?? "point \(r.point)"
+                    say("restored \(what) (\(r.images) image\(r.images == 1 ? "" : "s")): \(written) in \(Output.fixed(r.seconds, 2)) s\(r.verified ? ", read back and verified" : "")")
                 }
             }
         } catch {
@@ -94,11 +116,14 @@ extension RestoreCommand {
     struct Report: Encodable {
         var point: UInt32, bytesWritten: UInt64, images: Int, seconds: Seconds, engine: String
         var bytesCompared: UInt64?, blocksDiffering: UInt64?
+        struct Partition: Encodable { var number: Int, offset, size: UInt64, type: String }
+        var partition: Partition?
         var verified: Bool, unreadableBlocks: UInt64, unreadableRanges: [[UInt64]]
 
         init(_ r: RestoreResult, delta: Bool) {
             (point, bytesWritten, images, seconds, engine) = (r.point, r.bytesWritten, r.images, Seconds(r.seconds), r.engine)
             if delta { (bytesCompared, blocksDiffering) = (r.bytesCompared, r.blocksDiffering) }
+            partition = r.partition.map { Partition(number: $0.number, offset: $0.offset, size: $0.size, type: $0.type) }
             (verified, unreadableBlocks, unreadableRanges) = (r.verified, r.unreadableBlocks, Output.ranges(r.unreadableRanges))
         }
     }

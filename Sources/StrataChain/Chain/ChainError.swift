@@ -69,6 +69,10 @@ public enum ChainError: Error, Equatable, Sendable {
     case nbdUnusable(uri: String, reason: String)
     /// `--require-change-source`, and nothing could say what changed: why.
     case noChangeSource(String)
+    /// `--partition N` of a point whose partition table has no partition N (or none at all): why.
+    case noSuchPartition(point: UInt32, number: Int, detail: String)
+    /// A point's partition table entry that cannot be right (past the end of the disk, overlapping another).
+    case damagedPartitionTable(point: UInt32, detail: String)
     public enum Role: String, Sendable { case source, target }
 }
 
@@ -152,6 +156,10 @@ extension ChainError: CustomStringConvertible {
             return "cannot read NBD export \(u): \(r); the chain was not changed: check that the server runs and exports it to this host"
         case .noChangeSource(let why):
             return "cannot read only what changed: \(why); with --require-change-source nothing was written: capture without it to scan the whole source"
+        case .noSuchPartition(let point, let n, let d):
+            return "point \(point) has no partition \(n) to restore: \(d); nothing was written: see strata list CHAIN --partitions"
+        case .damagedPartitionTable(let point, let d):
+            return "the partition table of point \(point) is damaged: \(d); nothing was written: restore the whole point and repair the table"
         case .syncRefused(let t, let d):
             return "will not sync into \(t): \(d); nothing was changed: sync into an empty place, or remove what is there first"
         }
@@ -160,8 +168,8 @@ extension ChainError: CustomStringConvertible {
     /// Process exit codes, following sysexits(3) where one fits.
     public var exitCode: Int32 {
         switch self {
-        case .invalidOption, .noSuchPoint, .notMounted: return 64  // EX_USAGE
-        case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed, .nothingRestorable, .noFilesystem: return 65  // EX_DATAERR
+        case .invalidOption, .noSuchPoint, .notMounted, .noSuchPartition: return 64  // EX_USAGE
+        case .damaged, .corruptData, .notAChain, .sourceMismatch, .verifyFailed, .nothingRestorable, .noFilesystem, .damagedPartitionTable: return 65  // EX_DATAERR
         case .sourceUnavailable, .nbdUnusable: return 66  // EX_NOINPUT
         case .targetTooSmall, .targetUnavailable, .insufficientSpace, .mountPointUnusable, .outputUnwritable: return 73  // EX_CANTCREAT
         case .io, .sourceReadError, .tooManyBadBlocks, .targetMismatch: return 74  // EX_IOERR

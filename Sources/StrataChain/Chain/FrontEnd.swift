@@ -8,6 +8,10 @@ import StrataIO
 public typealias UserSecret = StrataCodec.UserSecret
 public typealias IOEngineChoice = StrataIO.IOEngineChoice
 public typealias IOError = StrataIO.IOError
+// A point's partitions (PointLayout), as libblkid reads them.
+public typealias PartitionTable = StrataIO.PartitionTable
+public typealias DiskPartition = StrataIO.DiskPartition
+public typealias DiskContent = StrataIO.DiskContent
 
 public enum Machine {
     public static var onlineCores: Int { Sys.onlineCores }

@@ -237,12 +237,18 @@ final class RebuiltHashes: PriorHashes {
     private let base: PriorHashes?
     var damagedRuns: [Range<UInt64>] = []
 
-    init(_ store: ChainStore, _ images: [ImageFile], blockCount: UInt64, maxWindowBlocks: UInt64 = .max, base: PriorHashes? = nil) throws {
+    /// The hashes of `images`' point from block `first` on (rounded down to its chunk): asked for forwards from there.
+    init(
+        _ store: ChainStore, _ images: [ImageFile], blockCount: UInt64, from first: UInt64 = 0, maxWindowBlocks: UInt64 = .max,
+        base: PriorHashes? = nil
+    ) throws {
         self.images = images
         self.store = store
         self.blockCount = blockCount
         self.base = base
-        walk = PointWalk(images, maxBlocks: maxWindowBlocks, underlay: base != nil)
+        let per = UInt64(HashMapHeader.chunkBlocks)
+        chunk = Int(first / per) - 1
+        walk = PointWalk(images, from: first / per * per, maxBlocks: maxWindowBlocks, underlay: base != nil)
         frames = FrameReader(images)
         buffer = .allocate(capacity: Int(HashMapHeader.chunkBlocks))
     }

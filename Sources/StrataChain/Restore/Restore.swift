@@ -1,5 +1,6 @@
 // `strata restore`: writes one point of a chain to a device or a file in a single pass, in block order.
 // This file checks the request and the target before anything is written; RestorePipeline.swift moves bytes.
+import StrataCodec
 import StrataFormat
 import StrataIO
 
@@ -18,6 +19,8 @@ public struct RestoreOptions: Sendable {
     public var force = false
     /// An encrypted chain's secret.
     public var secret: UserSecret? = nil
+    /// Restore only this partition of the point (its number in the point's partition table) onto the target.
+    public var partition: Int? = nil
     /// Connections to an NBD target, where its server allows several (multi-conn).
     public var nbdConnections = 4
     /// The pipeline's sizes (tests shrink them).
@@ -28,6 +31,8 @@ public struct RestoreOptions: Sendable {
 
 public struct RestoreResult: Sendable, Equatable {
     public var point: UInt32
+    /// The partition restored (--partition), where it lies in the point, and what the table says it is.
+    public var partition: DiskPartition? = nil
     /// Bytes given to the target: with --delta only the blocks that differed (written, or zeroed), otherwise the
     /// source's size.
     public var bytesWritten: UInt64
@@ -45,6 +50,9 @@ public struct RestoreResult: Sendable, Equatable {
 }
 
 public enum Restore {
+    /// The target that names standard output: the point written to it as a stream, in order, zeros included.
+    public static let standardOutput = "-"
+
     public static func run(
         chain chainPath: String, target targetPath: String, options: RestoreOptions,
         progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
@@ -56,8 +64,24 @@ public enum Restore {
         let point = options.point ?? first.points.last!
         let images = try chain.openPoint(point)
         let manifest = chain.manifest!  // the one the images were opened under
+        let blockSize = Int(manifest.blockSize)
+        // What is restored: the whole point, or one partition's blocks of it.
+        var part: (partition: DiskPartition, blocks: Range<UInt64>, tailHash: BlockHash?)?
+        if let number = options.partition {
+            part = try locatePartition(number, chain: chainPath, point: point, blockSize: blockSize, hasher: images.last?.hasher ?? .plain, options)
+        }
+        let size = part?.partition.size ?? manifest.sourceSize
         let target: RestoreTarget
-        if NBDExport.isURI(targetPath) {
+        if targetPath == Restore.standardOutput {
+            guard !Sys.isTerminal(1) else {
+                throw ChainError.targetUnavailable(
+                    path: "standard output", reason: "it is a terminal; pipe it into a program (| ssh host dd of=/dev/sdb bs=1M) or name a file")
+            }
+            if options.delta || options.verify {
+                throw ChainError.invalidOption("--\(options.delta ? "delta" : "verify") reads the target back, and standard output cannot be read; restore to a file, a device or an NBD export for it")
+            }
+            target = RestoreTarget(stream: 1, name: "standard output")
+        } else if NBDExport.isURI(targetPath) {
             target = RestoreTarget(export: try openExport(targetPath, options))
         } else {
             try Safety.checkRestoreTarget(targetPath, chain: chainPath, force: options.force)
@@ -66,20 +90,22 @@ public enum Restore {
                 throw ChainError.targetUnavailable(path: targetPath, reason: e.reason)
             }
         }
-        if target.isDeviceLike && target.deviceSize < manifest.sourceSize {
-            throw ChainError.targetTooSmall(path: targetPath, size: target.deviceSize, needed: manifest.sourceSize)
+        if target.isDeviceLike && target.deviceSize < size {
+            throw ChainError.targetTooSmall(path: targetPath, size: target.deviceSize, needed: size)
         }
         if options.delta && target.isCharacterDevice {
             throw ChainError.targetUnavailable(path: targetPath, reason: "--delta reads the target, and a character device cannot be read back")
         }
-        if !target.direct { notice("\(targetPath) does not support O_DIRECT; writing through the page cache") }
+        if !target.direct && target.stream == nil { notice("\(targetPath) does not support O_DIRECT; writing through the page cache") }
         let frames = FrameReader(images)
         let (reads, note): (ObjectReads, String?)
         let writeQueue: IOQueue
         do {
             (reads, note) = try chain.store.reads(
                 engine: options.engine, depth: options.queueDepth, tags: RestorePipeline.slotCount(images: images.count, options: options))
-            if let export = target.export {
+            if let stream = target.stream {
+                writeQueue = StreamQueue(stream)
+            } else if let export = target.export {
                 writeQueue = NBDQueue(export)
             } else {
                 (writeQueue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
@@ -88,7 +114,6 @@ public enum Restore {
             throw ChainError.engineUnavailable("io_uring is unavailable here (\(e.reason))")
         }
         if let note { notice(note) }
-        let blockSize = Int(manifest.blockSize)
         /// What reads the target back and compares it with the point (before writing for --delta, after for --verify).
         func comparer(unitBlocks: Int = 1) throws -> TargetCompare {
             let source: BlockSource, queue: IOQueue
@@ -100,16 +125,16 @@ public enum Restore {
                 (queue, _) = try IOEngine.make(options.engine, depth: options.queueDepth)
             }
             return try TargetCompare(
-                source, store: chain.store, images: images, blockSize: blockSize, sourceSize: manifest.sourceSize, queue: queue,
-                unitBlocks: unitBlocks, maxWindowBlocks: options.tuning.maxWindowBlocks)
+                source, store: chain.store, images: images, blockSize: blockSize, sourceSize: size, queue: queue,
+                blocks: part?.blocks, tailHash: part?.tailHash, unitBlocks: unitBlocks, maxWindowBlocks: options.tuning.maxWindowBlocks)
         }
-        var result = RestoreResult(point: point, bytesWritten: manifest.sourceSize, images: images.count, seconds: 0, engine: reads.engineName)
+        var result = RestoreResult(point: point, partition: part?.partition, bytesWritten: size, images: images.count, seconds: 0, engine: reads.engineName)
         do {
             // A block smaller than the target's direct I/O unit is compared and written a unit at a time.
             let delta = try options.delta ? comparer(unitBlocks: target.direct ? max(1, target.alignment / blockSize) : 1) : nil
             let pipeline = RestorePipeline(
-                frames: frames, images: images, sourceSize: manifest.sourceSize, blockSize: blockSize,
-                target: target, reads: reads, writeQueue: writeQueue, options: options, progress: progress, delta: delta)
+                frames: frames, images: images, sourceSize: size, blockSize: blockSize,
+                target: target, reads: reads, writeQueue: writeQueue, options: options, progress: progress, delta: delta, blocks: part?.blocks)
             try pipeline.run()
             if let compare = delta {
                 (result.bytesWritten, result.bytesCompared, result.blocksDiffering) = (pipeline.bytesWritten, compare.bytesCompared, compare.differingBlocks)
@@ -130,6 +155,35 @@ public enum Restore {
         }
         result.seconds = Double(Sys.monotonicNanos() - started) / 1e9
         return result
+    }
+
+    /// Partition `number` of the point, found in its partition table: its blocks, and the hash its last block has
+    /// on a target that ends with the partition (where the partition ends inside a block).
+    private static func locatePartition(
+        _ number: Int, chain: String, point: UInt32, blockSize: Int, hasher: BlockHasher, _ options: RestoreOptions
+    ) throws -> (partition: DiskPartition, blocks: Range<UInt64>, tailHash: BlockHash?) {
+        let served = try ServedChain(chain: chain, cacheBytes: 16 << 20, readAheadThreads: 0, secret: options.secret)
+        let reader = try served.reader(point: point)
+        let p = try PointLayout.read(reader).partition(number)
+        let bs = UInt64(blockSize)
+        guard p.offset % bs == 0 else {
+            throw ChainError.invalidOption(
+                "partition \(number) of point \(point) starts at byte \(p.offset), inside one of the chain's \(blockSize)-byte blocks, and --partition restores whole blocks; nothing was written: restore the whole point and copy the partition out of it (or capture such a disk with --block-size 512)")
+        }
+        let blocks = p.offset / bs..<(p.end + bs - 1) / bs
+        guard p.end % bs != 0 else { return (p, blocks, nil) }
+        // The last block holds the start of what follows the partition: the target holds only the partition's part.
+        let tail = UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 64)
+        defer { tail.deallocate() }
+        tail.initializeMemory(as: UInt8.self, repeating: 0, count: blockSize)
+        let start = (blocks.upperBound - 1) * bs
+        var done = 0
+        while done < Int(p.end - start) {
+            let n = try reader.read(into: tail + done, count: Int(p.end - start) - done, at: start + UInt64(done))
+            guard n > 0 else { break }
+            done += n
+        }
+        return (p, blocks, ZeroBlockDetector(blockSize: blockSize, hasher: hasher).hash(tail))
     }
 
     /// The NBD export at `uri`, connected for writing.

@@ -33,6 +33,8 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     private let progress: ProgressHandler?
     /// --delta: what reads the target and compares it with the point.
     private let delta: TargetCompare?
+    /// The point's blocks restored (a partition's): the target's block 0 is the first of them.
+    private let blocks: Range<UInt64>?
 
     private let slots: AlignedSlab
     private let decodedOffset: Int
@@ -82,9 +84,10 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     init(
         frames: FrameReader, images: [ImageFile], sourceSize: UInt64, blockSize: Int, target: RestoreTarget,
         reads: ObjectReads, writeQueue: IOQueue, options: RestoreOptions, progress: ProgressHandler?,
-        delta: TargetCompare? = nil
+        delta: TargetCompare? = nil, blocks: Range<UInt64>? = nil
     ) {
         self.delta = delta
+        self.blocks = blocks
         self.frames = frames
         self.images = images
         self.sourceSize = sourceSize
@@ -135,7 +138,8 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
     private func readFrames() throws {
         let pump = reads
         do {
-            let walk = PointWalk(images, maxBlocks: options.tuning.maxWindowBlocks)
+            let base = blocks?.lowerBound ?? 0
+            let walk = PointWalk(images, from: base, to: blocks?.upperBound, maxBlocks: options.tuning.maxWindowBlocks)
             var seq = 0
             var nextFetch = 0
             var batch: [(ResolvedExtent, Int?)] = []
@@ -149,6 +153,7 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
             }
             while let window = try walk.next() {
                 for whole in window {
+                    guard let whole = blocks.map({ Self.clip(whole, to: $0) }) ?? whole else { continue }
                     try takeParts(of: whole, pushing: push)
                     for e in parts {
                         seq += 1
@@ -176,7 +181,7 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
                     }
                 }
                 try push()
-                if delta != nil, heldRun.map({ $0.upperBound <= walk.position }) ?? true,
+                if delta != nil, heldRun.map({ $0.upperBound <= walk.position - base }) ?? true,
                     stages.withLock({ compareDone && differingHead == differing.count })
                 {
                     break  // nothing more differs: the rest of the point is not walked
@@ -188,6 +193,17 @@ final class RestorePipeline: @unchecked Sendable {  // shared state is guarded b
             pump.drain()  // before the slots can go
             throw wrap(error)
         }
+    }
+
+    /// The part of `e` inside `blocks`, numbered from the first of them (the target's blocks).
+    static func clip(_ e: ResolvedExtent, to blocks: Range<UInt64>) -> ResolvedExtent? {
+        let start = max(e.firstBlock, blocks.lowerBound), end = min(e.endBlock, blocks.upperBound)
+        guard start < end else { return nil }
+        var part = e
+        part.frameBlock = e.frameBlock + UInt32(start - e.firstBlock)
+        part.firstBlock = start - blocks.lowerBound
+        part.blockCount = UInt32(end - start)
+        return part
     }
 
     /// Waits until `ready` (run under the lock) gives a value, handling reads that complete meanwhile; throws

@@ -16,7 +16,14 @@ final class TargetCompare {
     private let hasher: BlockHasher
     private let blockSize: Int
     private let sourceSize: UInt64
+    /// The target's blocks, and where they lie in the point (a partition's first block; 0 for a whole disk).
     private let blockCount: UInt64
+    private let base: UInt64
+    /// The hash of the target's last block as the target holds it, where the target ends inside a block of the
+    /// point (a partition whose size is not a multiple of the block size): the point's bytes up to the end, then
+    /// zeros.
+    private let tailHash: BlockHash?
+    private var expected: [BlockHash] = []
     private let queue: IOQueue
     /// Differing runs are widened to whole units of this many blocks (a block smaller than the target's direct
     /// I/O unit cannot be written alone).
@@ -33,11 +40,13 @@ final class TargetCompare {
 
     init(
         _ source: BlockSource, store: ChainStore, images: [ImageFile], blockSize: Int, sourceSize: UInt64, queue: IOQueue,
-        unitBlocks: Int = 1, maxWindowBlocks: UInt64 = .max
+        blocks: Range<UInt64>? = nil, tailHash: BlockHash? = nil, unitBlocks: Int = 1, maxWindowBlocks: UInt64 = .max
     ) throws {
         self.source = source
-        blockCount = images.first?.header.blockCount ?? 0
-        hashes = try RebuiltHashes(store, images, blockCount: blockCount, maxWindowBlocks: maxWindowBlocks)
+        let pointBlocks = images.first?.header.blockCount ?? 0
+        let blocks = blocks ?? 0..<pointBlocks
+        (blockCount, base, self.tailHash) = (UInt64(blocks.count), blocks.lowerBound, tailHash)
+        hashes = try RebuiltHashes(store, images, blockCount: pointBlocks, from: blocks.lowerBound, maxWindowBlocks: maxWindowBlocks)
         hasher = images.last?.hasher ?? .plain
         self.blockSize = blockSize
         self.sourceSize = sourceSize
@@ -45,7 +54,8 @@ final class TargetCompare {
         self.unitBlocks = UInt64(max(1, unitBlocks))
     }
 
-    /// Reads the target from the start to `sourceSize` and compares every block; gives the runs of differing
+    /// Reads the target from the start to `sourceSize` and compares every block (block b of the target with block
+    /// `base` + b of the point); gives the runs of differing
     /// blocks (in order, joined, widened to units) to `differing` as each 1 MiB is compared, the last run once
     /// it has ended.
     func run(depth: Int, progress: ProgressHandler?, differing: ([Range<UInt64>]) throws -> Void = { _ in }) throws {
@@ -103,11 +113,11 @@ final class TargetCompare {
     private func compare(
         _ base: UnsafeRawPointer, firstBlock: UInt64, count: Int, detector: ZeroBlockDetector, into runs: inout [Range<UInt64>]
     ) throws {
-        let expected = try hashes.hashes(from: firstBlock, count: count)
+        try expectedHashes(from: firstBlock, count: count)
         let bs = UInt64(blockSize)
         for b in 0..<count {
             let block = firstBlock + UInt64(b)
-            var want = expected[b]
+            var want = block == blockCount - 1 ? tailHash ?? expected[b] : expected[b]
             if want == .unreadable {
                 unreadableRanges.appendJoining(block * bs..<min(sourceSize, (block + 1) * bs))
                 unreadableBlocks += 1
@@ -123,6 +133,19 @@ final class TargetCompare {
             } else {
                 runs.append(run)
             }
+        }
+    }
+
+    /// Sets `expected` to the point's hashes of the target's blocks `first..<first + count` (a run of the point's
+    /// hash chunks may start anywhere in one when the target is a partition: asked for a chunk at a time).
+    private func expectedHashes(from first: UInt64, count: Int) throws {
+        expected.removeAll(keepingCapacity: true)
+        let per = UInt64(HashMapHeader.chunkBlocks)
+        var block = base + first, left = count
+        while left > 0 {
+            let n = min(left, Int(per - block % per))
+            expected.append(contentsOf: UnsafeBufferPointer(start: try hashes.hashes(from: block, count: n), count: n))
+            (block, left) = (block + UInt64(n), left - n)
         }
     }
 }
