@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
 // Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
-// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount), CNBD (libnbd, NBD sources), CBlkid (libblkid, partition tables)}. The CLI imports StrataChain's and StrataBench's API only.
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount), CNBD (libnbd, NBD sources), CBlkid (libblkid, partition tables), CExt2fs (libext2fs, ext4 bitmaps)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -35,6 +35,9 @@ let package = Package(
         // util-linux's libblkid: partition tables and superblocks (StrataIO/DiskProbe.swift). Linked: Debian's
         // libblkid1 is essential, on every machine.
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        // e2fsprogs' libext2fs: the block bitmaps of ext2/3/4 (capture --used-blocks), behind a small C interface.
+        // Linked: Debian's libext2fs2 comes with e2fsprogs, on every machine.
+        .target(name: "CExt2fs", linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
         .target(name: "CXXH3"),
         // AES-256-GCM from OpenSSL's libcrypto, keys from libsodium (encrypted chains; Sources/CSeal/include/CSeal.h).
@@ -43,7 +46,7 @@ let package = Package(
         // @Sendable); each @unchecked Sendable left says in a line why it is safe. The tests are in Swift 5 mode.
         .target(name: "StrataFormat", swiftSettings: swift6),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"], swiftSettings: swift6),
-        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD", "CBlkid"], swiftSettings: swift6),
+        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD", "CBlkid", "CExt2fs"], swiftSettings: swift6),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
         .target(name: "StrataS3", dependencies: [
             "CSeal", "StrataIO", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),

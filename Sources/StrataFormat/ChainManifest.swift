@@ -56,6 +56,11 @@ public struct ChainManifest: Equatable, Sendable {
     public var reflinkBaseline: String? = nil
     /// The dirty bitmap started when the newest point was captured (`NAME@POINT`): opaque here.
     public var dirtyBitmap: String? = nil
+    /// A chain of used blocks (`capture --used-blocks`): every capture reads only the blocks the source's
+    /// filesystems use; the rest are zeros in its points.
+    public var usedBlocks = false
+    /// What each point's capture read of each partition (`UsedBlocks` writes and reads the word), by point.
+    public var usedSummaries: [UInt32: String] = [:]
     /// An encrypted chain's key file (`chain.key`): its master key, wrapped by the user's secret. Nil: not encrypted.
     public var keyFile: String? = nil
 
@@ -77,6 +82,7 @@ public struct ChainManifest: Equatable, Sendable {
     public mutating func dropRecordsOfUnlistedPoints() {
         let listed = Set(points)
         changeSources = changeSources.filter { listed.contains($0.key) }
+        usedSummaries = usedSummaries.filter { listed.contains($0.key) }
     }
 
     /// The images needed to restore `point`, oldest first, or nil when no image makes that point.
@@ -93,6 +99,8 @@ public struct ChainManifest: Equatable, Sendable {
         if let reflinkBaseline { text += "reflink-baseline \(reflinkBaseline)\n" }
         if let dirtyBitmap { text += "dirty-bitmap \(dirtyBitmap)\n" }
         for p in points where changeSources[p] != nil { text += "changes-\(p) \(changeSources[p]!)\n" }
+        if usedBlocks { text += "used-blocks 1\n" }
+        for p in points where usedSummaries[p] != nil { text += "used-\(p) \(usedSummaries[p]!)\n" }
         for e in images {
             text += "image \(e.firstPoint) \(e.lastPoint) \(e.kind == .full ? "full" : "incremental") \(e.imageID) "
             text += "\(e.createdAt) \(e.bytesRead) \(e.bytesStored) \(e.blocksChanged) \(e.file)\n"
@@ -154,6 +162,11 @@ public struct ChainManifest: Equatable, Sendable {
         }
         m.reflinkBaseline = fields["reflink-baseline"]
         m.dirtyBitmap = fields["dirty-bitmap"]
+        m.usedBlocks = fields["used-blocks"] == "1"
+        for (key, value) in fields where key.hasPrefix("used-") && key != "used-blocks" {
+            guard let p = UInt32(key.dropFirst("used-".count)) else { throw FormatError.invalid("chain manifest has a malformed line") }
+            m.usedSummaries[p] = value
+        }
         for (key, value) in fields where key.hasPrefix("changes-") {
             guard let p = UInt32(key.dropFirst("changes-".count)) else { throw FormatError.invalid("chain manifest has a malformed line") }
             m.changeSources[p] = value

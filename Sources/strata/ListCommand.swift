@@ -13,8 +13,10 @@ struct ListCommand: ParsableCommand {
             is listed with what is wrong with it. An encrypted chain's partitions need its secret (--key-file, or \
             STRATA_PASSPHRASE); the list of points does not.
 
-            --json prints one object. The points: chain, blockSize, sourceSize, dirtyBitmap, points (point, \
-            firstPoint, kind, created, bytesRead, bytesStored, blocksChanged, image, changeSource). With \
+            --json prints one object. The points: chain, blockSize, sourceSize, dirtyBitmap, usedBlocks (a chain \
+            of used blocks: true), points (point, firstPoint, kind, created, bytesRead, bytesStored, \
+            blocksChanged, image, changeSource, usedBlocks: in a chain of used blocks what its capture read of \
+            each partition (usedBytes; regions: partition, size, content, method, usedBytes), else null). With \
             --partitions: point, size, table (scheme, id, sectorSize; null when the point holds none), content (of \
             a disk without a table), partitions (number, offset, size, type, typeName, name, uuid, container (an MBR extended \
             partition), content (type, \
@@ -45,7 +47,7 @@ struct ListCommand: ParsableCommand {
             Output.json(Report(listing))
             return
         }
-        print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks")
+        print("chain \(listing.chainID), \(Output.bytes(listing.sourceSize)) source, \(listing.blockSize)-byte blocks\(listing.usedBlocks ? ", used blocks only" : "")")
         print("point  created              kind         read        stored      changed blocks  found by")
         for p in listing.points {
             let created = ChainListing.localTime(p.createdAt)
@@ -114,17 +116,19 @@ extension ListCommand {
         struct Point: Encodable {
             var point, firstPoint: UInt32, kind: String, created, bytesRead, bytesStored, blocksChanged: UInt64, image: String
             var changeSource: String
+            var usedBlocks: OrNull<UsedReport>
         }
         var chain: String, blockSize: UInt32, sourceSize: UInt64, points: [Point]
         var dirtyBitmap: OrNull<String>
+        var usedBlocks: Bool
 
         init(_ l: ChainListing) {
-            (chain, blockSize, sourceSize, dirtyBitmap) = (l.chainID, l.blockSize, l.sourceSize, OrNull(l.dirtyBitmap))
+            (chain, blockSize, sourceSize, dirtyBitmap, usedBlocks) = (l.chainID, l.blockSize, l.sourceSize, OrNull(l.dirtyBitmap), l.usedBlocks)
             points = l.points.map { p in
                 Point(
                     point: p.point, firstPoint: p.firstPoint, kind: p.kind == .full ? "full" : "incremental", created: p.createdAt,
                     bytesRead: p.bytesRead, bytesStored: p.bytesStored, blocksChanged: p.blocksChanged, image: p.file,
-                    changeSource: p.changeSource ?? ChangeSources.scan)
+                    changeSource: p.changeSource ?? ChangeSources.scan, usedBlocks: OrNull(p.usedRegions.map { UsedReport($0, offsets: false) }))
             }
         }
     }

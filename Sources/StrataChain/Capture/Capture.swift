@@ -54,6 +54,9 @@ public struct CaptureOptions: Sendable {
     public var nextDirtyBitmap: String? = nil
     /// Connections to an NBD server that allows several (multi-conn).
     public var nbdConnections = 4
+    /// Make the new chain a chain of used blocks: every capture (this and every later one) reads only what the
+    /// source's filesystems use, and the rest is zeros in the point. Chosen when the chain is made.
+    public var usedBlocks = false
     /// The sample's seed (tests); nil: a new random one each capture.
     var sampleSeed: UInt64? = nil
 
@@ -85,6 +88,8 @@ public struct CaptureResult: Sendable, Equatable {
     public var bytesSampled: UInt64 = 0
     /// Where the sample found a block the change source had called unchanged (the capture then scanned).
     public var missedChangeAt: UInt64? = nil
+    /// A chain of used blocks: what each region of the source gave (nil for a chain that reads every block).
+    public var usedRegions: [UsedRegion]? = nil
 }
 
 /// Called with bytes done and bytes total, from the pipeline's coordinating thread.
@@ -199,6 +204,11 @@ public enum Capture {
                 throw ChainError.sourceMismatch(detail: "the source has \(source.size) bytes, the chain's has \(m.sourceSize)")
             }
         }
+        if let m = previous, options.usedBlocks, !m.usedBlocks {
+            throw ChainError.invalidOption(
+                "chain \(chainPath) reads every block, and --used-blocks applies only when a chain is made: capture into a new directory to start a chain of used blocks")
+        }
+        let followsUse = previous?.usedBlocks ?? options.usedBlocks
         let point = previous?.nextPoint ?? 1
         let chainID = previous?.chainID ?? .random()
         if previous == nil && options.encrypt { keys = try chain.startEncryption(chainID: chainID) }
@@ -272,6 +282,29 @@ public enum Capture {
             }
             if previous != nil && changeSource != nil { notice("\(cannot): scanning the whole source") }
         }
+        // A chain of used blocks: what the source's filesystems use now, read instead of the whole source.
+        var usedPlan: UsedPlan?
+        var usedRegions: [UsedRegion]?
+        if followsUse {
+            if source.export != nil {
+                notice("the filesystems of an NBD export are not read for their used blocks: reading every block")
+            } else {
+                let (used, regions) = try UsedBlocks.find(path: sourcePath, size: source.size)
+                for r in regions where r.reason != nil {
+                    let what = r.partition.map { $0 == 0 ? "the disk" : "partition \($0)" } ?? "what lies outside the partitions"
+                    notice("\(what)\(r.content.map { " (\($0))" } ?? ""): read whole: \(r.reason!)")
+                }
+                let data = try source.dataRanges(granule: UInt64(max(Int(blockSize), source.alignment)))
+                usedPlan = UsedPlan(
+                    size: source.size, requestSize: max(options.requestSize / Int(blockSize), 1) * Int(blockSize),
+                    unit: max(Int(blockSize), source.alignment), used: Self.intersect(used, data))
+                usedRegions = regions
+                if answer != nil {
+                    notice("a chain of used blocks reads every used block: \(changeSource!.name) is not combined with it yet")
+                    answer = nil
+                }
+            }
+        }
         if answer != nil, let changeSource { found = changeSource.name }
 
         var missedAt: UInt64?
@@ -300,7 +333,7 @@ public enum Capture {
                 do {
                     attempt = try captureOnce(
                         source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,
-                        map: map, plan: nil, progress: progress, window: window)
+                        map: map, plan: usedPlan, progress: progress, window: window)
                 } catch let miss as CapturePipeline.MissedChange {
                     // Only an NBD server's word on holes is sampled in a scan: it called data zeros.
                     notice("\(sourcePath): the server called the bytes at \(miss.offset) zeros (block status), and they are not; reading every block")
@@ -332,6 +365,8 @@ public enum Capture {
             next.hashMapPoint = nil
         }
         next.changeSources[point] = found
+        next.usedBlocks = followsUse
+        if let usedRegions { next.usedSummaries[point] = UsedBlocks.summary(usedRegions) }
         next.keyFile = keys == nil ? nil : ChainKeyFile.fileName
         changeSource?.willCommit(&next)
         do { try chain.commit(next) } catch {
@@ -349,7 +384,24 @@ public enum Capture {
         result.changeSource = found
         result.bytesSampled = stats.bytesSampled
         result.missedChangeAt = missedAt
+        result.usedRegions = usedRegions
         return result
+    }
+
+    /// The parts of `a` that lie in `b` (both sorted and disjoint).
+    static func intersect(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        var j = 0
+        for r in a {
+            while j < b.count && b[j].upperBound <= r.lowerBound { j += 1 }
+            var k = j
+            while k < b.count && b[k].lowerBound < r.upperBound {
+                let lo = max(r.lowerBound, b[k].lowerBound), hi = min(r.upperBound, b[k].upperBound)
+                if lo < hi { out.append(lo..<hi) }
+                k += 1
+            }
+        }
+        return out
     }
 
     /// One pass of the pipeline into a new image (and, with `map`, a new hash map), both published but not yet

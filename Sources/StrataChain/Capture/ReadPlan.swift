@@ -188,3 +188,47 @@ final class ChangePlan: ReadPlan {
     }
 }
 
+
+/// A capture of used blocks: the used ranges (widened to `unit` and joined) read, the rest announced as zeros
+/// without a read, in pieces that never cross the request grid.
+final class UsedPlan: ReadPlan {
+    private let size: UInt64
+    private let requestSize: UInt64
+    private var used: [Range<UInt64>] = []
+    private var index = 0
+    private var position: UInt64 = 0
+    /// Bytes planned to be read.
+    private(set) var usedBytes: UInt64 = 0
+
+    /// `used`: sorted, disjoint byte ranges.
+    init(size: UInt64, requestSize: Int, unit: Int, used ranges: [Range<UInt64>]) {
+        self.size = size
+        self.requestSize = UInt64(requestSize)
+        let unit = UInt64(unit)
+        for r in ranges {
+            let lo = r.lowerBound / unit * unit, hi = min((r.upperBound + unit - 1) / unit * unit, size)
+            guard lo < hi else { continue }
+            if let last = used.last, lo <= last.upperBound {
+                used[used.count - 1] = last.lowerBound..<max(last.upperBound, hi)
+            } else {
+                used.append(lo..<hi)
+            }
+        }
+        usedBytes = used.reduce(0) { $0 + UInt64($1.count) }
+    }
+
+    func next() throws -> ReadPiece? {
+        guard position < size else { return nil }
+        while index < used.count && used[index].upperBound <= position { index += 1 }
+        let gridEnd = min((position / requestSize + 1) * requestSize, size)
+        let piece: ReadPiece
+        if index < used.count && used[index].lowerBound <= position {
+            piece = ReadPiece(offset: position, length: Int(min(used[index].upperBound, gridEnd) - position))
+        } else {
+            let end = index < used.count ? min(used[index].lowerBound, gridEnd) : gridEnd
+            piece = ReadPiece(offset: position, length: Int(end - position), hole: true)
+        }
+        position += UInt64(piece.length)
+        return piece
+    }
+}

@@ -15,6 +15,9 @@ public struct PointInfo: Sendable, Equatable {
     /// What found the point's changes (`scan`, `rescan`, `reflink`, ...); nil where the chain does not say
     /// (points captured before it was recorded: scans).
     public var changeSource: String? = nil
+    /// A chain of used blocks: what the point's capture read of each region (sizes and methods; nil where the
+    /// chain does not say: a chain that reads every block, a point merged from others keeps its newest's).
+    public var usedRegions: [UsedRegion]? = nil
 }
 
 public struct ChainListing: Sendable, Equatable {
@@ -25,6 +28,8 @@ public struct ChainListing: Sendable, Equatable {
     /// The dirty bitmap recorded as started when the newest point was captured (--next-dirty-bitmap), if any: what
     /// the next capture's --dirty-bitmap must name.
     public var dirtyBitmap: String? = nil
+    /// A chain of used blocks (`capture --used-blocks`).
+    public var usedBlocks = false
 
     public static func read(chain path: String) throws -> ChainListing {
         let m = try Chain(location: path, access: .read).manifest!
@@ -33,8 +38,10 @@ public struct ChainListing: Sendable, Equatable {
             points: m.images.map {
                 PointInfo(
                     point: $0.point, kind: $0.kind, firstPoint: $0.firstPoint, createdAt: $0.createdAt, bytesRead: $0.bytesRead,
-                    bytesStored: $0.bytesStored, blocksChanged: $0.blocksChanged, file: $0.file, changeSource: m.changeSources[$0.point])
+                    bytesStored: $0.bytesStored, blocksChanged: $0.blocksChanged, file: $0.file, changeSource: m.changeSources[$0.point],
+                    usedRegions: m.usedSummaries[$0.point].flatMap(UsedBlocks.regions(fromSummary:)))
             })
+        listing.usedBlocks = m.usedBlocks
         if let r = m.dirtyBitmap.flatMap(DirtyBitmapChanges.Record.init), r.point == m.images.last!.lastPoint { listing.dirtyBitmap = r.name }
         return listing
     }

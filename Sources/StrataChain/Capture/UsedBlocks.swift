@@ -1,0 +1,152 @@
+// A chain of used blocks (`capture --used-blocks`): what of the source its filesystems use, found before the
+// capture reads. The partition table and each partition's content come from libblkid (StrataIO/DiskProbe); each
+// filesystem's map from the library made for it (StrataIO/FilesystemMaps: libext2fs's bitmaps for ext2/3/4),
+// swap keeps its header. Everything else is read whole: the tables themselves, the gaps between partitions, an
+// entry that cannot be right, a filesystem Strata has no map for (or whose map it does not trust: one that needs
+// journal recovery or is not clean, bitmaps that disagree with their group descriptors, a filesystem larger than
+// its partition), LUKS, anything unknown. What is not used is announced to the pipeline as zeros without a read
+// (UsedPlan): the point holds zeros there, so every reader (restore, verify, merge, mount, serve) restores zeros
+// without knowing. Memory: the used runs (16 bytes each; runs closer than `joinGap` are read as one).
+import StrataFormat
+import StrataIO
+
+/// What a capture of used blocks read of one region of the source.
+public struct UsedRegion: Sendable, Equatable {
+    /// The partition's number; 0 for a disk without a partition table; nil for what lies outside every partition
+    /// (the tables, the gaps between partitions).
+    public var partition: Int?
+    public var offset: UInt64
+    public var size: UInt64
+    /// What libblkid found there ("ext4", "swap", "xfs"...), nil for nothing it knows.
+    public var content: String?
+    /// How its used blocks were found: `bitmap` (the filesystem's own map), `swap-header` (a swap area: its header),
+    /// `whole` (all of it read).
+    public var method: String
+    /// Bytes of it read as used.
+    public var usedBytes: UInt64
+    /// Why a region that holds something was read whole.
+    public var reason: String?
+
+    public static let bitmap = "bitmap", swapHeader = "swap-header", whole = "whole"
+}
+
+enum UsedBlocks {
+    /// Used runs nearer than this are read as one. 0: a free block is never read (its stale bytes would be kept,
+    /// where the promise is zeros).
+    static let joinGap: UInt64 = 0
+    /// What of a swap area is kept: its header page, at most 64 KiB (the largest page size).
+    static let swapHeader: UInt64 = 64 << 10
+
+    /// The used byte ranges of the source at `path` (`size` bytes), sorted and disjoint, and what each region gave.
+    static func find(path: String, size: UInt64) throws -> (used: [Range<UInt64>], regions: [UsedRegion]) {
+        // libblkid reads through the page cache with unaligned buffers: its own descriptor, without O_DIRECT.
+        let file: FileDescriptor
+        do { file = try Sys.open(path, .readOnly) } catch let e as IOError {
+            throw ChainError.sourceUnavailable(path: path, reason: e.reason)
+        }
+        var regions: [UsedRegion] = []
+        var mapped: [(range: Range<UInt64>, used: [Range<UInt64>])] = []
+        var inPartitions: UInt64 = 0
+        func region(_ number: Int, _ range: Range<UInt64>) {
+            inPartitions += UInt64(range.count)
+            let content = DiskProbe.content(fd: file.rawValue, offset: range.lowerBound, size: UInt64(range.count))
+            var r = UsedRegion(partition: number, offset: range.lowerBound, size: UInt64(range.count), content: content?.type, method: UsedRegion.whole, usedBytes: UInt64(range.count))
+            switch content?.type {
+            case "ext2", "ext3", "ext4":
+                switch FilesystemMaps.ext2(path: path, offset: range.lowerBound) {
+                case .success(let map) where map.size <= UInt64(range.count):
+                    // The map's runs, and what lies past the filesystem's end in its partition, whole.
+                    var used = map.used.map { (range.lowerBound + $0.lowerBound)..<(range.lowerBound + $0.upperBound) }
+                    if map.size < UInt64(range.count) { used.append((range.lowerBound + map.size)..<range.upperBound) }
+                    r.method = UsedRegion.bitmap
+                    r.usedBytes = used.reduce(0) { $0 + UInt64($1.count) }
+                    mapped.append((range, used))
+                case .success(let map):
+                    r.reason = "its filesystem says it is \(map.size) bytes, larger than its \(range.count)"
+                case .failure(let refusal):
+                    r.reason = refusal.reason
+                }
+            case "swap":
+                let header = range.lowerBound..<min(range.upperBound, range.lowerBound + Self.swapHeader)
+                r.method = UsedRegion.swapHeader
+                r.usedBytes = UInt64(header.count)
+                mapped.append((range, [header]))
+            case let type?:
+                r.reason = "Strata reads no map of \(type)"
+            case nil:
+                r.reason = "libblkid recognises nothing there"
+            }
+            regions.append(r)
+        }
+        let table = try DiskProbe.partitionTable(fd: file.rawValue, size: size, path: path)
+        if let table {
+            let parts = table.partitions.filter { !$0.isContainer }
+            for p in parts {
+                if p.size == 0 || p.end > size {
+                    // (What of it lies on the disk is read with what lies outside the partitions.)
+                    regions.append(UsedRegion(
+                        partition: p.number, offset: p.offset, size: p.size, method: UsedRegion.whole, usedBytes: 0,
+                        reason: "its entry ends at byte \(p.end), past the end of the disk (\(size) bytes)"))
+                } else if let other = parts.first(where: { $0.number != p.number && $0.offset < p.end && p.offset < $0.end }) {
+                    regions.append(UsedRegion(
+                        partition: p.number, offset: p.offset, size: p.size, method: UsedRegion.whole, usedBytes: 0,
+                        reason: "its entry overlaps partition \(other.number)"))
+                } else {
+                    region(p.number, p.offset..<p.end)
+                }
+            }
+        } else {
+            region(0, 0..<size)
+        }
+        // Everything outside the mapped regions is read whole.
+        mapped.sort { $0.range.lowerBound < $1.range.lowerBound }
+        var used: [Range<UInt64>] = []
+        func add(_ r: Range<UInt64>) {
+            guard !r.isEmpty else { return }
+            if let last = used.last, r.lowerBound <= last.upperBound + Self.joinGap {
+                used[used.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound)
+            } else {
+                used.append(r)
+            }
+        }
+        var at: UInt64 = 0
+        for m in mapped {
+            if m.range.lowerBound > at { add(at..<m.range.lowerBound) }
+            for r in m.used { add(r) }
+            at = max(at, m.range.upperBound)
+        }
+        if at < size { add(at..<size) }
+        if table != nil {
+            // The tables, the gaps, and entries that cannot be right: read whole.
+            regions.append(UsedRegion(partition: nil, offset: 0, size: size - inPartitions, method: UsedRegion.whole, usedBytes: size - inPartitions))
+        }
+        return (used, regions)
+    }
+
+    // MARK: The manifest's word
+
+    /// The regions as one word of the manifest (`used-P`): `number:content:method:used:size` joined by commas,
+    /// `-` for what lies outside every partition and for no content.
+    static func summary(_ regions: [UsedRegion]) -> String {
+        regions.map { r in
+            "\(r.partition.map(String.init) ?? "-"):\(r.content.map(clean) ?? "-"):\(r.method):\(r.usedBytes):\(r.size)"
+        }.joined(separator: ",")
+    }
+
+    /// The regions a manifest's word gives (what `list` shows); nil for a word it cannot read.
+    static func regions(fromSummary word: String) -> [UsedRegion]? {
+        var out: [UsedRegion] = []
+        for entry in word.split(separator: ",") {
+            let f = entry.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard f.count == 5, let used = UInt64(f[3]), let size = UInt64(f[4]) else { return nil }
+            out.append(UsedRegion(
+                partition: f[0] == "-" ? nil : Int(f[0]), offset: 0, size: size, content: f[1] == "-" ? nil : f[1], method: f[2], usedBytes: used))
+        }
+        return out
+    }
+
+    /// A content type as a manifest word takes it: letters, digits, `_` and `.` only.
+    private static func clean(_ s: String) -> String {
+        String(s.map { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "." ? $0 : "_" })
+    }
+}

@@ -1,0 +1,235 @@
+// A chain of used blocks (`capture --used-blocks`) on a GPT disk with an unformatted partition, an ext4 filled
+// and half deleted (stale data in its free blocks), a swap area over random bytes and an ext4 of 1 KiB blocks,
+// over three nights: every point restores to a disk whose ext4s are fsck-clean and hold exactly that night's
+// files, whose free ext4 blocks are zeros, whose swap keeps its header and nothing else, and whose unformatted
+// partition and tables equal the disk's; the capture reads less than the disk. A merge keeps every point so. An
+// ext4 that needs journal recovery and an XFS are read whole, with a notice, and restore exactly. The flag on a
+// chain that reads every block is refused.
+import Foundation
+import TestSupport
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class UsedBlocksTests: XCTestCase {
+    var dir = ""
+    var loops: [String] = []
+
+    override func setUpWithError() throws {
+        if getuid() != 0 { throw XCTSkip("loop devices and mounts need root") }
+        if toolOutput(["sh", "-c", "losetup -f"]).isEmpty { throw XCTSkip("this machine has no free loop device") }
+        dir = try scratchDirectory("strata-used")
+    }
+
+    override func tearDown() {
+        for line in (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8))?.split(separator: "\n").reversed() ?? [] {
+            let f = line.split(separator: " ")
+            if f.count > 1, f[1].hasPrefix(dir) { runTool("/usr/bin/env", ["umount", "-l", String(f[1])]) }
+        }
+        for loop in loops.reversed() { runTool("/usr/bin/env", ["losetup", "-d", loop]) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// The disk, in 512-byte sectors: 1 unformatted (random bytes), 2 ext4 (4 KiB blocks), 3 swap, 4 ext4 (1 KiB blocks).
+    static let parts: [(start: Int, size: Int, type: String)] = [
+        (2048, 8192, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        (10240, 131072, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+        (141312, 8192, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"),
+        (149504, 40960, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+    ]
+    static let diskBytes = 100 << 20
+
+    private func sh(_ script: String) throws {
+        let r = runProcess("/bin/sh", ["-c", script], deadline: 120)
+        guard r.status == 0 else { throw TestFailure("\(script): exit \(r.status): \(r.stderr)") }
+    }
+
+    private func loop(_ file: String, partition n: Int, readOnly: Bool = false) throws -> String {
+        let p = Self.parts[n - 1]
+        let dev = toolOutput(["losetup", "-f", "--show"] + (readOnly ? ["-r"] : []) + ["-o", String(p.start * 512), "--sizelimit", String(p.size * 512), file])
+        guard dev.hasPrefix("/dev/loop") else { throw TestFailure("losetup \(file) failed: \(dev)") }
+        loops.append(dev)
+        return dev
+    }
+
+    private func detach(_ dev: String) {
+        runTool("/usr/bin/env", ["losetup", "-d", dev])
+        loops.removeAll { $0 == dev }
+    }
+
+    private func inPartition(_ disk: String, _ n: Int, readOnly: Bool = false, _ body: (String) throws -> Void) throws {
+        let dev = try loop(disk, partition: n, readOnly: readOnly)
+        defer { detach(dev) }
+        let mountPoint = "\(dir)/mnt-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try sh("mount \(readOnly ? "-o ro,noload " : "")\(dev) \(mountPoint)")
+        defer { runTool("/usr/bin/env", ["umount", mountPoint]) }
+        try body(mountPoint)
+    }
+
+    private func makeDisk(_ disk: String) throws {
+        try sh("head -c \(Self.diskBytes) /dev/urandom > \(disk)")  // stale bytes everywhere
+        let table = Self.parts.map { "start=\($0.start), size=\($0.size), type=\($0.type)" }.joined(separator: "\n")
+        try sh("printf 'label: gpt\n\(table)\n' | sfdisk -q \(disk)")
+        for (n, options) in [(2, "-b 4096"), (4, "-b 1024")] {
+            let dev = try loop(disk, partition: n)
+            try sh("mkfs.ext4 -q -F -E nodiscard \(options) \(dev)")
+            detach(dev)
+        }
+        let swap = try loop(disk, partition: 3)
+        try sh("mkswap \(swap) > /dev/null")
+        detach(swap)
+        // Filled, then half deleted: the free blocks hold the deleted files' bytes.
+        try inPartition(disk, 2) { m in
+            try sh("for i in $(seq 1 40); do head -c $((i * 30011)) /dev/urandom > \(m)/f$i; done; sync; rm \(m)/f2? \(m)/f3?")
+        }
+        try inPartition(disk, 4) { m in try sh("for i in 1 2 3 4 5 6; do head -c 900000 /dev/urandom > \(m)/g$i; done; sync; rm \(m)/g2 \(m)/g4") }
+    }
+
+    /// A night: files rewritten, removed and added in both ext4s.
+    private func night(_ disk: String, _ k: Int) throws {
+        try inPartition(disk, 2) { m in
+            try sh("rm -f \(m)/f1\(k); head -c 400000 /dev/urandom > \(m)/n\(k); head -c 5000 /dev/urandom > \(m)/f5; sync; rm -f \(m)/f4")
+        }
+        try inPartition(disk, 4) { m in try sh("rm -f \(m)/g\(k); head -c 300000 /dev/urandom > \(m)/h\(k)") }
+    }
+
+    /// Copies of the ext4s' files now, to compare a restore with.
+    private func snapshotFiles(_ disk: String, into: String) throws {
+        for n in [2, 4] {
+            try inPartition(disk, n, readOnly: true) { m in try sh("rm -rf \(into)/p\(n) && mkdir -p \(into) && cp -a \(m) \(into)/p\(n)") }
+        }
+    }
+
+    /// The free blocks of the ext4 on `device`, as byte ranges of it (dumpe2fs's lists).
+    private func freeRanges(_ device: String) -> [Range<Int>] {
+        let text = toolOutput(["sh", "-c", "dumpe2fs \(device) 2>/dev/null"])
+        let blockSize = Int(text.split(separator: "\n").first { $0.hasPrefix("Block size:") }!.split(separator: " ").last!)!
+        var out: [Range<Int>] = []
+        for line in text.split(separator: "\n") where line.hasPrefix("  Free blocks: ") {
+            for item in line.dropFirst("  Free blocks: ".count).split(separator: ",") {
+                let ends = item.trimmingCharacters(in: .whitespaces).split(separator: "-").compactMap { Int($0) }
+                guard let a = ends.first else { continue }
+                out.append(a * blockSize..<((ends.last ?? a) + 1) * blockSize)
+            }
+        }
+        return out
+    }
+
+    /// Checks a restored point against the disk it came from, `files` holding that night's files.
+    private func checkRestore(_ restored: String, disk: String, files: String, what: String) throws {
+        let original = try Data(contentsOf: URL(fileURLWithPath: disk))
+        let image = try Data(contentsOf: URL(fileURLWithPath: restored))
+        XCTAssertEqual(image.count, original.count, what)
+        // The tables, the gaps and the unformatted partition: read whole, equal.
+        let p1 = Self.parts[0]
+        XCTAssertTrue(image[0..<(p1.start * 512 + p1.size * 512)] == original[0..<(p1.start * 512 + p1.size * 512)], "\(what): the table and partition 1")
+        let end = Self.parts[3].start * 512 + Self.parts[3].size * 512
+        XCTAssertTrue(image[end...] == original[end...], "\(what): the backup table")
+        // Swap: its header kept, the rest zeros.
+        let swap = Self.parts[2].start * 512
+        XCTAssertTrue(image[swap..<(swap + 65536)] == original[swap..<(swap + 65536)], "\(what): the swap header")
+        XCTAssertTrue(image[(swap + 65536)..<(swap + Self.parts[2].size * 512)].allSatisfy { $0 == 0 }, "\(what): the rest of swap is zeros")
+        for n in [2, 4] {
+            let dev = try loop(restored, partition: n, readOnly: true)
+            defer { detach(dev) }
+            XCTAssertEqual(runTool("/usr/bin/env", ["e2fsck", "-fn", dev]), 0, "\(what): e2fsck of partition \(n)")
+            let base = Self.parts[n - 1].start * 512
+            let free = freeRanges(dev)
+            XCTAssertFalse(free.isEmpty)
+            // Free blocks wholly inside a 4 KiB chain block are zeros (a chain block that also holds a used
+            // 1 KiB block is read as used).
+            for r in free {
+                let lo = (r.lowerBound + 4095) / 4096 * 4096, hi = r.upperBound / 4096 * 4096
+                guard lo < hi else { continue }
+                XCTAssertTrue(image[(base + lo)..<(base + hi)].allSatisfy { $0 == 0 }, "\(what): free bytes \(lo)..<\(hi) of partition \(n) are not zeros")
+            }
+            let mountPoint = "\(dir)/check-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+            try sh("mount -o ro,noload \(dev) \(mountPoint)")
+            let diff = runProcess("/usr/bin/env", ["diff", "-r", "--no-dereference", "\(files)/p\(n)", mountPoint])
+            runTool("/usr/bin/env", ["umount", mountPoint])
+            XCTAssertEqual(diff.status, 0, "\(what): files of partition \(n) differ: \(diff.stdout.prefix(300))")
+        }
+    }
+
+    func testNightsOfAGPTDiskRestoreUsedBlocksAndZeros() throws {
+        let disk = "\(dir)/disk.img", chain = "\(dir)/chain"
+        try makeDisk(disk)
+        var reads: [Int] = []
+        for k in 1...3 {
+            if k > 1 { try night(disk, k) }
+            try snapshotFiles(disk, into: "\(dir)/night\(k)")
+            try sh("cp \(disk) \(dir)/disk\(k).img")
+            let r = try strata(["capture", disk, chain, "--json", "--quiet"] + (k == 1 ? ["--used-blocks"] : []))
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let report = jsonObject(r.stdout)
+            reads.append(report["bytesRead"] as? Int ?? .max)
+            let used = try XCTUnwrap(report["usedBlocks"] as? [String: Any], "night \(k)")
+            let regions = try XCTUnwrap(used["regions"] as? [[String: Any]])
+            XCTAssertEqual(regions.map { $0["method"] as? String }, ["whole", "bitmap", "swap-header", "bitmap", "whole"], "night \(k)")
+            XCTAssertEqual(regions.map { $0["content"] as? String }, [nil, "ext4", "swap", "ext4", nil])
+            XCTAssertEqual(regions[0]["reason"] as? String, "libblkid recognises nothing there")
+            XCTAssertEqual(r.stderr, "strata: partition 1: read whole: libblkid recognises nothing there\n")
+        }
+        // Each capture read less than two thirds of the disk (the free space is a third of it and more).
+        for (k, read) in reads.enumerated() { XCTAssertLessThan(read, Self.diskBytes * 2 / 3, "night \(k + 1) read \(read)") }
+        let listed = jsonObject(try strata("list", chain, "--json").stdout)
+        XCTAssertEqual(listed["usedBlocks"] as? Bool, true)
+        XCTAssertEqual((listed["points"] as? [[String: Any]])?.compactMap { ($0["usedBlocks"] as? [String: Any])?["usedBytes"] as? Int }.count, 3)
+        for k in 1...3 {
+            let out = "\(dir)/restored\(k).img"
+            XCTAssertEqual(try strata("restore", chain, out, "--point", String(k), "--verify", "--quiet").status, 0)
+            try checkRestore(out, disk: "\(dir)/disk\(k).img", files: "\(dir)/night\(k)", what: "point \(k)")
+            try? FileManager.default.removeItem(atPath: out)
+        }
+        // Merged, the newest point is still that night's.
+        XCTAssertEqual(try strata("merge", chain, "--from", "1", "--to", "3", "--quiet").status, 0)
+        let merged = "\(dir)/merged.img"
+        XCTAssertEqual(try strata("restore", chain, merged, "--quiet").status, 0)
+        try checkRestore(merged, disk: "\(dir)/disk3.img", files: "\(dir)/night3", what: "merged point 3")
+        XCTAssertEqual(try strata("verify", chain, "--quiet").status, 0)
+    }
+
+    func testFilesystemsWithoutATrustedMapAreReadWhole() throws {
+        if toolOutput(["sh", "-c", "command -v mkfs.xfs"]).isEmpty { throw XCTSkip("mkfs.xfs is not installed (Tools/setup installs it)") }
+        let disk = "\(dir)/disk.img", chain = "\(dir)/chain"
+        try makeDisk(disk)
+        // Partition 2: an ext4 that needs journal recovery (as a crash leaves it); partition 4: an XFS.
+        let root = try loop(disk, partition: 2)
+        try sh("debugfs -w -R 'feature needs_recovery' \(root) > /dev/null 2>&1")
+        detach(root)
+        let xfs = try loop(disk, partition: 4)
+        try sh("TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 mkfs.xfs -f -q \(xfs)")
+        detach(xfs)
+        let r = try strata("capture", disk, chain, "--used-blocks", "--json", "--quiet")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(
+            r.stderr,
+            """
+            strata: partition 1: read whole: libblkid recognises nothing there
+            strata: partition 2 (ext4): read whole: it needs journal recovery (mounted, or not cleanly unmounted), so its bitmaps may be stale
+            strata: partition 4 (xfs): read whole: Strata reads no map of xfs
+
+            """)
+        let regions = try XCTUnwrap((jsonObject(r.stdout)["usedBlocks"] as? [String: Any])?["regions"] as? [[String: Any]])
+        XCTAssertEqual(regions.map { $0["method"] as? String }, ["whole", "whole", "swap-header", "whole", "whole"])
+        let out = "\(dir)/restored.img"
+        XCTAssertEqual(try strata("restore", chain, out, "--quiet").status, 0)
+        let original = try Data(contentsOf: URL(fileURLWithPath: disk)), image = try Data(contentsOf: URL(fileURLWithPath: out))
+        let swap = Self.parts[2].start * 512 + 65536..<(Self.parts[2].start + Self.parts[2].size) * 512
+        XCTAssertTrue(image[..<swap.lowerBound] == original[..<swap.lowerBound], "all but swap restores exactly")
+        XCTAssertTrue(image[swap.upperBound...] == original[swap.upperBound...], "all but swap restores exactly")
+
+        // The flag on a chain that reads every block.
+        let plain = "\(dir)/plain"
+        XCTAssertEqual(try strata("capture", disk, plain, "--quiet").status, 0)
+        let refused = try strata("capture", disk, plain, "--used-blocks")
+        XCTAssertEqual(refused.status, 64)
+        XCTAssertEqual(
+            refused.stderr,
+            "strata: error: chain \(plain) reads every block, and --used-blocks applies only when a chain is made: capture into a new directory to start a chain of used blocks\n")
+    }
+}
