@@ -17,6 +17,9 @@
 #include <sys/ioctl.h>
 #include <linux/fs.h>
 #include <sys/vfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/memfd.h>
 /* The kernel's own io_uring.h first (liburing's copy has the same include guard and then steps aside), so
    that modules which also see it through swift-system's CSystem agree on one definition of io_uring_sqe. */
 #include <linux/io_uring.h>
@@ -43,3 +46,7 @@ static inline int strata_fallocate(int fd, int mode, int64_t offset, int64_t len
 #include <sys/prctl.h>
 static inline void strata_name_thread(const char *name) { prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }
 #endif
+
+/* An anonymous file in memory (memfd): a probe's sparse copy of a disk (DiskProbe.swift), a program's output
+   (Sys.runProgram). */
+static inline int strata_memfd(const char *name) { return (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC); }

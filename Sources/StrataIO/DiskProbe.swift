@@ -8,6 +8,7 @@
 import Glibc
 #endif
 internal import CBlkid
+internal import CURing
 
 /// A partition table.
 public struct PartitionTable: Sendable, Equatable {

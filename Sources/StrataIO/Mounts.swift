@@ -1,6 +1,6 @@
 // What `strata mount --files` asks of the kernel, and `strata unmount` undoes: read-only loop devices over a
-// file (LOOP_CONFIGURE, partitions scanned, cleared automatically when the last user lets go), filesystem
-// mounts and unmounts, the mount table, and the filesystem a device holds, told by its signature.
+// file or one partition of it (LOOP_CONFIGURE, cleared automatically when the last user lets go), filesystem
+// mounts and unmounts, the mount table, and the drivers (kernel or userspace) that mount each filesystem.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -46,6 +46,12 @@ public enum Mounts {
         try Sys.mount(source, at: target, type: type, flags: UInt(MS_RDONLY | MS_NODEV | MS_NOSUID), options: options)
     }
 
+    /// Makes the mount at `path` read-only in the kernel too (a FUSE driver told `ro` may refuse writes itself and
+    /// leave its mount writable).
+    public static func remountReadOnly(_ path: String) throws {
+        try Sys.mount("none", at: path, type: "", flags: UInt(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NODEV | MS_NOSUID), options: "")
+    }
+
     /// Unmounts `path`; `lazy` detaches it now and lets it go when its last user does (MNT_DETACH).
     public static func unmount(_ path: String, lazy: Bool = false) throws {
         try Sys.unmount(path, flags: lazy ? Int32(MNT_DETACH) : 0)
@@ -66,9 +72,10 @@ public enum LoopDevices {
     private static let clearFD: UInt = 0x4C01
     private static let flagsReadOnly: UInt32 = 1, flagsAutoClear: UInt32 = 4, flagsPartScan: UInt32 = 8
 
-    /// Attaches a free loop device to `file`, read-only, its partitions scanned; it detaches itself when the
-    /// last holder lets go (the returned value, then any filesystem mounted from it).
-    public static func attachReadOnly(_ file: String) throws -> AttachedLoop {
+    /// Attaches a free loop device to `file` (or to its `size` bytes at `offset`: one partition of a disk, with no
+    /// partition scan and so no /dev nodes to wait for), read-only; it detaches itself when the last holder lets
+    /// go (the returned value, then any filesystem mounted from it).
+    public static func attachReadOnly(_ file: String, offset: UInt64 = 0, size: UInt64 = 0, scanPartitions: Bool = true) throws -> AttachedLoop {
         let backing = try Sys.descriptor(file, O_RDONLY)
         let control = try Sys.descriptor("/dev/loop-control", O_RDWR)
         // Another program may take the device between asking and configuring it: ask again.
@@ -76,11 +83,14 @@ public enum LoopDevices {
             let n = try Sys.deviceControl(control.rawValue, ctlGetFree, nil, "find a free loop device through", path: "/dev/loop-control")
             let path = "/dev/loop\(n)"
             let device = try Sys.descriptor(path, O_RDONLY)
-            // struct loop_config: fd, block_size, struct loop_info64 (232 bytes: lo_flags at 52), 64 reserved.
+            // struct loop_config: fd, block_size, struct loop_info64 (232 bytes: lo_offset at 24, lo_sizelimit at 32,
+            // lo_flags at 52), 64 reserved.
             var config = [UInt8](repeating: 0, count: 8 + 232 + 64)
             config.withUnsafeMutableBytes { c in
                 c.storeBytes(of: UInt32(backing.rawValue), toByteOffset: 0, as: UInt32.self)
-                c.storeBytes(of: flagsReadOnly | flagsAutoClear | flagsPartScan, toByteOffset: 8 + 52, as: UInt32.self)
+                c.storeBytes(of: offset, toByteOffset: 8 + 24, as: UInt64.self)
+                c.storeBytes(of: size, toByteOffset: 8 + 32, as: UInt64.self)
+                c.storeBytes(of: flagsReadOnly | flagsAutoClear | (scanPartitions ? flagsPartScan : 0), toByteOffset: 8 + 52, as: UInt32.self)
             }
             do {
                 try config.withUnsafeMutableBytes { _ = try Sys.deviceControl(device.rawValue, configure, $0.baseAddress!, "attach a loop device to", path: file) }
@@ -108,33 +118,51 @@ public enum LoopDevices {
     }
 }
 
-/// The filesystem (or other content) a device or file holds, told by its signature.
-public enum FilesystemSignature: Equatable, Sendable {
-    /// A filesystem the kernel can mount read-only, its type for mount(2), and the options that keep a
-    /// read-only mount from writing (a journal not replayed).
-    case mountable(type: String, options: String)
-    /// Something else: its name, for the message.
-    case other(String)
-    case none
+/// How a filesystem libblkid names (its TYPE) is mounted read-only, without replaying a journal: by the kernel
+/// (mount(2) with the options that keep a read-only mount from writing), or by a userspace driver (a FUSE
+/// program: a filesystem crafted to attack a driver attacks a process, not the kernel).
+public enum FilesystemDrivers {
+    /// The kernel's filesystem type and options for libblkid's `type`, or nil where it has none.
+    public static func kernel(_ type: String) -> (type: String, options: String)? {
+        switch type {
+        case "ext2", "ext3", "ext4": ("ext4", "noload")
+        case "xfs": ("xfs", "norecovery,nouuid")
+        case "btrfs": ("btrfs", "rescue=nologreplay")
+        case "exfat": ("exfat", "")
+        case "ntfs": ("ntfs3", "")
+        case "vfat": ("vfat", "")
+        default: nil
+        }
+    }
 
-    /// Reads the signature at the start of `path`.
-    public static func of(_ path: String) -> FilesystemSignature {
-        guard let file = try? Sys.descriptor(path, O_RDONLY) else { return .none }
-        let fd = file.rawValue
-        var b = [UInt8](repeating: 0, count: 70 << 10)
-        let n = b.withUnsafeMutableBytes { Sys.preadOnce(fd, $0.baseAddress!, $0.count, 0) }
-        guard n > 0 else { return .none }  // (past a short read the buffer stays zero)
-        func at(_ offset: Int, _ s: String) -> Bool { Array(s.utf8) == Array(b[offset..<(offset + s.utf8.count)]) }
-        if b[1080] == 0x53 && b[1081] == 0xEF { return .mountable(type: "ext4", options: "noload") }
-        if at(0, "XFSB") { return .mountable(type: "xfs", options: "norecovery,nouuid") }
-        if at(65600, "_BHRfS_M") { return .mountable(type: "btrfs", options: "rescue=nologreplay") }
-        if at(3, "EXFAT   ") { return .mountable(type: "exfat", options: "") }
-        if at(3, "NTFS    ") { return .mountable(type: "ntfs3", options: "") }
-        if at(54, "FAT") || at(82, "FAT32") { return .mountable(type: "vfat", options: "") }
-        if at(0, "LUKS") && b[4] == 0xBA && b[5] == 0xBE { return .other("LUKS") }
-        if at(512 + 0, "LABELONE") { return .other("LVM2 physical volume") }
-        if at(4086, "SWAPSPACE2") || at(4086, "SWAP-SPACE") { return .other("swap") }
-        if at(512, "EFI PART") || (b[510] == 0x55 && b[511] == 0xAA) { return .other("a partition table") }
-        return .none
+    /// Whether this kernel has the filesystem `kernelType` (/proc/filesystems).
+    public static func kernelHas(_ kernelType: String) -> Bool {
+        (Sys.readSmallFile("/proc/filesystems") ?? "").split(separator: "\n").contains { $0.split(separator: "\t").last.map(String.init) == kernelType }
+    }
+
+    /// A userspace driver for libblkid's `type`: the program's name, the Debian package that has it, its arguments
+    /// (read-only, no journal replayed) for `source` at `mountPoint`, and whether it reads the source at an offset
+    /// itself (fuse2fs) or needs a loop device over the partition.
+    public struct Userspace: Sendable {
+        public var program: String
+        public var package: String
+        public var takesOffset: Bool
+        public func arguments(source: String, offset: UInt64, at mountPoint: String) -> [String] {
+            switch program {
+            case "fuse2fs": [source, mountPoint, "-o", "ro,norecovery,allow_other" + (offset > 0 ? ",offset=\(offset)" : "")]
+            case "ntfs-3g": ["-o", "ro,allow_other", source, mountPoint]
+            default: ["-o", "ro,allow_other", source, mountPoint]
+            }
+        }
+    }
+
+    public static func userspace(_ type: String) -> Userspace? {
+        switch type {
+        case "ext2", "ext3", "ext4": Userspace(program: "fuse2fs", package: "fuse2fs", takesOffset: true)
+        case "ntfs": Userspace(program: "ntfs-3g", package: "ntfs-3g", takesOffset: false)
+        case "vfat": Userspace(program: "fusefat", package: "fusefat", takesOffset: false)
+        case "exfat": Userspace(program: "mount.exfat-fuse", package: "exfat-fuse", takesOffset: false)
+        default: nil
+        }
     }
 }

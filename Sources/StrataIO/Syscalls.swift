@@ -678,6 +678,37 @@ extension Sys {
         return r == 0 ? .success(pid) : .failure(IOError("start", path: executable, errno: r))
     }
 
+    /// Runs `program` (an absolute path) with `arguments`, its input /dev/null, and waits for it to exit: its
+    /// status and the last 4 KiB of what it wrote (stdout and stderr together). The output goes to a file in
+    /// memory, not a pipe: a program that leaves a daemon behind (a FUSE driver) keeps its descriptors open.
+    public static func runProgram(_ program: String, _ arguments: [String]) -> (status: Int32, output: String) {
+        let fd = strata_memfd("strata-program-output")
+        guard fd >= 0 else { return (127, "cannot make a file in memory for its output") }
+        defer { Glibc.close(fd) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, fd, 1)
+        posix_spawn_file_actions_adddup2(&actions, fd, 2)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([program] + arguments).map { w in w.withCString { strdup($0) } } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid = pid_t()
+        let r = posix_spawn(&pid, program, &actions, nil, argv, environ)
+        guard r == 0 else { return (127, String(cString: strerror(r))) }
+        let status = waitExit(pid)
+        let size = Int(max(Glibc.lseek(fd, 0, SEEK_END), 0))
+        let keep = min(size, 4096)
+        var bytes = [UInt8](repeating: 0, count: keep)
+        let n = keep == 0 ? 0 : bytes.withUnsafeMutableBytes { preadOnce(fd, $0.baseAddress!, keep, UInt64(size - keep)) }
+        return (status, String(decoding: bytes.prefix(max(n, 0)), as: UTF8.self))
+    }
+
+    /// The first of `directories` holding an executable `name`, or nil.
+    public static func findProgram(_ name: String, in directories: [String] = ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"]) -> String? {
+        directories.map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
+    }
+
     /// Waits for a child to exit: its exit status (128 + the signal that killed it).
     public static func waitExit(_ pid: Int32) -> Int32 {
         var status: Int32 = 0

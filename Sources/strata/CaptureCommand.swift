@@ -107,7 +107,7 @@ struct CaptureCommand: ParsableCommand {
               strata capture nbd://10.0.0.5:10809/disk0 /backup/host5 --dirty-bitmap b7 \\
                   --next-dirty-bitmap b8    # a bitmap rotation: strata-qemu-capture(1)
               strata capture /dev/vdc /backup/vm2 --seekable    # to read at random later
-              strata capture /dev/sda /backup/sda --used-blocks  # free space not read, restored as zeros
+              strata capture /dev/sda /backup/sda --used-blocks  # free space: zeros
             """)
 
     @Argument(help: "Block device, image file or NBD URI (nbd://, nbds://, nbd+unix://) to read.") var source: String

@@ -9,10 +9,21 @@ struct MountCommand: ParsableCommand {
         discussion: """
             Without --files, DIR holds one read-only file per point, point-N.img (only point N with --point), \
             each the size of the captured source: copy from it, loop-mount it, hand it to a VM. With --files, \
-            the filesystem inside the point (--point, or the newest) is mounted read-only at DIR through a \
-            read-only loop device, with the options that keep the kernel from replaying its journal (ext4 \
-            noload, xfs norecovery, btrfs rescue=nologreplay); on a partitioned disk each mountable partition \
-            goes at DIR/pN. DIR must be an empty directory.
+            the filesystem inside the point (--point, or the newest) is mounted read-only at DIR, its journal \
+            not replayed; on a partitioned disk (GPT or MBR, read with libblkid) each partition with a \
+            filesystem goes at DIR/pN, or only partition N with --partition N. No partition scan is needed and \
+            no /dev node is waited for: each partition gets a read-only loop device of its own at its offset \
+            (or its driver reads the point at that offset). DIR must be an empty directory.
+
+            DRIVERS: by default a filesystem is read by a userspace driver where Debian has one: fuse2fs for \
+            ext2/3/4, ntfs-3g for NTFS, fusefat for FAT, exfat-fuse for exFAT. A backup of a compromised machine \
+            can hold a filesystem crafted to attack the driver that parses it; a userspace driver is a process, \
+            so such a filesystem attacks that process, where the kernel's driver would hand it the kernel. \
+            --kernel-driver mounts with the kernel's instead (ext4 noload, xfs norecovery, btrfs \
+            rescue=nologreplay, ntfs3, vfat, exfat: faster, and trusting the image as much as the kernel). XFS \
+            and btrfs have no userspace driver and always use the kernel's. A partition that its driver refuses \
+            (or that holds swap, LUKS, nothing known) is named in one line with its type and the driver's \
+            words; the others still mount.
 
             Nothing is restored first: reads are served from the chain in place, every block checked against \
             its stored hash; a damaged frame fails the reads that need it with EIO, and one line on the log \
@@ -25,13 +36,15 @@ struct MountCommand: ParsableCommand {
             unmounts. Needs root (or FUSE for the user) and, for --files, loop devices.
 
             Exit status 0 once mounted; 64 for a point that does not exist, 65 for a damaged chain or a point \
-            with no filesystem to mount (the message says what was found), 69 when the machine has no FUSE or \
+            with no filesystem to mount (the message says what was found), 64 for a partition --partition \
+            names that the point's table does not list, 69 when the machine has no FUSE or \
             no loop devices, 73 when DIR does not exist, is not a directory, is not empty or is already a mount \
             point. Nothing is left mounted or attached when mount fails.
 
             EXAMPLES
               strata mount /backup/sdb /mnt/sdb
               strata mount /backup/sdb /mnt/tue --point 3 --files
+              strata mount /backup/sda /mnt/sda --files --partition 2 --kernel-driver
               cp /mnt/tue/etc/nginx/nginx.conf /etc/nginx/
               strata unmount /mnt/tue
             """)
@@ -40,6 +53,9 @@ struct MountCommand: ParsableCommand {
     @Argument(help: "An empty directory to mount at.") var dir: String
     @Option(help: "The point to mount (default: every point as files; with --files, the newest).") var point: UInt32?
     @Flag(help: "Mount the filesystem inside the point instead of the point files.") var files = false
+    @Option(help: ArgumentHelp("With --files: mount only this partition of the point.", valueName: "n")) var partition: Int?
+    @Flag(help: "With --files: mount with the kernel's filesystem drivers, not the userspace ones (fuse2fs, ntfs-3g).")
+    var kernelDriver = false
     @Option(help: "Bytes of decoded frames to cache (default 64 MiB).") var cacheSize: Int = 64 << 20
     @Flag(help: "Serve the point files through the page cache (to map them with MAP_SHARED; costs CPU).") var pageCache = false
     @Flag(help: "Stay in the foreground and log to stderr; Ctrl-C unmounts.") var foreground = false
@@ -48,6 +64,7 @@ struct MountCommand: ParsableCommand {
 
     func validate() throws {
         guard cacheSize >= 1 else { throw ValidationError("--cache-size must be at least 1") }
+        if (partition != nil || kernelDriver) && !files { throw ValidationError("--partition and --kernel-driver go with --files") }
     }
 
     func run() throws {
@@ -62,6 +79,8 @@ struct MountCommand: ParsableCommand {
         options.files = files
         options.cacheBytes = cacheSize
         options.pageCache = pageCache
+        options.partition = partition
+        options.kernelDriver = kernelDriver
         options.secret = try key.secret()
         let session: MountSession
         do {
@@ -70,6 +89,7 @@ struct MountCommand: ParsableCommand {
         } catch {
             throw Output.fail(error)
         }
+        for line in session.notices { Output.notice("not mounted: \(line)") }
         ServerProcess.onTermination { session.stop(log: lines.write) }
         if foreground { Output.notice("mounted \(session.summary) at \(session.directory); strata unmount \(session.directory) or Ctrl-C stops") }
         if detached {
@@ -85,6 +105,8 @@ struct MountCommand: ParsableCommand {
         var args = ["mount", chain, dir, "--cache-size", "\(cacheSize)"]
         if let point { args += ["--point", "\(point)"] }
         if files { args.append("--files") }
+        if let partition { args += ["--partition", "\(partition)"] }
+        if kernelDriver { args.append("--kernel-driver") }
         if pageCache { args.append("--page-cache") }
         if let log { args += ["--log", log] }
         if let keyFile = key.keyFile { args += ["--key-file", keyFile] }  // (STRATA_PASSPHRASE goes with the environment)

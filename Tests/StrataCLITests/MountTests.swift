@@ -155,21 +155,34 @@ final class MountTests: XCTestCase {
         return out
     }
 
+    /// Each night's tree through `mount --files`: with the kernel's driver (a read-only loop device), and for ext4
+    /// by default with fuse2fs (a process reading the point file at the filesystem's offset).
     private func checkFiles(_ type: String, size: Int) throws {
         if toolOutput(["sh", "-c", "command -v mkfs.\(type)"]).isEmpty { throw XCTSkip("mkfs.\(type) is not installed (Tools/setup installs it)") }
         let (chain, trees) = try captureFilesystemNights(type, size: size)
         for point in [1, 2, 3] {
-            let m = try mountDir("\(type)-\(point)")
-            let r = try strata("mount", chain, m, "--point", "\(point)", "--files")
-            XCTAssertEqual(r.status, 0, r.stderr)
-            XCTAssertEqual(try tree(m), trees[point], "\(type) point \(point): the tree differs")
-            let source = traces(of: m).first { $0.contains(" \(m) ") } ?? ""
-            XCTAssertTrue(source.hasPrefix("/dev/loop") && source.contains(" \(type) ") && source.contains("ro,"), source)
-            let u = try strata("unmount", m)
-            XCTAssertEqual(u.status, 0, u.stderr)
-            XCTAssertTrue(u.stdout.contains("unmounted \(m) (\(type) from /dev/loop"), u.stdout)
-            XCTAssertTrue(u.stdout.contains("detached /dev/loop"), u.stdout)
-            XCTAssertEqual(traces(of: m), [], "\(type) point \(point): something is left")
+            for kernel in type == "ext4" ? [false, true] : [true] {
+                let m = try mountDir("\(type)-\(point)-\(kernel)")
+                let r = try strata(["mount", chain, m, "--point", "\(point)", "--files"] + (kernel && type == "ext4" ? ["--kernel-driver"] : []))
+                XCTAssertEqual(r.status, 0, r.stderr)
+                XCTAssertEqual(try tree(m), trees[point], "\(type) point \(point): the tree differs")
+                let source = traces(of: m).first { $0.contains(" \(m) ") } ?? ""
+                if kernel {
+                    XCTAssertTrue(source.hasPrefix("/dev/loop") && source.contains(" \(type) ") && source.contains(" ro,"), source)
+                } else {
+                    XCTAssertTrue(source.contains("/point-\(point).img \(m) fuse") && source.contains(" ro,"), source)
+                }
+                let u = try strata("unmount", m)
+                XCTAssertEqual(u.status, 0, u.stderr)
+                if kernel {
+                    XCTAssertTrue(u.stdout.contains("unmounted \(m) (\(type) from /dev/loop"), u.stdout)
+                    XCTAssertTrue(u.stdout.contains("detached /dev/loop"), u.stdout)
+                } else {
+                    XCTAssertTrue(u.stdout.contains("unmounted \(m) (fuse"), u.stdout)
+                }
+                XCTAssertEqual(traces(of: m), [], "\(type) point \(point): something is left")
+                XCTAssertEqual(toolOutput(["sh", "-c", "pgrep -f '[f]use2fs .*\(m)' || true"]), "", "no driver process left")
+            }
         }
     }
 
@@ -311,7 +324,7 @@ final class MountTests: XCTestCase {
         try check(["mount", chain, m, "--point", "9"], 64, "point 9")
         try check(["mount", "\(dir)/nochain", m], 65, "is not a Strata chain")
         // A point holding no filesystem (the disk is bytes): says what it found.
-        try check(["mount", chain, m, "--files"], 65, "holds no filesystem the kernel can mount read-only (found no filesystem signature)")
+        try check(["mount", chain, m, "--files"], 65, "holds no filesystem strata can mount read-only (found no filesystem signature)")
         // Already a mount point.
         XCTAssertEqual(try strata("mount", chain, m).status, 0)
         try check(["mount", chain, m], 73, "it is already a mount point (fuse.strata")

@@ -38,7 +38,7 @@ public enum ChainError: Error, Equatable, Sendable {
     case chainChanged(String)
     /// A directory `mount` cannot use (missing, not a directory, not empty, already a mount point).
     case mountPointUnusable(path: String, problem: String, todo: String)
-    /// `mount --files` on a point holding no filesystem the kernel can mount read-only: what it found.
+    /// `mount --files` on a point holding no filesystem strata can mount read-only: what it found.
     case noFilesystem(point: UInt32, found: String)
     /// `unmount` of a directory where strata mounted nothing.
     case notMounted(path: String)
@@ -132,7 +132,7 @@ extension ChainError: CustomStringConvertible {
         case .mountPointUnusable(let p, let problem, let todo):
             return "cannot mount at \(p): \(problem); nothing was mounted: \(todo)"
         case .noFilesystem(let point, let found):
-            return "point \(point) holds no filesystem the kernel can mount read-only (found \(found)); nothing was mounted: mount without --files and read point-\(point).img"
+            return "point \(point) holds no filesystem strata can mount read-only (found \(found)); nothing was mounted: mount without --files and read point-\(point).img"
         case .notMounted(let p):
             return "\(p) is not a strata mount; nothing was changed: name the directory given to strata mount"
         case .mountBusy(let p):

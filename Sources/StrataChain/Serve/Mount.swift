@@ -17,6 +17,10 @@ public struct MountOptions: Sendable {
     public var cacheBytes = 64 << 20
     /// Serve the point files through the kernel's page cache (for programs that map them shared).
     public var pageCache = false
+    /// With `files`: mount only this partition of the point.
+    public var partition: Int? = nil
+    /// With `files`: mount with the kernel's filesystem drivers, not the userspace ones (fuse2fs, ntfs-3g, fusefat).
+    public var kernelDriver = false
     /// An encrypted chain's secret.
     public var secret: UserSecret? = nil
     public init() {}
@@ -38,6 +42,8 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
     private var loopEnded = false
     /// What is mounted, for the line `mount` prints.
     public private(set) var summary = ""
+    /// What of the point did not mount (a partition its driver refused, swap...), one line each.
+    public private(set) var notices: [String] = []
 
     /// Checks the directory and opens the chain and its points: everything that can fail before anything is
     /// mounted.
@@ -161,8 +167,8 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
         }
     }
 
-    private static func attachLoop(_ file: String, point: UInt32) throws -> AttachedLoop {
-        do { return try LoopDevices.attachReadOnly(file) } catch let e as IOError {
+    private static func attachLoop(_ file: String, offset: UInt64, size: UInt64, point: UInt32) throws -> AttachedLoop {
+        do { return try LoopDevices.attachReadOnly(file, offset: offset, size: size, scanPartitions: false) } catch let e as IOError {
             if e.path == "/dev/loop-control" && e.isMissing {
                 throw ChainError.machineLacks("this machine has no loop devices (/dev/loop-control): load the loop module (modprobe loop); nothing was mounted")
             }
@@ -170,42 +176,103 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
         }
     }
 
+    /// Mounts the filesystem of the point, or of each of its partitions (found in its table by libblkid, each
+    /// given a read-only loop device or a userspace driver of its own at its offset: no partition scan, no /dev
+    /// node to wait for), at DIR or DIR/pN. A partition its driver refuses is named with the driver's words and
+    /// the others still mount; nothing mounted at all is an error saying what was found.
     private func mountFilesystem(of point: UInt32, file: String) throws {
-        let loop = try Self.attachLoop(file, point: point)
-        // The loop device clears itself once the last holder lets go: `loop` (held to the end), then the mounts.
-        defer { withExtendedLifetime(loop) {} }
+        let layout = try PointLayout.read(readers[0])
         var found: [String] = []
-        func tryMount(_ device: String, at dir: String, label: String) -> Bool {
-            switch FilesystemSignature.of(device) {
-            case .mountable(let type, let mountOptions):
-                do { try Mounts.mountReadOnly(device, at: dir, type: type, options: mountOptions) } catch {
-                    found.append("\(label)\(type), which the kernel refused: \((error as? IOError)?.reason ?? "\(error)")")
-                    return false
-                }
-                mounted.append(dir)
-                summary += (summary.isEmpty ? "" : ", ") + "\(type) of point \(point) (\(device)) at \(dir)"
-                return true
-            case .other(let what):
-                found.append(label + what)
-                return false
-            case .none:
-                found.append(label + "no filesystem signature")
-                return false
+        if layout.table == nil {
+            if let n = options.partition {
+                throw ChainError.noSuchPartition(point: point, number: n, detail: "the point holds no partition table")
             }
-        }
-        if !tryMount(loop.path, at: directory, label: "") {
-            for part in LoopDevices.partitions(of: loop.path) {
-                let name = "p" + String(part.reversed().prefix { $0.isNumber }.reversed())
+            mountOne(file, content: layout.whole, offset: 0, size: layout.size, at: directory, label: "", point: point, found: &found)
+        } else {
+            var parts = layout.partitions
+            if let n = options.partition { parts = [try layout.partition(n)] }
+            for p in parts {
+                let name = "p\(p.number)"
+                if let problem = layout.problems[p.number] {
+                    found.append("\(name): \(problem)")
+                    continue
+                }
                 let dir = "\(directory)/\(name)"
                 try Sys.mkdir(dir, mode: 0o755)
                 madeDirectories.append(dir)
-                if !tryMount(part, at: dir, label: "\(name): ") {
+                if !mountOne(file, content: layout.contents[p.number], offset: p.offset, size: p.size, at: dir, label: "\(name): ", point: point, found: &found) {
                     try? Sys.rmdir(dir)
                     madeDirectories.removeLast()
                 }
             }
         }
         guard !mounted.isEmpty else { throw ChainError.noFilesystem(point: point, found: found.joined(separator: "; ")) }
+        // What did not mount beside what did: one line each.
+        notices = found
+    }
+
+    /// Mounts the filesystem `content` names at `offset` of the point file, `size` bytes, at `dir`, with the
+    /// driver chosen; on failure says why in `found` and returns false.
+    @discardableResult
+    private func mountOne(
+        _ file: String, content: DiskContent?, offset: UInt64, size: UInt64, at dir: String, label: String, point: UInt32, found: inout [String]
+    ) -> Bool {
+        guard let type = content?.type else {
+            found.append(label + "no filesystem signature")
+            return false
+        }
+        func loop() throws -> AttachedLoop { try Self.attachLoop(file, offset: offset, size: size, point: point) }
+        if !options.kernelDriver, let driver = FilesystemDrivers.userspace(type) {
+            guard let program = Sys.findProgram(driver.program) else {
+                found.append("\(label)\(type) needs \(driver.program) (apt install \(driver.package)), or --kernel-driver")
+                return false
+            }
+            do {
+                let run: (status: Int32, output: String)
+                if driver.takesOffset {
+                    run = Sys.runProgram(program, driver.arguments(source: file, offset: offset, at: dir))
+                } else {
+                    // The driver holds the loop device once it runs; ours is let go when this scope ends.
+                    let device = try loop()
+                    run = Sys.runProgram(program, driver.arguments(source: device.path, offset: 0, at: dir))
+                }
+                guard run.status == 0, Mounts.mounted(at: dir) != nil else {
+                    let words = run.output.split(separator: "\n").last.map(String.init) ?? "exit \(run.status)"
+                    found.append("\(label)\(type), which \(driver.program) refused: \(words)")
+                    return false
+                }
+            } catch {
+                found.append("\(label)\(type): \((error as? ChainError)?.description ?? "\(error)")")
+                return false
+            }
+            mounted.append(dir)
+            try? Mounts.remountReadOnly(dir)
+            summary += (summary.isEmpty ? "" : ", ") + "\(type) of point \(point) (\(driver.program)) at \(dir)"
+            return true
+        }
+        guard let kernel = FilesystemDrivers.kernel(type) else {
+            found.append(label + type)
+            return false
+        }
+        guard FilesystemDrivers.kernelHas(kernel.type) else {
+            let other = FilesystemDrivers.userspace(type).map { " (\($0.program) reads it without --kernel-driver)" } ?? ""
+            found.append("\(label)\(type), which this kernel has no driver for\(other)")
+            return false
+        }
+        do {
+            let device = try loop()
+            defer { withExtendedLifetime(device) {} }
+            do { try Mounts.mountReadOnly(device.path, at: dir, type: kernel.type, options: kernel.options) } catch {
+                found.append("\(label)\(type), which the kernel refused: \((error as? IOError)?.reason ?? "\(error)")")
+                return false
+            }
+            mounted.append(dir)
+            summary += (summary.isEmpty ? "" : ", ") + "\(type) of point \(point) (\(device.path)) at \(dir)"
+            return true
+        } catch {
+            found.append("\(label)\(type): \((error as? ChainError)?.description ?? "\(error)")")
+            return false
+        }
     }
 
     private func finish(log: (String) -> Void) {
@@ -243,7 +310,7 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
         var loops: [String] = []
         for m in ours.reversed() {
             do { try Mounts.unmount(m.mountPoint) } catch let e as IOError where e.isBusy { throw ChainError.mountBusy(path: m.mountPoint) }
-            if m.type.hasPrefix("fuse") {
+            if m.type.hasPrefix("fuse") && m.source.hasPrefix("strata:") {
                 lines.append("unmounted the point files at \(m.mountPoint)")
             } else {
                 lines.append("unmounted \(m.mountPoint) (\(m.type) from \(m.source))")
@@ -255,7 +322,17 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
             try? Sys.rmdir("\(canonical)/\(name)")
         }
         if hidden != nil {
-            do { try Mounts.unmount("\(state)/fuse") } catch let e as IOError where e.isBusy { throw ChainError.mountBusy(path: canonical) }
+            // A userspace driver reading the point file ends once its filesystem is unmounted: a moment later.
+            var busy = true
+            for _ in 0..<500 where busy {
+                do {
+                    try Mounts.unmount("\(state)/fuse")
+                    busy = false
+                } catch let e as IOError where e.isBusy {
+                    Sys.sleep(seconds: 0.01)
+                }
+            }
+            if busy { throw ChainError.mountBusy(path: canonical) }
             lines.append("unmounted the point file the filesystem was read through (\(state)/fuse)")
         }
         // The loop devices clear themselves once their filesystem is gone (the kernel may take a moment).
