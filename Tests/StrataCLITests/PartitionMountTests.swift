@@ -12,26 +12,14 @@ import XCTest
 import Glibc
 #endif
 
-final class PartitionMountTests: XCTestCase {
-    var dir = ""
-    var loops: [String] = []
+final class PartitionMountTests: LoopDeviceTestCase {
+    override var scratchName: String { "strata-partmount" }
 
     override func setUpWithError() throws {
-        if getuid() != 0 { throw XCTSkip("loop devices, FUSE and mounts need root") }
-        if toolOutput(["sh", "-c", "losetup -f"]).isEmpty { throw XCTSkip("this machine has no free loop device") }
+        try super.setUpWithError()
         for tool in ["mkfs.vfat", "mcopy", "mkntfs", "ntfs-3g", "fuse2fs", "fusefat"] where toolOutput(["sh", "-c", "command -v \(tool)"]).isEmpty {
             throw XCTSkip("\(tool) is not installed (Tools/setup installs it)")
         }
-        dir = try scratchDirectory("strata-partmount")
-    }
-
-    override func tearDown() {
-        for line in (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8))?.split(separator: "\n").reversed() ?? [] {
-            let f = line.split(separator: " ")
-            if f.count > 1, f[1].hasPrefix(dir) { runTool("/usr/bin/env", ["umount", "-l", String(f[1])]) }
-        }
-        for loop in loops.reversed() { runTool("/usr/bin/env", ["losetup", "-d", loop]) }
-        try? FileManager.default.removeItem(atPath: dir)
     }
 
     /// In 512-byte sectors: 1 ESP (FAT), 2 ext4 root, 3 NTFS data, 4 swap.
@@ -42,22 +30,9 @@ final class PartitionMountTests: XCTestCase {
         (141312, 8192, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"),
     ]
 
-    private func sh(_ script: String) throws {
-        let r = runProcess("/bin/sh", ["-c", script], deadline: 120)
-        guard r.status == 0 else { throw TestFailure("\(script): exit \(r.status): \(r.stdout) \(r.stderr)") }
-    }
-
     private func loop(_ file: String, partition n: Int) throws -> String {
         let p = Self.parts[n - 1]
-        let dev = toolOutput(["losetup", "-f", "--show", "-o", String(p.start * 512), "--sizelimit", String(p.size * 512), file])
-        guard dev.hasPrefix("/dev/loop") else { throw TestFailure("losetup \(file) failed: \(dev)") }
-        loops.append(dev)
-        return dev
-    }
-
-    private func detach(_ dev: String) {
-        runTool("/usr/bin/env", ["losetup", "-d", dev])
-        loops.removeAll { $0 == dev }
+        return try attach(file, offset: p.start * 512, length: p.size * 512)
     }
 
     /// Every regular file under `root`, by relative path.

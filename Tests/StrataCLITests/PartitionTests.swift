@@ -12,24 +12,8 @@ import XCTest
 import Glibc
 #endif
 
-final class PartitionTests: XCTestCase {
-    var dir = ""
-    var loops: [String] = []
-
-    override func setUpWithError() throws {
-        if getuid() != 0 { throw XCTSkip("loop devices and mounts need root") }
-        if toolOutput(["sh", "-c", "losetup -f"]).isEmpty { throw XCTSkip("this machine has no free loop device") }
-        dir = try scratchDirectory("strata-partitions")
-    }
-
-    override func tearDown() {
-        for line in (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8))?.split(separator: "\n").reversed() ?? [] {
-            let f = line.split(separator: " ")
-            if f.count > 1, f[1].hasPrefix(dir) { runTool("/usr/bin/env", ["umount", "-l", String(f[1])]) }
-        }
-        for loop in loops.reversed() { runTool("/usr/bin/env", ["losetup", "-d", loop]) }
-        try? FileManager.default.removeItem(atPath: dir)
-    }
+final class PartitionTests: LoopDeviceTestCase {
+    override var scratchName: String { "strata-partitions" }
 
     // The GPT disk: 1 an EFI system partition (no filesystem), 2 an ext4 root, 3 swap, 4 an ext4 whose size
     // (12289 sectors) is not a multiple of 4096 bytes. In 512-byte sectors.
@@ -40,37 +24,10 @@ final class PartitionTests: XCTestCase {
         (116736, 12289, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "odd"),
     ]
 
-    /// A loop device over `length` bytes at `offset` of `file`.
-    private func loop(_ file: String, offset: Int = 0, length: Int? = nil) throws -> String {
-        var args = ["losetup", "-f", "--show"]
-        if offset > 0 { args += ["-o", String(offset)] }
-        if let length { args += ["--sizelimit", String(length)] }
-        let dev = toolOutput(args + [file])
-        guard dev.hasPrefix("/dev/loop") else { throw TestFailure("losetup \(file) failed: \(dev)") }
-        loops.append(dev)
-        return dev
-    }
-
-    private func detach(_ dev: String) {
-        runTool("/usr/bin/env", ["losetup", "-d", dev])
-        loops.removeAll { $0 == dev }
-    }
-
-    private func sh(_ script: String) throws {
-        let r = runProcess("/bin/sh", ["-c", script], deadline: 120)
-        guard r.status == 0 else { throw TestFailure("\(script): exit \(r.status): \(r.stderr)") }
-    }
-
     /// Mounts partition `n` of `disk` at a fresh directory, runs `body` in it, and unmounts it.
     private func inPartition(_ disk: String, _ n: Int, readOnly: Bool = false, _ body: (String) throws -> Void) throws {
         let p = Self.gpt[n - 1]
-        let dev = try loop(disk, offset: p.start * 512, length: p.size * 512)
-        defer { detach(dev) }
-        let mountPoint = "\(dir)/mnt-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try sh("mount \(readOnly ? "-o ro,noload " : "")\(dev) \(mountPoint)")
-        defer { runTool("/usr/bin/env", ["umount", mountPoint]) }
-        try body(mountPoint)
+        try inMount(disk, offset: p.start * 512, length: p.size * 512, readOnly: readOnly, body)
     }
 
     /// The GPT disk at `path`, its ext4 partitions filled with files (a copy of partition 2's kept in `files`).
@@ -80,12 +37,12 @@ final class PartitionTests: XCTestCase {
         try sh("printf 'label: gpt\n\(table)\n' | sfdisk -q \(path)")
         for n in [2, 4] {
             let p = Self.gpt[n - 1]
-            let dev = try loop(path, offset: p.start * 512, length: p.size * 512)
+            let dev = try attach(path, offset: p.start * 512, length: p.size * 512)
             try sh("mkfs.ext4 -q -F -L \(p.name) \(dev)")
             detach(dev)
         }
         let swap = Self.gpt[2]
-        let dev = try loop(path, offset: swap.start * 512, length: swap.size * 512)
+        let dev = try attach(path, offset: swap.start * 512, length: swap.size * 512)
         try sh("mkswap -L swap \(dev) >/dev/null")
         detach(dev)
         try inPartition(path, 2) { root in
@@ -200,7 +157,7 @@ final class PartitionTests: XCTestCase {
         let size = Self.gpt[1].size * 512
         let target = "\(dir)/root.img"
         try sh("truncate -s \(size) \(target)")
-        let dev = try loop(target)
+        let dev = try attach(target)
         let first = try strata("restore", chain, dev, "--partition", "2", "--point", "1", "--json")
         XCTAssertEqual(first.status, 0, first.stderr)
         let r = jsonObject(first.stdout)
@@ -226,7 +183,7 @@ final class PartitionTests: XCTestCase {
         // A device smaller than the partition: refused before anything is written.
         let small = "\(dir)/small.img"
         try sh("truncate -s \(size - (1 << 20)) \(small)")
-        let smallDev = try loop(small)
+        let smallDev = try attach(small)
         let refused = try strata("restore", chain, smallDev, "--partition", "2")
         XCTAssertEqual(refused.status, 73)
         XCTAssertTrue(refused.stderr.contains("is too small") || refused.stderr.contains("smaller"), refused.stderr)

@@ -13,24 +13,8 @@ import XCTest
 import Glibc
 #endif
 
-final class UsedBlocksTests: XCTestCase {
-    var dir = ""
-    var loops: [String] = []
-
-    override func setUpWithError() throws {
-        if getuid() != 0 { throw XCTSkip("loop devices and mounts need root") }
-        if toolOutput(["sh", "-c", "losetup -f"]).isEmpty { throw XCTSkip("this machine has no free loop device") }
-        dir = try scratchDirectory("strata-used")
-    }
-
-    override func tearDown() {
-        for line in (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8))?.split(separator: "\n").reversed() ?? [] {
-            let f = line.split(separator: " ")
-            if f.count > 1, f[1].hasPrefix(dir) { runTool("/usr/bin/env", ["umount", "-l", String(f[1])]) }
-        }
-        for loop in loops.reversed() { runTool("/usr/bin/env", ["losetup", "-d", loop]) }
-        try? FileManager.default.removeItem(atPath: dir)
-    }
+final class UsedBlocksTests: LoopDeviceTestCase {
+    override var scratchName: String { "strata-used" }
 
     /// The disk, in 512-byte sectors: 1 unformatted (random bytes), 2 ext4 (4 KiB blocks), 3 swap, 4 ext4 (1 KiB blocks).
     static let parts: [(start: Int, size: Int, type: String)] = [
@@ -41,32 +25,14 @@ final class UsedBlocksTests: XCTestCase {
     ]
     static let diskBytes = 100 << 20
 
-    private func sh(_ script: String) throws {
-        let r = runProcess("/bin/sh", ["-c", script], deadline: 120)
-        guard r.status == 0 else { throw TestFailure("\(script): exit \(r.status): \(r.stderr)") }
-    }
-
     private func loop(_ file: String, partition n: Int, readOnly: Bool = false) throws -> String {
         let p = Self.parts[n - 1]
-        let dev = toolOutput(["losetup", "-f", "--show"] + (readOnly ? ["-r"] : []) + ["-o", String(p.start * 512), "--sizelimit", String(p.size * 512), file])
-        guard dev.hasPrefix("/dev/loop") else { throw TestFailure("losetup \(file) failed: \(dev)") }
-        loops.append(dev)
-        return dev
-    }
-
-    private func detach(_ dev: String) {
-        runTool("/usr/bin/env", ["losetup", "-d", dev])
-        loops.removeAll { $0 == dev }
+        return try attach(file, offset: p.start * 512, length: p.size * 512, readOnly: readOnly)
     }
 
     private func inPartition(_ disk: String, _ n: Int, readOnly: Bool = false, _ body: (String) throws -> Void) throws {
-        let dev = try loop(disk, partition: n, readOnly: readOnly)
-        defer { detach(dev) }
-        let mountPoint = "\(dir)/mnt-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try sh("mount \(readOnly ? "-o ro,noload " : "")\(dev) \(mountPoint)")
-        defer { runTool("/usr/bin/env", ["umount", mountPoint]) }
-        try body(mountPoint)
+        let p = Self.parts[n - 1]
+        try inMount(disk, offset: p.start * 512, length: p.size * 512, readOnly: readOnly, body)
     }
 
     private func makeDisk(_ disk: String) throws {
