@@ -19,6 +19,22 @@ public struct PartitionTable: Sendable, Equatable {
     /// The logical sector size the table was found with (512, or 4096 on a 4Kn disk).
     public var sectorSize: Int
     public var partitions: [DiskPartition]
+
+    /// The entries that cannot be right on a disk of `diskSize` bytes, by number, one line each: empty or ending
+    /// past the end of the disk, or overlapping another (MBR extended containers, which hold the logical ones,
+    /// are not checked).
+    public func problems(diskSize: UInt64) -> [Int: String] {
+        let parts = partitions.filter { !$0.isContainer }
+        var out: [Int: String] = [:]
+        for p in parts {
+            if p.size == 0 || p.end > diskSize {
+                out[p.number] = "partition \(p.number) ends at byte \(p.end), past the end of the disk (\(diskSize) bytes)"
+            } else if let other = parts.first(where: { $0.number != p.number && $0.offset < p.end && p.offset < $0.end }) {
+                out[p.number] = "partition \(p.number) overlaps partition \(other.number)"
+            }
+        }
+        return out
+    }
 }
 
 /// One entry of a partition table, in bytes.

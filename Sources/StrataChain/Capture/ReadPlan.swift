@@ -207,12 +207,7 @@ final class UsedPlan: ReadPlan {
         let unit = UInt64(unit)
         for r in ranges {
             let lo = r.lowerBound / unit * unit, hi = min((r.upperBound + unit - 1) / unit * unit, size)
-            guard lo < hi else { continue }
-            if let last = used.last, lo <= last.upperBound {
-                used[used.count - 1] = last.lowerBound..<max(last.upperBound, hi)
-            } else {
-                used.append(lo..<hi)
-            }
+            if lo < hi { used.appendJoining(lo..<hi) }
         }
         usedBytes = used.reduce(0) { $0 + UInt64($1.count) }
     }

@@ -6,7 +6,8 @@
 // journal recovery or is not clean, bitmaps that disagree with their group descriptors, a filesystem larger than
 // its partition), LUKS, anything unknown. What is not used is announced to the pipeline as zeros without a read
 // (UsedPlan): the point holds zeros there, so every reader (restore, verify, merge, mount, serve) restores zeros
-// without knowing. Memory: the used runs (16 bytes each; runs closer than `joinGap` are read as one).
+// without knowing. Memory: the used runs (16 bytes each, joined only where they touch: a free block between two
+// runs is never read, or its stale bytes would be kept where the promise is zeros).
 import StrataFormat
 import StrataIO
 
@@ -31,9 +32,6 @@ public struct UsedRegion: Sendable, Equatable {
 }
 
 enum UsedBlocks {
-    /// Used runs nearer than this are read as one. 0: a free block is never read (its stale bytes would be kept,
-    /// where the promise is zeros).
-    static let joinGap: UInt64 = 0
     /// What of a swap area is kept: its header page, at most 64 KiB (the largest page size).
     static let swapHeader: UInt64 = 64 << 10
 
@@ -80,17 +78,12 @@ enum UsedBlocks {
         }
         let table = try DiskProbe.partitionTable(fd: file.rawValue, size: size, path: path)
         if let table {
-            let parts = table.partitions.filter { !$0.isContainer }
-            for p in parts {
-                if p.size == 0 || p.end > size {
+            let problems = table.problems(diskSize: size)
+            for p in table.partitions where !p.isContainer {
+                if let problem = problems[p.number] {
                     // (What of it lies on the disk is read with what lies outside the partitions.)
                     regions.append(UsedRegion(
-                        partition: p.number, offset: p.offset, size: p.size, method: UsedRegion.whole, usedBytes: 0,
-                        reason: "its entry ends at byte \(p.end), past the end of the disk (\(size) bytes)"))
-                } else if let other = parts.first(where: { $0.number != p.number && $0.offset < p.end && p.offset < $0.end }) {
-                    regions.append(UsedRegion(
-                        partition: p.number, offset: p.offset, size: p.size, method: UsedRegion.whole, usedBytes: 0,
-                        reason: "its entry overlaps partition \(other.number)"))
+                        partition: p.number, offset: p.offset, size: p.size, method: UsedRegion.whole, usedBytes: 0, reason: problem))
                 } else {
                     region(p.number, p.offset..<p.end)
                 }
@@ -101,14 +94,7 @@ enum UsedBlocks {
         // Everything outside the mapped regions is read whole.
         mapped.sort { $0.range.lowerBound < $1.range.lowerBound }
         var used: [Range<UInt64>] = []
-        func add(_ r: Range<UInt64>) {
-            guard !r.isEmpty else { return }
-            if let last = used.last, r.lowerBound <= last.upperBound + Self.joinGap {
-                used[used.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound)
-            } else {
-                used.append(r)
-            }
-        }
+        func add(_ r: Range<UInt64>) { if !r.isEmpty { used.appendJoining(r) } }
         var at: UInt64 = 0
         for m in mapped {
             if m.range.lowerBound > at { add(at..<m.range.lowerBound) }

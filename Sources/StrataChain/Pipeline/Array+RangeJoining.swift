@@ -2,10 +2,12 @@
 // and restore report.
 
 extension Array where Element == Range<UInt64> {
-    /// Appends `r`, extending the last range instead when `r` starts where it ends.
+    /// Appends `r`, extending the last range instead when `r` starts where it ends or inside it. (A range that
+    /// starts before the last one, as unreadable blocks found out of order do, is appended as it is: a caller
+    /// that needs order sorts.)
     mutating func appendJoining(_ r: Range<UInt64>) {
-        if let last = self.last, last.upperBound == r.lowerBound {
-            self[count - 1] = last.lowerBound..<r.upperBound
+        if let last = self.last, last.lowerBound <= r.lowerBound, r.lowerBound <= last.upperBound {
+            self[count - 1] = last.lowerBound..<Swift.max(last.upperBound, r.upperBound)
         } else {
             append(r)
         }

@@ -177,12 +177,7 @@ public enum Restore {
         defer { tail.deallocate() }
         tail.initializeMemory(as: UInt8.self, repeating: 0, count: blockSize)
         let start = (blocks.upperBound - 1) * bs
-        var done = 0
-        while done < Int(p.end - start) {
-            let n = try reader.read(into: tail + done, count: Int(p.end - start) - done, at: start + UInt64(done))
-            guard n > 0 else { break }
-            done += n
-        }
+        _ = try reader.readFully(into: tail, count: Int(p.end - start), at: start)
         return (p, blocks, ZeroBlockDetector(blockSize: blockSize, hasher: hasher).hash(tail))
     }
 

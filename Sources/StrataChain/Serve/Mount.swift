@@ -211,6 +211,13 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
         notices = found
     }
 
+    /// Records a filesystem mounted at `dir` (unmounted at the end) and what it is, for the summary line.
+    private func record(_ dir: String, _ what: String) -> Bool {
+        mounted.append(dir)
+        summary += (summary.isEmpty ? "" : ", ") + "\(what) at \(dir)"
+        return true
+    }
+
     /// Mounts the filesystem `content` names at `offset` of the point file, `size` bytes, at `dir`, with the
     /// driver chosen; on failure says why in `found` and returns false.
     @discardableResult
@@ -245,10 +252,8 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
                 found.append("\(label)\(type): \((error as? ChainError)?.description ?? "\(error)")")
                 return false
             }
-            mounted.append(dir)
             try? Mounts.remountReadOnly(dir)
-            summary += (summary.isEmpty ? "" : ", ") + "\(type) of point \(point) (\(driver.program)) at \(dir)"
-            return true
+            return record(dir, "\(type) of point \(point) (\(driver.program))")
         }
         guard let kernel = FilesystemDrivers.kernel(type) else {
             found.append(label + type)
@@ -266,9 +271,7 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
                 found.append("\(label)\(type), which the kernel refused: \((error as? IOError)?.reason ?? "\(error)")")
                 return false
             }
-            mounted.append(dir)
-            summary += (summary.isEmpty ? "" : ", ") + "\(type) of point \(point) (\(device.path)) at \(dir)"
-            return true
+            return record(dir, "\(type) of point \(point) (\(device.path))")
         } catch {
             found.append("\(label)\(type): \((error as? ChainError)?.description ?? "\(error)")")
             return false

@@ -36,14 +36,7 @@ public struct PointLayout: Sendable, Equatable {
         let mib: UInt64 = 1 << 20
         var image = try SparseProbeImage(size: reader.size)
         func copy(_ range: Range<UInt64>) throws {
-            try image.fill(range) { buffer, count, offset in
-                var done = 0
-                while done < count {
-                    let n = try reader.read(into: buffer + done, count: count - done, at: offset + UInt64(done))
-                    guard n > 0 else { break }
-                    done += n
-                }
-            }
+            try image.fill(range) { buffer, count, offset in _ = try reader.readFully(into: buffer, count: count, at: offset) }
         }
         func ends(_ lower: UInt64, _ upper: UInt64) throws {
             try copy(lower..<min(upper, lower + mib))
@@ -68,16 +61,8 @@ public struct PointLayout: Sendable, Equatable {
             layout.whole = DiskProbe.content(fd: image.fd, offset: 0, size: reader.size)
             return layout
         }
-        let parts = table.partitions.filter { !$0.isContainer }
-        for p in parts {
-            if p.size == 0 || p.end > reader.size {
-                layout.problems[p.number] = "partition \(p.number) ends at byte \(p.end), past the end of the disk (\(reader.size) bytes)"
-                continue
-            }
-            if let other = parts.first(where: { $0.number != p.number && $0.offset < p.end && p.offset < $0.end }) {
-                layout.problems[p.number] = "partition \(p.number) overlaps partition \(other.number)"
-                continue
-            }
+        layout.problems = table.problems(diskSize: reader.size)
+        for p in layout.partitions where layout.problems[p.number] == nil {
             try ends(p.offset, p.end)
             layout.contents[p.number] = DiskProbe.content(fd: image.fd, offset: p.offset, size: p.size)
         }

@@ -77,6 +77,17 @@ public final class PointReader: @unchecked Sendable {  // the window cache and t
         return n
     }
 
+    /// Reads until `count` bytes are in `buffer` or the point ends: the bytes read.
+    public func readFully(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) throws -> Int {
+        var done = 0
+        while done < count {
+            let n = try read(into: buffer + done, count: count - done, at: offset + UInt64(done))
+            guard n > 0 else { break }
+            done += n
+        }
+        return done
+    }
+
     /// The `count` bytes at `offset` (cut short at the end, like `read`) where they lie, for a caller that sends
     /// them on without copying them together first (NBD's replies): `body` gets them in order, as runs of a shared
     /// page of zeros and of decoded frames in the cache, pinned and their blocks checked until `body` returns.
