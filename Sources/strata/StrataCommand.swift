@@ -1,5 +1,6 @@
 // Top-level command and the exit codes every subcommand shares.
 import ArgumentParser
+import StrataChain
 
 struct StrataCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -61,6 +62,6 @@ struct StrataCommand: ParsableCommand {
                   --allow-unconditional-writes); sync into a place that holds
                   another chain or points the source has not seen
             """,
-        version: "0.1.0",
+        version: StrataVersion.line,
         subcommands: [CaptureCommand.self, RestoreCommand.self, ListCommand.self, MergeCommand.self, PruneCommand.self, VerifyCommand.self, RepairCommand.self, ServeCommand.self, MountCommand.self, UnmountCommand.self, KeygenCommand.self, KeyCommand.self, SyncCommand.self, BenchCommand.self, FreezeGuardianCommand.self])
 }
