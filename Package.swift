@@ -38,6 +38,9 @@ let package = Package(
         // e2fsprogs' libext2fs: the block bitmaps of ext2/3/4 (capture --used-blocks), behind a small C interface.
         // Linked: Debian's libext2fs2 comes with e2fsprogs, on every machine.
         .target(name: "CExt2fs", linkerSettings: [.linkedLibrary("ext2fs"), .linkedLibrary("com_err")]),
+        // ntfs-3g's libntfs-3g: the $Bitmap of an NTFS volume (capture --used-blocks), behind a small C interface.
+        // Linked: Debian's libntfs-3g89 comes with ntfs-3g.
+        .target(name: "CNtfs", linkerSettings: [.linkedLibrary("ntfs-3g")]),
         // The commit a binary was built from, written into it after the build (Tools/stamp-commit): `strata --version`.
         .target(name: "CBuildStamp"),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
@@ -48,7 +51,7 @@ let package = Package(
         // @Sendable); each @unchecked Sendable left says in a line why it is safe. The tests are in Swift 5 mode.
         .target(name: "StrataFormat", swiftSettings: swift6),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"], swiftSettings: swift6),
-        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD", "CBlkid", "CExt2fs", "CBuildStamp"], swiftSettings: swift6),
+        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD", "CBlkid", "CExt2fs", "CNtfs", "CBuildStamp"], swiftSettings: swift6),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
         .target(name: "StrataS3", dependencies: [
             "CSeal", "StrataIO", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),

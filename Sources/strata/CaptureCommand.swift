@@ -76,8 +76,10 @@ struct CaptureCommand: ParsableCommand {
             filesystem, LUKS, a filesystem whose map it does not trust. The partition table (GPT, MBR) and each \
             partition's type come from libblkid; ext2/3/4 maps from libext2fs's block bitmaps (read whole, with \
             a notice: one that needs journal recovery, such as a filesystem mounted read-write, or is not clean, \
-            or whose bitmaps disagree with its group descriptors); swap keeps its header; XFS, NTFS, btrfs, FAT \
-            and anything else are read whole for now, each with a notice. An incremental reads only used blocks: \
+            or whose bitmaps disagree with its group descriptors); NTFS maps from libntfs-3g's $Bitmap (read \
+            whole, with a notice: a volume Windows left hibernated or by Fast Startup, marked dirty, with a \
+            $LogFile not clean, or whose bitmap does not cover its own metadata); swap keeps its header; XFS, \
+            btrfs, FAT and anything else are read whole for now, each with a notice. An incremental reads only used blocks: \
             a block turned free becomes zeros in the new point without being read. `strata list --json` shows \
             what each point read of each partition. A chain made without the flag reads every block, as before.
 

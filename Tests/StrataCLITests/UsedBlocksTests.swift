@@ -3,8 +3,10 @@
 // over three nights: every point restores to a disk whose ext4s are fsck-clean and hold exactly that night's
 // files, whose free ext4 blocks are zeros, whose swap keeps its header and nothing else, and whose unformatted
 // partition and tables equal the disk's; the capture reads less than the disk. A merge keeps every point so. An
-// ext4 that needs journal recovery and an XFS are read whole, with a notice, and restore exactly. The flag on a
-// chain that reads every block is refused.
+// ext4 that needs journal recovery and an XFS are read whole, with a notice, and restore exactly. An NTFS (made
+// with mkntfs, written with ntfs-3g) is read by its $Bitmap over nights of changes: ntfsfix-clean, its files
+// that night's, its free clusters zeros; hibernated (hiberfil.sys signed HIBR, as Windows leaves it), it is read
+// whole and restores exactly. The flag on a chain that reads every block is refused.
 import Foundation
 import TestSupport
 import XCTest
@@ -197,5 +199,103 @@ final class UsedBlocksTests: LoopDeviceTestCase {
         XCTAssertEqual(
             refused.stderr,
             "strata: error: chain \(plain) reads every block, and --used-blocks applies only when a chain is made: capture into a new directory to start a chain of used blocks\n")
+    }
+
+    /// An NTFS on a GPT disk of stale bytes: partition 1, 48 MiB.
+    static let ntfsPart = (start: 2048, size: 98304)
+
+    /// Runs a FUSE driver (ntfs-3g) with every descriptor closed, so that its daemon holds none of the test's pipes.
+    private func detached(_ command: String) throws {
+        try sh("/usr/bin/python3 -c 'import subprocess, sys; subprocess.run(sys.argv[1:], close_fds=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)' \(command)")
+    }
+
+    /// Mounts the NTFS of `disk` with ntfs-3g for `body`, then unmounts it.
+    private func inNTFS(_ disk: String, readOnly: Bool = false, _ body: (String) throws -> Void) throws {
+        let dev = try attach(disk, offset: Self.ntfsPart.start * 512, length: Self.ntfsPart.size * 512, readOnly: readOnly)
+        defer { detach(dev) }
+        let m = "\(dir)/ntfs-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: m, withIntermediateDirectories: true)
+        try detached("ntfs-3g \(readOnly ? "-o ro " : "")\(dev) \(m)")
+        defer { runTool("/usr/bin/env", ["umount", m]) }
+        try body(m)
+    }
+
+    /// The free clusters of the NTFS on `device` as byte ranges of it, from its $Bitmap (inode 6) as ntfscat
+    /// dumps it and the cluster size its boot sector gives.
+    private func ntfsFreeRanges(_ device: String) throws -> [Range<Int>] {
+        let handle = try XCTUnwrap(FileHandle(forReadingAtPath: device))
+        let boot = [UInt8](handle.readData(ofLength: 512))
+        try handle.close()
+        let sector = Int(boot[11]) | (Int(boot[12]) << 8)  // bytes per sector, then sectors per cluster, at 11 and 13
+        let cluster = sector * Int(boot[13])
+        let sectors = (0..<8).reduce(0) { $0 | (Int(boot[40 + $1]) << (8 * $1)) }  // total sectors, at 40
+        let clusters = sectors * sector / cluster
+        let bitmap = "\(dir)/bitmap"
+        try sh("ntfscat -i 6 \(device) > \(bitmap)")
+        let bits = [UInt8](try Data(contentsOf: URL(fileURLWithPath: bitmap)))
+        var out: [Range<Int>] = []
+        for c in 0..<clusters where bits[c >> 3] & (1 << (c & 7)) == 0 {
+            if let last = out.last, last.upperBound == c * cluster { out[out.count - 1] = last.lowerBound..<(c + 1) * cluster } else { out.append(c * cluster..<(c + 1) * cluster) }
+        }
+        return out
+    }
+
+    func testNTFSIsReadByItsBitmapAndReadWholeWhenHibernated() throws {
+        for tool in ["mkntfs", "ntfs-3g", "ntfscat", "ntfsfix"] where toolOutput(["sh", "-c", "command -v \(tool)"]).isEmpty {
+            throw XCTSkip("\(tool) is not installed (Tools/setup installs ntfs-3g)")
+        }
+        let disk = "\(dir)/disk.img", chain = "\(dir)/chain"
+        try sh("head -c \(64 << 20) /dev/urandom > \(disk)")  // stale bytes everywhere
+        try sh("printf 'label: gpt\nstart=\(Self.ntfsPart.start), size=\(Self.ntfsPart.size), type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n' | sfdisk -q \(disk)")
+        let dev = try attach(disk, offset: Self.ntfsPart.start * 512, length: Self.ntfsPart.size * 512)
+        try sh("mkntfs -Q -F -L data \(dev) > /dev/null 2>&1")
+        detach(dev)
+        // Filled, then half deleted: the free clusters hold the deleted files' bytes.
+        try inNTFS(disk) { m in try sh("mkdir \(m)/d && for i in $(seq 1 30); do head -c $((i * 40009)) /dev/urandom > \(m)/d/f$i; done; sync; rm \(m)/d/f1? \(m)/d/f2?") }
+        for k in 1...2 {
+            if k > 1 { try inNTFS(disk) { m in try sh("rm \(m)/d/f3; head -c 700000 /dev/urandom > \(m)/d/n\(k); head -c 5000 /dev/urandom > \(m)/d/f5") } }
+            try inNTFS(disk, readOnly: true) { m in try sh("rm -rf \(dir)/night\(k) && cp -a \(m) \(dir)/night\(k)") }
+            try sh("cp \(disk) \(dir)/disk\(k).img")
+            let r = try strata(["capture", disk, chain, "--json", "--quiet"] + (k == 1 ? ["--used-blocks"] : []))
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stderr, "")
+            let regions = try XCTUnwrap((jsonObject(r.stdout)["usedBlocks"] as? [String: Any])?["regions"] as? [[String: Any]])
+            XCTAssertEqual(regions.map { $0["method"] as? String }, ["bitmap", "whole"], "night \(k)")
+            XCTAssertEqual(regions.map { $0["content"] as? String }, ["ntfs", nil])
+            XCTAssertLessThan(jsonObject(r.stdout)["bytesRead"] as? Int ?? .max, 40 << 20, "night \(k) read the NTFS's free clusters")
+        }
+        for k in 1...2 {
+            let out = "\(dir)/restored\(k).img"
+            XCTAssertEqual(try strata("restore", chain, out, "--point", String(k), "--verify", "--quiet").status, 0)
+            let original = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/disk\(k).img")), image = try Data(contentsOf: URL(fileURLWithPath: out))
+            let base = Self.ntfsPart.start * 512, end = base + Self.ntfsPart.size * 512
+            XCTAssertTrue(image[..<base] == original[..<base] && image[(end - 512)...] == original[(end - 512)...], "point \(k): the tables and the backup boot sector")
+            let restored = try attach(out, offset: base, length: Self.ntfsPart.size * 512, readOnly: true)
+            XCTAssertEqual(runTool("/usr/bin/env", ["ntfsfix", "-n", restored]), 0, "point \(k): ntfsfix -n")
+            let free = try ntfsFreeRanges(restored)
+            detach(restored)
+            XCTAssertGreaterThan(free.reduce(0) { $0 + $1.count }, 16 << 20)
+            var stale = 0
+            for r in free {
+                XCTAssertTrue(image[(base + r.lowerBound)..<(base + r.upperBound)].allSatisfy { $0 == 0 }, "point \(k): free bytes \(r) are not zeros")
+                stale += original[(base + r.lowerBound)..<(base + r.upperBound)].allSatisfy { $0 == 0 } ? 0 : 1
+            }
+            XCTAssertGreaterThan(stale, 0, "the source's free clusters held stale bytes")
+            try inNTFS(out, readOnly: true) { m in
+                let diff = runProcess("/usr/bin/env", ["diff", "-r", "\(dir)/night\(k)", m])
+                XCTAssertEqual(diff.status, 0, "point \(k): files differ: \(diff.stdout.prefix(300))")
+            }
+            try? FileManager.default.removeItem(atPath: out)
+        }
+
+        // Hibernated: hiberfil.sys begins "HIBR", as Windows leaves it on hibernation and Fast Startup.
+        try inNTFS(disk) { m in try sh("(printf HIBR; head -c 4092 /dev/zero) > \(m)/hiberfil.sys") }
+        let hibernated = "\(dir)/hibernated"
+        let r = try strata("capture", disk, hibernated, "--used-blocks", "--json", "--quiet")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stderr, "strata: partition 1 (ntfs): read whole: Windows left it hibernated or by Fast Startup, so its bitmap may not be the disk's\n")
+        let out = "\(dir)/restored.img"
+        XCTAssertEqual(try strata("restore", hibernated, out, "--quiet").status, 0)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out)), try Data(contentsOf: URL(fileURLWithPath: disk)), "a hibernated NTFS restores exactly")
     }
 }

@@ -1,10 +1,10 @@
 // A chain of used blocks (`capture --used-blocks`): what of the source its filesystems use, found before the
 // capture reads. The partition table and each partition's content come from libblkid (StrataIO/DiskProbe); each
-// filesystem's map from the library made for it (StrataIO/FilesystemMaps: libext2fs's bitmaps for ext2/3/4),
-// swap keeps its header. Everything else is read whole: the tables themselves, the gaps between partitions, an
-// entry that cannot be right, a filesystem Strata has no map for (or whose map it does not trust: one that needs
-// journal recovery or is not clean, bitmaps that disagree with their group descriptors, a filesystem larger than
-// its partition), LUKS, anything unknown. What is not used is announced to the pipeline as zeros without a read
+// filesystem's map from the library made for it (StrataIO/FilesystemMaps: libext2fs's bitmaps for ext2/3/4,
+// libntfs-3g's $Bitmap for NTFS), swap keeps its header. Everything else is read whole: the tables themselves,
+// the gaps between partitions, an entry that cannot be right, a filesystem Strata has no map for (or whose map it
+// does not trust: one that needs journal recovery or is not clean, bitmaps that disagree with their group
+// descriptors, an NTFS hibernated or dirty, a filesystem larger than its partition), LUKS, anything unknown. What is not used is announced to the pipeline as zeros without a read
 // (UsedPlan): the point holds zeros there, so every reader (restore, verify, merge, mount, serve) restores zeros
 // without knowing. Memory: the used runs (16 bytes each, joined only where they touch: a free block between two
 // runs is never read, or its stale bytes would be kept where the promise is zeros).
@@ -49,9 +49,8 @@ enum UsedBlocks {
             inPartitions += UInt64(range.count)
             let content = DiskProbe.content(fd: file.rawValue, offset: range.lowerBound, size: UInt64(range.count))
             var r = UsedRegion(partition: number, offset: range.lowerBound, size: UInt64(range.count), content: content?.type, method: UsedRegion.whole, usedBytes: UInt64(range.count))
-            switch content?.type {
-            case "ext2", "ext3", "ext4":
-                switch FilesystemMaps.ext2(path: path, offset: range.lowerBound) {
+            func use(_ found: Result<UsedMap, MapRefusal>) {
+                switch found {
                 case .success(let map) where map.size <= UInt64(range.count):
                     // The map's runs, and what lies past the filesystem's end in its partition, whole.
                     var used = map.used.map { (range.lowerBound + $0.lowerBound)..<(range.lowerBound + $0.upperBound) }
@@ -64,6 +63,12 @@ enum UsedBlocks {
                 case .failure(let refusal):
                     r.reason = refusal.reason
                 }
+            }
+            switch content?.type {
+            case "ext2", "ext3", "ext4":
+                use(FilesystemMaps.ext2(path: path, offset: range.lowerBound))
+            case "ntfs":
+                use(FilesystemMaps.ntfs(path: path, offset: range.lowerBound, size: UInt64(range.count)))
             case "swap":
                 let header = range.lowerBound..<min(range.upperBound, range.lowerBound + Self.swapHeader)
                 r.method = UsedRegion.swapHeader
