@@ -20,6 +20,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/memfd.h>
+#include <linux/fsmap.h>
 /* The kernel's own io_uring.h first (liburing's copy has the same include guard and then steps aside), so
    that modules which also see it through swift-system's CSystem agree on one definition of io_uring_sqe. */
 #include <linux/io_uring.h>
@@ -28,6 +29,10 @@
 static const unsigned long strata_BLKGETSIZE64 = BLKGETSIZE64;
 static const unsigned long strata_BLKSSZGET = BLKSSZGET;
 static const unsigned long strata_BLKZEROOUT = BLKZEROOUT;
+/* FS_IOC_GETFSMAP's header (192 bytes: flags, counts, the low and high keys) and its records (64 bytes each). */
+static const unsigned long strata_FS_IOC_GETFSMAP = FS_IOC_GETFSMAP;
+static const int strata_fsmap_head_size = (int)sizeof(struct fsmap_head);
+static const int strata_fsmap_size = (int)sizeof(struct fsmap);
 static const int strata_O_DIRECT = __O_DIRECT;
 static inline int strata_stat(const char *path, struct stat *st) { return stat(path, st); }
 /* The filesystem type (statfs f_type) of an open file, or -1 with errno set. */

@@ -101,6 +101,18 @@ public enum BlockDevices {
         return uses
     }
 
+    /// Where the partition with device number `rdev` starts on its disk, in bytes, and the disk's device number;
+    /// nil when `rdev` is not a partition (/sys/dev/block/M:m/partition, its start in 512-byte sectors, and the
+    /// disk's dev beside it).
+    public static func partitionPlace(_ rdev: UInt64) -> (disk: UInt64, offset: UInt64)? {
+        let sys = "/sys/dev/block/\(numbers(rdev))"
+        guard Sys.readSmallFile("\(sys)/partition") != nil,
+            let start = Sys.readSmallFile("\(sys)/start")?.split(separator: "\n").first.flatMap({ UInt64($0) }),
+            let disk = Sys.readSmallFile("\(sys)/../dev").flatMap(parseNumbers)
+        else { return nil }
+        return (disk, start * 512)
+    }
+
     /// The file a loop device reads and writes, or nil when the device is not a loop device (or is detached).
     public static func loopBackingFile(_ rdev: UInt64) -> String? {
         guard var text = Sys.readSmallFile("/sys/dev/block/\(numbers(rdev))/loop/backing_file") else { return nil }

@@ -502,6 +502,19 @@ public enum Sys {
         }
     }
 
+    /// FS_IOC_GETFSMAP on `fd` (any file or directory of a mounted filesystem): `head` is a `fsmap_head` with its
+    /// keys and record count set, followed by room for the records; the kernel fills in the entries.
+    public static func filesystemMap(_ fd: borrowing FileDescriptor, _ head: UnsafeMutableRawPointer, path: String) throws {
+        try deviceControl(fd.rawValue, strata_FS_IOC_GETFSMAP, head, "read the map of used space (FS_IOC_GETFSMAP) of", path: path)
+    }
+
+    /// The filesystem holding `path`: its blocks and free blocks (statvfs f_blocks, f_bfree), in bytes.
+    public static func filesystemSpace(_ path: String) throws -> (size: UInt64, free: UInt64) {
+        var s = statvfs()
+        _ = try retrying("stat filesystem of", path) { statvfs(path, &s) }
+        return (UInt64(s.f_blocks) * UInt64(s.f_frsize), UInt64(s.f_bfree) * UInt64(s.f_frsize))
+    }
+
     /// Free bytes available to this user on the filesystem holding `path`.
     public static func freeSpace(_ path: String) throws -> UInt64 {
         var s = statvfs()

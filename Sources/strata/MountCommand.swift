@@ -30,8 +30,8 @@ struct MountCommand: ParsableCommand {
             names the image and frame. Captures, merges and prunes may run on the chain meanwhile: the mounted \
             points keep the images they opened. Reads of point files bypass the page cache (sequential readers \
             are read ahead by the server, in parallel); a program that maps a point file with MAP_SHARED needs \
-            --page-cache. With --files the point is read through the page cache, whose read-ahead gathers a \
-            filesystem driver's small reads.
+            --page-cache. With --files and the userspace drivers, the point is read through the page cache, whose \
+            read-ahead gathers a driver's small reads.
 
             mount returns once DIR is usable; the server carries on in the background (its log: --log FILE, or \
             syslog) until `strata unmount DIR`. With --foreground it stays in front and logs to stderr; Ctrl-C \

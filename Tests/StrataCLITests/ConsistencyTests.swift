@@ -3,6 +3,7 @@
 // it thawed (its guardian thaws it) and writable; --snapshot reflink of an image file being written gives the
 // file as it was at one instant, with or without --freeze of the filesystem inside it, and leaves no clone after
 // success, failure or SIGKILL (the next run removes it); what cannot be done is refused before anything is read.
+// A chain of used blocks of a frozen filesystem reads the kernel's map of its used space (FS_IOC_GETFSMAP).
 // How fast the thaw comes and how long a freeze lasts are measured by Tools/bench-freeze, not asserted here.
 import Foundation
 import TestSupport
@@ -103,6 +104,50 @@ final class ConsistencyTests: XCTestCase {
             // Without --freeze, the same source is refused as mounted read-write.
             let refused = try strata("capture", loop, "\(dir)/\(type)-other", "--quiet")
             XCTAssertEqual(refused.status, 77, refused.stderr)
+        }
+    }
+
+    /// A chain of used blocks of a mounted filesystem under --freeze, with a writer running: its map is the
+    /// kernel's (FS_IOC_GETFSMAP), read while it is frozen, so the image is fsck-clean, holds every file written
+    /// before the capture, and not the stale bytes of a deleted file (the capture read less than half the device).
+    func testUsedBlocksOfAFrozenFilesystemComeFromTheKernelsMap() throws {
+        for type in ["ext4", "xfs"] {
+            let m = "\(dir)/\(type)-um", chain = "\(dir)/\(type)-uchain"
+            let megabytes = type == "xfs" ? 320 : 64
+            let loop = try filesystem(type, megabytes: megabytes, image: "\(dir)/\(type)-u.img", mountPoint: m)
+            // Filled to 60% with random bytes, then deleted: stale data in the free space.
+            let fill = "head -c \((megabytes * 6 / 10) << 20) /dev/urandom > \(m)/stale && sync && rm \(m)/stale && mkdir \(m)/kept"
+                + " && for i in 1 2 3 4 5 6 7 8; do head -c $((i * 50000)) /dev/urandom > \(m)/kept/k$i; done && sync"
+            XCTAssertEqual(runTool("/usr/bin/env", ["sh", "-c", fill]), 0)
+            let kept = "\(dir)/\(type)-kept"
+            XCTAssertEqual(runTool("/usr/bin/env", ["cp", "-a", "\(m)/kept", kept]), 0)
+            try startWriter(m)
+            usleep(200_000)
+            let r = try strata("capture", loop, chain, "--freeze", m, "--used-blocks", "--json")
+            XCTAssertEqual(r.status, 0, "\(type): \(r.stderr)")
+            XCTAssertEqual(r.stderr, "", type)
+            let report = jsonObject(r.stdout)
+            let regions = (report["usedBlocks"] as? [String: Any])?["regions"] as? [[String: Any]]
+            XCTAssertEqual(regions?.map { $0["method"] as? String }, ["fsmap"], type)
+            XCTAssertEqual(regions?.map { $0["content"] as? String }, [type])
+            XCTAssertLessThan(report["bytesRead"] as? Int ?? .max, (megabytes << 20) / 2, "\(type): the free space was read")
+            XCTAssertTrue(children.last!.isRunning, "the writer carries on")
+            kill(children.last!.pid, SIGKILL)
+            XCTAssertTrue(writable(m), "\(type): thawed after the capture")
+            XCTAssertEqual(guardians(), [], "the guardian left")
+
+            let restored = "\(dir)/\(type)-restored.img"
+            XCTAssertEqual(try strata("restore", chain, restored, "--quiet").status, 0)
+            let count = "import sys; d = open(sys.argv[1], 'rb').read(); z = bytes(4096); print(sum(1 for i in range(0, len(d), 4096) if d[i:i + 4096] != z))"
+            let nonzero = Int(toolOutput(["/usr/bin/python3", "-c", count, restored])) ?? .max
+            XCTAssertLessThan(nonzero * 4096, (megabytes << 20) / 2, "\(type): the deleted file's stale bytes came back")
+            XCTAssertEqual(try fsck(type, restored), 0, "\(type): the image of a frozen filesystem is clean")
+            let check = "\(dir)/\(type)-check"
+            try FileManager.default.createDirectory(atPath: check, withIntermediateDirectories: true)
+            XCTAssertEqual(runTool("/usr/bin/env", ["mount", "-o", type == "xfs" ? "loop,ro,nouuid" : "loop,ro,noload", restored, check]), 0)
+            let diff = runProcess("/usr/bin/env", ["diff", "-r", kept, "\(check)/kept"])
+            runTool("/usr/bin/env", ["umount", check])
+            XCTAssertEqual(diff.status, 0, "\(type): the files written before the capture: \(diff.stdout.prefix(300))")
         }
     }
 

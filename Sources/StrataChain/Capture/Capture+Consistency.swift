@@ -18,7 +18,10 @@ final class FreezeWindow {
 
     init(mountPoint: String) { self.mountPoint = mountPoint }
 
+    /// Freezes the filesystem; nothing where it is frozen already (a chain of used blocks freezes it before
+    /// reading its map, and the pipeline's pass finds it frozen).
     func begin() throws {
+        guard frozen == nil else { return }
         do { frozen = try FrozenFilesystem(mountPoint: mountPoint) } catch let e as IOError {
             let (reason, todo): (String, String)
             switch e.kind {

@@ -289,7 +289,14 @@ public enum Capture {
             if source.export != nil {
                 notice("the filesystems of an NBD export are not read for their used blocks: reading every block")
             } else {
-                let (used, regions) = try UsedBlocks.find(path: sourcePath, size: source.size)
+                // A filesystem frozen for the capture is frozen before its map is read, so that the map and the
+                // blocks read are of one instant (the freeze is held until the pipeline has read the source).
+                var frozen: UsedBlocks.Frozen?
+                if let window, let device = try? Sys.stat(window.mountPoint).device {
+                    try window.begin()
+                    frozen = UsedBlocks.Frozen(mountPoint: window.mountPoint, device: device)
+                }
+                let (used, regions) = try UsedBlocks.find(path: sourcePath, size: source.size, frozen: frozen)
                 for r in regions where r.reason != nil {
                     let what = r.partition.map { $0 == 0 ? "the disk" : "partition \($0)" } ?? "what lies outside the partitions"
                     notice("\(what)\(r.content.map { " (\($0))" } ?? ""): read whole: \(r.reason!)")

@@ -20,23 +20,40 @@ public struct UsedRegion: Sendable, Equatable {
     public var size: UInt64
     /// What libblkid found there ("ext4", "swap", "xfs"...), nil for nothing it knows.
     public var content: String?
-    /// How its used blocks were found: `bitmap` (the filesystem's own map), `swap-header` (a swap area: its header),
-    /// `whole` (all of it read).
+    /// How its used blocks were found: `bitmap` (the filesystem's own map), `fsmap` (the kernel's map of a mounted
+    /// filesystem, frozen), `swap-header` (a swap area: its header), `whole` (all of it read).
     public var method: String
     /// Bytes of it read as used.
     public var usedBytes: UInt64
     /// Why a region that holds something was read whole.
     public var reason: String?
 
-    public static let bitmap = "bitmap", swapHeader = "swap-header", whole = "whole"
+    public static let bitmap = "bitmap", fsmap = "fsmap", swapHeader = "swap-header", whole = "whole"
 }
 
 enum UsedBlocks {
     /// What of a swap area is kept: its header page, at most 64 KiB (the largest page size).
     static let swapHeader: UInt64 = 64 << 10
 
+    /// A filesystem frozen for the capture (--freeze): where it is mounted, and its device number.
+    struct Frozen {
+        var mountPoint: String
+        var device: UInt64
+    }
+
+    /// Whether the filesystem on device `device` is the source's region `range` (partition `number`, 0 for a
+    /// disk without a table): the source device itself, or a partition of it that starts where the region does.
+    static func holds(_ device: UInt64, source: UInt64?, at range: Range<UInt64>, number: Int) -> Bool {
+        guard let source else { return false }
+        if number == 0 { return device == source }
+        guard let place = BlockDevices.partitionPlace(device) else { return false }
+        return place.disk == source && place.offset == range.lowerBound
+    }
+
     /// The used byte ranges of the source at `path` (`size` bytes), sorted and disjoint, and what each region gave.
-    static func find(path: String, size: UInt64) throws -> (used: [Range<UInt64>], regions: [UsedRegion]) {
+    /// `frozen`, a filesystem of the source mounted and frozen now, is read by the kernel's map.
+    static func find(path: String, size: UInt64, frozen: Frozen? = nil) throws -> (used: [Range<UInt64>], regions: [UsedRegion]) {
+        let sourceDevice = BlockDevices.deviceNumber(path)
         // libblkid reads through the page cache with unaligned buffers: its own descriptor, without O_DIRECT.
         let file: FileDescriptor
         do { file = try Sys.open(path, .readOnly) } catch let e as IOError {
@@ -49,13 +66,13 @@ enum UsedBlocks {
             inPartitions += UInt64(range.count)
             let content = DiskProbe.content(fd: file.rawValue, offset: range.lowerBound, size: UInt64(range.count))
             var r = UsedRegion(partition: number, offset: range.lowerBound, size: UInt64(range.count), content: content?.type, method: UsedRegion.whole, usedBytes: UInt64(range.count))
-            func use(_ found: Result<UsedMap, MapRefusal>) {
+            func use(_ found: Result<UsedMap, MapRefusal>, method: String = UsedRegion.bitmap) {
                 switch found {
                 case .success(let map) where map.size <= UInt64(range.count):
                     // The map's runs, and what lies past the filesystem's end in its partition, whole.
                     var used = map.used.map { (range.lowerBound + $0.lowerBound)..<(range.lowerBound + $0.upperBound) }
                     if map.size < UInt64(range.count) { used.append((range.lowerBound + map.size)..<range.upperBound) }
-                    r.method = UsedRegion.bitmap
+                    r.method = method
                     r.usedBytes = used.reduce(0) { $0 + UInt64($1.count) }
                     mapped.append((range, used))
                 case .success(let map):
@@ -63,6 +80,13 @@ enum UsedBlocks {
                 case .failure(let refusal):
                     r.reason = refusal.reason
                 }
+            }
+            // The filesystem frozen for this capture, mounted: the kernel's map, of the frozen instant (on disk, an
+            // ext4 in use needs journal recovery and an XFS has a log to replay).
+            if let frozen, ["ext2", "ext3", "ext4", "xfs"].contains(content?.type ?? ""), Self.holds(frozen.device, source: sourceDevice, at: range, number: number) {
+                use(FilesystemMaps.fsmap(mountPoint: frozen.mountPoint, device: frozen.device, size: UInt64(range.count), type: content!.type), method: UsedRegion.fsmap)
+                regions.append(r)
+                return
             }
             switch content?.type {
             case "ext2", "ext3", "ext4":

@@ -116,10 +116,11 @@ public final class MountSession: @unchecked Sendable {  // what it mounted is ch
             let target = fuseTarget
             if options.files { try Sys.mkdir(target) }
             let files = readers.map { (name: "point-\($0.point).img", reader: $0) }
-            // A filesystem driver (fuse2fs above all) reads the point file in small pieces: through the page
-            // cache, the kernel's read-ahead gathers them into large reads (fuse2fs: 2.9x; the kernel's drivers
-            // read through a loop device the same either way; docs/PERFORMANCE.md, "Files back").
-            let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", pageCache: options.pageCache || options.files, log: log)
+            // A userspace filesystem driver (fuse2fs above all) reads the point file in small pieces: through the
+            // page cache, the kernel's read-ahead gathers them into large reads (fuse2fs: 2.7x). The kernel's
+            // drivers, through a loop device, gain nothing (1.13x slower, within noise): docs/PERFORMANCE.md,
+            // "Files back".
+            let server = try FuseServer(files: files, at: target, source: "strata:\(chain)", pageCache: options.pageCache || (options.files && !options.kernelDriver), log: log)
             fuse = server
             Threads.spawn("strata-fuse") { [self] in
                 server.run(threads: FuseServer.threads(remote: !ChainStores.isLocal(chain)))
