@@ -29,6 +29,7 @@
 static const unsigned long strata_BLKGETSIZE64 = BLKGETSIZE64;
 static const unsigned long strata_BLKSSZGET = BLKSSZGET;
 static const unsigned long strata_BLKZEROOUT = BLKZEROOUT;
+static const unsigned long strata_BLKDISCARD = BLKDISCARD;
 /* FS_IOC_GETFSMAP's header (192 bytes: flags, counts, the low and high keys) and its records (64 bytes each). */
 static const unsigned long strata_FS_IOC_GETFSMAP = FS_IOC_GETFSMAP;
 static const int strata_fsmap_head_size = (int)sizeof(struct fsmap_head);

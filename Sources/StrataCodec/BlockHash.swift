@@ -20,6 +20,11 @@ public struct BlockHash: Equatable, Hashable, Sendable {
     /// it is a value XXH3 never yields in practice, so a block that becomes readable again differs from it.
     public static let unreadable = BlockHash(low: .max, high: .max)
 
+    /// Marks, in a hash map, a block no filesystem on the source used at capture (a chain of used blocks): it
+    /// restores as zeros, and `restore --delta` leaves it as the target has it. Unlike `.zero`, so that a block
+    /// turning from free to used (zeros or not) is stored, and one staying free is not.
+    public static let free = BlockHash(low: .max, high: .max - 2)
+
     /// Marks, in the old hash map a capture compares with (in memory only, never on disk), a block whose stored
     /// copy lies in a damaged frame: it equals no block's hash, so the capture stores the block anew (heals it).
     public static let damaged = BlockHash(low: .max, high: .max - 1)

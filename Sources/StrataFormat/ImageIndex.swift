@@ -135,6 +135,13 @@ public enum ExtentKind: UInt8, Sendable {
     case data = 1
     /// The source could not be read here; restored as zeros and reported.
     case unreadable = 2
+    /// Blocks no filesystem on the source used at capture (a chain of used blocks): restored as zeros, and left
+    /// as they are by `restore --delta`. On disk a zero extent (kind 0) with bit 0 of its flags byte set, so that
+    /// a reader that does not know the bit restores zeros there, as it always did; counted with the zero blocks.
+    case free = 3
+
+    /// Whether every byte reads as zero (zero and free blocks).
+    public var readsAsZeros: Bool { self == .zero || self == .free }
 }
 
 /// A run of consecutive blocks of one kind. For data, the run is `blockCount` consecutive blocks of frame
@@ -157,19 +164,28 @@ public struct ExtentRecord: Equatable, Sendable {
 
     public var endBlock: UInt64 { firstBlock + UInt64(blockCount) }
 
+    /// Bit 0 of the flags byte: the zero extent is free (`ExtentKind.free`).
+    static let freeFlag: UInt8 = 1
+
     func encode(into w: inout ByteWriter) {
         w.u64(firstBlock)
         w.u32(blockCount)
-        w.u8(kind.rawValue)
-        w.zeros(3)
+        w.u8(kind == .free ? ExtentKind.zero.rawValue : kind.rawValue)
+        w.u8(kind == .free ? Self.freeFlag : 0)
+        w.zeros(2)
         w.u32(frame)
         w.u32(frameBlock)
     }
 
     static func decode(_ r: inout ByteReader, number i: Int) throws -> ExtentRecord {
         let first = try r.u64(), count = try r.u32()
-        guard let kind = ExtentKind(rawValue: try r.u8()) else { throw FormatError.invalid("extent \(i) has an unknown kind") }
-        try r.skip(3)
+        guard var kind = ExtentKind(rawValue: try r.u8()), kind != .free else { throw FormatError.invalid("extent \(i) has an unknown kind") }
+        let flags = try r.u8()
+        if flags & Self.freeFlag != 0 {
+            guard kind == .zero else { throw FormatError.invalid("extent \(i) is marked free but is not a zero extent") }
+            kind = .free
+        }
+        try r.skip(2)
         return ExtentRecord(firstBlock: first, blockCount: count, kind: kind, frame: try r.u32(), frameBlock: try r.u32())
     }
 
@@ -268,7 +284,7 @@ public struct ImageIndex: Equatable, Sendable {
                 else { throw FormatError.invalid("extent \(i) points outside its frame") }
                 frameUse[Int(e.frame)] = e.frameBlock + count
                 data += UInt64(count)
-            case .zero: zero += UInt64(count)
+            case .zero, .free: zero += UInt64(count)
             case .unreadable: unreadable += UInt64(count)
             }
             nextBlock = e.endBlock

@@ -110,7 +110,7 @@ public enum IndexChunks {
             case .data:
                 guard UInt64(e.frame) < h.frameCount else { throw FormatError.invalid("extent \(n) points outside its frame") }
                 data += UInt64(e.blockCount)
-            case .zero: zero += UInt64(e.blockCount)
+            case .zero, .free: zero += UInt64(e.blockCount)
             case .unreadable: unreadable += UInt64(e.blockCount)
             }
             nextBlock = e.endBlock

@@ -28,9 +28,11 @@ struct LibNBD: @unchecked Sendable {  // function pointers and nothing else; lib
     let aioPwrite: @convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, nbd_completion_callback, UInt32) -> Int64
     let pwrite: @convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, UInt32) -> Int32
     let zero: @convention(c) (Handle?, UInt64, UInt64, UInt32) -> Int32
+    let trim: @convention(c) (Handle?, UInt64, UInt64, UInt32) -> Int32
     let flush: @convention(c) (Handle?, UInt32) -> Int32
     let isReadOnly: @convention(c) (Handle?) -> Int32
     let canZero: @convention(c) (Handle?) -> Int32
+    let canTrim: @convention(c) (Handle?) -> Int32
     let canFlush: @convention(c) (Handle?) -> Int32
     let aioCommandCompleted: @convention(c) (Handle?, UInt64) -> Int32
     let aioIsDead: @convention(c) (Handle?) -> Int32
@@ -88,9 +90,11 @@ struct LibNBD: @unchecked Sendable {  // function pointers and nothing else; lib
             aioPwrite: symbol("nbd_aio_pwrite", as: (@convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, nbd_completion_callback, UInt32) -> Int64).self),
             pwrite: symbol("nbd_pwrite", as: (@convention(c) (Handle?, UnsafeRawPointer?, Int, UInt64, UInt32) -> Int32).self),
             zero: symbol("nbd_zero", as: (@convention(c) (Handle?, UInt64, UInt64, UInt32) -> Int32).self),
+            trim: symbol("nbd_trim", as: (@convention(c) (Handle?, UInt64, UInt64, UInt32) -> Int32).self),
             flush: symbol("nbd_flush", as: (@convention(c) (Handle?, UInt32) -> Int32).self),
             isReadOnly: symbol("nbd_is_read_only", as: (@convention(c) (Handle?) -> Int32).self),
             canZero: symbol("nbd_can_zero", as: (@convention(c) (Handle?) -> Int32).self),
+            canTrim: symbol("nbd_can_trim", as: (@convention(c) (Handle?) -> Int32).self),
             canFlush: symbol("nbd_can_flush", as: (@convention(c) (Handle?) -> Int32).self),
             aioCommandCompleted: symbol("nbd_aio_command_completed", as: (@convention(c) (Handle?, UInt64) -> Int32).self),
             aioIsDead: symbol("nbd_aio_is_dead", as: (@convention(c) (Handle?) -> Int32).self),

@@ -103,6 +103,23 @@ public final class NBDExport: @unchecked Sendable {  // libnbd handles are threa
     public var canZero: Bool { lib.canZero(handles[0]) == 1 }
     public var canFlush: Bool { lib.canFlush(handles[0]) == 1 }
 
+    /// Whether the server takes trim (discard) requests.
+    public var canTrim: Bool { lib.canTrim(handles[0]) == 1 }
+
+    /// Tells the server `length` bytes at `offset` are not needed (trim, in requests of at most 1 GiB); what they
+    /// read as afterwards is the server's choice. Nothing where the server takes no trim.
+    public func trim(offset: UInt64, length: UInt64) throws {
+        guard canTrim else { return }
+        var at: UInt64 = 0
+        while at < length {
+            let n = min(length - at, 1 << 30)
+            guard lib.trim(handles[0], n, offset + at, 0) != -1 else {
+                throw IOError("trim a range of", path: uri, errno: lib.getErrno() == 0 ? EIO : lib.getErrno())
+            }
+            at += n
+        }
+    }
+
     /// Makes `length` bytes at `offset` read as zeros: write-zeroes (the server may leave a hole), in requests of
     /// at most 1 GiB; where the server has no write-zeroes, zeros written.
     public func zero(offset: UInt64, length: UInt64) throws {

@@ -131,6 +131,18 @@ public final class RestoreTarget {
         }
     }
 
+    /// Gives a range back as not needed (`restore --delta --discard` of free blocks): trim on an NBD export that
+    /// takes it, BLKDISCARD on a device that does, a hole punched in a file.
+    public func discard(offset: UInt64, length: UInt64) throws {
+        if let export {
+            try export.trim(offset: offset, length: length)
+        } else if isBlockDevice {
+            try Sys.discard(fd, offset: offset, length: length, path: path)
+        } else if stream == nil && !isCharacterDevice {
+            try Sys.punchHole(fd, offset: offset, length: length, path: path)
+        }
+    }
+
     public func sync() throws {
         if let export { return try export.flush() }
         if !isCharacterDevice && stream == nil { try Sys.fdatasync(fd, path: path) }

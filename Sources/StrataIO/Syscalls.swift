@@ -455,6 +455,15 @@ public enum Sys {
         _ = try retrying("zero range of", path) { ioctl(fd, strata_BLKZEROOUT, &range) }
     }
 
+    /// Discards a byte range of a block device (BLKDISCARD): what it reads as afterwards is the device's choice.
+    /// Nothing where the device takes no discard (EOPNOTSUPP).
+    public static func discard(_ fd: Int32, offset: UInt64, length: UInt64, path: String) throws {
+        var range: (UInt64, UInt64) = (offset, length)
+        if ioctl(fd, strata_BLKDISCARD, &range) == 0 { return }
+        let e = Glibc.errno
+        guard e == EOPNOTSUPP else { throw IOError("discard a range of", path: path, errno: e) }
+    }
+
     /// Makes a byte range of a file read as zeros without changing its length: a hole punched
     /// (FALLOC_FL_PUNCH_HOLE), or zeros written where the filesystem cannot punch one.
     public static func punchHole(_ fd: Int32, offset: UInt64, length: UInt64, path: String) throws {

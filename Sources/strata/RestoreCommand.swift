@@ -30,7 +30,10 @@ struct RestoreCommand: ParsableCommand {
             earlier) state of the same disk: the result is the same as a full restore, byte for byte. Killed \
             part way, the target is part old, part new, as after a killed full restore: run the same command \
             again and it writes only what is still different. An existing file still needs --force, and a \
-            device in use is refused as without --delta.
+            device in use is refused as without --delta. In a chain of used blocks (capture --used-blocks) the \
+            blocks no filesystem used are neither compared nor written: they keep what the target holds (no \
+            filesystem reads them), or with --discard are discarded (trim on an NBD export, BLKDISCARD on a \
+            device, a hole in a file); --verify then checks every other block.
 
             PARTITIONS: with --partition N only partition N of the point is restored (found in the point's own \
             partition table, GPT or MBR, read with libblkid; `strata list CHAIN --partitions` shows it), onto a \
@@ -45,7 +48,7 @@ struct RestoreCommand: ParsableCommand {
             standard error.
 
             --json prints one object: point, bytesWritten (with --delta only what was written or zeroed), \
-            bytesCompared and blocksDiffering (with --delta), partition (with --partition: number, offset, size, \
+            bytesCompared, blocksDiffering and blocksFree (with --delta), partition (with --partition: number, offset, size, \
             type), images, seconds, engine, verified, \
             unreadableBlocks, unreadableRanges ([offset, length] in bytes, the first 1000).
 
@@ -68,6 +71,7 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "I/O engine: auto, uring, or pread.") var ioEngine: IOEngineChoice = .auto
     @Flag(help: "Read the target back after writing and check every block against the chain.") var verify = false
     @Flag(help: "Read the target and write only the blocks that differ from the point.") var delta = false
+    @Flag(help: "With --delta: discard the point's free blocks on the target (a chain of used blocks).") var discard = false
     @Flag(help: "Replace an existing, non-empty target file (never overrides a device in use).") var force = false
     @Flag(help: "Print one JSON object with the result on stdout.") var json = false
     @Flag(help: "No progress line.") var quiet = false
@@ -84,7 +88,12 @@ struct RestoreCommand: ParsableCommand {
         options.verify = verify
         options.force = force
         options.delta = delta
+        options.discard = discard
         options.partition = partition
+        if discard && !delta {
+            throw Output.fail(ChainError.invalidOption(
+                "--discard applies with --delta, which leaves the free blocks of a chain of used blocks as the target has them; a full restore writes them as zeros"))
+        }
         // Restored to standard output, the point is the output: the summary goes to standard error.
         let toStream = target == Restore.standardOutput
         func say(_ line: String) { if toStream { Output.toStderr(line + "\n") } else { print(line) } }
@@ -115,14 +124,14 @@ extension RestoreCommand {
     /// What --json prints.
     struct Report: Encodable {
         var point: UInt32, bytesWritten: UInt64, images: Int, seconds: Seconds, engine: String
-        var bytesCompared: UInt64?, blocksDiffering: UInt64?
+        var bytesCompared: UInt64?, blocksDiffering: UInt64?, blocksFree: UInt64?
         struct Partition: Encodable { var number: Int, offset, size: UInt64, type: String }
         var partition: Partition?
         var verified: Bool, unreadableBlocks: UInt64, unreadableRanges: [[UInt64]]
 
         init(_ r: RestoreResult, delta: Bool) {
             (point, bytesWritten, images, seconds, engine) = (r.point, r.bytesWritten, r.images, Seconds(r.seconds), r.engine)
-            if delta { (bytesCompared, blocksDiffering) = (r.bytesCompared, r.blocksDiffering) }
+            if delta { (bytesCompared, blocksDiffering, blocksFree) = (r.bytesCompared, r.blocksDiffering, r.blocksFree) }
             partition = r.partition.map { Partition(number: $0.number, offset: $0.offset, size: $0.size, type: $0.type) }
             (verified, unreadableBlocks, unreadableRanges) = (r.verified, r.unreadableBlocks, Output.ranges(r.unreadableRanges))
         }

@@ -87,7 +87,7 @@ final class UsedBlocksTests: LoopDeviceTestCase {
     }
 
     /// Checks a restored point against the disk it came from, `files` holding that night's files.
-    private func checkRestore(_ restored: String, disk: String, files: String, what: String) throws {
+    private func checkRestore(_ restored: String, disk: String, files: String, what: String, freeZeros: Bool = true) throws {
         let original = try Data(contentsOf: URL(fileURLWithPath: disk))
         let image = try Data(contentsOf: URL(fileURLWithPath: restored))
         XCTAssertEqual(image.count, original.count, what)
@@ -99,7 +99,9 @@ final class UsedBlocksTests: LoopDeviceTestCase {
         // Swap: its header kept, the rest zeros.
         let swap = Self.parts[2].start * 512
         XCTAssertTrue(image[swap..<(swap + 65536)] == original[swap..<(swap + 65536)], "\(what): the swap header")
-        XCTAssertTrue(image[(swap + 65536)..<(swap + Self.parts[2].size * 512)].allSatisfy { $0 == 0 }, "\(what): the rest of swap is zeros")
+        if freeZeros {
+            XCTAssertTrue(image[(swap + 65536)..<(swap + Self.parts[2].size * 512)].allSatisfy { $0 == 0 }, "\(what): the rest of swap is zeros")
+        }
         for n in [2, 4] {
             let dev = try loop(restored, partition: n, readOnly: true)
             defer { detach(dev) }
@@ -109,7 +111,7 @@ final class UsedBlocksTests: LoopDeviceTestCase {
             XCTAssertFalse(free.isEmpty)
             // Free blocks wholly inside a 4 KiB chain block are zeros (a chain block that also holds a used
             // 1 KiB block is read as used).
-            for r in free {
+            for r in free where freeZeros {
                 let lo = (r.lowerBound + 4095) / 4096 * 4096, hi = r.upperBound / 4096 * 4096
                 guard lo < hi else { continue }
                 XCTAssertTrue(image[(base + lo)..<(base + hi)].allSatisfy { $0 == 0 }, "\(what): free bytes \(lo)..<\(hi) of partition \(n) are not zeros")
@@ -153,6 +155,30 @@ final class UsedBlocksTests: LoopDeviceTestCase {
             try checkRestore(out, disk: "\(dir)/disk\(k).img", files: "\(dir)/night\(k)", what: "point \(k)")
             try? FileManager.default.removeItem(atPath: out)
         }
+        // restore --delta of point 1 over a disk holding point 3: the free blocks are neither compared nor
+        // written (they keep point 3's bytes, which no filesystem of point 1 reads); every used block is point 1's.
+        let full1 = "\(dir)/full1.img", target = "\(dir)/target.img"
+        XCTAssertEqual(try strata("restore", chain, full1, "--point", "1", "--quiet").status, 0)
+        XCTAssertEqual(try strata("restore", chain, target, "--point", "3", "--quiet").status, 0)
+        let d = try strata("restore", chain, target, "--point", "1", "--delta", "--verify", "--force", "--json")
+        XCTAssertEqual(d.status, 0, d.stderr)
+        let delta = jsonObject(d.stdout)
+        XCTAssertGreaterThan(delta["blocksFree"] as? Int ?? 0, Self.diskBytes / 4096 / 4, "a quarter of the disk and more is free")
+        XCTAssertEqual(delta["verified"] as? Bool, true)
+        try checkRestore(target, disk: "\(dir)/disk1.img", files: "\(dir)/night1", what: "point 1 over point 3, --delta", freeZeros: false)
+        XCTAssertNotEqual(try Data(contentsOf: URL(fileURLWithPath: target)), try Data(contentsOf: URL(fileURLWithPath: full1)), "the free blocks kept point 3's bytes")
+        // Again: nothing differs; with --discard the free blocks become holes, and the target is the full restore.
+        let again = jsonObject(try strata("restore", chain, target, "--point", "1", "--delta", "--force", "--json").stdout)
+        XCTAssertEqual(again["blocksDiffering"] as? Int, 0)
+        XCTAssertEqual(again["bytesWritten"] as? Int, 0)
+        let discarded = try strata("restore", chain, target, "--point", "1", "--delta", "--discard", "--force", "--json")
+        XCTAssertEqual(discarded.status, 0, discarded.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: target)), try Data(contentsOf: URL(fileURLWithPath: full1)), "--discard: the full restore, byte for byte")
+        let refused = try strata("restore", chain, target, "--point", "1", "--discard", "--force")
+        XCTAssertEqual(refused.status, 64)
+        XCTAssertEqual(refused.stderr, "strata: error: --discard applies with --delta, which leaves the free blocks of a chain of used blocks as the target has them; a full restore writes them as zeros\n")
+        for f in [full1, target] { try? FileManager.default.removeItem(atPath: f) }
+
         // Merged, the newest point is still that night's.
         XCTAssertEqual(try strata("merge", chain, "--from", "1", "--to", "3", "--quiet").status, 0)
         let merged = "\(dir)/merged.img"

@@ -37,6 +37,34 @@ final class ImageIndexTests: XCTestCase {
         check({ $0.extents[1].firstBlock = 3; $0.extents[1].blockCount = 4 }, "full image does not cover block 2")
     }
 
+    /// A free extent (a chain of used blocks) is a zero extent with bit 0 of its flags byte set: it reads back
+    /// free, counts with the zero blocks, and a reader that skips the flags byte (every strata before it) reads a
+    /// zero extent. The flag on anything but a zero extent is refused.
+    func testFreeExtentsAreZeroExtentsWithAFlag() throws {
+        var index = Fixtures.index
+        index.extents[1].kind = .free
+        let bytes = index.encode()
+        var header = Fixtures.header
+        header.indexChecksum = CRC32C.checksum(bytes)
+        let decoded = try ImageIndex.decode(bytes, header: header)
+        XCTAssertEqual(decoded.extents.map(\.kind), [.data, .free, .data, .data, .zero])
+        // Its 24 bytes differ from the zero extent's in the flags byte alone (offset 13: after block, count, kind).
+        let plain = Fixtures.index.encode()
+        let at = bytes.count - (index.extents.count - 1) * ExtentRecord.encodedSize  // extent 1 (the extents come last)
+        XCTAssertEqual((0..<bytes.count).filter { bytes[$0] != plain[$0] }, [at + 13], "only the flags byte differs")
+        XCTAssertEqual(bytes[at + 12], ExtentKind.zero.rawValue)
+        XCTAssertEqual(bytes[at + 13], 1)
+        // The flag on a data extent.
+        var wrong = bytes
+        let data = at - ExtentRecord.encodedSize  // extent 0
+        wrong[data + 13] = 1
+        var h = Fixtures.header
+        h.indexChecksum = CRC32C.checksum(wrong)
+        XCTAssertThrowsError(try ImageIndex.decode(wrong, header: h)) {
+            XCTAssertEqual($0 as? FormatError, .invalid("extent 0 is marked free but is not a zero extent"))
+        }
+    }
+
     /// A frame block no extent uses is refused, unless the header carries the sparseFrames feature bit (a
     /// merged image that kept a mostly live frame whole); extents must still use each frame in order.
     func testSparseFramesOnlyWithTheirFeatureBit() throws {

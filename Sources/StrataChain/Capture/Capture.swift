@@ -304,7 +304,7 @@ public enum Capture {
                 let data = try source.dataRanges(granule: UInt64(max(Int(blockSize), source.alignment)))
                 usedPlan = UsedPlan(
                     size: source.size, requestSize: max(options.requestSize / Int(blockSize), 1) * Int(blockSize),
-                    unit: max(Int(blockSize), source.alignment), used: Self.intersect(used, data))
+                    unit: max(Int(blockSize), source.alignment), used: used, data: data)
                 usedRegions = regions
                 if answer != nil {
                     notice("a chain of used blocks reads every used block: \(changeSource!.name) is not combined with it yet")

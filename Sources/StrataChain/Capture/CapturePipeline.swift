@@ -289,7 +289,7 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
             if let slot {
                 if newMap != nil { hashes.update(from: slotHashes + slot * blocksPerSlot, count: count) }
             } else {
-                hashes.update(repeating: .zero, count: count)
+                hashes.update(repeating: piece.free ? .free : .zero, count: count)
             }
             let old = try oldMap?.hashes(from: first, count: count)
             if piece.expectZero, let nonzero = (0..<count).first(where: { hashes[$0] != .zero }) {
@@ -315,11 +315,11 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                     i += 1
                     continue
                 }
-                if hashes[i] == .zero || hashes[i] == .unreadable {
+                if hashes[i] == .zero || hashes[i] == .unreadable || hashes[i] == .free {
                     let h = hashes[i]
                     var j = i + 1
                     while j < count && hashes[j] == h && old?[j] != h { j += 1 }
-                    try image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: h == .zero ? .zero : .unreadable)
+                    try image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: h == .zero ? .zero : h == .free ? .free : .unreadable)
                     changed += UInt64(j - i)
                     i = j
                 } else {
@@ -351,7 +351,7 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         guard count == frames.blocksPerFrame, blocksPerSlot == frames.blocksPerFrame, slotUnreadable[slot].isEmpty else { return false }
         for i in 0..<count {
             let h = hashes[i]
-            if h == .zero || h == .unreadable { return false }
+            if h == .zero || h == .unreadable || h == .free { return false }
             if let old, old[i] == h { return false }
         }
         if currentFrame != nil { try dispatchFrame() }

@@ -11,6 +11,8 @@ struct ReadPiece: Equatable {
     var length: Int
     /// A hole of a sparse file: zeros, not read.
     var hole = false
+    /// With `hole`: blocks no filesystem on the source uses (a chain of used blocks): not read, `BlockHash.free`.
+    var free = false
     /// Read to check blocks the change source called unchanged.
     var sample = false
     /// Read to check a range the source called zeros (an NBD server's block status): every block must be zero.
@@ -189,27 +191,30 @@ final class ChangePlan: ReadPlan {
 }
 
 
-/// A capture of used blocks: the used ranges (widened to `unit` and joined) read, the rest announced as zeros
-/// without a read, in pieces that never cross the request grid.
+/// A capture of used blocks: the used ranges (widened to `unit` and joined) read, except where a sparse file has
+/// holes (`data`: its data ranges, nil for a device), which are zeros; the rest announced as free without a read;
+/// in pieces that never cross the request grid.
 final class UsedPlan: ReadPlan {
     private let size: UInt64
     private let requestSize: UInt64
     private var used: [Range<UInt64>] = []
-    private var index = 0
+    private let data: [Range<UInt64>]?
+    private var index = 0, dataIndex = 0
     private var position: UInt64 = 0
     /// Bytes planned to be read.
     private(set) var usedBytes: UInt64 = 0
 
-    /// `used`: sorted, disjoint byte ranges.
-    init(size: UInt64, requestSize: Int, unit: Int, used ranges: [Range<UInt64>]) {
+    /// `used`, `data`: sorted, disjoint byte ranges.
+    init(size: UInt64, requestSize: Int, unit: Int, used ranges: [Range<UInt64>], data: [Range<UInt64>]? = nil) {
         self.size = size
         self.requestSize = UInt64(requestSize)
+        self.data = data
         let unit = UInt64(unit)
         for r in ranges {
             let lo = r.lowerBound / unit * unit, hi = min((r.upperBound + unit - 1) / unit * unit, size)
             if lo < hi { used.appendJoining(lo..<hi) }
         }
-        usedBytes = used.reduce(0) { $0 + UInt64($1.count) }
+        usedBytes = Capture.intersect(used, data ?? [0..<size]).reduce(0) { $0 + UInt64($1.count) }
     }
 
     func next() throws -> ReadPiece? {
@@ -218,10 +223,22 @@ final class UsedPlan: ReadPlan {
         let gridEnd = min((position / requestSize + 1) * requestSize, size)
         let piece: ReadPiece
         if index < used.count && used[index].lowerBound <= position {
-            piece = ReadPiece(offset: position, length: Int(min(used[index].upperBound, gridEnd) - position))
+            let end = min(used[index].upperBound, gridEnd)
+            if let data {
+                while dataIndex < data.count && data[dataIndex].upperBound <= position { dataIndex += 1 }
+                if dataIndex < data.count && data[dataIndex].lowerBound <= position {
+                    piece = ReadPiece(offset: position, length: Int(min(end, data[dataIndex].upperBound) - position))
+                } else {
+                    // A hole of the sparse file inside a used range: zeros the filesystem uses.
+                    let holeEnd = dataIndex < data.count ? min(end, data[dataIndex].lowerBound) : end
+                    piece = ReadPiece(offset: position, length: Int(holeEnd - position), hole: true)
+                }
+            } else {
+                piece = ReadPiece(offset: position, length: Int(end - position))
+            }
         } else {
             let end = index < used.count ? min(used[index].lowerBound, gridEnd) : gridEnd
-            piece = ReadPiece(offset: position, length: Int(end - position), hole: true)
+            piece = ReadPiece(offset: position, length: Int(end - position), hole: true, free: true)
         }
         position += UInt64(piece.length)
         return piece

@@ -290,6 +290,7 @@ final class RebuiltHashes: PriorHashes {
             switch e.kind {
             case .zero: out.update(repeating: .zero, count: n)
             case .unreadable: out.update(repeating: .unreadable, count: n)
+            case .free: out.update(repeating: .free, count: n)
             case .data:
                 let table = try tables!.hashes(forExtent: extent)
                 let from = Int(e.frameBlock) + Int(b - e.firstBlock)

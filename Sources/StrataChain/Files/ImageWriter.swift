@@ -96,7 +96,7 @@ final class ImageWriter {
         for e in extents {
             switch e.kind {
             case .data: c.dataBlocks += UInt64(e.blockCount)
-            case .zero: c.zeroBlocks += UInt64(e.blockCount)
+            case .zero, .free: c.zeroBlocks += UInt64(e.blockCount)
             case .unreadable: c.unreadableBlocks += UInt64(e.blockCount)
             }
         }
@@ -255,7 +255,7 @@ final class ImageWriter {
     func addExtent(block: UInt64, count: UInt32, kind: ExtentKind, frame: UInt32 = 0, frameBlock: UInt32 = 0) throws {
         switch kind {
         case .data: header.dataBlocks += UInt64(count)
-        case .zero: header.zeroBlocks += UInt64(count)
+        case .zero, .free: header.zeroBlocks += UInt64(count)
         case .unreadable: header.unreadableBlocks += UInt64(count)
         }
         if var last = extents.last, last.kind == kind, last.endBlock == block, last.blockCount <= UInt32.max - count,

@@ -150,7 +150,7 @@ final class MergePlan {
             var packed: [[MergeWorkers.Segment]] = []
             for e in window {
                 switch e.kind {
-                case .zero, .unreadable:
+                case .zero, .unreadable, .free:
                     try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: e.kind)
                 case .data where placement[number(e)] != Self.repacked:
                     try writer.addExtent(block: e.firstBlock, count: e.blockCount, kind: .data, frame: placement[number(e)], frameBlock: e.frameBlock)

@@ -15,6 +15,9 @@ public struct RestoreOptions: Sendable {
     /// Read the target first and write only the blocks that differ from the point (the target keeps its content
     /// where it already holds the point's).
     public var delta = false
+    /// With `delta`: the point's free blocks (a chain of used blocks) are discarded on the target (trim, BLKDISCARD,
+    /// a punched hole) rather than left as the target has them.
+    public var discard = false
     /// Replace an existing non-empty target file (a device in use is refused whatever this says).
     public var force = false
     /// An encrypted chain's secret.
@@ -39,6 +42,9 @@ public struct RestoreResult: Sendable, Equatable {
     /// --delta: bytes of the target read and compared, and the blocks that differed from the point.
     public var bytesCompared: UInt64 = 0
     public var blocksDiffering: UInt64 = 0
+    /// With --delta: the point's free blocks (a chain of used blocks), neither compared nor written: left as the
+    /// target had them, or discarded (--discard).
+    public var blocksFree: UInt64 = 0
     public var images: Int
     public var seconds: Double
     public var engine: String
@@ -115,7 +121,7 @@ public enum Restore {
         }
         if let note { notice(note) }
         /// What reads the target back and compares it with the point (before writing for --delta, after for --verify).
-        func comparer(unitBlocks: Int = 1) throws -> TargetCompare {
+        func comparer(unitBlocks: Int = 1, freeBlocks: TargetCompare.FreeBlocks) throws -> TargetCompare {
             let source: BlockSource, queue: IOQueue
             if let export = target.export {  // read through the connections the restore writes on
                 (source, queue) = (BlockSource(export: export), NBDQueue(export))
@@ -126,24 +132,31 @@ public enum Restore {
             }
             return try TargetCompare(
                 source, store: chain.store, images: images, blockSize: blockSize, sourceSize: size, queue: queue,
-                blocks: part?.blocks, tailHash: part?.tailHash, unitBlocks: unitBlocks, maxWindowBlocks: options.tuning.maxWindowBlocks)
+                blocks: part?.blocks, tailHash: part?.tailHash, unitBlocks: unitBlocks, maxWindowBlocks: options.tuning.maxWindowBlocks,
+                freeBlocks: freeBlocks)
         }
         var result = RestoreResult(point: point, partition: part?.partition, bytesWritten: size, images: images.count, seconds: 0, engine: reads.engineName)
         do {
             // A block smaller than the target's direct I/O unit is compared and written a unit at a time.
-            let delta = try options.delta ? comparer(unitBlocks: target.direct ? max(1, target.alignment / blockSize) : 1) : nil
+            // Free blocks: --delta leaves them as the target has them (or discards them), and its --verify with it;
+            // a full restore writes them as zeros, and its --verify checks those.
+            let free: TargetCompare.FreeBlocks = options.discard
+                ? .discard({ [target] in try target.discard(offset: $0.lowerBound, length: UInt64($0.count)) }) : .skip
+            let delta = try options.delta
+                ? comparer(unitBlocks: target.direct ? max(1, target.alignment / blockSize) : 1, freeBlocks: free) : nil
             let pipeline = RestorePipeline(
                 frames: frames, images: images, sourceSize: size, blockSize: blockSize,
                 target: target, reads: reads, writeQueue: writeQueue, options: options, progress: progress, delta: delta, blocks: part?.blocks)
             try pipeline.run()
             if let compare = delta {
                 (result.bytesWritten, result.bytesCompared, result.blocksDiffering) = (pipeline.bytesWritten, compare.bytesCompared, compare.differingBlocks)
+                result.blocksFree = compare.freeBlockCount
                 (result.unreadableBlocks, result.unreadableRanges) = (compare.unreadableBlocks, compare.unreadableRanges)
             } else {
                 (result.unreadableBlocks, result.unreadableRanges) = (pipeline.unreadableBlocks, pipeline.unreadableRanges)
             }
             if options.verify {
-                let check = try comparer()
+                let check = try comparer(freeBlocks: options.delta ? .skip : .zeros)
                 try check.run(depth: options.queueDepth, progress: progress)
                 if let first = check.firstDiffering {
                     throw ChainError.targetMismatch(path: targetPath, block: first, count: check.differingBlocks)

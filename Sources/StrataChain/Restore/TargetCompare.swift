@@ -3,7 +3,7 @@
 // The target is read in order, 1 MiB at a time with several reads in flight (O_DIRECT where it allows, so the
 // page cache cannot answer for a device); each block is hashed as the chain hashes it (keyed for an encrypted
 // chain) and compared with the point's hash for it: the hash stored beside the block in its frame, or the zero
-// block's for zero and unreadable extents. Only the frames' hash tables are read from the chain (16 bytes a
+// block's for zero and unreadable extents; free blocks (a chain of used blocks) as `FreeBlocks` says. Only the frames' hash tables are read from the chain (16 bytes a
 // block, read ahead by RebuiltHashes), never their payloads. Memory: the reads in flight and one chunk of hashes.
 import StrataCodec
 import StrataFormat
@@ -38,11 +38,25 @@ final class TargetCompare {
     /// Bytes read from the target.
     private(set) var bytesCompared: UInt64 = 0
 
+    /// What is done with the point's free blocks (a chain of used blocks: blocks no filesystem used): compared as
+    /// the zeros a full restore wrote there, left as the target has them (`restore --delta`, and its `--verify`),
+    /// or discarded (`--delta --discard`: `discard` is given their runs, in bytes, in order).
+    enum FreeBlocks {
+        case zeros, skip
+        case discard((Range<UInt64>) throws -> Void)
+    }
+    private let freeBlocks: FreeBlocks
+    /// Free blocks not compared (left or discarded).
+    private(set) var freeBlockCount: UInt64 = 0
+    private var freeRun: Range<UInt64>?
+
     init(
         _ source: BlockSource, store: ChainStore, images: [ImageFile], blockSize: Int, sourceSize: UInt64, queue: IOQueue,
-        blocks: Range<UInt64>? = nil, tailHash: BlockHash? = nil, unitBlocks: Int = 1, maxWindowBlocks: UInt64 = .max
+        blocks: Range<UInt64>? = nil, tailHash: BlockHash? = nil, unitBlocks: Int = 1, maxWindowBlocks: UInt64 = .max,
+        freeBlocks: FreeBlocks = .zeros
     ) throws {
         self.source = source
+        self.freeBlocks = freeBlocks
         let pointBlocks = images.first?.header.blockCount ?? 0
         let blocks = blocks ?? 0..<pointBlocks
         (blockCount, base, self.tailHash) = (UInt64(blocks.count), blocks.lowerBound, tailHash)
@@ -108,6 +122,14 @@ final class TargetCompare {
             progress?(checked, sourceSize)
         }
         if !runs.isEmpty { try differing(runs) }
+        try endFreeRun()
+    }
+
+    /// Gives the free run being gathered to `discard`, if any.
+    private func endFreeRun() throws {
+        guard let run = freeRun else { return }
+        freeRun = nil
+        if case .discard(let discard) = freeBlocks { try discard(run) }
     }
 
     private func compare(
@@ -118,6 +140,19 @@ final class TargetCompare {
         for b in 0..<count {
             let block = firstBlock + UInt64(b)
             var want = block == blockCount - 1 ? tailHash ?? expected[b] : expected[b]
+            if want == .free {
+                if case .zeros = freeBlocks {
+                    want = .zero
+                } else {
+                    freeBlockCount += 1
+                    let bytes = block * bs..<min(sourceSize, (block + 1) * bs)
+                    if let run = freeRun, run.upperBound == bytes.lowerBound { freeRun = run.lowerBound..<bytes.upperBound } else {
+                        try endFreeRun()
+                        freeRun = bytes
+                    }
+                    continue
+                }
+            }
             if want == .unreadable {
                 unreadableRanges.appendJoining(block * bs..<min(sourceSize, (block + 1) * bs))
                 unreadableBlocks += 1
