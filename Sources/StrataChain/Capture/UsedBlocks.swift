@@ -4,10 +4,12 @@
 // libntfs-3g's $Bitmap for NTFS), swap keeps its header. Everything else is read whole: the tables themselves,
 // the gaps between partitions, an entry that cannot be right, a filesystem Strata has no map for (or whose map it
 // does not trust: one that needs journal recovery or is not clean, bitmaps that disagree with their group
-// descriptors, an NTFS hibernated or dirty, a filesystem larger than its partition), LUKS, anything unknown. What is not used is announced to the pipeline as zeros without a read
-// (UsedPlan): the point holds zeros there, so every reader (restore, verify, merge, mount, serve) restores zeros
-// without knowing. Memory: the used runs (16 bytes each, joined only where they touch: a free block between two
-// runs is never read, or its stale bytes would be kept where the promise is zeros).
+// descriptors, an NTFS hibernated or dirty, a filesystem larger than its partition), LUKS, anything unknown. A
+// mounted ext4 or XFS that --freeze names is read by the kernel's map of the frozen instant. What is not used is
+// announced to the pipeline as free without a read (UsedPlan): the point holds free zero extents there, so every
+// reader (restore, verify, merge, mount, serve) restores zeros, and restore --delta leaves them. Memory: the
+// used runs (16 bytes each, joined only where they touch: a free block between two runs is never read, or its
+// stale bytes would be kept where the promise is zeros).
 import StrataFormat
 import StrataIO
 
