@@ -114,15 +114,20 @@ static int refuse(ntfs_volume *vol, char *why, size_t n, const char *text) {
     return 1;
 }
 
-/// Whether every cluster of `na`'s runs is marked used in the bitmap; -1 where the bitmap cannot be read.
+/// Whether every cluster of `na`'s runs is marked used in the bitmap; -1 where the bitmap cannot be read. The
+/// bitmap's bytes for each run are read 4 KiB (32768 clusters) at a time, not a byte a cluster.
 static int runs_marked(ntfs_volume *vol, ntfs_attr *na) {
     if (ntfs_attr_map_whole_runlist(na) != 0) return -1;
+    u8 bytes[4096];
     for (runlist_element *rl = na->rl; rl && rl->length; rl++) {
         if (rl->lcn < 0) continue;  // a hole or the runlist's end
-        for (s64 lcn = rl->lcn; lcn < rl->lcn + rl->length; lcn++) {
-            u8 byte;
-            if (ntfs_attr_pread(vol->lcnbmp_na, lcn >> 3, 1, &byte) != 1) return -1;
-            if (!(byte & (1 << (lcn & 7)))) return 0;
+        for (s64 lcn = rl->lcn, end = rl->lcn + rl->length; lcn < end;) {
+            s64 first = lcn >> 3, count = ((end - 1) >> 3) - first + 1;
+            if (count > (s64)sizeof bytes) count = sizeof bytes;
+            if (ntfs_attr_pread(vol->lcnbmp_na, first, count, bytes) != count) return -1;
+            for (; lcn < end && (lcn >> 3) < first + count; lcn++) {
+                if (!(bytes[(lcn >> 3) - first] & (1 << (lcn & 7)))) return 0;
+            }
         }
     }
     return 1;

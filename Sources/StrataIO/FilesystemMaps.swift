@@ -1,9 +1,9 @@
 // Filesystems' own maps of the blocks they use, read with the library made for each: libext2fs's block bitmaps
 // for ext2/3/4 (Sources/CExt2fs), libntfs-3g's $Bitmap for NTFS (Sources/CNtfs). What `capture --used-blocks`
 // reads instead of the free space; and for a mounted ext4 or XFS under --freeze, the kernel's own map of used
-// space (FS_IOC_GETFSMAP), taken while the filesystem is frozen. A map that cannot be trusted (a filesystem that needs journal recovery, is not
-// clean, or whose bitmaps disagree with its group descriptors; an NTFS hibernated, dirty, or whose bitmap does not
-// cover its own metadata) is not given: the caller reads that filesystem whole.
+// space (FS_IOC_GETFSMAP), taken while the filesystem is frozen. A map that cannot be trusted (a filesystem that
+// needs journal recovery, is not clean, or whose bitmaps disagree with its group descriptors; an NTFS hibernated,
+// dirty, or whose bitmap does not cover its own metadata) is not given: the caller reads that filesystem whole.
 internal import CExt2fs
 internal import CNtfs
 internal import CURing
@@ -57,14 +57,7 @@ public enum FilesystemMaps {
             var low = [UInt8](repeating: 0, count: recordSize)
             var used: [Range<UInt64>] = []
             var free: UInt64 = 0, at: UInt64 = 0, records = 0
-            func addUsed(_ r: Range<UInt64>) {
-                guard !r.isEmpty else { return }
-                if let l = used.last, l.upperBound >= r.lowerBound {
-                    used[used.count - 1] = l.lowerBound..<max(l.upperBound, r.upperBound)
-                } else {
-                    used.append(r)
-                }
-            }
+            func addUsed(_ r: Range<UInt64>) { if !r.isEmpty { used.appendJoining(r) } }
             reading: while true {
                 buffer.initializeMemory(as: UInt8.self, repeating: 0, count: headSize)
                 buffer.storeBytes(of: UInt32(count), toByteOffset: 8, as: UInt32.self)  // fmh_count
@@ -107,10 +100,10 @@ public enum FilesystemMaps {
             }
             guard records > 0 else { return .failure(MapRefusal(reason: "the kernel's map of its used space holds nothing for its device")) }
             addUsed(at..<size)
-            let counted = try Sys.filesystemSpace(mountPoint)
+            let counted = try Sys.filesystemSpace(mountPoint).free
             let spare = type == "xfs" ? size / 16 : 0
-            guard free <= counted.free + spare else {
-                return .failure(MapRefusal(reason: "the kernel's map of its used space counts \(free) bytes free, more than statfs's \(counted.free)"))
+            guard free <= counted + spare else {
+                return .failure(MapRefusal(reason: "the kernel's map of its used space counts \(free) bytes free, more than statfs's \(counted)"))
             }
             return .success(UsedMap(size: size, used: used))
         } catch let e as IOError {
@@ -132,12 +125,7 @@ public enum FilesystemMaps {
         let status = withExtendedLifetime(runs) {
             why.withUnsafeMutableBufferPointer { buffer in
                 read({ context, start, length in
-                    let runs = Unmanaged<Runs>.fromOpaque(context!).takeUnretainedValue()
-                    if let last = runs.used.last, last.upperBound == start {
-                        runs.used[runs.used.count - 1] = last.lowerBound..<start + length
-                    } else {
-                        runs.used.append(start..<start + length)
-                    }
+                    Unmanaged<Runs>.fromOpaque(context!).takeUnretainedValue().used.appendJoining(start..<start + length)
                 }, Unmanaged.passUnretained(runs).toOpaque(), buffer.baseAddress!, buffer.count)
             }
         }

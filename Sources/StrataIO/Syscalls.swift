@@ -517,19 +517,15 @@ public enum Sys {
         try deviceControl(fd.rawValue, strata_FS_IOC_GETFSMAP, head, "read the map of used space (FS_IOC_GETFSMAP) of", path: path)
     }
 
-    /// The filesystem holding `path`: its blocks and free blocks (statvfs f_blocks, f_bfree), in bytes.
-    public static func filesystemSpace(_ path: String) throws -> (size: UInt64, free: UInt64) {
+    /// The filesystem holding `path`: its free bytes (statvfs f_bfree), and those available to this user (f_bavail).
+    public static func filesystemSpace(_ path: String) throws -> (free: UInt64, available: UInt64) {
         var s = statvfs()
         _ = try retrying("stat filesystem of", path) { statvfs(path, &s) }
-        return (UInt64(s.f_blocks) * UInt64(s.f_frsize), UInt64(s.f_bfree) * UInt64(s.f_frsize))
+        return (UInt64(s.f_bfree) * UInt64(s.f_frsize), UInt64(s.f_bavail) * UInt64(s.f_frsize))
     }
 
     /// Free bytes available to this user on the filesystem holding `path`.
-    public static func freeSpace(_ path: String) throws -> UInt64 {
-        var s = statvfs()
-        _ = try retrying("stat filesystem of", path) { statvfs(path, &s) }
-        return UInt64(s.f_bavail) * UInt64(s.f_frsize)
-    }
+    public static func freeSpace(_ path: String) throws -> UInt64 { try filesystemSpace(path).available }
 
     /// The filesystem type (statfs f_type) of an open file.
     public static func filesystemType(_ fd: Int32, path: String) throws -> Int {

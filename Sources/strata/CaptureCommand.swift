@@ -81,7 +81,8 @@ struct CaptureCommand: ParsableCommand {
             $LogFile not clean, or whose bitmap does not cover its own metadata); swap keeps its header; XFS, \
             btrfs, FAT and anything else are read whole for now, each with a notice. A filesystem of the source \
             that is mounted and named by --freeze is frozen before its map is read, and its map is the kernel's \
-            (FS_IOC_GETFSMAP; ext4 and XFS), of the same instant as the blocks read. An incremental reads only used blocks: \
+            (FS_IOC_GETFSMAP; ext4 and XFS), of the same instant as the blocks read. An incremental reads only \
+            used blocks: \
             a block turned free becomes zeros in the new point without being read. `strata list --json` shows \
             what each point read of each partition. A chain made without the flag reads every block, as before.
 

@@ -48,8 +48,8 @@ struct RestoreCommand: ParsableCommand {
             standard error.
 
             --json prints one object: point, bytesWritten (with --delta only what was written or zeroed), \
-            bytesCompared, blocksDiffering and blocksFree (with --delta), partition (with --partition: number, offset, size, \
-            type), images, seconds, engine, verified, \
+            bytesCompared, blocksDiffering and blocksFree (with --delta), partition (with --partition: number, \
+            offset, size, type), images, seconds, engine, verified, \
             unreadableBlocks, unreadableRanges ([offset, length] in bytes, the first 1000).
 
             EXAMPLES
@@ -90,10 +90,6 @@ struct RestoreCommand: ParsableCommand {
         options.delta = delta
         options.discard = discard
         options.partition = partition
-        if discard && !delta {
-            throw Output.fail(ChainError.invalidOption(
-                "--discard applies with --delta, which leaves the free blocks of a chain of used blocks as the target has them; a full restore writes them as zeros"))
-        }
         // Restored to standard output, the point is the output: the summary goes to standard error.
         let toStream = target == Restore.standardOutput
         func say(_ line: String) { if toStream { Output.toStderr(line + "\n") } else { print(line) } }

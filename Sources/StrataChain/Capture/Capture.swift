@@ -395,22 +395,6 @@ public enum Capture {
         return result
     }
 
-    /// The parts of `a` that lie in `b` (both sorted and disjoint).
-    static func intersect(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
-        var out: [Range<UInt64>] = []
-        var j = 0
-        for r in a {
-            while j < b.count && b[j].upperBound <= r.lowerBound { j += 1 }
-            var k = j
-            while k < b.count && b[k].lowerBound < r.upperBound {
-                let lo = max(r.lowerBound, b[k].lowerBound), hi = min(r.upperBound, b[k].upperBound)
-                if lo < hi { out.append(lo..<hi) }
-                k += 1
-            }
-        }
-        return out
-    }
-
     /// One pass of the pipeline into a new image (and, with `map`, a new hash map), both published but not yet
     /// committed; on failure both are abandoned. The bytes read by a pass abandoned for a missed change are
     /// not counted in the next.

@@ -315,11 +315,11 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                     i += 1
                     continue
                 }
-                if hashes[i] == .zero || hashes[i] == .unreadable || hashes[i] == .free {
+                if let kind = Self.storedAsNothing(hashes[i]) {
                     let h = hashes[i]
                     var j = i + 1
                     while j < count && hashes[j] == h && old?[j] != h { j += 1 }
-                    try image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: h == .zero ? .zero : h == .free ? .free : .unreadable)
+                    try image.addExtent(block: first + UInt64(i), count: UInt32(j - i), kind: kind)
                     changed += UInt64(j - i)
                     i = j
                 } else {
@@ -343,6 +343,11 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         stats.bytesSampled = sampled
     }
 
+    /// The extent kind of a block whose hash says nothing is stored for it (zero, free, unreadable); nil for data.
+    private static func storedAsNothing(_ h: BlockHash) -> ExtentKind? {
+        h == .zero ? .zero : h == .free ? .free : h == .unreadable ? .unreadable : nil
+    }
+
     /// When the chunk is exactly one frame of changed, non-zero, readable blocks, dispatches a frame whose blocks
     /// stay in the read slot (no copy) and returns true. A frame being filled is sent off first, short: otherwise
     /// one chunk with a zero block puts every later frame off the chunk grid, and the coordinator copied nearly
@@ -351,7 +356,7 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         guard count == frames.blocksPerFrame, blocksPerSlot == frames.blocksPerFrame, slotUnreadable[slot].isEmpty else { return false }
         for i in 0..<count {
             let h = hashes[i]
-            if h == .zero || h == .unreadable || h == .free { return false }
+            if Self.storedAsNothing(h) != nil { return false }
             if let old, old[i] == h { return false }
         }
         if currentFrame != nil { try dispatchFrame() }

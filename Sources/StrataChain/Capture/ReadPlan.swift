@@ -214,7 +214,23 @@ final class UsedPlan: ReadPlan {
             let lo = r.lowerBound / unit * unit, hi = min((r.upperBound + unit - 1) / unit * unit, size)
             if lo < hi { used.appendJoining(lo..<hi) }
         }
-        usedBytes = Capture.intersect(used, data ?? [0..<size]).reduce(0) { $0 + UInt64($1.count) }
+        usedBytes = Self.intersect(used, data ?? [0..<size]).reduce(0) { $0 + UInt64($1.count) }
+    }
+
+    /// The parts of `a` that lie in `b` (both sorted and disjoint).
+    private static func intersect(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
+        var out: [Range<UInt64>] = []
+        var j = 0
+        for r in a {
+            while j < b.count && b[j].upperBound <= r.lowerBound { j += 1 }
+            var k = j
+            while k < b.count && b[k].lowerBound < r.upperBound {
+                let lo = max(r.lowerBound, b[k].lowerBound), hi = min(r.upperBound, b[k].upperBound)
+                if lo < hi { out.append(lo..<hi) }
+                k += 1
+            }
+        }
+        return out
     }
 
     func next() throws -> ReadPiece? {

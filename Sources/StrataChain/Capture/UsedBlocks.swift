@@ -85,8 +85,11 @@ enum UsedBlocks {
             }
             // The filesystem frozen for this capture, mounted: the kernel's map, of the frozen instant (on disk, an
             // ext4 in use needs journal recovery and an XFS has a log to replay).
-            if let frozen, ["ext2", "ext3", "ext4", "xfs"].contains(content?.type ?? ""), Self.holds(frozen.device, source: sourceDevice, at: range, number: number) {
-                use(FilesystemMaps.fsmap(mountPoint: frozen.mountPoint, device: frozen.device, size: UInt64(range.count), type: content!.type), method: UsedRegion.fsmap)
+            if let frozen, let type = content?.type, ["ext2", "ext3", "ext4", "xfs"].contains(type),
+                Self.holds(frozen.device, source: sourceDevice, at: range, number: number)
+            {
+                let map = FilesystemMaps.fsmap(mountPoint: frozen.mountPoint, device: frozen.device, size: UInt64(range.count), type: type)
+                use(map, method: UsedRegion.fsmap)
                 regions.append(r)
                 return
             }

@@ -64,6 +64,10 @@ public enum Restore {
         progress: ProgressHandler? = nil, notice: (String) -> Void = { _ in }
     ) throws -> RestoreResult {
         let started = Sys.monotonicNanos()
+        if options.discard && !options.delta {
+            throw ChainError.invalidOption(
+                "--discard applies with --delta, which leaves the free blocks of a chain of used blocks as the target has them; a full restore writes them as zeros")
+        }
         let chain = try Chain(location: chainPath, access: .read, secret: options.secret)
         guard let first = chain.manifest else { throw ChainError.notAChain(path: chainPath) }
         _ = try chain.dataKeys()

@@ -3,7 +3,8 @@
 // The target is read in order, 1 MiB at a time with several reads in flight (O_DIRECT where it allows, so the
 // page cache cannot answer for a device); each block is hashed as the chain hashes it (keyed for an encrypted
 // chain) and compared with the point's hash for it: the hash stored beside the block in its frame, or the zero
-// block's for zero and unreadable extents; free blocks (a chain of used blocks) as `FreeBlocks` says. Only the frames' hash tables are read from the chain (16 bytes a
+// block's for zero and unreadable extents; free blocks (a chain of used blocks) as `FreeBlocks` says. Only the
+// frames' hash tables are read from the chain (16 bytes a
 // block, read ahead by RebuiltHashes), never their payloads. Memory: the reads in flight and one chunk of hashes.
 import StrataCodec
 import StrataFormat
@@ -125,6 +126,18 @@ final class TargetCompare {
         try endFreeRun()
     }
 
+    /// Counts a free block not compared; for `discard`, adds its bytes to the run being gathered.
+    private func leaveFree(_ bytes: Range<UInt64>) throws {
+        freeBlockCount += 1
+        guard case .discard = freeBlocks else { return }
+        if let run = freeRun, run.upperBound == bytes.lowerBound {
+            freeRun = run.lowerBound..<bytes.upperBound
+        } else {
+            try endFreeRun()
+            freeRun = bytes
+        }
+    }
+
     /// Gives the free run being gathered to `discard`, if any.
     private func endFreeRun() throws {
         guard let run = freeRun else { return }
@@ -141,15 +154,8 @@ final class TargetCompare {
             let block = firstBlock + UInt64(b)
             var want = block == blockCount - 1 ? tailHash ?? expected[b] : expected[b]
             if want == .free {
-                if case .zeros = freeBlocks {
-                    want = .zero
-                } else {
-                    freeBlockCount += 1
-                    let bytes = block * bs..<min(sourceSize, (block + 1) * bs)
-                    if let run = freeRun, run.upperBound == bytes.lowerBound { freeRun = run.lowerBound..<bytes.upperBound } else {
-                        try endFreeRun()
-                        freeRun = bytes
-                    }
+                if case .zeros = freeBlocks { want = .zero } else {
+                    try leaveFree(block * bs..<min(sourceSize, (block + 1) * bs))
                     continue
                 }
             }
