@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Strata: block-level, change-tracking, incremental disk imager.
 // Module graph (see docs/DESIGN.md): strata -> {StrataChain, StrataBench}; StrataBench -> StrataChain;
-// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount), CNBD (libnbd, NBD sources), CBlkid (libblkid, partition tables), CExt2fs (libext2fs, ext4 bitmaps)}. The CLI imports StrataChain's and StrataBench's API only.
+// StrataChain -> {StrataFormat, StrataCodec, StrataIO, StrataS3 (S3 requests)}; StrataIO -> {CURing, CFuse (libfuse 3, for mount), CNBD (libnbd, NBD sources), CBlkid (libblkid, partition tables), CExt2fs (libext2fs, ext4 bitmaps), CNtfs (libntfs-3g, NTFS's $Bitmap), CXfs (XFS's free-space trees)}. The CLI imports StrataChain's and StrataBench's API only.
 import PackageDescription
 
 let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -41,6 +41,8 @@ let package = Package(
         // ntfs-3g's libntfs-3g: the $Bitmap of an NTFS volume (capture --used-blocks), behind a small C interface.
         // Linked: Debian's libntfs-3g89 comes with ntfs-3g.
         .target(name: "CNtfs", linkerSettings: [.linkedLibrary("ntfs-3g")]),
+        // XFS's free-space B+trees and log, read by hand with xfslibs-dev's on-disk headers (no library reads them).
+        .target(name: "CXfs"),
         // The commit a binary was built from, written into it after the build (Tools/stamp-commit): `strata --version`.
         .target(name: "CBuildStamp"),
         // xxHash's header (libxxhash-dev) compiled in, AVX2 chosen at start-up where the CPU has it.
@@ -51,7 +53,7 @@ let package = Package(
         // @Sendable); each @unchecked Sendable left says in a line why it is safe. The tests are in Swift 5 mode.
         .target(name: "StrataFormat", swiftSettings: swift6),
         .target(name: "StrataCodec", dependencies: ["CZstd", "CXXH3", "CSeal"], swiftSettings: swift6),
-        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD", "CBlkid", "CExt2fs", "CNtfs", "CBuildStamp"], swiftSettings: swift6),
+        .target(name: "StrataIO", dependencies: ["CURing", "CFuse", "CNBD", "CBlkid", "CExt2fs", "CNtfs", "CXfs", "CBuildStamp"], swiftSettings: swift6),
         // Requests to S3-compatible stores: configuration, SigV4 signing (OpenSSL's SHA-256 and HMAC through CSeal).
         .target(name: "StrataS3", dependencies: [
             "CSeal", "StrataIO", .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),

@@ -1,11 +1,13 @@
 // Filesystems' own maps of the blocks they use, read with the library made for each: libext2fs's block bitmaps
-// for ext2/3/4 (Sources/CExt2fs), libntfs-3g's $Bitmap for NTFS (Sources/CNtfs). What `capture --used-blocks`
+// for ext2/3/4 (Sources/CExt2fs), libntfs-3g's $Bitmap for NTFS (Sources/CNtfs), and for XFS, which no library
+// reads, its free-space B+trees by hand with xfslibs-dev's headers (Sources/CXfs), once its log is found clean. What `capture --used-blocks`
 // reads instead of the free space; and for a mounted ext4 or XFS under --freeze, the kernel's own map of used
 // space (FS_IOC_GETFSMAP), taken while the filesystem is frozen. A map that cannot be trusted (a filesystem that
 // needs journal recovery, is not clean, or whose bitmaps disagree with its group descriptors; an NTFS hibernated,
 // dirty, or whose bitmap does not cover its own metadata) is not given: the caller reads that filesystem whole.
 internal import CExt2fs
 internal import CNtfs
+internal import CXfs
 internal import CURing
 
 /// A filesystem's map of used blocks, in bytes from its start.
@@ -33,6 +35,16 @@ public enum FilesystemMaps {
         return collect { emit, context, why, length in
             strata_ntfs_used(path, offset, size, &info, emit, context, why, length)
         }.map { UsedMap(size: info.clusters * info.clusterSize, used: $0) }
+    }
+
+    /// The used blocks of the XFS of `size` bytes at byte `offset` of `path`, not mounted: every block its
+    /// free-space B+trees do not hold (Sources/CXfs); or why it must be read whole (its log not clean, a block that
+    /// fails its checks, a tree that disagrees with its group's header).
+    public static func xfs(path: String, offset: UInt64, size: UInt64) -> Result<UsedMap, MapRefusal> {
+        var info = strata_xfs_info()
+        return collect { emit, context, why, length in
+            strata_xfs_used_path(path, offset, size, &info, emit, context, why, length)
+        }.map { UsedMap(size: info.blocks * info.blockSize, used: $0) }
     }
 
     /// The used space of the filesystem mounted at `mountPoint`, whose data device is `device` (its st_dev) and

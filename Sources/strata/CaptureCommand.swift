@@ -78,8 +78,10 @@ struct CaptureCommand: ParsableCommand {
             a notice: one that needs journal recovery, such as a filesystem mounted read-write, or is not clean, \
             or whose bitmaps disagree with its group descriptors); NTFS maps from libntfs-3g's $Bitmap (read \
             whole, with a notice: a volume Windows left hibernated or by Fast Startup, marked dirty, with a \
-            $LogFile not clean, or whose bitmap does not cover its own metadata); swap keeps its header; XFS, \
-            btrfs, FAT and anything else are read whole for now, each with a notice. A filesystem of the source \
+            $LogFile not clean, or whose bitmap does not cover its own metadata); XFS maps from its free-space \
+            B+trees (read whole, with a notice: a log not clean, such as a filesystem mounted or crashed, or on \
+            another device, or a tree that fails its checks); swap keeps its header; btrfs, FAT and anything else \
+            are read whole for now, each with a notice. A filesystem of the source \
             that is mounted and named by --freeze is frozen before its map is read, and its map is the kernel's \
             (FS_IOC_GETFSMAP; ext4 and XFS), of the same instant as the blocks read. An incremental reads only \
             used blocks: \

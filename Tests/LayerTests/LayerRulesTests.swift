@@ -16,7 +16,7 @@ final class LayerRulesTests: XCTestCase {
         "StrataS3": ["StrataIO", "CSeal", "AsyncHTTPClient", "NIOCore", "NIOHTTP1", "NIOConcurrencyHelpers"],
         "StrataCodec": ["StrataFormat", "CZstd", "CXXH3", "CSeal"],
         "StrataFormat": [],
-        "StrataIO": ["Glibc", "Musl", "CURing", "CFuse", "CNBD", "CBlkid", "CExt2fs", "CNtfs", "CBuildStamp"],
+        "StrataIO": ["Glibc", "Musl", "CURing", "CFuse", "CNBD", "CBlkid", "CExt2fs", "CNtfs", "CXfs", "CBuildStamp"],
     ]
 
     /// Modules every module may import: Swift's own.

@@ -54,13 +54,15 @@ class LoopDeviceTestCase: XCTestCase {
     }
 
     /// Mounts the `length` bytes at `offset` of `file` (a partition of a disk image) on a loop device of their own at
-    /// a fresh directory, runs `body` there, then unmounts and detaches.
-    func inMount(_ file: String, offset: Int, length: Int, readOnly: Bool = false, _ body: (String) throws -> Void) throws {
+    /// a fresh directory, runs `body` there, then unmounts and detaches. Read-only mounts replay no journal: `ro,noload`
+    /// (ext4) unless `options` says otherwise (`ro,norecovery` for XFS).
+    func inMount(_ file: String, offset: Int, length: Int, readOnly: Bool = false, options: String? = nil, _ body: (String) throws -> Void) throws {
         let dev = try attach(file, offset: offset, length: length, readOnly: readOnly)
         defer { detach(dev) }
         let mountPoint = "\(dir)/mnt-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try sh("mount \(readOnly ? "-o ro,noload " : "")\(dev) \(mountPoint)")
+        let o = options ?? (readOnly ? "ro,noload" : nil)
+        try sh("mount \(o.map { "-o \($0) " } ?? "")\(dev) \(mountPoint)")
         defer { runTool("/usr/bin/env", ["umount", mountPoint]) }
         try body(mountPoint)
     }

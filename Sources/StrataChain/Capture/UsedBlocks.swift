@@ -1,10 +1,10 @@
 // A chain of used blocks (`capture --used-blocks`): what of the source its filesystems use, found before the
 // capture reads. The partition table and each partition's content come from libblkid (StrataIO/DiskProbe); each
 // filesystem's map from the library made for it (StrataIO/FilesystemMaps: libext2fs's bitmaps for ext2/3/4,
-// libntfs-3g's $Bitmap for NTFS), swap keeps its header. Everything else is read whole: the tables themselves,
+// libntfs-3g's $Bitmap for NTFS, XFS's free-space B+trees read with its own headers), swap keeps its header. Everything else is read whole: the tables themselves,
 // the gaps between partitions, an entry that cannot be right, a filesystem Strata has no map for (or whose map it
 // does not trust: one that needs journal recovery or is not clean, bitmaps that disagree with their group
-// descriptors, an NTFS hibernated or dirty, a filesystem larger than its partition), LUKS, anything unknown. A
+// descriptors, an NTFS hibernated or dirty, an XFS whose log is not clean, a filesystem larger than its partition), LUKS, anything unknown. A
 // mounted ext4 or XFS that --freeze names is read by the kernel's map of the frozen instant. What is not used is
 // announced to the pipeline as free without a read (UsedPlan): the point holds free zero extents there, so every
 // reader (restore, verify, merge, mount, serve) restores zeros, and restore --delta leaves them. Memory: the
@@ -98,6 +98,8 @@ enum UsedBlocks {
                 use(FilesystemMaps.ext2(path: path, offset: range.lowerBound))
             case "ntfs":
                 use(FilesystemMaps.ntfs(path: path, offset: range.lowerBound, size: UInt64(range.count)))
+            case "xfs":
+                use(FilesystemMaps.xfs(path: path, offset: range.lowerBound, size: UInt64(range.count)))
             case "swap":
                 let header = range.lowerBound..<min(range.upperBound, range.lowerBound + Self.swapHeader)
                 r.method = UsedRegion.swapHeader
