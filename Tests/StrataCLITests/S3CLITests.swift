@@ -1,6 +1,6 @@
 // Chains in a bucket, through the strata binary against a real store (Ceph's RADOS Gateway, started
 // for this suite): every command on an s3:// chain, every point restored bit for bit after captures, a merge and
-// a prune; an encrypted chain in a bucket; a second writer, wrong credentials, an unreachable store, a missing
+// a prune; a chain of used blocks synced, pruned, served and mounted, its free blocks zeros; an encrypted chain in a bucket; a second writer, wrong credentials, an unreachable store, a missing
 // bucket and a prefix that holds no chain: one line each, their exit codes, the chain untouched.
 import Foundation
 import StrataS3
@@ -75,6 +75,97 @@ final class S3CLITests: GatewayTestCase {
         XCTAssertEqual(try s3strata("verify", chain, "--checksums-only").status, 0)
         XCTAssertEqual(try s3strata("restore", chain, "\(dir)/out.img", "--key-file", key, "--quiet").status, 0)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/out.img")), try Data(contentsOf: URL(fileURLWithPath: disk)))
+    }
+
+    /// A chain of used blocks (an ext4 in a file, made with `mkfs.ext4 -d` over random bytes and changed with
+    /// debugfs, so that its free blocks hold stale bytes), synced to a bucket, pruned there, served from it and
+    /// mounted: every point reads as its restore from the directory, byte for byte, its free blocks zeros where the
+    /// source's were not, and NBD block status calls them zero.
+    func testAChainOfUsedBlocksSyncsPrunesServesAndMounts() throws {
+        if getuid() != 0 || !FileManager.default.fileExists(atPath: "/dev/fuse") { throw XCTSkip("mounting needs root and /dev/fuse") }
+        let disk = "\(dir)/fs.img", local = "\(dir)/chain", chain = "s3://\(bucket)/used", files = "\(dir)/files"
+        func sh(_ script: String) throws {
+            let r = runProcess("/bin/sh", ["-c", script], deadline: 120)
+            guard r.status == 0 else { throw TestFailure("\(script): exit \(r.status): \(r.stdout) \(r.stderr)") }
+        }
+        func contents(_ path: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path)) }
+        try sh("mkdir -p \(files) && for i in 1 2 3 4 5 6 7 8; do head -c 1000000 /dev/urandom > \(files)/f$i; done")
+        try sh("head -c \(32 << 20) /dev/urandom > \(disk) && mkfs.ext4 -q -F -E nodiscard -b 4096 -d \(files) \(disk)")
+        let nights = ["rm /f2; rm /f5", "rm /f3; write \(files)/f1 /n2", "rm /f4; rm /n2; write \(files)/f6 /n3"]
+        var sources: [Int: Data] = [:], restores: [Int: Data] = [:]
+        for (k, commands) in nights.enumerated() {
+            for command in commands.split(separator: ";") { try sh("debugfs -w -R '\(command)' \(disk) > /dev/null 2>&1") }
+            let r = try strata(["capture", disk, local, "--quiet"] + (k == 0 ? ["--used-blocks"] : []))
+            XCTAssertEqual(r.status, 0, r.stderr)
+            sources[k + 1] = try contents(disk)
+        }
+        // The free blocks of each point, from dumpe2fs of its restore: zeros there, stale bytes in the source.
+        var free: [Int: [Range<Int>]] = [:]
+        for k in 1...3 {
+            let out = "\(dir)/restore-\(k).img"
+            XCTAssertEqual(try strata("restore", local, out, "--point", String(k), "--quiet").status, 0)
+            restores[k] = try contents(out)
+            XCTAssertEqual(runTool("/usr/bin/env", ["e2fsck", "-fn", out]), 0, "point \(k)")
+            var ranges: [Range<Int>] = []
+            for line in toolOutput(["sh", "-c", "dumpe2fs \(out) 2>/dev/null"]).split(separator: "\n") where line.hasPrefix("  Free blocks: ") {
+                for item in line.dropFirst("  Free blocks: ".count).split(separator: ",") {
+                    let ends = item.trimmingCharacters(in: .whitespaces).split(separator: "-").compactMap { Int($0) }
+                    if let a = ends.first { ranges.append(a * 4096..<((ends.last ?? a) + 1) * 4096) }
+                }
+            }
+            free[k] = ranges
+            XCTAssertGreaterThan(ranges.reduce(0) { $0 + $1.count }, 8 << 20, "point \(k) is a third free and more")
+            XCTAssertTrue(ranges.allSatisfy { restores[k]![$0].allSatisfy { $0 == 0 } }, "point \(k): free blocks are zeros")
+            XCTAssertTrue(ranges.contains { !sources[k]![$0].allSatisfy { $0 == 0 } }, "point \(k): the source's free blocks held stale bytes")
+        }
+
+        // Synced to the bucket, each point restores from it as from the directory; pruned there, the kept ones still.
+        let synced = try s3strata("sync", local, chain, "--quiet")
+        XCTAssertEqual(synced.status, 0, synced.stderr)
+        let listed = jsonObject(try s3strata("list", chain, "--json").stdout)
+        XCTAssertEqual(listed["usedBlocks"] as? Bool, true)
+        for k in 1...3 {
+            XCTAssertEqual(try s3strata("restore", chain, "\(dir)/s3-\(k).img", "--point", String(k), "--quiet").status, 0)
+            XCTAssertEqual(try contents("\(dir)/s3-\(k).img"), restores[k], "point \(k) from the bucket")
+        }
+        XCTAssertEqual(try s3strata("prune", chain, "--keep-last", "2", "--quiet").status, 0)
+        XCTAssertEqual(try s3strata("verify", chain, "--quiet").status, 0)
+        for k in 2...3 {
+            XCTAssertEqual(try s3strata("restore", chain, "\(dir)/pruned-\(k).img", "--point", String(k), "--quiet").status, 0)
+            XCTAssertEqual(try contents("\(dir)/pruned-\(k).img"), restores[k], "point \(k) from the bucket after prune")
+        }
+
+        // Served from the bucket: each kept point reads as its restore, and block status calls its free blocks zero.
+        let socket = "\(dir)/nbd.sock"
+        let server = try ChildProcess("/usr/bin/env", s3args(["serve", chain, "--socket", socket]), deadline: 300, quiet: true)
+        defer {
+            kill(server.pid, SIGTERM)
+            _ = server.finish()
+        }
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) { usleep(50_000) }
+        for k in 2...3 {
+            let uri = "nbd+unix:///\(k)?socket=\(socket)"
+            XCTAssertEqual(runTool("/usr/bin/env", ["nbdcopy", uri, "\(dir)/served-\(k).img"]), 0)
+            XCTAssertEqual(try contents("\(dir)/served-\(k).img"), restores[k], "point \(k) served")
+            // nbdinfo --map: offset, length, type (bit 1: zero), description.
+            var zero: [Range<Int>] = []
+            for line in toolOutput(["nbdinfo", "--map", uri]).split(separator: "\n") {
+                let f = line.split(separator: " ", omittingEmptySubsequences: true)
+                if f.count >= 3, let o = Int(f[0]), let n = Int(f[1]), let t = Int(f[2]), t & 2 != 0 { zero.append(o..<(o + n)) }
+            }
+            for r in free[k]! {
+                let covered = zero.reduce(0) { $0 + max(0, min($1.upperBound, r.upperBound) - max($1.lowerBound, r.lowerBound)) }
+                XCTAssertEqual(covered, r.count, "point \(k): free bytes \(r) are zero to block status")
+            }
+        }
+
+        // Mounted from the directory: each point file reads as its restore.
+        let m = "\(dir)/points"
+        try FileManager.default.createDirectory(atPath: m, withIntermediateDirectories: true)
+        let mounted = try strata("mount", local, m)
+        XCTAssertEqual(mounted.status, 0, mounted.stderr)
+        defer { _ = try? strata("unmount", m) }
+        for k in 1...3 { XCTAssertEqual(try contents("\(m)/point-\(k).img"), restores[k], "point \(k) mounted") }
     }
 
     func testRefusalsAreOneLineAndChangeNothing() throws {
