@@ -85,7 +85,9 @@ struct CaptureCommand: ParsableCommand {
             that is mounted and named by --freeze is frozen before its map is read, and its map is the kernel's \
             (FS_IOC_GETFSMAP; ext4 and XFS), of the same instant as the blocks read. An incremental reads only \
             used blocks: \
-            a block turned free becomes zeros in the new point without being read. `strata list --json` shows \
+            a block turned free becomes zeros in the new point without being read. With --snapshot reflink it \
+            reads only the used blocks that changed, and every block turned used (a filesystem may take one \
+            without writing it). `strata list --json` shows \
             what each point read of each partition. A chain made without the flag reads every block, as before.
 
             SEEKABLE: --seekable stores each frame (1 MiB of blocks) as 32 zstd frames of 32 KiB that decode on \

@@ -108,6 +108,54 @@ final class ReflinkDeltaTests: XCTestCase {
         }
     }
 
+    /// A chain of used blocks with reflink deltas: an ext4 in an image file on XFS, over nights of files written and
+    /// deleted and a file fallocated (blocks taken without a write: their stale bytes must be read though the image
+    /// file did not change there). Each night reads only what changed and what turned used, and its point restores
+    /// byte for byte as a full capture of used blocks of that night's image does; a night sampling every kept block
+    /// (`--check-unchanged 100`) finds them all as the map has them.
+    func testAChainOfUsedBlocksReadsOnlyWhatChangedAndWhatTurnedUsed() throws {
+        let m = try host("xfs")
+        let image = "\(m)/vm.img", chain = "\(dir)/chain", fs = "\(dir)/fs"
+        sh("head -c 64M /dev/urandom > \(image) && mkfs.ext4 -q -F -E nodiscard \(image) && mkdir -p \(fs)")
+        func inside(_ script: String) {
+            sh("mount -o loop \(image) \(fs) && (cd \(fs) && \(script)) && umount \(fs)")
+        }
+        inside("for i in 1 2 3 4 5 6 7 8 9 10; do head -c 2000000 /dev/urandom > f$i; done; sync; rm f2 f4 f6 f8")
+        let first = try capture(image, chain, ["--used-blocks"])
+        XCTAssertEqual(first["changeSource"] as? String, "scan")
+        let usedBytes = (first["usedBlocks"] as? [String: Any])?["usedBytes"] as? Int ?? 0
+        XCTAssertGreaterThan(usedBytes, 12 << 20)
+        sh("cp --reflink=never \(image) \(dir)/night-1.img")
+        let nights = [
+            "head -c 300000 /dev/urandom > n2; rm f3; head -c 5000 /dev/urandom >> f1",
+            "fallocate -l 3M taken; rm f5",
+            "true",
+        ]
+        for (n, script) in nights.enumerated() {
+            inside(script)
+            let r = try capture(image, chain)
+            XCTAssertEqual(r["changeSource"] as? String, "reflink", "night \(n + 2): \(r)")
+            // What changed (and, night 3, the 3 MB fallocated), far from every used block.
+            XCTAssertLessThan(r["bytesRead"] as? Int ?? .max, 5 << 20, "night \(n + 2): only what changed is read")
+            sh("cp --reflink=never \(image) \(dir)/night-\(n + 2).img")
+        }
+        let sampled = try capture(image, chain, ["--check-unchanged", "100"])
+        XCTAssertEqual(sampled["changeSource"] as? String, "reflink", "every kept block sampled, none missed: \(sampled)")
+        XCTAssertNil(sampled["missedChangeAt"] as? Int)
+        XCTAssertEqual(sampled["blocksChanged"] as? Int, 0)
+        sh("cp --reflink=never \(image) \(dir)/night-5.img")
+        for point in 1...5 {
+            // The oracle: a full capture of used blocks of that night's image, restored.
+            let fresh = "\(dir)/fresh-\(point)"
+            XCTAssertEqual(try strata("capture", "\(dir)/night-\(point).img", fresh, "--used-blocks", "--quiet").status, 0)
+            XCTAssertEqual(try strata("restore", fresh, "\(dir)/expected.img", "--force", "--quiet").status, 0)
+            try restores(chain, point: point, to: "\(dir)/expected.img")
+        }
+        // The fallocated file's blocks kept their stale bytes (read, though the image file did not change there).
+        sh("mount -o loop,ro \(dir)/out.img \(fs) && filefrag -v \(fs)/taken | grep -q unwritten; umount \(fs)")
+        XCTAssertEqual(try strata("verify", chain, "--quiet").status, 0)
+    }
+
     func testANoCopyOnWriteFileOnBtrfs() throws {
         let m = try host("btrfs")
         let image = "\(m)/nocow.img", chain = "\(dir)/chain"

@@ -280,6 +280,44 @@ final class ChangeSourceTests: XCTestCase {
         XCTAssertGreaterThan(runs.count, 60)
         XCTAssertLessThan(runs.count, 150)
         XCTAssertEqual(some.reduce(0) { $0 + $1.length }, runs.count << 22)
+        // A range to heal before a changed one, apart from it: neither is lost (the changed one was, once).
+        XCTAssertEqual(
+            try pieces([16384..<20480, 40960..<45056], heal: [4096..<8192, 24576..<28672]),
+            [ReadPiece(offset: 4096, length: 4096), ReadPiece(offset: 16384, length: 4096), ReadPiece(offset: 24576, length: 4096),
+             ReadPiece(offset: 40960, length: 4096)])
+    }
+
+    /// In a chain of used blocks: changed ranges read only where used now, blocks turned used read whatever the
+    /// source says, blocks turned free announced free without a read, samples only of blocks used then and now.
+    func testThePlanOfAChainOfUsedBlocks() throws {
+        let k: UInt64 = 4096
+        func pieces(_ changed: [Range<UInt64>], used: [Range<UInt64>], freeBefore: [Range<UInt64>], heal: [Range<UInt64>] = [], percent: Double = 0) throws -> [ReadPiece] {
+            let plan = ChangePlan(
+                size: 64 * k, requestSize: 1 << 20, unit: 4096, changed: ListedRanges(changed), heal: heal, samplePercent: percent, seed: 1,
+                used: used, freeBefore: freeBefore)
+            var out: [ReadPiece] = []
+            while let p = try plan.next() { out.append(p) }
+            return out
+        }
+        // Used now: 0..<16, 32..<48 (blocks). Free then: 8..<24, 40..<64. Changed: 4..<6, 20..<36.
+        let used = [0..<16 * k, 32 * k..<48 * k], freeBefore = [8 * k..<24 * k, 40 * k..<64 * k]
+        XCTAssertEqual(
+            try pieces([4 * k..<6 * k, 20 * k..<36 * k], used: used, freeBefore: freeBefore),
+            [
+                ReadPiece(offset: 4 * k, length: Int(2 * k)),  // changed, used
+                ReadPiece(offset: 8 * k, length: Int(8 * k)),  // turned used
+                // 16..<24: free then and now (changed at 20..<24, and still nothing)
+                ReadPiece(offset: 24 * k, length: Int(8 * k), hole: true, free: true),  // was used, free now
+                ReadPiece(offset: 32 * k, length: Int(4 * k)),  // changed, used
+                ReadPiece(offset: 40 * k, length: Int(8 * k)),  // turned used
+            ])
+        // Every run sampled: only 0..<8 and 36..<40 are kept, so only they are samples.
+        let sampled = try pieces([], used: used, freeBefore: freeBefore, percent: 100)
+        XCTAssertEqual(sampled.filter(\.sample), [ReadPiece(offset: 0, length: Int(8 * k), sample: true), ReadPiece(offset: 32 * k, length: Int(8 * k), sample: true)])
+        // A damaged block free now becomes free; one used now is read.
+        XCTAssertEqual(
+            try pieces([], used: [0..<4 * k], freeBefore: [4 * k..<64 * k], heal: [0..<k, 10 * k..<11 * k]),
+            [ReadPiece(offset: 0, length: Int(k)), ReadPiece(offset: 10 * k, length: Int(k), hole: true, free: true)])
     }
 }
 

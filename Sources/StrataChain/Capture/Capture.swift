@@ -285,6 +285,7 @@ public enum Capture {
         // A chain of used blocks: what the source's filesystems use now, read instead of the whole source.
         var usedPlan: UsedPlan?
         var usedRegions: [UsedRegion]?
+        var freeBefore: [Range<UInt64>] = []
         if followsUse {
             if source.export != nil {
                 notice("the filesystems of an NBD export are not read for their used blocks: reading every block")
@@ -306,9 +307,18 @@ public enum Capture {
                     size: source.size, requestSize: max(options.requestSize / Int(blockSize), 1) * Int(blockSize),
                     unit: max(Int(blockSize), source.alignment), used: used, data: data)
                 usedRegions = regions
-                if answer != nil {
-                    notice("a chain of used blocks reads every used block: \(changeSource!.name) is not combined with it yet")
-                    answer = nil
+                if answer != nil, let m = previous {
+                    // What the newest point holds as free: a block used now that was free is read whatever the
+                    // change source says (a filesystem may take a block without writing it).
+                    do {
+                        guard let before = try HeadMap.forCapture(chain, m, maxWindowBlocks: options.tuning.maxWindowBlocks, notice: { _ in }).map else {
+                            throw ChainError.damaged(file: m.hashMapFile, detail: "the newest point's hashes cannot be read")
+                        }
+                        freeBefore = try HeadMap.freeRanges(before, blockSize: blockSize, sourceSize: source.size)
+                    } catch {
+                        notice("the newest point's free blocks cannot be read (\(Verify.describe(error))): reading every used block")
+                        answer = nil
+                    }
                 }
             }
         }
@@ -323,7 +333,8 @@ public enum Capture {
                     size: source.size, requestSize: requestSize,
                     unit: max(Int(blockSize), source.alignment), changed: answer,
                     heal: healing.map { $0.lowerBound * UInt64(blockSize)..<min($0.upperBound * UInt64(blockSize), source.size) },
-                    samplePercent: options.checkUnchanged, seed: options.sampleSeed ?? UInt64.random(in: 0...UInt64.max))
+                    samplePercent: options.checkUnchanged, seed: options.sampleSeed ?? UInt64.random(in: 0...UInt64.max),
+                    used: usedPlan?.used, freeBefore: freeBefore)
                 do {
                     attempt = try captureOnce(
                         source, chain: chain, header: header, keys: keys, queue: queue, options: options, oldMap: oldMap,

@@ -75,7 +75,12 @@ func sampleMix(_ x: UInt64) -> UInt64 {
     return z ^ (z >> 31)
 }
 
-/// The changed ranges (and the damaged blocks to heal), widened to `unit`, and a sample of the rest.
+/// The changed ranges (and the damaged blocks to heal), widened to `unit`, and a sample of the rest. In a chain of
+/// used blocks (`used`: what the filesystems use now, `freeBefore`: what the newest point holds as free), it reads
+/// the changed ranges only where used now, and also every block used now that was free (a block a filesystem took
+/// without writing it, as fallocate does, holds bytes the point does not have); it announces as free, without a
+/// read, what was used and is free now (and damaged blocks that are free now); and it samples only blocks used both
+/// then and now, the ones it keeps.
 final class ChangePlan: ReadPlan {
     static let sampleRun: UInt64 = 4 << 20
 
@@ -88,35 +93,66 @@ final class ChangePlan: ReadPlan {
     private let seed: UInt64
     private var position: UInt64 = 0
     private var current: Range<UInt64>?  // the changed range at or after `position`
-    private var pendingChanged: Range<UInt64>?
+    private var pendingChanged: Range<UInt64>?  // the change source's next range, not yet widened
+    private var lookahead: Range<UInt64>?  // the next range to read after `current`, widened
     private var changedDone = false
     private var run: UInt64 = 0  // the next sample run to consider
     private var sampleRange: Range<UInt64>?
+    private let used: [Range<UInt64>]?
+    private var usedIndex = 0
+    private let announce: [Range<UInt64>]
+    private var announceIndex = 0
     /// Bytes planned: changed (with healing) and sampled.
     private(set) var changedBytes: UInt64 = 0
     private(set) var sampledBytes: UInt64 = 0
 
-    /// `samplePercent`: the share of the unchanged bytes to read as a check, 0-100. `heal`: byte ranges, sorted.
-    init(size: UInt64, requestSize: Int, unit: Int, changed: any ChangedRanges, heal: [Range<UInt64>], samplePercent: Double, seed: UInt64) {
+    /// `samplePercent`: the share of the unchanged bytes to read as a check, 0-100. `heal`, `used` (whole units),
+    /// `freeBefore`: byte ranges, sorted and disjoint.
+    init(
+        size: UInt64, requestSize: Int, unit: Int, changed: any ChangedRanges, heal: [Range<UInt64>], samplePercent: Double, seed: UInt64,
+        used: [Range<UInt64>]? = nil, freeBefore: [Range<UInt64>] = []
+    ) {
         self.size = size
         self.requestSize = UInt64(requestSize)
         self.unit = UInt64(unit)
-        self.changed = changed
-        self.heal = heal.reversed()
         threshold = sampleThreshold(samplePercent)
         self.seed = seed
+        self.used = used
+        if let used {
+            let freeNow = complementRanges(used, size: size)
+            self.changed = IntersectedRanges(changed, used, size: size)
+            var read = intersectRanges(heal, used)
+            for r in intersectRanges(used, freeBefore) { read.append(r) }
+            read.sort { $0.lowerBound < $1.lowerBound }
+            self.heal = read.reversed()
+            var free = subtractRanges(freeNow, freeBefore)
+            free.append(contentsOf: intersectRanges(freeNow, intersectRanges(heal, freeBefore)))
+            free.sort { $0.lowerBound < $1.lowerBound }
+            var joined: [Range<UInt64>] = []
+            for r in free { joined.appendJoining(r) }
+            announce = joined
+        } else {
+            self.changed = changed
+            self.heal = heal.reversed()
+            announce = []
+        }
     }
 
     func next() throws -> ReadPiece? {
         guard position < size else { return nil }
         let c = try nextChanged()
         let s = nextSample()
-        guard let start = [c?.lowerBound, s?.lowerBound].compactMap({ $0 }).min() else { return nil }
+        let f = nextAnnounced()
+        guard let start = [c?.lowerBound, s?.lowerBound, f?.lowerBound].compactMap({ $0 }).min() else { return nil }
         let gridEnd = (start / requestSize + 1) * requestSize
         let piece: ReadPiece
         if let c, c.contains(start) {
             piece = ReadPiece(offset: start, length: Int(min(c.upperBound, gridEnd) - start))
             changedBytes += UInt64(piece.length)
+        } else if let f, f.contains(start) {
+            // (Free now, used then: apart from every range read and every sample, which lie in used blocks.)
+            let end = min(f.upperBound, gridEnd, c?.lowerBound ?? .max, s?.lowerBound ?? .max)
+            piece = ReadPiece(offset: start, length: Int(end - start), hole: true, free: true)
         } else {
             let end = min(s!.upperBound, c?.lowerBound ?? .max, gridEnd)
             piece = ReadPiece(offset: start, length: Int(end - start), sample: true)
@@ -131,13 +167,15 @@ final class ChangePlan: ReadPlan {
         while true {
             if let r = current, r.upperBound > position { return max(r.lowerBound, position)..<r.upperBound }
             current = nil
-            guard var r = try pull() else { return nil }
+            guard var r = try lookahead.take() ?? pull() else { return nil }
             // Join what touches or overlaps after widening: one range, so pieces never overlap.
             while let following = try pull() {
                 if following.lowerBound <= r.upperBound {
                     r = r.lowerBound..<max(r.upperBound, following.upperBound)
                 } else {
-                    pendingChanged = following
+                    // Kept apart from pendingChanged: it may be a range to heal, and the changed range pending
+                    // behind it must not be lost (it was, before: a capture healing damaged blocks read less).
+                    lookahead = following
                     break
                 }
             }
@@ -172,21 +210,39 @@ final class ChangePlan: ReadPlan {
         return lo..<hi
     }
 
-    /// The sampled run at or after `position`, clipped to start there.
+    /// The range announced free at or after `position`, clipped to start there.
+    private func nextAnnounced() -> Range<UInt64>? {
+        while announceIndex < announce.count && announce[announceIndex].upperBound <= position { announceIndex += 1 }
+        guard announceIndex < announce.count else { return nil }
+        return max(announce[announceIndex].lowerBound, position)..<announce[announceIndex].upperBound
+    }
+
+    /// The sampled run at or after `position`, clipped to start there (and, in a chain of used blocks, to the
+    /// used blocks in it: one used range of it at a time).
     private func nextSample() -> Range<UInt64>? {
         guard threshold > 0 else { return nil }
-        if let r = sampleRange, r.upperBound > position { return max(r.lowerBound, position)..<r.upperBound }
-        sampleRange = nil
-        run = max(run, position / Self.sampleRun)
-        while run * Self.sampleRun < size {
-            let k = run
-            run += 1
-            if sampleMix(seed ^ k) <= threshold {
-                sampleRange = k * Self.sampleRun..<min((k + 1) * Self.sampleRun, size)
-                if sampleRange!.upperBound > position { return max(sampleRange!.lowerBound, position)..<sampleRange!.upperBound }
+        while true {
+            if let r = sampleRange, r.upperBound > position {
+                let from = max(r.lowerBound, position)
+                guard let used else { return from..<r.upperBound }
+                while usedIndex < used.count && used[usedIndex].upperBound <= from { usedIndex += 1 }
+                if usedIndex < used.count && used[usedIndex].lowerBound < r.upperBound {
+                    return max(from, used[usedIndex].lowerBound)..<min(r.upperBound, used[usedIndex].upperBound)
+                }
             }
+            sampleRange = nil
+            run = max(run, position / Self.sampleRun)
+            var found = false
+            while run * Self.sampleRun < size {
+                let k = run
+                run += 1
+                if sampleMix(seed ^ k) <= threshold {
+                    sampleRange = k * Self.sampleRun..<min((k + 1) * Self.sampleRun, size)
+                    if sampleRange!.upperBound > position { found = true; break }
+                }
+            }
+            if !found { return nil }
         }
-        return nil
     }
 }
 
@@ -197,7 +253,8 @@ final class ChangePlan: ReadPlan {
 final class UsedPlan: ReadPlan {
     private let size: UInt64
     private let requestSize: UInt64
-    private var used: [Range<UInt64>] = []
+    /// The used ranges, widened to whole units and joined.
+    private(set) var used: [Range<UInt64>] = []
     private let data: [Range<UInt64>]?
     private var index = 0, dataIndex = 0
     private var position: UInt64 = 0
@@ -214,23 +271,7 @@ final class UsedPlan: ReadPlan {
             let lo = r.lowerBound / unit * unit, hi = min((r.upperBound + unit - 1) / unit * unit, size)
             if lo < hi { used.appendJoining(lo..<hi) }
         }
-        usedBytes = Self.intersect(used, data ?? [0..<size]).reduce(0) { $0 + UInt64($1.count) }
-    }
-
-    /// The parts of `a` that lie in `b` (both sorted and disjoint).
-    private static func intersect(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
-        var out: [Range<UInt64>] = []
-        var j = 0
-        for r in a {
-            while j < b.count && b[j].upperBound <= r.lowerBound { j += 1 }
-            var k = j
-            while k < b.count && b[k].lowerBound < r.upperBound {
-                let lo = max(r.lowerBound, b[k].lowerBound), hi = min(r.upperBound, b[k].upperBound)
-                if lo < hi { out.append(lo..<hi) }
-                k += 1
-            }
-        }
-        return out
+        usedBytes = intersectRanges(used, data ?? [0..<size]).reduce(0) { $0 + UInt64($1.count) }
     }
 
     func next() throws -> ReadPiece? {
@@ -258,5 +299,75 @@ final class UsedPlan: ReadPlan {
         }
         position += UInt64(piece.length)
         return piece
+    }
+}
+
+// MARK: Sorted, disjoint byte ranges
+
+/// The parts of `a` that lie in `b` (both sorted and disjoint).
+func intersectRanges(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
+    var out: [Range<UInt64>] = []
+    var j = 0
+    for r in a {
+        while j < b.count && b[j].upperBound <= r.lowerBound { j += 1 }
+        var k = j
+        while k < b.count && b[k].lowerBound < r.upperBound {
+            let lo = max(r.lowerBound, b[k].lowerBound), hi = min(r.upperBound, b[k].upperBound)
+            if lo < hi { out.append(lo..<hi) }
+            k += 1
+        }
+    }
+    return out
+}
+
+/// What of 0..<size the ranges `a` (sorted, disjoint) leave.
+func complementRanges(_ a: [Range<UInt64>], size: UInt64) -> [Range<UInt64>] {
+    var out: [Range<UInt64>] = []
+    var at: UInt64 = 0
+    for r in a {
+        if r.lowerBound > at { out.append(at..<min(r.lowerBound, size)) }
+        at = max(at, r.upperBound)
+    }
+    if at < size { out.append(at..<size) }
+    return out
+}
+
+/// The parts of `a` outside `b` (both sorted and disjoint).
+func subtractRanges(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
+    intersectRanges(a, complementRanges(b, size: max(a.last?.upperBound ?? 0, b.last?.upperBound ?? 0)))
+}
+
+/// A change source's ranges, as they come, clipped to `within` (sorted, disjoint): what of them is used now. A
+/// range that is not one or reaches past `size` comes through as it is, for ChangePlan to refuse.
+final class IntersectedRanges: ChangedRanges {
+    private let ranges: any ChangedRanges
+    private let within: [Range<UInt64>]
+    private let size: UInt64
+    private var index = 0
+    private var pending: Range<UInt64>?
+
+    init(_ ranges: any ChangedRanges, _ within: [Range<UInt64>], size: UInt64) {
+        self.ranges = ranges
+        self.within = within
+        self.size = size
+    }
+
+    func next() throws -> Range<UInt64>? {
+        while true {
+            if pending == nil {
+                guard let r = try ranges.next() else { return nil }
+                guard r.lowerBound <= r.upperBound, r.upperBound <= size else { return r }
+                pending = r
+            }
+            let r = pending!
+            while index < within.count && within[index].upperBound <= r.lowerBound { index += 1 }
+            guard index < within.count, within[index].lowerBound < r.upperBound else {
+                pending = nil
+                continue
+            }
+            let w = within[index]
+            pending = w.upperBound < r.upperBound ? w.upperBound..<r.upperBound : nil
+            return max(r.lowerBound, w.lowerBound)..<min(r.upperBound, w.upperBound)
+        }
     }
 }

@@ -27,6 +27,31 @@ enum HeadMap {
         }
     }
 
+    /// The byte ranges the newest point holds as free (a chain of used blocks: `BlockHash.free`), sorted and
+    /// joined, from `hashes` read through once (16 bytes a block, no image data).
+    static func freeRanges(_ hashes: PriorHashes, blockSize: UInt32, sourceSize: UInt64) throws -> [Range<UInt64>] {
+        let blocks = blockCountFor(sourceSize: sourceSize, blockSize: blockSize), size = UInt64(blockSize)
+        var out: [Range<UInt64>] = []
+        var at: UInt64 = 0
+        while at < blocks {
+            let n = Int(min(UInt64(HashMapHeader.chunkBlocks), blocks - at))
+            let p = try hashes.hashes(from: at, count: n)
+            var i = 0
+            while i < n {
+                guard p[i] == .free else {
+                    i += 1
+                    continue
+                }
+                var j = i + 1
+                while j < n && p[j] == .free { j += 1 }
+                out.appendJoining((at + UInt64(i)) * size..<min((at + UInt64(j)) * size, sourceSize))
+                i = j
+            }
+            at += UInt64(n)
+        }
+        return out
+    }
+
     /// The map's file, its header checked: it must be of this chain and source, and of the newest point, or of
     /// the point the manifest names (`hashMapPoint`; where that point's image is still listed, of that image).
     static func open(_ store: ChainStore, _ m: ChainManifest, keys: ChainKeys?) throws -> HashMapReader {
