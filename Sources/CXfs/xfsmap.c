@@ -31,13 +31,12 @@ static int checksumMatches(const uint8_t *buffer, size_t length, size_t at) {
     (void)buffer; (void)length; (void)at;
     return 1;  // the fuzzer reaches the checks behind the checksums
 #else
-    static uint32_t table[256];
-    if (!table[1]) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-            table[i] = c;
-        }
+    // (Built on each call, a few hundred operations, rather than shared between threads unguarded.)
+    uint32_t table[256];
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        table[i] = c;
     }
     uint32_t crc = ~0u;
     for (size_t i = 0; i < length; i++) {

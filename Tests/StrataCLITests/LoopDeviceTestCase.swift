@@ -67,3 +67,19 @@ class LoopDeviceTestCase: XCTestCase {
         try body(mountPoint)
     }
 }
+
+/// The free blocks of the ext2/3/4 filesystem in `path` (a device or an image file), as byte ranges of it:
+/// dumpe2fs's lists of each group's free blocks.
+func ext4FreeRanges(_ path: String) -> [Range<Int>] {
+    let text = toolOutput(["sh", "-c", "dumpe2fs \(path) 2>/dev/null"])
+    guard let blockSize = text.split(separator: "\n").first(where: { $0.hasPrefix("Block size:") }).flatMap({ Int($0.split(separator: " ").last!) }) else { return [] }
+    var out: [Range<Int>] = []
+    for line in text.split(separator: "\n") where line.hasPrefix("  Free blocks: ") {
+        for item in line.dropFirst("  Free blocks: ".count).split(separator: ",") {
+            let ends = item.trimmingCharacters(in: .whitespaces).split(separator: "-").compactMap { Int($0) }
+            guard let a = ends.first else { continue }
+            out.append(a * blockSize..<((ends.last ?? a) + 1) * blockSize)
+        }
+    }
+    return out
+}

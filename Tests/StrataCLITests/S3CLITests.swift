@@ -106,13 +106,7 @@ final class S3CLITests: GatewayTestCase {
             XCTAssertEqual(try strata("restore", local, out, "--point", String(k), "--quiet").status, 0)
             restores[k] = try contents(out)
             XCTAssertEqual(runTool("/usr/bin/env", ["e2fsck", "-fn", out]), 0, "point \(k)")
-            var ranges: [Range<Int>] = []
-            for line in toolOutput(["sh", "-c", "dumpe2fs \(out) 2>/dev/null"]).split(separator: "\n") where line.hasPrefix("  Free blocks: ") {
-                for item in line.dropFirst("  Free blocks: ".count).split(separator: ",") {
-                    let ends = item.trimmingCharacters(in: .whitespaces).split(separator: "-").compactMap { Int($0) }
-                    if let a = ends.first { ranges.append(a * 4096..<((ends.last ?? a) + 1) * 4096) }
-                }
-            }
+            let ranges = ext4FreeRanges(out)
             free[k] = ranges
             XCTAssertGreaterThan(ranges.reduce(0) { $0 + $1.count }, 8 << 20, "point \(k) is a third free and more")
             XCTAssertTrue(ranges.allSatisfy { restores[k]![$0].allSatisfy { $0 == 0 } }, "point \(k): free blocks are zeros")

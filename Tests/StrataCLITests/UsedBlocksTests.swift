@@ -99,21 +99,6 @@ final class UsedBlocksTests: LoopDeviceTestCase {
         }
     }
 
-    /// The free blocks of the ext4 on `device`, as byte ranges of it (dumpe2fs's lists).
-    private func freeRanges(_ device: String) -> [Range<Int>] {
-        let text = toolOutput(["sh", "-c", "dumpe2fs \(device) 2>/dev/null"])
-        let blockSize = Int(text.split(separator: "\n").first { $0.hasPrefix("Block size:") }!.split(separator: " ").last!)!
-        var out: [Range<Int>] = []
-        for line in text.split(separator: "\n") where line.hasPrefix("  Free blocks: ") {
-            for item in line.dropFirst("  Free blocks: ".count).split(separator: ",") {
-                let ends = item.trimmingCharacters(in: .whitespaces).split(separator: "-").compactMap { Int($0) }
-                guard let a = ends.first else { continue }
-                out.append(a * blockSize..<((ends.last ?? a) + 1) * blockSize)
-            }
-        }
-        return out
-    }
-
     /// The free blocks of the XFS on `device`, as byte ranges of it: the records of each group's free-space tree
     /// (one leaf in a filesystem this small), as xfs_db prints them. (xfs_repair needs `-o force_geometry` for a
     /// filesystem of one group, as here.)
@@ -165,7 +150,7 @@ final class UsedBlocksTests: LoopDeviceTestCase {
                 free = try ntfsFreeRanges(dev)
             default:
                 XCTAssertEqual(runTool("/usr/bin/env", ["e2fsck", "-fn", dev]), 0, "\(what): e2fsck of partition \(n)")
-                free = freeRanges(dev)
+                free = ext4FreeRanges(dev)
             }
             let base = Self.parts[n - 1].start * 512
             XCTAssertGreaterThan(free.reduce(0) { $0 + $1.count }, 1 << 20, "\(what): partition \(n) is half empty")

@@ -125,12 +125,8 @@ final class ChangePlan: ReadPlan {
             for r in intersectRanges(used, freeBefore) { read.append(r) }
             read.sort { $0.lowerBound < $1.lowerBound }
             self.heal = read.reversed()
-            var free = subtractRanges(freeNow, freeBefore)
-            free.append(contentsOf: intersectRanges(freeNow, intersectRanges(heal, freeBefore)))
-            free.sort { $0.lowerBound < $1.lowerBound }
-            var joined: [Range<UInt64>] = []
-            for r in free { joined.appendJoining(r) }
-            announce = joined
+            // Free now, and used then or damaged: what stays free and whole needs nothing.
+            announce = subtractRanges(freeNow, subtractRanges(freeBefore, heal))
         } else {
             self.changed = changed
             self.heal = heal.reversed()
