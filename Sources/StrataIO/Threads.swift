@@ -117,14 +117,27 @@ public final class ThreadGroup: @unchecked Sendable {  // `running` is guarded b
     private let condition = Condition()
     private var running = 0
 
+    /// Starts `body` on a thread of the group. The thread lets go of `body`, and so of all it captured, before it
+    /// counts itself ended: what a run's stages held (a chain and its writer's lock) is gone when `join` returns.
     public func spawn(_ name: String, _ body: @escaping @Sendable () -> Void) {
         condition.lock()
         running += 1
         condition.unlock()
+        let once = RunOnce(body)
         Threads.spawn(name) { [self] in
-            body()
+            once.run()
             ThreadTimes.threadEnded(name)
             condition.publish { running -= 1 }
+        }
+    }
+
+    /// A body run once and let go as it ends.
+    private final class RunOnce: @unchecked Sendable {  // `body` is touched by the one thread that runs it
+        private var body: (@Sendable () -> Void)?
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        func run() {
+            guard let body = body.take() else { return }
+            body()
         }
     }
 

@@ -224,6 +224,29 @@ final class ThreadPoolTests: XCTestCase {
     }
 }
 
+/// A group's join returns only once its threads hold nothing of what their bodies captured: a capture's chain
+/// (and its writer's lock) is let go before the capture returns, so that the same process can capture again at
+/// once (`strata bench` does; it once found its own chain "in use by another process", now and then).
+final class ThreadGroupTests: XCTestCase {
+    private final class Held: @unchecked Sendable {}
+
+    func testJoinReturnsOnlyOnceTheBodiesAreLetGo() {
+        var kept = 0
+        for _ in 0..<300 {
+            weak var watched: Held?
+            let group = ThreadGroup()
+            do {
+                let held = Held()
+                watched = held
+                for t in 0..<2 { group.spawn("strata-test-\(t)") { _ = held } }
+            }
+            group.join()
+            if watched != nil { kept += 1 }
+        }
+        XCTAssertEqual(kept, 0, "runs whose threads still held what their bodies captured after join")
+    }
+}
+
 final class SocketTests: XCTestCase {
     /// A reply's header and its data written as one gather of parts arrive whole and in order: parts larger than
     /// the socket's buffer (the rest is written as the reader drains it, resuming inside a part), empty parts, and
