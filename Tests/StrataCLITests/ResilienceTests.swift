@@ -176,6 +176,64 @@ final class ResilienceTests: XCTestCase {
         try checkBadSectors(viaLoop: true)
     }
 
+    /// A chain of used blocks reads the used runs of a chunk as one piece of several reads (free blocks between
+    /// them not read): a bad sector in free space costs nothing, and one in a used run that is not a piece's first
+    /// read is found and recorded exactly, block by block, as in any other read.
+    func testBadSectorsOfAChainOfUsedBlocksAreFoundWhereUsedAndOnlyThere() throws {
+        if let reason = FaultyDisk.unavailableReason() { throw XCTSkip(reason) }
+        let backing = "\(dir)/fs.img", files = "\(dir)/files", chain = "\(dir)/chain"
+        func sh(_ script: String) throws -> String {
+            let r = runProcess("/bin/sh", ["-c", script], deadline: 120)
+            guard r.status == 0 else { throw TestFailure("\(script): exit \(r.status): \(r.stdout) \(r.stderr)") }
+            return r.stdout
+        }
+        // 40 files of 3 blocks each, side by side; every other one deleted: used runs of 3 blocks, 3 free between.
+        _ = try sh("mkdir -p \(files) && for i in $(seq 10 49); do head -c 12288 /dev/urandom > \(files)/f$i; done")
+        _ = try sh("head -c \(16 << 20) /dev/urandom > \(backing) && mkfs.ext4 -q -F -E nodiscard -b 4096 -d \(files) \(backing)")
+        func blocks(_ name: String) throws -> [Int] {
+            try sh("debugfs -R 'blocks /\(name)' \(backing) 2>/dev/null").split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        }
+        let kept = try blocks("f21"), deleted = try blocks("f22"), later = try blocks("f23")
+        XCTAssertEqual(kept.count, 3)
+        XCTAssertEqual(later.first, (deleted.last ?? 0) + 1, "the files lie side by side: \(kept) \(deleted) \(later)")
+        for i in stride(from: 10, to: 50, by: 2) { _ = try sh("debugfs -w -R 'rm /f\(i)' \(backing) > /dev/null 2>&1") }
+        let free = ext4FreeRanges(backing)
+        XCTAssertTrue(free.contains { $0.contains(deleted[1] * 4096) }, "f22's blocks are free")
+        let disk = try contents(backing)
+
+        // A bad sector in a block that is free: never read, so even a strict capture does not meet it.
+        do {
+            let faulty = try FaultyDisk(backing: backing, bad: [(deleted[1] * 4096 + 512, 512)], in: dir)
+            let r = try strata("capture", faulty.path, chain, "--used-blocks", "--json")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(jsonObject(r.stdout)["unreadableBlocks"] as? Int, 0)
+        }
+        // Bad sectors in used runs between free blocks: the capture stops at the first, then records both.
+        // (A rescue that read more than the failed part would also meet the free one, f22's first block.)
+        let bad = [(later[1] * 4096 + 1024, 100), (kept[2] * 4096, 4096), (deleted[0] * 4096, 4096)]
+        let faulty = try FaultyDisk(backing: backing, bad: bad, in: dir)
+        let before = try chainFiles(chain)
+        let strict = try strata("capture", faulty.path, chain)
+        XCTAssertEqual(strict.status, 74, strict.stderr)
+        XCTAssertEqual(try chainFiles(chain), before)
+        let ok = try strata("capture", faulty.path, chain, "--max-bad-blocks", "10", "--json")
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        let j = jsonObject(ok.stdout)
+        XCTAssertEqual(j["unreadableRanges"] as? [[Int]], [[kept[2] * 4096, 4096], [later[1] * 4096, 4096]])
+        XCTAssertEqual(j["blocksChanged"] as? Int, 2, "only the unreadable blocks differ from point 1")
+        // The restore: zeros for the unreadable and the free blocks, the rest the source's.
+        XCTAssertEqual(try strata("restore", chain, "\(dir)/out", "--quiet").status, 0)
+        var expected = disk
+        for r in free + [kept[2] * 4096..<kept[2] * 4096 + 4096, later[1] * 4096..<later[1] * 4096 + 4096] {
+            expected.replaceSubrange(r, with: Data(count: r.count))
+        }
+        XCTAssertEqual(try contents("\(dir)/out"), expected)
+        XCTAssertEqual(try strata("restore", chain, "\(dir)/out1", "--point", "1", "--quiet").status, 0)
+        var first = disk
+        for r in free { first.replaceSubrange(r, with: Data(count: r.count)) }
+        XCTAssertEqual(try contents("\(dir)/out1"), first, "point 1, captured past the free bad sector, is whole")
+    }
+
     // MARK: verify
 
     private func makeChain(_ chain: String, nights: Int, size: Int = 6 << 20) throws -> [Data] {

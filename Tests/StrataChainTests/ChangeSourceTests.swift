@@ -319,6 +319,57 @@ final class ChangeSourceTests: XCTestCase {
             try pieces([], used: [0..<4 * k], freeBefore: [4 * k..<64 * k], heal: [0..<k, 10 * k..<11 * k]),
             [ReadPiece(offset: 0, length: Int(k)), ReadPiece(offset: 10 * k, length: Int(k), hole: true, free: true)])
     }
+    /// A used-blocks capture's plan: the used runs of a chunk with free blocks between them are one piece of up to
+    /// `ReadPiece.maxParts` reads; a hole of a sparse file, the chunk's end or the reads' limit ends a piece.
+    func testThePlanOfUsedBlocksGathersTheRunsOfAChunk() throws {
+        let k: UInt64 = 4096
+        func pieces(_ used: [Range<UInt64>], data: [Range<UInt64>]? = nil, size: UInt64 = 64 * k) throws -> [ReadPiece] {
+            let plan = UsedPlan(size: size, requestSize: Int(16 * k), unit: 4096, used: used, data: data)
+            var out: [ReadPiece] = []
+            while let p = try plan.next() { out.append(p) }
+            XCTAssertEqual(out.reduce(0) { $0 + UInt64($1.length) }, size, "the pieces cover the source")
+            return out
+        }
+        // Chunks of 16 blocks. Used: 1..<3, 5..<6, 9..<20 (across the grid), 40..<41, 47..<49.
+        XCTAssertEqual(
+            try pieces([k..<3 * k, 5 * k..<6 * k, 9 * k..<20 * k, 40 * k..<41 * k, 47 * k..<49 * k]),
+            [
+                ReadPiece(offset: 0, length: Int(k), hole: true, free: true),
+                ReadPiece(offset: k, length: Int(15 * k), unread: [3 * k..<5 * k, 6 * k..<9 * k]),
+                ReadPiece(offset: 16 * k, length: Int(4 * k)),
+                ReadPiece(offset: 20 * k, length: Int(12 * k), hole: true, free: true),
+                ReadPiece(offset: 32 * k, length: Int(8 * k), hole: true, free: true),
+                ReadPiece(offset: 40 * k, length: Int(8 * k), unread: [41 * k..<47 * k]),
+                ReadPiece(offset: 48 * k, length: Int(k)),
+                ReadPiece(offset: 49 * k, length: Int(15 * k), hole: true, free: true),
+            ])
+        XCTAssertEqual(ReadPiece(offset: k, length: Int(15 * k), unread: [3 * k..<5 * k, 6 * k..<9 * k]).part(1), 5 * k..<6 * k)
+        // A hole of the sparse file ends the piece: used 0..<2 and 4..<8, the file's data 0..<6.
+        XCTAssertEqual(
+            try pieces([0..<2 * k, 4 * k..<8 * k], data: [0..<6 * k], size: 16 * k),
+            [
+                ReadPiece(offset: 0, length: Int(6 * k), unread: [2 * k..<4 * k]),
+                ReadPiece(offset: 6 * k, length: Int(2 * k), hole: true),
+                ReadPiece(offset: 8 * k, length: Int(8 * k), hole: true, free: true),
+            ])
+        // ... and so does a used run that is a hole: used 0..<1 and 3..<4, data 0..<2.
+        XCTAssertEqual(
+            try pieces([0..<k, 3 * k..<4 * k], data: [0..<2 * k], size: 16 * k),
+            [
+                ReadPiece(offset: 0, length: Int(k)),
+                ReadPiece(offset: k, length: Int(2 * k), hole: true, free: true),
+                ReadPiece(offset: 3 * k, length: Int(k), hole: true),
+                ReadPiece(offset: 4 * k, length: Int(12 * k), hole: true, free: true),
+            ])
+        // Every other block used: a chunk of 16 blocks is one piece of its 8 runs; one of 256 blocks, pieces of
+        // maxParts runs.
+        func everyOther(_ n: Int) -> [Range<UInt64>] { (0..<n).map { (i: Int) -> Range<UInt64> in UInt64(2 * i) * k..<UInt64(2 * i + 1) * k } }
+        XCTAssertEqual(try pieces(everyOther(32)).filter { !$0.hole }.map { $0.partCount }, [8, 8, 8, 8])
+        let many = UsedPlan(size: 256 * k, requestSize: Int(256 * k), unit: 4096, used: everyOther(128))
+        var counts: [Int] = []
+        while let p = try many.next() { if !p.hole { counts.append(p.partCount) } }
+        XCTAssertEqual(counts, Array(repeating: ReadPiece.maxParts, count: 128 / ReadPiece.maxParts))
+    }
 }
 
 func chainFileNames(_ chain: String) throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: chain).sorted() }

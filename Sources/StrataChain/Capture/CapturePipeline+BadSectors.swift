@@ -6,11 +6,12 @@
 import StrataIO
 
 extension CapturePipeline {
-    /// Reads a chunk whose read failed again, in halves down to the source's logical block size, and records
-    /// the blocks that stay unreadable (zeroed in the slot). Synchronous: bad sectors are rare and slow anyway.
-    func rescue(_ slot: Int) throws {
+    /// Reads the part of a slot's piece whose read failed again, in halves down to the source's logical block
+    /// size, and records the blocks that stay unreadable (zeroed in the slot). Synchronous: bad sectors are rare
+    /// and slow anyway.
+    func rescue(_ slot: Int, part: Range<UInt64>) throws {
         let chunkOffset = slotPiece[slot].offset
-        let valid = slotPiece[slot].length
+        let start = Int(part.lowerBound - chunkOffset), valid = Int(part.upperBound - chunkOffset)
         let unit = source.alignment
         let base = slots.slot(slot)
         var bad: [Int] = []
@@ -32,7 +33,7 @@ extension CapturePipeline {
             }
         }
         let length = (valid + unit - 1) / unit * unit
-        try read(0, min(length, slots.slotSize))
+        try read(start, min(length, slots.slotSize))
         let firstBlock = chunkOffset / UInt64(blockSize)
         for b in bad {
             let block = firstBlock + UInt64(b)
@@ -44,6 +45,6 @@ extension CapturePipeline {
             throw ChainError.tooManyBadBlocks(path: source.path, limit: options.maxBadBlocks, firstAt: first)
         }
         unreadableBlocks += UInt64(bad.count)
-        slotUnreadable[slot] = bad
+        slotUnreadable[slot] += bad
     }
 }

@@ -65,6 +65,7 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
     private let slotSequence: PerSlot<Int>
     let slotPiece: PerSlot<ReadPiece>  // the piece of the source read into the slot (its offset and valid bytes)
     let slotUnreadable: PerSlot<[Int]>  // blocks of the slot's chunk that could not be read
+    private let slotReadsLeft: PerSlot<Int>  // the I/O thread's own: reads of the slot's piece still in flight
 
     // Unreadable blocks found so far (I/O thread only until the workers are joined).
     var unreadableBlocks: UInt64 = 0
@@ -116,6 +117,7 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         slotSequence = PerSlot(repeating: 0, count: slotCount)
         slotPiece = PerSlot(repeating: ReadPiece(offset: 0, length: 0), count: slotCount)
         slotUnreadable = PerSlot(repeating: [], count: slotCount)
+        slotReadsLeft = PerSlot(repeating: 0, count: slotCount)
         freeSlots = Array((0..<slotCount).reversed())
 
         let frameCount = 2 * options.threads + 2
@@ -164,7 +166,8 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
     // MARK: I/O thread
 
     private func readSource() throws {
-        let pump = IOPump(queue: queue, maxTags: slots.slotCount)
+        // A read's tag: its slot and which of the piece's parts it is.
+        let pump = IOPump(queue: queue, maxTags: slots.slotCount * ReadPiece.maxParts)
         if let uring = queue as? URingQueue { uring.register(base: slots.base, length: slots.byteCount) }
         defer { (queue as? URingQueue)?.unregister(base: slots.base) }
         let alignment = UInt64(source.alignment)
@@ -182,11 +185,19 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                     continue
                 }
                 let slot = try stages.wait(on: Self.reader, for: { freeSlots.popLast() }, pending: inFlight, work: finishOne)
-                let length = Int((UInt64(piece.length) + alignment - 1) / alignment * alignment)
                 slotPiece[slot] = piece
                 slotSequence[slot] = seq
-                pump.read(fd: source.fd, path: source.path, into: slots.slot(slot), length: min(length, slots.slotSize), at: source.physical(piece.offset), tag: slot)
-                if pump.inFlight >= options.queueDepth { try complete(pump.nextOutcome()) }
+                slotUnreadable[slot].removeAll()
+                slotReadsLeft[slot] = piece.partCount
+                for k in 0..<piece.partCount {
+                    let part = piece.part(k)
+                    let at = Int(part.lowerBound - piece.offset)
+                    let length = Int((UInt64(part.count) + alignment - 1) / alignment * alignment)
+                    pump.read(
+                        fd: source.fd, path: source.path, into: slots.slot(slot) + at, length: min(length, slots.slotSize - at),
+                        at: source.physical(part.lowerBound), tag: slot * ReadPiece.maxParts + k)
+                    if pump.inFlight >= options.queueDepth { try complete(pump.nextOutcome()) }
+                }
             }
             while pump.inFlight > 0 { try complete(pump.nextOutcome()) }
             let end = seq
@@ -198,23 +209,27 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
         }
     }
 
+    /// One read of a slot's piece finished; the piece goes to the workers once all its reads have.
     private func complete(_ done: (tag: Int, bytes: Int, error: IOError?)) throws {
-        let slot = done.tag
-        let valid = slotPiece[slot].length
-        slotUnreadable[slot].removeAll()
+        let slot = done.tag / ReadPiece.maxParts
+        let piece = slotPiece[slot]
+        let part = piece.part(done.tag % ReadPiece.maxParts)
         if let error = done.error {
-            let at = slotPiece[slot].offset + UInt64(done.bytes)
+            let at = part.lowerBound + UInt64(done.bytes)
             guard error.isMediaError else { throw error }
             guard options.maxBadBlocks > 0 else {
                 throw ChainError.sourceReadError(path: source.path, offset: at / UInt64(source.alignment) * UInt64(source.alignment), reason: error.reason)
             }
-            try rescue(slot)
-        } else if done.bytes < valid {
-            throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(slotPiece[slot].offset + UInt64(done.bytes))")
+            try rescue(slot, part: part)
+        } else if done.bytes < part.count {
+            throw ChainError.sourceUnavailable(path: source.path, reason: "it ended early, at byte \(part.lowerBound + UInt64(done.bytes))")
         }
+        bytesRead += UInt64(part.count)  // the I/O thread's own; read after the threads are joined
+        slotReadsLeft[slot] -= 1
+        guard slotReadsLeft[slot] == 0 else { return }
+        let valid = piece.length
         let tail = (valid + blockSize - 1) / blockSize * blockSize
         if tail > valid { (slots.slot(slot) + valid).initializeMemory(as: UInt8.self, repeating: 0, count: tail - valid) }
-        bytesRead += UInt64(valid)  // the I/O thread's own; read after the threads are joined
         jobs.post(.hash(slot: slot))
     }
 
@@ -226,8 +241,21 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
             case .hash(let slot):
                 let base = slots.slot(slot)
                 let hashes = slotHashes + slot * blocksPerSlot
-                let blocks = (slotPiece[slot].length + blockSize - 1) / blockSize
-                for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
+                let piece = slotPiece[slot]
+                let blocks = (piece.length + blockSize - 1) / blockSize
+                if piece.unread.isEmpty {
+                    for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
+                } else {
+                    // The blocks between the piece's reads are free: not read, and not hashed.
+                    let first = piece.offset / UInt64(blockSize)
+                    var b = 0
+                    for k in 0..<piece.partCount {
+                        let part = piece.part(k)
+                        let lo = Int(part.lowerBound / UInt64(blockSize) - first), hi = Int((part.upperBound + UInt64(blockSize) - 1) / UInt64(blockSize) - first)
+                        while b < lo { hashes[b] = .free; b += 1 }
+                        while b < hi { hashes[b] = detector.hash(base + b * blockSize); b += 1 }
+                    }
+                }
                 for b in slotUnreadable[slot] { hashes[b] = .unreadable }
                 stages.update(waking: Self.coordinator) { readyPieces[slotSequence[slot]] = (slotPiece[slot], slot) }
             case .compress(let buffer):

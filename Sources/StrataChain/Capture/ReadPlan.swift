@@ -17,6 +17,21 @@ struct ReadPiece: Equatable {
     var sample = false
     /// Read to check a range the source called zeros (an NBD server's block status): every block must be zero.
     var expectZero = false
+    /// Ranges inside a read piece that no filesystem uses (a chain of used blocks): not read, `BlockHash.free`.
+    /// Sorted and apart, each strictly inside the piece, so that the piece is `unread.count + 1` reads (`part`).
+    var unread: [Range<UInt64>] = []
+
+    /// How many reads the piece is (a hole: none).
+    var partCount: Int { hole ? 0 : unread.count + 1 }
+
+    /// The `k`th of the piece's reads, between its unread ranges.
+    func part(_ k: Int) -> Range<UInt64> {
+        (k == 0 ? offset : unread[k - 1].upperBound)..<(k == unread.count ? offset + UInt64(length) : unread[k].lowerBound)
+    }
+
+    /// The most reads one piece gathers (a chunk of used runs with free blocks between them is one piece of this
+    /// many reads, not as many pieces: each piece costs every stage a hand-off).
+    static let maxParts = 16
 }
 
 protocol ReadPlan: AnyObject {
@@ -245,7 +260,9 @@ final class ChangePlan: ReadPlan {
 
 /// A capture of used blocks: the used ranges (widened to `unit` and joined) read, except where a sparse file has
 /// holes (`data`: its data ranges, nil for a device), which are zeros; the rest announced as free without a read;
-/// in pieces that never cross the request grid.
+/// in pieces that never cross the request grid. Used runs of one chunk with free blocks between them are read as
+/// one piece of up to `ReadPiece.maxParts` reads, the free blocks between them its `unread` ranges: a filesystem
+/// deleted down from full leaves its used blocks in many short runs (measured: see docs/USED-BLOCKS.md).
 final class UsedPlan: ReadPlan {
     private let size: UInt64
     private let requestSize: UInt64
@@ -272,22 +289,14 @@ final class UsedPlan: ReadPlan {
 
     func next() throws -> ReadPiece? {
         guard position < size else { return nil }
-        while index < used.count && used[index].upperBound <= position { index += 1 }
         let gridEnd = min((position / requestSize + 1) * requestSize, size)
         let piece: ReadPiece
-        if index < used.count && used[index].lowerBound <= position {
-            let end = min(used[index].upperBound, gridEnd)
-            if let data {
-                while dataIndex < data.count && data[dataIndex].upperBound <= position { dataIndex += 1 }
-                if dataIndex < data.count && data[dataIndex].lowerBound <= position {
-                    piece = ReadPiece(offset: position, length: Int(min(end, data[dataIndex].upperBound) - position))
-                } else {
-                    // A hole of the sparse file inside a used range: zeros the filesystem uses.
-                    let holeEnd = dataIndex < data.count ? min(end, data[dataIndex].lowerBound) : end
-                    piece = ReadPiece(offset: position, length: Int(holeEnd - position), hole: true)
-                }
+        if let end = usedEnd(at: position, before: gridEnd) {
+            if let hole = holeEnd(at: position, before: end) {
+                // A hole of the sparse file inside a used range: zeros the filesystem uses.
+                piece = ReadPiece(offset: position, length: Int(hole - position), hole: true)
             } else {
-                piece = ReadPiece(offset: position, length: Int(end - position))
+                piece = gather(from: position, firstEnd: dataEnd(at: position, before: end), gridEnd: gridEnd)
             }
         } else {
             let end = index < used.count ? min(used[index].lowerBound, gridEnd) : gridEnd
@@ -295,6 +304,44 @@ final class UsedPlan: ReadPlan {
         }
         position += UInt64(piece.length)
         return piece
+    }
+
+    /// The end (before `limit`) of the used range holding `at`, or nil where `at` is free.
+    private func usedEnd(at: UInt64, before limit: UInt64) -> UInt64? {
+        while index < used.count && used[index].upperBound <= at { index += 1 }
+        guard index < used.count && used[index].lowerBound <= at else { return nil }
+        return min(used[index].upperBound, limit)
+    }
+
+    /// The end (before `limit`) of the sparse file's hole at `at`, or nil where `at` holds data (or on a device).
+    private func holeEnd(at: UInt64, before limit: UInt64) -> UInt64? {
+        guard let data else { return nil }
+        while dataIndex < data.count && data[dataIndex].upperBound <= at { dataIndex += 1 }
+        if dataIndex < data.count && data[dataIndex].lowerBound <= at { return nil }
+        return dataIndex < data.count ? min(limit, data[dataIndex].lowerBound) : limit
+    }
+
+    /// The end (before `limit`) of the data at `at` (which holds data).
+    private func dataEnd(at: UInt64, before limit: UInt64) -> UInt64 {
+        guard let data else { return limit }
+        return min(limit, data[dataIndex].upperBound)
+    }
+
+    /// A piece from `start` (used data to `firstEnd`) on: further used runs of the chunk are gathered into it
+    /// while the blocks before each are free, the run is data, and the piece has reads to spare. It ends where a
+    /// run ends short of its used range's end (a hole follows), or at the chunk's end.
+    private func gather(from start: UInt64, firstEnd: UInt64, gridEnd: UInt64) -> ReadPiece {
+        var end = firstEnd
+        var unread: [Range<UInt64>] = []
+        while unread.count + 1 < ReadPiece.maxParts, end < gridEnd, index < used.count, used[index].upperBound == end {
+            guard index + 1 < used.count, used[index + 1].lowerBound < gridEnd else { break }
+            let next = used[index + 1].lowerBound
+            guard holeEnd(at: next, before: gridEnd) == nil else { break }
+            index += 1
+            unread.append(end..<next)
+            end = dataEnd(at: next, before: min(used[index].upperBound, gridEnd))
+        }
+        return ReadPiece(offset: start, length: Int(end - start), unread: unread)
     }
 }
 
