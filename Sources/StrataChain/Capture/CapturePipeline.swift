@@ -1,7 +1,8 @@
 // The capture data path. Four kinds of work overlap so a capture is bound by the device or by compression:
 //
 //   I/O thread     reads the source in `requestSize` chunks into slots of one aligned slab (io_uring or pread),
-//                  many in flight; holes of a sparse file are never read.
+//                  many in flight; holes of a sparse file are never read. A piece of a chain of used blocks is
+//                  the used runs of a chunk, several reads into one slot, handed on once all have finished.
 //   workers (N)    hash each block of a chunk (XXH3-128, zero blocks recognised) and compress finished frames.
 //   coordinator    (the calling thread) walks chunks in order beside the old hash map: unchanged blocks are
 //                  skipped, changed ones are copied into the current frame (up to 1 MiB), frames are handed to

@@ -262,7 +262,7 @@ final class ChangePlan: ReadPlan {
 /// holes (`data`: its data ranges, nil for a device), which are zeros; the rest announced as free without a read;
 /// in pieces that never cross the request grid. Used runs of one chunk with free blocks between them are read as
 /// one piece of up to `ReadPiece.maxParts` reads, the free blocks between them its `unread` ranges: a filesystem
-/// deleted down from full leaves its used blocks in many short runs (measured: see docs/USED-BLOCKS.md).
+/// deleted down from full leaves its used blocks in many short runs (docs/DESIGN.md, "A chain of used blocks").
 final class UsedPlan: ReadPlan {
     private let size: UInt64
     private let requestSize: UInt64
