@@ -243,22 +243,17 @@ final class CapturePipeline: @unchecked Sendable {  // shared state is guarded b
                 let base = slots.slot(slot)
                 let hashes = slotHashes + slot * blocksPerSlot
                 let piece = slotPiece[slot]
-                let blocks = (piece.length + blockSize - 1) / blockSize
-                if piece.unread.isEmpty {
-                    for b in 0..<blocks { hashes[b] = detector.hash(base + b * blockSize) }
-                } else {
-                    // The blocks between the piece's reads are free: not read, and not hashed.
-                    let first = piece.offset / UInt64(blockSize)
-                    var b = 0
-                    for k in 0..<piece.partCount {
-                        let part = piece.part(k)
-                        let lo = Int(part.lowerBound / UInt64(blockSize) - first), hi = Int((part.upperBound + UInt64(blockSize) - 1) / UInt64(blockSize) - first)
-                        while b < lo { hashes[b] = .free; b += 1 }
-                        while b < hi { hashes[b] = detector.hash(base + b * blockSize); b += 1 }
-                    }
+                // Block by block, each read of the piece hashed; the blocks between its reads are free (not read).
+                let first = piece.offset / UInt64(blockSize)
+                var b = 0
+                for k in 0..<piece.partCount {
+                    let part = piece.part(k)
+                    let lo = Int(part.lowerBound / UInt64(blockSize) - first), hi = Int((part.upperBound + UInt64(blockSize) - 1) / UInt64(blockSize) - first)
+                    while b < lo { hashes[b] = .free; b += 1 }
+                    while b < hi { hashes[b] = detector.hash(base + b * blockSize); b += 1 }
                 }
                 for b in slotUnreadable[slot] { hashes[b] = .unreadable }
-                stages.update(waking: Self.coordinator) { readyPieces[slotSequence[slot]] = (slotPiece[slot], slot) }
+                stages.update(waking: Self.coordinator) { readyPieces[slotSequence[slot]] = (piece, slot) }
             case .compress(let buffer):
                 compressFrame(buffer, compressor: compressor)
             }
